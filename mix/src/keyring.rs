@@ -1,0 +1,202 @@
+//! A node's Sphinx keys across epoch boundaries: previous, current and next epoch.
+//!
+//! Senders build packets with the keys of the epoch they believe is current; around a boundary,
+//! clocks and in-flight delays disagree. So a node keeps the previous epoch's key for a grace
+//! period after the boundary and already accepts packets for the next epoch once its key is
+//! announced. Each key owns its replay cache; retiring the key frees the cache. Time is passed in.
+
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+use crate::{
+    error::UnwrapError,
+    geometry::Geometry,
+    keys::{KeyId, NodePublicKey, NodeSecretKey},
+    peel::{Processed, unwrap_packet},
+    replay::{ReplayCache, ReplayConfig},
+};
+
+/// One epoch's key with its replay cache.
+#[derive(Debug)]
+pub struct EpochKey {
+    epoch: u64,
+    secret: NodeSecretKey,
+    public: NodePublicKey,
+    replay: ReplayCache,
+}
+
+impl EpochKey {
+    /// The epoch this key serves.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The key id packets for this epoch carry.
+    pub fn key_id(&self) -> KeyId {
+        KeyId::for_epoch(self.epoch)
+    }
+
+    /// The public key published for this epoch.
+    pub fn public_key(&self) -> NodePublicKey {
+        self.public
+    }
+
+    /// The replay cache of this key.
+    pub fn replay_cache(&self) -> &ReplayCache {
+        &self.replay
+    }
+
+    /// Unwraps `packet` with this key; see [`unwrap_packet`].
+    pub fn unwrap(&self, geometry: &Geometry, packet: &mut [u8]) -> Result<Processed, UnwrapError> {
+        unwrap_packet(geometry, self.key_id(), &self.secret, &self.replay, packet)
+    }
+}
+
+/// Why a key could not be added to the ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum KeyRingError {
+    /// Only keys for the current epoch and the next one can be added.
+    #[error("epoch {epoch} is outside the ring's window around current epoch {current}")]
+    OutsideWindow {
+        /// The epoch of the key offered.
+        epoch: u64,
+        /// The ring's current epoch.
+        current: u64,
+    },
+    /// A key for this epoch is already held; keys never change within an epoch.
+    #[error("a key for epoch {0} is already held")]
+    Duplicate(u64),
+}
+
+/// Holds at most three epoch keys: previous (until its grace period ends), current and next.
+#[derive(Debug)]
+pub struct KeyRing {
+    keys: Vec<EpochKey>,
+    current: u64,
+    previous_retires_at: Option<Instant>,
+    grace: Duration,
+    replay: ReplayConfig,
+}
+
+impl KeyRing {
+    /// An empty ring whose current epoch is `current`; the previous key is kept `grace` after each
+    /// boundary; each key gets a replay cache sized by `replay`.
+    pub fn new(current: u64, grace: Duration, replay: ReplayConfig) -> Self {
+        KeyRing {
+            keys: Vec::with_capacity(3),
+            current,
+            previous_retires_at: None,
+            grace,
+            replay,
+        }
+    }
+
+    /// The current epoch.
+    pub fn current_epoch(&self) -> u64 {
+        self.current
+    }
+
+    /// Adds the key for `epoch` (the current or the next one).
+    pub fn insert(&mut self, epoch: u64, secret: NodeSecretKey) -> Result<(), KeyRingError> {
+        if epoch != self.current && Some(epoch) != self.current.checked_add(1) {
+            return Err(KeyRingError::OutsideWindow {
+                epoch,
+                current: self.current,
+            });
+        }
+        if self.keys.iter().any(|k| k.epoch == epoch) {
+            return Err(KeyRingError::Duplicate(epoch));
+        }
+        let public = secret.public_key();
+        self.keys.push(EpochKey {
+            epoch,
+            secret,
+            public,
+            replay: ReplayCache::new(self.replay),
+        });
+        Ok(())
+    }
+
+    /// Moves to epoch `epoch` at `now`: the key of `epoch - 1` stays for the grace period, older
+    /// keys retire at once. Returns the epochs whose keys retired.
+    pub fn advance(&mut self, epoch: u64, now: Instant) -> Vec<u64> {
+        if epoch <= self.current {
+            return Vec::new();
+        }
+        self.current = epoch;
+        self.previous_retires_at = now.checked_add(self.grace);
+        let retired =
+            self.retire(|k| k.epoch.saturating_add(1) < epoch || k.epoch > epoch.saturating_add(1));
+        if self.grace.is_zero() {
+            let mut more = self.handle_timeout(now);
+            more.extend(retired);
+            return more;
+        }
+        retired
+    }
+
+    /// Retires the previous key once its grace period is over. Returns the retired epochs.
+    pub fn handle_timeout(&mut self, now: Instant) -> Vec<u64> {
+        match self.previous_retires_at {
+            Some(at) if now >= at => {
+                self.previous_retires_at = None;
+                let current = self.current;
+                self.retire(|k| k.epoch < current)
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// When [`KeyRing::handle_timeout`] next has work to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.previous_retires_at
+    }
+
+    /// The key that packets with `key_id` were built for.
+    pub fn get(&self, key_id: KeyId) -> Option<&EpochKey> {
+        self.keys.iter().find(|k| k.key_id() == key_id)
+    }
+
+    /// The key held for `epoch`.
+    pub fn for_epoch(&self, epoch: u64) -> Option<&EpochKey> {
+        self.keys.iter().find(|k| k.epoch == epoch)
+    }
+
+    /// Epochs whose keys are live, oldest first.
+    pub fn epochs(&self) -> Vec<u64> {
+        let mut epochs: Vec<u64> = self.keys.iter().map(|k| k.epoch).collect();
+        epochs.sort_unstable();
+        epochs
+    }
+
+    /// Unwraps `packet` with the key its key id names.
+    pub fn unwrap(&self, geometry: &Geometry, packet: &mut [u8]) -> Result<Processed, UnwrapError> {
+        let id = packet.first().copied().ok_or(UnwrapError::WrongSize {
+            expected: geometry.packet_size(),
+            got: 0,
+        })?;
+        if packet.len() != geometry.packet_size() {
+            return Err(UnwrapError::WrongSize {
+                expected: geometry.packet_size(),
+                got: packet.len(),
+            });
+        }
+        self.get(KeyId(id))
+            .ok_or(UnwrapError::UnknownKey(id))?
+            .unwrap(geometry, packet)
+    }
+
+    fn retire(&mut self, condition: impl Fn(&EpochKey) -> bool) -> Vec<u64> {
+        let mut retired = Vec::new();
+        self.keys.retain(|k| {
+            let retire = condition(k);
+            if retire {
+                retired.push(k.epoch);
+            }
+            !retire
+        });
+        retired
+    }
+}

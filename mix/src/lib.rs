@@ -1,0 +1,58 @@
+//! p2pmix's Sphinx packet format: building, unwrapping and replying, with no I/O and no clock.
+//!
+//! A packet is a fixed-size header plus a fixed-size body ([`Geometry`]). The sender picks a
+//! route of up to `max_hops` nodes and a delay per hop, and builds the packet with
+//! [`build_packet`]; each node removes one layer with [`KeyRing::unwrap`] (or [`unwrap_packet`]),
+//! learning only the next hop and its delay, and the final hop learns the destination. Replies go
+//! through single-use reply blocks ([`create_surb`]). The design and the exact byte layout are in
+//! `docs/sphinx.md` at the repository root.
+//!
+//! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
+//! function here is deterministic given its inputs, which the tests and the known-answer vectors
+//! rely on.
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+mod create;
+mod crypto;
+mod delay;
+mod error;
+mod geometry;
+mod keyring;
+mod keys;
+mod lioness;
+mod peel;
+mod replay;
+mod routing;
+mod surb;
+
+pub use create::{Hop, build_packet};
+pub use delay::sample_exponential;
+pub use error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError};
+pub use geometry::{
+    ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
+};
+pub use keyring::{EpochKey, KeyRing, KeyRingError};
+pub use keys::{KeyId, NodePublicKey, NodeSecretKey};
+pub use peel::{Processed, body, open_payload, unwrap_packet};
+pub use replay::{ReplayCache, ReplayConfig};
+pub use routing::{ClientId, Delay, Destination, Label, NodeId};
+pub use surb::{Surb, SurbKeys, create_surb};
+
+/// Version of the packet format; part of [`Geometry::id`] and of every key-derivation context.
+pub const FORMAT_VERSION: u8 = 1;
+
+/// Entry points for the fuzz targets in `mix/fuzz/` (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::{geometry::SLOT_SIZE, routing::Slot};
+
+    /// Decodes a routing slot; returns the re-encoding of whatever decodes, which must equal
+    /// the input (the encoding is canonical).
+    pub fn decode_slot(bytes: &[u8]) -> Option<[u8; SLOT_SIZE]> {
+        let slot = <&[u8; SLOT_SIZE]>::try_from(bytes).ok()?;
+        Slot::decode(slot).ok().map(|s| s.encode())
+    }
+}

@@ -1,0 +1,503 @@
+//! Properties of the packet format: round trips, tamper detection, replay, SURBs, bad input.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+use common::{EPOCH, Network, deliver, key_id, rng, small_replay};
+use p2pmix_mix::{
+    ClientId, Delay, Destination, Geometry, KeyId, KeyRing, Label, NodeSecretKey, OpenError,
+    Processed, ReplayCache, Surb, UnwrapError, body, build_packet, create_surb, open_payload,
+    unwrap_packet,
+};
+use proptest::prelude::*;
+
+fn indices(len: usize, offset: usize) -> Vec<usize> {
+    (0..len).map(|i| (i + offset) % 8).collect()
+}
+
+fn final_payload(net: &Network, packet: &[u8]) -> Result<Vec<u8>, OpenError> {
+    let body = body(&net.geometry, packet).ok_or(OpenError::Tampered)?;
+    open_payload(&net.geometry, body).map(<[u8]>::to_vec)
+}
+
+fn padded(payload: &[u8], size: usize) -> Vec<u8> {
+    let mut out = payload.to_vec();
+    out.resize(size, 0);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random routes of 1..=5 hops and random payloads arrive intact, each hop seeing exactly
+    /// the next hop and delay the sender chose.
+    #[test]
+    fn random_routes_round_trip(
+        hops in 1usize..=5,
+        offset in 0usize..8,
+        delays in proptest::collection::vec(any::<u32>(), 5),
+        payload in proptest::collection::vec(any::<u8>(), 0..=2048),
+        seed in any::<u64>(),
+    ) {
+        let net = Network::new(8, 1);
+        let mut route = net.route(&indices(hops, offset));
+        for (hop, d) in route.iter_mut().zip(&delays) {
+            hop.delay = Delay::from_micros(*d);
+        }
+        let packet = build_packet(&net.geometry, key_id(), &route, &deliver(1, 2), &payload, &mut rng(seed)).unwrap();
+        prop_assert_eq!(packet.len(), net.geometry.packet_size());
+        let (trace, out) = net.walk(route[0].node, packet);
+        prop_assert_eq!(trace.len(), hops);
+        for (i, (node, outcome)) in trace.iter().enumerate() {
+            prop_assert_eq!(*node, route[i].node);
+            let expected = if i + 1 < hops {
+                Processed::Forward { next: route[i + 1].node, delay: route[i].delay }
+            } else {
+                Processed::Final { destination: deliver(1, 2), delay: route[i].delay }
+            };
+            prop_assert_eq!(outcome, &Ok(expected));
+        }
+        prop_assert_eq!(final_payload(&net, &out), Ok(padded(&payload, 2048)));
+    }
+
+    /// Any single bit flipped in the header a hop receives is caught by that hop.
+    #[test]
+    fn header_bit_flip_rejected_where_seen(hops in 1usize..=5, at in 0usize..5, bit in 0usize..(324 * 8), seed in any::<u64>()) {
+        let at = at % hops;
+        let net = Network::new(8, 2);
+        let route = net.route(&indices(hops, 0));
+        let mut packet = build_packet(&net.geometry, key_id(), &route, &deliver(1, 2), b"hi", &mut rng(seed)).unwrap();
+        for hop in &route[..at] {
+            net.node(hop.node).ring.unwrap(&net.geometry, &mut packet).unwrap();
+        }
+        packet[bit / 8] ^= 1 << (bit % 8);
+        let outcome = net.node(route[at].node).ring.unwrap(&net.geometry, &mut packet);
+        prop_assert!(matches!(outcome, Err(UnwrapError::Mac | UnwrapError::InvalidElement | UnwrapError::UnknownKey(_))), "{outcome:?}");
+    }
+
+    /// A bit flipped in the body at any hop passes the mixes (bodies are not authenticated per
+    /// hop, so that replies look like forward messages) and is caught at the end.
+    #[test]
+    fn body_bit_flip_detected_at_final_hop(hops in 1usize..=5, at in 0usize..5, bit in 0usize..(2064 * 8), seed in any::<u64>()) {
+        let at = at % hops;
+        let net = Network::new(8, 3);
+        let route = net.route(&indices(hops, 3));
+        let mut packet = build_packet(&net.geometry, key_id(), &route, &deliver(1, 2), b"payload", &mut rng(seed)).unwrap();
+        for hop in &route[..at] {
+            net.node(hop.node).ring.unwrap(&net.geometry, &mut packet).unwrap();
+        }
+        let header = net.geometry.header_size();
+        packet[header + bit / 8] ^= 1 << (bit % 8);
+        let mut last = Ok(Processed::Forward { next: route[0].node, delay: Delay::ZERO });
+        for hop in &route[at..] {
+            last = net.node(hop.node).ring.unwrap(&net.geometry, &mut packet);
+            prop_assert!(last.is_ok());
+        }
+        let is_final = matches!(last, Ok(Processed::Final { .. }));
+        prop_assert!(is_final);
+        prop_assert_eq!(final_payload(&net, &packet), Err(OpenError::Tampered));
+    }
+
+    /// Bytes off the wire never panic a node, whatever their length or content.
+    #[test]
+    fn arbitrary_bytes_are_rejected_without_panic(bytes in proptest::collection::vec(any::<u8>(), 0..3000), id in any::<u8>()) {
+        let net = Network::new(1, 4);
+        let mut packet = bytes;
+        if packet.len() > 2000 {
+            packet.resize(net.geometry.packet_size(), 0);
+            packet[0] = id;
+        }
+        prop_assert!(net.nodes[0].ring.unwrap(&net.geometry, &mut packet).is_err());
+    }
+}
+
+/// Every bit of every header at every hop of one five-hop packet, exhaustively.
+#[test]
+fn every_header_bit_flip_is_rejected_exhaustively() {
+    let net = Network::new(5, 5);
+    let route = net.route(&[0, 1, 2, 3, 4]);
+    let mut packet = build_packet(
+        &net.geometry,
+        key_id(),
+        &route,
+        &deliver(9, 9),
+        b"x",
+        &mut rng(5),
+    )
+    .unwrap();
+    for hop in &route {
+        let ring = &net.node(hop.node).ring;
+        for bit in 0..net.geometry.header_size() * 8 {
+            let mut tampered = packet.clone();
+            tampered[bit / 8] ^= 1 << (bit % 8);
+            let outcome = ring.unwrap(&net.geometry, &mut tampered);
+            assert!(
+                matches!(
+                    outcome,
+                    Err(UnwrapError::Mac
+                        | UnwrapError::InvalidElement
+                        | UnwrapError::UnknownKey(_))
+                ),
+                "hop {:?} bit {bit}: {outcome:?}",
+                hop.node
+            );
+        }
+        ring.unwrap(&net.geometry, &mut packet).unwrap();
+    }
+}
+
+#[test]
+fn replays_are_rejected_at_every_hop() {
+    let net = Network::new(5, 6);
+    let route = net.route(&[0, 1, 2, 3, 4]);
+    let mut packet = build_packet(
+        &net.geometry,
+        key_id(),
+        &route,
+        &deliver(1, 1),
+        b"once",
+        &mut rng(6),
+    )
+    .unwrap();
+    for hop in &route {
+        let ring = &net.node(hop.node).ring;
+        let mut copy = packet.clone();
+        ring.unwrap(&net.geometry, &mut packet).unwrap();
+        assert_eq!(
+            ring.unwrap(&net.geometry, &mut copy),
+            Err(UnwrapError::Replay)
+        );
+        assert_eq!(
+            ring.for_epoch(EPOCH).unwrap().replay_cache().hits(),
+            1,
+            "hit counted"
+        );
+    }
+}
+
+#[test]
+fn forged_packets_do_not_poison_the_replay_cache() {
+    let net = Network::new(2, 7);
+    let route = net.route(&[0, 1]);
+    let packet = build_packet(
+        &net.geometry,
+        key_id(),
+        &route,
+        &deliver(1, 1),
+        b"x",
+        &mut rng(7),
+    )
+    .unwrap();
+    // Same element (same shared secret, same tag) but a broken MAC arrives first.
+    let mut forged = packet.clone();
+    forged[40] ^= 1;
+    let ring = &net.nodes[0].ring;
+    assert_eq!(
+        ring.unwrap(&net.geometry, &mut forged),
+        Err(UnwrapError::Mac)
+    );
+    let mut genuine = packet;
+    assert!(ring.unwrap(&net.geometry, &mut genuine).is_ok());
+}
+
+#[test]
+fn wrong_epoch_key_is_rejected() {
+    let net = Network::new(3, 8);
+    let route = net.route(&[0, 1, 2]);
+    // Built for an epoch the node holds no key for.
+    let mut packet = build_packet(
+        &net.geometry,
+        KeyId::for_epoch(EPOCH + 5),
+        &route,
+        &deliver(1, 1),
+        b"x",
+        &mut rng(8),
+    )
+    .unwrap();
+    assert_eq!(
+        net.nodes[0].ring.unwrap(&net.geometry, &mut packet),
+        Err(UnwrapError::UnknownKey(KeyId::for_epoch(EPOCH + 5).0))
+    );
+    // Right key id, wrong key (e.g. a stale consensus): the MAC fails.
+    let mut packet = build_packet(
+        &net.geometry,
+        key_id(),
+        &route,
+        &deliver(1, 1),
+        b"x",
+        &mut rng(8),
+    )
+    .unwrap();
+    let other = NodeSecretKey::random(&mut rng(99));
+    let cache = ReplayCache::new(small_replay());
+    assert_eq!(
+        unwrap_packet(&net.geometry, key_id(), &other, &cache, &mut packet),
+        Err(UnwrapError::Mac)
+    );
+}
+
+#[test]
+fn malformed_sizes_and_all_zero_are_rejected() {
+    let net = Network::new(1, 9);
+    let size = net.geometry.packet_size();
+    let ring = &net.nodes[0].ring;
+    for len in [0, 1, size - 1, size + 1, 2 * size] {
+        assert_eq!(
+            ring.unwrap(&net.geometry, &mut vec![key_id().0; len]),
+            Err(UnwrapError::WrongSize {
+                expected: size,
+                got: len
+            }),
+            "length {len}"
+        );
+    }
+    // All zero: key id 0 is not held...
+    assert_eq!(
+        ring.unwrap(&net.geometry, &mut vec![0u8; size]),
+        Err(UnwrapError::UnknownKey(0))
+    );
+    // ...and under a key with id 0 the all-zero element is the identity.
+    let secret = NodeSecretKey::random(&mut rng(10));
+    let cache = ReplayCache::new(small_replay());
+    assert_eq!(
+        unwrap_packet(
+            &net.geometry,
+            KeyId(0),
+            &secret,
+            &cache,
+            &mut vec![0u8; size]
+        ),
+        Err(UnwrapError::InvalidElement)
+    );
+    // A non-canonical element encoding.
+    let mut packet = vec![0u8; size];
+    packet[0] = key_id().0;
+    packet[1..33].fill(0xff);
+    assert_eq!(
+        ring.unwrap(&net.geometry, &mut packet),
+        Err(UnwrapError::InvalidElement)
+    );
+}
+
+#[test]
+fn drop_cover_ends_in_drop() {
+    let net = Network::new(5, 11);
+    let route = net.route(&[0, 1, 2]);
+    let packet = build_packet(
+        &net.geometry,
+        key_id(),
+        &route,
+        &Destination::Drop,
+        b"",
+        &mut rng(11),
+    )
+    .unwrap();
+    let (trace, _) = net.walk(route[0].node, packet);
+    assert_eq!(
+        trace.last().map(|t| t.1),
+        Some(Ok(Processed::Final {
+            destination: Destination::Drop,
+            delay: route[2].delay
+        }))
+    );
+}
+
+#[test]
+fn surb_round_trip_and_single_use() {
+    let net = Network::new(5, 12);
+    let geometry = net.geometry;
+    let back = net.route(&[4, 3, 2, 1, 0]);
+    let client = ClientId([7; 32]);
+    let label = Label([8; 16]);
+    let (surb, keys) =
+        create_surb(&geometry, key_id(), &back, client, label, &mut rng(12)).unwrap();
+    assert_eq!(keys.label(), label);
+
+    // The SURB travels inside a message, as bytes.
+    let bytes = surb.to_bytes();
+    assert_eq!(bytes.len(), Surb::encoded_size(&geometry));
+    let received = Surb::from_bytes(&geometry, &bytes).unwrap();
+    let reused = Surb::from_bytes(&geometry, &bytes).unwrap();
+    let first = received.first_hop();
+    let reply = received.into_reply(&geometry, b"the answer").unwrap();
+    // The first hop must not see the reply in clear.
+    assert!(!reply.windows(10).any(|w| w == b"the answer"));
+
+    let (trace, mut out) = net.walk(first, reply);
+    assert_eq!(trace.len(), 5);
+    assert_eq!(
+        trace.last().map(|t| t.1),
+        Some(Ok(Processed::Final {
+            destination: Destination::Deliver { client, label },
+            delay: back[4].delay
+        }))
+    );
+    // The gateway cannot read it; the creator can.
+    let header = geometry.header_size();
+    assert_eq!(
+        open_payload(&geometry, &out[header..]),
+        Err(OpenError::Tampered)
+    );
+    let payload = keys.open_reply(&geometry, &mut out[header..]).unwrap();
+    assert_eq!(&payload[..10], b"the answer");
+    assert!(payload[10..].iter().all(|&b| b == 0));
+
+    // A second use of the same SURB dies at its first hop.
+    let mut again = reused.into_reply(&geometry, b"twice").unwrap();
+    assert_eq!(
+        net.node(first).ring.unwrap(&geometry, &mut again),
+        Err(UnwrapError::Replay)
+    );
+}
+
+#[test]
+fn tampered_reply_is_detected_by_its_creator() {
+    let net = Network::new(3, 13);
+    let geometry = net.geometry;
+    let back = net.route(&[0, 1, 2]);
+    let (surb, keys) = create_surb(
+        &geometry,
+        key_id(),
+        &back,
+        ClientId([1; 32]),
+        Label([2; 16]),
+        &mut rng(13),
+    )
+    .unwrap();
+    let mut reply = surb.into_reply(&geometry, b"r").unwrap();
+    reply[geometry.header_size() + 100] ^= 4;
+    let (_, mut out) = net.walk(back[0].node, reply);
+    let header = geometry.header_size();
+    assert_eq!(
+        keys.open_reply(&geometry, &mut out[header..]),
+        Err(OpenError::Tampered)
+    );
+}
+
+#[test]
+fn surb_decoding_checks_length() {
+    let g = Geometry::DEFAULT;
+    let size = Surb::encoded_size(&g);
+    for len in [0, size - 1, size + 1] {
+        assert!(Surb::from_bytes(&g, &vec![0; len]).is_err());
+    }
+}
+
+#[test]
+fn build_rejects_bad_routes_and_payloads() {
+    let net = Network::new(8, 14);
+    let g = net.geometry;
+    let mut r = rng(14);
+    assert!(build_packet(&g, key_id(), &[], &deliver(1, 1), b"", &mut r).is_err());
+    let six = net.route(&[0, 1, 2, 3, 4, 5]);
+    assert!(build_packet(&g, key_id(), &six, &deliver(1, 1), b"", &mut r).is_err());
+    let ok = net.route(&[0]);
+    assert!(build_packet(&g, key_id(), &ok, &deliver(1, 1), &[0; 2049], &mut r).is_err());
+}
+
+#[test]
+fn hops_see_unrelated_headers() {
+    // No 8-byte run of a hop's outgoing header appears in its incoming header: nothing but the
+    // fixed key id survives a hop.
+    let net = Network::new(5, 15);
+    let route = net.route(&[0, 1, 2, 3, 4]);
+    let mut packet = build_packet(
+        &net.geometry,
+        key_id(),
+        &route,
+        &deliver(1, 1),
+        b"x",
+        &mut rng(15),
+    )
+    .unwrap();
+    let h = net.geometry.header_size();
+    for hop in &route[..4] {
+        let before = packet.clone();
+        net.node(hop.node)
+            .ring
+            .unwrap(&net.geometry, &mut packet)
+            .unwrap();
+        for window in packet[1..h].windows(8) {
+            assert!(!before[1..h].windows(8).any(|w| w == window));
+        }
+        for window in packet[h..h + 64].windows(8) {
+            assert!(!before[h..].windows(8).any(|w| w == window));
+        }
+    }
+}
+
+#[test]
+fn key_ring_rotation_with_grace() {
+    let g = Geometry::DEFAULT;
+    let t0 = common::now();
+    let grace = std::time::Duration::from_secs(120);
+    let mut ring = KeyRing::new(EPOCH, grace, small_replay());
+    let mut r = rng(16);
+    ring.insert(EPOCH, NodeSecretKey::random(&mut r)).unwrap();
+    ring.insert(EPOCH + 1, NodeSecretKey::random(&mut r))
+        .unwrap();
+    assert!(
+        ring.insert(EPOCH + 2, NodeSecretKey::random(&mut r))
+            .is_err()
+    );
+    assert!(
+        ring.insert(EPOCH + 1, NodeSecretKey::random(&mut r))
+            .is_err()
+    );
+
+    let hop = |ring: &KeyRing, epoch| p2pmix_mix::Hop {
+        node: p2pmix_mix::NodeId(0),
+        key: ring.for_epoch(epoch).unwrap().public_key(),
+        delay: Delay::ZERO,
+    };
+    let old = build_packet(
+        &g,
+        KeyId::for_epoch(EPOCH),
+        &[hop(&ring, EPOCH)],
+        &deliver(1, 1),
+        b"old",
+        &mut r,
+    )
+    .unwrap();
+    let early = build_packet(
+        &g,
+        KeyId::for_epoch(EPOCH + 1),
+        &[hop(&ring, EPOCH + 1)],
+        &deliver(1, 1),
+        b"new",
+        &mut r,
+    )
+    .unwrap();
+    assert!(
+        ring.unwrap(&g, &mut early.clone()).is_ok(),
+        "next epoch accepted early"
+    );
+
+    assert!(ring.advance(EPOCH + 1, t0).is_empty());
+    assert_eq!(ring.poll_timeout(), Some(t0 + grace));
+    assert!(
+        ring.unwrap(&g, &mut old.clone()).is_ok(),
+        "previous key in grace"
+    );
+    assert!(ring.handle_timeout(t0 + grace / 2).is_empty());
+    assert_eq!(ring.handle_timeout(t0 + grace), vec![EPOCH]);
+    assert_eq!(
+        ring.unwrap(&g, &mut old.clone()),
+        Err(UnwrapError::UnknownKey(KeyId::for_epoch(EPOCH).0))
+    );
+    // The current key's cache still remembers the early packet.
+    assert_eq!(
+        ring.unwrap(&g, &mut early.clone()),
+        Err(UnwrapError::Replay)
+    );
+    assert_eq!(ring.epochs(), vec![EPOCH + 1]);
+
+    // A jump of several epochs retires everything older than the previous epoch at once.
+    ring.insert(EPOCH + 2, NodeSecretKey::random(&mut r))
+        .unwrap();
+    assert_eq!(
+        ring.advance(EPOCH + 10, t0 + grace * 2),
+        vec![EPOCH + 1, EPOCH + 2]
+    );
+    assert!(ring.epochs().is_empty());
+}
