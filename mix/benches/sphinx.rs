@@ -79,8 +79,9 @@ struct Theirs {
 }
 
 fn theirs() -> Theirs {
-    let keys: Vec<x25519_dalek::StaticSecret> =
-        (0..HOPS).map(|_| x25519_dalek::StaticSecret::random()).collect();
+    let keys: Vec<x25519_dalek::StaticSecret> = (0..HOPS)
+        .map(|_| x25519_dalek::StaticSecret::random())
+        .collect();
     let route = keys
         .iter()
         .enumerate()
@@ -118,7 +119,12 @@ fn unwrap(c: &mut Criterion) {
     .unwrap();
     let their_packet = theirs
         .builder
-        .build_packet(&theirs.payload, &theirs.route, &theirs.destination, &theirs.delays)
+        .build_packet(
+            &theirs.payload,
+            &theirs.route,
+            &theirs.destination,
+            &theirs.delays,
+        )
         .unwrap()
         .to_bytes();
     println!(
@@ -132,8 +138,14 @@ fn unwrap(c: &mut Criterion) {
         b.iter_batched_ref(
             || (packet.clone(), small_cache()),
             |(p, cache)| {
-                unwrap_packet(&ours.geometry, KeyId(1), &ours.secrets[0], cache, black_box(p))
-                    .unwrap()
+                unwrap_packet(
+                    &ours.geometry,
+                    KeyId(1),
+                    &ours.secrets[0],
+                    cache,
+                    black_box(p),
+                )
+                .unwrap()
             },
             BatchSize::SmallInput,
         )

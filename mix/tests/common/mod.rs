@@ -17,6 +17,9 @@ pub struct Node {
     pub ring: KeyRing,
 }
 
+/// Each hop's node and what it decided.
+pub type Trace = Vec<(NodeId, Result<Processed, UnwrapError>)>;
+
 pub struct Network {
     pub geometry: Geometry,
     pub nodes: Vec<Node>,
@@ -70,11 +73,7 @@ impl Network {
 
     /// Sends `packet` to `first` and follows it to its final hop. Returns every hop's decision
     /// (node, outcome) and the final buffer.
-    pub fn walk(
-        &self,
-        first: NodeId,
-        mut packet: Vec<u8>,
-    ) -> (Vec<(NodeId, Result<Processed, UnwrapError>)>, Vec<u8>) {
+    pub fn walk(&self, first: NodeId, mut packet: Vec<u8>) -> (Trace, Vec<u8>) {
         let mut at = first;
         let mut trace = Vec::new();
         for _ in 0..=self.geometry.max_hops() {
