@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of p2pmix-mix for SECONDS each (default 60) and prints, per target, the
+# number of executions that ran clean. Installs cargo-fuzz if it is missing. cargo fuzz needs
+# nightly-only compiler flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
+# Usage: mix/fuzz/run.sh [SECONDS] [TARGET...]
+set -euo pipefail
+cd "$(dirname "$0")"
+seconds="${1:-60}"
+shift || true
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+  targets=(unwrap unwrap_tampered routing_slot surb open)
+fi
+export RUSTC_BOOTSTRAP=1
+status=0
+for t in "${targets[@]}"; do
+  mkdir -p "corpus/$t"
+  log="$(mktemp)"
+  if cargo fuzz run --release "$t" "corpus/$t" -- -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+    runs=$(grep -E '^stat::number_of_executed_units' "$log" | awk '{print $2}')
+    echo "$t: ${runs:-?} executions in ${seconds}s, no crash"
+  else
+    echo "$t: FAILED (log: $log)"
+    tail -30 "$log"
+    status=1
+  fi
+done
+exit $status
