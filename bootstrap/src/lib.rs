@@ -1,8 +1,41 @@
-//! The root of trust of a p2pmix network.
+//! The root of trust of a p2pmix network: directory authorities and the consensus they sign.
 //!
-//! This crate will hold the sans-IO authority state machine (descriptor registry, commit-and-reveal
-//! voting, deterministic layer assignment, signing), the one consensus verification function that
-//! nodes and clients share (bytes + pinned authority keys + now -> verified consensus or a typed
-//! reason), and the authority's libp2p request-response behaviour on `/p2pmix/dir/1.0.0`.
-//! Kademlia only finds addresses; the threshold-signed consensus built here decides who may carry
-//! traffic.
+//! Kademlia only finds addresses; who may carry traffic, under which Sphinx keys, in which layer
+//! and with which parameters is decided here, by a small set of authorities whose keys every node
+//! and client pins. Per epoch they collect signed node descriptors, exchange votes (accepted
+//! descriptors plus a commitment to a random value) and reveals, each compute the same consensus
+//! deterministically ([`compute_consensus`]) and sign its digest; a consensus counts only with
+//! signatures of more than half of the pinned keys ([`verify_consensus`]).
+//!
+//! Everything here is sans-IO: time is passed in as milliseconds since the UNIX epoch and
+//! randomness as a `rand_core::CryptoRng`. Rules and the canonical encoding: `docs/consensus.md`.
+
+mod authorities;
+mod consensus;
+mod descriptor;
+mod params;
+mod schedule;
+mod signing;
+mod verify;
+mod vote;
+
+pub use authorities::PinnedAuthorities;
+pub use consensus::{ComputeError, ConsensusInputs, MAX_NODES, compute_consensus};
+pub use descriptor::{
+    DescriptorError, MAX_ADDRESSES, MAX_DESCRIPTOR_BYTES, MAX_KEYS_AHEAD, VerifiedDescriptor,
+    sign_descriptor, verify_descriptor,
+};
+pub use params::{default_parameters, mean_delay};
+pub use schedule::{EpochSchedule, Phase};
+pub use signing::{Context, consensus_digest, sign, verify};
+pub use verify::{
+    MAX_CONSENSUS_BYTES, VerifiedConsensus, VerifyError, peer_id, verify_consensus,
+    verify_signed_consensus,
+};
+pub use vote::{
+    MAX_VOTE_BYTES, VerifiedReveal, VerifiedVote, VoteError, build_reveal, build_vote, commitment,
+    verify_reveal, verify_vote,
+};
+
+/// Version of the p2pmix protocol suite this build speaks; the consensus sets a minimum.
+pub const PROTOCOL_VERSION: u32 = 1;

@@ -1,0 +1,200 @@
+//! Votes and reveals: what authorities exchange to agree on a consensus.
+//!
+//! A vote lists the descriptors an authority accepted and commits to a random value; once every
+//! vote is in, authorities reveal the values, and the hash of all revealed values (the shared
+//! random value) seeds the layer assignment, so no single authority chooses who sits where.
+
+use libp2p_identity::Keypair;
+use p2pmix_proto::v1::{Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote};
+use prost::Message;
+use thiserror::Error;
+
+use crate::{
+    authorities::PinnedAuthorities,
+    descriptor::{VerifiedDescriptor, verify_descriptor},
+    signing::{Context, sign, verify},
+};
+
+/// Largest encoded vote accepted (bytes): room for ~10 000 descriptors.
+pub const MAX_VOTE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a vote or reveal was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum VoteError {
+    /// Not a vote or reveal, or too large.
+    #[error("malformed vote or reveal")]
+    Malformed,
+    /// Signed by a key that is not a pinned authority.
+    #[error("not from a pinned authority")]
+    UnknownAuthority,
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// For another epoch than the one being prepared.
+    #[error("for epoch {got}, expected {expected}")]
+    WrongEpoch {
+        /// The message's epoch.
+        got: u64,
+        /// The epoch being prepared.
+        expected: u64,
+    },
+    /// Descriptors are not sorted and unique.
+    #[error("descriptors not sorted")]
+    Unsorted,
+    /// The revealed value does not match the vote's commitment.
+    #[error("reveal does not match the commitment")]
+    CommitMismatch,
+    /// The authority already sent one for this epoch.
+    #[error("duplicate")]
+    Duplicate,
+    /// Arrived after its phase.
+    #[error("arrived after its phase")]
+    Late,
+}
+
+/// The commitment to an authority's random value for `epoch`.
+pub fn commitment(epoch: u64, authority: &[u8], value: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("p2pmix 2026-11 shared random commit v1");
+    h.update(&epoch.to_le_bytes());
+    h.update(&(authority.len() as u64).to_le_bytes());
+    h.update(authority);
+    h.update(value);
+    *h.finalize().as_bytes()
+}
+
+/// Builds and signs a vote; `descriptors` are sorted here.
+pub fn build_vote(
+    keypair: &Keypair,
+    epoch: u64,
+    descriptors: impl IntoIterator<Item = SignedDescriptor>,
+    commit: [u8; 32],
+) -> Option<SignedVote> {
+    let mut descriptors: Vec<SignedDescriptor> = descriptors.into_iter().collect();
+    descriptors.sort_by(|a, b| a.descriptor.cmp(&b.descriptor));
+    descriptors.dedup_by(|a, b| a.descriptor == b.descriptor);
+    let vote = Vote {
+        epoch,
+        authority: keypair.public().encode_protobuf(),
+        descriptors,
+        commit: commit.to_vec(),
+    };
+    let bytes = vote.encode_to_vec();
+    let signature = sign(keypair, Context::Vote, &bytes)?;
+    Some(SignedVote {
+        vote: bytes,
+        signature,
+    })
+}
+
+/// A vote from a pinned authority, with the descriptors in it that verify.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedVote {
+    /// As received (relayed unchanged to other authorities).
+    pub signed: SignedVote,
+    /// The voter's key encoding.
+    pub authority: Vec<u8>,
+    /// The commitment to the voter's random value.
+    pub commit: Vec<u8>,
+    /// The descriptors in the vote that verify for the epoch; invalid ones are ignored.
+    pub descriptors: Vec<VerifiedDescriptor>,
+}
+
+/// Checks a vote for `epoch`; descriptors inside are checked too and bad ones dropped.
+pub fn verify_vote(
+    signed: &SignedVote,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+    min_protocol_version: u32,
+) -> Result<VerifiedVote, VoteError> {
+    if signed.vote.len() > MAX_VOTE_BYTES {
+        return Err(VoteError::Malformed);
+    }
+    let vote = Vote::decode(&signed.vote[..]).map_err(|_| VoteError::Malformed)?;
+    let key = authorities
+        .get(&vote.authority)
+        .ok_or(VoteError::UnknownAuthority)?;
+    if !verify(key, Context::Vote, &signed.vote, &signed.signature) {
+        return Err(VoteError::BadSignature);
+    }
+    if vote.epoch != epoch {
+        return Err(VoteError::WrongEpoch {
+            got: vote.epoch,
+            expected: epoch,
+        });
+    }
+    if vote
+        .descriptors
+        .windows(2)
+        .any(|w| matches!(w, [a, b] if a.descriptor >= b.descriptor))
+    {
+        return Err(VoteError::Unsorted);
+    }
+    let descriptors = vote
+        .descriptors
+        .iter()
+        .filter_map(|d| verify_descriptor(d, epoch, min_protocol_version).ok())
+        .collect();
+    Ok(VerifiedVote {
+        signed: signed.clone(),
+        authority: vote.authority,
+        commit: vote.commit,
+        descriptors,
+    })
+}
+
+/// Builds and signs the reveal of `value`.
+pub fn build_reveal(keypair: &Keypair, epoch: u64, value: [u8; 32]) -> Option<SignedReveal> {
+    let reveal = Reveal {
+        epoch,
+        authority: keypair.public().encode_protobuf(),
+        value: value.to_vec(),
+    };
+    let bytes = reveal.encode_to_vec();
+    let signature = sign(keypair, Context::Reveal, &bytes)?;
+    Some(SignedReveal {
+        reveal: bytes,
+        signature,
+    })
+}
+
+/// A reveal from a pinned authority.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedReveal {
+    /// As received.
+    pub signed: SignedReveal,
+    /// The revealer's key encoding.
+    pub authority: Vec<u8>,
+    /// The revealed value.
+    pub value: Vec<u8>,
+}
+
+/// Checks a reveal for `epoch` (matching it against the commitment is the caller's, once the
+/// vote is known).
+pub fn verify_reveal(
+    signed: &SignedReveal,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+) -> Result<VerifiedReveal, VoteError> {
+    let reveal = Reveal::decode(&signed.reveal[..]).map_err(|_| VoteError::Malformed)?;
+    let key = authorities
+        .get(&reveal.authority)
+        .ok_or(VoteError::UnknownAuthority)?;
+    if !verify(key, Context::Reveal, &signed.reveal, &signed.signature) {
+        return Err(VoteError::BadSignature);
+    }
+    if reveal.epoch != epoch {
+        return Err(VoteError::WrongEpoch {
+            got: reveal.epoch,
+            expected: epoch,
+        });
+    }
+    if reveal.value.len() != 32 {
+        return Err(VoteError::Malformed);
+    }
+    Ok(VerifiedReveal {
+        signed: signed.clone(),
+        authority: reveal.authority,
+        value: reveal.value,
+    })
+}
