@@ -142,7 +142,7 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
         fresh_until_ms: schedule.start_of(inputs.epoch.saturating_add(1)),
         // One extra epoch: if the next consensus fails, the network keeps using this one.
         valid_until_ms: schedule.start_of(inputs.epoch.saturating_add(2)),
-        parameters: Some(inputs.parameters.clone()),
+        parameters: Some(*inputs.parameters),
         nodes,
         shared_random: shared_random.to_vec(),
         voters: votes.keys().map(|a| a.to_vec()).collect(),

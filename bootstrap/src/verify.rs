@@ -102,7 +102,7 @@ impl VerifiedConsensus {
 
     /// The network parameters (present in every verified consensus).
     pub fn parameters(&self) -> NetworkParameters {
-        self.consensus.parameters.clone().unwrap_or_default()
+        self.consensus.parameters.unwrap_or_default()
     }
 
     /// Admitted nodes, ordered by compact node id.

@@ -85,7 +85,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let index = usize::from(at.0);
         let seen = short(&packet[1..33]);
         let started = Instant::now();
-        let processed = rings[index].unwrap(&geometry, &mut packet)?;
+        let processed = rings[index].process(&geometry, &mut packet)?;
         let took = started.elapsed();
         match processed {
             Processed::Forward { next, delay } => {
@@ -118,7 +118,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let mut replay = first_copy;
-    match rings[0].unwrap(&geometry, &mut replay) {
+    match rings[0].process(&geometry, &mut replay) {
         Err(e) => println!("node 0: the same packet again -> dropped: {e}"),
         Ok(_) => return Err("a replay was accepted".into()),
     }
@@ -140,7 +140,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut reply = surb.into_reply(&geometry, b"and back again")?;
     let mut hops = Vec::new();
     while let Processed::Forward { next, .. } =
-        rings[usize::from(at.0)].unwrap(&geometry, &mut reply)?
+        rings[usize::from(at.0)].process(&geometry, &mut reply)?
     {
         hops.push(at.0);
         at = next;

@@ -29,10 +29,13 @@ const HOPS: usize = 5;
 const PLAINTEXT: usize = 2048;
 
 fn small_cache() -> ReplayCache {
-    ReplayCache::new(ReplayConfig {
-        expected_packets: 1024,
-        false_positive_rate: 1e-6,
-    })
+    ReplayCache::new(
+        ReplayConfig {
+            expected_packets: 1024,
+            false_positive_rate: 1e-6,
+        },
+        [1; 32],
+    )
 }
 
 struct Ours {

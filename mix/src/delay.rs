@@ -4,14 +4,15 @@
 
 use std::time::Duration;
 
-use rand_core::Rng;
+use rand_core::CryptoRng;
 
 use crate::routing::Delay;
 
 /// Draws a delay from the exponential distribution with the given mean, by inversion.
 ///
 /// Results saturate at `u32::MAX` microseconds (about 71 minutes); nodes cap delays far lower.
-pub fn sample_exponential<R: Rng + ?Sized>(mean: Duration, rng: &mut R) -> Delay {
+/// The generator must be cryptographic: delays an observer could predict would not mix.
+pub fn sample_exponential<R: CryptoRng + ?Sized>(mean: Duration, rng: &mut R) -> Delay {
     // A uniform in (0, 1]: 53 random bits, shifted away from zero.
     let u = ((rng.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
     let micros = -u.ln() * mean.as_secs_f64() * 1e6;

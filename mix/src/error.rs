@@ -64,9 +64,6 @@ pub enum BuildError {
         /// The geometry's payload size.
         max: usize,
     },
-    /// A hop's public key does not decode to a valid group element.
-    #[error("hop {0} has an invalid public key")]
-    InvalidKey(usize),
 }
 
 /// Why a final payload could not be opened.

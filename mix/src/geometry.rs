@@ -16,7 +16,7 @@ pub const KEY_ID_SIZE: usize = 1;
 pub const SLOT_SIZE: usize = 55;
 /// Bytes of the all-zero integrity tag in front of the plaintext payload.
 pub const PAYLOAD_TAG_SIZE: usize = 16;
-/// Upper bound on [`Geometry::max_hops`]; unwrapping keeps its scratch space on the stack.
+/// Upper bound on [`Geometry::max_hops`]; packet building keeps its scratch space on the stack.
 pub const MAX_HOPS_LIMIT: usize = 16;
 /// Bytes of routing information for [`MAX_HOPS_LIMIT`] hops plus one slot of keystream tail.
 pub(crate) const MAX_ROUTING_SCRATCH: usize = (MAX_HOPS_LIMIT + 1) * SLOT_SIZE;

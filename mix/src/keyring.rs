@@ -47,8 +47,12 @@ impl EpochKey {
         &self.replay
     }
 
-    /// Unwraps `packet` with this key; see [`unwrap_packet`].
-    pub fn unwrap(&self, geometry: &Geometry, packet: &mut [u8]) -> Result<Processed, UnwrapError> {
+    /// Unwraps one layer of `packet` with this key and its replay cache; see [`unwrap_packet`].
+    pub fn process(
+        &self,
+        geometry: &Geometry,
+        packet: &mut [u8],
+    ) -> Result<Processed, UnwrapError> {
         unwrap_packet(geometry, self.key_id(), &self.secret, &self.replay, packet)
     }
 }
@@ -110,11 +114,15 @@ impl KeyRing {
             return Err(KeyRingError::Duplicate(epoch));
         }
         let public = secret.public_key();
+        let index_key = blake3::derive_key(
+            "p2pmix 2026-11 sphinx v1 replay index",
+            &zeroize::Zeroizing::new(secret.to_bytes())[..],
+        );
         self.keys.push(EpochKey {
             epoch,
             secret,
             public,
-            replay: ReplayCache::new(self.replay),
+            replay: ReplayCache::new(self.replay, index_key),
         });
         Ok(())
     }
@@ -171,8 +179,12 @@ impl KeyRing {
         epochs
     }
 
-    /// Unwraps `packet` with the key its key id names.
-    pub fn unwrap(&self, geometry: &Geometry, packet: &mut [u8]) -> Result<Processed, UnwrapError> {
+    /// Unwraps one layer of `packet` with the key its key id names.
+    pub fn process(
+        &self,
+        geometry: &Geometry,
+        packet: &mut [u8],
+    ) -> Result<Processed, UnwrapError> {
         let id = packet.first().copied().ok_or(UnwrapError::WrongSize {
             expected: geometry.packet_size(),
             got: 0,
@@ -185,7 +197,7 @@ impl KeyRing {
         }
         self.get(KeyId(id))
             .ok_or(UnwrapError::UnknownKey(id))?
-            .unwrap(geometry, packet)
+            .process(geometry, packet)
     }
 
     fn retire(&mut self, condition: impl Fn(&EpochKey) -> bool) -> Vec<u64> {

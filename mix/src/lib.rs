@@ -2,7 +2,7 @@
 //!
 //! A packet is a fixed-size header plus a fixed-size body ([`Geometry`]). The sender picks a
 //! route of up to `max_hops` nodes and a delay per hop, and builds the packet with
-//! [`build_packet`]; each node removes one layer with [`KeyRing::unwrap`] (or [`unwrap_packet`]),
+//! [`build_packet`]; each node removes one layer with [`KeyRing::process`] (or [`unwrap_packet`]),
 //! learning only the next hop and its delay, and the final hop learns the destination. Replies go
 //! through single-use reply blocks ([`create_surb`]). The design and the exact byte layout are in
 //! `docs/sphinx.md` at the repository root.
@@ -41,7 +41,8 @@ pub use replay::{ReplayCache, ReplayConfig};
 pub use routing::{ClientId, Delay, Destination, Label, NodeId};
 pub use surb::{Surb, SurbKeys, create_surb};
 
-/// Version of the packet format; part of [`Geometry::id`] and of every key-derivation context.
+/// Version of the packet format; part of [`Geometry::id`]. Every key-derivation context string
+/// names it too ("... sphinx v1 ..."): a new version must change them.
 pub const FORMAT_VERSION: u8 = 1;
 
 /// Entry points for the fuzz targets in `mix/fuzz/` (not a stable API).

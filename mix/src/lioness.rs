@@ -85,10 +85,11 @@ impl Lioness {
     }
 
     fn hash_round(&self, round: usize, left: &mut [u8], right: &[u8]) {
-        let digest = blake3::keyed_hash(&self.keys[round], right);
-        for (l, d) in left.iter_mut().zip(digest.as_bytes()) {
+        let mut digest = *blake3::keyed_hash(&self.keys[round], right).as_bytes();
+        for (l, d) in left.iter_mut().zip(&digest) {
             *l ^= d;
         }
+        digest.zeroize();
     }
 }
 

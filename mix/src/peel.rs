@@ -1,11 +1,13 @@
 //! Unwrapping one layer of a packet (a node's side), in place and without heap allocation.
 //!
 //! Order of checks: size, key id, group element, shared secret, header MAC (constant time),
-//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache),
-//! routing slot, then one Lioness layer off the body.
+//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache);
+//! then the routing information is decrypted, one Lioness layer comes off the body, and the
+//! routing slot is decoded.
 
 use chacha20::cipher::StreamCipher;
 use curve25519_dalek::ristretto::CompressedRistretto;
+use zeroize::Zeroizing;
 
 use crate::{
     crypto::HopKeys,
@@ -61,15 +63,16 @@ pub fn unwrap_packet(
         return Err(UnwrapError::UnknownKey(id[0]));
     }
 
+    // The identity (all-zero encoding) would give a shared secret everyone knows. E is public,
+    // and the group has prime order, so checking E here is enough and costs nothing secret.
+    if element.iter().all(|&b| b == 0) {
+        return Err(UnwrapError::InvalidElement);
+    }
     let point = CompressedRistretto::from_slice(element)
         .ok()
         .and_then(|c| c.decompress())
         .ok_or(UnwrapError::InvalidElement)?;
-    let shared = (point * secret.scalar()).compress().to_bytes();
-    if shared == [0u8; 32] {
-        // The identity: E was the identity element; nothing secret would protect this packet.
-        return Err(UnwrapError::InvalidElement);
-    }
+    let shared = Zeroizing::new((point * secret.scalar()).compress().to_bytes());
     let keys = HopKeys::derive(&shared);
     if !keys.verify_mac(id[0], element, routing, mac) {
         return Err(UnwrapError::Mac);

@@ -42,18 +42,41 @@ impl Default for ReplayConfig {
 }
 
 /// Remembers the replay tags seen under one epoch key. Thread-safe.
-#[derive(Debug)]
+///
+/// Tags are re-hashed under a secret index key before they pick a shard, a block and bits:
+/// a sender knows its packets' tags (it knows every hop's shared secret) and could otherwise
+/// aim them all at one block to make honest packets look like replays.
 pub struct ReplayCache {
     shards: Box<[Mutex<Box<[u64]>>]>,
     blocks_per_shard: u64,
     hashes: u32,
+    index_key: [u8; 32],
+    expected: u64,
     inserted: AtomicU64,
     hits: AtomicU64,
 }
 
+impl std::fmt::Debug for ReplayCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayCache")
+            .field("len", &self.len())
+            .field("hits", &self.hits())
+            .field("expected", &self.expected)
+            .field("memory_bytes", &self.memory_bytes())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for ReplayCache {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.index_key);
+    }
+}
+
 impl ReplayCache {
-    /// A cache sized for `config` (capped at 4 GiB).
-    pub fn new(config: ReplayConfig) -> Self {
+    /// A cache sized for `config` (capped at 4 GiB). `index_key` must be secret from senders;
+    /// [`crate::KeyRing`] derives it from the node's epoch secret key.
+    pub fn new(config: ReplayConfig, index_key: [u8; 32]) -> Self {
         let (blocks, hashes) = size_for(config);
         let blocks_per_shard = blocks.div_ceil(SHARDS as u64).max(1);
         let words = usize::try_from(blocks_per_shard).unwrap_or(usize::MAX / 16) * WORDS_PER_BLOCK;
@@ -64,6 +87,8 @@ impl ReplayCache {
             shards,
             blocks_per_shard,
             hashes,
+            index_key,
+            expected: config.expected_packets,
             inserted: AtomicU64::new(0),
             hits: AtomicU64::new(0),
         }
@@ -104,6 +129,8 @@ impl ReplayCache {
 
     /// The shard, the block within it, and the bit mask per block word for `tag`.
     fn locate(&self, tag: &[u8; 32]) -> (usize, usize, [u64; WORDS_PER_BLOCK]) {
+        let tag = blake3::keyed_hash(&self.index_key, tag);
+        let tag = tag.as_bytes();
         let shard = usize::from(tag[0]) % SHARDS;
         let mut block_bytes = [0u8; 8];
         block_bytes.copy_from_slice(&tag[1..9]);
@@ -136,6 +163,13 @@ impl ReplayCache {
         self.len() == 0
     }
 
+    /// Whether more fresh tags are in than the cache was sized for: from here on its
+    /// false-positive rate climbs above the target. Nodes should alarm on it; the per-peer rate
+    /// limits and the epoch length are what keep it from happening.
+    pub fn is_saturated(&self) -> bool {
+        self.len() > self.expected
+    }
+
     /// Bytes of filter memory held.
     pub fn memory_bytes(&self) -> u64 {
         self.blocks_per_shard * SHARDS as u64 * (BLOCK_BITS / 8)
@@ -156,6 +190,10 @@ fn reduce(x: u64, n: u64) -> u64 {
 /// Expected false-positive rate of a blocked Bloom filter with `load` tags per block on average
 /// and `k` bits per tag: the Poisson mixture over how full each block is.
 fn false_positive_rate(load: f64, k: u32) -> f64 {
+    if !load.is_finite() || load > 500.0 {
+        // exp(-load) underflows; a block this full answers "seen" to nearly everything.
+        return 1.0;
+    }
     let mut total = 0.0;
     let mut poisson = (-load).exp(); // P(j = 0)
     let miss = 1.0 - 1.0 / BLOCK_BITS as f64;
@@ -163,7 +201,7 @@ fn false_positive_rate(load: f64, k: u32) -> f64 {
         if j > 0 {
             poisson *= load / f64::from(j);
         }
-        let set = 1.0 - miss.powf(f64::from(k * j));
+        let set = 1.0 - miss.powf(f64::from(k) * f64::from(j));
         total += poisson * set.powi(k as i32);
     }
     total
@@ -172,7 +210,11 @@ fn false_positive_rate(load: f64, k: u32) -> f64 {
 /// Smallest number of blocks (and its best hash count) that meets the target rate.
 fn size_for(config: ReplayConfig) -> (u64, u32) {
     let n = config.expected_packets.max(1) as f64;
-    let target = config.false_positive_rate.clamp(1e-12, 0.5);
+    let target = if config.false_positive_rate.is_nan() {
+        ReplayConfig::default().false_positive_rate
+    } else {
+        config.false_positive_rate.clamp(1e-12, 0.5)
+    };
     let max_blocks = MAX_BYTES / (BLOCK_BITS / 8);
     // Bits per tag from 4 upward in 5% steps; k up to 14 (14 * 9 bits of tag are available).
     let mut bits_per_tag = 4.0f64;
@@ -199,10 +241,13 @@ mod tests {
 
     #[test]
     fn remembers_what_it_saw() {
-        let cache = ReplayCache::new(ReplayConfig {
-            expected_packets: 10_000,
-            false_positive_rate: 1e-6,
-        });
+        let cache = ReplayCache::new(
+            ReplayConfig {
+                expected_packets: 10_000,
+                false_positive_rate: 1e-6,
+            },
+            [7; 32],
+        );
         for i in 0..10_000 {
             assert!(cache.check_and_insert(&tag(i)), "fresh tag {i} refused");
         }
@@ -211,18 +256,25 @@ mod tests {
         }
         assert_eq!(cache.hits(), 10_000);
         assert_eq!(cache.len(), 10_000);
+        assert!(!cache.is_saturated());
+        cache.check_and_insert(&tag(10_000));
+        assert!(cache.is_saturated());
     }
 
     #[test]
     fn false_positive_rate_is_near_the_target() {
         let n = 50_000;
-        let cache = ReplayCache::new(ReplayConfig {
-            expected_packets: n,
-            false_positive_rate: 1e-3,
-        });
+        let cache = ReplayCache::new(
+            ReplayConfig {
+                expected_packets: n,
+                false_positive_rate: 1e-3,
+            },
+            [8; 32],
+        );
         for i in 0..n {
             cache.check_and_insert(&tag(i));
         }
+        assert!(!cache.is_saturated());
         let probes = 200_000;
         let false_hits = (n..n + probes).filter(|&i| cache.contains(&tag(i))).count();
         let rate = false_hits as f64 / probes as f64;
@@ -245,6 +297,16 @@ mod tests {
             let bits_per_tag = (blocks * BLOCK_BITS) as f64 / n as f64;
             assert!(bits_per_tag < 64.0, "n={n}: {bits_per_tag} bits per tag");
         }
+    }
+
+    #[test]
+    fn absurd_configs_stay_bounded() {
+        assert_eq!(false_positive_rate(1e6, 8), 1.0);
+        let (blocks, _) = size_for(ReplayConfig {
+            expected_packets: 1000,
+            false_positive_rate: f64::NAN,
+        });
+        assert!(blocks * BLOCK_BITS / 8 < 1 << 20);
     }
 
     #[test]

@@ -210,6 +210,15 @@ mod tests {
         }
 
         #[test]
+        fn slot_sized_bytes_decode_canonically(flag in 0u8..5, rest in proptest::collection::vec(prop_oneof![Just(0u8), any::<u8>()], SLOT_SIZE - 1)) {
+            let mut bytes = vec![flag];
+            bytes.extend(rest);
+            if let Ok(slot) = Slot::decode(&<[u8; SLOT_SIZE]>::try_from(&bytes[..]).unwrap()) {
+                prop_assert_eq!(&slot.encode()[..], &bytes[..]);
+            }
+        }
+
+        #[test]
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..80)) {
             if let Ok(slot) = <&[u8; SLOT_SIZE]>::try_from(&bytes[..]) && let Ok(decoded) = Slot::decode(slot) {
                 prop_assert_eq!(&decoded.encode(), slot);

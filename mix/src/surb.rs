@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// A reply block as handed to the replier.
-#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+#[derive(Zeroize, ZeroizeOnDrop)]
 pub struct Surb {
     #[zeroize(skip)]
     first_hop: NodeId,

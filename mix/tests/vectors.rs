@@ -47,7 +47,7 @@ fn walk(
     mut packet: Vec<u8>,
 ) -> Vec<u8> {
     for (i, secret) in secrets.iter().enumerate() {
-        let cache = ReplayCache::new(ReplayConfig::default());
+        let cache = ReplayCache::new(ReplayConfig::default(), [0; 32]);
         let processed = unwrap_packet(g, key_id, secret, &cache, &mut packet).unwrap();
         let what = match processed {
             Processed::Forward { next, delay } => {

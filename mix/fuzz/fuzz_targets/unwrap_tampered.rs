@@ -41,12 +41,10 @@ fn fixture() -> &'static Fixture {
         let route: Vec<Hop> = rings
             .iter()
             .enumerate()
-            .filter_map(|(i, r)| {
-                Some(Hop {
-                    node: NodeId(i as u16),
-                    key: r.for_epoch(0)?.public_key(),
-                    delay: Delay::from_micros(5),
-                })
+            .map(|(i, r)| Hop {
+                node: NodeId(i as u16),
+                key: r.for_epoch(0).expect("fixture key").public_key(),
+                delay: Delay::from_micros(5),
             })
             .collect();
         let destination = Destination::Deliver {
@@ -54,7 +52,7 @@ fn fixture() -> &'static Fixture {
             label: Label([2; 16]),
         };
         let packet = build_packet(&Geometry::DEFAULT, KeyId(0), &route, &destination, b"fuzz", &mut rng)
-            .unwrap_or_default();
+            .expect("fixture packet");
         Fixture { secrets, packet }
     })
 }
@@ -71,7 +69,7 @@ fuzz_target!(|data: &[u8]| {
     let mut at = 0usize;
     for _ in 0..3 {
         let Some(ring) = rings.get(at) else { return };
-        match ring.unwrap(&geometry, &mut packet) {
+        match ring.process(&geometry, &mut packet) {
             Ok(Processed::Forward { next, .. }) => at = usize::from(next.0),
             Ok(Processed::Final { .. }) => {
                 if let Some(b) = body(&geometry, &packet) {

@@ -77,7 +77,7 @@ impl Network {
         let mut at = first;
         let mut trace = Vec::new();
         for _ in 0..=self.geometry.max_hops() {
-            let outcome = self.node(at).ring.unwrap(&self.geometry, &mut packet);
+            let outcome = self.node(at).ring.process(&self.geometry, &mut packet);
             trace.push((at, outcome));
             match outcome {
                 Ok(Processed::Forward { next, .. }) => at = next,
