@@ -11,6 +11,7 @@
 //! randomness as a `rand_core::CryptoRng`. Rules and the canonical encoding: `docs/consensus.md`.
 
 mod authorities;
+mod authority;
 mod consensus;
 mod descriptor;
 mod params;
@@ -20,6 +21,7 @@ mod verify;
 mod vote;
 
 pub use authorities::PinnedAuthorities;
+pub use authority::{Authority, AuthorityConfig, Event, Rejection, RoundFailure, SignatureError};
 pub use consensus::{ComputeError, ConsensusInputs, MAX_NODES, compute_consensus};
 pub use descriptor::{
     DescriptorError, MAX_ADDRESSES, MAX_DESCRIPTOR_BYTES, MAX_KEYS_AHEAD, VerifiedDescriptor,
