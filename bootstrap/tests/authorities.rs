@@ -1,0 +1,228 @@
+//! Authorities in a simulated network: agreement, failures, restarts, order independence.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+use common::{PERIOD, Sim, nodes, rng, schedule};
+use p2pmix_bootstrap::{
+    Authority, ComputeError, Event, RoundFailure, VerifyError, verify_consensus,
+};
+use p2pmix_proto::v1::{Consensus, Role};
+use proptest::prelude::*;
+use prost::Message;
+
+/// From the start of epoch 1 to the start of epoch 2: the consensus of epoch 2 is made.
+fn one_round(sim: &mut Sim, gateways: u64, mixes: u64) {
+    let ns = nodes(gateways, mixes);
+    sim.upload(&ns, 2);
+    sim.run_until(schedule().start_of(2));
+}
+
+fn agreed(sim: &Sim, epoch: u64) -> Vec<u8> {
+    let docs = sim.documents(epoch);
+    let first = docs[0].clone().expect("a consensus was published");
+    for d in &docs {
+        assert_eq!(d.as_ref(), Some(&first), "authorities disagree");
+    }
+    first
+}
+
+#[test]
+fn three_and_five_authorities_sign_identical_documents() {
+    for n in [3, 5] {
+        let mut sim = Sim::default(n, schedule().start_of(1));
+        one_round(&mut sim, 2, 18);
+        let bytes = agreed(&sim, 2);
+        let consensus = Consensus::decode(&bytes[..]).unwrap();
+        assert_eq!(consensus.epoch, 2);
+        assert_eq!(consensus.nodes.len(), 20);
+        assert_eq!(consensus.voters.len(), n);
+        let mut per_layer = [0usize; 4];
+        for node in &consensus.nodes {
+            per_layer[node.layer as usize] += 1;
+        }
+        assert_eq!(
+            per_layer,
+            [2, 6, 6, 6],
+            "gateways in 0, balanced mix layers"
+        );
+        // What nodes and clients check: every signature, at a time inside the window.
+        let signed = sim.authorities[0]
+            .as_ref()
+            .unwrap()
+            .consensus(Some(2))
+            .unwrap();
+        let verified = verify_consensus(
+            &signed.encode_to_vec(),
+            &sim.pinned,
+            schedule().start_of(2) + 1,
+            Some(2),
+        )
+        .unwrap();
+        assert_eq!(verified.signed().signatures.len(), n);
+        assert!(
+            sim.events
+                .iter()
+                .all(|(_, e)| matches!(e, Event::Published { epoch: 2, .. }))
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    /// The order in which votes, reveals and signatures arrive does not change the document.
+    #[test]
+    fn any_arrival_order_gives_the_same_document(seed in any::<u64>(), n in prop_oneof![Just(3usize), Just(5)]) {
+        let mut reference = Sim::default(n, schedule().start_of(1));
+        one_round(&mut reference, 1, 7);
+        let expected = agreed(&reference, 2);
+
+        let mut shuffled = Sim::default(n, schedule().start_of(1));
+        shuffled.shuffle = Some(rng(seed));
+        one_round(&mut shuffled, 1, 7);
+        prop_assert_eq!(agreed(&shuffled, 2), expected);
+    }
+}
+
+#[test]
+fn one_of_three_down_still_produces_a_consensus() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    sim.authorities[2] = None;
+    one_round(&mut sim, 2, 6);
+    let bytes = agreed(&sim, 2);
+    let signed = sim.authorities[0]
+        .as_ref()
+        .unwrap()
+        .consensus(Some(2))
+        .unwrap();
+    assert_eq!(signed.signatures.len(), 2);
+    assert_eq!(Consensus::decode(&bytes[..]).unwrap().voters.len(), 2);
+    verify_consensus(
+        &signed.encode_to_vec(),
+        &sim.pinned,
+        schedule().start_of(2),
+        Some(2),
+    )
+    .unwrap();
+
+    // Every epoch, not just once.
+    let ns = nodes(2, 6);
+    sim.upload(&ns, 3);
+    sim.run_until(schedule().start_of(3));
+    agreed(&sim, 3);
+}
+
+#[test]
+fn two_of_three_down_produces_none_and_says_why_and_the_last_one_serves_until_it_expires() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    one_round(&mut sim, 2, 6);
+    agreed(&sim, 2);
+    let last = sim.authorities[0]
+        .as_ref()
+        .unwrap()
+        .consensus(None)
+        .unwrap()
+        .clone();
+
+    sim.authorities[1] = None;
+    sim.authorities[2] = None;
+    sim.events.clear();
+    let ns = nodes(2, 6);
+    sim.upload(&ns, 3);
+    sim.run_until(schedule().start_of(3));
+    let survivor = sim.authorities[0].as_ref().unwrap();
+    assert!(survivor.consensus(Some(3)).is_none());
+    assert!(
+        sim.events.iter().any(|(_, e)| matches!(
+            e,
+            Event::Failed {
+                epoch: 3,
+                reason: RoundFailure::Compute(ComputeError::NotEnoughVotes { got: 1, needed: 2 })
+            }
+        )),
+        "{:?}",
+        sim.events
+    );
+    // The last valid consensus is still served and still verifies during epoch 3...
+    assert_eq!(survivor.consensus(None), Some(&last));
+    let bytes = last.encode_to_vec();
+    verify_consensus(
+        &bytes,
+        &sim.pinned,
+        schedule().start_of(3) + PERIOD / 2,
+        None,
+    )
+    .unwrap();
+    // ...until it expires.
+    assert!(matches!(
+        verify_consensus(&bytes, &sim.pinned, schedule().start_of(4), None),
+        Err(VerifyError::Expired { .. })
+    ));
+}
+
+#[test]
+fn an_authority_restarted_mid_epoch_resumes_and_signs() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    let ns = nodes(2, 6);
+    sim.upload(&ns, 2);
+    // Past the votes and reveals, before computing.
+    sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Reveal) + 1);
+    let state = sim.authorities[1].as_ref().unwrap().state().encode_to_vec();
+    sim.authorities[1] = None;
+    let decoded = p2pmix_proto::v1::AuthorityState::decode(&state[..]).unwrap();
+    sim.authorities[1] = Some(Authority::restore(sim.config(1), &decoded, sim.now));
+    assert_eq!(sim.authorities[1].as_ref().unwrap().descriptor_count(), 8);
+    sim.run_until(schedule().start_of(2));
+    let bytes = agreed(&sim, 2);
+    let signed = sim.authorities[1]
+        .as_ref()
+        .unwrap()
+        .consensus(Some(2))
+        .unwrap();
+    assert_eq!(signed.consensus, bytes);
+    assert_eq!(
+        signed.signatures.len(),
+        3,
+        "the restarted authority signed too"
+    );
+}
+
+#[test]
+fn layers_stay_stable_for_nodes_that_stay() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    let mut ns = nodes(2, 9);
+    sim.upload(&ns, 2);
+    sim.run_until(schedule().start_of(2));
+    let first = Consensus::decode(&agreed(&sim, 2)[..]).unwrap();
+
+    // Next epoch: one mix leaves, three join.
+    ns.remove(5);
+    ns.extend((100..103).map(|i| common::Node::new(i, Role::Mix)));
+    sim.upload(&ns, 3);
+    sim.run_until(schedule().start_of(3));
+    let second = Consensus::decode(&agreed(&sim, 3)[..]).unwrap();
+
+    let layer_of =
+        |c: &Consensus, id: &[u8]| c.nodes.iter().find(|n| n.identity == id).map(|n| n.layer);
+    let stayed: Vec<_> = first
+        .nodes
+        .iter()
+        .filter(|n| n.role() == Role::Mix && layer_of(&second, &n.identity).is_some())
+        .collect();
+    let moved = stayed
+        .iter()
+        .filter(|n| layer_of(&second, &n.identity) != Some(n.layer))
+        .count();
+    assert_eq!(stayed.len(), 8);
+    assert!(
+        moved <= 1,
+        "{moved} of {} staying mixes changed layer",
+        stayed.len()
+    );
+    let mut sizes = [0usize; 4];
+    for n in &second.nodes {
+        sizes[n.layer as usize] += 1;
+    }
+    assert_eq!(sizes, [2, 4, 4, 3]);
+}
