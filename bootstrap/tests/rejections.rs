@@ -1,0 +1,207 @@
+//! Each rejection reason, forged one defect at a time: descriptors at an authority, and signed
+//! consensus documents at the shared verification function.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+use common::{Node, PERIOD, Sim, keypair, nodes, schedule};
+use p2pmix_bootstrap::{
+    Context, DescriptorError, Phase, Rejection, VerifyError, consensus_digest, sign,
+    sign_descriptor, verify_consensus,
+};
+use p2pmix_proto::v1::{
+    ConsensusSignature, DirectoryRequest, EpochKey, NodeDescriptor, Role, SignedConsensus,
+    SignedDescriptor, directory_request::Request,
+};
+use prost::Message;
+
+fn upload(sim: &mut Sim, signed: SignedDescriptor) -> Result<(), Rejection> {
+    let now = sim.now;
+    sim.authorities[0].as_mut().unwrap().handle_request(
+        now,
+        DirectoryRequest {
+            request: Some(Request::Descriptor(signed)),
+        },
+    )
+}
+
+fn resign(node: &Node, d: &NodeDescriptor) -> SignedDescriptor {
+    sign_descriptor(&node.keypair, d).unwrap()
+}
+
+#[test]
+fn each_descriptor_defect_is_refused_with_its_reason_and_counted() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    let node = Node::new(1, Role::Mix);
+    let good = node.descriptor(2);
+
+    let mut bad_sig = resign(&node, &good);
+    bad_sig.signature[0] ^= 1;
+    let mut other_epoch = good.clone();
+    other_epoch.epoch = 3;
+    let mut far_key = good.clone();
+    far_key.sphinx_keys.push(EpochKey {
+        epoch: 2 + 4,
+        sphinx_public_key: good.sphinx_keys[0].sphinx_public_key.clone(),
+    });
+    let mut old = good.clone();
+    old.protocol_version = 0;
+    let mut no_role = good.clone();
+    no_role.role = Role::Unspecified as i32;
+    let mut no_key = good.clone();
+    no_key.sphinx_keys.retain(|k| k.epoch != 2);
+    let mut bad_key = good.clone();
+    bad_key.sphinx_keys[0].sphinx_public_key = vec![0xff; 32];
+    let mut no_addr = good.clone();
+    no_addr.addresses.clear();
+    let mut forged_identity = good.clone();
+    forged_identity.identity = keypair(999).public().encode_protobuf(); // signed by someone else
+
+    let cases: Vec<(SignedDescriptor, DescriptorError)> = vec![
+        (bad_sig, DescriptorError::BadSignature),
+        (resign(&node, &other_epoch), DescriptorError::WrongEpoch { got: 3, expected: 2 }),
+        (resign(&node, &far_key), DescriptorError::KeyTooFarAhead { key_epoch: 6, epoch: 2 }),
+        (resign(&node, &old), DescriptorError::VersionTooLow { got: 0, min: 1 }),
+        (resign(&node, &no_role), DescriptorError::NoRole),
+        (resign(&node, &no_key), DescriptorError::BadSphinxKey(2)),
+        (resign(&node, &bad_key), DescriptorError::BadSphinxKey(2)),
+        (resign(&node, &no_addr), DescriptorError::BadAddresses),
+        (resign(&node, &forged_identity), DescriptorError::BadSignature),
+        (
+            SignedDescriptor { descriptor: vec![0xff; 10], signature: vec![] },
+            DescriptorError::Malformed,
+        ),
+    ];
+    for (signed, expected) in cases {
+        assert_eq!(upload(&mut sim, signed), Err(Rejection::Descriptor(expected.clone())), "{expected:?}");
+    }
+
+    // The good one goes in once; a second (even identical) is a duplicate.
+    upload(&mut sim, resign(&node, &good)).unwrap();
+    assert_eq!(
+        upload(&mut sim, resign(&node, &good)),
+        Err(Rejection::Descriptor(DescriptorError::Duplicate))
+    );
+    // After the descriptor deadline: late.
+    let late_node = Node::new(2, Role::Gateway);
+    sim.now = schedule().phase_start(1, Phase::Vote);
+    assert_eq!(
+        upload(&mut sim, late_node.signed(2)),
+        Err(Rejection::Descriptor(DescriptorError::Late))
+    );
+
+    let counts = sim.authorities[0].as_ref().unwrap().rejections().clone();
+    for reason in [
+        "descriptor_bad_signature",
+        "descriptor_wrong_epoch",
+        "descriptor_key_too_far_ahead",
+        "descriptor_version_too_low",
+        "descriptor_no_role",
+        "descriptor_bad_sphinx_key",
+        "descriptor_bad_addresses",
+        "descriptor_malformed",
+        "descriptor_duplicate",
+        "descriptor_late",
+    ] {
+        assert!(counts.get(reason).copied().unwrap_or(0) >= 1, "{reason} not counted: {counts:?}");
+    }
+    assert_eq!(counts["descriptor_bad_signature"], 2);
+    assert_eq!(counts["descriptor_bad_sphinx_key"], 2);
+}
+
+/// A valid signed consensus for epoch 2 from three authorities, and the simulation.
+fn valid() -> (Sim, SignedConsensus) {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    sim.upload(&nodes(2, 6), 2);
+    sim.run_until(schedule().start_of(2));
+    let signed = sim.authorities[0].as_ref().unwrap().consensus(Some(2)).unwrap().clone();
+    (sim, signed)
+}
+
+fn check(sim: &Sim, signed: &SignedConsensus, now: u64, epoch: Option<u64>) -> Result<(), VerifyError> {
+    verify_consensus(&signed.encode_to_vec(), &sim.pinned, now, epoch).map(|_| ())
+}
+
+#[test]
+fn each_consensus_defect_is_refused_with_its_reason() {
+    let (sim, signed) = valid();
+    let inside = schedule().start_of(2) + 10;
+    check(&sim, &signed, inside, Some(2)).unwrap();
+
+    // Bad encoding.
+    assert!(matches!(
+        verify_consensus(&[0xff, 0xff, 0xff], &sim.pinned, inside, None),
+        Err(VerifyError::Encoding(_))
+    ));
+    // Unknown signer: a fourth key signs the right digest.
+    let digest = consensus_digest(&signed.consensus);
+    let stranger = keypair(4242);
+    let mut s = signed.clone();
+    s.signatures.push(ConsensusSignature {
+        authority: stranger.public().encode_protobuf(),
+        digest: digest.to_vec(),
+        signature: sign(&stranger, Context::Consensus, &digest).unwrap(),
+    });
+    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::UnknownSigner));
+    // Duplicate signer.
+    let mut s = signed.clone();
+    s.signatures.push(signed.signatures[0].clone());
+    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::DuplicateSigner));
+    // Below threshold: one signature of three.
+    let mut s = signed.clone();
+    s.signatures.truncate(1);
+    assert_eq!(
+        check(&sim, &s, inside, None),
+        Err(VerifyError::BelowThreshold { valid: 1, needed: 2 })
+    );
+    // Digest mismatch: the document was changed after signing (signatures name the old digest).
+    let mut s = signed.clone();
+    s.consensus.push(0);
+    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::DigestMismatch));
+    // A signature that names the right digest but does not verify.
+    let mut s = signed.clone();
+    s.signatures[1].signature[5] ^= 1;
+    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::BadSignature));
+    // Not yet valid, expired, wrong epoch.
+    assert!(matches!(
+        check(&sim, &signed, schedule().start_of(2) - 1, None),
+        Err(VerifyError::NotYetValid { .. })
+    ));
+    assert!(matches!(
+        check(&sim, &signed, schedule().start_of(4), None),
+        Err(VerifyError::Expired { .. })
+    ));
+    assert_eq!(
+        check(&sim, &signed, inside, Some(3)),
+        Err(VerifyError::WrongEpoch { got: 2, expected: 3 })
+    );
+    // Valid until the end of the next epoch (the fallback window), fresh until its own end.
+    check(&sim, &signed, schedule().start_of(3) + PERIOD - 1, None).unwrap();
+}
+
+#[test]
+fn votes_from_strangers_and_forged_votes_are_refused() {
+    use p2pmix_bootstrap::{VoteError, build_vote, commitment};
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    let stranger = keypair(31337);
+    let vote = build_vote(&stranger, 2, [], commitment(2, &[], &[0; 32])).unwrap();
+    let now = sim.now;
+    let a = sim.authorities[0].as_mut().unwrap();
+    let send = |a: &mut p2pmix_bootstrap::Authority, v| {
+        a.handle_request(now, DirectoryRequest { request: Some(Request::Vote(v)) })
+    };
+    assert_eq!(send(a, vote), Err(Rejection::Vote(VoteError::UnknownAuthority)));
+    let mut forged = build_vote(&sim.keys[1], 2, [], [0; 32]).unwrap();
+    forged.signature[0] ^= 1;
+    assert_eq!(send(a, forged), Err(Rejection::Vote(VoteError::BadSignature)));
+    let wrong = build_vote(&sim.keys[1], 5, [], [0; 32]).unwrap();
+    assert_eq!(
+        send(a, wrong),
+        Err(Rejection::Vote(VoteError::WrongEpoch { got: 5, expected: 2 }))
+    );
+    let honest = build_vote(&sim.keys[1], 2, [], [0; 32]).unwrap();
+    send(a, honest.clone()).unwrap();
+    send(a, honest).unwrap(); // the same vote relayed again is fine
+    let equivocation = build_vote(&sim.keys[1], 2, [], [1; 32]).unwrap();
+    assert_eq!(send(a, equivocation), Err(Rejection::Vote(VoteError::Duplicate)));
+}
