@@ -59,21 +59,46 @@ fn each_descriptor_defect_is_refused_with_its_reason_and_counted() {
 
     let cases: Vec<(SignedDescriptor, DescriptorError)> = vec![
         (bad_sig, DescriptorError::BadSignature),
-        (resign(&node, &other_epoch), DescriptorError::WrongEpoch { got: 3, expected: 2 }),
-        (resign(&node, &far_key), DescriptorError::KeyTooFarAhead { key_epoch: 6, epoch: 2 }),
-        (resign(&node, &old), DescriptorError::VersionTooLow { got: 0, min: 1 }),
+        (
+            resign(&node, &other_epoch),
+            DescriptorError::WrongEpoch {
+                got: 3,
+                expected: 2,
+            },
+        ),
+        (
+            resign(&node, &far_key),
+            DescriptorError::KeyTooFarAhead {
+                key_epoch: 6,
+                epoch: 2,
+            },
+        ),
+        (
+            resign(&node, &old),
+            DescriptorError::VersionTooLow { got: 0, min: 1 },
+        ),
         (resign(&node, &no_role), DescriptorError::NoRole),
         (resign(&node, &no_key), DescriptorError::BadSphinxKey(2)),
         (resign(&node, &bad_key), DescriptorError::BadSphinxKey(2)),
         (resign(&node, &no_addr), DescriptorError::BadAddresses),
-        (resign(&node, &forged_identity), DescriptorError::BadSignature),
         (
-            SignedDescriptor { descriptor: vec![0xff; 10], signature: vec![] },
+            resign(&node, &forged_identity),
+            DescriptorError::BadSignature,
+        ),
+        (
+            SignedDescriptor {
+                descriptor: vec![0xff; 10],
+                signature: vec![],
+            },
             DescriptorError::Malformed,
         ),
     ];
     for (signed, expected) in cases {
-        assert_eq!(upload(&mut sim, signed), Err(Rejection::Descriptor(expected.clone())), "{expected:?}");
+        assert_eq!(
+            upload(&mut sim, signed),
+            Err(Rejection::Descriptor(expected.clone())),
+            "{expected:?}"
+        );
     }
 
     // The good one goes in once; a second (even identical) is a duplicate.
@@ -103,7 +128,10 @@ fn each_descriptor_defect_is_refused_with_its_reason_and_counted() {
         "descriptor_duplicate",
         "descriptor_late",
     ] {
-        assert!(counts.get(reason).copied().unwrap_or(0) >= 1, "{reason} not counted: {counts:?}");
+        assert!(
+            counts.get(reason).copied().unwrap_or(0) >= 1,
+            "{reason} not counted: {counts:?}"
+        );
     }
     assert_eq!(counts["descriptor_bad_signature"], 2);
     assert_eq!(counts["descriptor_bad_sphinx_key"], 2);
@@ -114,11 +142,21 @@ fn valid() -> (Sim, SignedConsensus) {
     let mut sim = Sim::default(3, schedule().start_of(1));
     sim.upload(&nodes(2, 6), 2);
     sim.run_until(schedule().start_of(2));
-    let signed = sim.authorities[0].as_ref().unwrap().consensus(Some(2)).unwrap().clone();
+    let signed = sim.authorities[0]
+        .as_ref()
+        .unwrap()
+        .consensus(Some(2))
+        .unwrap()
+        .clone();
     (sim, signed)
 }
 
-fn check(sim: &Sim, signed: &SignedConsensus, now: u64, epoch: Option<u64>) -> Result<(), VerifyError> {
+fn check(
+    sim: &Sim,
+    signed: &SignedConsensus,
+    now: u64,
+    epoch: Option<u64>,
+) -> Result<(), VerifyError> {
     verify_consensus(&signed.encode_to_vec(), &sim.pinned, now, epoch).map(|_| ())
 }
 
@@ -142,26 +180,41 @@ fn each_consensus_defect_is_refused_with_its_reason() {
         digest: digest.to_vec(),
         signature: sign(&stranger, Context::Consensus, &digest).unwrap(),
     });
-    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::UnknownSigner));
+    assert_eq!(
+        check(&sim, &s, inside, None),
+        Err(VerifyError::UnknownSigner)
+    );
     // Duplicate signer.
     let mut s = signed.clone();
     s.signatures.push(signed.signatures[0].clone());
-    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::DuplicateSigner));
+    assert_eq!(
+        check(&sim, &s, inside, None),
+        Err(VerifyError::DuplicateSigner)
+    );
     // Below threshold: one signature of three.
     let mut s = signed.clone();
     s.signatures.truncate(1);
     assert_eq!(
         check(&sim, &s, inside, None),
-        Err(VerifyError::BelowThreshold { valid: 1, needed: 2 })
+        Err(VerifyError::BelowThreshold {
+            valid: 1,
+            needed: 2
+        })
     );
     // Digest mismatch: the document was changed after signing (signatures name the old digest).
     let mut s = signed.clone();
     s.consensus.push(0);
-    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::DigestMismatch));
+    assert_eq!(
+        check(&sim, &s, inside, None),
+        Err(VerifyError::DigestMismatch)
+    );
     // A signature that names the right digest but does not verify.
     let mut s = signed.clone();
     s.signatures[1].signature[5] ^= 1;
-    assert_eq!(check(&sim, &s, inside, None), Err(VerifyError::BadSignature));
+    assert_eq!(
+        check(&sim, &s, inside, None),
+        Err(VerifyError::BadSignature)
+    );
     // Not yet valid, expired, wrong epoch.
     assert!(matches!(
         check(&sim, &signed, schedule().start_of(2) - 1, None),
@@ -173,7 +226,10 @@ fn each_consensus_defect_is_refused_with_its_reason() {
     ));
     assert_eq!(
         check(&sim, &signed, inside, Some(3)),
-        Err(VerifyError::WrongEpoch { got: 2, expected: 3 })
+        Err(VerifyError::WrongEpoch {
+            got: 2,
+            expected: 3
+        })
     );
     // Valid until the end of the next epoch (the fallback window), fresh until its own end.
     check(&sim, &signed, schedule().start_of(3) + PERIOD - 1, None).unwrap();
@@ -188,20 +244,37 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
     let now = sim.now;
     let a = sim.authorities[0].as_mut().unwrap();
     let send = |a: &mut p2pmix_bootstrap::Authority, v| {
-        a.handle_request(now, DirectoryRequest { request: Some(Request::Vote(v)) })
+        a.handle_request(
+            now,
+            DirectoryRequest {
+                request: Some(Request::Vote(v)),
+            },
+        )
     };
-    assert_eq!(send(a, vote), Err(Rejection::Vote(VoteError::UnknownAuthority)));
+    assert_eq!(
+        send(a, vote),
+        Err(Rejection::Vote(VoteError::UnknownAuthority))
+    );
     let mut forged = build_vote(&sim.keys[1], 2, [], [0; 32]).unwrap();
     forged.signature[0] ^= 1;
-    assert_eq!(send(a, forged), Err(Rejection::Vote(VoteError::BadSignature)));
+    assert_eq!(
+        send(a, forged),
+        Err(Rejection::Vote(VoteError::BadSignature))
+    );
     let wrong = build_vote(&sim.keys[1], 5, [], [0; 32]).unwrap();
     assert_eq!(
         send(a, wrong),
-        Err(Rejection::Vote(VoteError::WrongEpoch { got: 5, expected: 2 }))
+        Err(Rejection::Vote(VoteError::WrongEpoch {
+            got: 5,
+            expected: 2
+        }))
     );
     let honest = build_vote(&sim.keys[1], 2, [], [0; 32]).unwrap();
     send(a, honest.clone()).unwrap();
     send(a, honest).unwrap(); // the same vote relayed again is fine
     let equivocation = build_vote(&sim.keys[1], 2, [], [1; 32]).unwrap();
-    assert_eq!(send(a, equivocation), Err(Rejection::Vote(VoteError::Duplicate)));
+    assert_eq!(
+        send(a, equivocation),
+        Err(Rejection::Vote(VoteError::Duplicate))
+    );
 }
