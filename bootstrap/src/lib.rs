@@ -14,6 +14,7 @@ mod authorities;
 mod authority;
 mod consensus;
 mod descriptor;
+mod directory;
 mod params;
 mod schedule;
 mod signing;
@@ -26,6 +27,9 @@ pub use consensus::{ComputeError, ConsensusInputs, MAX_NODES, compute_consensus}
 pub use descriptor::{
     DescriptorError, MAX_ADDRESSES, MAX_DESCRIPTOR_BYTES, MAX_KEYS_AHEAD, VerifiedDescriptor,
     sign_descriptor, verify_descriptor,
+};
+pub use directory::{
+    DIRECTORY_PROTOCOL, DirectoryBehaviour, DirectoryCodec, MAX_MESSAGE_BYTES, directory_behaviour,
 };
 pub use params::{default_parameters, mean_delay};
 pub use schedule::{EpochSchedule, Phase};
