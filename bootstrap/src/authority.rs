@@ -155,6 +155,13 @@ pub enum Event {
         /// Signatures attached.
         signatures: usize,
     },
+    /// More signatures arrived for an already published consensus (store it again).
+    SignaturesAdded {
+        /// Its epoch.
+        epoch: u64,
+        /// Signatures now attached.
+        signatures: usize,
+    },
     /// No consensus for `epoch` from this authority, and why.
     Failed {
         /// The epoch that gets none.
@@ -479,6 +486,10 @@ impl Authority {
             published
                 .signatures
                 .sort_by(|a, b| a.authority.cmp(&b.authority));
+            self.events.push_back(Event::SignaturesAdded {
+                epoch: self.round.epoch,
+                signatures: published.signatures.len(),
+            });
         }
         self.round
             .signatures

@@ -7,7 +7,10 @@
 
 use std::{io, time::Duration};
 
-use futures::{AsyncReadExt, AsyncWriteExt, io::{AsyncRead, AsyncWrite}};
+use futures::{
+    AsyncReadExt, AsyncWriteExt,
+    io::{AsyncRead, AsyncWrite},
+};
 use libp2p::{
     StreamProtocol,
     request_response::{self, ProtocolSupport},
@@ -34,7 +37,10 @@ where
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_MESSAGE_BYTES {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "message too large"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "message too large",
+        ));
     }
     let mut buf = vec![0u8; len];
     io.read_exact(&mut buf).await?;
@@ -61,28 +67,46 @@ impl request_response::Codec for DirectoryCodec {
     type Request = DirectoryRequest;
     type Response = DirectoryResponse;
 
-    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<DirectoryRequest>
+    async fn read_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<DirectoryRequest>
     where
         T: AsyncRead + Unpin + Send,
     {
         read_message(io).await
     }
 
-    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<DirectoryResponse>
+    async fn read_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+    ) -> io::Result<DirectoryResponse>
     where
         T: AsyncRead + Unpin + Send,
     {
         read_message(io).await
     }
 
-    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: DirectoryRequest) -> io::Result<()>
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        req: DirectoryRequest,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
         write_message(io, &req).await
     }
 
-    async fn write_response<T>(&mut self, _: &StreamProtocol, io: &mut T, res: DirectoryResponse) -> io::Result<()>
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        res: DirectoryResponse,
+    ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {

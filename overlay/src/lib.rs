@@ -1,8 +1,20 @@
 //! p2pmix: a peer-to-peer mixnet overlay built on libp2p.
 //!
-//! This is the crate applications depend on. Today it re-exports the Sphinx packet format
-//! ([`sphinx`]); the node (swarm, Kademlia discovery, directory client, the mix behaviour), its
-//! configuration and the `p2pmix` command line will live here as they are built.
+//! This is the crate applications and operators depend on. It re-exports the Sphinx packet format
+//! ([`sphinx`]) and the directory layer ([`directory`]), and holds what runs them on a swarm:
+//! identity files, configuration files, the authority driver and consensus fetching. The `p2pmix`
+//! binary (`src/main.rs`) is a thin command line over this library.
+
+pub mod authority_node;
+pub mod config;
+pub mod fetch;
+pub mod identity;
 
 /// The Sphinx packet format, SURBs, replay protection and epoch key handling.
 pub use p2pmix_mix as sphinx;
+
+/// Directory authorities, the consensus and its verification.
+pub use p2pmix_bootstrap as directory;
+
+/// Wire types of the directory protocol.
+pub use p2pmix_proto as proto;

@@ -1,0 +1,324 @@
+//! An authority on the swarm: the sans-IO [`Authority`] driven by a libp2p swarm and the clock.
+//!
+//! The swarm carries `/p2pmix/dir/1.0.0` (requests from nodes and from other authorities) and
+//! identify (so that authorities that dialed us can be dialed back). State is written to the
+//! data directory after every change; each published consensus is written as
+//! `consensus-<epoch>.pb` (the encoded `SignedConsensus`), and `listen-addrs` holds the
+//! addresses the swarm listens on.
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, identify,
+    identity::Keypair,
+    noise, request_response,
+    swarm::{NetworkBehaviour, SwarmEvent},
+    tcp, yamux,
+};
+use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, directory_behaviour};
+use p2pmix_proto::v1::{
+    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, Refused,
+    directory_request::Request, directory_response::Response,
+};
+use prost::Message;
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::config::AuthorityConfigFile;
+
+/// Why an authority stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum AuthorityNodeError {
+    /// Reading or writing the data directory failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The swarm could not be built or could not listen.
+    #[error("network: {0}")]
+    Network(String),
+    /// This authority's key is not in the pinned authorities file.
+    #[error("this authority ({0}) is not in the authorities file")]
+    NotPinned(PeerId),
+}
+
+pub use behaviour::{AuthorityBehaviour, AuthorityBehaviourEvent};
+
+#[allow(missing_docs)] // the derive generates an undocumented event enum
+mod behaviour {
+    use libp2p::{identify, swarm::NetworkBehaviour};
+    use p2pmix_bootstrap::DirectoryBehaviour;
+
+    /// Behaviours of an authority's swarm.
+    #[derive(NetworkBehaviour)]
+    pub struct AuthorityBehaviour {
+        /// `/p2pmix/dir/1.0.0`.
+        pub directory: DirectoryBehaviour,
+        /// Learns the listen addresses of peers.
+        pub identify: identify::Behaviour,
+    }
+}
+
+/// Milliseconds since the UNIX epoch, from the system clock.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AuthorityNodeError + '_ {
+    move |source| AuthorityNodeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically (write a temporary file, then rename).
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuthorityNodeError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io_error(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io_error(path))
+}
+
+/// Builds the swarm every p2pmix process uses for control traffic: TCP, Noise, yamux.
+pub fn build_swarm<B: NetworkBehaviour>(
+    keypair: Keypair,
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> Result<Swarm<B>, AuthorityNodeError> {
+    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| AuthorityNodeError::Network(e.to_string()))?
+        .with_behaviour(|key| behaviour(key))
+        .map_err(|e| AuthorityNodeError::Network(e.to_string()))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build())
+}
+
+/// Runs an authority until `shutdown` resolves.
+pub async fn run_authority(
+    config: AuthorityConfigFile,
+    keypair: Keypair,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), AuthorityNodeError> {
+    let me = keypair.public().to_peer_id();
+    let pinned = config.authorities.pinned();
+    if !pinned.contains_peer(&me) {
+        return Err(AuthorityNodeError::NotPinned(me));
+    }
+    std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
+    let state_path = config.data_dir.join("state.pb");
+    let core_config = AuthorityConfig {
+        keypair: keypair.clone(),
+        authorities: pinned,
+        schedule: config.schedule,
+        parameters: config.parameters,
+    };
+    let now = unix_ms();
+    let mut authority = match std::fs::read(&state_path) {
+        Ok(bytes) => match AuthorityState::decode(&bytes[..]) {
+            Ok(state) => {
+                info!(epoch = state.epoch, "resuming from saved state");
+                Authority::restore(core_config, &state, now)
+            }
+            Err(e) => {
+                warn!(%e, "saved state unreadable, starting fresh");
+                Authority::new(core_config, now)
+            }
+        },
+        Err(_) => Authority::new(core_config, now),
+    };
+
+    let mut swarm = build_swarm(keypair.clone(), |key| AuthorityBehaviour {
+        directory: directory_behaviour(true, Duration::from_secs(10)),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/p2pmix/id/1.0.0".into(),
+            key.public(),
+        )),
+    })?;
+    for addr in &config.listen {
+        swarm
+            .listen_on(addr.clone())
+            .map_err(|e| AuthorityNodeError::Network(format!("listen on {addr}: {e}")))?;
+    }
+    let peers: Vec<PeerId> = config
+        .authorities
+        .entries
+        .iter()
+        .map(|e| e.peer_id)
+        .filter(|p| *p != me)
+        .collect();
+    for entry in &config.authorities.entries {
+        if entry.peer_id != me {
+            for addr in &entry.addresses {
+                swarm.add_peer_address(entry.peer_id, addr.clone());
+            }
+        }
+    }
+    info!(peer_id = %me, epoch = authority.round_epoch(), "authority started");
+
+    let mut rng = rand::rng();
+    let mut listen_addrs: Vec<Multiaddr> = Vec::new();
+    let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+    let mut redial = tokio::time::interval(Duration::from_secs(2));
+    tokio::pin!(shutdown);
+    loop {
+        authority.handle_timeout(unix_ms(), &mut rng);
+        flush(
+            &mut authority,
+            &mut swarm,
+            &peers,
+            &config.data_dir,
+            &state_path,
+        )?;
+        let wait = authority
+            .poll_timeout()
+            .saturating_sub(unix_ms())
+            .min(60_000);
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down");
+                write_atomic(&state_path, &authority.state().encode_to_vec())?;
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = redial.tick() => {
+                for peer in &peers {
+                    if !swarm.is_connected(peer) && (known.contains_key(peer) || config.authorities.entries.iter().any(|e| e.peer_id == *peer && !e.addresses.is_empty())) {
+                        let _ = swarm.dial(*peer);
+                    }
+                }
+            }
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    info!(%address, "listening");
+                    listen_addrs.push(address);
+                    let text: String = listen_addrs.iter().map(|a| format!("{a}\n")).collect();
+                    write_atomic(&config.data_dir.join("listen-addrs"), text.as_bytes())?;
+                }
+                SwarmEvent::Behaviour(AuthorityBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                    for addr in &info.listen_addrs {
+                        swarm.add_peer_address(peer_id, addr.clone());
+                    }
+                    known.insert(peer_id, info.listen_addrs);
+                }
+                SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
+                    peer,
+                    message: request_response::Message::Request { request, channel, .. },
+                    ..
+                })) => {
+                    let response = answer(&mut authority, peer, request);
+                    if matches!(response.response, Some(Response::Accepted(_))) {
+                        write_atomic(&state_path, &authority.state().encode_to_vec())?;
+                    }
+                    let _ = swarm.behaviour_mut().directory.send_response(channel, response);
+                }
+                SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, error, .. })) => {
+                    debug!(%peer, %error, "request to peer failed");
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(%peer_id, "connected"),
+                SwarmEvent::ConnectionClosed { peer_id, .. } => debug!(%peer_id, "disconnected"),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Answers one directory request.
+fn answer(authority: &mut Authority, peer: PeerId, request: DirectoryRequest) -> DirectoryResponse {
+    let response = match request.request {
+        Some(Request::GetConsensus(get)) => {
+            let epoch = (get.epoch != 0).then_some(get.epoch);
+            match authority.consensus(epoch) {
+                Some(c) => Response::Consensus(c.clone()),
+                None => Response::Refused(Refused {
+                    reason: "no consensus held for that epoch".into(),
+                }),
+            }
+        }
+        _ => match authority.handle_request(unix_ms(), request) {
+            Ok(()) => Response::Accepted(Accepted {}),
+            Err(e) => {
+                debug!(%peer, reason = e.reason(), "refused: {e}");
+                Response::Refused(Refused {
+                    reason: e.to_string(),
+                })
+            }
+        },
+    };
+    DirectoryResponse {
+        response: Some(response),
+    }
+}
+
+/// Sends what the core wants sent, reports its events, persists its state.
+fn flush(
+    authority: &mut Authority,
+    swarm: &mut Swarm<AuthorityBehaviour>,
+    peers: &[PeerId],
+    data_dir: &Path,
+    state_path: &Path,
+) -> Result<(), AuthorityNodeError> {
+    let mut changed = false;
+    while let Some(message) = authority.poll_transmit() {
+        changed = true;
+        for peer in peers {
+            swarm
+                .behaviour_mut()
+                .directory
+                .send_request(peer, message.clone());
+        }
+    }
+    while let Some(event) = authority.poll_event() {
+        changed = true;
+        match event {
+            Event::Published {
+                epoch,
+                digest,
+                signatures,
+            } => {
+                info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "consensus published");
+                if let Some(signed) = authority.consensus(Some(epoch)) {
+                    write_atomic(
+                        &data_dir.join(format!("consensus-{epoch}.pb")),
+                        &signed.encode_to_vec(),
+                    )?;
+                }
+            }
+            Event::SignaturesAdded { epoch, signatures } => {
+                debug!(
+                    epoch,
+                    signatures, "more signatures on the published consensus"
+                );
+                if let Some(signed) = authority.consensus(Some(epoch)) {
+                    write_atomic(
+                        &data_dir.join(format!("consensus-{epoch}.pb")),
+                        &signed.encode_to_vec(),
+                    )?;
+                }
+            }
+            Event::Failed { epoch, reason } => {
+                warn!(epoch, "no consensus for epoch {epoch}: {reason}");
+            }
+            other => debug!(?other, "authority event"),
+        }
+    }
+    if changed {
+        write_atomic(state_path, &authority.state().encode_to_vec())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! Directory authorities as real `p2pmix authority` processes on 127.0.0.1 (port 0 everywhere):
+//! agreement of 3 and 5, one of three down, two of three down, a restart mid-epoch, and the
+//! consensus tools.
+#![allow(missing_docs, unreachable_pub)]
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use p2pmix::proto::v1::{Consensus, SignedConsensus};
+use prost::Message;
+
+const BIN: &str = env!("CARGO_BIN_EXE_p2pmix");
+const EPOCH_MS: u64 = 4_000;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// A scratch directory removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "p2pmix-test-{name}-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// An authority process, killed on drop.
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Net {
+    scratch: Scratch,
+    keys: Vec<String>,
+    genesis: u64,
+    running: Vec<Option<Running>>,
+}
+
+fn keygen(dir: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public_key = "))
+        .expect("keygen prints the public key")
+        .to_string()
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+impl Net {
+    fn new(name: &str, n: usize) -> Self {
+        let scratch = Scratch::new(name);
+        let keys = (0..n)
+            .map(|i| keygen(&scratch.0.join(format!("a{i}"))))
+            .collect();
+        Net {
+            scratch,
+            keys,
+            // Every authority starts before epoch 0 and prepares epoch 1 from its start.
+            genesis: unix_ms() + 3_000,
+            running: (0..n).map(|_| None).collect(),
+        }
+    }
+
+    fn dir(&self, i: usize) -> PathBuf {
+        self.scratch.0.join(format!("a{i}"))
+    }
+
+    fn listen_addr(&self, i: usize) -> Option<String> {
+        fs::read_to_string(self.dir(i).join("data/listen-addrs"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+    }
+
+    /// Starts authority `i`, pinning every key and pointing at the authorities already running.
+    fn start(&mut self, i: usize) {
+        let dir = self.dir(i);
+        let mut pinned = String::new();
+        for (j, key) in self.keys.iter().enumerate() {
+            let addrs = match (j != i).then(|| self.listen_addr(j)).flatten() {
+                Some(a) => format!("\"{a}\""),
+                None => String::new(),
+            };
+            pinned.push_str(&format!(
+                "[[authority]]\npublic_key = \"{key}\"\naddresses = [{addrs}]\n\n"
+            ));
+        }
+        fs::write(dir.join("authorities.toml"), pinned).unwrap();
+        fs::write(
+            dir.join("authority.toml"),
+            format!(
+                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n[network]\ngenesis_unix_ms = {}\nepoch_ms = {EPOCH_MS}\n",
+                self.genesis
+            ),
+        )
+        .unwrap();
+        let _ = fs::remove_file(dir.join("data/listen-addrs"));
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("log"))
+            .unwrap();
+        let child = Command::new(BIN)
+            .args(["authority", "--config"])
+            .arg(dir.join("authority.toml"))
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.running[i] = Some(Running { child });
+        wait_for("the authority to listen", Duration::from_secs(20), || {
+            self.listen_addr(i)
+        });
+    }
+
+    fn stop(&mut self, i: usize) {
+        self.running[i] = None;
+    }
+
+    fn consensus(&self, i: usize, epoch: u64) -> Option<SignedConsensus> {
+        let bytes = fs::read(self.dir(i).join(format!("data/consensus-{epoch}.pb"))).ok()?;
+        SignedConsensus::decode(&bytes[..]).ok()
+    }
+
+    fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.dir(i).join("log")).unwrap_or_default()
+    }
+
+    fn epoch_start(&self, epoch: u64) -> u64 {
+        self.genesis + epoch * EPOCH_MS
+    }
+
+    fn sleep_until(&self, t: u64) {
+        let now = unix_ms();
+        if t > now {
+            sleep(Duration::from_millis(t - now));
+        }
+    }
+
+    fn verify(&self, i: usize, epoch: u64, now_ms: u64) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(["consensus", "verify"])
+            .arg(self.dir(i).join(format!("data/consensus-{epoch}.pb")))
+            .arg("--authorities")
+            .arg(self.dir(i).join("authorities.toml"))
+            .args(["--now-ms", &now_ms.to_string()])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// Waits for epoch 1's consensus at the given authorities and checks they hold the same document.
+fn agreed(net: &Net, which: &[usize]) -> Vec<SignedConsensus> {
+    let limit =
+        Duration::from_millis(net.epoch_start(1) - unix_ms().min(net.epoch_start(1)) + 20_000);
+    let docs: Vec<SignedConsensus> = which
+        .iter()
+        .map(|&i| {
+            wait_for(
+                &format!("a consensus at authority {i}\n{}", net.log(i)),
+                limit,
+                || net.consensus(i, 1),
+            )
+        })
+        .collect();
+    for d in &docs {
+        assert_eq!(
+            d.consensus, docs[0].consensus,
+            "authorities signed different documents"
+        );
+    }
+    assert_eq!(Consensus::decode(&docs[0].consensus[..]).unwrap().epoch, 1);
+    docs
+}
+
+#[test]
+fn three_and_five_authorities_produce_identical_documents() {
+    for n in [3, 5] {
+        let mut net = Net::new(&format!("agree{n}"), n);
+        for i in 0..n {
+            net.start(i);
+        }
+        let all: Vec<usize> = (0..n).collect();
+        agreed(&net, &all);
+        // Late signatures keep arriving after publication; by the next epoch all are attached.
+        net.sleep_until(net.epoch_start(1) + 500);
+        let (ok, out) = net.verify(0, 1, net.epoch_start(1) + 1);
+        assert!(ok, "{out}");
+        assert!(out.contains(&format!("of {n} authorities signed")), "{out}");
+    }
+}
+
+#[test]
+fn one_of_three_down_still_gets_a_consensus() {
+    let mut net = Net::new("one-down", 3);
+    net.start(0);
+    net.start(1);
+    let docs = agreed(&net, &[0, 1]);
+    assert_eq!(docs[0].signatures.len(), 2);
+    let (ok, out) = net.verify(1, 1, net.epoch_start(1) + 1);
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn two_of_three_down_gives_none_and_the_log_says_why() {
+    let mut net = Net::new("two-down", 3);
+    net.start(0);
+    // Well past the sign and publish phases of epoch 0.
+    net.sleep_until(net.epoch_start(1) + 200);
+    assert!(net.consensus(0, 1).is_none());
+    let log = wait_for("the failure in the log", Duration::from_secs(10), || {
+        let log = net.log(0);
+        log.contains("no consensus for epoch 1").then_some(log)
+    });
+    assert!(
+        log.contains("1 votes from distinct authorities, 2 needed"),
+        "{log}"
+    );
+}
+
+#[test]
+fn an_authority_restarted_mid_epoch_resumes_and_signs() {
+    let mut net = Net::new("restart", 3);
+    for i in 0..3 {
+        net.start(i);
+    }
+    // After the votes (1/4 of epoch 0), before the reveals (3/8): kill and restart authority 2.
+    net.sleep_until(net.genesis + EPOCH_MS / 4 + 150);
+    net.stop(2);
+    net.start(2);
+    let docs = agreed(&net, &[0, 1, 2]);
+    let restarted = &docs[2];
+    assert!(
+        net.log(2).contains("resuming from saved state"),
+        "{}",
+        net.log(2)
+    );
+    // Its own signature is on the document it published.
+    net.sleep_until(net.epoch_start(1) + 500);
+    let (ok, out) = net.verify(2, 1, net.epoch_start(1) + 1);
+    assert!(ok && out.contains("3 of 3"), "{out}");
+    assert!(restarted.signatures.len() >= 2);
+}
+
+#[test]
+fn consensus_tools_refuse_bad_input_clearly() {
+    let scratch = Scratch::new("tools");
+    let bogus = scratch.0.join("bogus.pb");
+    fs::write(&bogus, b"not a consensus").unwrap();
+    let auth = scratch.0.join("authorities.toml");
+    let key = keygen(&scratch.0.join("k"));
+    fs::write(&auth, format!("[[authority]]\npublic_key = \"{key}\"\n")).unwrap();
+    let out = Command::new(BIN)
+        .args(["consensus", "verify"])
+        .arg(&bogus)
+        .arg("--authorities")
+        .arg(&auth)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("invalid: bad encoding"));
+
+    let out = Command::new(BIN)
+        .args(["consensus", "verify", "--bogus-flag"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+
+    fs::write(&auth, "[[authority]]\npublic_key = \"zz\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["consensus", "verify"])
+        .arg(&bogus)
+        .arg("--authorities")
+        .arg(&auth)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_key is not hex"));
+
+    // keygen refuses to overwrite an identity.
+    let again = Command::new(BIN)
+        .args(["keygen", "--out"])
+        .arg(scratch.0.join("k"))
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+}
