@@ -1,4 +1,5 @@
-//! Fetching a signed consensus from any peer that serves `/p2pmix/dir/1.0.0`.
+//! One-shot directory requests to a peer that serves `/p2pmix/dir/1.0.0`: fetch a consensus,
+//! upload a descriptor.
 
 use std::time::Duration;
 
@@ -6,8 +7,8 @@ use futures::StreamExt;
 use libp2p::{Multiaddr, identity::Keypair, request_response, swarm::SwarmEvent};
 use p2pmix_bootstrap::directory_behaviour;
 use p2pmix_proto::v1::{
-    DirectoryRequest, GetConsensus, SignedConsensus, directory_request::Request,
-    directory_response::Response,
+    DirectoryRequest, DirectoryResponse, GetConsensus, SignedConsensus, SignedDescriptor,
+    directory_request::Request, directory_response::Response,
 };
 use thiserror::Error;
 
@@ -32,6 +33,40 @@ pub async fn fetch_consensus(
     epoch: Option<u64>,
     timeout: Duration,
 ) -> Result<SignedConsensus, FetchError> {
+    let request = DirectoryRequest {
+        request: Some(Request::GetConsensus(GetConsensus {
+            epoch: epoch.unwrap_or(0),
+        })),
+    };
+    match request_once(address, request, timeout).await?.response {
+        Some(Response::Consensus(c)) => Ok(c),
+        Some(Response::Refused(r)) => Err(FetchError::Refused(r.reason)),
+        _ => Err(FetchError::Refused("unexpected answer".into())),
+    }
+}
+
+/// Uploads a signed node descriptor to the authority at `address`.
+pub async fn upload_descriptor(
+    address: Multiaddr,
+    descriptor: SignedDescriptor,
+    timeout: Duration,
+) -> Result<(), FetchError> {
+    let request = DirectoryRequest {
+        request: Some(Request::Descriptor(descriptor)),
+    };
+    match request_once(address, request, timeout).await?.response {
+        Some(Response::Accepted(_)) => Ok(()),
+        Some(Response::Refused(r)) => Err(FetchError::Refused(r.reason)),
+        _ => Err(FetchError::Refused("unexpected answer".into())),
+    }
+}
+
+/// One request to one peer over a short-lived swarm, with a bound on the whole exchange.
+pub async fn request_once(
+    address: Multiaddr,
+    request: DirectoryRequest,
+    timeout: Duration,
+) -> Result<DirectoryResponse, FetchError> {
     let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
         directory_behaviour(false, timeout)
     })
@@ -39,18 +74,14 @@ pub async fn fetch_consensus(
     swarm
         .dial(address.clone())
         .map_err(|e| FetchError::Unreachable(format!("dial {address}: {e}")))?;
+    let mut request = Some(request);
     let work = async {
         loop {
             match swarm.select_next_some().await {
                 SwarmEvent::ConnectionEstablished { peer_id, .. } => {
-                    swarm.behaviour_mut().send_request(
-                        &peer_id,
-                        DirectoryRequest {
-                            request: Some(Request::GetConsensus(GetConsensus {
-                                epoch: epoch.unwrap_or(0),
-                            })),
-                        },
-                    );
+                    if let Some(request) = request.take() {
+                        swarm.behaviour_mut().send_request(&peer_id, request);
+                    }
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
                     return Err(FetchError::Unreachable(format!("dial {address}: {error}")));
@@ -58,13 +89,7 @@ pub async fn fetch_consensus(
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     message: request_response::Message::Response { response, .. },
                     ..
-                }) => {
-                    return match response.response {
-                        Some(Response::Consensus(c)) => Ok(c),
-                        Some(Response::Refused(r)) => Err(FetchError::Refused(r.reason)),
-                        _ => Err(FetchError::Refused("unexpected answer".into())),
-                    };
-                }
+                }) => return Ok(response),
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
                     error, ..
                 }) => {

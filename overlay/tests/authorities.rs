@@ -340,3 +340,71 @@ fn consensus_tools_refuse_bad_input_clearly() {
         .unwrap();
     assert!(!again.status.success());
 }
+
+#[test]
+fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fetch() {
+    use p2pmix::{
+        directory::sign_descriptor,
+        fetch::upload_descriptor,
+        proto::v1::{EpochKey, NodeDescriptor, Role},
+        sphinx::NodeSecretKey,
+    };
+    let mut net = Net::new("upload", 3);
+    for i in 0..3 {
+        net.start(i);
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut rng = rand::rng();
+    let roles = [Role::Gateway, Role::Mix, Role::Mix, Role::Mix];
+    for (n, role) in roles.iter().enumerate() {
+        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let descriptor = NodeDescriptor {
+            epoch: 1,
+            identity: keypair.public().encode_protobuf(),
+            addresses: vec![format!("/ip4/127.0.0.1/tcp/{}", 20_000 + n)],
+            role: *role as i32,
+            sphinx_keys: vec![EpochKey {
+                epoch: 1,
+                sphinx_public_key: NodeSecretKey::random(&mut rng)
+                    .public_key()
+                    .to_bytes()
+                    .to_vec(),
+            }],
+            software_version: "test".into(),
+            protocol_version: 1,
+            family: format!("op{n}"),
+        };
+        let signed = sign_descriptor(&keypair, &descriptor).unwrap();
+        for i in 0..3 {
+            let addr = net.listen_addr(i).unwrap().parse().unwrap();
+            runtime
+                .block_on(upload_descriptor(
+                    addr,
+                    signed.clone(),
+                    Duration::from_secs(10),
+                ))
+                .unwrap_or_else(|e| panic!("upload to authority {i}: {e}"));
+        }
+    }
+    let docs = agreed(&net, &[0, 1, 2]);
+    let consensus = Consensus::decode(&docs[0].consensus[..]).unwrap();
+    assert_eq!(consensus.nodes.len(), 4);
+    assert_eq!(consensus.nodes.iter().filter(|n| n.layer > 0).count(), 3);
+
+    let out = Command::new(BIN)
+        .args(["consensus", "show", "--from"])
+        .arg(net.listen_addr(1).unwrap())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("epoch            1"), "{stdout}");
+    assert!(
+        stdout.contains("nodes            4 (1 gateways)"),
+        "{stdout}"
+    );
+}
