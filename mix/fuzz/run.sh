@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# Runs every fuzz target of p2pmix-mix for SECONDS each (default 60) and prints, per target, the
-# number of executions that ran clean. Installs cargo-fuzz if it is missing. cargo fuzz needs
+# Runs every fuzz target of a fuzz crate (default: this one, p2pmix-mix; FUZZ_DIR picks another)
+# for SECONDS each (default 60) and prints, per target, the number of executions that ran clean. Installs cargo-fuzz if it is missing. cargo fuzz needs
 # nightly-only compiler flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them.
 # Usage: mix/fuzz/run.sh [SECONDS] [TARGET...]
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "${FUZZ_DIR:-$(dirname "$0")}"
 seconds="${1:-60}"
 shift || true
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(unwrap unwrap_tampered routing_slot surb open)
+  # Every [[bin]] of the fuzz crate.
+  mapfile -t targets < <(awk '/^\[\[bin\]\]/ { b = 1; next } b && /^name = / { gsub(/"/, "", $3); print $3; b = 0 }' Cargo.toml)
 fi
 export RUSTC_BOOTSTRAP=1
 status=0
