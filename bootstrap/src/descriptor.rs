@@ -6,7 +6,7 @@ use p2pmix_proto::v1::{NodeDescriptor, Role, SignedDescriptor};
 use prost::Message;
 use thiserror::Error;
 
-use crate::signing::{Context, sign, verify};
+use crate::signing::{Context, encode_and_sign, verify};
 
 /// Most addresses a descriptor may list.
 pub const MAX_ADDRESSES: usize = 16;
@@ -93,10 +93,9 @@ impl VerifiedDescriptor {
 
 /// Signs a descriptor with the node's identity key.
 pub fn sign_descriptor(keypair: &Keypair, descriptor: &NodeDescriptor) -> Option<SignedDescriptor> {
-    let bytes = descriptor.encode_to_vec();
-    let signature = sign(keypair, Context::Descriptor, &bytes)?;
+    let (descriptor, signature) = encode_and_sign(keypair, Context::Descriptor, descriptor)?;
     Some(SignedDescriptor {
-        descriptor: bytes,
+        descriptor,
         signature,
     })
 }

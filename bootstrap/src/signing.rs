@@ -42,6 +42,18 @@ pub fn sign(keypair: &Keypair, context: Context, bytes: &[u8]) -> Option<Vec<u8>
     keypair.sign(&message(context, bytes)).ok()
 }
 
+/// Encodes `message` and signs the encoding: the `(bytes, signature)` pair every signed wire
+/// object carries.
+pub fn encode_and_sign<M: prost::Message>(
+    keypair: &Keypair,
+    context: Context,
+    message: &M,
+) -> Option<(Vec<u8>, Vec<u8>)> {
+    let bytes = message.encode_to_vec();
+    let signature = sign(keypair, context, &bytes)?;
+    Some((bytes, signature))
+}
+
 /// Checks a signature made by [`sign`].
 pub fn verify(key: &PublicKey, context: Context, bytes: &[u8], signature: &[u8]) -> bool {
     key.verify(&message(context, bytes), signature)

@@ -12,7 +12,7 @@ use thiserror::Error;
 use crate::{
     authorities::PinnedAuthorities,
     descriptor::{VerifiedDescriptor, verify_descriptor},
-    signing::{Context, sign, verify},
+    signing::{Context, encode_and_sign, verify},
 };
 
 /// Largest encoded vote accepted (bytes): room for ~10 000 descriptors.
@@ -79,12 +79,8 @@ pub fn build_vote(
         descriptors,
         commit: commit.to_vec(),
     };
-    let bytes = vote.encode_to_vec();
-    let signature = sign(keypair, Context::Vote, &bytes)?;
-    Some(SignedVote {
-        vote: bytes,
-        signature,
-    })
+    let (vote, signature) = encode_and_sign(keypair, Context::Vote, &vote)?;
+    Some(SignedVote { vote, signature })
 }
 
 /// A vote from a pinned authority, with the descriptors in it that verify.
@@ -150,12 +146,8 @@ pub fn build_reveal(keypair: &Keypair, epoch: u64, value: [u8; 32]) -> Option<Si
         authority: keypair.public().encode_protobuf(),
         value: value.to_vec(),
     };
-    let bytes = reveal.encode_to_vec();
-    let signature = sign(keypair, Context::Reveal, &bytes)?;
-    Some(SignedReveal {
-        reveal: bytes,
-        signature,
-    })
+    let (reveal, signature) = encode_and_sign(keypair, Context::Reveal, &reveal)?;
+    Some(SignedReveal { reveal, signature })
 }
 
 /// A reveal from a pinned authority.

@@ -24,6 +24,7 @@ mod keyring;
 mod keys;
 mod lioness;
 mod peel;
+mod relay;
 mod replay;
 mod routing;
 mod surb;
@@ -37,6 +38,7 @@ pub use geometry::{
 pub use keyring::{EpochKey, KeyRing, KeyRingError};
 pub use keys::{KeyId, NodePublicKey, NodeSecretKey};
 pub use peel::{Processed, body, open_payload, unwrap_packet};
+pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, TokenBucket};
 pub use replay::{ReplayCache, ReplayConfig};
 pub use routing::{ClientId, Delay, Destination, Label, NodeId};
 pub use surb::{Surb, SurbKeys, create_surb};

@@ -1,0 +1,412 @@
+//! The sans-IO mix core: what a node does with a packet, with no sockets and no clock.
+//!
+//! Two halves, so that Sphinx work runs off the swarm's event loop:
+//! - [`Relay::process`] (`&self`, thread-safe): unwrap with the epoch key ring, check the next hop
+//!   against the packet's epoch topology and the delay against the consensus cap, and say what to
+//!   do: forward after a delay, or deliver. Worker threads call it.
+//! - [`DelayQueue`] (owned by the event loop): holds decided packets until their release time,
+//!   bounded in packets and bytes; [`DelayQueue::poll_timeout`] and [`DelayQueue::poll_transmit`]
+//!   drive it with the time passed in.
+//!
+//! [`TokenBucket`] rate-limits each neighbour (rates from the consensus), before any crypto.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap},
+    hash::Hash,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use crate::{
+    error::UnwrapError,
+    geometry::Geometry,
+    keyring::KeyRing,
+    keys::KeyId,
+    peel::Processed,
+    routing::{Destination, NodeId},
+};
+
+/// Why a node dropped a packet. Every drop is counted by reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum DropReason {
+    /// The frame is not the geometry's packet size.
+    WrongSize,
+    /// The header MAC failed, or the element was invalid: tampered or forged.
+    BadMac,
+    /// Seen before under this epoch key.
+    Replay,
+    /// The packet names an epoch key this node does not hold.
+    UnknownKey,
+    /// The authenticated routing slot does not decode.
+    BadRouting,
+    /// The next hop is not in the packet's epoch topology.
+    UnknownNextHop,
+    /// The sender asked for a delay above the consensus cap.
+    DelayTooLong,
+    /// The delay queue is full (packets or bytes).
+    QueueFull,
+    /// The neighbour sent faster than its rate allows.
+    RateLimited,
+}
+
+impl DropReason {
+    /// Every reason, for exporting counters.
+    pub const ALL: [DropReason; 9] = [
+        DropReason::WrongSize,
+        DropReason::BadMac,
+        DropReason::Replay,
+        DropReason::UnknownKey,
+        DropReason::BadRouting,
+        DropReason::UnknownNextHop,
+        DropReason::DelayTooLong,
+        DropReason::QueueFull,
+        DropReason::RateLimited,
+    ];
+
+    /// A short stable label for metrics.
+    pub fn label(self) -> &'static str {
+        match self {
+            DropReason::WrongSize => "wrong_size",
+            DropReason::BadMac => "bad_mac",
+            DropReason::Replay => "replay",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::BadRouting => "bad_routing",
+            DropReason::UnknownNextHop => "unknown_next_hop",
+            DropReason::DelayTooLong => "delay_too_long",
+            DropReason::QueueFull => "queue_full",
+            DropReason::RateLimited => "rate_limited",
+        }
+    }
+
+    /// Whether a neighbour that keeps causing this drop is misbehaving (rather than unlucky):
+    /// nodes cut off peers that send many of these.
+    pub fn is_peer_fault(self) -> bool {
+        matches!(
+            self,
+            DropReason::WrongSize
+                | DropReason::BadMac
+                | DropReason::Replay
+                | DropReason::RateLimited
+        )
+    }
+}
+
+impl From<UnwrapError> for DropReason {
+    fn from(e: UnwrapError) -> Self {
+        match e {
+            UnwrapError::WrongSize { .. } => DropReason::WrongSize,
+            UnwrapError::UnknownKey(_) => DropReason::UnknownKey,
+            UnwrapError::InvalidElement | UnwrapError::Mac => DropReason::BadMac,
+            UnwrapError::Replay => DropReason::Replay,
+            UnwrapError::Routing => DropReason::BadRouting,
+        }
+    }
+}
+
+/// What a node decided for one packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<P> {
+    /// Send `packet` to `to` once `release` has come.
+    Forward {
+        /// The next hop's peer.
+        to: P,
+        /// The packet rewritten for the next hop.
+        packet: Vec<u8>,
+        /// When to send it.
+        release: Instant,
+    },
+    /// This node is the final hop: deliver the body (everything after the header) once `release`
+    /// has come, or drop it silently for cover traffic.
+    Final {
+        /// Deliver to a client, or drop.
+        destination: Destination,
+        /// The packet buffer; its body is at `geometry.header_size()..`.
+        packet: Vec<u8>,
+        /// When to deliver it.
+        release: Instant,
+    },
+}
+
+/// Limits of one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Longest per-hop delay accepted (the consensus's `max_delay_us`).
+    pub max_delay: Duration,
+}
+
+/// The thread-safe half of the mix core: keys, topology, decisions.
+#[derive(Debug)]
+pub struct Relay<P> {
+    geometry: Geometry,
+    config: RelayConfig,
+    keys: RwLock<KeyRing>,
+    /// Per epoch: compact node id -> peer.
+    topologies: RwLock<HashMap<u64, HashMap<NodeId, P>>>,
+}
+
+impl<P: Clone + Eq + Hash> Relay<P> {
+    /// A relay with `keys`; topologies are added per epoch with [`Relay::set_topology`].
+    pub fn new(geometry: Geometry, config: RelayConfig, keys: KeyRing) -> Self {
+        Relay {
+            geometry,
+            config,
+            keys: RwLock::new(keys),
+            topologies: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The packet geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+
+    /// Installs the topology of `epoch` (from its verified consensus); keeps the last three.
+    pub fn set_topology(&self, epoch: u64, topology: HashMap<NodeId, P>) {
+        let mut t = self.topologies.write().unwrap_or_else(|e| e.into_inner());
+        t.insert(epoch, topology);
+        while t.len() > 3 {
+            let Some(oldest) = t.keys().min().copied() else {
+                break;
+            };
+            t.remove(&oldest);
+        }
+    }
+
+    /// Changes the key ring (new epoch keys, rotation, retirement).
+    pub fn with_keys<T>(&self, f: impl FnOnce(&mut KeyRing) -> T) -> T {
+        f(&mut self.keys.write().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Unwraps `packet` received at `now` and decides what to do with it.
+    pub fn process(&self, now: Instant, mut packet: Vec<u8>) -> Result<Decision<P>, DropReason> {
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let processed = keys.process(&self.geometry, &mut packet)?;
+        let key_id = packet.first().copied().map(KeyId);
+        let epoch = key_id.and_then(|id| keys.get(id)).map(|k| k.epoch());
+        drop(keys);
+        let delay = match processed {
+            Processed::Forward { delay, .. } | Processed::Final { delay, .. } => delay,
+        };
+        if delay.as_duration() > self.config.max_delay {
+            return Err(DropReason::DelayTooLong);
+        }
+        let release = now.checked_add(delay.as_duration()).unwrap_or(now);
+        match processed {
+            Processed::Forward { next, .. } => {
+                let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
+                let to = epoch
+                    .and_then(|e| topologies.get(&e))
+                    .and_then(|t| t.get(&next))
+                    .cloned()
+                    .ok_or(DropReason::UnknownNextHop)?;
+                Ok(Decision::Forward {
+                    to,
+                    packet,
+                    release,
+                })
+            }
+            Processed::Final { destination, .. } => Ok(Decision::Final {
+                destination,
+                packet,
+                release,
+            }),
+        }
+    }
+}
+
+/// Bounds of a [`DelayQueue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most packets held at once.
+    pub max_packets: usize,
+    /// Most bytes held at once.
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    /// 100 000 packets, 256 MiB.
+    fn default() -> Self {
+        QueueLimits {
+            max_packets: 100_000,
+            max_bytes: 256 << 20,
+        }
+    }
+}
+
+/// Packets held until their release time, earliest first, bounded.
+#[derive(Debug)]
+pub struct DelayQueue<P> {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    items: HashMap<u64, Decision<P>>,
+    next_seq: u64,
+    bytes: usize,
+    limits: QueueLimits,
+}
+
+impl<P> DelayQueue<P> {
+    /// An empty queue with `limits`.
+    pub fn new(limits: QueueLimits) -> Self {
+        DelayQueue {
+            heap: BinaryHeap::new(),
+            items: HashMap::new(),
+            next_seq: 0,
+            bytes: 0,
+            limits,
+        }
+    }
+
+    /// Holds `decision` until its release time; refuses it when the queue is full.
+    pub fn push(&mut self, decision: Decision<P>) -> Result<(), DropReason> {
+        let (release, len) = match &decision {
+            Decision::Forward {
+                release, packet, ..
+            }
+            | Decision::Final {
+                release, packet, ..
+            } => (*release, packet.len()),
+        };
+        if self.items.len() >= self.limits.max_packets
+            || self.bytes.saturating_add(len) > self.limits.max_bytes
+        {
+            return Err(DropReason::QueueFull);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.bytes += len;
+        self.heap.push(Reverse((release, seq)));
+        self.items.insert(seq, decision);
+        Ok(())
+    }
+
+    /// When the next packet is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// The next packet due at `now`, if any (in release order; ties in arrival order).
+    pub fn poll_transmit(&mut self, now: Instant) -> Option<Decision<P>> {
+        let Reverse((release, seq)) = *self.heap.peek()?;
+        if release > now {
+            return None;
+        }
+        self.heap.pop();
+        let decision = self.items.remove(&seq)?;
+        let len = match &decision {
+            Decision::Forward { packet, .. } | Decision::Final { packet, .. } => packet.len(),
+        };
+        self.bytes -= len;
+        Some(decision)
+    }
+
+    /// Packets held.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up. Time is passed in.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket.
+    pub fn new(rate_per_second: f64, burst: f64) -> Self {
+        TokenBucket {
+            rate: rate_per_second.max(0.0),
+            burst: burst.max(1.0),
+            tokens: burst.max(1.0),
+            last: None,
+        }
+    }
+
+    /// Takes one token at `now`; `false` (rate limited) if none is left.
+    pub fn try_take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let elapsed = now.saturating_duration_since(last).as_secs_f64();
+            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_refills_at_its_rate() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(10.0, 2.0);
+        assert!(b.try_take(t0));
+        assert!(b.try_take(t0));
+        assert!(!b.try_take(t0));
+        assert!(!b.try_take(t0 + Duration::from_millis(50)));
+        assert!(b.try_take(t0 + Duration::from_millis(100)));
+        // Never more than the burst, however long it rested.
+        let later = t0 + Duration::from_secs(100);
+        assert!(b.try_take(later) && b.try_take(later) && !b.try_take(later));
+    }
+
+    #[test]
+    fn queue_releases_in_time_order_and_stays_bounded() {
+        let t0 = Instant::now();
+        let mut q: DelayQueue<u8> = DelayQueue::new(QueueLimits {
+            max_packets: 3,
+            max_bytes: 1000,
+        });
+        let d = |to, ms| Decision::Forward {
+            to,
+            packet: vec![0; 100],
+            release: t0 + Duration::from_millis(ms),
+        };
+        q.push(d(1, 30)).unwrap();
+        q.push(d(2, 10)).unwrap();
+        q.push(d(3, 20)).unwrap();
+        assert_eq!(q.push(d(4, 5)), Err(DropReason::QueueFull));
+        assert_eq!(q.bytes(), 300);
+        assert_eq!(q.poll_timeout(), Some(t0 + Duration::from_millis(10)));
+        assert!(q.poll_transmit(t0 + Duration::from_millis(9)).is_none());
+        let order: Vec<u8> = std::iter::from_fn(|| q.poll_transmit(t0 + Duration::from_secs(1)))
+            .map(|d| match d {
+                Decision::Forward { to, .. } => to,
+                Decision::Final { .. } => 0,
+            })
+            .collect();
+        assert_eq!(order, vec![2, 3, 1]);
+        assert!(q.is_empty());
+        assert_eq!(q.bytes(), 0);
+        let mut small: DelayQueue<u8> = DelayQueue::new(QueueLimits {
+            max_packets: 10,
+            max_bytes: 150,
+        });
+        small.push(d(1, 1)).unwrap();
+        assert_eq!(
+            small.push(d(2, 1)),
+            Err(DropReason::QueueFull),
+            "byte bound"
+        );
+    }
+}
