@@ -15,11 +15,13 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod behaviour;
 mod create;
 mod crypto;
 mod delay;
 mod error;
 mod geometry;
+pub mod handler;
 mod keyring;
 mod keys;
 mod lioness;

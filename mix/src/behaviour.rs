@@ -1,0 +1,513 @@
+//! The mix `NetworkBehaviour`: a thin adapter between the swarm and the sans-IO [`Relay`] and
+//! [`DelayQueue`].
+//!
+//! Frames from neighbours pass the per-peer [`TokenBucket`] on the event loop, then go to worker
+//! threads (bounded channel) for the Sphinx work, so a slow packet never stalls the swarm. The
+//! workers' decisions come back (bounded channel, waking the behaviour) into the delay queue; at
+//! release time a packet is handed to the next hop's connection (dialled if needed) or, at the
+//! final hop, reported as [`Event::Delivered`]. Every drop is counted by reason in [`Stats`]; a
+//! peer that keeps sending invalid frames is disconnected and refused for a while.
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use futures::{FutureExt, task::AtomicWaker};
+use futures_timer::Delay as Timer;
+use libp2p::{
+    Multiaddr, PeerId,
+    core::{Endpoint, transport::PortUse},
+    swarm::{
+        CloseConnection, ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour,
+        NotifyHandler, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        dial_opts::{DialOpts, PeerCondition},
+    },
+};
+
+use crate::{
+    handler::{Handler, HandlerEvent, HandlerIn},
+    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, TokenBucket},
+    routing::{ClientId, Destination, Label},
+};
+
+/// How a mix behaviour runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Bounds of the delay queue.
+    pub queue: QueueLimits,
+    /// Packets per second one neighbour may send (from the consensus rates), and the burst.
+    pub peer_rate: f64,
+    /// Tokens a neighbour may save up.
+    pub peer_burst: f64,
+    /// Worker threads for Sphinx unwrapping.
+    pub workers: usize,
+    /// Invalid frames (bad size, bad MAC, replay, over rate) after which a peer is cut off.
+    pub max_peer_faults: u32,
+    /// How long a cut-off peer is refused.
+    pub ban: Duration,
+    /// Packets waiting for a connection to one next hop (more are dropped).
+    pub max_pending_per_peer: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            queue: QueueLimits::default(),
+            peer_rate: 20_000.0,
+            peer_burst: 2_000.0,
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get().saturating_sub(1).max(1))
+                .unwrap_or(1),
+            max_peer_faults: 100,
+            ban: Duration::from_secs(60),
+            max_pending_per_peer: 1024,
+        }
+    }
+}
+
+/// What the behaviour reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// This node was the final hop of a packet for one of its clients; `body` is the packet's
+    /// body (open it with `open_payload` or the SURB keys).
+    Delivered {
+        /// The client.
+        client: ClientId,
+        /// The creator's label.
+        label: Label,
+        /// The packet body.
+        body: Vec<u8>,
+    },
+    /// A neighbour was cut off for sending invalid frames.
+    PeerBanned(PeerId),
+}
+
+/// Counters of one mix behaviour, readable from any thread (for metrics).
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Frames received from neighbours or injected locally.
+    pub received: AtomicU64,
+    /// Packets sent on to their next hop.
+    pub forwarded: AtomicU64,
+    /// Packets delivered to this node's clients.
+    pub delivered: AtomicU64,
+    /// Drop-cover packets that ended here.
+    pub cover_dropped: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+}
+
+impl Stats {
+    /// Packets dropped for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.dropped.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    fn count_drop(&self, reason: DropReason) {
+        if let Some(c) = DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .and_then(|i| self.dropped.get(i))
+        {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+type Job = (Instant, Option<PeerId>, Vec<u8>);
+type Outcome = (Option<PeerId>, Result<Decision<PeerId>, DropReason>);
+
+/// The mix protocol on a swarm. See the module documentation.
+pub struct Behaviour {
+    relay: Arc<Relay<PeerId>>,
+    config: Config,
+    queue: DelayQueue<PeerId>,
+    timer: Option<(Instant, Timer)>,
+    jobs: SyncSender<Job>,
+    outcomes: Receiver<Outcome>,
+    waker: Arc<AtomicWaker>,
+    buckets: HashMap<PeerId, (TokenBucket, u32)>,
+    banned: HashMap<PeerId, Instant>,
+    connected: HashSet<PeerId>,
+    /// Where next hops listen (from the consensus or other behaviours), for dialling them.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    pending: HashMap<PeerId, VecDeque<Vec<u8>>>,
+    events: VecDeque<ToSwarm<Event, HandlerIn>>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour")
+            .field("queued", &self.queue.len())
+            .field("connected", &self.connected.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    /// A mix behaviour around `relay`, with `config.workers` worker threads.
+    pub fn new(relay: Arc<Relay<PeerId>>, config: Config) -> Self {
+        let workers = config.workers.max(1);
+        let (jobs, job_rx) = sync_channel::<Job>(4096);
+        let (outcome_tx, outcomes) = sync_channel::<Outcome>(4096);
+        let waker = Arc::new(AtomicWaker::new());
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        for i in 0..workers {
+            let relay = relay.clone();
+            let job_rx = job_rx.clone();
+            let outcome_tx = outcome_tx.clone();
+            let waker = waker.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("p2pmix-sphinx-{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = {
+                            let rx = job_rx.lock().unwrap_or_else(|e| e.into_inner());
+                            rx.recv()
+                        };
+                        let Ok((now, from, packet)) = job else { return };
+                        let outcome = relay.process(now, packet);
+                        if outcome_tx.send((from, outcome)).is_err() {
+                            return;
+                        }
+                        waker.wake();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(%e, "could not start a Sphinx worker thread");
+            }
+        }
+        Behaviour {
+            relay,
+            queue: DelayQueue::new(config.queue),
+            config,
+            timer: None,
+            jobs,
+            outcomes,
+            waker,
+            buckets: HashMap::new(),
+            banned: HashMap::new(),
+            connected: HashSet::new(),
+            addresses: HashMap::new(),
+            pending: HashMap::new(),
+            events: VecDeque::new(),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// The relay (keys and topologies) this behaviour uses.
+    pub fn relay(&self) -> &Arc<Relay<PeerId>> {
+        &self.relay
+    }
+
+    /// Counters, shareable with a metrics exporter.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
+    }
+
+    /// Packets and bytes in the delay queue.
+    pub fn queued(&self) -> (usize, usize) {
+        (self.queue.len(), self.queue.bytes())
+    }
+
+    /// Records where `peer` listens, so that packets for it can dial it (at most 8 addresses per
+    /// peer are kept, newest first).
+    pub fn add_address(&mut self, peer: PeerId, address: Multiaddr) {
+        let known = self.addresses.entry(peer).or_default();
+        if !known.contains(&address) {
+            known.insert(0, address);
+            known.truncate(8);
+        }
+    }
+
+    /// Forgets the addresses of peers no longer in any topology.
+    pub fn retain_addresses(&mut self, keep: impl Fn(&PeerId) -> bool) {
+        self.addresses.retain(|p, _| keep(p));
+    }
+
+    /// Processes a packet as if it had arrived from outside (a gateway taking a client's
+    /// packet, or a test injecting traffic).
+    pub fn inject(&mut self, packet: Vec<u8>) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.submit(None, packet);
+    }
+
+    /// Sends a ready packet straight to `peer` (a client to its entry gateway).
+    pub fn send(&mut self, peer: PeerId, packet: Vec<u8>) {
+        self.transmit(peer, packet);
+    }
+
+    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
+        match self.jobs.try_send((Instant::now(), from, packet)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.stats.count_drop(DropReason::QueueFull),
+            Err(TrySendError::Disconnected(_)) => self.stats.count_drop(DropReason::QueueFull),
+        }
+    }
+
+    fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
+        if self.connected.contains(&peer) {
+            self.events.push_back(ToSwarm::NotifyHandler {
+                peer_id: peer,
+                handler: NotifyHandler::Any,
+                event: HandlerIn::Send(packet),
+            });
+        } else {
+            let waiting = self.pending.entry(peer).or_default();
+            if waiting.is_empty() {
+                self.events.push_back(ToSwarm::Dial {
+                    opts: DialOpts::peer_id(peer)
+                        .condition(PeerCondition::DisconnectedAndNotDialing)
+                        .build(),
+                });
+            }
+            if waiting.len() < self.config.max_pending_per_peer {
+                waiting.push_back(packet);
+            } else {
+                self.stats.count_drop(DropReason::QueueFull);
+            }
+        }
+    }
+
+    fn fault(&mut self, peer: PeerId, reason: DropReason) {
+        if !reason.is_peer_fault() {
+            return;
+        }
+        let Some((_, faults)) = self.buckets.get_mut(&peer) else {
+            return;
+        };
+        *faults += 1;
+        if *faults > self.config.max_peer_faults {
+            self.buckets.remove(&peer);
+            self.banned.insert(peer, Instant::now() + self.config.ban);
+            self.events.push_back(ToSwarm::CloseConnection {
+                peer_id: peer,
+                connection: CloseConnection::All,
+            });
+            self.events
+                .push_back(ToSwarm::GenerateEvent(Event::PeerBanned(peer)));
+        }
+    }
+
+    fn is_banned(&mut self, peer: &PeerId) -> bool {
+        match self.banned.get(peer) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                self.banned.remove(peer);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn check_ban(&mut self, peer: &PeerId) -> Result<(), ConnectionDenied> {
+        if self.is_banned(peer) {
+            return Err(ConnectionDenied::new(format!(
+                "{peer} is banned for invalid traffic"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = Handler;
+    type ToSwarm = Event;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check_ban(&peer)?;
+        Ok(Handler::new(self.relay.geometry().packet_size()))
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        let Some(peer) = peer else {
+            return Ok(Vec::new());
+        };
+        self.check_ban(&peer)?;
+        Ok(self.addresses.get(&peer).cloned().unwrap_or_default())
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check_ban(&peer)?;
+        Ok(Handler::new(self.relay.geometry().packet_size()))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        match event {
+            FromSwarm::NewExternalAddrOfPeer(e) => self.add_address(e.peer_id, e.addr.clone()),
+            FromSwarm::ConnectionEstablished(e) => {
+                self.connected.insert(e.peer_id);
+                if let Some(waiting) = self.pending.remove(&e.peer_id) {
+                    for packet in waiting {
+                        self.events.push_back(ToSwarm::NotifyHandler {
+                            peer_id: e.peer_id,
+                            handler: NotifyHandler::One(e.connection_id),
+                            event: HandlerIn::Send(packet),
+                        });
+                    }
+                }
+            }
+            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
+                self.connected.remove(&e.peer_id);
+                self.buckets.remove(&e.peer_id);
+            }
+            // A dial refused because another one to the peer is under way is not a failure: the
+            // packets wait for that connection.
+            FromSwarm::DialFailure(e)
+                if !matches!(e.error, DialError::DialPeerConditionFalse(_)) =>
+            {
+                if let Some(peer) = e.peer_id
+                    && let Some(waiting) = self.pending.remove(&peer)
+                {
+                    for _ in waiting {
+                        self.stats.count_drop(DropReason::UnknownNextHop);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {
+            HandlerEvent::Frame(frame) => {
+                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                if self.is_banned(&peer) {
+                    self.stats.count_drop(DropReason::RateLimited);
+                    return;
+                }
+                let (rate, burst) = (self.config.peer_rate, self.config.peer_burst);
+                let (bucket, _) = self
+                    .buckets
+                    .entry(peer)
+                    .or_insert_with(|| (TokenBucket::new(rate, burst), 0));
+                if !bucket.try_take(Instant::now()) {
+                    self.stats.count_drop(DropReason::RateLimited);
+                    self.fault(peer, DropReason::RateLimited);
+                    return;
+                }
+                self.submit(Some(peer), frame);
+            }
+            HandlerEvent::OutboundDropped(n) => {
+                for _ in 0..n {
+                    self.stats.count_drop(DropReason::QueueFull);
+                }
+            }
+        }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        self.waker.register(cx.waker());
+        loop {
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(event);
+            }
+            // Decisions from the workers go into the delay queue.
+            let mut progressed = false;
+            while let Ok((from, outcome)) = self.outcomes.try_recv() {
+                progressed = true;
+                match outcome.and_then(|d| match d {
+                    Decision::Final {
+                        destination: Destination::Drop,
+                        ..
+                    } => {
+                        self.stats.cover_dropped.fetch_add(1, Ordering::Relaxed);
+                        Ok(())
+                    }
+                    d => self.queue.push(d),
+                }) {
+                    Ok(()) => {}
+                    Err(reason) => {
+                        self.stats.count_drop(reason);
+                        if let Some(peer) = from {
+                            self.fault(peer, reason);
+                        }
+                    }
+                }
+            }
+            // Packets whose delay is over leave.
+            let now = Instant::now();
+            while let Some(decision) = self.queue.poll_transmit(now) {
+                progressed = true;
+                match decision {
+                    Decision::Forward { to, packet, .. } => {
+                        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                        self.transmit(to, packet);
+                    }
+                    Decision::Final {
+                        destination: Destination::Deliver { client, label },
+                        packet,
+                        ..
+                    } => {
+                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        let header = self.relay.geometry().header_size();
+                        let body = packet.get(header..).unwrap_or_default().to_vec();
+                        self.events
+                            .push_back(ToSwarm::GenerateEvent(Event::Delivered {
+                                client,
+                                label,
+                                body,
+                            }));
+                    }
+                    Decision::Final { .. } => {
+                        self.stats.cover_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            if progressed {
+                continue;
+            }
+            // Sleep until the next release.
+            match self.queue.poll_timeout() {
+                Some(at) => {
+                    let timer = match self.timer.take() {
+                        Some((t, timer)) if t == at => timer,
+                        _ => Timer::new(at.saturating_duration_since(now)),
+                    };
+                    let mut timer = timer;
+                    if timer.poll_unpin(cx).is_ready() {
+                        continue;
+                    }
+                    self.timer = Some((at, timer));
+                }
+                None => self.timer = None,
+            }
+            return Poll::Pending;
+        }
+    }
+}

@@ -1,0 +1,369 @@
+//! The mix behaviour on real libp2p swarms over TCP on 127.0.0.1 (port 0): a five-hop route
+//! (entry gateway, three mixes, exit gateway) delivers every packet once, each hop holding it for
+//! the sender's delay; a peer flooding garbage is counted, cut off, and does not stop the traffic.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use common::{EPOCH, key_id, rng, small_replay};
+use futures::StreamExt;
+use libp2p::{Multiaddr, PeerId, Swarm, identity::Keypair, noise, swarm::SwarmEvent, tcp, yamux};
+use p2pmix_mix::{
+    ClientId, Delay, Destination, DropReason, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey,
+    Relay, RelayConfig,
+    behaviour::{Behaviour, Config, Event, Stats},
+    build_packet, open_payload,
+};
+use tokio::sync::mpsc;
+
+enum Command {
+    Inject(Vec<u8>),
+    Send(PeerId, Vec<u8>),
+    Dial(PeerId, Multiaddr),
+}
+
+struct Node {
+    peer: PeerId,
+    addr: Multiaddr,
+    commands: mpsc::Sender<Command>,
+    stats: Arc<Stats>,
+}
+
+fn swarm(keypair: Keypair, behaviour: Behaviour) -> Swarm<Behaviour> {
+    libp2p::SwarmBuilder::with_existing_identity(keypair)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .unwrap()
+        .with_behaviour(|_| behaviour)
+        .unwrap()
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build()
+}
+
+/// Starts a swarm task; returns its handle once it listens.
+async fn start(
+    keypair: Keypair,
+    behaviour: Behaviour,
+    known: Vec<(PeerId, Multiaddr)>,
+    events: mpsc::Sender<(PeerId, Event)>,
+) -> Node {
+    let peer = keypair.public().to_peer_id();
+    let stats = behaviour.stats();
+    let mut swarm = swarm(keypair, behaviour);
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    for (p, a) in known {
+        swarm.add_peer_address(p, a);
+    }
+    let addr = loop {
+        if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+            break address;
+        }
+    };
+    let (commands, mut rx) = mpsc::channel::<Command>(1024);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                command = rx.recv() => match command {
+                    Some(Command::Inject(p)) => swarm.behaviour_mut().inject(p),
+                    Some(Command::Send(to, p)) => swarm.behaviour_mut().send(to, p),
+                    Some(Command::Dial(to, a)) => { swarm.add_peer_address(to, a); let _ = swarm.dial(to); }
+                    None => return,
+                },
+                event = swarm.select_next_some() => {
+                    if let SwarmEvent::Behaviour(e) = event
+                        && events.send((peer, e)).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        }
+    });
+    Node {
+        peer,
+        addr,
+        commands,
+        stats,
+    }
+}
+
+struct Network {
+    nodes: Vec<Node>,
+    keys: Vec<p2pmix_mix::NodePublicKey>,
+    events: mpsc::Receiver<(PeerId, Event)>,
+    events_tx: mpsc::Sender<(PeerId, Event)>,
+}
+
+async fn network(n: usize, config: Config) -> Network {
+    let mut r = rng(900);
+    let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+    let peers: Vec<PeerId> = keypairs.iter().map(|k| k.public().to_peer_id()).collect();
+    let topology: HashMap<NodeId, PeerId> = peers
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (NodeId(i as u16), *p))
+        .collect();
+    let (events_tx, events) = mpsc::channel(4096);
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut keys = Vec::new();
+    for keypair in keypairs {
+        let mut ring = KeyRing::new(EPOCH, Duration::from_secs(60), small_replay());
+        let secret = NodeSecretKey::random(&mut r);
+        keys.push(secret.public_key());
+        ring.insert(EPOCH, secret).unwrap();
+        let relay = Arc::new(Relay::new(
+            Geometry::DEFAULT,
+            RelayConfig {
+                max_delay: Duration::from_secs(5),
+            },
+            ring,
+        ));
+        relay.set_topology(EPOCH, topology.clone());
+        // Each node knows the addresses of those started before it; later ones it learns by
+        // being told below.
+        let known = nodes.iter().map(|n| (n.peer, n.addr.clone())).collect();
+        nodes.push(
+            start(
+                keypair,
+                Behaviour::new(relay, config),
+                known,
+                events_tx.clone(),
+            )
+            .await,
+        );
+    }
+    // Everyone learns everyone's address (as the consensus would tell them).
+    for a in &nodes {
+        for b in &nodes {
+            if a.peer != b.peer {
+                a.commands
+                    .send(Command::Dial(b.peer, b.addr.clone()))
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    Network {
+        nodes,
+        keys,
+        events,
+        events_tx,
+    }
+}
+
+fn report(net: &Network) -> String {
+    net.nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let s = &n.stats;
+            let drops: Vec<String> = DropReason::ALL
+                .iter()
+                .filter(|r| s.dropped(**r) > 0)
+                .map(|r| format!("{}={}", r.label(), s.dropped(*r)))
+                .collect();
+            format!(
+                "node {i}: received {} forwarded {} delivered {} drops [{}]",
+                s.received.load(std::sync::atomic::Ordering::Relaxed),
+                s.forwarded.load(std::sync::atomic::Ordering::Relaxed),
+                s.delivered.load(std::sync::atomic::Ordering::Relaxed),
+                drops.join(" ")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn route(net: &Network, delays_ms: &[u64]) -> Vec<Hop> {
+    delays_ms
+        .iter()
+        .enumerate()
+        .map(|(i, &ms)| Hop {
+            node: NodeId(i as u16),
+            key: net.keys[i],
+            delay: Delay::from_duration(Duration::from_millis(ms)),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hops_deliver_every_packet_once_after_the_chosen_delays() {
+    let mut net = network(
+        5,
+        Config {
+            workers: 1,
+            ..Config::default()
+        },
+    )
+    .await;
+    let delays = [10u64, 30, 20, 40, 0];
+    let total = Duration::from_millis(delays.iter().sum());
+    let hops = route(&net, &delays);
+    let mut r = rng(901);
+    let count = 40u8;
+    let mut sent_at = HashMap::new();
+    for i in 0..count {
+        let destination = Destination::Deliver {
+            client: ClientId([7; 32]),
+            label: Label([i; 16]),
+        };
+        let packet = build_packet(
+            &Geometry::DEFAULT,
+            key_id(),
+            &hops,
+            &destination,
+            &[i; 100],
+            &mut r,
+        )
+        .unwrap();
+        sent_at.insert(i, Instant::now());
+        net.nodes[0]
+            .commands
+            .send(Command::Inject(packet))
+            .await
+            .unwrap();
+    }
+    let mut seen = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < usize::from(count) {
+        let Ok(received) = tokio::time::timeout_at(deadline.into(), net.events.recv()).await else {
+            panic!("not all packets within 30 s: {}", report(&net));
+        };
+        let (at, event) = received.unwrap();
+        if let Event::Delivered {
+            client,
+            label,
+            body,
+        } = event
+        {
+            assert_eq!(at, net.nodes[4].peer, "delivered by the exit gateway");
+            assert_eq!(client, ClientId([7; 32]));
+            let i = label.0[0];
+            let held = sent_at[&i].elapsed();
+            assert!(
+                held >= total,
+                "packet {i} arrived after {held:?}, before the {total:?} of delays"
+            );
+            assert!(
+                held < total + Duration::from_secs(5),
+                "packet {i} took {held:?}"
+            );
+            assert_eq!(
+                open_payload(&Geometry::DEFAULT, &body).unwrap()[..100],
+                [i; 100]
+            );
+            assert!(seen.insert(i), "packet {i} delivered twice");
+        }
+    }
+    // No drops anywhere.
+    for (n, node) in net.nodes.iter().enumerate() {
+        for reason in DropReason::ALL {
+            assert_eq!(
+                node.stats.dropped(reason),
+                0,
+                "node {n} dropped for {reason:?}"
+            );
+        }
+    }
+    drop(net.events_tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_peer_is_counted_and_cut_off_while_traffic_flows() {
+    let config = Config {
+        workers: 1,
+        max_peer_faults: 50,
+        ..Config::default()
+    };
+    let mut net = network(5, config).await;
+    // The attacker: a swarm with the behaviour but no keys, sending garbage to node 1.
+    let attacker_relay = Arc::new(Relay::new(
+        Geometry::DEFAULT,
+        RelayConfig {
+            max_delay: Duration::from_secs(1),
+        },
+        KeyRing::new(EPOCH, Duration::from_secs(1), small_replay()),
+    ));
+    let attacker = start(
+        Keypair::generate_ed25519(),
+        Behaviour::new(attacker_relay, config),
+        vec![],
+        net.events_tx.clone(),
+    )
+    .await;
+    attacker
+        .commands
+        .send(Command::Dial(net.nodes[1].peer, net.nodes[1].addr.clone()))
+        .await
+        .unwrap();
+    let size = Geometry::DEFAULT.packet_size();
+    for i in 0..200u32 {
+        let mut garbage = vec![(i % 251) as u8; size];
+        garbage[0] = key_id().0;
+        attacker
+            .commands
+            .send(Command::Send(net.nodes[1].peer, garbage))
+            .await
+            .unwrap();
+    }
+    // Honest traffic through node 1 at the same time.
+    let hops = route(&net, &[5, 5, 5, 5, 0]);
+    let mut r = rng(902);
+    for i in 0..10u8 {
+        let destination = Destination::Deliver {
+            client: ClientId([1; 32]),
+            label: Label([i; 16]),
+        };
+        let packet = build_packet(
+            &Geometry::DEFAULT,
+            key_id(),
+            &hops,
+            &destination,
+            b"ok",
+            &mut r,
+        )
+        .unwrap();
+        net.nodes[0]
+            .commands
+            .send(Command::Inject(packet))
+            .await
+            .unwrap();
+    }
+    let mut delivered = HashSet::new();
+    let mut banned = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered.len() < 10 || !banned {
+        let (at, event) = tokio::time::timeout_at(deadline.into(), net.events.recv())
+            .await
+            .expect("traffic and the ban within 30 s")
+            .unwrap();
+        match event {
+            Event::Delivered { label, .. } => {
+                delivered.insert(label.0[0]);
+            }
+            Event::PeerBanned(peer) => {
+                assert_eq!(at, net.nodes[1].peer);
+                assert_eq!(peer, attacker.peer);
+                banned = true;
+            }
+        }
+    }
+    let stats = &net.nodes[1].stats;
+    assert!(
+        stats.dropped(DropReason::BadMac) > 50,
+        "garbage counted: {}",
+        stats.dropped(DropReason::BadMac)
+    );
+}
