@@ -71,7 +71,7 @@ fn main() {
         .zip(&values)
         .map(|(k, v)| {
             let commit = commitment(EPOCH, &k.public().encode_protobuf(), v);
-            build_vote(k, EPOCH, descriptors.iter().cloned(), commit).unwrap()
+            build_vote(k, EPOCH, descriptors.iter().cloned(), commit, None).unwrap()
         })
         .collect();
     let reveals: Vec<_> = authorities

@@ -11,7 +11,7 @@
 //! every authority that can reach any other ends up with the same set and computes the same
 //! document even when some direct links are down.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use libp2p_identity::{Keypair, PeerId};
 use p2pmix_proto::v1::{
@@ -37,6 +37,9 @@ use crate::{
 
 /// Consensus documents kept for serving and for layer stability.
 const KEPT_CONSENSUSES: usize = 4;
+/// Reveals or signatures kept per authority and round (different values are evidence of a
+/// buggy or malicious authority; more are refused).
+const MAX_PER_AUTHORITY: usize = 4;
 
 /// What an authority needs to know.
 #[derive(Debug, Clone)]
@@ -178,9 +181,18 @@ struct Round {
     descriptors: BTreeMap<PeerId, VerifiedDescriptor>,
     own_random: Option<[u8; 32]>,
     votes: BTreeMap<Vec<u8>, VerifiedVote>,
-    reveals: BTreeMap<Vec<u8>, VerifiedReveal>,
-    /// Signatures by authority, whatever digest they are over.
-    signatures: BTreeMap<Vec<u8>, ConsensusSignature>,
+    /// BLAKE3 of every vote already handled (accepted or used as evidence): replays of public
+    /// votes are answered without checking their signatures again.
+    seen_votes: BTreeSet<[u8; 32]>,
+    /// Authorities caught sending two different votes: their votes do not count this round.
+    equivocators: BTreeSet<Vec<u8>>,
+    /// Reveals by (authority, value); the one matching the voter's commitment counts.
+    reveals: BTreeMap<(Vec<u8>, Vec<u8>), VerifiedReveal>,
+    /// Signatures by (authority, digest); only those over our digest count.
+    signatures: BTreeMap<(Vec<u8>, Vec<u8>), ConsensusSignature>,
+    /// Our vote is sent, or it is too late to send one this round.
+    vote_done: bool,
+    reveal_done: bool,
     computed: Option<(Vec<u8>, [u8; 32])>,
     compute_failed: bool,
     published: bool,
@@ -240,18 +252,34 @@ impl Authority {
         }
         for v in &state.votes {
             if let Ok(v) = verify_vote(v, &authority.config.authorities, epoch, min) {
+                authority
+                    .round
+                    .seen_votes
+                    .insert(*blake3::hash(&v.signed.vote).as_bytes());
                 authority.round.votes.insert(v.authority.clone(), v);
             }
         }
         for r in &state.reveals {
             if let Ok(r) = verify_reveal(r, &authority.config.authorities, epoch) {
-                authority.round.reveals.insert(r.authority.clone(), r);
+                authority
+                    .round
+                    .reveals
+                    .insert((r.authority.clone(), r.value.clone()), r);
             }
         }
+        // Straight into the round: the published document (if any) already carries its own.
         for s in &state.signatures {
-            let _ = authority.accept_signature(s.clone());
+            if authority.check_signature(s).is_ok() {
+                authority
+                    .round
+                    .signatures
+                    .insert((s.authority.clone(), s.digest.clone()), s.clone());
+            }
         }
         authority.round.own_random = <[u8; 32]>::try_from(state.own_random.as_slice()).ok();
+        let me = authority.me.clone();
+        authority.round.vote_done = authority.round.votes.contains_key(&me);
+        authority.round.reveal_done = authority.round.reveals.keys().any(|(a, _)| *a == me);
         authority.round.published = authority.consensuses.contains_key(&epoch);
         authority
     }
@@ -326,13 +354,13 @@ impl Authority {
         let s = &self.config.schedule;
         let current = self.round.epoch.saturating_sub(1);
         let r = &self.round;
-        if r.own_random.is_none() || !r.votes.contains_key(&self.me) {
+        if !r.vote_done {
             s.phase_start(current, Phase::Vote)
-        } else if !r.reveals.contains_key(&self.me) {
+        } else if !r.reveal_done {
             s.phase_start(current, Phase::Reveal)
         } else if r.computed.is_none() && !r.compute_failed {
             s.phase_start(current, Phase::Sign)
-        } else if !r.published && !r.publish_failure_reported {
+        } else if r.computed.is_some() && !r.published && !r.publish_failure_reported {
             s.phase_start(current, Phase::Publish)
         } else {
             s.start_of(self.round.epoch)
@@ -343,11 +371,20 @@ impl Authority {
     pub fn handle_timeout<R: CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) {
         self.advance_round(now_ms);
         let phase = self.config.schedule.phase_at(now_ms);
-        if phase >= Phase::Vote && !self.round.votes.contains_key(&self.me) {
-            self.vote(rng);
+        if phase >= Phase::Vote && !self.round.vote_done {
+            // A vote sent after the vote phase would reach some authorities in time and others
+            // not, splitting them; an authority that starts late sits this vote out (it still
+            // computes from the others' votes and signs).
+            if phase == Phase::Vote {
+                self.vote(rng);
+            }
+            self.round.vote_done = true;
         }
-        if phase >= Phase::Reveal && !self.round.reveals.contains_key(&self.me) {
-            self.reveal();
+        if phase >= Phase::Reveal && !self.round.reveal_done {
+            if phase == Phase::Reveal {
+                self.reveal();
+            }
+            self.round.reveal_done = true;
         }
         if phase >= Phase::Sign && self.round.computed.is_none() && !self.round.compute_failed {
             self.compute_and_sign();
@@ -401,6 +438,11 @@ impl Authority {
     }
 
     fn handle_vote(&mut self, now_ms: u64, signed: &SignedVote) -> Result<(), Rejection> {
+        // Replays of a vote already handled cost one hash, not thousands of signature checks.
+        let seen = *blake3::hash(&signed.vote).as_bytes();
+        if self.round.seen_votes.contains(&seen) {
+            return Ok(());
+        }
         let vote = verify_vote(
             signed,
             &self.config.authorities,
@@ -411,13 +453,13 @@ impl Authority {
         if now_ms >= self.config.schedule.phase_start(current, Phase::Reveal) {
             return Err(VoteError::Late.into());
         }
-        if let Some(held) = self.round.votes.get(&vote.authority) {
-            // The same vote again is normal (relays); a different one is equivocation.
-            return if held.signed == *signed {
-                Ok(())
-            } else {
-                Err(VoteError::Duplicate.into())
-            };
+        self.round.seen_votes.insert(seen);
+        if self.round.votes.contains_key(&vote.authority) {
+            // Two different votes from one authority: equivocation. Relay the second as
+            // evidence, so that every authority learns it, and leave that voter out.
+            self.round.equivocators.insert(vote.authority.clone());
+            self.relay(Request::Vote(signed.clone()));
+            return Err(VoteError::Duplicate.into());
         }
         self.round.votes.insert(vote.authority.clone(), vote);
         self.relay(Request::Vote(signed.clone()));
@@ -430,36 +472,74 @@ impl Authority {
         if now_ms >= self.config.schedule.phase_start(current, Phase::Sign) {
             return Err(VoteError::Late.into());
         }
+        let key = (reveal.authority.clone(), reveal.value.clone());
+        if self.round.reveals.contains_key(&key) {
+            return Ok(());
+        }
         if let Some(vote) = self.round.votes.get(&reveal.authority)
             && commitment(self.round.epoch, &reveal.authority, &reveal.value).as_slice()
                 != vote.commit.as_slice()
         {
             return Err(VoteError::CommitMismatch.into());
         }
-        if let Some(held) = self.round.reveals.get(&reveal.authority) {
-            return if held.signed == *signed {
-                Ok(())
-            } else {
-                Err(VoteError::Duplicate.into())
-            };
+        // Kept whatever the order of arrival: the one matching the voter's commitment counts
+        // when the consensus is computed. A few per authority at most.
+        if self
+            .round
+            .reveals
+            .keys()
+            .filter(|(a, _)| *a == reveal.authority)
+            .count()
+            >= MAX_PER_AUTHORITY
+        {
+            return Err(VoteError::Duplicate.into());
         }
-        self.round.reveals.insert(reveal.authority.clone(), reveal);
+        self.round.reveals.insert(key, reveal);
         self.relay(Request::Reveal(signed.clone()));
         Ok(())
     }
 
     fn handle_signature(&mut self, signature: ConsensusSignature) -> Result<(), Rejection> {
-        if self.round.signatures.get(&signature.authority) == Some(&signature) {
+        let key = (signature.authority.clone(), signature.digest.clone());
+        if self.round.signatures.contains_key(&key) {
             return Ok(());
         }
-        self.accept_signature(signature.clone())?;
+        self.check_signature(&signature)?;
+        if self
+            .round
+            .signatures
+            .keys()
+            .filter(|(a, _)| *a == signature.authority)
+            .count()
+            >= MAX_PER_AUTHORITY
+        {
+            return Err(SignatureError::Duplicate.into());
+        }
+        if let Some(published) = self.consensuses.get_mut(&self.round.epoch)
+            && consensus_digest(&published.consensus).as_slice() == signature.digest.as_slice()
+            && !published
+                .signatures
+                .iter()
+                .any(|s| s.authority == signature.authority)
+        {
+            published.signatures.push(signature.clone());
+            published
+                .signatures
+                .sort_by(|a, b| a.authority.cmp(&b.authority));
+            self.events.push_back(Event::SignaturesAdded {
+                epoch: self.round.epoch,
+                signatures: published.signatures.len(),
+            });
+        }
+        self.round.signatures.insert(key, signature.clone());
         self.relay(Request::Signature(signature));
         self.try_publish(false);
         Ok(())
     }
 
-    /// Records a verified signature (over whatever digest); adds it to a published document.
-    fn accept_signature(&mut self, signature: ConsensusSignature) -> Result<(), SignatureError> {
+    /// Checks that a signature is by a pinned authority and valid over the digest it names.
+    /// Signatures over other digests (other epochs, other views) are kept but never counted.
+    fn check_signature(&self, signature: &ConsensusSignature) -> Result<(), SignatureError> {
         let key = self
             .config
             .authorities
@@ -476,24 +556,6 @@ impl Authority {
         ) {
             return Err(SignatureError::BadSignature);
         }
-        if self.round.signatures.contains_key(&signature.authority) {
-            return Err(SignatureError::Duplicate);
-        }
-        if let Some(published) = self.consensuses.get_mut(&self.round.epoch)
-            && consensus_digest(&published.consensus).as_slice() == signature.digest.as_slice()
-        {
-            published.signatures.push(signature.clone());
-            published
-                .signatures
-                .sort_by(|a, b| a.authority.cmp(&b.authority));
-            self.events.push_back(Event::SignaturesAdded {
-                epoch: self.round.epoch,
-                signatures: published.signatures.len(),
-            });
-        }
-        self.round
-            .signatures
-            .insert(signature.authority.clone(), signature);
         Ok(())
     }
 
@@ -529,8 +591,17 @@ impl Authority {
         });
         let commit = commitment(self.round.epoch, &self.me, &value);
         let descriptors = self.round.descriptors.values().map(|d| d.signed.clone());
-        let Some(signed) = build_vote(&self.config.keypair, self.round.epoch, descriptors, commit)
-        else {
+        let previous = self
+            .consensuses
+            .get(&self.round.epoch.saturating_sub(1))
+            .map(|s| consensus_digest(&s.consensus));
+        let Some(signed) = build_vote(
+            &self.config.keypair,
+            self.round.epoch,
+            descriptors,
+            commit,
+            previous,
+        ) else {
             return;
         };
         match verify_vote(
@@ -540,6 +611,9 @@ impl Authority {
             self.config.parameters.min_protocol_version,
         ) {
             Ok(vote) => {
+                self.round
+                    .seen_votes
+                    .insert(*blake3::hash(&signed.vote).as_bytes());
                 self.round.votes.insert(self.me.clone(), vote);
                 self.relay(Request::Vote(signed));
             }
@@ -556,7 +630,9 @@ impl Authority {
             return;
         };
         if let Ok(reveal) = verify_reveal(&signed, &self.config.authorities, self.round.epoch) {
-            self.round.reveals.insert(self.me.clone(), reveal);
+            self.round
+                .reveals
+                .insert((self.me.clone(), reveal.value.clone()), reveal);
             self.relay(Request::Reveal(signed));
         }
     }
@@ -565,8 +641,19 @@ impl Authority {
         let previous = self
             .consensuses
             .get(&self.round.epoch.saturating_sub(1))
-            .and_then(|s| Consensus::decode(&s.consensus[..]).ok());
-        let votes: Vec<VerifiedVote> = self.round.votes.values().cloned().collect();
+            .and_then(|s| {
+                let digest = consensus_digest(&s.consensus);
+                Consensus::decode(&s.consensus[..])
+                    .ok()
+                    .map(|c| (digest, c))
+            });
+        let votes: Vec<VerifiedVote> = self
+            .round
+            .votes
+            .values()
+            .filter(|v| !self.round.equivocators.contains(&v.authority))
+            .cloned()
+            .collect();
         let reveals: Vec<VerifiedReveal> = self.round.reveals.values().cloned().collect();
         let computed = compute_consensus(ConsensusInputs {
             epoch: self.round.epoch,
@@ -575,7 +662,7 @@ impl Authority {
             authorities: &self.config.authorities,
             votes: &votes,
             reveals: &reveals,
-            previous: previous.as_ref(),
+            previous: previous.as_ref().map(|(d, c)| (d, c)),
         });
         match computed {
             Ok(consensus) => {
@@ -587,7 +674,9 @@ impl Authority {
                         digest: digest.to_vec(),
                         signature,
                     };
-                    self.round.signatures.insert(self.me.clone(), own.clone());
+                    self.round
+                        .signatures
+                        .insert((self.me.clone(), own.digest.clone()), own.clone());
                     self.relay(Request::Signature(own));
                 }
                 self.round.computed = Some((bytes, digest));

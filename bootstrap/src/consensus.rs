@@ -40,8 +40,10 @@ pub struct ConsensusInputs<'a> {
     pub votes: &'a [VerifiedVote],
     /// Verified reveals for `epoch`.
     pub reveals: &'a [VerifiedReveal],
-    /// The previous epoch's consensus, for stable layers.
-    pub previous: Option<&'a Consensus>,
+    /// The previous epoch's consensus this authority holds, with its digest. It is used for
+    /// stable layers only if a threshold of votes names the same digest, so that every
+    /// authority computes from the same document or none.
+    pub previous: Option<(&'a [u8; 32], &'a Consensus)>,
 }
 
 /// Why no consensus could be computed.
@@ -56,6 +58,9 @@ pub enum ComputeError {
         /// The threshold.
         needed: usize,
     },
+    /// A threshold of votes builds on a previous consensus this authority does not hold.
+    #[error("the votes build on previous consensus {0}, which this authority does not hold")]
+    MissingPrevious(String),
 }
 
 /// Computes the consensus document for `inputs.epoch`.
@@ -81,6 +86,26 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
             needed,
         });
     }
+
+    // The previous document counts only if a threshold of votes names it.
+    let mut named: BTreeMap<&[u8], usize> = BTreeMap::new();
+    for vote in votes.values() {
+        if !vote.previous.is_empty() {
+            *named.entry(&vote.previous).or_default() += 1;
+        }
+    }
+    let agreed = named
+        .into_iter()
+        .find(|(_, n)| *n >= needed)
+        .map(|(d, _)| d);
+    let previous = match (agreed, inputs.previous) {
+        (None, _) => None,
+        (Some(digest), Some((held, document))) if digest == held.as_slice() => Some(document),
+        (Some(digest), _) => {
+            let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+            return Err(ComputeError::MissingPrevious(hex));
+        }
+    };
 
     let shared_random = shared_random(inputs.epoch, &votes, inputs.reveals);
 
@@ -112,7 +137,7 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
         &admitted,
         inputs.parameters.layers,
         &shared_random,
-        inputs.previous,
+        previous,
     );
     let nodes = admitted
         .iter()

@@ -113,7 +113,10 @@ pub fn verify_descriptor(
         NodeDescriptor::decode(&signed.descriptor[..]).map_err(|_| DescriptorError::Malformed)?;
     let identity = PublicKey::try_decode_protobuf(&descriptor.identity)
         .map_err(|_| DescriptorError::BadIdentity)?;
-    if identity.clone().try_into_ed25519().is_err() {
+    // The encoding must be canonical: one key, one byte string, one admission.
+    if identity.clone().try_into_ed25519().is_err()
+        || identity.encode_protobuf() != descriptor.identity
+    {
         return Err(DescriptorError::BadIdentity);
     }
     if !verify(

@@ -42,8 +42,15 @@ where
             "message too large",
         ));
     }
-    let mut buf = vec![0u8; len];
-    io.read_exact(&mut buf).await?;
+    // Grow the buffer with the data that actually arrives, not with what the prefix claims.
+    let mut buf = Vec::new();
+    io.take(len as u64).read_to_end(&mut buf).await?;
+    if buf.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "message cut short",
+        ));
+    }
     M::decode(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 

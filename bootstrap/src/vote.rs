@@ -69,6 +69,7 @@ pub fn build_vote(
     epoch: u64,
     descriptors: impl IntoIterator<Item = SignedDescriptor>,
     commit: [u8; 32],
+    previous: Option<[u8; 32]>,
 ) -> Option<SignedVote> {
     let mut descriptors: Vec<SignedDescriptor> = descriptors.into_iter().collect();
     descriptors.sort_by(|a, b| a.descriptor.cmp(&b.descriptor));
@@ -78,6 +79,7 @@ pub fn build_vote(
         authority: keypair.public().encode_protobuf(),
         descriptors,
         commit: commit.to_vec(),
+        previous: previous.map(|d| d.to_vec()).unwrap_or_default(),
     };
     let (vote, signature) = encode_and_sign(keypair, Context::Vote, &vote)?;
     Some(SignedVote { vote, signature })
@@ -92,6 +94,8 @@ pub struct VerifiedVote {
     pub authority: Vec<u8>,
     /// The commitment to the voter's random value.
     pub commit: Vec<u8>,
+    /// The digest of the previous consensus the voter holds (empty if none).
+    pub previous: Vec<u8>,
     /// The descriptors in the vote that verify for the epoch; invalid ones are ignored.
     pub descriptors: Vec<VerifiedDescriptor>,
 }
@@ -135,6 +139,7 @@ pub fn verify_vote(
         signed: signed.clone(),
         authority: vote.authority,
         commit: vote.commit,
+        previous: vote.previous,
         descriptors,
     })
 }

@@ -233,3 +233,109 @@ fn layers_stay_stable_for_nodes_that_stay() {
     }
     assert_eq!(sizes, [2, 4, 4, 3]);
 }
+
+#[test]
+fn replayed_old_signatures_do_not_block_a_round() {
+    use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    one_round(&mut sim, 1, 3);
+    let old = sim.authorities[0]
+        .as_ref()
+        .unwrap()
+        .consensus(Some(2))
+        .unwrap()
+        .clone();
+    // Round 3: anyone replays epoch 2's signatures before the authorities sign.
+    sim.upload(&nodes(1, 3), 3);
+    let now = sim.now;
+    for a in sim.authorities.iter_mut().flatten() {
+        for s in &old.signatures {
+            let _ = a.handle_request(
+                now,
+                DirectoryRequest {
+                    request: Some(Request::Signature(s.clone())),
+                },
+            );
+        }
+    }
+    sim.run_until(schedule().start_of(3));
+    agreed(&sim, 3);
+    let signed = sim.authorities[0]
+        .as_ref()
+        .unwrap()
+        .consensus(Some(3))
+        .unwrap();
+    verify_consensus(
+        &signed.encode_to_vec(),
+        &sim.pinned,
+        schedule().start_of(3),
+        Some(3),
+    )
+    .unwrap();
+    assert_eq!(signed.signatures.len(), 3);
+}
+
+#[test]
+fn a_restart_after_publishing_keeps_the_document_valid() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    one_round(&mut sim, 1, 3);
+    let state = sim.authorities[0].as_ref().unwrap().state();
+    let restored = Authority::restore(sim.config(0), &state, sim.now);
+    let signed = restored.consensus(Some(2)).unwrap();
+    verify_consensus(
+        &signed.encode_to_vec(),
+        &sim.pinned,
+        schedule().start_of(2),
+        Some(2),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_equivocating_authority_is_left_out_by_everyone() {
+    use p2pmix_bootstrap::{build_vote, commitment};
+    use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    sim.upload(&nodes(1, 3), 2);
+    // Authority 2 is the equivocator: it never runs its own clock, and sends one vote to
+    // authority 0 and a different one to authority 1.
+    let liar = sim.authorities[2].take().unwrap();
+    drop(liar);
+    let key = sim.keys[2].clone();
+    let me = key.public().encode_protobuf();
+    sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Vote) + 1);
+    let now = sim.now;
+    let a = build_vote(&key, 2, [], commitment(2, &me, &[1; 32]), None).unwrap();
+    let b = build_vote(&key, 2, [], commitment(2, &me, &[2; 32]), None).unwrap();
+    for (target, vote) in [(0, a), (1, b)] {
+        sim.authorities[target]
+            .as_mut()
+            .unwrap()
+            .handle_request(
+                now,
+                DirectoryRequest {
+                    request: Some(Request::Vote(vote)),
+                },
+            )
+            .unwrap();
+    }
+    sim.run_until(schedule().start_of(2));
+    let bytes = agreed(&sim, 2);
+    let consensus = Consensus::decode(&bytes[..]).unwrap();
+    assert_eq!(
+        consensus.voters.len(),
+        2,
+        "the equivocator's votes do not count"
+    );
+    assert!(!consensus.voters.contains(&me));
+}
+
+#[test]
+fn a_failed_round_does_not_spin() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    sim.authorities[1] = None;
+    sim.authorities[2] = None;
+    sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Publish) + 10);
+    let a = sim.authorities[0].as_ref().unwrap();
+    assert!(a.poll_timeout() > sim.now, "next wake-up is in the future");
+}

@@ -240,7 +240,7 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
     use p2pmix_bootstrap::{VoteError, build_vote, commitment};
     let mut sim = Sim::default(3, schedule().start_of(1));
     let stranger = keypair(31337);
-    let vote = build_vote(&stranger, 2, [], commitment(2, &[], &[0; 32])).unwrap();
+    let vote = build_vote(&stranger, 2, [], commitment(2, &[], &[0; 32]), None).unwrap();
     let now = sim.now;
     let a = sim.authorities[0].as_mut().unwrap();
     let send = |a: &mut p2pmix_bootstrap::Authority, v| {
@@ -255,13 +255,13 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
         send(a, vote),
         Err(Rejection::Vote(VoteError::UnknownAuthority))
     );
-    let mut forged = build_vote(&sim.keys[1], 2, [], [0; 32]).unwrap();
+    let mut forged = build_vote(&sim.keys[1], 2, [], [0; 32], None).unwrap();
     forged.signature[0] ^= 1;
     assert_eq!(
         send(a, forged),
         Err(Rejection::Vote(VoteError::BadSignature))
     );
-    let wrong = build_vote(&sim.keys[1], 5, [], [0; 32]).unwrap();
+    let wrong = build_vote(&sim.keys[1], 5, [], [0; 32], None).unwrap();
     assert_eq!(
         send(a, wrong),
         Err(Rejection::Vote(VoteError::WrongEpoch {
@@ -269,10 +269,10 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
             expected: 2
         }))
     );
-    let honest = build_vote(&sim.keys[1], 2, [], [0; 32]).unwrap();
+    let honest = build_vote(&sim.keys[1], 2, [], [0; 32], None).unwrap();
     send(a, honest.clone()).unwrap();
     send(a, honest).unwrap(); // the same vote relayed again is fine
-    let equivocation = build_vote(&sim.keys[1], 2, [], [1; 32]).unwrap();
+    let equivocation = build_vote(&sim.keys[1], 2, [], [1; 32], None).unwrap();
     assert_eq!(
         send(a, equivocation),
         Err(Rejection::Vote(VoteError::Duplicate))
