@@ -125,6 +125,8 @@ impl Stats {
 }
 
 type Job = (Instant, Option<PeerId>, Vec<u8>);
+/// Peers whose rate and record are tracked before clean records are forgotten.
+const MAX_TRACKED_PEERS: usize = 65_536;
 type Outcome = (Option<PeerId>, Result<Decision<PeerId>, DropReason>);
 
 /// The mix protocol on a swarm. See the module documentation.
@@ -257,6 +259,8 @@ impl Behaviour {
     }
 
     fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
+        // Called from outside `poll` too (`send`): make sure the swarm polls us again.
+        self.waker.wake();
         if self.connected.contains(&peer) {
             self.events.push_back(ToSwarm::NotifyHandler {
                 peer_id: peer,
@@ -282,6 +286,13 @@ impl Behaviour {
 
     fn fault(&mut self, peer: PeerId, reason: DropReason) {
         if !reason.is_peer_fault() {
+            return;
+        }
+        // A bad MAC or a replay from a consensus node may be a client's doing further up the
+        // route (a packet valid for one hop can be broken for the next): only direct faults
+        // (framing, rate) count against nodes, or one client could make honest mixes ban each
+        // other.
+        if matches!(reason, DropReason::BadMac | DropReason::Replay) && self.relay.is_node(&peer) {
             return;
         }
         let Some((_, faults)) = self.buckets.get_mut(&peer) else {
@@ -377,9 +388,10 @@ impl NetworkBehaviour for Behaviour {
                     }
                 }
             }
+            // Buckets and fault counts survive reconnects, so that reconnecting does not reset
+            // a peer's rate or its record.
             FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
                 self.connected.remove(&e.peer_id);
-                self.buckets.remove(&e.peer_id);
             }
             // A dial refused because another one to the peer is under way is not a failure: the
             // packets wait for that connection.
@@ -412,6 +424,11 @@ impl NetworkBehaviour for Behaviour {
                     return;
                 }
                 let (rate, burst) = (self.config.peer_rate, self.config.peer_burst);
+                if self.buckets.len() >= MAX_TRACKED_PEERS && !self.buckets.contains_key(&peer) {
+                    // Forget peers with a clean record before tracking more.
+                    self.buckets.retain(|_, (_, faults)| *faults > 0);
+                    self.banned.retain(|_, until| *until > Instant::now());
+                }
                 let (bucket, _) = self
                     .buckets
                     .entry(peer)

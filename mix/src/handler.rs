@@ -57,7 +57,8 @@ enum Outbound {
     None,
     Requested,
     Idle(Stream),
-    Writing(WriteFrames),
+    /// The write in flight, and how many frames it carries.
+    Writing(WriteFrames, usize),
 }
 
 /// One connection's Sphinx streams.
@@ -219,25 +220,25 @@ impl ConnectionHandler for Handler {
                 Outbound::Idle(stream) if !self.queue.is_empty() => {
                     let n = self.queue.len().min(WRITE_BATCH);
                     let frames: Vec<Vec<u8>> = self.queue.drain(..n).collect();
-                    self.outbound = Outbound::Writing(Self::write_frames(stream, frames));
+                    self.outbound = Outbound::Writing(Self::write_frames(stream, frames), n);
                     progressed = true;
                 }
-                Outbound::Writing(mut write) => match write.poll_unpin(cx) {
+                Outbound::Writing(mut write, n) => match write.poll_unpin(cx) {
                     Poll::Ready(Ok(stream)) => {
                         self.outbound = Outbound::Idle(stream);
                         progressed = true;
                     }
                     Poll::Ready(Err(e)) => {
                         tracing::debug!(%e, "outbound sphinx stream failed");
-                        let dropped = self.queue.len();
+                        // The batch in flight is lost (how much of it reached the peer is
+                        // unknown) and so is the queue.
+                        let dropped = n + self.queue.len();
                         self.queue.clear();
-                        if dropped > 0 {
-                            self.events
-                                .push_back(HandlerEvent::OutboundDropped(dropped));
-                        }
+                        self.events
+                            .push_back(HandlerEvent::OutboundDropped(dropped));
                         progressed = true;
                     }
-                    Poll::Pending => self.outbound = Outbound::Writing(write),
+                    Poll::Pending => self.outbound = Outbound::Writing(write, n),
                 },
                 other => self.outbound = other,
             }

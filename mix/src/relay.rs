@@ -147,6 +147,17 @@ pub struct Relay<P> {
 }
 
 impl<P: Clone + Eq + Hash> Relay<P> {
+    /// Whether `peer` is a node of any held topology (rather than a client).
+    pub fn is_node(&self, peer: &P) -> bool {
+        self.topologies
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .any(|t| t.values().any(|p| p == peer))
+    }
+}
+
+impl<P: Clone + Eq + Hash> Relay<P> {
     /// A relay with `keys`; topologies are added per epoch with [`Relay::set_topology`].
     pub fn new(geometry: Geometry, config: RelayConfig, keys: KeyRing) -> Self {
         Relay {
