@@ -15,7 +15,7 @@ use p2pmix::proto::v1::{Consensus, SignedConsensus};
 use prost::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_p2pmix");
-const EPOCH_MS: u64 = 4_000;
+const EPOCH_MS: u64 = 8_000;
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -107,7 +107,7 @@ impl Net {
             scratch,
             keys,
             // Every authority starts before epoch 0 and prepares epoch 1 from its start.
-            genesis: unix_ms() + 3_000,
+            genesis: unix_ms() + 4_000,
             running: (0..n).map(|_| None).collect(),
         }
     }
