@@ -367,3 +367,58 @@ async fn a_flooding_peer_is_counted_and_cut_off_while_traffic_flows() {
         stats.dropped(DropReason::BadMac)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_broken_for_a_later_hop_do_not_get_honest_nodes_banned() {
+    let config = Config {
+        workers: 1,
+        max_peer_faults: 20,
+        ..Config::default()
+    };
+    let mut net = network(5, config).await;
+    let g = Geometry::DEFAULT;
+    let mut r = rng(903);
+    // A client builds packets valid for node 0 but sealed for the wrong key at node 1.
+    let mut broken = route(&net, &[1, 1]);
+    broken[1].key = NodeSecretKey::random(&mut r).public_key();
+    for i in 0..100u8 {
+        let destination = Destination::Deliver {
+            client: ClientId([2; 32]),
+            label: Label([i; 16]),
+        };
+        let packet = build_packet(&g, key_id(), &broken, &destination, b"bad", &mut r).unwrap();
+        net.nodes[0]
+            .commands
+            .send(Command::Inject(packet))
+            .await
+            .unwrap();
+    }
+    // Then honest traffic through the same link.
+    let hops = route(&net, &[1, 1, 1, 1, 0]);
+    for i in 0..10u8 {
+        let destination = Destination::Deliver {
+            client: ClientId([3; 32]),
+            label: Label([i; 16]),
+        };
+        let packet = build_packet(&g, key_id(), &hops, &destination, b"ok", &mut r).unwrap();
+        net.nodes[0]
+            .commands
+            .send(Command::Inject(packet))
+            .await
+            .unwrap();
+    }
+    let mut delivered = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered.len() < 10 {
+        let Ok(received) = tokio::time::timeout_at(deadline.into(), net.events.recv()).await else {
+            panic!("honest traffic stopped: {}", report(&net));
+        };
+        match received.unwrap().1 {
+            Event::Delivered { label, .. } => {
+                delivered.insert(label.0[0]);
+            }
+            Event::PeerBanned(peer) => panic!("{peer} banned for a client's packets"),
+        }
+    }
+    assert_eq!(net.nodes[1].stats.dropped(DropReason::BadMac), 100);
+}
