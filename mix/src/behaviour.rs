@@ -89,9 +89,63 @@ pub enum Event {
     PeerBanned(PeerId),
 }
 
+/// A histogram of durations in power-of-two microsecond buckets (1 µs .. ~34 s), lock-free, for
+/// metrics: bucket `i` counts durations below `2^i` µs (and at least `2^(i-1)` µs).
+#[derive(Debug, Default)]
+pub struct DurationHistogram {
+    buckets: [AtomicU64; 26],
+}
+
+impl DurationHistogram {
+    /// Records one duration.
+    pub fn record(&self, d: Duration) {
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = (64 - micros.leading_zeros()) as usize;
+        if let Some(b) = self.buckets.get(i.min(self.buckets.len() - 1)) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Durations recorded.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The bucket counts now (subtract two snapshots to look at an interval).
+    pub fn snapshot(&self) -> [u64; 26] {
+        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
+    }
+
+    /// An upper bound for the `q` quantile (0..=1): the upper edge of the bucket it falls in.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        quantile_of(&self.snapshot(), q)
+    }
+}
+
+/// An upper bound for the `q` quantile of bucket counts from [`DurationHistogram::snapshot`].
+pub fn quantile_of(counts: &[u64; 26], q: f64) -> Option<Duration> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (i, c) in counts.iter().enumerate() {
+        seen += c;
+        if seen >= rank {
+            return Some(Duration::from_micros(1u64 << i));
+        }
+    }
+    None
+}
+
 /// Counters of one mix behaviour, readable from any thread (for metrics).
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// How long past its release time each forwarded or delivered packet left the delay queue:
+    /// the time this node held a packet beyond the delay its sender chose (worker queueing, the
+    /// unwrap itself, event-loop latency).
+    pub added_latency: DurationHistogram,
     /// Frames received from neighbours or injected locally.
     pub received: AtomicU64,
     /// Packets sent on to their next hop.
@@ -481,6 +535,11 @@ impl NetworkBehaviour for Behaviour {
             let now = Instant::now();
             while let Some(decision) = self.queue.poll_transmit(now) {
                 progressed = true;
+                let (Decision::Forward { release, .. } | Decision::Final { release, .. }) =
+                    &decision;
+                self.stats
+                    .added_latency
+                    .record(now.saturating_duration_since(*release));
                 match decision {
                     Decision::Forward { to, packet, .. } => {
                         self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -526,5 +585,32 @@ impl NetworkBehaviour for Behaviour {
             }
             return Poll::Pending;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_quantiles_are_bucket_upper_bounds() {
+        let h = DurationHistogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for _ in 0..98 {
+            h.record(Duration::from_micros(300)); // bucket [256, 512) µs
+        }
+        h.record(Duration::from_millis(3)); // [2048, 4096) µs
+        h.record(Duration::from_secs(3600)); // clamps into the last bucket
+        assert_eq!(h.count(), 100);
+        assert_eq!(h.quantile(0.5), Some(Duration::from_micros(512)));
+        assert_eq!(h.quantile(0.99), Some(Duration::from_micros(4096)));
+        assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1 << 25)));
+        let before = h.snapshot();
+        h.record(Duration::from_micros(1));
+        let mut diff = h.snapshot();
+        for (d, b) in diff.iter_mut().zip(before) {
+            *d -= b;
+        }
+        assert_eq!(quantile_of(&diff, 0.5), Some(Duration::from_micros(2)));
     }
 }

@@ -25,7 +25,7 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, swarm::SwarmEvent, tcp
 use p2pmix::sphinx::{
     ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
     Relay, RelayConfig, ReplayCache, ReplayConfig,
-    behaviour::{Behaviour, Config, Event},
+    behaviour::{Behaviour, Config, Event, Stats, quantile_of},
     build_packet, unwrap_packet,
 };
 use tokio::sync::mpsc;
@@ -208,9 +208,11 @@ async fn run() {
         delivered_tx.clone(),
     )
     .await;
+    let relay_behaviour = Behaviour::new(relay_for(relay_secret), config);
+    let relay_stats: Arc<Stats> = relay_behaviour.stats();
     let (relay_addr, _relay) = start(
         relay_kp,
-        Behaviour::new(relay_for(relay_secret), config),
+        relay_behaviour,
         vec![(receiver_peer, receiver_addr)],
         delivered_tx.clone(),
     )
@@ -300,6 +302,7 @@ async fn run() {
         .map(|s| packet(2_000_000 + s, &mut rng))
         .collect();
     let mut sent_at = HashMap::new();
+    let before = relay_stats.added_latency.snapshot();
     let start = Instant::now();
     for (i, p) in packets.into_iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
@@ -319,15 +322,24 @@ async fn run() {
         }
     }
     latencies.sort_by(f64::total_cmp);
+    let mut held = relay_stats.added_latency.snapshot();
+    for (h, b) in held.iter_mut().zip(before) {
+        *h -= b;
+    }
+    let ms = |q| quantile_of(&held, q).map_or(f64::NAN, |d| d.as_secs_f64() * 1e3);
     eprintln!(
-        "paced at {rate:.0} pkt/s: {} of {count} delivered",
-        latencies.len()
-    );
-    println!(
-        "relay: {:.0} pkt/s, added latency p50 {:.2} ms p99 {:.2} ms, crypto-bound {:.0} pkt/s",
-        peak,
+        "paced at {rate:.0} pkt/s: {} of {count} delivered; end to end (two links, two unwraps) p50 {:.2} ms p99 {:.2} ms",
+        latencies.len(),
         percentile(&latencies, 0.5),
-        percentile(&latencies, 0.99),
+        percentile(&latencies, 0.99)
+    );
+    // The relay's own figure: time held beyond the header's delay (arrival at the behaviour to
+    // leaving the delay queue), as power-of-two bucket upper bounds.
+    println!(
+        "relay: {:.0} pkt/s, added latency p50 {:.3} ms p99 {:.3} ms, crypto-bound {:.0} pkt/s",
+        peak,
+        ms(0.5),
+        ms(0.99),
         2.0 / unwrap.as_secs_f64()
     );
 }
