@@ -21,12 +21,15 @@ use std::{
 };
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, PeerId, identity::Keypair, noise, swarm::SwarmEvent, tcp, yamux};
-use p2pmix::sphinx::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
-    Relay, RelayConfig, ReplayCache, ReplayConfig,
-    behaviour::{Behaviour, Config, Event, Stats, quantile_of},
-    build_packet, unwrap_packet,
+use libp2p::{Multiaddr, PeerId, identity::Keypair, swarm::SwarmEvent};
+use p2pmix::{
+    authority_node::build_swarm,
+    sphinx::{
+        ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
+        Relay, RelayConfig, ReplayCache, ReplayConfig,
+        behaviour::{Behaviour, Config, Event, Stats, quantile_of},
+        build_packet, unwrap_packet,
+    },
 };
 use tokio::sync::mpsc;
 
@@ -43,18 +46,7 @@ async fn start(
     peers: Vec<(PeerId, Multiaddr)>,
     delivered: mpsc::Sender<(u64, Instant)>,
 ) -> (Multiaddr, mpsc::Sender<Command>) {
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .unwrap()
-        .with_behaviour(|_| behaviour)
-        .unwrap()
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
+    let mut swarm = build_swarm(keypair, |_| behaviour).unwrap();
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
