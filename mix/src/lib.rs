@@ -1,4 +1,9 @@
-//! p2pmix's Sphinx packet format: building, unwrapping and replying, with no I/O and no clock.
+//! p2pmix's mix layer: the Sphinx packet format and the relay that carries it.
+//!
+//! The core is sans-IO: the packet format (building, unwrapping, replying) and the mix core
+//! ([`Relay`] decides, [`DelayQueue`] holds, [`TokenBucket`] limits) have no sockets and no clock.
+//! The libp2p adapters are thin: [`behaviour::Behaviour`] and [`handler::Handler`] carry packets
+//! on `/p2pmix/sphinx/1.0.0`.
 //!
 //! A packet is a fixed-size header plus a fixed-size body ([`Geometry`]). The sender picks a
 //! route of up to `max_hops` nodes and a delay per hop, and builds the packet with
@@ -8,8 +13,8 @@
 //! `docs/sphinx.md` at the repository root.
 //!
 //! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
-//! function here is deterministic given its inputs, which the tests and the known-answer vectors
-//! rely on.
+//! function of the core is deterministic given its inputs, which the tests and the known-answer
+//! vectors rely on.
 #![cfg_attr(
     not(test),
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
