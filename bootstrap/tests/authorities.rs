@@ -339,3 +339,59 @@ fn a_failed_round_does_not_spin() {
     let a = sim.authorities[0].as_ref().unwrap();
     assert!(a.poll_timeout() > sim.now, "next wake-up is in the future");
 }
+
+#[test]
+fn an_early_non_matching_reveal_does_not_change_the_document() {
+    use p2pmix_bootstrap::build_reveal;
+    use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+    let mut reference = Sim::default(3, schedule().start_of(1));
+    one_round(&mut reference, 1, 3);
+    let expected = agreed(&reference, 2);
+
+    // Same run, but authority 0 first gets a validly signed reveal from authority 1 whose value
+    // does not match authority 1's commitment (sent before the votes).
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    let bogus = build_reveal(&sim.keys[1], 2, [0xee; 32]).unwrap();
+    let now = sim.now;
+    sim.authorities[0]
+        .as_mut()
+        .unwrap()
+        .handle_request(
+            now,
+            DirectoryRequest {
+                request: Some(Request::Reveal(bogus)),
+            },
+        )
+        .unwrap();
+    one_round(&mut sim, 1, 3);
+    assert_eq!(agreed(&sim, 2), expected);
+}
+
+#[test]
+fn an_authority_missing_the_agreed_previous_consensus_sits_out_and_says_why() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    one_round(&mut sim, 1, 3);
+    // Authority 0 loses its documents (say, a disk replaced) but keeps running.
+    let mut state = sim.authorities[0].as_ref().unwrap().state();
+    state.consensuses.clear();
+    sim.authorities[0] = Some(Authority::restore(sim.config(0), &state, sim.now));
+    sim.events.clear();
+    sim.upload(&nodes(1, 3), 3);
+    sim.run_until(schedule().start_of(3));
+    assert!(
+        sim.events.iter().any(|(i, e)| *i == 0
+            && matches!(
+                e,
+                Event::Failed {
+                    epoch: 3,
+                    reason: RoundFailure::Compute(ComputeError::MissingPrevious(_))
+                }
+            )),
+        "{:?}",
+        sim.events
+    );
+    // The other two still agree and publish, with the layers of the agreed previous document.
+    let docs = sim.documents(3);
+    assert!(docs[0].is_none());
+    assert!(docs[1].is_some() && docs[1] == docs[2]);
+}
