@@ -186,6 +186,29 @@ fn report(net: &Network) -> String {
         .join("\n")
 }
 
+/// Builds a packet for `hops` delivering `payload` to `client` with a label starting with `i`,
+/// and injects it at node 0.
+async fn inject(
+    net: &Network,
+    hops: &[Hop],
+    client: u8,
+    i: u8,
+    payload: &[u8],
+    r: &mut impl rand::CryptoRng,
+) {
+    let destination = Destination::Deliver {
+        client: ClientId([client; 32]),
+        label: Label([i; 16]),
+    };
+    let packet =
+        build_packet(&Geometry::DEFAULT, key_id(), hops, &destination, payload, r).unwrap();
+    net.nodes[0]
+        .commands
+        .send(Command::Inject(packet))
+        .await
+        .unwrap();
+}
+
 fn route(net: &Network, delays_ms: &[u64]) -> Vec<Hop> {
     delays_ms
         .iter()
@@ -376,36 +399,17 @@ async fn packets_broken_for_a_later_hop_do_not_get_honest_nodes_banned() {
         ..Config::default()
     };
     let mut net = network(5, config).await;
-    let g = Geometry::DEFAULT;
     let mut r = rng(903);
     // A client builds packets valid for node 0 but sealed for the wrong key at node 1.
     let mut broken = route(&net, &[1, 1]);
     broken[1].key = NodeSecretKey::random(&mut r).public_key();
     for i in 0..100u8 {
-        let destination = Destination::Deliver {
-            client: ClientId([2; 32]),
-            label: Label([i; 16]),
-        };
-        let packet = build_packet(&g, key_id(), &broken, &destination, b"bad", &mut r).unwrap();
-        net.nodes[0]
-            .commands
-            .send(Command::Inject(packet))
-            .await
-            .unwrap();
+        inject(&net, &broken, 2, i, b"bad", &mut r).await;
     }
     // Then honest traffic through the same link.
     let hops = route(&net, &[1, 1, 1, 1, 0]);
     for i in 0..10u8 {
-        let destination = Destination::Deliver {
-            client: ClientId([3; 32]),
-            label: Label([i; 16]),
-        };
-        let packet = build_packet(&g, key_id(), &hops, &destination, b"ok", &mut r).unwrap();
-        net.nodes[0]
-            .commands
-            .send(Command::Inject(packet))
-            .await
-            .unwrap();
+        inject(&net, &hops, 3, i, b"ok", &mut r).await;
     }
     let mut delivered = HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -297,6 +297,16 @@ fn an_authority_restarted_mid_epoch_resumes_and_signs() {
     assert!(restarted.signatures.len() >= 2);
 }
 
+fn verify_cli(file: &Path, authorities: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["consensus", "verify"])
+        .arg(file)
+        .arg("--authorities")
+        .arg(authorities)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn consensus_tools_refuse_bad_input_clearly() {
     let scratch = Scratch::new("tools");
@@ -305,13 +315,7 @@ fn consensus_tools_refuse_bad_input_clearly() {
     let auth = scratch.0.join("authorities.toml");
     let key = keygen(&scratch.0.join("k"));
     fs::write(&auth, format!("[[authority]]\npublic_key = \"{key}\"\n")).unwrap();
-    let out = Command::new(BIN)
-        .args(["consensus", "verify"])
-        .arg(&bogus)
-        .arg("--authorities")
-        .arg(&auth)
-        .output()
-        .unwrap();
+    let out = verify_cli(&bogus, &auth);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("invalid: bad encoding"));
 
@@ -322,13 +326,7 @@ fn consensus_tools_refuse_bad_input_clearly() {
     assert_eq!(out.status.code(), Some(2));
 
     fs::write(&auth, "[[authority]]\npublic_key = \"zz\"\n").unwrap();
-    let out = Command::new(BIN)
-        .args(["consensus", "verify"])
-        .arg(&bogus)
-        .arg("--authorities")
-        .arg(&auth)
-        .output()
-        .unwrap();
+    let out = verify_cli(&bogus, &auth);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("public_key is not hex"));
 
