@@ -110,19 +110,14 @@ pub fn verify_vote(
     if signed.vote.len() > MAX_VOTE_BYTES {
         return Err(VoteError::Malformed);
     }
-    let vote = Vote::decode(&signed.vote[..]).map_err(|_| VoteError::Malformed)?;
-    let key = authorities
-        .get(&vote.authority)
-        .ok_or(VoteError::UnknownAuthority)?;
-    if !verify(key, Context::Vote, &signed.vote, &signed.signature) {
-        return Err(VoteError::BadSignature);
-    }
-    if vote.epoch != epoch {
-        return Err(VoteError::WrongEpoch {
-            got: vote.epoch,
-            expected: epoch,
-        });
-    }
+    let vote: Vote = open_signed(
+        &signed.vote,
+        &signed.signature,
+        Context::Vote,
+        authorities,
+        epoch,
+        |v: &Vote| (&v.authority, v.epoch),
+    )?;
     if vote
         .descriptors
         .windows(2)
@@ -173,19 +168,14 @@ pub fn verify_reveal(
     authorities: &PinnedAuthorities,
     epoch: u64,
 ) -> Result<VerifiedReveal, VoteError> {
-    let reveal = Reveal::decode(&signed.reveal[..]).map_err(|_| VoteError::Malformed)?;
-    let key = authorities
-        .get(&reveal.authority)
-        .ok_or(VoteError::UnknownAuthority)?;
-    if !verify(key, Context::Reveal, &signed.reveal, &signed.signature) {
-        return Err(VoteError::BadSignature);
-    }
-    if reveal.epoch != epoch {
-        return Err(VoteError::WrongEpoch {
-            got: reveal.epoch,
-            expected: epoch,
-        });
-    }
+    let reveal: Reveal = open_signed(
+        &signed.reveal,
+        &signed.signature,
+        Context::Reveal,
+        authorities,
+        epoch,
+        |r: &Reveal| (&r.authority, r.epoch),
+    )?;
     if reveal.value.len() != 32 {
         return Err(VoteError::Malformed);
     }
@@ -194,4 +184,31 @@ pub fn verify_reveal(
         authority: reveal.authority,
         value: reveal.value,
     })
+}
+
+/// Decodes `bytes` as `M`, then checks that the authority it names is pinned, signed exactly
+/// these bytes under `context`, and that it is for `epoch`.
+fn open_signed<M: Message + Default>(
+    bytes: &[u8],
+    signature: &[u8],
+    context: Context,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+    fields: impl Fn(&M) -> (&Vec<u8>, u64),
+) -> Result<M, VoteError> {
+    let message = M::decode(bytes).map_err(|_| VoteError::Malformed)?;
+    let (authority, got) = fields(&message);
+    let key = authorities
+        .get(authority)
+        .ok_or(VoteError::UnknownAuthority)?;
+    if !verify(key, context, bytes, signature) {
+        return Err(VoteError::BadSignature);
+    }
+    if got != epoch {
+        return Err(VoteError::WrongEpoch {
+            got,
+            expected: epoch,
+        });
+    }
+    Ok(message)
 }
