@@ -12,7 +12,6 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     sync::{
         Arc,
-        atomic::{AtomicU64, Ordering},
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     task::{Context, Poll},
@@ -31,6 +30,7 @@ use libp2p::{
     },
 };
 
+pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
 use crate::{
     handler::{Handler, HandlerEvent, HandlerIn},
     relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, TokenBucket},
@@ -42,10 +42,15 @@ use crate::{
 pub struct Config {
     /// Bounds of the delay queue.
     pub queue: QueueLimits,
-    /// Packets per second one neighbour may send (from the consensus rates), and the burst.
-    pub peer_rate: f64,
-    /// Tokens a neighbour may save up.
-    pub peer_burst: f64,
+    /// Packets per second a client (a neighbour that is not a node of any held consensus) may
+    /// send; set from the consensus rates with [`Behaviour::set_client_rate`].
+    pub client_rate: f64,
+    /// Packets a client may send in one burst.
+    pub client_burst: f64,
+    /// Packets per second another node may send (it carries many clients' traffic).
+    pub node_rate: f64,
+    /// Packets another node may send in one burst.
+    pub node_burst: f64,
     /// Worker threads for Sphinx unwrapping.
     pub workers: usize,
     /// Invalid frames (bad size, bad MAC, replay, over rate) after which a peer is cut off.
@@ -60,8 +65,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             queue: QueueLimits::default(),
-            peer_rate: 20_000.0,
-            peer_burst: 2_000.0,
+            client_rate: 1_000.0,
+            client_burst: 1_000.0,
+            node_rate: 50_000.0,
+            node_burst: 5_000.0,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get().saturating_sub(1).max(1))
                 .unwrap_or(1),
@@ -87,95 +94,6 @@ pub enum Event {
     },
     /// A neighbour was cut off for sending invalid frames.
     PeerBanned(PeerId),
-}
-
-/// A histogram of durations in power-of-two microsecond buckets (1 µs .. ~34 s), lock-free, for
-/// metrics: bucket `i` counts durations below `2^i` µs (and at least `2^(i-1)` µs).
-#[derive(Debug, Default)]
-pub struct DurationHistogram {
-    buckets: [AtomicU64; 26],
-}
-
-impl DurationHistogram {
-    /// Records one duration.
-    pub fn record(&self, d: Duration) {
-        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
-        let i = (64 - micros.leading_zeros()) as usize;
-        if let Some(b) = self.buckets.get(i.min(self.buckets.len() - 1)) {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Durations recorded.
-    pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
-    }
-
-    /// The bucket counts now (subtract two snapshots to look at an interval).
-    pub fn snapshot(&self) -> [u64; 26] {
-        std::array::from_fn(|i| self.buckets[i].load(Ordering::Relaxed))
-    }
-
-    /// An upper bound for the `q` quantile (0..=1): the upper edge of the bucket it falls in.
-    pub fn quantile(&self, q: f64) -> Option<Duration> {
-        quantile_of(&self.snapshot(), q)
-    }
-}
-
-/// An upper bound for the `q` quantile of bucket counts from [`DurationHistogram::snapshot`].
-pub fn quantile_of(counts: &[u64; 26], q: f64) -> Option<Duration> {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = ((total as f64) * q.clamp(0.0, 1.0)).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    for (i, c) in counts.iter().enumerate() {
-        seen += c;
-        if seen >= rank {
-            return Some(Duration::from_micros(1u64 << i));
-        }
-    }
-    None
-}
-
-/// Counters of one mix behaviour, readable from any thread (for metrics).
-#[derive(Debug, Default)]
-pub struct Stats {
-    /// How long past its release time each forwarded or delivered packet left the delay queue:
-    /// the time this node held a packet beyond the delay its sender chose (worker queueing, the
-    /// unwrap itself, event-loop latency).
-    pub added_latency: DurationHistogram,
-    /// Frames received from neighbours or injected locally.
-    pub received: AtomicU64,
-    /// Packets sent on to their next hop.
-    pub forwarded: AtomicU64,
-    /// Packets delivered to this node's clients.
-    pub delivered: AtomicU64,
-    /// Drop-cover packets that ended here.
-    pub cover_dropped: AtomicU64,
-    dropped: [AtomicU64; DropReason::ALL.len()],
-}
-
-impl Stats {
-    /// Packets dropped for `reason`.
-    pub fn dropped(&self, reason: DropReason) -> u64 {
-        DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.dropped.get(i))
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    fn count_drop(&self, reason: DropReason) {
-        if let Some(c) = DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .and_then(|i| self.dropped.get(i))
-        {
-            c.fetch_add(1, Ordering::Relaxed);
-        }
-    }
 }
 
 type Job = (Instant, Option<PeerId>, Vec<u8>);
@@ -219,11 +137,13 @@ impl Behaviour {
         let (outcome_tx, outcomes) = sync_channel::<Outcome>(4096);
         let waker = Arc::new(AtomicWaker::new());
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        let stats = Arc::new(Stats::default());
         for i in 0..workers {
             let relay = relay.clone();
             let job_rx = job_rx.clone();
             let outcome_tx = outcome_tx.clone();
             let waker = waker.clone();
+            let stats = stats.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("p2pmix-sphinx-{i}"))
                 .spawn(move || {
@@ -233,7 +153,9 @@ impl Behaviour {
                             rx.recv()
                         };
                         let Ok((now, from, packet)) = job else { return };
+                        let started = Instant::now();
                         let outcome = relay.process(now, packet);
+                        stats.record_unwrap(started.elapsed());
                         if outcome_tx.send((from, outcome)).is_err() {
                             return;
                         }
@@ -258,7 +180,7 @@ impl Behaviour {
             addresses: HashMap::new(),
             pending: HashMap::new(),
             events: VecDeque::new(),
-            stats: Arc::new(Stats::default()),
+            stats,
         }
     }
 
@@ -292,10 +214,21 @@ impl Behaviour {
         self.addresses.retain(|p, _| keep(p));
     }
 
+    /// Changes the rate and burst allowed to each client (from the consensus's sending rates);
+    /// applies to every client from its next frame on.
+    pub fn set_client_rate(&mut self, rate: f64, burst: f64) {
+        if (rate, burst) != (self.config.client_rate, self.config.client_burst) {
+            self.config.client_rate = rate;
+            self.config.client_burst = burst;
+            let relay = self.relay.clone();
+            self.buckets.retain(|peer, _| relay.is_node(peer));
+        }
+    }
+
     /// Processes a packet as if it had arrived from outside (a gateway taking a client's
     /// packet, or a test injecting traffic).
     pub fn inject(&mut self, packet: Vec<u8>) {
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.stats.count_received();
         self.submit(None, packet);
     }
 
@@ -307,8 +240,8 @@ impl Behaviour {
     fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
         match self.jobs.try_send((Instant::now(), from, packet)) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.stats.count_drop(DropReason::QueueFull),
-            Err(TrySendError::Disconnected(_)) => self.stats.count_drop(DropReason::QueueFull),
+            Err(TrySendError::Full(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
+            Err(TrySendError::Disconnected(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
         }
     }
 
@@ -333,7 +266,7 @@ impl Behaviour {
             if waiting.len() < self.config.max_pending_per_peer {
                 waiting.push_back(packet);
             } else {
-                self.stats.count_drop(DropReason::QueueFull);
+                self.stats.count_drops(DropReason::QueueFull, 1);
             }
         }
     }
@@ -342,11 +275,15 @@ impl Behaviour {
         if !reason.is_peer_fault() {
             return;
         }
-        // A bad MAC or a replay from a consensus node may be a client's doing further up the
-        // route (a packet valid for one hop can be broken for the next): only direct faults
-        // (framing, rate) count against nodes, or one client could make honest mixes ban each
-        // other.
-        if matches!(reason, DropReason::BadMac | DropReason::Replay) && self.relay.is_node(&peer) {
+        // A bad MAC, a replay or an unknown key from a consensus node may be a client's doing
+        // further up the route (a packet valid for one hop can be broken for the next, and
+        // clocks differ around epoch boundaries): only direct faults (framing, rate) count
+        // against nodes, or one client could make honest mixes ban each other.
+        if matches!(
+            reason,
+            DropReason::BadMac | DropReason::Replay | DropReason::UnknownKey
+        ) && self.relay.is_node(&peer)
+        {
             return;
         }
         let Some((_, faults)) = self.buckets.get_mut(&peer) else {
@@ -360,6 +297,8 @@ impl Behaviour {
                 peer_id: peer,
                 connection: CloseConnection::All,
             });
+            self.stats.count_banned();
+            tracing::info!(%peer, "peer cut off for invalid traffic");
             self.events
                 .push_back(ToSwarm::GenerateEvent(Event::PeerBanned(peer)));
         }
@@ -455,9 +394,8 @@ impl NetworkBehaviour for Behaviour {
                 if let Some(peer) = e.peer_id
                     && let Some(waiting) = self.pending.remove(&peer)
                 {
-                    for _ in waiting {
-                        self.stats.count_drop(DropReason::UnknownNextHop);
-                    }
+                    self.stats
+                        .count_drops(DropReason::UnknownNextHop, waiting.len() as u64);
                 }
             }
             _ => {}
@@ -472,12 +410,16 @@ impl NetworkBehaviour for Behaviour {
     ) {
         match event {
             HandlerEvent::Frame(frame) => {
-                self.stats.received.fetch_add(1, Ordering::Relaxed);
+                self.stats.count_received();
                 if self.is_banned(&peer) {
-                    self.stats.count_drop(DropReason::RateLimited);
+                    self.stats.count_drops(DropReason::RateLimited, 1);
                     return;
                 }
-                let (rate, burst) = (self.config.peer_rate, self.config.peer_burst);
+                let (rate, burst) = if self.relay.is_node(&peer) {
+                    (self.config.node_rate, self.config.node_burst)
+                } else {
+                    (self.config.client_rate, self.config.client_burst)
+                };
                 if self.buckets.len() >= MAX_TRACKED_PEERS && !self.buckets.contains_key(&peer) {
                     // Forget peers with a clean record before tracking more.
                     self.buckets.retain(|_, (_, faults)| *faults > 0);
@@ -488,16 +430,14 @@ impl NetworkBehaviour for Behaviour {
                     .entry(peer)
                     .or_insert_with(|| (TokenBucket::new(rate, burst), 0));
                 if !bucket.try_take(Instant::now()) {
-                    self.stats.count_drop(DropReason::RateLimited);
+                    self.stats.count_drops(DropReason::RateLimited, 1);
                     self.fault(peer, DropReason::RateLimited);
                     return;
                 }
                 self.submit(Some(peer), frame);
             }
             HandlerEvent::OutboundDropped(n) => {
-                for _ in 0..n {
-                    self.stats.count_drop(DropReason::QueueFull);
-                }
+                self.stats.count_drops(DropReason::QueueFull, n as u64);
             }
         }
     }
@@ -517,14 +457,14 @@ impl NetworkBehaviour for Behaviour {
                         destination: Destination::Drop,
                         ..
                     } => {
-                        self.stats.cover_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.count_cover_dropped();
                         Ok(())
                     }
                     d => self.queue.push(d),
                 }) {
                     Ok(()) => {}
                     Err(reason) => {
-                        self.stats.count_drop(reason);
+                        self.stats.count_drops(reason, 1);
                         if let Some(peer) = from {
                             self.fault(peer, reason);
                         }
@@ -535,14 +475,19 @@ impl NetworkBehaviour for Behaviour {
             let now = Instant::now();
             while let Some(decision) = self.queue.poll_transmit(now) {
                 progressed = true;
-                let (Decision::Forward { release, .. } | Decision::Final { release, .. }) =
-                    &decision;
-                self.stats
-                    .added_latency
-                    .record(now.saturating_duration_since(*release));
+                let (Decision::Forward {
+                    release, arrived, ..
+                }
+                | Decision::Final {
+                    release, arrived, ..
+                }) = &decision;
+                self.stats.record_departure(
+                    now.saturating_duration_since(*release),
+                    now.saturating_duration_since(*arrived),
+                );
                 match decision {
                     Decision::Forward { to, packet, .. } => {
-                        self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+                        self.stats.count_forwarded();
                         self.transmit(to, packet);
                     }
                     Decision::Final {
@@ -550,7 +495,7 @@ impl NetworkBehaviour for Behaviour {
                         packet,
                         ..
                     } => {
-                        self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                        self.stats.count_delivered();
                         let header = self.relay.geometry().header_size();
                         let body = packet.get(header..).unwrap_or_default().to_vec();
                         self.events
@@ -561,11 +506,13 @@ impl NetworkBehaviour for Behaviour {
                             }));
                     }
                     Decision::Final { .. } => {
-                        self.stats.cover_dropped.fetch_add(1, Ordering::Relaxed);
+                        self.stats.count_cover_dropped();
                     }
                 }
             }
             if progressed {
+                self.stats
+                    .record_queue(self.queue.len(), self.queue.bytes());
                 continue;
             }
             // Sleep until the next release.
@@ -585,32 +532,5 @@ impl NetworkBehaviour for Behaviour {
             }
             return Poll::Pending;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn histogram_quantiles_are_bucket_upper_bounds() {
-        let h = DurationHistogram::default();
-        assert_eq!(h.quantile(0.5), None);
-        for _ in 0..98 {
-            h.record(Duration::from_micros(300)); // bucket [256, 512) µs
-        }
-        h.record(Duration::from_millis(3)); // [2048, 4096) µs
-        h.record(Duration::from_secs(3600)); // clamps into the last bucket
-        assert_eq!(h.count(), 100);
-        assert_eq!(h.quantile(0.5), Some(Duration::from_micros(512)));
-        assert_eq!(h.quantile(0.99), Some(Duration::from_micros(4096)));
-        assert_eq!(h.quantile(1.0), Some(Duration::from_micros(1 << 25)));
-        let before = h.snapshot();
-        h.record(Duration::from_micros(1));
-        let mut diff = h.snapshot();
-        for (d, b) in diff.iter_mut().zip(before) {
-            *d -= b;
-        }
-        assert_eq!(quantile_of(&diff, 0.5), Some(Duration::from_micros(2)));
     }
 }

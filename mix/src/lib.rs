@@ -34,6 +34,7 @@ mod peel;
 mod relay;
 mod replay;
 mod routing;
+mod stats;
 mod surb;
 
 pub use create::{Hop, build_packet};

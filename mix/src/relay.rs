@@ -14,7 +14,10 @@ use std::{
     cmp::Reverse,
     collections::{BinaryHeap, HashMap},
     hash::Hash,
-    sync::RwLock,
+    sync::{
+        RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -65,6 +68,11 @@ impl DropReason {
         DropReason::RateLimited,
     ];
 
+    /// This reason's position in [`DropReason::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// A short stable label for metrics.
     pub fn label(self) -> &'static str {
         match self {
@@ -88,6 +96,7 @@ impl DropReason {
             DropReason::WrongSize
                 | DropReason::BadMac
                 | DropReason::Replay
+                | DropReason::UnknownKey
                 | DropReason::RateLimited
         )
     }
@@ -116,6 +125,8 @@ pub enum Decision<P> {
         packet: Vec<u8>,
         /// When to send it.
         release: Instant,
+        /// When its frame arrived.
+        arrived: Instant,
     },
     /// This node is the final hop: deliver the body (everything after the header) once `release`
     /// has come, or drop it silently for cover traffic.
@@ -126,6 +137,8 @@ pub enum Decision<P> {
         packet: Vec<u8>,
         /// When to deliver it.
         release: Instant,
+        /// When its frame arrived.
+        arrived: Instant,
     },
 }
 
@@ -140,7 +153,8 @@ pub struct RelayConfig {
 #[derive(Debug)]
 pub struct Relay<P> {
     geometry: Geometry,
-    config: RelayConfig,
+    /// The delay cap in microseconds (changes with the consensus).
+    max_delay_us: AtomicU64,
     keys: RwLock<KeyRing>,
     /// Per epoch: compact node id -> peer.
     topologies: RwLock<HashMap<u64, HashMap<NodeId, P>>>,
@@ -162,7 +176,9 @@ impl<P: Clone + Eq + Hash> Relay<P> {
     pub fn new(geometry: Geometry, config: RelayConfig, keys: KeyRing) -> Self {
         Relay {
             geometry,
-            config,
+            max_delay_us: AtomicU64::new(
+                u64::try_from(config.max_delay.as_micros()).unwrap_or(u64::MAX),
+            ),
             keys: RwLock::new(keys),
             topologies: RwLock::new(HashMap::new()),
         }
@@ -185,6 +201,14 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         }
     }
 
+    /// Changes the longest per-hop delay accepted (a new consensus's `max_delay_us`).
+    pub fn set_max_delay(&self, max_delay: Duration) {
+        self.max_delay_us.store(
+            u64::try_from(max_delay.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
     /// Changes the key ring (new epoch keys, rotation, retirement).
     pub fn with_keys<T>(&self, f: impl FnOnce(&mut KeyRing) -> T) -> T {
         f(&mut self.keys.write().unwrap_or_else(|e| e.into_inner()))
@@ -200,7 +224,7 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         let delay = match processed {
             Processed::Forward { delay, .. } | Processed::Final { delay, .. } => delay,
         };
-        if delay.as_duration() > self.config.max_delay {
+        if delay.as_duration().as_micros() > u128::from(self.max_delay_us.load(Ordering::Relaxed)) {
             return Err(DropReason::DelayTooLong);
         }
         let release = now.checked_add(delay.as_duration()).unwrap_or(now);
@@ -216,12 +240,14 @@ impl<P: Clone + Eq + Hash> Relay<P> {
                     to,
                     packet,
                     release,
+                    arrived: now,
                 })
             }
             Processed::Final { destination, .. } => Ok(Decision::Final {
                 destination,
                 packet,
                 release,
+                arrived: now,
             }),
         }
     }
@@ -392,6 +418,7 @@ mod tests {
             to,
             packet: vec![0; 100],
             release: t0 + Duration::from_millis(ms),
+            arrived: t0,
         };
         q.push(d(1, 30)).unwrap();
         q.push(d(2, 10)).unwrap();

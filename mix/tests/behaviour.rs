@@ -176,9 +176,9 @@ fn report(net: &Network) -> String {
                 .collect();
             format!(
                 "node {i}: received {} forwarded {} delivered {} drops [{}]",
-                s.received.load(std::sync::atomic::Ordering::Relaxed),
-                s.forwarded.load(std::sync::atomic::Ordering::Relaxed),
-                s.delivered.load(std::sync::atomic::Ordering::Relaxed),
+                s.received(),
+                s.forwarded(),
+                s.delivered(),
                 drops.join(" ")
             )
         })

@@ -188,8 +188,10 @@ async fn run() {
     };
     let config = Config {
         workers: 1,
-        peer_rate: 1e9,
-        peer_burst: 1e9,
+        client_rate: 1e9,
+        client_burst: 1e9,
+        node_rate: 1e9,
+        node_burst: 1e9,
         ..Config::default()
     };
     let (delivered_tx, mut delivered) = mpsc::channel(1 << 20);

@@ -22,12 +22,13 @@
 
 use std::{
     fs,
+    net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use libp2p::{Multiaddr, PeerId, identity::PublicKey};
 use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities, default_parameters};
-use p2pmix_proto::v1::NetworkParameters;
+use p2pmix_proto::v1::{NetworkParameters, Role};
 use serde::Deserialize;
 use thiserror::Error;
 
@@ -79,6 +80,16 @@ fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
 #[serde(deny_unknown_fields)]
 struct AuthoritiesFile {
     authority: Vec<AuthorityEntry>,
+    #[serde(default)]
+    network: Option<ScheduleSection>,
+}
+
+/// The epoch schedule, as nodes and clients read it from the authorities file.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleSection {
+    genesis_unix_ms: u64,
+    epoch_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -105,6 +116,10 @@ pub struct AuthorityAddress {
 pub struct Authorities {
     /// Each authority with its addresses.
     pub entries: Vec<AuthorityAddress>,
+    /// The network's epoch schedule, when the file gives one (`[network]` with
+    /// `genesis_unix_ms` and `epoch_ms`): nodes and clients need it to know when to upload
+    /// descriptors and fetch the next consensus.
+    pub schedule: Option<EpochSchedule>,
 }
 
 impl Authorities {
@@ -141,7 +156,16 @@ impl Authorities {
                 addresses,
             });
         }
-        Ok(Authorities { entries })
+        let schedule = match file.network {
+            Some(n) if n.epoch_ms < MIN_EPOCH_MS => {
+                return Err(invalid(format!(
+                    "network.epoch_ms must be at least {MIN_EPOCH_MS}"
+                )));
+            }
+            Some(n) => Some(EpochSchedule::new(n.genesis_unix_ms, n.epoch_ms)),
+            None => None,
+        };
+        Ok(Authorities { entries, schedule })
     }
 
     /// The pinned set for verification.
@@ -282,6 +306,167 @@ impl AuthorityConfigFile {
             listen,
             schedule: EpochSchedule::new(file.network.genesis_unix_ms, file.network.epoch_ms),
             parameters,
+        })
+    }
+}
+
+/// What a node does in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// A mix in one of the layers.
+    Mix,
+    /// An entry and exit point where clients connect.
+    Gateway,
+}
+
+impl From<NodeRole> for Role {
+    fn from(role: NodeRole) -> Self {
+        match role {
+            NodeRole::Mix => Role::Mix,
+            NodeRole::Gateway => Role::Gateway,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeFile {
+    data_dir: Option<PathBuf>,
+    authorities: Option<PathBuf>,
+    #[serde(default)]
+    listen: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+    role: Option<NodeRole>,
+    metrics: Option<String>,
+    family: Option<String>,
+}
+
+/// Command-line values that override a node's configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct NodeOverrides {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--authorities`.
+    pub authorities: Option<PathBuf>,
+    /// `--listen` (replaces the file's list when given).
+    pub listen: Vec<Multiaddr>,
+    /// `--bootstrap` (replaces the file's list when given).
+    pub bootstrap: Vec<Multiaddr>,
+    /// `--role`.
+    pub role: Option<NodeRole>,
+    /// `--metrics`.
+    pub metrics: Option<SocketAddr>,
+    /// `--family`.
+    pub family: Option<String>,
+}
+
+/// A node's configuration, resolved from its file (optional) and the command line.
+///
+/// ```toml
+/// # node.toml (paths are relative to this file)
+/// data_dir = "data"                       # identity.key, epoch keys, consensus cache
+/// authorities = "authorities.toml"        # pinned keys; its [network] gives the schedule
+/// listen = ["/ip4/0.0.0.0/tcp/4100"]
+/// bootstrap = ["/ip4/192.0.2.7/tcp/4100/p2p/12D3KooW…"]
+/// role = "mix"                            # or "gateway"
+/// metrics = "127.0.0.1:9100"              # Prometheus text at http://ADDR/metrics
+/// family = "operator-name"                # nodes of one operator share it
+/// ```
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Identity, epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`.
+    pub data_dir: PathBuf,
+    /// The pinned authorities.
+    pub authorities: Authorities,
+    /// The epoch schedule (from the authorities file).
+    pub schedule: EpochSchedule,
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the DHT through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Mix or gateway.
+    pub role: NodeRole,
+    /// Where to serve metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Operator family.
+    pub family: String,
+}
+
+impl NodeConfig {
+    /// Reads `file` (if any) and applies `overrides`; every missing or malformed value is a
+    /// clear error naming its source.
+    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
+        let (parsed, base, source) = match file {
+            Some(path) => (
+                parse::<NodeFile>(path)?,
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.display().to_string(),
+            ),
+            None => (
+                NodeFile::default(),
+                PathBuf::from("."),
+                "command line".into(),
+            ),
+        };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: source.clone(),
+            message,
+        };
+        let addresses = |list: &[String], what: &str| -> Result<Vec<Multiaddr>, ConfigError> {
+            list.iter()
+                .map(|a| {
+                    a.parse()
+                        .map_err(|e| invalid(format!("{what} address {a}: {e}")))
+                })
+                .collect()
+        };
+        let data_dir = overrides
+            .data_dir
+            .or(parsed.data_dir.map(|d| base.join(d)))
+            .ok_or_else(|| invalid("no data directory (data_dir or --data-dir)".into()))?;
+        let authorities_path = overrides
+            .authorities
+            .or(parsed.authorities.map(|a| base.join(a)))
+            .ok_or_else(|| invalid("no authorities file (authorities or --authorities)".into()))?;
+        let authorities = Authorities::load(&authorities_path)?;
+        let schedule = authorities.schedule.ok_or_else(|| ConfigError::Invalid {
+            path: authorities_path.display().to_string(),
+            message: "no [network] section with genesis_unix_ms and epoch_ms".into(),
+        })?;
+        let mut listen = overrides.listen;
+        if listen.is_empty() {
+            listen = addresses(&parsed.listen, "listen")?;
+        }
+        if listen.is_empty() {
+            listen.push(
+                "/ip4/127.0.0.1/tcp/0"
+                    .parse()
+                    .map_err(|e| invalid(format!("default listen address: {e}")))?,
+            );
+        }
+        let mut bootstrap = overrides.bootstrap;
+        if bootstrap.is_empty() {
+            bootstrap = addresses(&parsed.bootstrap, "bootstrap")?;
+        }
+        let metrics = match (overrides.metrics, parsed.metrics) {
+            (Some(m), _) => Some(m),
+            (None, Some(m)) => Some(
+                m.parse()
+                    .map_err(|e| invalid(format!("metrics address {m}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
+        Ok(NodeConfig {
+            data_dir,
+            authorities,
+            schedule,
+            listen,
+            bootstrap,
+            role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
+            metrics,
+            family: overrides.family.or(parsed.family).unwrap_or_default(),
         })
     }
 }

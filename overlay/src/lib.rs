@@ -7,8 +7,12 @@
 
 pub mod authority_node;
 pub mod config;
+pub mod directory_client;
+pub mod epoch_keys;
 pub mod fetch;
 pub mod identity;
+pub mod metrics_endpoint;
+pub mod node;
 
 /// The Sphinx packet format, SURBs, replay protection and epoch key handling.
 pub use p2pmix_mix as sphinx;

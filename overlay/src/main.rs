@@ -1,6 +1,7 @@
-//! The `p2pmix` command line: keys, authorities and consensus tools.
+//! The `p2pmix` command line: keys, authorities, mix nodes and consensus tools.
 
 use std::{
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -11,10 +12,11 @@ use clap::{Parser, Subcommand};
 use libp2p::{Multiaddr, identity::Keypair};
 use p2pmix::{
     authority_node::{run_authority, unix_ms},
-    config::{Authorities, AuthorityConfigFile},
+    config::{Authorities, AuthorityConfigFile, NodeConfig, NodeOverrides, NodeRole},
     directory::{peer_id, verify_consensus},
     fetch::fetch_consensus,
     identity::{IDENTITY_FILE, read_identity, write_identity},
+    node::run_node,
     proto::v1::{Consensus, Role, SignedConsensus},
 };
 use prost::Message;
@@ -44,11 +46,42 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a mix node or gateway: join the DHT through the bootstrap peers, get admitted through
+    /// the consensus, relay Sphinx packets. Flags override the configuration file.
+    Node(NodeArgs),
     /// Inspect and check consensus documents.
     Consensus {
         #[command(subcommand)]
         command: ConsensusCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// The node's configuration file (TOML; see `p2pmix::config::NodeConfig`).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where to listen (repeatable; default /ip4/127.0.0.1/tcp/0).
+    #[arg(long)]
+    listen: Vec<Multiaddr>,
+    /// A peer to join the network through (repeatable), e.g. /ip4/192.0.2.7/tcp/4100/p2p/12D3…
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// The pinned authorities file (with a [network] section giving the epoch schedule).
+    #[arg(long)]
+    authorities: Option<PathBuf>,
+    /// What this node does.
+    #[arg(long, value_enum)]
+    role: Option<NodeRole>,
+    /// Identity, epoch keys and cached consensus documents live here.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; see DATA_DIR/metrics-addr).
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// Operator family: no route uses two nodes of one family.
+    #[arg(long)]
+    family: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -87,6 +120,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -105,6 +139,22 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let keypair = read_identity(&config.identity)?;
             runtime()?
                 .block_on(async { run_authority(config, keypair, shutdown_signal()).await })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Node(args) => {
+            let config = NodeConfig::load(
+                args.config.as_deref(),
+                NodeOverrides {
+                    data_dir: args.data_dir,
+                    authorities: args.authorities,
+                    listen: args.listen,
+                    bootstrap: args.bootstrap,
+                    role: args.role,
+                    metrics: args.metrics,
+                    family: args.family,
+                },
+            )?;
+            runtime()?.block_on(async { run_node(config, shutdown_signal()).await })?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Consensus { command } => match command {

@@ -1,0 +1,434 @@
+//! A node's side of the directory, sans-IO: when to upload its descriptor, when and from whom to
+//! fetch the next consensus, and which verified documents it holds (and serves to others).
+//!
+//! Time is passed in (milliseconds since the UNIX epoch); the driver turns [`Action`]s into
+//! requests and reports their outcomes back. During the descriptor phase of epoch `e` the
+//! descriptor for `e + 1` goes to every authority until each has accepted it (an authority that
+//! answers "duplicate" already holds it, e.g. from before a restart). From the publish phase of
+//! `e` on, the consensus of `e + 1` is fetched, and the one of `e` whenever it is missing:
+//! authorities first, then any peer that serves the directory protocol, one source at a time, with
+//! a retry interval that doubles up to an eighth of the epoch.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use libp2p::PeerId;
+use p2pmix_bootstrap::{
+    EpochSchedule, Phase, PinnedAuthorities, VerifiedConsensus, VerifyError,
+    verify_signed_consensus,
+};
+use p2pmix_proto::v1::SignedConsensus;
+
+/// Consensus documents kept (the current epoch's, the next one's and the previous one's).
+const KEPT: usize = 3;
+
+/// A request the driver should make.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Upload this node's descriptor for `epoch` to the authority `to`.
+    Upload {
+        /// The epoch the descriptor is for.
+        epoch: u64,
+        /// The authority.
+        to: PeerId,
+    },
+    /// Ask `from` for the consensus of `epoch`.
+    Fetch {
+        /// The epoch wanted.
+        epoch: u64,
+        /// An authority or a peer serving the directory.
+        from: PeerId,
+    },
+}
+
+/// How an upload ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UploadOutcome {
+    /// The authority holds the descriptor (accepted now, or a duplicate of one it holds).
+    Held,
+    /// The authority refused it for a reason that will not go away this epoch (late, invalid).
+    Refused(String),
+    /// No answer (unreachable, timed out): try again.
+    Failed(String),
+}
+
+#[derive(Debug, Default)]
+struct Retry {
+    next_at: u64,
+    interval: u64,
+    in_flight: bool,
+}
+
+/// The directory client state machine. See the module documentation.
+#[derive(Debug)]
+pub struct DirectoryClient {
+    schedule: EpochSchedule,
+    pinned: PinnedAuthorities,
+    authorities: Vec<PeerId>,
+    /// Peers (not authorities) known to serve the directory protocol.
+    peers: BTreeSet<PeerId>,
+    /// Per (epoch, authority): the upload's progress; `None` once settled.
+    uploads: BTreeMap<(u64, PeerId), Option<Retry>>,
+    /// Per epoch: the fetch's progress and the next source index.
+    fetches: BTreeMap<u64, (Retry, usize)>,
+    consensus: BTreeMap<u64, VerifiedConsensus>,
+    actions: VecDeque<Action>,
+}
+
+impl DirectoryClient {
+    /// A client for the network of `schedule`, trusting `pinned`, whose authorities are
+    /// `authorities`.
+    pub fn new(
+        schedule: EpochSchedule,
+        pinned: PinnedAuthorities,
+        authorities: Vec<PeerId>,
+    ) -> Self {
+        DirectoryClient {
+            schedule,
+            pinned,
+            authorities,
+            peers: BTreeSet::new(),
+            uploads: BTreeMap::new(),
+            fetches: BTreeMap::new(),
+            consensus: BTreeMap::new(),
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// The epoch schedule.
+    pub fn schedule(&self) -> &EpochSchedule {
+        &self.schedule
+    }
+
+    fn base_interval(&self) -> u64 {
+        (self.schedule.period_ms() / 64).clamp(100, 5_000)
+    }
+
+    fn max_interval(&self) -> u64 {
+        (self.schedule.period_ms() / 8).max(self.base_interval())
+    }
+
+    /// A peer that serves the directory protocol (a source of consensus documents).
+    pub fn add_peer(&mut self, peer: PeerId) {
+        if !self.authorities.contains(&peer) {
+            self.peers.insert(peer);
+        }
+    }
+
+    /// Forgets a peer (disconnected).
+    pub fn remove_peer(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+    }
+
+    /// Advances to `now_ms`: queues the uploads and fetches that are due.
+    pub fn handle_timeout(&mut self, now_ms: u64) {
+        let epoch = self.schedule.epoch_at(now_ms);
+        let base = self.base_interval();
+        // Uploads for the next epoch, during this epoch's descriptor phase.
+        if self.schedule.phase_at(now_ms) == Phase::Descriptors {
+            let next = epoch + 1;
+            for authority in &self.authorities {
+                let slot = self
+                    .uploads
+                    .entry((next, *authority))
+                    .or_insert_with(|| Some(Retry::default()));
+                if let Some(retry) = slot
+                    && !retry.in_flight
+                    && retry.next_at <= now_ms
+                {
+                    retry.in_flight = true;
+                    self.actions.push_back(Action::Upload {
+                        epoch: next,
+                        to: *authority,
+                    });
+                }
+            }
+        }
+        self.uploads.retain(|(e, _), _| *e > epoch);
+        // Fetches: the current epoch's document if missing, the next one's once published.
+        let mut wanted = vec![epoch];
+        if now_ms >= self.schedule.phase_start(epoch, Phase::Publish) {
+            wanted.push(epoch + 1);
+        }
+        let sources: Vec<PeerId> = self
+            .authorities
+            .iter()
+            .chain(self.peers.iter())
+            .copied()
+            .collect();
+        for e in wanted {
+            if self.consensus.contains_key(&e) || sources.is_empty() {
+                continue;
+            }
+            let (retry, next_source) = self.fetches.entry(e).or_insert_with(|| {
+                (
+                    Retry {
+                        interval: base,
+                        ..Retry::default()
+                    },
+                    0,
+                )
+            });
+            if !retry.in_flight && retry.next_at <= now_ms {
+                retry.in_flight = true;
+                let from = sources[*next_source % sources.len()];
+                *next_source += 1;
+                self.actions.push_back(Action::Fetch { epoch: e, from });
+            }
+        }
+        self.fetches
+            .retain(|e, _| *e + 1 >= epoch && !self.consensus.contains_key(e));
+    }
+
+    /// When [`DirectoryClient::handle_timeout`] should next run.
+    pub fn poll_timeout(&self, now_ms: u64) -> u64 {
+        let epoch = self.schedule.epoch_at(now_ms);
+        let publish = self.schedule.phase_start(epoch, Phase::Publish);
+        let mut at = if publish > now_ms {
+            publish
+        } else {
+            self.schedule.start_of(epoch + 1)
+        };
+        for retry in self.uploads.values().flatten() {
+            if !retry.in_flight {
+                at = at.min(retry.next_at.max(now_ms + 1));
+            }
+        }
+        for (retry, _) in self.fetches.values() {
+            if !retry.in_flight {
+                at = at.min(retry.next_at.max(now_ms + 1));
+            }
+        }
+        at.max(now_ms + 1)
+    }
+
+    /// The next request to make.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Reports how an [`Action::Upload`] ended.
+    pub fn upload_done(&mut self, now_ms: u64, epoch: u64, to: PeerId, outcome: UploadOutcome) {
+        let (base, max) = (self.base_interval(), self.max_interval());
+        let Some(slot) = self.uploads.get_mut(&(epoch, to)) else {
+            return;
+        };
+        match outcome {
+            UploadOutcome::Held | UploadOutcome::Refused(_) => *slot = None,
+            UploadOutcome::Failed(_) => {
+                if let Some(retry) = slot {
+                    retry.in_flight = false;
+                    retry.interval = (retry.interval * 2).clamp(base, max);
+                    retry.next_at = now_ms + retry.interval;
+                }
+            }
+        }
+    }
+
+    /// Whether every authority holds this node's descriptor for `epoch` (or refused it).
+    pub fn uploads_settled(&self, epoch: u64) -> bool {
+        self.authorities
+            .iter()
+            .all(|a| matches!(self.uploads.get(&(epoch, *a)), Some(None)))
+    }
+
+    /// Reports an answer to an [`Action::Fetch`] (`None`: no document, or no answer). A
+    /// document is verified against the pinned authorities at `now_ms`; returns the epoch of a
+    /// newly held document, or why the one offered was refused.
+    pub fn fetch_done(
+        &mut self,
+        now_ms: u64,
+        epoch: u64,
+        offered: Option<SignedConsensus>,
+    ) -> Result<Option<u64>, VerifyError> {
+        let mut result = Ok(None);
+        if let Some(signed) = offered {
+            match self.offer(now_ms, signed, Some(epoch)) {
+                Ok(got) => result = Ok(got),
+                Err(e) => result = Err(e),
+            }
+        }
+        let (base, max) = (self.base_interval(), self.max_interval());
+        if let Some((retry, _)) = self.fetches.get_mut(&epoch) {
+            retry.in_flight = false;
+            if !self.consensus.contains_key(&epoch) {
+                // The next source is tried at once after a refusal, the same one later.
+                retry.next_at = now_ms + retry.interval;
+                retry.interval = (retry.interval * 2).clamp(base, max);
+            }
+        }
+        result
+    }
+
+    /// Takes a consensus from anywhere (a fetch, a file, a peer's push) after verifying it;
+    /// returns its epoch if it is new.
+    pub fn offer(
+        &mut self,
+        now_ms: u64,
+        signed: SignedConsensus,
+        expected_epoch: Option<u64>,
+    ) -> Result<Option<u64>, VerifyError> {
+        // The next epoch's document is published before that epoch begins: verify it as of the
+        // start of the next epoch (its signatures and expiry are checked all the same).
+        let next_epoch_start = self
+            .schedule
+            .start_of(self.schedule.epoch_at(now_ms).saturating_add(1));
+        let verified =
+            match verify_signed_consensus(signed.clone(), &self.pinned, now_ms, expected_epoch) {
+                Err(VerifyError::NotYetValid { valid_after_ms, .. })
+                    if valid_after_ms <= next_epoch_start =>
+                {
+                    verify_signed_consensus(signed, &self.pinned, valid_after_ms, expected_epoch)?
+                }
+                other => other?,
+            };
+        let epoch = verified.epoch();
+        if self
+            .consensus
+            .get(&epoch)
+            .is_some_and(|held| held.digest() == verified.digest())
+        {
+            // Keep whichever copy carries more signatures.
+            if let Some(held) = self.consensus.get_mut(&epoch)
+                && verified.signed().signatures.len() > held.signed().signatures.len()
+            {
+                *held = verified;
+            }
+            return Ok(None);
+        }
+        self.consensus.insert(epoch, verified);
+        while self.consensus.len() > KEPT {
+            self.consensus.pop_first();
+        }
+        Ok(Some(epoch))
+    }
+
+    /// The verified consensus of `epoch`.
+    pub fn consensus(&self, epoch: u64) -> Option<&VerifiedConsensus> {
+        self.consensus.get(&epoch)
+    }
+
+    /// The newest verified consensus held.
+    pub fn newest(&self) -> Option<&VerifiedConsensus> {
+        self.consensus.values().next_back()
+    }
+
+    /// The consensus that governs `now_ms`: that of the current epoch, or else the newest older
+    /// one still within its validity window (the network keeps using a document one more epoch
+    /// when the next one fails).
+    pub fn in_force(&self, now_ms: u64) -> Option<&VerifiedConsensus> {
+        let epoch = self.schedule.epoch_at(now_ms);
+        self.consensus
+            .range(..=epoch)
+            .rev()
+            .map(|(_, c)| c)
+            .find(|c| c.consensus().valid_until_ms > now_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(authorities: usize) -> (DirectoryClient, Vec<PeerId>) {
+        let keys: Vec<_> = (0..authorities)
+            .map(|_| libp2p::identity::Keypair::generate_ed25519())
+            .collect();
+        let peers: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+        let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));
+        (
+            DirectoryClient::new(EpochSchedule::new(0, 8_000), pinned, peers.clone()),
+            peers,
+        )
+    }
+
+    fn drain(c: &mut DirectoryClient) -> Vec<Action> {
+        std::iter::from_fn(|| c.poll_action()).collect()
+    }
+
+    #[test]
+    fn uploads_once_per_authority_and_retries_failures_with_backoff() {
+        let (mut c, auths) = client(3);
+        c.handle_timeout(8_000);
+        let first = drain(&mut c);
+        assert_eq!(first.len(), 3 + 1, "three uploads and a fetch of epoch 1");
+        assert!(first.contains(&Action::Upload {
+            epoch: 2,
+            to: auths[0]
+        }));
+        // Nothing new while requests are in flight.
+        c.handle_timeout(8_010);
+        assert!(drain(&mut c).is_empty());
+        c.upload_done(8_020, 2, auths[0], UploadOutcome::Held);
+        c.upload_done(8_020, 2, auths[1], UploadOutcome::Refused("late".into()));
+        c.upload_done(
+            8_020,
+            2,
+            auths[2],
+            UploadOutcome::Failed("unreachable".into()),
+        );
+        assert!(!c.uploads_settled(2));
+        c.handle_timeout(8_030);
+        assert!(
+            !drain(&mut c)
+                .iter()
+                .any(|a| matches!(a, Action::Upload { .. })),
+            "a failed upload waits for its retry interval"
+        );
+        let retry_at = c.poll_timeout(8_030);
+        assert!(retry_at > 8_030 && retry_at <= 8_000 + 1_000, "{retry_at}");
+        c.handle_timeout(retry_at);
+        assert_eq!(
+            drain(&mut c)
+                .into_iter()
+                .filter(|a| matches!(a, Action::Upload { .. }))
+                .collect::<Vec<_>>(),
+            vec![Action::Upload {
+                epoch: 2,
+                to: auths[2]
+            }]
+        );
+        c.upload_done(retry_at, 2, auths[2], UploadOutcome::Held);
+        assert!(c.uploads_settled(2));
+        // After the descriptor phase, no more uploads.
+        c.handle_timeout(8_000 + 2_000);
+        assert!(
+            !drain(&mut c)
+                .iter()
+                .any(|a| matches!(a, Action::Upload { .. }))
+        );
+    }
+
+    #[test]
+    fn fetches_rotate_through_authorities_then_peers() {
+        let (mut c, auths) = client(2);
+        let helper = PeerId::random();
+        c.add_peer(helper);
+        let publish = 5_000; // 5/8 of epoch 0
+        let mut sources = Vec::new();
+        let mut now = publish;
+        for _ in 0..6 {
+            c.handle_timeout(now);
+            for a in drain(&mut c) {
+                if let Action::Fetch { epoch: 1, from } = a {
+                    sources.push(from);
+                    c.fetch_done(now, 1, None).unwrap();
+                }
+            }
+            now = c.poll_timeout(now).max(now + 1);
+        }
+        assert!(sources.len() >= 3, "{sources:?}");
+        assert_eq!(&sources[..3], &[auths[0], auths[1], helper]);
+    }
+
+    #[test]
+    fn a_forged_consensus_is_refused_and_not_held() {
+        let (mut c, _) = client(3);
+        let forged = SignedConsensus {
+            consensus: vec![1, 2, 3],
+            signatures: vec![],
+        };
+        assert!(c.offer(1_000, forged, None).is_err());
+        assert!(c.newest().is_none());
+        assert!(c.in_force(1_000).is_none());
+    }
+}

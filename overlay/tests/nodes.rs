@@ -1,0 +1,653 @@
+//! Mix nodes as real processes on 127.0.0.1 (port 0 everywhere): 3 authorities, 2 gateways and 6
+//! mixes. Nodes are given one bootstrap address and find each other through Kademlia, are
+//! admitted into the consensus and relay packets gateway -> 3 layers -> gateway, each hop holding
+//! a packet for the delay in its header; a flooding peer is cut off while other traffic flows; a
+//! restarted node keeps its peer id and relays again in the next epoch.
+//!
+//! The tests run one at a time (11 processes each on a 2-core machine).
+#![allow(missing_docs, unreachable_pub)]
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::{Read, Write},
+    net::TcpStream,
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Mutex,
+    thread::sleep,
+    time::Duration,
+};
+
+use futures::StreamExt;
+use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol, swarm::SwarmEvent};
+use p2pmix::{
+    authority_node::build_swarm,
+    config::Authorities,
+    directory::{VerifiedConsensus, peer_id, sphinx_key, verify_consensus},
+    proto::v1::{ConsensusNode, Role},
+    sphinx::{
+        ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, Relay,
+        RelayConfig, ReplayConfig,
+        behaviour::{Behaviour, Config},
+        build_packet,
+    },
+};
+use tokio::sync::mpsc;
+
+mod common;
+use common::{BIN, Running, Scratch, keygen, unix_ms, wait_for};
+
+const EPOCH_MS: u64 = 8_000;
+/// The delay every mix hop of the test routes asks for.
+const MIX_DELAY: Duration = Duration::from_millis(150);
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Gateway,
+    Mix,
+}
+
+struct NodeProc {
+    kind: Kind,
+    dir: PathBuf,
+    running: Option<Running>,
+}
+
+struct Net {
+    scratch: Scratch,
+    genesis: u64,
+    /// Held so that the authorities are killed with the net.
+    _authorities: Vec<Running>,
+    nodes: Vec<NodeProc>,
+}
+
+impl Net {
+    /// Starts 3 authorities, then 2 gateways and 6 mixes, every node bootstrapping from the
+    /// first gateway only.
+    fn start(name: &str) -> Net {
+        let scratch = Scratch::new(name);
+        let genesis = unix_ms() + 9_000;
+        let keys: Vec<String> = (0..3)
+            .map(|i| keygen(&scratch.0.join(format!("a{i}"))))
+            .collect();
+        let network = format!("[network]\ngenesis_unix_ms = {genesis}\nepoch_ms = {EPOCH_MS}\n");
+        let mut authorities = Vec::new();
+        let mut addrs: Vec<Option<String>> = vec![None; 3];
+        for i in 0..3 {
+            let dir = scratch.0.join(format!("a{i}"));
+            fs::write(dir.join("authorities.toml"), pinned(&keys, &addrs)).unwrap();
+            fs::write(
+                dir.join("authority.toml"),
+                format!(
+                    "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\n{network}"
+                ),
+            )
+            .unwrap();
+            authorities.push(spawn(
+                &dir,
+                &["authority", "--config", "authority.toml"],
+                "info",
+            ));
+            addrs[i] = Some(wait_for(
+                "an authority to listen",
+                Duration::from_secs(30),
+                || first_line(&dir.join("data/listen-addrs")),
+            ));
+        }
+        fs::write(
+            scratch.0.join("authorities.toml"),
+            format!("{}{network}", pinned(&keys, &addrs)),
+        )
+        .unwrap();
+        let mut net = Net {
+            scratch,
+            genesis,
+            _authorities: authorities,
+            nodes: Vec::new(),
+        };
+        for i in 0..8 {
+            let kind = if i < 2 { Kind::Gateway } else { Kind::Mix };
+            let dir = net.scratch.0.join(format!("n{i}"));
+            fs::create_dir_all(&dir).unwrap();
+            net.nodes.push(NodeProc {
+                kind,
+                dir,
+                running: None,
+            });
+            net.start_node(i);
+        }
+        net
+    }
+
+    fn start_node(&mut self, i: usize) {
+        let bootstrap = (i != 0).then(|| self.listen_addr(0));
+        let node = &mut self.nodes[i];
+        let _ = fs::remove_file(node.dir.join("data/listen-addrs"));
+        let authorities = self.scratch.0.join("authorities.toml");
+        let mut args = vec![
+            "node".to_string(),
+            "--authorities".into(),
+            authorities.display().to_string(),
+            "--data-dir".into(),
+            "data".into(),
+            "--role".into(),
+            match node.kind {
+                Kind::Gateway => "gateway".into(),
+                Kind::Mix => "mix".into(),
+            },
+            "--metrics".into(),
+            "127.0.0.1:0".into(),
+        ];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap".into(), b]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        node.running = Some(spawn(&node.dir, &args, "info,p2pmix=debug"));
+        let dir = node.dir.clone();
+        wait_for("a node to listen", Duration::from_secs(30), || {
+            first_line(&dir.join("data/listen-addrs"))
+        });
+    }
+
+    fn listen_addr(&self, i: usize) -> String {
+        first_line(&self.nodes[i].dir.join("data/listen-addrs")).expect("node listens")
+    }
+
+    fn peer(&self, i: usize) -> PeerId {
+        let addr: Multiaddr = self.listen_addr(i).parse().unwrap();
+        match addr.iter().last() {
+            Some(Protocol::P2p(p)) => p,
+            _ => panic!("listen-addrs ends in /p2p/"),
+        }
+    }
+
+    fn metrics(&self, i: usize) -> Metrics {
+        let addr = first_line(&self.nodes[i].dir.join("data/metrics-addr")).expect("metrics-addr");
+        scrape(&addr)
+    }
+
+    fn log(&self, i: usize) -> String {
+        fs::read_to_string(self.nodes[i].dir.join("log")).unwrap_or_default()
+    }
+
+    fn epoch_start(&self, epoch: u64) -> u64 {
+        self.genesis + epoch * EPOCH_MS
+    }
+
+    fn sleep_until(&self, t: u64) {
+        let now = unix_ms();
+        if t > now {
+            sleep(Duration::from_millis(t - now));
+        }
+    }
+
+    /// The verified consensus of `epoch`, as authority 0 published it.
+    fn consensus(&self, epoch: u64) -> VerifiedConsensus {
+        let pinned = Authorities::load(&self.scratch.0.join("authorities.toml"))
+            .unwrap()
+            .pinned();
+        let path = self.scratch.0.join(format!("a0/data/consensus-{epoch}.pb"));
+        let bytes = wait_for("the consensus", Duration::from_secs(30), || {
+            fs::read(&path).ok()
+        });
+        let at = unix_ms().max(self.epoch_start(epoch));
+        verify_consensus(&bytes, &pinned, at, Some(epoch)).expect("a valid consensus")
+    }
+
+    /// Index of the node process with `peer`.
+    fn index_of(&self, peer: PeerId) -> usize {
+        (0..self.nodes.len())
+            .find(|i| self.peer(*i) == peer)
+            .expect("a node of the test")
+    }
+
+    /// Dumps every log on failure, to see why.
+    fn dump_logs(&self) {
+        for i in 0..self.nodes.len() {
+            let log = self.log(i);
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("--- node {i} ---");
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+fn pinned(keys: &[String], addrs: &[Option<String>]) -> String {
+    keys.iter()
+        .zip(addrs)
+        .map(|(k, a)| {
+            let a = a.as_ref().map(|a| format!("\"{a}\"")).unwrap_or_default();
+            format!("[[authority]]\npublic_key = \"{k}\"\naddresses = [{a}]\n\n")
+        })
+        .collect()
+}
+
+fn first_line(path: &std::path::Path) -> Option<String> {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+}
+
+fn spawn(dir: &std::path::Path, args: &[&str], log: &str) -> Running {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))
+        .unwrap();
+    let child = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", log)
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    Running { child }
+}
+
+/// One scrape of a node's `/metrics`: series (name with labels) -> value.
+struct Metrics(HashMap<String, f64>);
+
+impl Metrics {
+    fn get(&self, series: &str) -> f64 {
+        self.0.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+fn scrape(addr: &str) -> Metrics {
+    let mut stream = TcpStream::connect(addr).expect("metrics endpoint");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or_default();
+    Metrics(
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                Some((series.to_string(), value.parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+/// A swarm in the test process with the mix behaviour and no keys: a client that hands packets
+/// to a gateway. Events it reports: connections closed by the other side.
+struct TestClient {
+    runtime: tokio::runtime::Runtime,
+    commands: mpsc::Sender<(Multiaddr, PeerId, Vec<u8>)>,
+    closed: mpsc::Receiver<PeerId>,
+}
+
+impl TestClient {
+    fn new() -> TestClient {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (commands, mut command_rx) = mpsc::channel::<(Multiaddr, PeerId, Vec<u8>)>(4096);
+        let (closed_tx, closed) = mpsc::channel(64);
+        runtime.spawn(async move {
+            let relay = std::sync::Arc::new(Relay::new(
+                Geometry::DEFAULT,
+                RelayConfig {
+                    max_delay: Duration::from_secs(1),
+                },
+                KeyRing::new(0, Duration::from_secs(1), ReplayConfig::default()),
+            ));
+            let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+                Behaviour::new(
+                    relay,
+                    Config {
+                        workers: 1,
+                        ..Config::default()
+                    },
+                )
+            })
+            .unwrap();
+            loop {
+                tokio::select! {
+                    command = command_rx.recv() => {
+                        let Some((addr, peer, packet)) = command else { return };
+                        swarm.behaviour_mut().add_address(peer, addr);
+                        swarm.behaviour_mut().send(peer, packet);
+                    }
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } = event {
+                            let _ = closed_tx.try_send(peer_id);
+                        }
+                    }
+                }
+            }
+        });
+        TestClient {
+            runtime,
+            commands,
+            closed,
+        }
+    }
+
+    fn send(&self, addr: &str, peer: PeerId, packet: Vec<u8>) {
+        let addr: Multiaddr = addr.parse().unwrap();
+        self.commands.blocking_send((addr, peer, packet)).unwrap();
+    }
+}
+
+/// A packet from gateway `entry` through one mix per layer to gateway `exit`, every mix hop
+/// holding it for [`MIX_DELAY`]. Returns the packet and the peers of its three mixes.
+fn packet_through(
+    consensus: &VerifiedConsensus,
+    entry: &ConsensusNode,
+    mixes: [&ConsensusNode; 3],
+    exit: &ConsensusNode,
+    label: u16,
+) -> Vec<u8> {
+    let hop = |n: &ConsensusNode, delay: Duration| Hop {
+        node: NodeId(n.node_id as u16),
+        key: sphinx_key(n).expect("a valid key"),
+        delay: Delay::from_micros(delay.as_micros() as u32),
+    };
+    let route = [
+        hop(entry, Duration::ZERO),
+        hop(mixes[0], MIX_DELAY),
+        hop(mixes[1], MIX_DELAY),
+        hop(mixes[2], MIX_DELAY),
+        hop(exit, Duration::ZERO),
+    ];
+    let mut l = [0u8; 16];
+    l[..2].copy_from_slice(&label.to_be_bytes());
+    build_packet(
+        &Geometry::DEFAULT,
+        KeyId::for_epoch(consensus.epoch()),
+        &route,
+        &Destination::Deliver {
+            client: ClientId([7; 32]),
+            label: Label(l),
+        },
+        b"through the mixnet",
+        &mut rand::rng(),
+    )
+    .unwrap()
+}
+
+fn gateways(c: &VerifiedConsensus) -> Vec<&ConsensusNode> {
+    c.gateways().collect()
+}
+
+fn layer(c: &VerifiedConsensus, l: u32) -> Vec<&ConsensusNode> {
+    c.layer(l).collect()
+}
+
+/// Sends `count` packets entry gateway -> layers -> exit gateway, cycling through the mixes of
+/// each layer; returns how many went through each mix (by peer).
+fn send_traffic(
+    net: &Net,
+    client: &TestClient,
+    consensus: &VerifiedConsensus,
+    count: u16,
+    first_label: u16,
+) -> HashMap<PeerId, u64> {
+    let gws = gateways(consensus);
+    let (entry, exit) = (gws[0], gws[1]);
+    let entry_peer = peer_id(entry).unwrap();
+    let entry_addr = net.listen_addr(net.index_of(entry_peer));
+    let layers = [
+        layer(consensus, 1),
+        layer(consensus, 2),
+        layer(consensus, 3),
+    ];
+    let mut through = HashMap::new();
+    for i in 0..count {
+        let mixes = [
+            layers[0][i as usize % layers[0].len()],
+            layers[1][(i as usize / 2) % layers[1].len()],
+            layers[2][(i as usize / 3) % layers[2].len()],
+        ];
+        for m in mixes {
+            *through.entry(peer_id(m).unwrap()).or_default() += 1;
+        }
+        let packet = packet_through(consensus, entry, mixes, exit, first_label + i);
+        client.send(&entry_addr, entry_peer, packet);
+    }
+    through
+}
+
+fn delivered_at_exit(net: &Net, consensus: &VerifiedConsensus) -> f64 {
+    let exit = peer_id(gateways(consensus)[1]).unwrap();
+    net.metrics(net.index_of(exit))
+        .get("p2pmix_packets_delivered_total")
+}
+
+#[test]
+fn nodes_find_each_other_get_admitted_and_relay_with_the_chosen_delays() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let net = Net::start("relay");
+    // Kademlia: before any consensus exists (it is published 5/8 into epoch 0), every node has
+    // found all seven others from one bootstrap address.
+    let publish = net.genesis + EPOCH_MS * 5 / 8;
+    let discovered = wait_for(
+        "every node to know the 7 others through Kademlia",
+        Duration::from_secs(40),
+        || {
+            let counts: Vec<f64> = (0..8)
+                .map(|i| net.metrics(i).get("p2pmix_kad_peers"))
+                .collect();
+            counts.iter().all(|c| *c >= 7.0).then_some(counts)
+        },
+    );
+    assert!(
+        unix_ms() < publish,
+        "discovery happened before the first consensus: {discovered:?}"
+    );
+
+    // Admission: all eight nodes, mixes spread 2/2/2 over three layers.
+    let consensus = net.consensus(1);
+    assert_eq!(consensus.nodes().len(), 8, "every node admitted");
+    assert_eq!(gateways(&consensus).len(), 2);
+    for l in 1..=3 {
+        assert_eq!(layer(&consensus, l).len(), 2, "layer {l}");
+        assert!(
+            layer(&consensus, l)
+                .iter()
+                .all(|n| n.role == Role::Mix as i32)
+        );
+    }
+
+    // Relay in epoch 1.
+    net.sleep_until(net.epoch_start(1) + 500);
+    let client = TestClient::new();
+    let count = 30;
+    let through = send_traffic(&net, &client, &consensus, count, 0);
+    let delivered = wait_for_delivery(&net, &consensus, count as f64);
+    assert_eq!(delivered, count as f64, "every packet arrives exactly once");
+
+    // Every mix held each packet for its header's delay (150 ms), give or take what the machine
+    // adds: nothing left before 100 ms, everything by 250 ms.
+    for (peer, n) in through {
+        let m = net.metrics(net.index_of(peer));
+        let held = m.get("p2pmix_hold_seconds_count");
+        assert_eq!(
+            held, n as f64,
+            "{peer} forwarded what was routed through it"
+        );
+        assert_eq!(
+            m.get("p2pmix_hold_seconds_bucket{le=\"0.1\"}"),
+            0.0,
+            "{peer} held too briefly"
+        );
+        assert_eq!(
+            m.get("p2pmix_hold_seconds_bucket{le=\"0.25\"}"),
+            n as f64,
+            "{peer} held too long"
+        );
+        assert_eq!(
+            m.get("p2pmix_packets_forwarded_total"),
+            n as f64,
+            "{peer} forwarded"
+        );
+    }
+}
+
+fn wait_for_delivery(net: &Net, consensus: &VerifiedConsensus, expected: f64) -> f64 {
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "delivery at the exit gateway",
+            Duration::from_secs(30),
+            || {
+                let d = delivered_at_exit(net, consensus);
+                (d >= expected).then_some(d)
+            },
+        )
+    }));
+    match got {
+        Ok(d) => {
+            // Let duplicates, if any, arrive before counting.
+            sleep(Duration::from_secs(1));
+            let after = delivered_at_exit(net, consensus);
+            assert_eq!(after, d, "no packet delivered twice");
+            d
+        }
+        Err(e) => {
+            net.dump_logs();
+            std::panic::resume_unwind(e)
+        }
+    }
+}
+
+#[test]
+fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let net = Net::start("flood");
+    let consensus = net.consensus(1);
+    net.sleep_until(net.epoch_start(1) + 500);
+    let entry = peer_id(gateways(&consensus)[0]).unwrap();
+    let entry_index = net.index_of(entry);
+    let entry_addr = net.listen_addr(entry_index);
+
+    // The attacker: one valid packet replayed, then garbage under the current key id (the
+    // gateway cuts a peer off after 100 invalid frames).
+    let mut attacker = TestClient::new();
+    let replayed = {
+        let gws = gateways(&consensus);
+        let l = [
+            layer(&consensus, 1),
+            layer(&consensus, 2),
+            layer(&consensus, 3),
+        ];
+        packet_through(
+            &consensus,
+            gws[0],
+            [l[0][0], l[1][0], l[2][0]],
+            gws[1],
+            9_999,
+        )
+    };
+    for _ in 0..60 {
+        attacker.send(&entry_addr, entry, replayed.clone());
+    }
+    let size = Geometry::DEFAULT.packet_size();
+    for i in 0..150u32 {
+        let mut garbage = vec![(i % 251) as u8; size];
+        garbage[0] = KeyId::for_epoch(1).0;
+        attacker.send(&entry_addr, entry, garbage);
+    }
+    // Honest traffic at the same time, from another peer.
+    let honest = TestClient::new();
+    let count = 20;
+    send_traffic(&net, &honest, &consensus, count, 0);
+
+    // The gateway cuts the attacker off.
+    let closed = attacker.runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(30), attacker.closed.recv()).await
+    });
+    assert_eq!(
+        closed.ok().flatten(),
+        Some(entry),
+        "the attacker was disconnected"
+    );
+    // Honest packets all arrive (plus the one copy of the replayed packet that was fresh).
+    let delivered = wait_for_delivery(&net, &consensus, count as f64 + 1.0);
+    assert_eq!(delivered, count as f64 + 1.0);
+    let m = net.metrics(entry_index);
+    let (bad_mac, replays) = (
+        m.get("p2pmix_packets_dropped_total{reason=\"bad_mac\"}"),
+        m.get("p2pmix_packets_dropped_total{reason=\"replay\"}"),
+    );
+    // 59 replays, then garbage until the 101st invalid frame.
+    assert_eq!(replays, 59.0, "every replayed copy but the first dropped");
+    assert!(
+        bad_mac >= 1.0 && bad_mac + replays > 100.0,
+        "{bad_mac} bad MACs"
+    );
+    assert!(m.get("p2pmix_peers_banned_total") >= 1.0);
+    assert!(
+        net.log(entry_index)
+            .contains("cut off a peer for invalid traffic")
+    );
+}
+
+#[test]
+fn a_restarted_node_keeps_its_peer_id_and_relays_in_the_next_epoch() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = Net::start("restart");
+    let first = net.consensus(1);
+    net.sleep_until(net.epoch_start(1) + 300);
+    // Restart a layer-2 mix once its descriptor for epoch 2 is with all authorities.
+    let victim_peer = peer_id(layer(&first, 2)[0]).unwrap();
+    let victim = net.index_of(victim_peer);
+    wait_for(
+        "the descriptor for epoch 2 to be accepted",
+        Duration::from_secs(20),
+        || {
+            (net.log(victim)
+                .matches("descriptor accepted epoch=2")
+                .count()
+                >= 3)
+                .then_some(())
+        },
+    );
+    net.nodes[victim].running = None; // killed
+    net.start_node(victim);
+    assert_eq!(
+        net.peer(victim),
+        victim_peer,
+        "same peer id after the restart"
+    );
+    assert!(
+        net.log(victim)
+            .contains("retired the keys of epochs that had begun")
+    );
+
+    // In epoch 2 the node is admitted again and relays.
+    let second = net.consensus(2);
+    assert!(
+        second
+            .nodes()
+            .iter()
+            .any(|n| peer_id(n) == Some(victim_peer))
+    );
+    net.sleep_until(net.epoch_start(2) + 500);
+    let client = TestClient::new();
+    let count = 12;
+    let through = send_traffic(&net, &client, &second, count, 0);
+    assert!(through.get(&victim_peer).copied().unwrap_or(0) > 0);
+    let delivered = wait_for_delivery(&net, &second, count as f64);
+    assert_eq!(delivered, count as f64);
+    let m = net.metrics(victim);
+    assert_eq!(
+        m.get("p2pmix_packets_forwarded_total"),
+        through[&victim_peer] as f64,
+        "the restarted node forwarded its share"
+    );
+}
