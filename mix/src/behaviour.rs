@@ -33,6 +33,7 @@ use libp2p::{
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
 use crate::{
     handler::{Handler, HandlerEvent, HandlerIn},
+    pool::PacketPool,
     relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, TokenBucket},
     routing::{ClientId, Destination, Label},
 };
@@ -96,6 +97,8 @@ pub enum Event {
     PeerBanned(PeerId),
 }
 
+/// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
+const POOLED_BUFFERS: usize = 4096;
 type Job = (Instant, Option<PeerId>, Vec<u8>);
 /// Peers whose rate and record are tracked before clean records are forgotten.
 const MAX_TRACKED_PEERS: usize = 65_536;
@@ -118,6 +121,7 @@ pub struct Behaviour {
     pending: HashMap<PeerId, VecDeque<Vec<u8>>>,
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
+    pool: Arc<PacketPool>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -167,7 +171,7 @@ impl Behaviour {
             }
         }
         Behaviour {
-            relay,
+            relay: relay.clone(),
             queue: DelayQueue::new(config.queue),
             config,
             timer: None,
@@ -181,6 +185,10 @@ impl Behaviour {
             pending: HashMap::new(),
             events: VecDeque::new(),
             stats,
+            pool: Arc::new(PacketPool::new(
+                relay.geometry().packet_size(),
+                POOLED_BUFFERS,
+            )),
         }
     }
 
@@ -337,7 +345,7 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_ban(&peer)?;
-        Ok(Handler::new(self.relay.geometry().packet_size()))
+        Ok(Handler::new(self.pool.clone()))
     }
 
     fn handle_pending_outbound_connection(
@@ -363,7 +371,7 @@ impl NetworkBehaviour for Behaviour {
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_ban(&peer)?;
-        Ok(Handler::new(self.relay.geometry().packet_size()))
+        Ok(Handler::new(self.pool.clone()))
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
@@ -455,9 +463,11 @@ impl NetworkBehaviour for Behaviour {
                 match outcome.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
+                        packet,
                         ..
                     } => {
                         self.stats.count_cover_dropped();
+                        self.pool.give(packet);
                         Ok(())
                     }
                     d => self.queue.push(d),
@@ -498,6 +508,7 @@ impl NetworkBehaviour for Behaviour {
                         self.stats.count_delivered();
                         let header = self.relay.geometry().header_size();
                         let body = packet.get(header..).unwrap_or_default().to_vec();
+                        self.pool.give(packet);
                         self.events
                             .push_back(ToSwarm::GenerateEvent(Event::Delivered {
                                 client,
@@ -505,8 +516,9 @@ impl NetworkBehaviour for Behaviour {
                                 body,
                             }));
                     }
-                    Decision::Final { .. } => {
+                    Decision::Final { packet, .. } => {
                         self.stats.count_cover_dropped();
+                        self.pool.give(packet);
                     }
                 }
             }

@@ -10,10 +10,12 @@
 use std::{
     collections::VecDeque,
     io,
+    pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, future::BoxFuture};
+use futures::{AsyncRead, AsyncWrite};
 use libp2p::{
     Stream, StreamProtocol,
     core::upgrade::ReadyUpgrade,
@@ -24,6 +26,8 @@ use libp2p::{
         },
     },
 };
+
+use crate::pool::PacketPool;
 
 /// The protocol name.
 pub const SPHINX_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pmix/sphinx/1.0.0");
@@ -48,23 +52,31 @@ pub enum HandlerEvent {
     OutboundDropped(usize),
 }
 
-/// Reading one frame: gives the stream back with the frame.
-type ReadFrame = BoxFuture<'static, io::Result<(Stream, Vec<u8>)>>;
-/// Writing a batch of frames: gives the stream back.
-type WriteFrames = BoxFuture<'static, io::Result<Stream>>;
+/// The inbound stream and the frame being read into a pooled buffer.
+struct Reading {
+    stream: Stream,
+    frame: Vec<u8>,
+    filled: usize,
+}
 
 enum Outbound {
     None,
     Requested,
-    Idle(Stream),
-    /// The write in flight, and how many frames it carries.
-    Writing(WriteFrames, usize),
+    Open {
+        stream: Stream,
+        /// The frame being written and how much of it is out.
+        current: Option<(Vec<u8>, usize)>,
+        /// Frames written since the last flush.
+        unflushed: usize,
+    },
 }
 
-/// One connection's Sphinx streams.
+/// One connection's Sphinx streams. Reads and writes are polled directly on the streams (no
+/// future per frame), and frame buffers come from and go back to the behaviour's
+/// [`PacketPool`]: relaying allocates nothing per packet.
 pub struct Handler {
-    frame_size: usize,
-    inbound: Option<ReadFrame>,
+    pool: Arc<PacketPool>,
+    inbound: Option<Reading>,
     outbound: Outbound,
     queue: VecDeque<Vec<u8>>,
     events: VecDeque<HandlerEvent>,
@@ -80,10 +92,10 @@ impl std::fmt::Debug for Handler {
 }
 
 impl Handler {
-    /// A handler for frames of `frame_size` bytes.
-    pub fn new(frame_size: usize) -> Self {
+    /// A handler whose frames are the pool's buffer size.
+    pub fn new(pool: Arc<PacketPool>) -> Self {
         Handler {
-            frame_size,
+            pool,
             inbound: None,
             outbound: Outbound::None,
             queue: VecDeque::new(),
@@ -91,30 +103,79 @@ impl Handler {
         }
     }
 
-    fn read_frame(
-        mut stream: Stream,
-        size: usize,
-    ) -> BoxFuture<'static, io::Result<(Stream, Vec<u8>)>> {
-        async move {
-            let mut frame = vec![0u8; size];
-            stream.read_exact(&mut frame).await?;
-            Ok((stream, frame))
+    /// Reads until one frame is complete (returned), the stream blocks or ends.
+    fn poll_inbound(&mut self, cx: &mut Context<'_>) -> Poll<Option<Vec<u8>>> {
+        let Some(r) = self.inbound.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            let Some(rest) = r.frame.get_mut(r.filled..) else {
+                return Poll::Ready(None);
+            };
+            match Pin::new(&mut r.stream).poll_read(cx, rest) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(None),
+                Poll::Ready(Ok(n)) => {
+                    r.filled += n;
+                    if r.filled == r.frame.len() {
+                        r.filled = 0;
+                        return Poll::Ready(Some(std::mem::replace(
+                            &mut r.frame,
+                            self.pool.take(),
+                        )));
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    tracing::debug!(%e, "inbound sphinx stream ended");
+                    return Poll::Ready(None);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        .boxed()
     }
 
-    fn write_frames(
-        mut stream: Stream,
-        frames: Vec<Vec<u8>>,
-    ) -> BoxFuture<'static, io::Result<Stream>> {
-        async move {
-            for frame in &frames {
-                stream.write_all(frame).await?;
+    /// Writes queued frames until the queue is empty and flushed, or the stream blocks.
+    /// `Ready(Err)` when the stream failed.
+    fn poll_outbound(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Outbound::Open {
+            stream,
+            current,
+            unflushed,
+        } = &mut self.outbound
+        else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if current.is_none() && *unflushed < WRITE_BATCH {
+                *current = self.queue.pop_front().map(|f| (f, 0));
             }
-            stream.flush().await?;
-            Ok(stream)
+            match current {
+                Some((frame, written)) => {
+                    let rest = frame.get(*written..).unwrap_or_default();
+                    match Pin::new(&mut *stream).poll_write(cx, rest) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            *written += n;
+                            if *written >= frame.len()
+                                && let Some((frame, _)) = current.take()
+                            {
+                                self.pool.give(frame);
+                                *unflushed += 1;
+                            }
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                None if *unflushed > 0 => match Pin::new(&mut *stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => *unflushed = 0,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                },
+                None => return Poll::Ready(Ok(())),
+            }
         }
-        .boxed()
     }
 }
 
@@ -140,6 +201,7 @@ impl ConnectionHandler for Handler {
         match event {
             HandlerIn::Send(frame) => {
                 if self.queue.len() >= MAX_OUTBOUND_FRAMES {
+                    self.pool.give(frame);
                     self.events.push_back(HandlerEvent::OutboundDropped(1));
                 } else {
                     self.queue.push_back(frame);
@@ -158,18 +220,28 @@ impl ConnectionHandler for Handler {
                 ..
             }) => {
                 // One inbound stream per neighbour: a new one replaces the old.
-                self.inbound = Some(Self::read_frame(stream, self.frame_size));
+                self.inbound = Some(Reading {
+                    stream,
+                    frame: self.pool.take(),
+                    filled: 0,
+                });
             }
             ConnectionEvent::FullyNegotiatedOutbound(FullyNegotiatedOutbound {
                 protocol: stream,
                 ..
             }) => {
-                self.outbound = Outbound::Idle(stream);
+                self.outbound = Outbound::Open {
+                    stream,
+                    current: None,
+                    unflushed: 0,
+                };
             }
             ConnectionEvent::DialUpgradeError(DialUpgradeError { error, .. }) => {
                 tracing::debug!(%error, "sphinx stream could not be opened");
                 let dropped = self.queue.len();
-                self.queue.clear();
+                for frame in self.queue.drain(..) {
+                    self.pool.give(frame);
+                }
                 self.outbound = Outbound::None;
                 if dropped > 0 {
                     self.events
@@ -184,68 +256,50 @@ impl ConnectionHandler for Handler {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ConnectionHandlerEvent<Self::OutboundProtocol, (), Self::ToBehaviour>> {
-        loop {
-            if let Some(event) = self.events.pop_front() {
-                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
-            }
-            let mut progressed = false;
-
-            if let Some(read) = self.inbound.as_mut()
-                && let Poll::Ready(result) = read.poll_unpin(cx)
-            {
-                progressed = true;
-                match result {
-                    Ok((stream, frame)) => {
-                        // The next read starts now but is polled only after this frame has been
-                        // handed to the behaviour: the swarm polls a handler only when it can take
-                        // its event, so a slow behaviour slows the reader and the transport's flow
-                        // control slows the sender.
-                        self.events.push_back(HandlerEvent::Frame(frame));
-                        self.inbound = Some(Self::read_frame(stream, self.frame_size));
-                    }
-                    Err(e) => {
-                        tracing::debug!(%e, "inbound sphinx stream ended");
-                        self.inbound = None;
-                    }
-                }
-            }
-
-            match std::mem::replace(&mut self.outbound, Outbound::None) {
-                Outbound::None if !self.queue.is_empty() => {
-                    self.outbound = Outbound::Requested;
-                    return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
-                        protocol: SubstreamProtocol::new(ReadyUpgrade::new(SPHINX_PROTOCOL), ()),
-                    });
-                }
-                Outbound::Idle(stream) if !self.queue.is_empty() => {
-                    let n = self.queue.len().min(WRITE_BATCH);
-                    let frames: Vec<Vec<u8>> = self.queue.drain(..n).collect();
-                    self.outbound = Outbound::Writing(Self::write_frames(stream, frames), n);
-                    progressed = true;
-                }
-                Outbound::Writing(mut write, n) => match write.poll_unpin(cx) {
-                    Poll::Ready(Ok(stream)) => {
-                        self.outbound = Outbound::Idle(stream);
-                        progressed = true;
-                    }
-                    Poll::Ready(Err(e)) => {
-                        tracing::debug!(%e, "outbound sphinx stream failed");
-                        // The batch in flight is lost (how much of it reached the peer is
-                        // unknown) and so is the queue.
-                        let dropped = n + self.queue.len();
-                        self.queue.clear();
-                        self.events
-                            .push_back(HandlerEvent::OutboundDropped(dropped));
-                        progressed = true;
-                    }
-                    Poll::Pending => self.outbound = Outbound::Writing(write, n),
-                },
-                other => self.outbound = other,
-            }
-
-            if !progressed {
-                return Poll::Pending;
-            }
+        if let Some(event) = self.events.pop_front() {
+            return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(event));
         }
+        // One frame at a time goes to the behaviour: the swarm polls a handler only when it can
+        // take its event, so a slow behaviour slows the reader and the transport's flow control
+        // slows the sender.
+        match self.poll_inbound(cx) {
+            Poll::Ready(Some(frame)) => {
+                return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                    HandlerEvent::Frame(frame),
+                ));
+            }
+            Poll::Ready(None) => self.inbound = None,
+            Poll::Pending => {}
+        }
+        match self.outbound {
+            Outbound::None if !self.queue.is_empty() => {
+                self.outbound = Outbound::Requested;
+                return Poll::Ready(ConnectionHandlerEvent::OutboundSubstreamRequest {
+                    protocol: SubstreamProtocol::new(ReadyUpgrade::new(SPHINX_PROTOCOL), ()),
+                });
+            }
+            Outbound::Open { .. } => {
+                if let Poll::Ready(Err(e)) = self.poll_outbound(cx) {
+                    tracing::debug!(%e, "outbound sphinx stream failed");
+                    // The frame in flight is lost (how much of it reached the peer is unknown)
+                    // and so is the queue.
+                    let in_flight = match std::mem::replace(&mut self.outbound, Outbound::None) {
+                        Outbound::Open {
+                            current: Some(_), ..
+                        } => 1,
+                        _ => 0,
+                    };
+                    let dropped = in_flight + self.queue.len();
+                    for frame in self.queue.drain(..) {
+                        self.pool.give(frame);
+                    }
+                    return Poll::Ready(ConnectionHandlerEvent::NotifyBehaviour(
+                        HandlerEvent::OutboundDropped(dropped),
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Poll::Pending
     }
 }

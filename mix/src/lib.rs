@@ -31,6 +31,7 @@ mod keyring;
 mod keys;
 mod lioness;
 mod peel;
+mod pool;
 mod relay;
 mod replay;
 mod routing;
@@ -46,6 +47,7 @@ pub use geometry::{
 pub use keyring::{EpochKey, KeyRing, KeyRingError};
 pub use keys::{KeyId, NodePublicKey, NodeSecretKey};
 pub use peel::{Processed, body, open_payload, unwrap_packet};
+pub use pool::PacketPool;
 pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, TokenBucket};
 pub use replay::{ReplayCache, ReplayConfig};
 pub use routing::{ClientId, Delay, Destination, Label, NodeId};
