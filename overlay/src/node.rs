@@ -302,7 +302,6 @@ impl Node {
             let now = unix_ms();
             self.directory.handle_timeout(now);
             self.send_requests(now);
-            self.maintain_keys(now)?;
             let wait = self
                 .directory
                 .poll_timeout(now)
@@ -315,6 +314,7 @@ impl Node {
                 }
                 _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
                 _ = tick.tick() => {
+                    self.maintain_keys(unix_ms())?;
                     self.redial_bootstrap();
                     self.export_gauges(unix_ms());
                 }
