@@ -90,19 +90,23 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuthorityNodeError> {
     std::fs::rename(&tmp, path).map_err(io_error(path))
 }
 
-/// Builds the swarm every p2pmix process uses for control traffic: TCP, Noise, yamux.
+/// Builds the swarm every p2pmix process uses: TCP with Noise and yamux (and QUIC with the
+/// `quic` feature; listen on `/udp/0/quic-v1` to use it).
 pub fn build_swarm<B: NetworkBehaviour>(
     keypair: Keypair,
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Result<Swarm<B>, AuthorityNodeError> {
-    Ok(libp2p::SwarmBuilder::with_existing_identity(keypair)
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
         .with_tcp(
             tcp::Config::default().nodelay(true),
             noise::Config::new,
             yamux::Config::default,
         )
-        .map_err(|e| AuthorityNodeError::Network(e.to_string()))?
+        .map_err(|e| AuthorityNodeError::Network(e.to_string()))?;
+    #[cfg(feature = "quic")]
+    let builder = builder.with_quic();
+    Ok(builder
         .with_behaviour(|key| behaviour(key))
         .map_err(|e| AuthorityNodeError::Network(e.to_string()))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))

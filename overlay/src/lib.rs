@@ -6,6 +6,7 @@
 //! binary (`src/main.rs`) is a thin command line over this library.
 
 pub mod authority_node;
+pub mod client;
 pub mod config;
 pub mod directory_client;
 pub mod epoch_keys;

@@ -484,6 +484,9 @@ impl Node {
         }
         self.applied.retain(|e| *e + 3 > epoch);
         let behaviour = self.swarm.behaviour_mut();
+        // Addresses of peers that left every held consensus are no longer needed for relaying.
+        let relay = self.relay.clone();
+        behaviour.mix.retain_addresses(|p| relay.is_node(p));
         for (peer, addr) in addresses {
             if peer != self.me {
                 behaviour.mix.add_address(peer, addr.clone());

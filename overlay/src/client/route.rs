@@ -1,0 +1,343 @@
+//! Routes for one packet, chosen from the verified consensus: the sender's gateway, one mix per
+//! layer, the recipient's gateway. No two hops share an operator family or an IPv4 /16 (unless
+//! the policy says otherwise), so one operator or one network cannot see both ends of a route;
+//! every mix hop holds the packet for an exponential delay with the consensus mean. Pure
+//! functions over the consensus and a random source: no sockets, no clock.
+
+use std::{net::Ipv4Addr, time::Duration};
+
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use p2pmix_bootstrap::{VerifiedConsensus, mean_delay, peer_id, sphinx_key};
+use p2pmix_mix::{Delay, Hop, NodeId, NodePublicKey, sample_exponential};
+use p2pmix_proto::v1::{ConsensusNode, Role};
+use rand::{CryptoRng, RngExt};
+use thiserror::Error;
+
+/// Why no route could be built.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// The gateway is not a gateway of this consensus.
+    #[error("{0} is not a gateway of the consensus")]
+    UnknownGateway(PeerId),
+    /// A layer has no mix at all.
+    #[error("layer {0} has no mix")]
+    EmptyLayer(u32),
+    /// Every mix of a layer shares a family or a /16 with another hop of the route.
+    #[error("no mix in layer {0} is independent of the other hops")]
+    NoIndependentMix(u32),
+}
+
+/// Which independence rules routes follow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RoutePolicy {
+    /// No two hops of one operator family (nodes that name none are their own family).
+    pub distinct_families: bool,
+    /// No two hops in one IPv4 /16 (loopback addresses belong to no /16: local testnets).
+    pub distinct_subnets: bool,
+}
+
+impl Default for RoutePolicy {
+    fn default() -> Self {
+        RoutePolicy {
+            distinct_families: true,
+            distinct_subnets: true,
+        }
+    }
+}
+
+/// One node as routes use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteNode {
+    /// Its id in the consensus (the header's next-hop field).
+    pub id: NodeId,
+    /// Its libp2p identity.
+    pub peer: PeerId,
+    /// Its Sphinx key for the consensus epoch.
+    pub key: NodePublicKey,
+    family: String,
+    subnets: Vec<[u8; 2]>,
+}
+
+impl RouteNode {
+    fn from_consensus(node: &ConsensusNode) -> Option<Self> {
+        Some(RouteNode {
+            id: NodeId(u16::try_from(node.node_id).ok()?),
+            peer: peer_id(node)?,
+            key: sphinx_key(node)?,
+            family: node.family.clone(),
+            subnets: node
+                .addresses
+                .iter()
+                .filter_map(|a| subnet(&a.parse().ok()?))
+                .collect(),
+        })
+    }
+
+    fn conflicts(&self, other: &RouteNode, policy: &RoutePolicy) -> bool {
+        if self.peer == other.peer {
+            return true;
+        }
+        let family =
+            policy.distinct_families && !self.family.is_empty() && self.family == other.family;
+        let subnet =
+            policy.distinct_subnets && self.subnets.iter().any(|s| other.subnets.contains(s));
+        family || subnet
+    }
+}
+
+/// The /16 of an address's first IPv4 component, unless it is loopback.
+fn subnet(addr: &Multiaddr) -> Option<[u8; 2]> {
+    addr.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) if !ip.is_loopback() => Some(first_two(ip)),
+        _ => None,
+    })
+}
+
+fn first_two(ip: Ipv4Addr) -> [u8; 2] {
+    let o = ip.octets();
+    [o[0], o[1]]
+}
+
+/// The routable part of one consensus: gateways and layers with decoded keys.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    epoch: u64,
+    mean_delay: Duration,
+    gateways: Vec<RouteNode>,
+    layers: Vec<Vec<RouteNode>>,
+}
+
+impl Topology {
+    /// Decodes the gateways and mixes of `consensus` (a node whose key does not decode is left
+    /// out rather than failing the whole document).
+    pub fn from_consensus(consensus: &VerifiedConsensus) -> Self {
+        let parameters = consensus.parameters();
+        let layers = (1..=parameters.layers)
+            .map(|l| {
+                consensus
+                    .layer(l)
+                    .filter(|n| n.role == Role::Mix as i32)
+                    .filter_map(RouteNode::from_consensus)
+                    .collect()
+            })
+            .collect();
+        Topology {
+            epoch: consensus.epoch(),
+            mean_delay: mean_delay(&parameters),
+            gateways: consensus
+                .gateways()
+                .filter_map(RouteNode::from_consensus)
+                .collect(),
+            layers,
+        }
+    }
+
+    /// The consensus epoch (packets carry its key id).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Mean per-hop delay of the consensus.
+    pub fn mean_delay(&self) -> Duration {
+        self.mean_delay
+    }
+
+    /// The gateways.
+    pub fn gateways(&self) -> &[RouteNode] {
+        &self.gateways
+    }
+
+    /// The gateway with this peer id.
+    pub fn gateway(&self, peer: &PeerId) -> Option<&RouteNode> {
+        self.gateways.iter().find(|g| g.peer == *peer)
+    }
+
+    /// Mixes of layer `l` (1-based).
+    pub fn layer(&self, l: u32) -> &[RouteNode] {
+        l.checked_sub(1)
+            .and_then(|i| self.layers.get(i as usize))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// Number of mix layers.
+    pub fn layers(&self) -> u32 {
+        self.layers.len() as u32
+    }
+}
+
+/// A route from gateway `entry` through one mix per layer to gateway `exit`, with an exponential
+/// delay (the consensus mean) at every mix and none at the gateways.
+pub fn choose_route<R: CryptoRng + ?Sized>(
+    topology: &Topology,
+    entry: &PeerId,
+    exit: &PeerId,
+    policy: &RoutePolicy,
+    rng: &mut R,
+) -> Result<Vec<Hop>, RouteError> {
+    let entry = topology
+        .gateway(entry)
+        .ok_or(RouteError::UnknownGateway(*entry))?;
+    let exit = topology
+        .gateway(exit)
+        .ok_or(RouteError::UnknownGateway(*exit))?;
+    // The two gateways may be one node (sender and recipient share it); that is allowed.
+    let mut chosen: Vec<&RouteNode> = vec![entry, exit];
+    let mut hops = vec![Hop {
+        node: entry.id,
+        key: entry.key,
+        delay: Delay::ZERO,
+    }];
+    for l in 1..=topology.layers() {
+        let layer = topology.layer(l);
+        if layer.is_empty() {
+            return Err(RouteError::EmptyLayer(l));
+        }
+        let candidates: Vec<&RouteNode> = layer
+            .iter()
+            .filter(|m| !chosen.iter().any(|c| m.conflicts(c, policy)))
+            .collect();
+        if candidates.is_empty() {
+            return Err(RouteError::NoIndependentMix(l));
+        }
+        let mix = candidates[rng.random_range(0..candidates.len())];
+        chosen.push(mix);
+        hops.push(Hop {
+            node: mix.id,
+            key: mix.key,
+            delay: sample_exponential(topology.mean_delay, rng),
+        });
+    }
+    hops.push(Hop {
+        node: exit.id,
+        key: exit.key,
+        delay: Delay::ZERO,
+    });
+    Ok(hops)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p2pmix_mix::NodeSecretKey;
+
+    fn node(id: u16, family: &str, ip: [u8; 4]) -> RouteNode {
+        let key = NodeSecretKey::random(&mut rand::rng()).public_key();
+        RouteNode {
+            id: NodeId(id),
+            peer: PeerId::random(),
+            key,
+            family: family.into(),
+            subnets: subnet(
+                &format!("/ip4/{}.{}.{}.{}/tcp/1", ip[0], ip[1], ip[2], ip[3])
+                    .parse()
+                    .unwrap(),
+            )
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn topology(layers: Vec<Vec<RouteNode>>) -> Topology {
+        Topology {
+            epoch: 3,
+            mean_delay: Duration::from_millis(50),
+            gateways: vec![node(0, "gw", [10, 0, 0, 1]), node(1, "gw2", [10, 1, 0, 1])],
+            layers,
+        }
+    }
+
+    #[test]
+    fn routes_avoid_shared_families_and_subnets() {
+        let t = topology(vec![
+            vec![node(2, "gw", [11, 0, 0, 1]), node(3, "a", [12, 0, 0, 1])],
+            vec![
+                node(4, "b", [10, 0, 9, 9]),
+                node(5, "a", [13, 0, 0, 1]),
+                node(6, "c", [14, 0, 0, 1]),
+            ],
+            vec![node(7, "", [15, 0, 0, 1])],
+        ]);
+        let (entry, exit) = (t.gateways[0].peer, t.gateways[1].peer);
+        let mut rng = rand::rng();
+        for _ in 0..200 {
+            let route = choose_route(&t, &entry, &exit, &RoutePolicy::default(), &mut rng).unwrap();
+            let ids: Vec<u16> = route.iter().map(|h| h.node.0).collect();
+            // Layer 1: node 2 shares the entry's family. Layer 2: node 4 shares the entry's /16,
+            // node 5 the family of node 3.
+            assert_eq!(ids, vec![0, 3, 6, 7, 1]);
+            assert_eq!(route[0].delay, Delay::ZERO);
+            assert_eq!(route[4].delay, Delay::ZERO);
+        }
+        let loose = RoutePolicy {
+            distinct_families: false,
+            distinct_subnets: false,
+        };
+        let seen: std::collections::HashSet<u16> = (0..200)
+            .map(|_| {
+                choose_route(&t, &entry, &exit, &loose, &mut rng).unwrap()[2]
+                    .node
+                    .0
+            })
+            .collect();
+        assert_eq!(seen.len(), 3, "without the rules every layer-2 mix is used");
+    }
+
+    #[test]
+    fn impossible_routes_are_clear_errors() {
+        let t = topology(vec![vec![node(2, "gw", [11, 0, 0, 1])], vec![]]);
+        let (entry, exit) = (t.gateways[0].peer, t.gateways[1].peer);
+        let mut rng = rand::rng();
+        let policy = RoutePolicy::default();
+        assert_eq!(
+            choose_route(&t, &entry, &exit, &policy, &mut rng),
+            Err(RouteError::NoIndependentMix(1))
+        );
+        let stranger = PeerId::random();
+        assert_eq!(
+            choose_route(&t, &stranger, &exit, &policy, &mut rng),
+            Err(RouteError::UnknownGateway(stranger))
+        );
+        let t = topology(vec![vec![node(2, "x", [11, 0, 0, 1])], vec![]]);
+        let (entry, exit) = (t.gateways[0].peer, t.gateways[1].peer);
+        assert_eq!(
+            choose_route(&t, &entry, &exit, &policy, &mut rng),
+            Err(RouteError::EmptyLayer(2))
+        );
+    }
+
+    #[test]
+    fn loopback_nodes_share_no_subnet_and_one_gateway_may_be_both_ends() {
+        let mut t = topology(vec![vec![node(2, "", [127, 0, 0, 1])]]);
+        t.gateways[0].subnets.clear();
+        let entry = t.gateways[0].peer;
+        let route = choose_route(
+            &t,
+            &entry,
+            &entry,
+            &RoutePolicy::default(),
+            &mut rand::rng(),
+        )
+        .unwrap();
+        assert_eq!(route.len(), 3);
+    }
+
+    #[test]
+    fn mix_delays_are_exponential_with_the_consensus_mean() {
+        let t = topology(vec![vec![node(2, "", [11, 0, 0, 1])]]);
+        let (entry, exit) = (t.gateways[0].peer, t.gateways[1].peer);
+        let mut rng = rand::rng();
+        let n = 20_000;
+        let total: f64 = (0..n)
+            .map(|_| {
+                choose_route(&t, &entry, &exit, &RoutePolicy::default(), &mut rng).unwrap()[1]
+                    .delay
+                    .as_duration()
+                    .as_secs_f64()
+            })
+            .sum();
+        let mean = total / n as f64;
+        // Standard error of the mean is 50 ms / sqrt(20 000) = 0.35 ms; allow 6 of them.
+        assert!((mean - 0.050).abs() < 0.0021, "mean {mean}");
+    }
+}
