@@ -1,8 +1,23 @@
-//! The client core, sans-IO: routes from the consensus and the Poisson sending schedule. The
-//! client behaviour and handle drive these with a swarm and a clock.
+//! The client, sans-IO at its core: addresses, end-to-end encryption, fragments, routes from
+//! the consensus, the Poisson sending schedule, acknowledgements with retransmission, replies
+//! through SURBs. A driver (the client behaviour, or a test's simulated network) moves its
+//! packets and passes time in.
 
+pub mod address;
+pub mod core;
+pub mod e2e;
+pub mod frame;
 pub mod route;
 pub mod schedule;
 
-pub use route::{RouteError, RouteNode, RoutePolicy, Topology, choose_route};
+pub use address::{Address, AddressError, client_id};
+pub use core::{
+    ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReplyHandle, SendError,
+    fragment_capacity, reply_capacity,
+};
+pub use e2e::StaticKey;
+pub use frame::MessageId;
+pub use route::{
+    RouteError, RouteNode, RoutePolicy, Topology, choose_route, choose_route_avoiding,
+};
 pub use schedule::{Emission, QueueFull, SendingSchedule, StreamRates};

@@ -60,6 +60,23 @@ pub struct RouteNode {
 }
 
 impl RouteNode {
+    /// A node from its parts (simulations, custom directories); `addresses` give its /16s.
+    pub fn new(
+        id: NodeId,
+        peer: PeerId,
+        key: NodePublicKey,
+        family: impl Into<String>,
+        addresses: &[Multiaddr],
+    ) -> Self {
+        RouteNode {
+            id,
+            peer,
+            key,
+            family: family.into(),
+            subnets: addresses.iter().filter_map(subnet).collect(),
+        }
+    }
+
     fn from_consensus(node: &ConsensusNode) -> Option<Self> {
         Some(RouteNode {
             id: NodeId(u16::try_from(node.node_id).ok()?),
@@ -109,6 +126,21 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// A topology from its parts (simulations, custom directories).
+    pub fn new(
+        epoch: u64,
+        mean_delay: Duration,
+        gateways: Vec<RouteNode>,
+        layers: Vec<Vec<RouteNode>>,
+    ) -> Self {
+        Topology {
+            epoch,
+            mean_delay,
+            gateways,
+            layers,
+        }
+    }
+
     /// Decodes the gateways and mixes of `consensus` (a node whose key does not decode is left
     /// out rather than failing the whole document).
     pub fn from_consensus(consensus: &VerifiedConsensus) -> Self {
@@ -175,6 +207,19 @@ pub fn choose_route<R: CryptoRng + ?Sized>(
     policy: &RoutePolicy,
     rng: &mut R,
 ) -> Result<Vec<Hop>, RouteError> {
+    choose_route_avoiding(topology, entry, exit, policy, &|_| false, rng)
+}
+
+/// [`choose_route`], preferring mixes for which `avoid` is false (mixes the client suspects of
+/// being down); a layer whose every independent mix is avoided still gets one of them.
+pub fn choose_route_avoiding<R: CryptoRng + ?Sized>(
+    topology: &Topology,
+    entry: &PeerId,
+    exit: &PeerId,
+    policy: &RoutePolicy,
+    avoid: &dyn Fn(NodeId) -> bool,
+    rng: &mut R,
+) -> Result<Vec<Hop>, RouteError> {
     let entry = topology
         .gateway(entry)
         .ok_or(RouteError::UnknownGateway(*entry))?;
@@ -193,12 +238,15 @@ pub fn choose_route<R: CryptoRng + ?Sized>(
         if layer.is_empty() {
             return Err(RouteError::EmptyLayer(l));
         }
-        let candidates: Vec<&RouteNode> = layer
+        let mut candidates: Vec<&RouteNode> = layer
             .iter()
             .filter(|m| !chosen.iter().any(|c| m.conflicts(c, policy)))
             .collect();
         if candidates.is_empty() {
             return Err(RouteError::NoIndependentMix(l));
+        }
+        if candidates.iter().any(|m| !avoid(m.id)) {
+            candidates.retain(|m| !avoid(m.id));
         }
         let mix = candidates[rng.random_range(0..candidates.len())];
         chosen.push(mix);
