@@ -143,6 +143,11 @@ impl DirectoryClient {
                 }
             }
         }
+        // Outside the descriptor phase nothing more can be uploaded: forget the retries so that
+        // they do not wake the driver.
+        if self.schedule.phase_at(now_ms) != Phase::Descriptors {
+            self.uploads.clear();
+        }
         self.uploads.retain(|(e, _), _| *e > epoch);
         // Fetches: the current epoch's document if missing, the next one's once published.
         let mut wanted = vec![epoch];
@@ -155,6 +160,7 @@ impl DirectoryClient {
             .chain(self.peers.iter())
             .copied()
             .collect();
+        self.fetches.retain(|e, _| wanted.contains(e));
         for e in wanted {
             if self.consensus.contains_key(&e) || sources.is_empty() {
                 continue;
@@ -175,8 +181,7 @@ impl DirectoryClient {
                 self.actions.push_back(Action::Fetch { epoch: e, from });
             }
         }
-        self.fetches
-            .retain(|e, _| *e + 1 >= epoch && !self.consensus.contains_key(e));
+        self.fetches.retain(|e, _| !self.consensus.contains_key(e));
     }
 
     /// When [`DirectoryClient::handle_timeout`] should next run.
@@ -224,7 +229,8 @@ impl DirectoryClient {
         }
     }
 
-    /// Whether every authority holds this node's descriptor for `epoch` (or refused it).
+    /// Whether every authority holds this node's descriptor for `epoch` (or refused it for
+    /// good); only meaningful during the descriptor phase.
     pub fn uploads_settled(&self, epoch: u64) -> bool {
         self.authorities
             .iter()

@@ -121,10 +121,11 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
     std::fs::rename(&tmp, path).map_err(io_error(path))
 }
 
-/// How long the previous epoch's key keeps working after a boundary: packets built just before
-/// it are still in flight. An eighth of the epoch, between 1 s and 10 min.
+/// How long the previous epoch's key keeps working after a boundary: a whole epoch. Packets built
+/// just before the boundary are still in flight, and when the next consensus fails clients keep
+/// using the previous one (valid one more epoch) with its keys.
 fn key_grace(period_ms: u64) -> Duration {
-    Duration::from_millis((period_ms / 8).clamp(1_000, 600_000))
+    Duration::from_millis(period_ms.max(1_000))
 }
 
 /// The rate one client may send at: its three Poisson streams (real-or-drop, loop, drop) with
@@ -355,6 +356,23 @@ impl Node {
 
     fn send_requests(&mut self, now: u64) {
         while let Some(action) = self.directory.poll_action() {
+            // Request-response forgets an address after a failed dial; the configured
+            // addresses of authorities must survive an authority's restart.
+            let target = match &action {
+                Action::Upload { to, .. } => *to,
+                Action::Fetch { from, .. } => *from,
+            };
+            if let Some(entry) = self
+                .config
+                .authorities
+                .entries
+                .iter()
+                .find(|e| e.peer_id == target)
+            {
+                for addr in &entry.addresses {
+                    self.swarm.add_peer_address(target, addr.clone());
+                }
+            }
             let request = match &action {
                 Action::Upload { epoch, to } => match self.descriptor(*epoch) {
                     Ok(signed) => Request::Descriptor(signed),
@@ -416,7 +434,7 @@ impl Node {
     fn maintain_keys(&mut self, now_ms: u64) -> Result<(), NodeError> {
         let epoch = self.config.schedule.epoch_at(now_ms);
         let keys = &self.keys;
-        let advanced = self.relay.with_keys(|ring| -> Result<bool, NodeError> {
+        let advanced = self.relay.with_keys(|ring| {
             let now = Instant::now();
             let advanced = ring.current_epoch() < epoch;
             if advanced {
@@ -424,16 +442,22 @@ impl Node {
             }
             ring.handle_timeout(now);
             for e in [epoch, epoch + 1] {
-                if ring.for_epoch(e).is_none()
-                    && let Some(secret) = keys.load(e)?
-                {
+                if ring.for_epoch(e).is_some() {
+                    continue;
+                }
+                match keys.load(e) {
                     // Only keys of the current and next epoch are offered: insert cannot fail
                     // on the window, and a duplicate was ruled out above.
-                    let _ = ring.insert(e, secret);
+                    Ok(Some(secret)) => {
+                        let _ = ring.insert(e, secret);
+                    }
+                    Ok(None) => {}
+                    // A damaged key file costs that epoch, not the node.
+                    Err(error) => warn!(epoch = e, %error, "epoch key unusable"),
                 }
             }
-            Ok(advanced)
-        })?;
+            advanced
+        });
         if advanced {
             // The previous key stays in memory for its grace period; on disk it is no longer
             // needed (a restart retires it anyway).
@@ -651,6 +675,16 @@ impl Node {
                 debug!(%peer, "kademlia: routing table updated");
             }
             NodeBehaviourEvent::Directory(event) => self.handle_directory_event(event),
+            NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) if !matches!(error, ping::Failure::Unsupported) => {
+                // A neighbour that stopped answering would otherwise hold its mix link (and
+                // the frames queued on it) until TCP gives up.
+                debug!(%peer, %error, "ping failed, closing the connection");
+                self.swarm.close_connection(connection);
+            }
             NodeBehaviourEvent::Mix(MixEvent::Delivered {
                 client,
                 label,
@@ -731,8 +765,10 @@ impl Node {
                             UploadOutcome::Held
                         }
                         Some(Response::Refused(r)) => {
+                            // Retried with backoff while the phase lasts: a refusal may come
+                            // from clocks that disagree about the epoch.
                             warn!(epoch, authority = %to, reason = %r.reason, "descriptor refused");
-                            UploadOutcome::Refused(r.reason)
+                            UploadOutcome::Failed(r.reason)
                         }
                         _ => UploadOutcome::Failed("unexpected answer".into()),
                     };

@@ -103,10 +103,13 @@ impl RouteNode {
     }
 }
 
-/// The /16 of an address's first IPv4 component, unless it is loopback.
+/// The /16 of an address's first IPv4 component, unless it is loopback, private or link-local
+/// (those say nothing about who runs the network the node is in).
 fn subnet(addr: &Multiaddr) -> Option<[u8; 2]> {
     addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) if !ip.is_loopback() => Some(first_two(ip)),
+        Protocol::Ip4(ip) if !ip.is_loopback() && !ip.is_private() && !ip.is_link_local() => {
+            Some(first_two(ip))
+        }
         _ => None,
     })
 }
@@ -290,7 +293,7 @@ mod tests {
         Topology {
             epoch: 3,
             mean_delay: Duration::from_millis(50),
-            gateways: vec![node(0, "gw", [10, 0, 0, 1]), node(1, "gw2", [10, 1, 0, 1])],
+            gateways: vec![node(0, "gw", [20, 0, 0, 1]), node(1, "gw2", [21, 1, 0, 1])],
             layers,
         }
     }
@@ -300,7 +303,7 @@ mod tests {
         let t = topology(vec![
             vec![node(2, "gw", [11, 0, 0, 1]), node(3, "a", [12, 0, 0, 1])],
             vec![
-                node(4, "b", [10, 0, 9, 9]),
+                node(4, "b", [20, 0, 9, 9]),
                 node(5, "a", [13, 0, 0, 1]),
                 node(6, "c", [14, 0, 0, 1]),
             ],
@@ -329,6 +332,14 @@ mod tests {
             })
             .collect();
         assert_eq!(seen.len(), 3, "without the rules every layer-2 mix is used");
+    }
+
+    #[test]
+    fn private_and_loopback_addresses_belong_to_no_subnet() {
+        for a in ["/ip4/10.1.2.3/tcp/1", "/ip4/192.168.1.1/tcp/1", "/ip4/127.0.0.1/tcp/1"] {
+            assert_eq!(subnet(&a.parse().unwrap()), None, "{a}");
+        }
+        assert_eq!(subnet(&"/ip4/198.51.100.7/tcp/1".parse().unwrap()), Some([198, 51]));
     }
 
     #[test]

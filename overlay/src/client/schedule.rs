@@ -58,8 +58,13 @@ pub struct SendingSchedule<T> {
     next_drop: Instant,
 }
 
+/// Shortest mean interval accepted (a zero mean would emit without end).
+const MIN_MEAN: Duration = Duration::from_millis(1);
+/// How far a stream may fall behind before its missed ticks are dropped instead of caught up.
+const MAX_LAG: Duration = Duration::from_secs(1);
+
 fn next<R: CryptoRng + ?Sized>(after: Instant, mean: Duration, rng: &mut R) -> Instant {
-    after + sample_exponential(mean, rng).as_duration()
+    after + sample_exponential(mean.max(MIN_MEAN), rng).as_duration()
 }
 
 impl<T> SendingSchedule<T> {
@@ -112,6 +117,19 @@ impl<T> SendingSchedule<T> {
         now: Instant,
         rng: &mut R,
     ) -> Option<Emission<T>> {
+        // After a long stall (a suspended laptop), emitting every missed tick back to back would
+        // be a burst no Poisson process makes: start the late streams afresh from now.
+        if let Some(horizon) = now.checked_sub(MAX_LAG) {
+            if self.next_send < horizon {
+                self.next_send = next(now, self.rates.send, rng);
+            }
+            if self.next_loop < horizon {
+                self.next_loop = next(now, self.rates.loop_cover, rng);
+            }
+            if self.next_drop < horizon {
+                self.next_drop = next(now, self.rates.drop_cover, rng);
+            }
+        }
         let due = self.poll_timeout();
         if due > now {
             return None;
