@@ -651,3 +651,66 @@ fn a_restarted_node_keeps_its_peer_id_and_relays_in_the_next_epoch() {
         "the restarted node forwarded its share"
     );
 }
+
+#[test]
+fn node_refuses_bad_flags_and_files_and_retries_an_unreachable_bootstrap_peer() {
+    let scratch = Scratch::new("node-errors");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(&scratch.0)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["node", "--role", "relay"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'relay'"));
+    let out = run(&["node", "--authorities", "missing.toml", "--data-dir", "d"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml"));
+    // An authorities file without the schedule is refused with the reason.
+    let key = keygen(&scratch.0.join("a"));
+    fs::write(
+        scratch.0.join("no-network.toml"),
+        format!("[[authority]]\npublic_key = \"{key}\"\n"),
+    )
+    .unwrap();
+    let out = run(&[
+        "node",
+        "--authorities",
+        "no-network.toml",
+        "--data-dir",
+        "d",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[network]"));
+    // A bootstrap peer that refuses connections: the node says so and keeps retrying.
+    fs::write(
+        scratch.0.join("authorities.toml"),
+        format!(
+            "[[authority]]\npublic_key = \"{key}\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = 8000\n",
+            unix_ms()
+        ),
+    )
+    .unwrap();
+    let node = spawn(
+        &scratch.0,
+        &[
+            "node",
+            "--authorities",
+            "authorities.toml",
+            "--data-dir",
+            "d",
+            "--bootstrap",
+            "/ip4/127.0.0.1/tcp/1",
+        ],
+        "info",
+    );
+    let log = || fs::read_to_string(scratch.0.join("log")).unwrap_or_default();
+    wait_for(
+        "two failed bootstrap attempts",
+        Duration::from_secs(30),
+        || (log().matches("bootstrap peer unreachable").count() >= 2).then_some(()),
+    );
+    drop(node);
+}

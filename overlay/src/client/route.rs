@@ -336,10 +336,17 @@ mod tests {
 
     #[test]
     fn private_and_loopback_addresses_belong_to_no_subnet() {
-        for a in ["/ip4/10.1.2.3/tcp/1", "/ip4/192.168.1.1/tcp/1", "/ip4/127.0.0.1/tcp/1"] {
+        for a in [
+            "/ip4/10.1.2.3/tcp/1",
+            "/ip4/192.168.1.1/tcp/1",
+            "/ip4/127.0.0.1/tcp/1",
+        ] {
             assert_eq!(subnet(&a.parse().unwrap()), None, "{a}");
         }
-        assert_eq!(subnet(&"/ip4/198.51.100.7/tcp/1".parse().unwrap()), Some([198, 51]));
+        assert_eq!(
+            subnet(&"/ip4/198.51.100.7/tcp/1".parse().unwrap()),
+            Some([198, 51])
+        );
     }
 
     #[test]
