@@ -7,7 +7,6 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    thread::sleep,
     time::Duration,
 };
 
@@ -15,7 +14,7 @@ use p2pmix::proto::v1::{Consensus, SignedConsensus};
 use prost::Message;
 
 mod common;
-use common::{BIN, Running, Scratch, keygen, unix_ms, wait_for};
+use common::{BIN, Running, Scratch, keygen, sleep_until, unix_ms, wait_for};
 
 const EPOCH_MS: u64 = 8_000;
 
@@ -110,13 +109,6 @@ impl Net {
         self.genesis + epoch * EPOCH_MS
     }
 
-    fn sleep_until(&self, t: u64) {
-        let now = unix_ms();
-        if t > now {
-            sleep(Duration::from_millis(t - now));
-        }
-    }
-
     fn verify(&self, i: usize, epoch: u64, now_ms: u64) -> (bool, String) {
         let out = Command::new(BIN)
             .args(["consensus", "verify"])
@@ -167,7 +159,7 @@ fn three_and_five_authorities_produce_identical_documents() {
         let all: Vec<usize> = (0..n).collect();
         agreed(&net, &all);
         // Late signatures keep arriving after publication; by the next epoch all are attached.
-        net.sleep_until(net.epoch_start(1) + 500);
+        sleep_until(net.epoch_start(1) + 500);
         let (ok, out) = net.verify(0, 1, net.epoch_start(1) + 1);
         assert!(ok, "{out}");
         assert!(out.contains(&format!("of {n} authorities signed")), "{out}");
@@ -190,7 +182,7 @@ fn two_of_three_down_gives_none_and_the_log_says_why() {
     let mut net = Net::new("two-down", 3);
     net.start(0);
     // Well past the sign and publish phases of epoch 0.
-    net.sleep_until(net.epoch_start(1) + 200);
+    sleep_until(net.epoch_start(1) + 200);
     assert!(net.consensus(0, 1).is_none());
     let log = wait_for("the failure in the log", Duration::from_secs(10), || {
         let log = net.log(0);
@@ -209,7 +201,7 @@ fn an_authority_restarted_mid_epoch_resumes_and_signs() {
         net.start(i);
     }
     // After the votes (1/4 of epoch 0), before the reveals (3/8): kill and restart authority 2.
-    net.sleep_until(net.genesis + EPOCH_MS / 4 + 150);
+    sleep_until(net.genesis + EPOCH_MS / 4 + 150);
     net.stop(2);
     net.start(2);
     let docs = agreed(&net, &[0, 1, 2]);
@@ -220,7 +212,7 @@ fn an_authority_restarted_mid_epoch_resumes_and_signs() {
         net.log(2)
     );
     // Its own signature is on the document it published.
-    net.sleep_until(net.epoch_start(1) + 500);
+    sleep_until(net.epoch_start(1) + 500);
     let (ok, out) = net.verify(2, 1, net.epoch_start(1) + 1);
     assert!(ok && out.contains("3 of 3"), "{out}");
     assert!(restarted.signatures.len() >= 2);

@@ -36,7 +36,7 @@ use p2pmix::{
 use tokio::sync::mpsc;
 
 mod common;
-use common::{BIN, Running, Scratch, keygen, unix_ms, wait_for};
+use common::{BIN, Running, Scratch, keygen, sleep_until, unix_ms, wait_for};
 
 const EPOCH_MS: u64 = 8_000;
 /// The delay every mix hop of the test routes asks for.
@@ -175,13 +175,6 @@ impl Net {
 
     fn epoch_start(&self, epoch: u64) -> u64 {
         self.genesis + epoch * EPOCH_MS
-    }
-
-    fn sleep_until(&self, t: u64) {
-        let now = unix_ms();
-        if t > now {
-            sleep(Duration::from_millis(t - now));
-        }
     }
 
     /// The verified consensus of `epoch`, as authority 0 published it.
@@ -465,7 +458,7 @@ fn nodes_find_each_other_get_admitted_and_relay_with_the_chosen_delays() {
     }
 
     // Relay in epoch 1.
-    net.sleep_until(net.epoch_start(1) + 500);
+    sleep_until(net.epoch_start(1) + 500);
     let client = TestClient::new();
     let count = 30;
     let through = send_traffic(&net, &client, &consensus, count, 0);
@@ -530,7 +523,7 @@ fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let net = Net::start("flood");
     let consensus = net.consensus(1);
-    net.sleep_until(net.epoch_start(1) + 500);
+    sleep_until(net.epoch_start(1) + 500);
     let entry = peer_id(gateways(&consensus)[0]).unwrap();
     let entry_index = net.index_of(entry);
     let entry_addr = net.listen_addr(entry_index);
@@ -602,7 +595,7 @@ fn a_restarted_node_keeps_its_peer_id_and_relays_in_the_next_epoch() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = Net::start("restart");
     let first = net.consensus(1);
-    net.sleep_until(net.epoch_start(1) + 300);
+    sleep_until(net.epoch_start(1) + 300);
     // Restart a layer-2 mix once its descriptor for epoch 2 is with all authorities.
     let victim_peer = peer_id(layer(&first, 2)[0]).unwrap();
     let victim = net.index_of(victim_peer);
@@ -637,7 +630,7 @@ fn a_restarted_node_keeps_its_peer_id_and_relays_in_the_next_epoch() {
             .iter()
             .any(|n| peer_id(n) == Some(victim_peer))
     );
-    net.sleep_until(net.epoch_start(2) + 500);
+    sleep_until(net.epoch_start(2) + 500);
     let client = TestClient::new();
     let count = 12;
     let through = send_traffic(&net, &client, &second, count, 0);

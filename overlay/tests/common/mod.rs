@@ -84,3 +84,11 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         sleep(Duration::from_millis(100));
     }
 }
+
+/// Sleeps until `t` (milliseconds since the UNIX epoch), if it is still ahead.
+pub fn sleep_until(t: u64) {
+    let now = unix_ms();
+    if t > now {
+        sleep(Duration::from_millis(t - now));
+    }
+}
