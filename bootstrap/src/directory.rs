@@ -5,7 +5,7 @@
 //! authorities, and consensus fetches from an authority or from any node that holds one. One
 //! stream per request suits these rare control messages; Sphinx packets use their own protocol.
 
-use std::{io, time::Duration};
+use std::{io, marker::PhantomData, time::Duration};
 
 use futures::{
     AsyncReadExt, AsyncWriteExt,
@@ -24,11 +24,37 @@ pub const DIRECTORY_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pmix/dir/
 /// Largest message either side reads (a signed consensus of ~65 000 nodes, or a vote).
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024 * 1024;
 
-/// Length-prefixed protobuf codec for [`DirectoryRequest`] / [`DirectoryResponse`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DirectoryCodec;
+/// Length-prefixed protobuf codec for one request and one response type, reading at most
+/// `MAX` bytes per message. Other request-response protocols of p2pmix (the gateway mailbox)
+/// use it with their own types and bound.
+pub struct ProtoCodec<Req, Resp, const MAX: usize = MAX_MESSAGE_BYTES> {
+    _types: PhantomData<fn() -> (Req, Resp)>,
+}
 
-async fn read_message<T, M>(io: &mut T) -> io::Result<M>
+impl<Req, Resp, const MAX: usize> Default for ProtoCodec<Req, Resp, MAX> {
+    fn default() -> Self {
+        ProtoCodec {
+            _types: PhantomData,
+        }
+    }
+}
+
+impl<Req, Resp, const MAX: usize> Clone for ProtoCodec<Req, Resp, MAX> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<Req, Resp, const MAX: usize> std::fmt::Debug for ProtoCodec<Req, Resp, MAX> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProtoCodec")
+    }
+}
+
+/// Length-prefixed protobuf codec for [`DirectoryRequest`] / [`DirectoryResponse`].
+pub type DirectoryCodec = ProtoCodec<DirectoryRequest, DirectoryResponse>;
+
+async fn read_message<T, M>(io: &mut T, max: usize) -> io::Result<M>
 where
     T: AsyncRead + Unpin + Send,
     M: Message + Default,
@@ -36,7 +62,7 @@ where
     let mut len = [0u8; 4];
     io.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_MESSAGE_BYTES {
+    if len > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "message too large",
@@ -54,7 +80,7 @@ where
     M::decode(&buf[..]).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
-async fn write_message<T, M>(io: &mut T, message: &M) -> io::Result<()>
+async fn write_message<T, M>(io: &mut T, message: &M, max: usize) -> io::Result<()>
 where
     T: AsyncWrite + Unpin + Send,
     M: Message,
@@ -62,62 +88,53 @@ where
     let bytes = message.encode_to_vec();
     let len = u32::try_from(bytes.len())
         .ok()
-        .filter(|&l| l as usize <= MAX_MESSAGE_BYTES)
+        .filter(|&l| l as usize <= max)
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "message too large"))?;
     io.write_all(&len.to_be_bytes()).await?;
     io.write_all(&bytes).await?;
     io.close().await
 }
 
-impl request_response::Codec for DirectoryCodec {
+impl<Req, Resp, const MAX: usize> request_response::Codec for ProtoCodec<Req, Resp, MAX>
+where
+    Req: Message + Default + Send + 'static,
+    Resp: Message + Default + Send + 'static,
+{
     type Protocol = StreamProtocol;
-    type Request = DirectoryRequest;
-    type Response = DirectoryResponse;
+    type Request = Req;
+    type Response = Resp;
 
-    async fn read_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<DirectoryRequest>
+    async fn read_request<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Req>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_message(io).await
+        read_message(io, MAX).await
     }
 
-    async fn read_response<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-    ) -> io::Result<DirectoryResponse>
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Resp>
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_message(io).await
+        read_message(io, MAX).await
     }
 
-    async fn write_request<T>(
-        &mut self,
-        _: &StreamProtocol,
-        io: &mut T,
-        req: DirectoryRequest,
-    ) -> io::Result<()>
+    async fn write_request<T>(&mut self, _: &StreamProtocol, io: &mut T, req: Req) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, &req).await
+        write_message(io, &req, MAX).await
     }
 
     async fn write_response<T>(
         &mut self,
         _: &StreamProtocol,
         io: &mut T,
-        res: DirectoryResponse,
+        res: Resp,
     ) -> io::Result<()>
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_message(io, &res).await
+        write_message(io, &res, MAX).await
     }
 }
 
@@ -133,7 +150,7 @@ pub fn directory_behaviour(serve: bool, timeout: Duration) -> DirectoryBehaviour
         ProtocolSupport::Outbound
     };
     request_response::Behaviour::with_codec(
-        DirectoryCodec,
+        DirectoryCodec::default(),
         [(DIRECTORY_PROTOCOL, support)],
         request_response::Config::default().with_request_timeout(timeout),
     )

@@ -29,7 +29,8 @@ pub use descriptor::{
     sign_descriptor, verify_descriptor,
 };
 pub use directory::{
-    DIRECTORY_PROTOCOL, DirectoryBehaviour, DirectoryCodec, MAX_MESSAGE_BYTES, directory_behaviour,
+    DIRECTORY_PROTOCOL, DirectoryBehaviour, DirectoryCodec, MAX_MESSAGE_BYTES, ProtoCodec,
+    directory_behaviour,
 };
 pub use params::{default_parameters, mean_delay};
 pub use schedule::{EpochSchedule, Phase};

@@ -2,8 +2,8 @@
 //!
 //! The core is sans-IO: the packet format (building, unwrapping, replying) and the mix core
 //! ([`Relay`] decides, [`DelayQueue`] holds, [`TokenBucket`] limits) have no sockets and no clock.
-//! The libp2p adapters are thin: [`behaviour::Behaviour`] and [`handler::Handler`] carry packets
-//! on `/p2pmix/sphinx/1.0.0`.
+//! The libp2p adapters are thin: [`behaviour::Behaviour`] (nodes) and [`link::Link`] (clients,
+//! send-only) with [`handler::Handler`] carry packets on `/p2pmix/sphinx/1.0.0`.
 //!
 //! A packet is a fixed-size header plus a fixed-size body ([`Geometry`]). The sender picks a
 //! route of up to `max_hops` nodes and a delay per hop, and builds the packet with
@@ -29,6 +29,7 @@ mod geometry;
 pub mod handler;
 mod keyring;
 mod keys;
+pub mod link;
 mod lioness;
 mod peel;
 mod pool;

@@ -72,6 +72,8 @@ pub struct DirectoryClient {
     fetches: BTreeMap<u64, (Retry, usize)>,
     consensus: BTreeMap<u64, VerifiedConsensus>,
     actions: VecDeque<Action>,
+    /// Whether this client uploads a descriptor (nodes) or only fetches (mixnet clients).
+    uploads_enabled: bool,
 }
 
 impl DirectoryClient {
@@ -91,6 +93,20 @@ impl DirectoryClient {
             fetches: BTreeMap::new(),
             consensus: BTreeMap::new(),
             actions: VecDeque::new(),
+            uploads_enabled: true,
+        }
+    }
+
+    /// A client that only fetches and verifies consensus documents (a mixnet client, which has
+    /// no descriptor to upload).
+    pub fn fetch_only(
+        schedule: EpochSchedule,
+        pinned: PinnedAuthorities,
+        authorities: Vec<PeerId>,
+    ) -> Self {
+        DirectoryClient {
+            uploads_enabled: false,
+            ..DirectoryClient::new(schedule, pinned, authorities)
         }
     }
 
@@ -124,7 +140,7 @@ impl DirectoryClient {
         let epoch = self.schedule.epoch_at(now_ms);
         let base = self.base_interval();
         // Uploads for the next epoch, during this epoch's descriptor phase.
-        if self.schedule.phase_at(now_ms) == Phase::Descriptors {
+        if self.uploads_enabled && self.schedule.phase_at(now_ms) == Phase::Descriptors {
             let next = epoch + 1;
             for authority in &self.authorities {
                 let slot = self
@@ -436,5 +452,18 @@ mod tests {
         assert!(c.offer(1_000, forged, None).is_err());
         assert!(c.newest().is_none());
         assert!(c.in_force(1_000).is_none());
+    }
+
+    #[test]
+    fn a_fetch_only_client_never_uploads() {
+        let (c, auths) = client(3);
+        let mut c = DirectoryClient::fetch_only(c.schedule, c.pinned, auths);
+        c.handle_timeout(8_000);
+        let actions = drain(&mut c);
+        assert!(!actions.iter().any(|a| matches!(a, Action::Upload { .. })));
+        assert!(actions.contains(&Action::Fetch {
+            epoch: 1,
+            from: c.authorities[0]
+        }));
     }
 }

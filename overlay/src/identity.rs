@@ -1,15 +1,23 @@
-//! Identity key files: a node's or authority's libp2p ed25519 keypair on disk.
+//! Identity key files: a node's, authority's or client's libp2p ed25519 keypair on disk, and a
+//! client's end-to-end (Noise) static key.
 //!
-//! The file holds the keypair's protobuf encoding (libp2p's own format), readable only by its
-//! owner. A restarted node reads it back and keeps its peer id.
+//! The identity file holds the keypair's protobuf encoding (libp2p's own format), the Noise key
+//! file the 32 secret bytes; both are readable only by their owner. A restarted node reads its
+//! identity back and keeps its peer id; a restarted client keeps its address.
 
 use std::{fs, io, path::Path};
 
 use libp2p::identity::Keypair;
 use thiserror::Error;
+use zeroize::Zeroizing;
+
+use crate::client::StaticKey;
 
 /// File name of the identity inside a data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
+
+/// File name of a client's Noise static key inside its data directory.
+pub const NOISE_KEY_FILE: &str = "noise.key";
 
 /// Why an identity could not be read or written.
 #[derive(Debug, Error)]
@@ -26,6 +34,9 @@ pub enum IdentityError {
     /// The file does not hold an ed25519 keypair.
     #[error("{0}: not a p2pmix identity key (protobuf-encoded ed25519 keypair)")]
     Malformed(String),
+    /// The file does not hold a 32-byte Noise secret key.
+    #[error("{0}: not a p2pmix Noise key (32 secret bytes)")]
+    MalformedNoiseKey(String),
 }
 
 /// Reads an identity written by [`write_identity`].
@@ -44,13 +55,18 @@ pub fn read_identity(path: &Path) -> Result<Keypair, IdentityError> {
 
 /// Writes `keypair` to `path` with owner-only permissions, refusing to overwrite a file.
 pub fn write_identity(path: &Path, keypair: &Keypair) -> Result<(), IdentityError> {
+    let bytes = keypair
+        .to_protobuf_encoding()
+        .map_err(|_| IdentityError::Malformed(path.display().to_string()))?;
+    write_secret(path, &bytes)
+}
+
+/// Writes secret bytes to a new owner-only file.
+fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
     let io_err = |source| IdentityError::Io {
         path: path.display().to_string(),
         source,
     };
-    let bytes = keypair
-        .to_protobuf_encoding()
-        .map_err(|_| IdentityError::Malformed(path.display().to_string()))?;
     let mut options = fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
@@ -59,7 +75,7 @@ pub fn write_identity(path: &Path, keypair: &Keypair) -> Result<(), IdentityErro
         options.mode(0o600);
     }
     let mut file = options.open(path).map_err(io_err)?;
-    io::Write::write_all(&mut file, &bytes).map_err(io_err)?;
+    io::Write::write_all(&mut file, bytes).map_err(io_err)?;
     file.sync_all().map_err(io_err)
 }
 
@@ -71,5 +87,23 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, IdentityError> {
         let keypair = Keypair::generate_ed25519();
         write_identity(path, &keypair)?;
         Ok(keypair)
+    }
+}
+
+/// Reads the client Noise key at `path`, or creates one there if the file does not exist yet.
+pub fn load_or_create_static_key(path: &Path) -> Result<StaticKey, IdentityError> {
+    let malformed = || IdentityError::MalformedNoiseKey(path.display().to_string());
+    if path.exists() {
+        let bytes = Zeroizing::new(fs::read(path).map_err(|source| IdentityError::Io {
+            path: path.display().to_string(),
+            source,
+        })?);
+        let secret: Zeroizing<[u8; 32]> =
+            Zeroizing::new(bytes.as_slice().try_into().map_err(|_| malformed())?);
+        StaticKey::from_secret(&secret).map_err(|_| malformed())
+    } else {
+        let key = StaticKey::generate().map_err(|_| malformed())?;
+        write_secret(path, &key.secret())?;
+        Ok(key)
     }
 }

@@ -12,6 +12,7 @@ pub mod directory_client;
 pub mod epoch_keys;
 pub mod fetch;
 pub mod identity;
+pub mod mailbox;
 pub mod metrics_endpoint;
 pub mod node;
 

@@ -1,4 +1,6 @@
-//! The `p2pmix` command line: keys, authorities, mix nodes and consensus tools.
+//! The `p2pmix` command line: keys, authorities, mix nodes, clients and consensus tools.
+
+mod cli_client;
 
 use std::{
     net::SocketAddr,
@@ -49,6 +51,11 @@ enum Command {
     /// Run a mix node or gateway: join the DHT through the bootstrap peers, get admitted through
     /// the consensus, relay Sphinx packets. Flags override the configuration file.
     Node(NodeArgs),
+    /// Send and receive messages through the mixnet.
+    Client {
+        #[command(subcommand)]
+        command: cli_client::ClientCommand,
+    },
     /// Inspect and check consensus documents.
     Consensus {
         #[command(subcommand)]
@@ -157,6 +164,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             runtime()?.block_on(async { run_node(config, shutdown_signal()).await })?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Client { command } => cli_client::run(command),
         Command::Consensus { command } => match command {
             ConsensusCommand::Show { file, from, epoch } => {
                 let signed = match (file, from) {

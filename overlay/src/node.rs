@@ -7,9 +7,15 @@
 //! fetch the next consensus; the node serves the documents it holds to anyone who asks. The mix
 //! behaviour does the Sphinx work on its own threads.
 //!
+//! A gateway also keeps mailboxes ([`MailboxStore`]): packets the network delivers for its
+//! registered clients wait there, on disk, until the client fetches and acknowledges them over
+//! `/p2pmix/mailbox/1.0.0` (a fetch waits up to [`MAX_WAIT`] for something to arrive). Every
+//! admitted node sends its own loop cover (a Poisson stream at the consensus's mix rate) through
+//! one mix per layer and back to itself, and counts what returns.
+//!
 //! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`, `consensus-<epoch>.pb`
 //! (verified documents, reused at restart), `listen-addrs` (full multiaddrs with `/p2p/`, usable
-//! as bootstrap addresses) and, with metrics on, `metrics-addr`.
+//! as bootstrap addresses), on gateways `mailbox/` and, with metrics on, `metrics-addr`.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -27,29 +33,38 @@ use libp2p::{
     ping, request_response,
     swarm::{ConnectionId, SwarmEvent, dial_opts::DialOpts},
 };
-use metrics::gauge;
+use metrics::{counter, gauge};
 use p2pmix_bootstrap::{
     DIRECTORY_PROTOCOL, PROTOCOL_VERSION, default_parameters, directory_behaviour, peer_id,
     sign_descriptor,
 };
 use p2pmix_mix::{
-    Geometry, KeyRing, NodeId, Relay, RelayConfig, ReplayConfig,
+    ClientId, Destination, Geometry, KeyId, KeyRing, Label, NodeId, Relay, RelayConfig,
+    ReplayConfig,
     behaviour::{Behaviour as MixBehaviour, Config as MixConfig, Event as MixEvent},
+    build_packet, sample_exponential,
 };
 use p2pmix_proto::v1::{
-    DirectoryRequest, DirectoryResponse, EpochKey, GetConsensus, NetworkParameters, NodeDescriptor,
-    Refused, Role, SignedConsensus, directory_request::Request, directory_response::Response,
+    DirectoryRequest, DirectoryResponse, EpochKey, GetConsensus, MailboxBatch, MailboxItem,
+    MailboxRequest, MailboxResponse, NetworkParameters, NodeDescriptor, Refused, Role,
+    SignedConsensus, directory_request::Request, directory_response::Response,
+    mailbox_response::Response as MailboxAnswer,
 };
+use rand::RngExt;
 use prost::Message;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::{
     authority_node::{build_swarm, unix_ms},
-    config::NodeConfig,
+    client::{RoutePolicy, Topology, choose_loop, client_id},
+    config::{NodeConfig, NodeRole},
     directory_client::{Action, DirectoryClient, UploadOutcome},
     epoch_keys::{EpochKeyError, EpochKeyStore},
     identity::{IDENTITY_FILE, IdentityError, load_or_create_identity},
+    mailbox::{
+        MAX_BATCH, MAX_WAIT, MailboxBehaviour, MailboxConfig, MailboxStore, mailbox_behaviour,
+    },
     metrics_endpoint::{self, MetricsError},
 };
 
@@ -105,6 +120,8 @@ mod behaviour {
         pub ping: ping::Behaviour,
         /// `/p2pmix/dir/1.0.0`: descriptors up, consensus documents down and served.
         pub directory: DirectoryBehaviour,
+        /// `/p2pmix/mailbox/1.0.0`: clients fetch what arrived for them (gateways serve it).
+        pub mailbox: super::MailboxBehaviour,
     }
 }
 
@@ -151,6 +168,17 @@ struct BootstrapPeer {
 
 const MAX_BOOTSTRAP_BACKOFF: Duration = Duration::from_secs(60);
 
+/// A client's fetch held open until a packet arrives for it or its wait is over.
+struct ParkedFetch {
+    channel: request_response::ResponseChannel<MailboxResponse>,
+    ack_through: u64,
+    max: usize,
+    until: Instant,
+}
+
+/// How often expired mailbox packets are dropped.
+const MAILBOX_EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
+
 /// A running node's state around its swarm.
 struct Node {
     config: NodeConfig,
@@ -166,6 +194,16 @@ struct Node {
     /// Epochs whose topology is installed.
     applied: HashSet<u64>,
     rng: rand::rngs::ThreadRng,
+    /// Gateways: the mailboxes of registered clients.
+    mailboxes: Option<MailboxStore>,
+    /// Fetches waiting for packets, one per client.
+    parked: HashMap<ClientId, ParkedFetch>,
+    next_expiry: Instant,
+    /// The client id this node's own loop cover is addressed to.
+    loop_id: ClientId,
+    /// The topology loop cover is routed through, and when the next loop packet leaves.
+    cover_topology: Option<Topology>,
+    next_loop: Instant,
 }
 
 /// Runs a node until `shutdown` resolves.
@@ -234,6 +272,7 @@ pub async fn run_node(
             ),
             ping: ping::Behaviour::new(ping::Config::new()),
             directory: directory_behaviour(true, Duration::from_secs(10)),
+            mailbox: mailbox_behaviour(config.role == NodeRole::Gateway),
         }
     })
     .map_err(|e| NodeError::Network(e.to_string()))?;
@@ -268,6 +307,16 @@ pub async fn run_node(
             reached: false,
         })
         .collect();
+    let mailboxes = match config.role {
+        NodeRole::Gateway => {
+            let dir = config.data_dir.join("mailbox");
+            let (store, held) = MailboxStore::open(Some(dir.clone()), MailboxConfig::default(), now)
+                .map_err(io_error(&dir))?;
+            info!(clients = store.clients(), held, "mailboxes opened");
+            Some(store)
+        }
+        NodeRole::Mix => None,
+    };
     info!(peer_id = %me, role = ?config.role, epoch, "node started");
     let mut node = Node {
         config,
@@ -282,6 +331,12 @@ pub async fn run_node(
         bootstrap,
         applied: HashSet::new(),
         rng: rand::rng(),
+        mailboxes,
+        parked: HashMap::new(),
+        next_expiry: Instant::now() + MAILBOX_EXPIRY_INTERVAL,
+        loop_id: client_id(&me),
+        cover_topology: None,
+        next_loop: Instant::now(),
     };
     node.load_cached_consensus();
     let result = node.run(shutdown).await;
@@ -317,8 +372,10 @@ impl Node {
                 _ = tick.tick() => {
                     self.maintain_keys(unix_ms())?;
                     self.redial_bootstrap();
+                    self.maintain_mailboxes();
                     self.export_gauges(unix_ms());
                 }
+                _ = tokio::time::sleep_until(self.next_loop.into()) => self.send_loop_cover(),
                 event = self.swarm.select_next_some() => self.handle_event(event)?,
             }
         }
@@ -535,6 +592,186 @@ impl Node {
         }
     }
 
+    /// Sends one loop-cover packet (when admitted) and draws the next send time.
+    fn send_loop_cover(&mut self) {
+        let now_ms = unix_ms();
+        let Some(consensus) = self.directory.in_force(now_ms) else {
+            self.next_loop = Instant::now() + Duration::from_secs(1);
+            return;
+        };
+        let parameters = consensus.parameters();
+        let mean = Duration::from_micros(parameters.mix_loop_interval_us.max(1_000));
+        self.next_loop = Instant::now() + sample_exponential(mean, &mut self.rng).as_duration();
+        if self.cover_topology.as_ref().map(Topology::epoch) != Some(consensus.epoch()) {
+            self.cover_topology = Some(Topology::from_consensus(consensus));
+        }
+        let Some(topology) = &self.cover_topology else {
+            return;
+        };
+        // Not admitted, or no independent mix in some layer: no loop this time.
+        let Ok(route) = choose_loop(topology, &self.me, &RoutePolicy::default(), &mut self.rng)
+        else {
+            return;
+        };
+        let Some(first) = route
+            .first()
+            .and_then(|h| topology.layer(1).iter().find(|n| n.id == h.node))
+            .map(|n| n.peer)
+        else {
+            return;
+        };
+        let destination = Destination::Deliver {
+            client: self.loop_id,
+            label: Label(self.rng.random()),
+        };
+        match build_packet(
+            &Geometry::DEFAULT,
+            KeyId::for_epoch(topology.epoch()),
+            &route,
+            &destination,
+            &[],
+            &mut self.rng,
+        ) {
+            Ok(packet) => {
+                self.swarm.behaviour_mut().mix.send(first, packet);
+                counter!("p2pmix_loop_cover_sent_total").increment(1);
+            }
+            Err(e) => debug!(%e, "could not build a loop-cover packet"),
+        }
+    }
+
+    /// Answers held fetches whose wait is over and drops expired mailbox packets.
+    fn maintain_mailboxes(&mut self) {
+        let now = Instant::now();
+        let due: Vec<ClientId> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for client in due {
+            self.answer_parked(&client);
+        }
+        if now >= self.next_expiry {
+            self.next_expiry = now + MAILBOX_EXPIRY_INTERVAL;
+            if let Some(store) = &mut self.mailboxes {
+                let expired = store.expire(unix_ms());
+                if expired > 0 {
+                    counter!("p2pmix_mailbox_expired_total").increment(expired as u64);
+                    info!(expired, "mailbox packets expired");
+                }
+            }
+        }
+    }
+
+    /// Answers `client`'s held fetch with what its mailbox holds (possibly nothing).
+    fn answer_parked(&mut self, client: &ClientId) {
+        if let Some(parked) = self.parked.remove(client) {
+            let response = self.batch(client, parked.ack_through, parked.max);
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .mailbox
+                .send_response(parked.channel, response);
+        }
+    }
+
+    fn batch(&mut self, client: &ClientId, ack_through: u64, max: usize) -> MailboxResponse {
+        let Some(store) = &mut self.mailboxes else {
+            return refusal("not a gateway");
+        };
+        let (packets, remaining) = store.fetch(client, ack_through, max);
+        counter!("p2pmix_mailbox_handed_total").increment(packets.len() as u64);
+        MailboxResponse {
+            response: Some(MailboxAnswer::Batch(MailboxBatch {
+                items: packets
+                    .into_iter()
+                    .map(|p| MailboxItem {
+                        seq: p.seq,
+                        label: p.label.0.to_vec(),
+                        body: p.body,
+                    })
+                    .collect(),
+                remaining: remaining as u64,
+            })),
+        }
+    }
+
+    /// A client's fetch: registers it, deletes what it acknowledged, and answers with what is
+    /// waiting, or holds the request until something arrives.
+    fn handle_fetch(
+        &mut self,
+        peer: PeerId,
+        request: MailboxRequest,
+        channel: request_response::ResponseChannel<MailboxResponse>,
+    ) {
+        let client = client_id(&peer);
+        // A newer fetch replaces a held one (the client gave up on it, or reconnected).
+        self.answer_parked(&client);
+        let response = match &mut self.mailboxes {
+            None => Some(refusal("not a gateway")),
+            Some(store) => match store.register(client) {
+                Ok(new) => {
+                    if new {
+                        info!(%peer, "client registered");
+                        counter!("p2pmix_mailbox_registered_total").increment(1);
+                    }
+                    None
+                }
+                Err(e) => Some(refusal(&e.to_string())),
+            },
+        };
+        let max = (request.max as usize).clamp(1, MAX_BATCH);
+        let response = response.unwrap_or_else(|| self.batch(&client, request.ack_through, max));
+        let empty = matches!(
+            &response.response,
+            Some(MailboxAnswer::Batch(b)) if b.items.is_empty()
+        );
+        if empty && request.wait_ms > 0 {
+            let wait = Duration::from_millis(request.wait_ms.into()).min(MAX_WAIT);
+            self.parked.insert(
+                client,
+                ParkedFetch {
+                    channel,
+                    ack_through: request.ack_through,
+                    max,
+                    until: Instant::now() + wait,
+                },
+            );
+        } else {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .mailbox
+                .send_response(channel, response);
+        }
+    }
+
+    /// A packet the network delivered here: this node's own loop cover, or a client's packet
+    /// for its mailbox.
+    fn delivered(&mut self, client: ClientId, label: Label, body: &[u8]) {
+        if client == self.loop_id {
+            counter!("p2pmix_loop_cover_returned_total").increment(1);
+            return;
+        }
+        let Some(store) = &mut self.mailboxes else {
+            counter!("p2pmix_mailbox_refused_total", "reason" => "not_gateway").increment(1);
+            return;
+        };
+        match store.store(&client, label, body, unix_ms()) {
+            Ok(_) => {
+                counter!("p2pmix_mailbox_stored_total").increment(1);
+                if self.parked.contains_key(&client) {
+                    self.answer_parked(&client);
+                }
+            }
+            Err(e) => {
+                counter!("p2pmix_mailbox_refused_total", "reason" => e.reason()).increment(1);
+                debug!(client = %hex::encode(&client.0[..8]), %e, "packet not stored");
+            }
+        }
+    }
+
     fn redial_bootstrap(&mut self) {
         let now = Instant::now();
         for peer in &mut self.bootstrap {
@@ -566,6 +803,11 @@ impl Node {
             .map(|b| b.num_entries())
             .sum();
         gauge!("p2pmix_kad_peers").set(kad_peers as f64);
+        if let Some(store) = &self.mailboxes {
+            gauge!("p2pmix_mailbox_clients").set(store.clients() as f64);
+            gauge!("p2pmix_mailbox_packets").set(store.len() as f64);
+            gauge!("p2pmix_mailbox_bytes").set(store.bytes() as f64);
+        }
         match self.directory.in_force(now_ms) {
             Some(c) => {
                 gauge!("p2pmix_consensus_epoch").set(c.epoch() as f64);
@@ -689,16 +931,15 @@ impl Node {
                 client,
                 label,
                 body,
-            }) => {
-                // Gateways hand these to their clients (client registration comes with the
-                // client layer); until then they are counted and logged.
-                debug!(
-                    client = %hex::encode(&client.0[..8]),
-                    label = %hex::encode(&label.0[..4]),
-                    bytes = body.len(),
-                    "delivered"
-                );
-            }
+            }) => self.delivered(client, label, &body),
+            NodeBehaviourEvent::Mailbox(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => self.handle_fetch(peer, request, channel),
             NodeBehaviourEvent::Mix(MixEvent::PeerBanned(peer)) => {
                 warn!(%peer, "cut off a peer for invalid traffic");
             }
@@ -813,5 +1054,13 @@ impl Node {
             },
             _ => {}
         }
+    }
+}
+
+fn refusal(reason: &str) -> MailboxResponse {
+    MailboxResponse {
+        response: Some(MailboxAnswer::Refused(Refused {
+            reason: reason.into(),
+        })),
     }
 }

@@ -312,6 +312,9 @@ impl std::fmt::Debug for ClientCore {
     }
 }
 
+/// How long a fragment that could not be routed waits before it is queued again.
+const UNROUTABLE_RETRY: Duration = Duration::from_secs(1);
+
 /// Labels, SURB keys and loop records older than this are forgotten.
 const LABEL_LIFETIME: Duration = Duration::from_secs(3600);
 /// Most outstanding labels of each kind (bounds memory under loss).
@@ -603,7 +606,11 @@ impl ClientCore {
                     p
                 }
                 Emission::Real(Outgoing::Fragment { message, index }) => {
-                    self.build_fragment(now, message, index, rng)
+                    let packet = self.build_fragment(now, message, index, rng);
+                    if packet.is_none() {
+                        self.retry_unroutable(now, message, index);
+                    }
+                    packet
                 }
                 Emission::DropCover => {
                     let p = self.build_cover(false, now, rng);
@@ -720,6 +727,26 @@ impl ClientCore {
         self.timers
             .push(Reverse((deadline, message, index, attempt)));
         Some(packet)
+    }
+
+    /// A fragment that could not be built (no topology yet, no route): it goes back to the
+    /// queue after [`UNROUTABLE_RETRY`], through the timer of its current attempt, so that it
+    /// still fails after the configured attempts if it never gets through.
+    fn retry_unroutable(&mut self, now: Instant, message: MessageId, index: u16) {
+        let Some(out) = self.outbound.get_mut(&message) else {
+            return;
+        };
+        let i = index as usize;
+        if out.acked.get(i).copied().unwrap_or(true) {
+            return;
+        }
+        let attempt = out.attempts.get(i).copied().unwrap_or(0);
+        // The previous attempt's losses were counted when its timer fired.
+        if let Some(r) = out.routes.get_mut(i) {
+            r.clear();
+        }
+        self.timers
+            .push(Reverse((now + UNROUTABLE_RETRY, message, index, attempt)));
     }
 
     fn build_cover<R: CryptoRng + ?Sized>(

@@ -1,16 +1,20 @@
 //! The client, sans-IO at its core: addresses, end-to-end encryption, fragments, routes from
 //! the consensus, the Poisson sending schedule, acknowledgements with retransmission, replies
-//! through SURBs. A driver (the client behaviour, or a test's simulated network) moves its
-//! packets and passes time in.
+//! through SURBs. A driver moves its packets and passes time in: [`Behaviour`] on a dApp's own
+//! swarm, [`Client`] on a swarm of its own, or a test's simulated network.
 
 pub mod address;
+pub mod behaviour;
 pub mod core;
 pub mod e2e;
 pub mod frame;
+pub mod handle;
 pub mod route;
 pub mod schedule;
 
 pub use address::{Address, AddressError, client_id};
+pub use behaviour::{Behaviour, ClientSetupError, Config, Event};
+pub use handle::{Client, ClientError};
 pub use core::{
     ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReplyHandle, SendError,
     fragment_capacity, reply_capacity,
@@ -18,6 +22,6 @@ pub use core::{
 pub use e2e::StaticKey;
 pub use frame::MessageId;
 pub use route::{
-    RouteError, RouteNode, RoutePolicy, Topology, choose_route, choose_route_avoiding,
+    RouteError, RouteNode, RoutePolicy, Topology, choose_loop, choose_route, choose_route_avoiding,
 };
 pub use schedule::{Emission, QueueFull, SendingSchedule, StreamRates};

@@ -20,6 +20,9 @@ pub enum RouteError {
     /// The gateway is not a gateway of this consensus.
     #[error("{0} is not a gateway of the consensus")]
     UnknownGateway(PeerId),
+    /// The node is not in this consensus.
+    #[error("{0} is not in the consensus")]
+    UnknownNode(PeerId),
     /// A layer has no mix at all.
     #[error("layer {0} has no mix")]
     EmptyLayer(u32),
@@ -183,6 +186,14 @@ impl Topology {
         &self.gateways
     }
 
+    /// The gateway or mix with this peer id.
+    pub fn node(&self, peer: &PeerId) -> Option<&RouteNode> {
+        self.gateways
+            .iter()
+            .chain(self.layers.iter().flatten())
+            .find(|n| n.peer == *peer)
+    }
+
     /// The gateway with this peer id.
     pub fn gateway(&self, peer: &PeerId) -> Option<&RouteNode> {
         self.gateways.iter().find(|g| g.peer == *peer)
@@ -199,6 +210,61 @@ impl Topology {
     pub fn layers(&self) -> u32 {
         self.layers.len() as u32
     }
+}
+
+/// One mix per layer, each independent of the `chosen` nodes and of each other, with an
+/// exponential delay (the consensus mean) each.
+fn choose_mixes<'a, R: CryptoRng + ?Sized>(
+    topology: &'a Topology,
+    mut chosen: Vec<&'a RouteNode>,
+    policy: &RoutePolicy,
+    avoid: &dyn Fn(NodeId) -> bool,
+    rng: &mut R,
+) -> Result<Vec<Hop>, RouteError> {
+    let mut hops = Vec::new();
+    for l in 1..=topology.layers() {
+        let layer = topology.layer(l);
+        if layer.is_empty() {
+            return Err(RouteError::EmptyLayer(l));
+        }
+        let mut candidates: Vec<&RouteNode> = layer
+            .iter()
+            .filter(|m| !chosen.iter().any(|c| m.conflicts(c, policy)))
+            .collect();
+        if candidates.is_empty() {
+            return Err(RouteError::NoIndependentMix(l));
+        }
+        if candidates.iter().any(|m| !avoid(m.id)) {
+            candidates.retain(|m| !avoid(m.id));
+        }
+        let mix = candidates[rng.random_range(0..candidates.len())];
+        chosen.push(mix);
+        hops.push(Hop {
+            node: mix.id,
+            key: mix.key,
+            delay: sample_exponential(topology.mean_delay, rng),
+        });
+    }
+    Ok(hops)
+}
+
+/// A node's loop-cover route: one mix per layer (none of them `me` or of its family or /16),
+/// then back to `me` with no delay. The node sees its own packets return, which tells it the
+/// network carries traffic, and they look like anyone else's to the mixes.
+pub fn choose_loop<R: CryptoRng + ?Sized>(
+    topology: &Topology,
+    me: &PeerId,
+    policy: &RoutePolicy,
+    rng: &mut R,
+) -> Result<Vec<Hop>, RouteError> {
+    let node = topology.node(me).ok_or(RouteError::UnknownNode(*me))?;
+    let mut hops = choose_mixes(topology, vec![node], policy, &|_| false, rng)?;
+    hops.push(Hop {
+        node: node.id,
+        key: node.key,
+        delay: Delay::ZERO,
+    });
+    Ok(hops)
 }
 
 /// A route from gateway `entry` through one mix per layer to gateway `exit`, with an exponential
@@ -230,35 +296,12 @@ pub fn choose_route_avoiding<R: CryptoRng + ?Sized>(
         .gateway(exit)
         .ok_or(RouteError::UnknownGateway(*exit))?;
     // The two gateways may be one node (sender and recipient share it); that is allowed.
-    let mut chosen: Vec<&RouteNode> = vec![entry, exit];
     let mut hops = vec![Hop {
         node: entry.id,
         key: entry.key,
         delay: Delay::ZERO,
     }];
-    for l in 1..=topology.layers() {
-        let layer = topology.layer(l);
-        if layer.is_empty() {
-            return Err(RouteError::EmptyLayer(l));
-        }
-        let mut candidates: Vec<&RouteNode> = layer
-            .iter()
-            .filter(|m| !chosen.iter().any(|c| m.conflicts(c, policy)))
-            .collect();
-        if candidates.is_empty() {
-            return Err(RouteError::NoIndependentMix(l));
-        }
-        if candidates.iter().any(|m| !avoid(m.id)) {
-            candidates.retain(|m| !avoid(m.id));
-        }
-        let mix = candidates[rng.random_range(0..candidates.len())];
-        chosen.push(mix);
-        hops.push(Hop {
-            node: mix.id,
-            key: mix.key,
-            delay: sample_exponential(topology.mean_delay, rng),
-        });
-    }
+    hops.extend(choose_mixes(topology, vec![entry, exit], policy, avoid, rng)?);
     hops.push(Hop {
         node: exit.id,
         key: exit.key,
@@ -405,5 +448,28 @@ mod tests {
         let mean = total / n as f64;
         // Standard error of the mean is 50 ms / sqrt(20 000) = 0.35 ms; allow 6 of them.
         assert!((mean - 0.050).abs() < 0.0021, "mean {mean}");
+    }
+
+    #[test]
+    fn loop_routes_cross_every_layer_and_end_at_the_node() {
+        let t = topology(vec![
+            vec![node(2, "a", [11, 0, 0, 1]), node(3, "b", [12, 0, 0, 1])],
+            vec![node(4, "c", [13, 0, 0, 1]), node(5, "d", [14, 0, 0, 1])],
+        ]);
+        let me = t.layers[1][0].clone();
+        for _ in 0..50 {
+            let route = choose_loop(&t, &me.peer, &RoutePolicy::default(), &mut rand::rng())
+                .unwrap();
+            let ids: Vec<u16> = route.iter().map(|h| h.node.0).collect();
+            assert_eq!(ids.len(), 3);
+            assert!([2, 3].contains(&ids[0]));
+            // Its own layer is crossed through the other mix, then the packet comes back.
+            assert_eq!(&ids[1..], &[5, 4]);
+            assert_eq!(route[2].delay, Delay::ZERO);
+        }
+        assert!(matches!(
+            choose_loop(&t, &PeerId::random(), &RoutePolicy::default(), &mut rand::rng()),
+            Err(RouteError::UnknownNode(_))
+        ));
     }
 }

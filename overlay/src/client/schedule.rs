@@ -31,6 +31,18 @@ pub struct StreamRates {
     pub drop_cover: Duration,
 }
 
+impl StreamRates {
+    /// The client rates a consensus fixes.
+    pub fn from_parameters(parameters: &p2pmix_proto::v1::NetworkParameters) -> Self {
+        let us = |v: u64| Duration::from_micros(v.max(1));
+        StreamRates {
+            send: us(parameters.client_send_interval_us),
+            loop_cover: us(parameters.client_loop_interval_us),
+            drop_cover: us(parameters.client_drop_interval_us),
+        }
+    }
+}
+
 /// What to send now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Emission<T> {

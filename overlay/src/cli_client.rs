@@ -1,0 +1,385 @@
+//! `p2pmix client …`: a mixnet client on the command line (the [`Client`] handle).
+//!
+//! With `--json`, every line on stdout is one JSON object (`sent`, `delivered`, `failed`,
+//! `received`, `ready`), with times in milliseconds since the UNIX epoch, so that scripts (the
+//! testnet) can measure what went through.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use p2pmix::{
+    authority_node::unix_ms,
+    client::{Address, Client, ClientConfig, Config, Event, MessageId},
+    config::Authorities,
+    identity::{IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_identity, load_or_create_static_key},
+};
+use serde_json::json;
+
+/// Where the client keeps its keys and which gateway it uses.
+#[derive(clap::Args)]
+pub(crate) struct ClientArgs {
+    /// Identity, Noise key and the chosen gateway live here (created if missing).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The gateway, as a multiaddr ending in /p2p/PEER_ID (remembered in DATA_DIR/gateway).
+    #[arg(long)]
+    gateway: Option<Multiaddr>,
+    /// The pinned authorities file (with a [network] section).
+    #[arg(long)]
+    authorities: Option<PathBuf>,
+    /// Print one JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Print this client's address (give it to those who should write to you).
+    Address(ClientArgs),
+    /// Receive messages and print them as they arrive.
+    Listen {
+        #[command(flatten)]
+        args: ClientArgs,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Answer every message that carries SURBs with this text.
+        #[arg(long)]
+        reply: Option<String>,
+    },
+    /// Send a message and wait until the recipient acknowledged it.
+    Send {
+        #[command(flatten)]
+        args: ClientArgs,
+        /// The recipient's address (p2pmix1:…).
+        #[arg(long)]
+        to: String,
+        /// The message text.
+        #[arg(long, conflicts_with = "file", required_unless_present = "file")]
+        message: Option<String>,
+        /// Send the contents of this file instead.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Send the message this many times (separate messages).
+        #[arg(long, default_value_t = 1)]
+        count: u64,
+        /// Pause between the copies, milliseconds.
+        #[arg(long, default_value_t = 0)]
+        interval_ms: u64,
+        /// SURBs to include, so that the recipient can answer; waits for one reply per message.
+        #[arg(long, default_value_t = 0)]
+        reply_surbs: usize,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 120)]
+        timeout: u64,
+    },
+}
+
+/// Runs a client command.
+pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
+    match command {
+        ClientCommand::Address(args) => {
+            let (gateway, _) = gateway(&args)?;
+            let (identity, key) = keys(&args.data_dir)?;
+            let address = Address {
+                gateway,
+                client: p2pmix::client::client_id(&identity.public().to_peer_id()),
+                noise_key: key.public(),
+            };
+            println!("{address}");
+            Ok(ExitCode::SUCCESS)
+        }
+        ClientCommand::Listen {
+            args,
+            count,
+            timeout,
+            reply,
+        } => runtime()?.block_on(listen(args, count, timeout, reply)),
+        ClientCommand::Send {
+            args,
+            to,
+            message,
+            file,
+            count,
+            interval_ms,
+            reply_surbs,
+            timeout,
+        } => {
+            let to: Address = to.parse().context("--to")?;
+            let bytes = match (message, file) {
+                (Some(m), None) => m.into_bytes(),
+                (None, Some(f)) => {
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
+                }
+                _ => bail!("give --message TEXT or --file FILE"),
+            };
+            runtime()?.block_on(send(
+                args,
+                to,
+                bytes,
+                count,
+                Duration::from_millis(interval_ms),
+                reply_surbs,
+                Duration::from_secs(timeout),
+            ))
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn keys(data_dir: &Path) -> Result<(libp2p::identity::Keypair, p2pmix::client::StaticKey)> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    Ok((
+        load_or_create_identity(&data_dir.join(IDENTITY_FILE))?,
+        load_or_create_static_key(&data_dir.join(NOISE_KEY_FILE))?,
+    ))
+}
+
+/// The gateway from `--gateway` (remembered) or from `DATA_DIR/gateway`.
+fn gateway(args: &ClientArgs) -> Result<(PeerId, Multiaddr)> {
+    let remembered = args.data_dir.join("gateway");
+    let address = match &args.gateway {
+        Some(a) => a.clone(),
+        None => std::fs::read_to_string(&remembered)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .context("no gateway: give --gateway /ip4/…/tcp/…/p2p/PEER_ID")?,
+    };
+    let Some(Protocol::P2p(peer)) = address.iter().last() else {
+        bail!("the gateway address {address} does not end in /p2p/PEER_ID");
+    };
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    std::fs::write(&remembered, format!("{address}\n"))
+        .with_context(|| format!("writing {}", remembered.display()))?;
+    Ok((peer, address))
+}
+
+fn start(args: &ClientArgs) -> Result<Client> {
+    let (gateway, address) = gateway(args)?;
+    let authorities = args
+        .authorities
+        .as_deref()
+        .context("give --authorities FILE")?;
+    let authorities = Authorities::load(authorities)?;
+    let (identity, key) = keys(&args.data_dir)?;
+    Ok(Client::start(
+        identity,
+        key,
+        Config {
+            gateway,
+            gateway_addresses: vec![address],
+            authorities,
+            client: ClientConfig::default(),
+        },
+    )?)
+}
+
+fn print(json: bool, value: serde_json::Value, human: String) {
+    if json {
+        println!("{value}");
+    } else {
+        println!("{human}");
+    }
+}
+
+async fn listen(
+    args: ClientArgs,
+    count: Option<u64>,
+    timeout: Option<u64>,
+    reply: Option<String>,
+) -> Result<ExitCode> {
+    let mut client = start(&args)?;
+    let address = client.address();
+    print(
+        args.json,
+        json!({"event": "address", "address": address.to_string()}),
+        format!("listening as {address}"),
+    );
+    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
+    let mut received = 0u64;
+    loop {
+        if count.is_some_and(|c| received >= c) {
+            return Ok(ExitCode::SUCCESS);
+        }
+        let wait = deadline.map_or(Duration::from_secs(3600), |d| {
+            d.saturating_duration_since(Instant::now())
+        });
+        let event = tokio::select! {
+            e = client.next_event() => e,
+            _ = tokio::time::sleep(wait) => {
+                if deadline.is_some() {
+                    return Ok(ExitCode::from(1));
+                }
+                continue;
+            }
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        };
+        match event {
+            None => bail!("the client stopped"),
+            Some(Event::Consensus { epoch }) => print(
+                args.json,
+                json!({"event": "ready", "epoch": epoch, "ms": unix_ms()}),
+                format!("consensus of epoch {epoch} in use"),
+            ),
+            Some(Event::Received {
+                id,
+                bytes,
+                from,
+                in_reply_to,
+                reply: handle,
+            }) => {
+                received += 1;
+                let text = String::from_utf8_lossy(&bytes);
+                print(
+                    args.json,
+                    json!({
+                        "event": "received",
+                        "id": id.to_string(),
+                        "ms": unix_ms(),
+                        "bytes": bytes.len(),
+                        "text": text,
+                        "from": from.map(hex::encode),
+                        "in_reply_to": in_reply_to.map(|m| m.to_string()),
+                        "surbs": handle.as_ref().map_or(0, |h| h.surbs()),
+                    }),
+                    format!("{id}: {text}"),
+                );
+                if let (Some(text), Some(handle)) = (&reply, handle)
+                    && let Err(e) = client.reply(handle, text.clone().into_bytes()).await
+                {
+                    eprintln!("could not reply to {id}: {e}");
+                }
+            }
+            Some(Event::Delivered(_) | Event::Failed(..)) => {}
+        }
+    }
+}
+
+async fn send(
+    args: ClientArgs,
+    to: Address,
+    bytes: Vec<u8>,
+    count: u64,
+    interval: Duration,
+    reply_surbs: usize,
+    timeout: Duration,
+) -> Result<ExitCode> {
+    let mut client = start(&args)?;
+    let deadline = Instant::now() + timeout;
+    let mut pending: std::collections::HashSet<MessageId> = Default::default();
+    let mut awaiting_reply: std::collections::HashSet<MessageId> = Default::default();
+    let mut failed = 0u64;
+    let mut sent = 0u64;
+    let mut next_send = Instant::now();
+    loop {
+        if sent == count && pending.is_empty() && awaiting_reply.is_empty() {
+            break;
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            eprintln!(
+                "timed out: {} of {count} not acknowledged, {} replies missing",
+                pending.len(),
+                awaiting_reply.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        if sent < count && now >= next_send {
+            let id = client.send(&to, bytes.clone(), reply_surbs).await?;
+            sent += 1;
+            next_send = now + interval;
+            pending.insert(id);
+            if reply_surbs > 0 {
+                awaiting_reply.insert(id);
+            }
+            print(
+                args.json,
+                json!({"event": "sent", "id": id.to_string(), "n": sent, "ms": unix_ms()}),
+                format!("sent {id} ({} bytes)", bytes.len()),
+            );
+            continue;
+        }
+        let until = if sent < count {
+            next_send.min(deadline)
+        } else {
+            deadline
+        };
+        let event = tokio::select! {
+            e = client.next_event() => e,
+            _ = tokio::time::sleep(until.saturating_duration_since(now)) => continue,
+        };
+        match event {
+            None => bail!("the client stopped"),
+            Some(Event::Delivered(id)) => {
+                if pending.remove(&id) {
+                    print(
+                        args.json,
+                        json!({"event": "delivered", "id": id.to_string(), "ms": unix_ms()}),
+                        format!("delivered {id}"),
+                    );
+                }
+            }
+            Some(Event::Failed(id, reason)) => {
+                pending.remove(&id);
+                awaiting_reply.remove(&id);
+                failed += 1;
+                print(
+                    args.json,
+                    json!({"event": "failed", "id": id.to_string(), "reason": reason.to_string(), "ms": unix_ms()}),
+                    format!("failed {id}: {reason}"),
+                );
+            }
+            Some(Event::Received {
+                id,
+                bytes,
+                in_reply_to,
+                ..
+            }) => {
+                if let Some(answered) = in_reply_to {
+                    awaiting_reply.remove(&answered);
+                }
+                let text = String::from_utf8_lossy(&bytes);
+                print(
+                    args.json,
+                    json!({
+                        "event": "received",
+                        "id": id.to_string(),
+                        "ms": unix_ms(),
+                        "text": text,
+                        "in_reply_to": in_reply_to.map(|m| m.to_string()),
+                    }),
+                    match in_reply_to {
+                        Some(m) => format!("reply to {m}: {text}"),
+                        None => format!("{id}: {text}"),
+                    },
+                );
+            }
+            Some(Event::Consensus { epoch }) => print(
+                args.json,
+                json!({"event": "ready", "epoch": epoch, "ms": unix_ms()}),
+                format!("consensus of epoch {epoch} in use"),
+            ),
+        }
+    }
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -1,0 +1,563 @@
+//! The client as a libp2p `NetworkBehaviour`: what a dApp puts in its own
+//! `#[derive(NetworkBehaviour)]` to send and receive through the mixnet.
+//!
+//! A thin adapter around three sans-IO parts: the [`ClientCore`] (messages, routes, the Poisson
+//! schedule, acknowledgements), a fetch-only [`DirectoryClient`] (which consensus to fetch from
+//! whom, verified against the pinned authority keys) and the gateway's mailbox (fetched over
+//! `/p2pmix/mailbox/1.0.0`, one request at a time, held open by the gateway until something
+//! arrives). Packets leave through a send-only Sphinx [`Link`] to the client's gateway. The
+//! behaviour reads the clock and the operating system's randomness; nothing else here does.
+//!
+//! Until a verified consensus is in force nothing is sent; messages queue and go out once it
+//! is (see [`Event::Consensus`]).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    task::{Context, Poll, Waker},
+    time::{Duration, Instant},
+};
+
+use futures::FutureExt;
+use futures_timer::Delay as Timer;
+use libp2p::{
+    Multiaddr, PeerId,
+    core::{Endpoint, transport::PortUse},
+    request_response::{self, OutboundRequestId},
+    swarm::{
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm,
+    },
+};
+use p2pmix_bootstrap::{default_parameters, directory_behaviour};
+use p2pmix_mix::{Label, link::Link};
+use p2pmix_proto::v1::{
+    DirectoryRequest, GetConsensus, MailboxRequest, directory_request::Request,
+    directory_response::Response, mailbox_response::Response as MailboxAnswer,
+};
+use rand::{SeedableRng, rngs::StdRng};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use crate::{
+    authority_node::unix_ms,
+    client::{
+        Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
+        ReplyHandle, SendError, StaticKey, StreamRates, Topology, client_id,
+    },
+    config::Authorities,
+    directory_client::{Action, DirectoryClient},
+    mailbox::{MAX_WAIT, mailbox_behaviour},
+};
+
+/// Where a client connects and whom it trusts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The client's gateway.
+    pub gateway: PeerId,
+    /// Where the gateway listens (more are learnt from the consensus).
+    pub gateway_addresses: Vec<Multiaddr>,
+    /// The directory authorities: their keys (pinned), addresses and the epoch schedule.
+    pub authorities: Authorities,
+    /// Limits and choices of the client core.
+    pub client: ClientConfig,
+}
+
+/// Why a client could not be set up.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientSetupError {
+    /// The authorities file has no `[network]` section.
+    #[error("the authorities file gives no epoch schedule ([network] section)")]
+    NoSchedule,
+}
+
+/// What the client behaviour reports.
+#[derive(Debug)]
+pub enum Event {
+    /// The verified consensus of `epoch` is now the one routes are built from.
+    Consensus {
+        /// Its epoch.
+        epoch: u64,
+    },
+    /// A message arrived (once per message).
+    Received {
+        /// The message.
+        id: MessageId,
+        /// Its bytes.
+        bytes: Vec<u8>,
+        /// The sender's static key, when it chose to be known.
+        from: Option<[u8; 32]>,
+        /// For a reply: the message it answers.
+        in_reply_to: Option<MessageId>,
+        /// The way to answer (pass it to [`Behaviour::reply`]), if the sender gave SURBs.
+        reply: Option<ReplyHandle>,
+    },
+    /// Every fragment of a sent message was acknowledged by the recipient.
+    Delivered(MessageId),
+    /// A sent message could not be delivered.
+    Failed(MessageId, FailReason),
+}
+
+// `pub` in a private module: the handler type names `Inner`, but users never see it.
+#[allow(missing_docs, unreachable_pub)] // the derive generates an undocumented event enum
+mod inner {
+    use libp2p::swarm::NetworkBehaviour;
+    use p2pmix_bootstrap::DirectoryBehaviour;
+    use p2pmix_mix::link::Link;
+
+    use crate::mailbox::MailboxBehaviour;
+
+    /// The protocols the client speaks.
+    #[derive(NetworkBehaviour)]
+    pub struct Inner {
+        pub link: Link,
+        pub directory: DirectoryBehaviour,
+        pub mailbox: MailboxBehaviour,
+    }
+}
+use inner::{Inner, InnerEvent};
+
+/// Packets asked for per mailbox fetch.
+const FETCH_BATCH: u32 = 64;
+/// Longest pause between failed mailbox fetches.
+const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(15);
+
+/// The client behaviour. See the module documentation.
+pub struct Behaviour {
+    inner: Inner,
+    core: ClientCore,
+    directory: DirectoryClient,
+    requests: HashMap<OutboundRequestId, u64>,
+    gateway: PeerId,
+    /// Addresses of the gateway and the authorities, for dialling them.
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    installed: Option<u64>,
+    fetch: Option<OutboundRequestId>,
+    ack_through: u64,
+    fetch_after: Instant,
+    fetch_backoff: Duration,
+    timer: Option<(Instant, Timer)>,
+    rng: StdRng,
+    events: VecDeque<Event>,
+    waker: Option<Waker>,
+}
+
+impl std::fmt::Debug for Behaviour {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Behaviour")
+            .field("gateway", &self.gateway)
+            .field("core", &self.core)
+            .field("installed", &self.installed)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Behaviour {
+    /// A client for the swarm identity `local_peer` (its client id at the gateway is derived
+    /// from it), decrypting with `key`.
+    pub fn new(
+        local_peer: PeerId,
+        key: StaticKey,
+        config: Config,
+    ) -> Result<Self, ClientSetupError> {
+        let schedule = config
+            .authorities
+            .schedule
+            .ok_or(ClientSetupError::NoSchedule)?;
+        let mut rng = StdRng::from_rng(&mut rand::rng());
+        let now = Instant::now();
+        let core = ClientCore::new(
+            now,
+            config.client,
+            client_id(&local_peer),
+            config.gateway,
+            key,
+            StreamRates::from_parameters(&default_parameters()),
+            &mut rng,
+        );
+        let mut directory = DirectoryClient::fetch_only(
+            schedule,
+            config.authorities.pinned(),
+            config
+                .authorities
+                .entries
+                .iter()
+                .map(|e| e.peer_id)
+                .collect(),
+        );
+        // Gateways serve the documents they hold.
+        directory.add_peer(config.gateway);
+        let mut addresses: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for entry in &config.authorities.entries {
+            addresses
+                .entry(entry.peer_id)
+                .or_default()
+                .extend(entry.addresses.iter().cloned());
+        }
+        let mut link = Link::default();
+        for a in &config.gateway_addresses {
+            link.add_address(config.gateway, a.clone());
+        }
+        addresses
+            .entry(config.gateway)
+            .or_default()
+            .extend(config.gateway_addresses.iter().cloned());
+        Ok(Behaviour {
+            inner: Inner {
+                link,
+                directory: directory_behaviour(false, Duration::from_secs(10)),
+                mailbox: mailbox_behaviour(false),
+            },
+            core,
+            directory,
+            requests: HashMap::new(),
+            gateway: config.gateway,
+            addresses,
+            installed: None,
+            fetch: None,
+            ack_through: 0,
+            fetch_after: now,
+            fetch_backoff: Duration::from_millis(500),
+            timer: None,
+            rng,
+            events: VecDeque::new(),
+            waker: None,
+        })
+    }
+
+    /// This client's address: give it to those who should write to it.
+    pub fn address(&self) -> Address {
+        self.core.address()
+    }
+
+    /// Counters of the client core.
+    pub fn stats(&self) -> ClientStats {
+        self.core.stats()
+    }
+
+    /// The epoch of the consensus routes are built from, once there is one.
+    pub fn consensus_epoch(&self) -> Option<u64> {
+        self.installed
+    }
+
+    /// Sends `bytes` to `to`; the recipient cannot answer (see [`Behaviour::send_with_replies`]).
+    pub fn send(&mut self, to: &Address, bytes: &[u8]) -> Result<MessageId, SendError> {
+        self.send_with_replies(to, bytes, 0)
+    }
+
+    /// Sends `bytes` to `to` with `reply_surbs` single-use reply blocks, through which the
+    /// recipient can answer (up to `reply_surbs` packets) without learning who sent it.
+    pub fn send_with_replies(
+        &mut self,
+        to: &Address,
+        bytes: &[u8],
+        reply_surbs: usize,
+    ) -> Result<MessageId, SendError> {
+        let id = self.core.send(*to, bytes, reply_surbs, &mut self.rng)?;
+        self.wake();
+        Ok(id)
+    }
+
+    /// Answers a received message through the SURBs it carried.
+    pub fn reply(&mut self, handle: ReplyHandle, bytes: &[u8]) -> Result<MessageId, SendError> {
+        let id = self.core.reply(handle, bytes, &mut self.rng)?;
+        self.wake();
+        Ok(id)
+    }
+
+    fn wake(&mut self) {
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Advances the sans-IO parts to now and turns their output into requests and packets.
+    fn drive(&mut self) {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        // Directory: fetch what is due, install what is in force.
+        self.directory.handle_timeout(now_ms);
+        while let Some(action) = self.directory.poll_action() {
+            if let Action::Fetch { epoch, from } = action {
+                let request = DirectoryRequest {
+                    request: Some(Request::GetConsensus(GetConsensus { epoch })),
+                };
+                let id = self.inner.directory.send_request(&from, request);
+                self.requests.insert(id, epoch);
+            }
+        }
+        if let Some(consensus) = self.directory.in_force(now_ms)
+            && self.installed != Some(consensus.epoch())
+        {
+            let epoch = consensus.epoch();
+            let topology = Topology::from_consensus(consensus);
+            let rates = StreamRates::from_parameters(&consensus.parameters());
+            if let Some(gateway) = consensus
+                .nodes()
+                .iter()
+                .find(|n| p2pmix_bootstrap::peer_id(n) == Some(self.gateway))
+            {
+                for a in gateway.addresses.iter().filter_map(|a| a.parse().ok()) {
+                    self.inner.link.add_address(self.gateway, a);
+                }
+            } else {
+                warn!(gateway = %self.gateway, epoch, "the gateway is not in the consensus");
+            }
+            self.core.set_topology(topology, rates);
+            self.installed = Some(epoch);
+            info!(epoch, "client: consensus installed");
+            self.events.push_back(Event::Consensus { epoch });
+        }
+        // The core: retransmissions, then whatever the send schedule says is due.
+        if now >= self.core.poll_timeout() {
+            self.core.handle_timeout(now);
+            if self.installed.is_some() {
+                while let Some(packet) = self.core.poll_transmit(now, &mut self.rng) {
+                    self.inner.link.send(self.gateway, packet);
+                }
+            }
+        }
+        while let Some(event) = self.core.poll_event() {
+            self.events.push_back(match event {
+                ClientEvent::Received {
+                    id,
+                    bytes,
+                    from,
+                    in_reply_to,
+                    reply,
+                } => Event::Received {
+                    id,
+                    bytes,
+                    from,
+                    in_reply_to,
+                    reply,
+                },
+                ClientEvent::Delivered(id) => Event::Delivered(id),
+                ClientEvent::Failed(id, reason) => Event::Failed(id, reason),
+            });
+        }
+        // The mailbox: always one fetch under way (the gateway holds it until packets come).
+        if self.fetch.is_none() && now >= self.fetch_after {
+            let request = MailboxRequest {
+                ack_through: self.ack_through,
+                max: FETCH_BATCH,
+                wait_ms: MAX_WAIT.as_millis() as u32,
+            };
+            self.fetch = Some(self.inner.mailbox.send_request(&self.gateway, request));
+        }
+    }
+
+    /// When [`Behaviour::drive`] next has work, if nothing else happens first.
+    fn next_wake(&self) -> Instant {
+        let now_ms = unix_ms();
+        let directory_in = self
+            .directory
+            .poll_timeout(now_ms)
+            .saturating_sub(now_ms)
+            .min(1_000);
+        let mut at = self
+            .core
+            .poll_timeout()
+            .min(Instant::now() + Duration::from_millis(directory_in));
+        if self.fetch.is_none() {
+            at = at.min(self.fetch_after);
+        }
+        at
+    }
+
+    fn fetch_failed(&mut self, why: &str) {
+        self.fetch = None;
+        debug!(gateway = %self.gateway, why, retry_in = ?self.fetch_backoff, "mailbox fetch failed");
+        self.fetch_after = Instant::now() + self.fetch_backoff;
+        self.fetch_backoff = (self.fetch_backoff * 2).min(MAX_FETCH_BACKOFF);
+    }
+
+    fn on_inner(&mut self, event: InnerEvent) {
+        let now_ms = unix_ms();
+        match event {
+            InnerEvent::Link(()) => {}
+            InnerEvent::Directory(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) => {
+                let Some(epoch) = self.requests.remove(&request_id) else {
+                    return;
+                };
+                let offered = match response.response {
+                    Some(Response::Consensus(c)) => Some(c),
+                    _ => None,
+                };
+                if let Err(e) = self.directory.fetch_done(now_ms, epoch, offered) {
+                    warn!(epoch, %e, "a consensus failed verification");
+                }
+            }
+            InnerEvent::Directory(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) => {
+                if let Some(epoch) = self.requests.remove(&request_id) {
+                    debug!(epoch, %error, "consensus fetch failed");
+                    let _ = self.directory.fetch_done(now_ms, epoch, None);
+                }
+            }
+            InnerEvent::Mailbox(request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            }) if self.fetch == Some(request_id) => match response.response {
+                Some(MailboxAnswer::Batch(batch)) => {
+                    self.fetch = None;
+                    self.fetch_backoff = Duration::from_millis(500);
+                    let now = Instant::now();
+                    for mut item in batch.items {
+                        match <[u8; 16]>::try_from(item.label.as_slice()) {
+                            Ok(label) => {
+                                self.core
+                                    .handle_delivery(now, Label(label), &mut item.body)
+                            }
+                            Err(_) => debug!("mailbox item with a malformed label"),
+                        }
+                        self.ack_through = self.ack_through.max(item.seq);
+                    }
+                    self.fetch_after = now;
+                }
+                Some(MailboxAnswer::Refused(r)) => {
+                    warn!(gateway = %self.gateway, reason = %r.reason, "the gateway refused");
+                    self.fetch_failed("refused");
+                }
+                None => self.fetch_failed("empty answer"),
+            },
+            InnerEvent::Mailbox(request_response::Event::OutboundFailure {
+                request_id,
+                error,
+                ..
+            }) if self.fetch == Some(request_id) => {
+                self.fetch_failed(&error.to_string());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl NetworkBehaviour for Behaviour {
+    type ConnectionHandler = THandler<Inner>;
+    type ToSwarm = Event;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        let mut found = self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )?;
+        if let Some(known) = maybe_peer.and_then(|p| self.addresses.get(&p)) {
+            for a in known {
+                if !found.contains(a) {
+                    found.push(a.clone());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer: PeerId,
+        connection: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.inner
+            .on_connection_handler_event(peer, connection, event);
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
+        self.waker = Some(cx.waker().clone());
+        loop {
+            self.drive();
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(ToSwarm::GenerateEvent(event));
+            }
+            match self.inner.poll(cx) {
+                Poll::Ready(ToSwarm::GenerateEvent(event)) => {
+                    self.on_inner(event);
+                    continue;
+                }
+                Poll::Ready(other) => {
+                    // GenerateEvent was taken by the arm above; the closure never runs.
+                    return Poll::Ready(other.map_out(|_| unreachable!("handled above")));
+                }
+                Poll::Pending => {}
+            }
+            let at = self.next_wake();
+            let mut timer = match self.timer.take() {
+                Some((t, timer)) if t == at => timer,
+                _ => Timer::new(at.saturating_duration_since(Instant::now())),
+            };
+            if timer.poll_unpin(cx).is_ready() {
+                continue;
+            }
+            self.timer = Some((at, timer));
+            return Poll::Pending;
+        }
+    }
+}

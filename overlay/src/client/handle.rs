@@ -1,0 +1,152 @@
+//! [`Client`]: the client behaviour on a swarm of its own, for programs that do not run one.
+//!
+//! The swarm runs on a tokio task; the handle sends commands to it and receives its events.
+//! Events queue without bound until the program takes them (a client that stops reading keeps
+//! its cover traffic going rather than stalling the swarm). Dropping the handle stops the task.
+
+use futures::StreamExt;
+use libp2p::{identity::Keypair, swarm::SwarmEvent};
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    authority_node::build_swarm,
+    client::{
+        Address, MessageId, ReplyHandle, SendError, StaticKey,
+        behaviour::{Behaviour, ClientSetupError, Config, Event},
+    },
+};
+
+/// Why a client call failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The configuration is unusable.
+    #[error(transparent)]
+    Setup(#[from] ClientSetupError),
+    /// The swarm could not be built.
+    #[error("network: {0}")]
+    Network(String),
+    /// The message was not accepted.
+    #[error(transparent)]
+    Send(#[from] SendError),
+    /// The client's task has stopped.
+    #[error("the client has stopped")]
+    Stopped,
+}
+
+enum Command {
+    Send {
+        to: Address,
+        bytes: Vec<u8>,
+        reply_surbs: usize,
+        done: oneshot::Sender<Result<MessageId, SendError>>,
+    },
+    Reply {
+        handle: ReplyHandle,
+        bytes: Vec<u8>,
+        done: oneshot::Sender<Result<MessageId, SendError>>,
+    },
+}
+
+/// A running client. See the module documentation.
+#[derive(Debug)]
+pub struct Client {
+    address: Address,
+    commands: mpsc::Sender<Command>,
+    events: mpsc::UnboundedReceiver<Event>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Client {
+    /// Starts a client with the swarm identity `identity` and the Noise key `key` (keep both to
+    /// keep the address). Must be called within a tokio runtime.
+    pub fn start(identity: Keypair, key: StaticKey, config: Config) -> Result<Self, ClientError> {
+        let behaviour = Behaviour::new(identity.public().to_peer_id(), key, config)?;
+        let address = behaviour.address();
+        let mut swarm = build_swarm(identity, |_| behaviour)
+            .map_err(|e| ClientError::Network(e.to_string()))?;
+        let (commands, mut command_rx) = mpsc::channel::<Command>(64);
+        let (event_tx, events) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    command = command_rx.recv() => match command {
+                        Some(Command::Send { to, bytes, reply_surbs, done }) => {
+                            let result =
+                                swarm.behaviour_mut().send_with_replies(&to, &bytes, reply_surbs);
+                            let _ = done.send(result);
+                        }
+                        Some(Command::Reply { handle, bytes, done }) => {
+                            let _ = done.send(swarm.behaviour_mut().reply(handle, &bytes));
+                        }
+                        None => return,
+                    },
+                    event = swarm.select_next_some() => {
+                        if let SwarmEvent::Behaviour(event) = event
+                            && event_tx.send(event).is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Client {
+            address,
+            commands,
+            events,
+            task,
+        })
+    }
+
+    /// This client's address.
+    pub fn address(&self) -> Address {
+        self.address
+    }
+
+    /// Sends `bytes` to `to` (see [`Behaviour::send_with_replies`]).
+    pub async fn send(
+        &self,
+        to: &Address,
+        bytes: Vec<u8>,
+        reply_surbs: usize,
+    ) -> Result<MessageId, ClientError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Send {
+                to: *to,
+                bytes,
+                reply_surbs,
+                done,
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        Ok(result.await.map_err(|_| ClientError::Stopped)??)
+    }
+
+    /// Answers a received message through its SURBs.
+    pub async fn reply(&self, handle: ReplyHandle, bytes: Vec<u8>) -> Result<MessageId, ClientError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Reply {
+                handle,
+                bytes,
+                done,
+            })
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        Ok(result.await.map_err(|_| ClientError::Stopped)??)
+    }
+
+    /// The next event; `None` once the client stopped.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
+}
