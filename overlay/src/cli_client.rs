@@ -215,6 +215,8 @@ async fn listen(
     let mut received = 0u64;
     loop {
         if count.is_some_and(|c| received >= c) {
+            // Let the last acknowledgements leave, or their senders retransmit to nobody.
+            client.flush(Duration::from_secs(10)).await?;
             return Ok(ExitCode::SUCCESS);
         }
         let wait = deadline.map_or(Duration::from_secs(3600), |d| {
@@ -282,6 +284,31 @@ async fn send(
 ) -> Result<ExitCode> {
     let mut client = start(&args)?;
     let deadline = Instant::now() + timeout;
+    // Messages would queue until a consensus is in force; wait for it so that the times
+    // printed measure the network, not the start-up.
+    loop {
+        let event = tokio::time::timeout(
+            deadline.saturating_duration_since(Instant::now()),
+            client.next_event(),
+        )
+        .await;
+        match event {
+            Ok(Some(Event::Consensus { epoch })) => {
+                print(
+                    args.json,
+                    json!({"event": "ready", "epoch": epoch, "ms": unix_ms()}),
+                    format!("consensus of epoch {epoch} in use"),
+                );
+                break;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => bail!("the client stopped"),
+            Err(_) => {
+                eprintln!("timed out waiting for a verified consensus");
+                return Ok(ExitCode::from(1));
+            }
+        }
+    }
     let mut pending: std::collections::HashSet<MessageId> = Default::default();
     let mut awaiting_reply: std::collections::HashSet<MessageId> = Default::default();
     let mut failed = 0u64;

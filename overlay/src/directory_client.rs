@@ -178,7 +178,9 @@ impl DirectoryClient {
             .collect();
         self.fetches.retain(|e, _| wanted.contains(e));
         for e in wanted {
-            if self.consensus.contains_key(&e) || sources.is_empty() {
+            // Epoch 0 is the genesis epoch: no consensus is made for it (descriptors are for the
+            // next epoch), and 0 in a request means "the newest".
+            if e == 0 || self.consensus.contains_key(&e) || sources.is_empty() {
                 continue;
             }
             let (retry, next_source) = self.fetches.entry(e).or_insert_with(|| {

@@ -58,7 +58,8 @@ pub fn mailbox_behaviour(serve: bool) -> MailboxBehaviour {
     request_response::Behaviour::with_codec(
         MailboxCodec::default(),
         [(MAILBOX_PROTOCOL, support)],
-        request_response::Config::default().with_request_timeout(MAX_WAIT + Duration::from_secs(20)),
+        request_response::Config::default()
+            .with_request_timeout(MAX_WAIT + Duration::from_secs(20)),
     )
 }
 
@@ -395,7 +396,8 @@ mod tests {
     const T0: u64 = 1_800_000_000_000;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("p2pmix-mailbox-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("p2pmix-mailbox-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         dir
     }
@@ -426,7 +428,10 @@ mod tests {
             .collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
         let (first, left) = store.fetch(&client(1), 0, 3);
-        assert_eq!(first.iter().map(|p| p.body[0]).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            first.iter().map(|p| p.body[0]).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
         assert_eq!(left, 2);
         // Not acknowledged: handed over again.
         let (again, _) = store.fetch(&client(1), 0, 3);
@@ -473,7 +478,9 @@ mod tests {
         let (mut store, _) = MailboxStore::open(None, config, T0).unwrap();
         store.register(client(1)).unwrap();
         store.store(&client(1), Label([0; 16]), b"old", T0).unwrap();
-        store.store(&client(1), Label([0; 16]), b"new", T0 + 5_000).unwrap();
+        store
+            .store(&client(1), Label([0; 16]), b"new", T0 + 5_000)
+            .unwrap();
         assert_eq!(store.expire(T0 + 10_000), 1);
         let (left, _) = store.fetch(&client(1), 0, 10);
         assert_eq!(left[0].body, b"new");
@@ -502,9 +509,14 @@ mod tests {
         assert!(store.is_registered(&client(2)));
         let (held, _) = store.fetch(&client(1), a, 10);
         assert_eq!(held.len(), 1);
-        assert_eq!((held[0].seq, held[0].label, &held[0].body[..]), (b, Label([2; 16]), &b"two"[..]));
+        assert_eq!(
+            (held[0].seq, held[0].label, &held[0].body[..]),
+            (b, Label([2; 16]), &b"two"[..])
+        );
         // Numbers keep growing: an acknowledgement from before the restart deletes nothing new.
-        let c = store.store(&client(1), Label([3; 16]), b"three", T0 + 1).unwrap();
+        let c = store
+            .store(&client(1), Label([3; 16]), b"three", T0 + 1)
+            .unwrap();
         assert!(c > b);
         let (held, _) = store.fetch(&client(1), b, 10);
         assert_eq!(held.len(), 1);

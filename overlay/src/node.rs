@@ -50,8 +50,8 @@ use p2pmix_proto::v1::{
     SignedConsensus, directory_request::Request, directory_response::Response,
     mailbox_response::Response as MailboxAnswer,
 };
-use rand::RngExt;
 use prost::Message;
+use rand::RngExt;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
@@ -310,8 +310,9 @@ pub async fn run_node(
     let mailboxes = match config.role {
         NodeRole::Gateway => {
             let dir = config.data_dir.join("mailbox");
-            let (store, held) = MailboxStore::open(Some(dir.clone()), MailboxConfig::default(), now)
-                .map_err(io_error(&dir))?;
+            let (store, held) =
+                MailboxStore::open(Some(dir.clone()), MailboxConfig::default(), now)
+                    .map_err(io_error(&dir))?;
             info!(clients = store.clients(), held, "mailboxes opened");
             Some(store)
         }

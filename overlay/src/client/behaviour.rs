@@ -235,6 +235,11 @@ impl Behaviour {
         self.core.stats()
     }
 
+    /// Packets waiting for the send stream; zero once every acknowledgement and reply left.
+    pub fn queued(&self) -> usize {
+        self.core.queued()
+    }
+
     /// The epoch of the consensus routes are built from, once there is one.
     pub fn consensus_epoch(&self) -> Option<u64> {
         self.installed
@@ -420,8 +425,7 @@ impl Behaviour {
                     for mut item in batch.items {
                         match <[u8; 16]>::try_from(item.label.as_slice()) {
                             Ok(label) => {
-                                self.core
-                                    .handle_delivery(now, Label(label), &mut item.body)
+                                self.core.handle_delivery(now, Label(label), &mut item.body)
                             }
                             Err(_) => debug!("mailbox item with a malformed label"),
                         }

@@ -503,6 +503,11 @@ impl ClientCore {
         }
     }
 
+    /// Packets waiting for the send stream (fragments, acknowledgements, replies).
+    pub fn queued(&self) -> usize {
+        self.schedule.queued()
+    }
+
     /// The next event for the application.
     pub fn poll_event(&mut self) -> Option<ClientEvent> {
         self.events.pop_front()

@@ -47,6 +47,7 @@ enum Command {
         bytes: Vec<u8>,
         done: oneshot::Sender<Result<MessageId, SendError>>,
     },
+    Queued(oneshot::Sender<usize>),
 }
 
 /// A running client. See the module documentation.
@@ -85,6 +86,9 @@ impl Client {
                         }
                         Some(Command::Reply { handle, bytes, done }) => {
                             let _ = done.send(swarm.behaviour_mut().reply(handle, &bytes));
+                        }
+                        Some(Command::Queued(done)) => {
+                            let _ = done.send(swarm.behaviour().queued());
                         }
                         None => return,
                     },
@@ -132,7 +136,11 @@ impl Client {
     }
 
     /// Answers a received message through its SURBs.
-    pub async fn reply(&self, handle: ReplyHandle, bytes: Vec<u8>) -> Result<MessageId, ClientError> {
+    pub async fn reply(
+        &self,
+        handle: ReplyHandle,
+        bytes: Vec<u8>,
+    ) -> Result<MessageId, ClientError> {
         let (done, result) = oneshot::channel();
         self.commands
             .send(Command::Reply {
@@ -143,6 +151,27 @@ impl Client {
             .await
             .map_err(|_| ClientError::Stopped)?;
         Ok(result.await.map_err(|_| ClientError::Stopped)??)
+    }
+
+    /// Waits (up to `limit`) until every queued packet (acknowledgements, replies, fragments)
+    /// has left, then a moment more for the connection to carry them: call before dropping
+    /// a client that just received messages, or their senders will retransmit.
+    pub async fn flush(&self, limit: std::time::Duration) -> Result<(), ClientError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let (done, result) = oneshot::channel();
+            self.commands
+                .send(Command::Queued(done))
+                .await
+                .map_err(|_| ClientError::Stopped)?;
+            let queued = result.await.map_err(|_| ClientError::Stopped)?;
+            if queued == 0 || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        Ok(())
     }
 
     /// The next event; `None` once the client stopped.

@@ -14,13 +14,13 @@ pub mod schedule;
 
 pub use address::{Address, AddressError, client_id};
 pub use behaviour::{Behaviour, ClientSetupError, Config, Event};
-pub use handle::{Client, ClientError};
 pub use core::{
     ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReplyHandle, SendError,
     fragment_capacity, reply_capacity,
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;
+pub use handle::{Client, ClientError};
 pub use route::{
     RouteError, RouteNode, RoutePolicy, Topology, choose_loop, choose_route, choose_route_avoiding,
 };

@@ -301,7 +301,13 @@ pub fn choose_route_avoiding<R: CryptoRng + ?Sized>(
         key: entry.key,
         delay: Delay::ZERO,
     }];
-    hops.extend(choose_mixes(topology, vec![entry, exit], policy, avoid, rng)?);
+    hops.extend(choose_mixes(
+        topology,
+        vec![entry, exit],
+        policy,
+        avoid,
+        rng,
+    )?);
     hops.push(Hop {
         node: exit.id,
         key: exit.key,
@@ -458,8 +464,8 @@ mod tests {
         ]);
         let me = t.layers[1][0].clone();
         for _ in 0..50 {
-            let route = choose_loop(&t, &me.peer, &RoutePolicy::default(), &mut rand::rng())
-                .unwrap();
+            let route =
+                choose_loop(&t, &me.peer, &RoutePolicy::default(), &mut rand::rng()).unwrap();
             let ids: Vec<u16> = route.iter().map(|h| h.node.0).collect();
             assert_eq!(ids.len(), 3);
             assert!([2, 3].contains(&ids[0]));
@@ -468,7 +474,12 @@ mod tests {
             assert_eq!(route[2].delay, Delay::ZERO);
         }
         assert!(matches!(
-            choose_loop(&t, &PeerId::random(), &RoutePolicy::default(), &mut rand::rng()),
+            choose_loop(
+                &t,
+                &PeerId::random(),
+                &RoutePolicy::default(),
+                &mut rand::rng()
+            ),
             Err(RouteError::UnknownNode(_))
         ));
     }

@@ -1,0 +1,223 @@
+//! `p2pmix-testnet-report`: turns the event logs of a testnet run (`testnet/run.sh`) into a
+//! human summary, a PNG of the measured end-to-end latency against the theoretical one, and, as
+//! the last line of its output, one JSON object. Exits 1 when a message was lost or duplicated
+//! or a drill failed.
+//!
+//! The theory: a message waits for a tick of the sender's Poisson stream (exponential, mean the
+//! send interval), then each of the `layers` mixes holds it for an exponential delay (mean
+//! `mean-delay-ms`); gateways add no delay. Its distribution is drawn by sampling.
+
+use std::{
+    collections::HashMap,
+    fs,
+    io::BufWriter,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
+
+use p2pmix_examples::plot::{Series, density_chart, histogram};
+use rand::RngExt;
+
+struct Args {
+    sent: PathBuf,
+    received: PathBuf,
+    mean_delay_ms: f64,
+    layers: u32,
+    send_interval_ms: f64,
+    plot: Option<PathBuf>,
+    summary: Option<PathBuf>,
+    drills: Vec<(String, String)>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args {
+        sent: PathBuf::new(),
+        received: PathBuf::new(),
+        mean_delay_ms: 50.0,
+        layers: 3,
+        send_interval_ms: 20.0,
+        plot: None,
+        summary: None,
+        drills: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--sent" => args.sent = value()?.into(),
+            "--received" => args.received = value()?.into(),
+            "--mean-delay-ms" => args.mean_delay_ms = number(value()?)?,
+            "--layers" => args.layers = number(value()?)? as u32,
+            "--send-interval-ms" => args.send_interval_ms = number(value()?)?,
+            "--plot" => args.plot = Some(value()?.into()),
+            "--summary" => args.summary = Some(value()?.into()),
+            "--drill" => {
+                let v = value()?;
+                let (k, v) = v.split_once('=').ok_or("--drill NAME=RESULT")?;
+                args.drills.push((k.into(), v.into()));
+            }
+            _ => return Err(format!("unknown flag {flag}")),
+        }
+    }
+    if args.sent.as_os_str().is_empty() || args.received.as_os_str().is_empty() {
+        return Err("give --sent FILE and --received FILE".into());
+    }
+    Ok(args)
+}
+
+/// The JSON objects of a JSON-lines file (lines that do not parse are skipped).
+fn events(path: &Path) -> Vec<serde_json::Value> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut sent_at: HashMap<String, f64> = HashMap::new();
+    let mut failed = 0;
+    for e in events(&args.sent) {
+        let id = e["id"].as_str().unwrap_or_default().to_string();
+        match e["event"].as_str() {
+            Some("sent") => {
+                sent_at.insert(id, e["ms"].as_f64().unwrap_or(0.0));
+            }
+            Some("failed") => failed += 1,
+            _ => {}
+        }
+    }
+    let mut copies: HashMap<String, u32> = HashMap::new();
+    let mut latencies = Vec::new();
+    let mut strangers = 0;
+    for e in events(&args.received) {
+        if e["event"].as_str() != Some("received") {
+            continue;
+        }
+        let id = e["id"].as_str().unwrap_or_default().to_string();
+        let n = copies.entry(id.clone()).or_default();
+        *n += 1;
+        match sent_at.get(&id) {
+            Some(t) if *n == 1 => latencies.push(e["ms"].as_f64().unwrap_or(0.0) - t),
+            Some(_) => {}
+            None => strangers += 1,
+        }
+    }
+    let sent = sent_at.len();
+    let delivered = latencies.len();
+    let duplicates: u32 = copies.values().map(|n| n.saturating_sub(1)).sum();
+    let lost = sent - delivered;
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p90, p99) = (
+        percentile(&latencies, 0.50),
+        percentile(&latencies, 0.90),
+        percentile(&latencies, 0.99),
+    );
+    let expected_mean = args.layers as f64 * args.mean_delay_ms + args.send_interval_ms;
+
+    // Theory by sampling: one send-stream wait plus one exponential hold per mix.
+    let mut rng = rand::rng();
+    let mut exp = |mean: f64| -> f64 { -(1.0 - rng.random::<f64>()).ln() * mean };
+    let mut theory: Vec<f64> = (0..200_000)
+        .map(|_| {
+            exp(args.send_interval_ms)
+                + (0..args.layers)
+                    .map(|_| exp(args.mean_delay_ms))
+                    .sum::<f64>()
+        })
+        .collect();
+    theory.sort_by(f64::total_cmp);
+    let measured_mean = latencies.iter().sum::<f64>() / delivered.max(1) as f64;
+
+    let mut summary = String::new();
+    summary += &format!("messages sent       {sent}\n");
+    summary += &format!("delivered           {delivered}\n");
+    summary += &format!("lost                {lost}\n");
+    summary += &format!("duplicates          {duplicates}\n");
+    if failed > 0 {
+        summary += &format!("reported failed     {failed}\n");
+    }
+    if strangers > 0 {
+        summary += &format!("unexpected messages {strangers}\n");
+    }
+    summary += &format!(
+        "latency (ms)        p50 {p50:.0}  p90 {p90:.0}  p99 {p99:.0}  mean {measured_mean:.0}\n"
+    );
+    summary += &format!(
+        "theory (ms)         p50 {:.0}  p90 {:.0}  p99 {:.0}  mean {expected_mean:.0}  ({} mixes x {} ms mean hold + {} ms mean send wait)\n",
+        percentile(&theory, 0.5),
+        percentile(&theory, 0.9),
+        percentile(&theory, 0.99),
+        args.layers,
+        args.mean_delay_ms,
+        args.send_interval_ms
+    );
+    let mut drills_ok = true;
+    for (name, result) in &args.drills {
+        summary += &format!("drill {name:<13} {result}\n");
+        drills_ok &= result != "fail";
+    }
+
+    if let Some(path) = &args.plot {
+        // Retransmitted outliers (a killed mix) land in the last bin rather than squash the rest.
+        let max = (percentile(&theory, 0.995).max(percentile(&latencies, 0.9)) * 1.3).max(1.0);
+        let bins = 40;
+        let chart = density_chart(
+            "P2PMIX TESTNET: LATENCY, MEASURED AND THEORY",
+            max,
+            &[
+                Series {
+                    name: format!("MEASURED ({delivered} MESSAGES)"),
+                    colour: [200, 40, 40],
+                    density: histogram(&latencies, max, bins),
+                },
+                Series {
+                    name: "THEORY".into(),
+                    colour: [40, 80, 200],
+                    density: histogram(&theory, max, bins),
+                },
+            ],
+        );
+        match fs::File::create(path) {
+            Ok(f) => {
+                if let Err(e) = chart.write_png(&mut BufWriter::new(f)) {
+                    eprintln!("could not write {}: {e}", path.display());
+                } else {
+                    summary += &format!("plot                {}\n", path.display());
+                }
+            }
+            Err(e) => eprintln!("could not write {}: {e}", path.display()),
+        }
+    }
+    let json = format!(
+        "{{\"sent\":{sent},\"delivered\":{delivered},\"duplicates\":{duplicates},\"lost\":{lost},\"latency_ms\":{{\"p50\":{p50:.1},\"p90\":{p90:.1},\"p99\":{p99:.1}}},\"expected_mean_ms\":{expected_mean:.1}}}"
+    );
+    print!("{summary}");
+    println!("{json}");
+    if let Some(path) = &args.summary
+        && let Err(e) = fs::write(path, format!("{summary}{json}\n"))
+    {
+        eprintln!("could not write {}: {e}", path.display());
+    }
+    if lost == 0 && duplicates == 0 && sent > 0 && drills_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}

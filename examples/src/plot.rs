@@ -1,0 +1,354 @@
+//! A small PNG chart: two distributions drawn as density curves over a shared millisecond axis,
+//! with tick labels and a legend in a built-in 5x7 pixel font.
+//!
+//! The testnet report needs one chart; this is a few hundred lines with no dependency, where a
+//! plotting crate would bring font rendering (system fonts or a bundled TTF) into the build.
+
+use std::io::{self, Write};
+
+/// An RGB colour.
+pub type Rgb = [u8; 3];
+
+/// A canvas of RGB pixels.
+#[derive(Debug, Clone)]
+pub struct Canvas {
+    width: usize,
+    height: usize,
+    pixels: Vec<u8>,
+}
+
+impl Canvas {
+    /// A white canvas.
+    pub fn new(width: usize, height: usize) -> Self {
+        Canvas {
+            width,
+            height,
+            pixels: vec![255; width * height * 3],
+        }
+    }
+
+    /// Sets one pixel (outside the canvas: ignored).
+    pub fn set(&mut self, x: i64, y: i64, colour: Rgb) {
+        if x < 0 || y < 0 || x as usize >= self.width || y as usize >= self.height {
+            return;
+        }
+        let i = (y as usize * self.width + x as usize) * 3;
+        self.pixels[i..i + 3].copy_from_slice(&colour);
+    }
+
+    /// Fills a rectangle.
+    pub fn fill(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, colour: Rgb) {
+        for y in y0.min(y1)..=y0.max(y1) {
+            for x in x0.min(x1)..=x0.max(x1) {
+                self.set(x, y, colour);
+            }
+        }
+    }
+
+    /// Draws a line `thickness` pixels wide.
+    pub fn line(&mut self, from: (f64, f64), to: (f64, f64), thickness: i64, colour: Rgb) {
+        let steps = ((to.0 - from.0).abs().max((to.1 - from.1).abs()) as usize).max(1);
+        for s in 0..=steps {
+            let t = s as f64 / steps as f64;
+            let x = (from.0 + (to.0 - from.0) * t).round() as i64;
+            let y = (from.1 + (to.1 - from.1) * t).round() as i64;
+            let r = thickness / 2;
+            self.fill(
+                x - r,
+                y - r,
+                x - r + thickness - 1,
+                y - r + thickness - 1,
+                colour,
+            );
+        }
+    }
+
+    /// Writes `text` (letters are drawn upper-case) at `scale` times the 5x7 font.
+    pub fn text(&mut self, x: i64, y: i64, text: &str, scale: i64, colour: Rgb) {
+        for (i, c) in text.chars().enumerate() {
+            let glyph = glyph(c.to_ascii_uppercase());
+            let left = x + i as i64 * 6 * scale;
+            for (col, bits) in glyph.iter().enumerate() {
+                for row in 0..7 {
+                    if bits >> row & 1 == 1 {
+                        let px = left + col as i64 * scale;
+                        let py = y + row * scale;
+                        self.fill(px, py, px + scale - 1, py + scale - 1, colour);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Width in pixels of `text` at `scale`.
+    pub fn text_width(text: &str, scale: i64) -> i64 {
+        text.chars().count() as i64 * 6 * scale
+    }
+
+    /// Encodes the canvas as a PNG (8-bit RGB, stored deflate blocks: large but simple).
+    pub fn write_png(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(b"\x89PNG\r\n\x1a\n")?;
+        let mut header = Vec::new();
+        header.extend_from_slice(&(self.width as u32).to_be_bytes());
+        header.extend_from_slice(&(self.height as u32).to_be_bytes());
+        header.extend_from_slice(&[8, 2, 0, 0, 0]);
+        chunk(out, b"IHDR", &header)?;
+        let mut raw = Vec::with_capacity((self.width * 3 + 1) * self.height);
+        for row in self.pixels.chunks(self.width * 3) {
+            raw.push(0); // no filter
+            raw.extend_from_slice(row);
+        }
+        chunk(out, b"IDAT", &zlib_stored(&raw))?;
+        chunk(out, b"IEND", &[])
+    }
+}
+
+fn chunk(out: &mut impl Write, kind: &[u8; 4], data: &[u8]) -> io::Result<()> {
+    out.write_all(&(data.len() as u32).to_be_bytes())?;
+    out.write_all(kind)?;
+    out.write_all(data)?;
+    let mut crc = Crc::default();
+    crc.update(kind);
+    crc.update(data);
+    out.write_all(&crc.finish().to_be_bytes())
+}
+
+/// A zlib stream of stored (uncompressed) deflate blocks.
+fn zlib_stored(data: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x78, 0x01];
+    let blocks: Vec<&[u8]> = data.chunks(65_535).collect();
+    if blocks.is_empty() {
+        out.extend_from_slice(&[1, 0, 0, 0xff, 0xff]);
+    }
+    for (i, block) in blocks.iter().enumerate() {
+        out.push(u8::from(i + 1 == blocks.len()));
+        let len = block.len() as u16;
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&(!len).to_le_bytes());
+        out.extend_from_slice(block);
+    }
+    let (mut a, mut b) = (1u32, 0u32);
+    for &byte in data {
+        a = (a + byte as u32) % 65_521;
+        b = (b + a) % 65_521;
+    }
+    out.extend_from_slice(&((b << 16) | a).to_be_bytes());
+    out
+}
+
+#[derive(Default)]
+struct Crc(u32);
+
+impl Crc {
+    fn update(&mut self, data: &[u8]) {
+        let mut c = !self.0;
+        for &byte in data {
+            c ^= byte as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        self.0 = !c;
+    }
+
+    fn finish(&self) -> u32 {
+        self.0
+    }
+}
+
+/// The classic 5x7 font, one byte per column, least significant bit at the top.
+fn glyph(c: char) -> [u8; 5] {
+    match c {
+        '0' => [0x3E, 0x51, 0x49, 0x45, 0x3E],
+        '1' => [0x00, 0x42, 0x7F, 0x40, 0x00],
+        '2' => [0x42, 0x61, 0x51, 0x49, 0x46],
+        '3' => [0x21, 0x41, 0x45, 0x4B, 0x31],
+        '4' => [0x18, 0x14, 0x12, 0x7F, 0x10],
+        '5' => [0x27, 0x45, 0x45, 0x45, 0x39],
+        '6' => [0x3C, 0x4A, 0x49, 0x49, 0x30],
+        '7' => [0x01, 0x71, 0x09, 0x05, 0x03],
+        '8' => [0x36, 0x49, 0x49, 0x49, 0x36],
+        '9' => [0x06, 0x49, 0x49, 0x29, 0x1E],
+        'A' => [0x7E, 0x11, 0x11, 0x11, 0x7E],
+        'B' => [0x7F, 0x49, 0x49, 0x49, 0x36],
+        'C' => [0x3E, 0x41, 0x41, 0x41, 0x22],
+        'D' => [0x7F, 0x41, 0x41, 0x22, 0x1C],
+        'E' => [0x7F, 0x49, 0x49, 0x49, 0x41],
+        'F' => [0x7F, 0x09, 0x09, 0x01, 0x01],
+        'G' => [0x3E, 0x41, 0x41, 0x51, 0x32],
+        'H' => [0x7F, 0x08, 0x08, 0x08, 0x7F],
+        'I' => [0x00, 0x41, 0x7F, 0x41, 0x00],
+        'J' => [0x20, 0x40, 0x41, 0x3F, 0x01],
+        'K' => [0x7F, 0x08, 0x14, 0x22, 0x41],
+        'L' => [0x7F, 0x40, 0x40, 0x40, 0x40],
+        'M' => [0x7F, 0x02, 0x04, 0x02, 0x7F],
+        'N' => [0x7F, 0x04, 0x08, 0x10, 0x7F],
+        'O' => [0x3E, 0x41, 0x41, 0x41, 0x3E],
+        'P' => [0x7F, 0x09, 0x09, 0x09, 0x06],
+        'Q' => [0x3E, 0x41, 0x51, 0x21, 0x5E],
+        'R' => [0x7F, 0x09, 0x19, 0x29, 0x46],
+        'S' => [0x46, 0x49, 0x49, 0x49, 0x31],
+        'T' => [0x01, 0x01, 0x7F, 0x01, 0x01],
+        'U' => [0x3F, 0x40, 0x40, 0x40, 0x3F],
+        'V' => [0x1F, 0x20, 0x40, 0x20, 0x1F],
+        'W' => [0x7F, 0x20, 0x18, 0x20, 0x7F],
+        'X' => [0x63, 0x14, 0x08, 0x14, 0x63],
+        'Y' => [0x03, 0x04, 0x78, 0x04, 0x03],
+        'Z' => [0x61, 0x51, 0x49, 0x45, 0x43],
+        '.' => [0x00, 0x60, 0x60, 0x00, 0x00],
+        ',' => [0x00, 0x50, 0x30, 0x00, 0x00],
+        ':' => [0x00, 0x36, 0x36, 0x00, 0x00],
+        '-' => [0x08, 0x08, 0x08, 0x08, 0x08],
+        '=' => [0x14, 0x14, 0x14, 0x14, 0x14],
+        '(' => [0x00, 0x1C, 0x22, 0x41, 0x00],
+        ')' => [0x00, 0x41, 0x22, 0x1C, 0x00],
+        '/' => [0x20, 0x10, 0x08, 0x04, 0x02],
+        '%' => [0x23, 0x13, 0x08, 0x64, 0x62],
+        '+' => [0x08, 0x08, 0x3E, 0x08, 0x08],
+        _ => [0x00; 5],
+    }
+}
+
+/// One series of a density chart.
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// Legend text.
+    pub name: String,
+    /// Line colour.
+    pub colour: Rgb,
+    /// Density per bin (the bins of [`density_chart`]).
+    pub density: Vec<f64>,
+}
+
+/// Normalised histogram of `samples` over `bins` equal bins of `[0, max)` (each bin's share
+/// of the samples; values at or beyond `max` go to the last bin).
+pub fn histogram(samples: &[f64], max: f64, bins: usize) -> Vec<f64> {
+    let mut counts = vec![0.0; bins];
+    if samples.is_empty() || max <= 0.0 || bins == 0 {
+        return counts;
+    }
+    for &s in samples {
+        let i = ((s / max) * bins as f64)
+            .floor()
+            .clamp(0.0, (bins - 1) as f64) as usize;
+        counts[i] += 1.0;
+    }
+    let n = samples.len() as f64;
+    counts.iter_mut().for_each(|c| *c /= n);
+    counts
+}
+
+/// Draws `series` (densities over equal bins of `[0, max_ms)`) as step lines, with axes, ticks,
+/// a title and a legend.
+pub fn density_chart(title: &str, max_ms: f64, series: &[Series]) -> Canvas {
+    let (w, h) = (900usize, 540usize);
+    let (left, right, top, bottom) = (80.0, 870.0, 60.0, 470.0);
+    let mut c = Canvas::new(w, h);
+    let black = [0, 0, 0];
+    let grey = [200, 200, 200];
+    c.text(left as i64, 20, title, 2, black);
+    let peak = series
+        .iter()
+        .flat_map(|s| s.density.iter().copied())
+        .fold(0.0f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    // Grid and ticks.
+    for i in 0..=5 {
+        let x = left + (right - left) * i as f64 / 5.0;
+        c.line((x, top), (x, bottom), 1, grey);
+        let label = format!("{:.0}", max_ms * i as f64 / 5.0);
+        c.text(
+            x as i64 - Canvas::text_width(&label, 2) / 2,
+            bottom as i64 + 10,
+            &label,
+            2,
+            black,
+        );
+        let y = bottom - (bottom - top) * i as f64 / 5.0;
+        c.line((left, y), (right, y), 1, grey);
+        let label = format!("{:.0}%", peak * 100.0 * i as f64 / 5.0);
+        c.text(
+            left as i64 - 10 - Canvas::text_width(&label, 1),
+            y as i64 - 3,
+            &label,
+            1,
+            black,
+        );
+    }
+    c.line((left, top), (left, bottom), 2, black);
+    c.line((left, bottom), (right, bottom), 2, black);
+    let label = "END-TO-END LATENCY (MS)";
+    c.text(
+        ((left + right) / 2.0) as i64 - Canvas::text_width(label, 2) / 2,
+        bottom as i64 + 35,
+        label,
+        2,
+        black,
+    );
+    c.text(8, top as i64 - 18, "SHARE PER BIN", 1, black);
+    for (k, s) in series.iter().enumerate() {
+        let bins = s.density.len().max(1);
+        let bw = (right - left) / bins as f64;
+        let y = |d: f64| bottom - (bottom - top) * d / peak;
+        let mut prev: Option<(f64, f64)> = None;
+        for (i, &d) in s.density.iter().enumerate() {
+            let x0 = left + bw * i as f64;
+            let point = (x0, y(d));
+            if let Some(p) = prev {
+                c.line(p, (x0, p.1), 2, s.colour);
+                c.line((x0, p.1), point, 2, s.colour);
+            }
+            c.line(point, (x0 + bw, point.1), 2, s.colour);
+            prev = Some((x0 + bw, point.1));
+        }
+        let ly = top as i64 + 10 + 22 * k as i64;
+        c.fill(
+            right as i64 - 330,
+            ly,
+            right as i64 - 310,
+            ly + 10,
+            s.colour,
+        );
+        c.text(right as i64 - 300, ly, &s.name, 2, black);
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_and_adler_match_known_values() {
+        let mut crc = Crc::default();
+        crc.update(b"123456789");
+        assert_eq!(crc.finish(), 0xCBF4_3926);
+        let z = zlib_stored(b"Wikipedia");
+        assert_eq!(&z[z.len() - 4..], &0x11E6_0398u32.to_be_bytes());
+    }
+
+    #[test]
+    fn png_has_the_right_layout() {
+        let mut c = Canvas::new(3, 2);
+        c.set(1, 1, [1, 2, 3]);
+        let mut out = Vec::new();
+        c.write_png(&mut out).unwrap();
+        assert_eq!(&out[..8], b"\x89PNG\r\n\x1a\n");
+        assert_eq!(&out[12..16], b"IHDR");
+        assert_eq!(u32::from_be_bytes(out[16..20].try_into().unwrap()), 3);
+        assert_eq!(u32::from_be_bytes(out[20..24].try_into().unwrap()), 2);
+        assert_eq!(&out[out.len() - 8..out.len() - 4], b"IEND");
+    }
+
+    #[test]
+    fn histogram_shares_sum_to_one() {
+        let h = histogram(&[1.0, 2.0, 9.9, 50.0], 10.0, 10);
+        assert!((h.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert_eq!(h[9], 0.5);
+    }
+}

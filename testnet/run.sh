@@ -1,0 +1,305 @@
+#!/usr/bin/env bash
+# Starts a whole p2pmix network on 127.0.0.1 (3 authorities, gateways, mixes in 3 layers and two
+# clients, each a separate process on a free port), sends messages from one client to the other,
+# and reports what arrived: a human summary, then, as the last line, one JSON object.
+#
+#   ./testnet/run.sh                       # 100 messages through 2 gateways and 6 mixes
+#   ./testnet/run.sh --kill-mixes 2        # two mixes die while messages are in flight
+#   ./testnet/run.sh --kill-authority 1    # one authority stops; the next consensus still comes
+#   ./testnet/run.sh --keep                # leave it running; stop it with testnet/stop.sh DIR
+#
+# Exit status: 0 when every message arrived exactly once (and the drills passed), 1 otherwise,
+# 2 when the network did not come up. The run directory (printed) holds every node's log and
+# metrics snapshot, the clients' event logs and report.png (measured latency against theory).
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+usage: testnet/run.sh [options]
+  --gateways N          gateways (default 2)
+  --mixes N             mixes, spread over 3 layers (default 6)
+  --epoch-ms MS         epoch length (default 10000)
+  --mean-delay-ms MS    mean per-hop mix delay (default 50)
+  --messages N          messages to send (default 100)
+  --interval-ms MS      pause between messages (default 50)
+  --size BYTES          message size (default: a short text)
+  --kill-mixes N        kill N mixes (at most one per layer) while messages are in flight
+  --kill-authority N    stop N authorities (at most 1) and wait for the next consensus
+  --dir DIR             run directory (default target/testnet/run-TIMESTAMP)
+  --debug               use the debug build (faster to build, slower to run)
+  --keep                leave the network running (stop it with testnet/stop.sh DIR)
+  --timeout S           longest wait for the messages (default 180)
+EOF
+}
+
+GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES=100 INTERVAL_MS=50 SIZE=""
+KILL_MIXES=0 KILL_AUTHORITY=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --gateways) GATEWAYS=$2; shift 2 ;;
+        --mixes) MIXES=$2; shift 2 ;;
+        --epoch-ms) EPOCH_MS=$2; shift 2 ;;
+        --mean-delay-ms) MEAN_DELAY_MS=$2; shift 2 ;;
+        --messages) MESSAGES=$2; shift 2 ;;
+        --interval-ms) INTERVAL_MS=$2; shift 2 ;;
+        --size) SIZE=$2; shift 2 ;;
+        --kill-mixes) KILL_MIXES=$2; shift 2 ;;
+        --kill-authority) KILL_AUTHORITY=$2; shift 2 ;;
+        --dir) DIR=$2; shift 2 ;;
+        --debug) PROFILE=debug; shift ;;
+        --keep) KEEP=1; shift ;;
+        --timeout) TIMEOUT=$2; shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+done
+for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY TIMEOUT; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "--${v,,}: not a number: ${!v}" >&2; exit 2; fi
+done
+if [ -n "$SIZE" ] && ! [[ $SIZE =~ ^[0-9]+$ ]]; then echo "--size: not a number" >&2; exit 2; fi
+[ "$GATEWAYS" -ge 1 ] || { echo "--gateways: at least 1" >&2; exit 2; }
+[ "$MIXES" -ge 3 ] || { echo "--mixes: at least 3 (one per layer)" >&2; exit 2; }
+[ "$KILL_AUTHORITY" -le 1 ] || { echo "--kill-authority: at most 1 of 3 (2 must sign)" >&2; exit 2; }
+[ "$KILL_MIXES" -le 3 ] || { echo "--kill-mixes: at most 3 (one per layer)" >&2; exit 2; }
+if [ "$KILL_MIXES" -gt 0 ] && [ "$MIXES" -lt $((3 + KILL_MIXES)) ]; then
+    echo "--kill-mixes $KILL_MIXES needs at least $((3 + KILL_MIXES)) mixes" >&2; exit 2
+fi
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STARTED=$(date +%s)
+cd "$ROOT"
+BUILD_FLAGS=()
+[ "$PROFILE" = release ] && BUILD_FLAGS=(--release)
+echo "==> building ($PROFILE)"
+cargo build --locked -q "${BUILD_FLAGS[@]}" -p p2pmix -p p2pmix-examples \
+    --bin p2pmix --bin p2pmix-testnet-report
+BIN="$ROOT/target/$PROFILE/p2pmix"
+REPORT="$ROOT/target/$PROFILE/p2pmix-testnet-report"
+
+[ -n "$DIR" ] || DIR="$ROOT/target/testnet/run-$(date +%Y%m%d-%H%M%S)-$$"
+mkdir -p "$DIR"
+DIR=$(cd "$DIR" && pwd)
+: > "$DIR/pids"
+echo "==> run directory: $DIR"
+
+now_ms() { date +%s%3N; }
+# Progress on one line: rewritten in place on a terminal, printed when it changes otherwise.
+LAST_PROGRESS=""
+progress() {
+    if [ -t 1 ]; then printf '\r==> %s ' "$1"
+    elif [ "$1" != "$LAST_PROGRESS" ]; then echo "==> $1"; fi
+    LAST_PROGRESS=$1
+}
+end_progress() { if [ -t 1 ]; then echo; fi; }
+# Records a started process: "pid name".
+started() { echo "$1 $2" >> "$DIR/pids"; }
+cleanup() {
+    local code=$?
+    if [ "$KEEP" = 1 ]; then
+        echo "==> left running; stop with: testnet/stop.sh $DIR"
+    else
+        "$ROOT/testnet/stop.sh" "$DIR" >/dev/null 2>&1 || true
+    fi
+    exit $code
+}
+trap cleanup EXIT
+trap 'echo; echo "==> interrupted"; exit 130' INT TERM
+
+# Waits up to $2 seconds for file $1 to have a line; prints it.
+wait_line() {
+    local file=$1 limit=$2 i=0
+    while [ $i -lt $((limit * 10)) ]; do
+        if [ -s "$file" ]; then head -n1 "$file"; return 0; fi
+        sleep 0.1; i=$((i + 1))
+    done
+    return 1
+}
+# Prints the body of http://$1/metrics (bash's /dev/tcp: no curl needed).
+scrape() {
+    local host=${1%:*} port=${1##*:}
+    timeout 5 bash -c "exec 3<>/dev/tcp/$host/$port; printf 'GET /metrics HTTP/1.0\r\nHost: $host\r\n\r\n' >&3; cat <&3" \
+        | sed '1,/^\r\{0,1\}$/d'
+}
+fail_with_log() {
+    echo "error: $1" >&2
+    if [ -n "${2:-}" ] && [ -f "$2" ]; then
+        echo "--- last lines of $2:" >&2
+        tail -n 20 "$2" >&2
+    fi
+    exit 2
+}
+
+# --- authorities --------------------------------------------------------------------------
+KEYS=()
+for i in 0 1 2; do
+    mkdir -p "$DIR/auth$i"
+    KEYS[$i]=$("$BIN" keygen --out "$DIR/auth$i" | sed -n 's/^public_key = //p' | head -n1)
+done
+GENESIS=$(( $(now_ms) + 4000 ))
+NETWORK="[network]
+genesis_unix_ms = $GENESIS
+epoch_ms = $EPOCH_MS
+"
+# Only authorities read the parameters; they publish them in the consensus.
+PARAMETERS="
+[network.parameters]
+mean_delay_us = $((MEAN_DELAY_MS * 1000))
+"
+authorities_file() { # $1: how many authorities' addresses are known
+    local i
+    for i in 0 1 2; do
+        local a=""
+        if [ "$i" -lt "$1" ]; then a="\"$(head -n1 "$DIR/auth$i/data/listen-addrs")\""; fi
+        printf '[[authority]]\npublic_key = "%s"\naddresses = [%s]\n\n' "${KEYS[$i]}" "$a"
+    done
+}
+for i in 0 1 2; do
+    d="$DIR/auth$i"
+    authorities_file "$i" > "$d/authorities.toml"
+    printf 'identity = "identity.key"\ndata_dir = "data"\nauthorities = "authorities.toml"\n%s%s' \
+        "$NETWORK" "$PARAMETERS" > "$d/authority.toml"
+    (cd "$d" && exec env RUST_LOG=info "$BIN" authority --config authority.toml > log 2>&1) &
+    started $! "auth$i"
+    wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "authority $i did not start" "$d/log"
+done
+{ authorities_file 3; printf '%s' "$NETWORK"; } > "$DIR/authorities.toml"
+echo "==> 3 authorities up"
+
+# --- nodes ----------------------------------------------------------------------------------
+start_node() { # $1: dir name, $2: role, $3: bootstrap address (may be empty)
+    local d="$DIR/$1"
+    mkdir -p "$d"
+    rm -f "$d/data/listen-addrs"
+    local args=(node --authorities "$DIR/authorities.toml" --data-dir data --role "$2" --metrics 127.0.0.1:0)
+    [ -n "$3" ] && args+=(--bootstrap "$3")
+    (cd "$d" && exec env RUST_LOG=info "$BIN" "${args[@]}" >> log 2>&1) &
+    started $! "$1"
+    wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "$1 did not start" "$d/log"
+}
+start_node gw0 gateway ""
+BOOT=$(head -n1 "$DIR/gw0/data/listen-addrs")
+for i in $(seq 1 $((GATEWAYS - 1))); do start_node "gw$i" gateway "$BOOT"; done
+for i in $(seq 0 $((MIXES - 1))); do start_node "mix$i" mix "$BOOT"; done
+echo "==> $GATEWAYS gateways and $MIXES mixes up, bootstrapping from gw0"
+
+# --- first consensus ----------------------------------------------------------------------------
+NODES=$((GATEWAYS + MIXES))
+admitted() { # nodes that report themselves admitted in a consensus
+    grep -l "consensus: admitted" "$DIR"/gw*/log "$DIR"/mix*/log 2>/dev/null | wc -l
+}
+LIMIT=$(( (4 * EPOCH_MS + 10000) / 1000 + 20 ))
+t=0
+while [ "$(admitted)" -lt "$NODES" ]; do
+    if [ $t -ge $((LIMIT * 2)) ]; then
+        end_progress
+        fail_with_log "no consensus admitted all $NODES nodes within ${LIMIT}s ($(admitted) admitted)" "$DIR/auth0/log"
+    fi
+    progress "waiting for the first consensus: $(admitted)/$NODES nodes admitted"
+    sleep 0.5; t=$((t + 1))
+done
+end_progress
+echo "==> consensus in force: $NODES/$NODES nodes admitted, $(( $(date +%s) - STARTED ))s after the start"
+
+# --- clients ----------------------------------------------------------------------------------
+LAST_GW=$((GATEWAYS - 1))
+for c in alice bob; do mkdir -p "$DIR/$c"; done
+ALICE_GW=$(head -n1 "$DIR/gw0/data/listen-addrs")
+BOB_GW=$(head -n1 "$DIR/gw$LAST_GW/data/listen-addrs")
+BOB=$("$BIN" client address --data-dir "$DIR/bob" --gateway "$BOB_GW")
+echo "==> bob (gateway gw$LAST_GW) is $BOB"
+(exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
+    --authorities "$DIR/authorities.toml" --count "$MESSAGES" --timeout "$TIMEOUT" \
+    > "$DIR/bob/events.jsonl" 2> "$DIR/bob/log") &
+BOB_PID=$!
+started $BOB_PID bob
+if [ -n "$SIZE" ]; then
+    head -c "$SIZE" /dev/urandom | base64 -w0 | head -c "$SIZE" > "$DIR/alice/message"
+else
+    echo -n "hello through the mixnet" > "$DIR/alice/message"
+fi
+(exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
+    --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
+    --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" \
+    > "$DIR/alice/events.jsonl" 2> "$DIR/alice/log") &
+ALICE_PID=$!
+started $ALICE_PID alice
+echo "==> alice (gateway gw0) sends $MESSAGES messages to bob, one every ${INTERVAL_MS}ms"
+
+sent() { grep -c '"event":"sent"' "$DIR/alice/events.jsonl" 2>/dev/null || true; }
+received() { grep -c '"event":"received"' "$DIR/bob/events.jsonl" 2>/dev/null || true; }
+
+# --- drills ---------------------------------------------------------------------------------------
+KILLED=()
+if [ "$KILL_MIXES" -gt 0 ]; then
+    # Wait until a third of the messages left, then kill one mix in each of the first N layers.
+    t=0
+    while [ "$(sent)" -lt $(( (MESSAGES + 2) / 3 )) ] && [ $t -lt $((TIMEOUT * 10)) ]; do sleep 0.1; t=$((t + 1)); done
+    CONSENSUS=$(ls -t "$DIR"/gw0/data/consensus-*.pb | head -n1)
+    SHOW=$("$BIN" consensus show "$CONSENSUS")
+    for layer in $(seq 1 "$KILL_MIXES"); do
+        peer=$(echo "$SHOW" | awk -v l="$layer" '$1 == "node" && $3 == "Mix" && $5 == l { print $6; exit }')
+        for m in "$DIR"/mix*; do
+            if grep -q "$peer" "$m/data/listen-addrs" 2>/dev/null; then
+                name=$(basename "$m")
+                pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
+                kill "$pid" 2>/dev/null || true
+                KILLED+=("$name")
+                echo "==> killed $name (layer $layer) with $(sent) of $MESSAGES messages sent"
+            fi
+        done
+    done
+fi
+AUTHORITY_DRILL=""
+if [ "$KILL_AUTHORITY" -gt 0 ]; then
+    pid=$(awk '$2 == "auth2" { print $1 }' "$DIR/pids")
+    kill "$pid" 2>/dev/null || true
+    NOW=$(now_ms)
+    EPOCH_NOW=$(( (NOW - GENESIS) / EPOCH_MS ))
+    WANT=$((EPOCH_NOW + 2))
+    echo "==> stopped auth2 in epoch $EPOCH_NOW; waiting for the consensus of epoch $WANT"
+    AUTHORITY_DRILL="fail"
+    t=0
+    while [ $t -lt $(( (3 * EPOCH_MS) / 100 + 100 )) ]; do
+        if [ -s "$DIR/gw0/data/consensus-$WANT.pb" ]; then
+            if "$BIN" consensus verify "$DIR/gw0/data/consensus-$WANT.pb" \
+                --authorities "$DIR/authorities.toml" --now-ms $(( GENESIS + WANT * EPOCH_MS )) > "$DIR/authority-drill.txt"; then
+                AUTHORITY_DRILL="ok"
+            fi
+            break
+        fi
+        sleep 0.1; t=$((t + 1))
+    done
+    echo "==> authority drill: consensus of epoch $WANT with 2 of 3 authorities: $AUTHORITY_DRILL $(cat "$DIR/authority-drill.txt" 2>/dev/null)"
+fi
+
+# --- wait for the messages ------------------------------------------------------------------------
+t=0
+FIRST=""
+while kill -0 "$ALICE_PID" 2>/dev/null || kill -0 "$BOB_PID" 2>/dev/null; do
+    if [ -z "$FIRST" ] && [ "$(received)" -gt 0 ]; then
+        FIRST=$(( $(date +%s) - STARTED ))
+        end_progress
+        echo "==> first message arrived ${FIRST}s after the command started"
+    fi
+    progress "sent $(sent), received $(received) of $MESSAGES"
+    [ $t -ge $(( (TIMEOUT + 30) * 2 )) ] && break
+    sleep 0.5; t=$((t + 1))
+done
+end_progress
+
+# --- report ---------------------------------------------------------------------------------------
+for d in "$DIR"/gw* "$DIR"/mix*; do
+    name=$(basename "$d")
+    if [ -s "$d/data/metrics-addr" ] && pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids") && kill -0 "$pid" 2>/dev/null; then
+        scrape "$(head -n1 "$d/data/metrics-addr")" > "$d/metrics.txt" 2>/dev/null || true
+    fi
+done
+set +e
+"$REPORT" --sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl" \
+    --mean-delay-ms "$MEAN_DELAY_MS" --layers 3 --send-interval-ms 20 \
+    --plot "$DIR/report.png" --summary "$DIR/summary.txt" \
+    ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
+    ${KILLED[@]:+--drill "killed=${KILLED[*]}"}
+CODE=$?
+set -e
+exit $CODE
