@@ -92,3 +92,5 @@ pub fn sleep_until(t: u64) {
         sleep(Duration::from_millis(t - now));
     }
 }
+
+pub mod net;

@@ -1,0 +1,289 @@
+//! dApps on real swarms over 127.0.0.1: each swarm carries the client behaviour next to another
+//! behaviour (ping), fetches and verifies the consensus itself, and talks to the other through
+//! 3 authorities, 2 gateways and 6 mixes running as processes.
+//!
+//! - Alice sends to Bob with a SURB; Bob answers through it; Alice gets the answer and the
+//!   acknowledgement.
+//! - Bob is away: his gateway keeps Alice's message in his mailbox, on disk across a restart of
+//!   the gateway, and hands it over when Bob comes back.
+//!
+//! The tests run one at a time (11 processes each on a 2-core machine).
+#![allow(missing_docs, unreachable_pub)]
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId,
+    identity::Keypair,
+    ping,
+    swarm::{NetworkBehaviour, Swarm, SwarmEvent},
+};
+use p2pmix::{
+    authority_node::build_swarm,
+    client::{self, Address, ClientConfig, Config, Event, StaticKey},
+    config::Authorities,
+};
+
+mod common;
+use common::{net::Net, wait_for};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// Longest wait for one step on the network.
+const STEP: Duration = Duration::from_secs(90);
+
+#[derive(NetworkBehaviour)]
+struct DApp {
+    mixnet: client::Behaviour,
+    ping: ping::Behaviour,
+}
+
+struct Identity {
+    keypair: Keypair,
+    noise: StaticKey,
+}
+
+impl Identity {
+    fn new() -> Self {
+        Identity {
+            keypair: Keypair::generate_ed25519(),
+            noise: StaticKey::generate().unwrap(),
+        }
+    }
+}
+
+fn dapp(net: &Net, who: &Identity, gateway: usize) -> Swarm<DApp> {
+    let authorities = Authorities::load(&net.scratch.0.join("authorities.toml")).unwrap();
+    let noise = StaticKey::from_secret(who.noise.secret()[..].try_into().unwrap()).unwrap();
+    let address: Multiaddr = net.listen_addr(gateway).parse().unwrap();
+    let config = Config {
+        gateway: net.peer(gateway),
+        gateway_addresses: vec![address],
+        authorities,
+        client: ClientConfig::default(),
+    };
+    build_swarm(who.keypair.clone(), |key| DApp {
+        mixnet: client::Behaviour::new(key.public().to_peer_id(), noise, config).unwrap(),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
+    })
+    .unwrap()
+}
+
+/// Polls `swarms` until `done` returns a value (or panics after [`STEP`]); every behaviour
+/// event goes to `on_event` with the index of its swarm.
+async fn run_until<T>(
+    swarms: &mut [&mut Swarm<DApp>],
+    what: &str,
+    mut on_event: impl FnMut(usize, &mut Swarm<DApp>, DAppEvent) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + STEP;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        assert!(!remaining.is_zero(), "timed out waiting for {what}");
+        let next = futures::future::select_all(
+            swarms
+                .iter_mut()
+                .enumerate()
+                .map(|(i, s)| Box::pin(async move { (i, s.select_next_some().await) })),
+        );
+        let Ok(((i, event), ..)) = tokio::time::timeout(remaining, next).await else {
+            panic!("timed out waiting for {what}");
+        };
+        if let SwarmEvent::Behaviour(e) = event
+            && let Some(v) = on_event(i, swarms[i], e)
+        {
+            return v;
+        }
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn a_dapp_sends_to_another_and_gets_the_answer_through_a_surb() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let net = Net::start("surb");
+    let _ = net.consensus(1);
+    let (alice_id, bob_id) = (Identity::new(), Identity::new());
+    runtime().block_on(async {
+        let mut alice = dapp(&net, &alice_id, 0);
+        let mut bob = dapp(&net, &bob_id, 1);
+        let bob_address: Address = bob.behaviour().mixnet.address();
+        // Both fetch and verify a consensus themselves before anything can be sent.
+        let mut ready = [false, false];
+        let mut pinged = false;
+        run_until(
+            &mut [&mut alice, &mut bob],
+            "both consensus documents",
+            |i, _, e| {
+                match e {
+                    DAppEvent::Mixnet(Event::Consensus { .. }) => ready[i] = true,
+                    DAppEvent::Ping(ping::Event { result: Ok(_), .. }) => pinged = true,
+                    _ => {}
+                }
+                (ready == [true, true]).then_some(())
+            },
+        )
+        .await;
+
+        let question = alice
+            .behaviour_mut()
+            .mixnet
+            .send_with_replies(&bob_address, b"ping through the mixnet", 1)
+            .unwrap();
+        let mut answered = false;
+        let mut acknowledged = false;
+        run_until(
+            &mut [&mut alice, &mut bob],
+            "the answer and the acknowledgement",
+            |i, swarm, e| {
+                match (i, e) {
+                    (
+                        1,
+                        DAppEvent::Mixnet(Event::Received {
+                            id,
+                            bytes,
+                            from,
+                            reply,
+                            ..
+                        }),
+                    ) => {
+                        assert_eq!(id, question);
+                        assert_eq!(bytes, b"ping through the mixnet");
+                        assert_eq!(from, None, "an anonymous sender stays anonymous");
+                        let handle = reply.expect("the message carried a SURB");
+                        swarm
+                            .behaviour_mut()
+                            .mixnet
+                            .reply(handle, b"pong, without knowing who asked")
+                            .unwrap();
+                    }
+                    (
+                        0,
+                        DAppEvent::Mixnet(Event::Received {
+                            bytes, in_reply_to, ..
+                        }),
+                    ) => {
+                        assert_eq!(in_reply_to, Some(question));
+                        assert_eq!(bytes, b"pong, without knowing who asked");
+                        answered = true;
+                    }
+                    (0, DAppEvent::Mixnet(Event::Delivered(id))) => {
+                        assert_eq!(id, question);
+                        acknowledged = true;
+                    }
+                    (_, DAppEvent::Mixnet(Event::Failed(id, reason))) => {
+                        panic!("{id} failed: {reason}")
+                    }
+                    (_, DAppEvent::Ping(ping::Event { result: Ok(_), .. })) => pinged = true,
+                    _ => {}
+                }
+                (answered && acknowledged).then_some(())
+            },
+        )
+        .await;
+        assert!(pinged, "the dApp's other behaviour works on the same swarm");
+    });
+}
+
+#[test]
+fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut net = Net::start("mailbox");
+    let _ = net.consensus(1);
+    let (alice_id, bob_id) = (Identity::new(), Identity::new());
+    let rt = runtime();
+    // Bob registers with gateway 1 (his first fetch), then goes away.
+    let bob_address = rt.block_on(async {
+        let mut bob = dapp(&net, &bob_id, 1);
+        let address = bob.behaviour().mixnet.address();
+        run_until(&mut [&mut bob], "bob's consensus", |_, _, e| {
+            matches!(e, DAppEvent::Mixnet(Event::Consensus { .. })).then_some(())
+        })
+        .await;
+        wait_for("bob's registration", Duration::from_secs(30), || {
+            net.log(1).contains("client registered").then_some(())
+        });
+        address
+    });
+
+    // Alice writes while Bob is away; the gateway stores the packet.
+    let stored_before = net.metrics(1).get("p2pmix_mailbox_stored_total");
+    let mut alice = dapp(&net, &alice_id, 0);
+    let sent = rt.block_on(async {
+        run_until(&mut [&mut alice], "alice's consensus", |_, _, e| {
+            matches!(e, DAppEvent::Mixnet(Event::Consensus { .. })).then_some(())
+        })
+        .await;
+        let id = alice
+            .behaviour_mut()
+            .mixnet
+            .send(&bob_address, b"kept for you")
+            .unwrap();
+        // Keep Alice's swarm running until the gateway holds the packet.
+        let deadline = Instant::now() + STEP;
+        while net.metrics(1).get("p2pmix_mailbox_stored_total") <= stored_before {
+            assert!(
+                Instant::now() < deadline,
+                "the gateway never stored the packet"
+            );
+            let _ =
+                tokio::time::timeout(Duration::from_millis(200), alice.select_next_some()).await;
+        }
+        id
+    });
+
+    // The gateway restarts (same identity, new port) and still holds it.
+    let gateway: PeerId = net.peer(1);
+    net.nodes[1].running = None;
+    net.start_node(1);
+    assert_eq!(net.peer(1), gateway);
+    assert!(
+        net.log(1).contains("mailboxes opened clients=1 held=1"),
+        "{}",
+        net.log(1)
+    );
+
+    // Bob comes back with the same keys: the message is handed over, exactly once, and Alice
+    // gets the acknowledgement (its packets cross the restarted gateway, which relays again
+    // from the next epoch: retransmissions cover the gap).
+    rt.block_on(async {
+        let mut bob = dapp(&net, &bob_id, 1);
+        assert_eq!(bob.behaviour().mixnet.address(), bob_address);
+        let mut received = 0;
+        let mut acknowledged = false;
+        run_until(
+            &mut [&mut alice, &mut bob],
+            "the stored message and its acknowledgement",
+            |i, _, e| {
+                match (i, e) {
+                    (1, DAppEvent::Mixnet(Event::Received { id, bytes, .. })) => {
+                        assert_eq!((id, &bytes[..]), (sent, &b"kept for you"[..]));
+                        received += 1;
+                    }
+                    (0, DAppEvent::Mixnet(Event::Delivered(id))) => {
+                        assert_eq!(id, sent);
+                        acknowledged = true;
+                    }
+                    (_, DAppEvent::Mixnet(Event::Failed(id, reason))) => {
+                        panic!("{id} failed: {reason}")
+                    }
+                    _ => {}
+                }
+                (received > 0 && acknowledged).then_some(())
+            },
+        )
+        .await;
+        assert_eq!(received, 1);
+    });
+}
