@@ -1,8 +1,10 @@
 //! [`Client`]: the client behaviour on a swarm of its own, for programs that do not run one.
 //!
 //! The swarm runs on a tokio task; the handle sends commands to it and receives its events.
-//! Events queue without bound until the program takes them (a client that stops reading keeps
-//! its cover traffic going rather than stalling the swarm). Dropping the handle stops the task.
+//! Up to [`MAX_UNREAD_EVENTS`] events wait for the program; beyond that the swarm pauses until
+//! the program reads again (no mailbox fetches, no acknowledgements: the gateway keeps the
+//! packets and senders retransmit, so nothing is lost, but cover traffic pauses too). Dropping
+//! the handle stops the task.
 
 use futures::StreamExt;
 use libp2p::{identity::Keypair, swarm::SwarmEvent};
@@ -35,6 +37,9 @@ pub enum ClientError {
     Stopped,
 }
 
+/// Events that may wait for the program before the swarm pauses.
+pub const MAX_UNREAD_EVENTS: usize = 1024;
+
 enum Command {
     Send {
         to: Address,
@@ -55,7 +60,7 @@ enum Command {
 pub struct Client {
     address: Address,
     commands: mpsc::Sender<Command>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::Receiver<Event>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -74,10 +79,19 @@ impl Client {
         let mut swarm = build_swarm(identity, |_| behaviour)
             .map_err(|e| ClientError::Network(e.to_string()))?;
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);
-        let (event_tx, events) = mpsc::unbounded_channel();
+        let (event_tx, events) = mpsc::channel(MAX_UNREAD_EVENTS);
         let task = tokio::spawn(async move {
+            let mut unread = std::collections::VecDeque::new();
             loop {
                 tokio::select! {
+                    permit = event_tx.reserve(), if !unread.is_empty() => match permit {
+                        Ok(permit) => {
+                            if let Some(event) = unread.pop_front() {
+                                permit.send(event);
+                            }
+                        }
+                        Err(_) => return,
+                    },
                     command = command_rx.recv() => match command {
                         Some(Command::Send { to, bytes, reply_surbs, done }) => {
                             let result =
@@ -92,11 +106,9 @@ impl Client {
                         }
                         None => return,
                     },
-                    event = swarm.select_next_some() => {
-                        if let SwarmEvent::Behaviour(event) = event
-                            && event_tx.send(event).is_err()
-                        {
-                            return;
+                    event = swarm.select_next_some(), if unread.len() < MAX_UNREAD_EVENTS => {
+                        if let SwarmEvent::Behaviour(event) = event {
+                            unread.push_back(event);
                         }
                     }
                 }
