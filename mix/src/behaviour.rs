@@ -283,15 +283,11 @@ impl Behaviour {
         if !reason.is_peer_fault() {
             return;
         }
-        // A bad MAC, a replay or an unknown key from a consensus node may be a client's doing
-        // further up the route (a packet valid for one hop can be broken for the next, and
-        // clocks differ around epoch boundaries): only direct faults (framing, rate) count
-        // against nodes, or one client could make honest mixes ban each other.
-        if matches!(
-            reason,
-            DropReason::BadMac | DropReason::Replay | DropReason::UnknownKey
-        ) && self.relay.is_node(&peer)
-        {
+        // A bad MAC or a replay from a consensus node may be a client's doing further up the
+        // route (a packet valid for one hop can be broken for the next): only direct faults
+        // (framing, rate) count against nodes, or one client could make honest mixes ban each
+        // other.
+        if matches!(reason, DropReason::BadMac | DropReason::Replay) && self.relay.is_node(&peer) {
             return;
         }
         let Some((_, faults)) = self.buckets.get_mut(&peer) else {

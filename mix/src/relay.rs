@@ -90,13 +90,16 @@ impl DropReason {
 
     /// Whether a neighbour that keeps causing this drop is misbehaving (rather than unlucky):
     /// nodes cut off peers that send many of these.
+    ///
+    /// An unknown key is not: it is what every honest client sends to a node that restarted and
+    /// retired the key of the epoch under way, or whose clock is a little off at an epoch
+    /// boundary, and refusing it costs one byte comparison (the rate limit bounds a flood).
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,
             DropReason::WrongSize
                 | DropReason::BadMac
                 | DropReason::Replay
-                | DropReason::UnknownKey
                 | DropReason::RateLimited
         )
     }

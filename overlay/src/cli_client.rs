@@ -230,7 +230,10 @@ async fn listen(
                 }
                 continue;
             }
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::signal::ctrl_c() => {
+                client.flush(Duration::from_secs(5)).await?;
+                return Ok(ExitCode::SUCCESS);
+            }
         };
         match event {
             None => bail!("the client stopped"),

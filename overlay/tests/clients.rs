@@ -78,12 +78,25 @@ fn dapp(net: &Net, who: &Identity, gateway: usize) -> Swarm<DApp> {
 async fn run_until<T>(
     swarms: &mut [&mut Swarm<DApp>],
     what: &str,
-    mut on_event: impl FnMut(usize, &mut Swarm<DApp>, DAppEvent) -> Option<T>,
+    on_event: impl FnMut(usize, &mut Swarm<DApp>, DAppEvent) -> Option<T>,
 ) -> T {
+    match try_run_until(swarms, on_event).await {
+        Some(v) => v,
+        None => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// [`run_until`], `None` after [`STEP`].
+async fn try_run_until<T>(
+    swarms: &mut [&mut Swarm<DApp>],
+    mut on_event: impl FnMut(usize, &mut Swarm<DApp>, DAppEvent) -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + STEP;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        assert!(!remaining.is_zero(), "timed out waiting for {what}");
+        if remaining.is_zero() {
+            return None;
+        }
         let next = futures::future::select_all(
             swarms
                 .iter_mut()
@@ -91,12 +104,12 @@ async fn run_until<T>(
                 .map(|(i, s)| Box::pin(async move { (i, s.select_next_some().await) })),
         );
         let Ok(((i, event), ..)) = tokio::time::timeout(remaining, next).await else {
-            panic!("timed out waiting for {what}");
+            return None;
         };
         if let SwarmEvent::Behaviour(e) = event
             && let Some(v) = on_event(i, swarms[i], e)
         {
-            return v;
+            return Some(v);
         }
     }
 }
@@ -243,11 +256,14 @@ fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
         id
     });
 
-    // The gateway restarts (same identity, new port) and still holds it.
+    // The gateway restarts (same identity and address, as a production gateway keeps its
+    // configured port) and still holds it.
     let gateway: PeerId = net.peer(1);
+    let address = net.listen_addr(1);
+    let listen = address.split("/p2p/").next().unwrap().to_string();
     net.nodes[1].running = None;
-    net.start_node(1);
-    assert_eq!(net.peer(1), gateway);
+    net.start_node_listening(1, Some(&listen));
+    assert_eq!(net.listen_addr(1), address);
     assert!(
         net.log(1).contains("mailboxes opened clients=1 held=1"),
         "{}",
@@ -262,28 +278,48 @@ fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
         assert_eq!(bob.behaviour().mixnet.address(), bob_address);
         let mut received = 0;
         let mut acknowledged = false;
-        run_until(
-            &mut [&mut alice, &mut bob],
-            "the stored message and its acknowledgement",
-            |i, _, e| {
-                match (i, e) {
-                    (1, DAppEvent::Mixnet(Event::Received { id, bytes, .. })) => {
-                        assert_eq!((id, &bytes[..]), (sent, &b"kept for you"[..]));
-                        received += 1;
-                    }
-                    (0, DAppEvent::Mixnet(Event::Delivered(id))) => {
-                        assert_eq!(id, sent);
-                        acknowledged = true;
-                    }
-                    (_, DAppEvent::Mixnet(Event::Failed(id, reason))) => {
-                        panic!("{id} failed: {reason}")
-                    }
-                    _ => {}
+        let phase = Instant::now();
+        let done = try_run_until(&mut [&mut alice, &mut bob], |i, _, e| {
+            match (i, e) {
+                (1, DAppEvent::Mixnet(Event::Received { id, bytes, .. })) => {
+                    assert_eq!((id, &bytes[..]), (sent, &b"kept for you"[..]));
+                    eprintln!("{:?} bob received the stored message", phase.elapsed());
+                    received += 1;
                 }
-                (received > 0 && acknowledged).then_some(())
-            },
-        )
+                (0, DAppEvent::Mixnet(Event::Delivered(id))) => {
+                    assert_eq!(id, sent);
+                    eprintln!("{:?} alice got the acknowledgement", phase.elapsed());
+                    acknowledged = true;
+                }
+                (i, DAppEvent::Mixnet(Event::Consensus { epoch })) => {
+                    eprintln!("dApp {i}: consensus of epoch {epoch}");
+                }
+                (_, DAppEvent::Mixnet(Event::Failed(id, reason))) => {
+                    panic!("{id} failed: {reason}")
+                }
+                _ => {}
+            }
+            (received > 0 && acknowledged).then_some(())
+        })
         .await;
+        if done.is_none() || std::env::var_os("P2PMIX_TEST_VERBOSE").is_some() {
+            for i in 0..net.nodes.len() {
+                let m = net.metrics(i);
+                let mut series: Vec<_> = m
+                    .0
+                    .iter()
+                    .filter(|(k, v)| **v > 0.0 && (k.contains("total") && !k.contains("bucket")))
+                    .collect();
+                series.sort_by(|a, b| a.0.cmp(b.0));
+                eprintln!("node {i}: {series:?}");
+            }
+            eprintln!("alice: {:?}", alice.behaviour().mixnet.stats());
+            eprintln!("bob: {:?}", bob.behaviour().mixnet.stats());
+        }
+        assert!(
+            done.is_some(),
+            "timed out: received {received}, acknowledged {acknowledged}"
+        );
         assert_eq!(received, 1);
     });
 }

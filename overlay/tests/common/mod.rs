@@ -39,7 +39,10 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
+        // P2PMIX_TEST_KEEP=1 keeps the directories (logs, data) to see why a test failed.
+        if std::env::var_os("P2PMIX_TEST_KEEP").is_none() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
     }
 }
 

@@ -102,6 +102,12 @@ impl Net {
     }
 
     pub fn start_node(&mut self, i: usize) {
+        self.start_node_listening(i, None);
+    }
+
+    /// Starts node `i` on `listen` (e.g. the address an earlier run of it was given by the OS,
+    /// as a restarted production node keeps its configured port), or on port 0.
+    pub fn start_node_listening(&mut self, i: usize, listen: Option<&str>) {
         let bootstrap = (i != 0).then(|| self.listen_addr(0));
         let node = &mut self.nodes[i];
         let _ = fs::remove_file(node.dir.join("data/listen-addrs"));
@@ -122,6 +128,9 @@ impl Net {
         ];
         if let Some(b) = bootstrap {
             args.extend(["--bootstrap".into(), b]);
+        }
+        if let Some(l) = listen {
+            args.extend(["--listen".into(), l.into()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         node.running = Some(spawn(&node.dir, &args, "info,p2pmix=debug"));
