@@ -260,6 +260,7 @@ fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
     // configured port) and still holds it.
     let gateway: PeerId = net.peer(1);
     let address = net.listen_addr(1);
+    assert!(address.ends_with(&gateway.to_string()));
     let listen = address.split("/p2p/").next().unwrap().to_string();
     net.nodes[1].running = None;
     net.start_node_listening(1, Some(&listen));
