@@ -77,6 +77,9 @@ BIN="$ROOT/target/$PROFILE/p2pmix"
 REPORT="$ROOT/target/$PROFILE/p2pmix-testnet-report"
 
 [ -n "$DIR" ] || DIR="$ROOT/target/testnet/run-$(date +%Y%m%d-%H%M%S)-$$"
+if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
+    echo "--dir $DIR is not empty: a run directory must be fresh" >&2; exit 2
+fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 : > "$DIR/pids"
@@ -207,8 +210,9 @@ ALICE_GW=$(head -n1 "$DIR/gw0/data/listen-addrs")
 BOB_GW=$(head -n1 "$DIR/gw$LAST_GW/data/listen-addrs")
 BOB=$("$BIN" client address --data-dir "$DIR/bob" --gateway "$BOB_GW")
 echo "==> bob (gateway gw$LAST_GW) is $BOB"
+# Bob listens until Alice is done (he acknowledges every copy she retransmits), then is stopped.
 (exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
-    --authorities "$DIR/authorities.toml" --count "$MESSAGES" --timeout "$TIMEOUT" \
+    --authorities "$DIR/authorities.toml" --timeout $((TIMEOUT + 60)) \
     > "$DIR/bob/events.jsonl" 2> "$DIR/bob/log") &
 BOB_PID=$!
 started $BOB_PID bob
@@ -238,6 +242,7 @@ if [ "$KILL_MIXES" -gt 0 ]; then
     SHOW=$("$BIN" consensus show "$CONSENSUS")
     for layer in $(seq 1 "$KILL_MIXES"); do
         peer=$(echo "$SHOW" | awk -v l="$layer" '$1 == "node" && $3 == "Mix" && $5 == l { print $6; exit }')
+        if [ -z "$peer" ]; then echo "==> no mix of layer $layer in the consensus to kill"; continue; fi
         for m in "$DIR"/mix*; do
             if grep -q "$peer" "$m/data/listen-addrs" 2>/dev/null; then
                 name=$(basename "$m")
@@ -274,18 +279,20 @@ fi
 
 # --- wait for the messages ------------------------------------------------------------------------
 t=0
-FIRST=""
-while kill -0 "$ALICE_PID" 2>/dev/null || kill -0 "$BOB_PID" 2>/dev/null; do
-    if [ -z "$FIRST" ] && [ "$(received)" -gt 0 ]; then
-        FIRST=$(( $(date +%s) - STARTED ))
-        end_progress
-        echo "==> first message arrived ${FIRST}s after the command started"
-    fi
-    progress "sent $(sent), received $(received) of $MESSAGES"
+while kill -0 "$ALICE_PID" 2>/dev/null; do
+    progress "sent $(sent), received $(received) of $MESSAGES, acknowledged $(grep -c '"event":"delivered"' "$DIR/alice/events.jsonl" 2>/dev/null || true)"
     [ $t -ge $(( (TIMEOUT + 30) * 2 )) ] && break
     sleep 0.5; t=$((t + 1))
 done
+progress "sent $(sent), received $(received) of $MESSAGES, acknowledged $(grep -c '"event":"delivered"' "$DIR/alice/events.jsonl" 2>/dev/null || true)"
 end_progress
+# Bob leaves like Ctrl-C: his last acknowledgements go out and what arrived is printed.
+kill -INT "$BOB_PID" 2>/dev/null || true
+for _ in $(seq 1 150); do kill -0 "$BOB_PID" 2>/dev/null || break; sleep 0.1; done
+FIRST_MS=$(grep '"event":"received"' "$DIR/bob/events.jsonl" 2>/dev/null | head -n1 | sed -n 's/.*"ms":\([0-9]*\).*/\1/p')
+if [ -n "$FIRST_MS" ]; then
+    echo "==> first message arrived $(( FIRST_MS / 1000 - STARTED ))s after the command started"
+fi
 
 # --- report ---------------------------------------------------------------------------------------
 for d in "$DIR"/gw* "$DIR"/mix*; do
@@ -295,7 +302,9 @@ for d in "$DIR"/gw* "$DIR"/mix*; do
     fi
 done
 set +e
-"$REPORT" --sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl" \
+wait "$ALICE_PID"; ALICE_CODE=$?
+[ "$ALICE_CODE" = 0 ] || echo "==> the sending client exited with status $ALICE_CODE (see $DIR/alice/log)"
+"$REPORT" --expected "$MESSAGES" --sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl" \
     --mean-delay-ms "$MEAN_DELAY_MS" --layers 3 --send-interval-ms 20 \
     --plot "$DIR/report.png" --summary "$DIR/summary.txt" \
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \

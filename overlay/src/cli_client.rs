@@ -39,7 +39,9 @@ pub(crate) struct ClientArgs {
 
 #[derive(clap::Subcommand)]
 pub(crate) enum ClientCommand {
-    /// Print this client's address (give it to those who should write to you).
+    /// Print this client's address (give it to those who should write to you). The gateway
+    /// keeps messages for the address once the client has fetched from it once (`listen` or
+    /// `send`); before that it refuses them.
     Address(ClientArgs),
     /// Receive messages and print them as they arrive.
     Listen {
@@ -213,11 +215,20 @@ async fn listen(
     );
     let deadline = timeout.map(|t| Instant::now() + Duration::from_secs(t));
     let mut received = 0u64;
+    // Before leaving: let the last acknowledgements go out (or their senders retransmit to
+    // nobody), and print what had already arrived (its senders count it as delivered).
+    async fn leave(client: &mut Client, json: bool, code: ExitCode) -> Result<ExitCode> {
+        client.flush(Duration::from_secs(10)).await?;
+        while let Some(event) = client.try_next_event() {
+            if let Event::Received { id, bytes, .. } = event {
+                print_received(json, id, &bytes, None, None, 0);
+            }
+        }
+        Ok(code)
+    }
     loop {
         if count.is_some_and(|c| received >= c) {
-            // Let the last acknowledgements leave, or their senders retransmit to nobody.
-            client.flush(Duration::from_secs(10)).await?;
-            return Ok(ExitCode::SUCCESS);
+            return leave(&mut client, args.json, ExitCode::SUCCESS).await;
         }
         let wait = deadline.map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
@@ -226,13 +237,12 @@ async fn listen(
             e = client.next_event() => e,
             _ = tokio::time::sleep(wait) => {
                 if deadline.is_some() {
-                    return Ok(ExitCode::from(1));
+                    return leave(&mut client, args.json, ExitCode::from(1)).await;
                 }
                 continue;
             }
             _ = tokio::signal::ctrl_c() => {
-                client.flush(Duration::from_secs(5)).await?;
-                return Ok(ExitCode::SUCCESS);
+                return leave(&mut client, args.json, ExitCode::SUCCESS).await;
             }
         };
         match event {
@@ -250,20 +260,13 @@ async fn listen(
                 reply: handle,
             }) => {
                 received += 1;
-                let text = String::from_utf8_lossy(&bytes);
-                print(
+                print_received(
                     args.json,
-                    json!({
-                        "event": "received",
-                        "id": id.to_string(),
-                        "ms": unix_ms(),
-                        "bytes": bytes.len(),
-                        "text": text,
-                        "from": from.map(hex::encode),
-                        "in_reply_to": in_reply_to.map(|m| m.to_string()),
-                        "surbs": handle.as_ref().map_or(0, |h| h.surbs()),
-                    }),
-                    format!("{id}: {text}"),
+                    id,
+                    &bytes,
+                    from,
+                    in_reply_to,
+                    handle.as_ref().map_or(0, |h| h.surbs()),
                 );
                 if let (Some(text), Some(handle)) = (&reply, handle)
                     && let Err(e) = client.reply(handle, text.clone().into_bytes()).await
@@ -274,6 +277,31 @@ async fn listen(
             Some(Event::Delivered(_) | Event::Failed(..)) => {}
         }
     }
+}
+
+fn print_received(
+    json: bool,
+    id: MessageId,
+    bytes: &[u8],
+    from: Option<[u8; 32]>,
+    in_reply_to: Option<MessageId>,
+    surbs: usize,
+) {
+    let text = String::from_utf8_lossy(bytes);
+    print(
+        json,
+        json!({
+            "event": "received",
+            "id": id.to_string(),
+            "ms": unix_ms(),
+            "bytes": bytes.len(),
+            "text": text,
+            "from": from.map(hex::encode),
+            "in_reply_to": in_reply_to.map(|m| m.to_string()),
+            "surbs": surbs,
+        }),
+        format!("{id}: {text}"),
+    );
 }
 
 async fn send(

@@ -74,6 +74,8 @@ pub struct MailboxConfig {
     pub max_bytes: usize,
     /// Registered clients at most.
     pub max_clients: usize,
+    /// A registration with an empty mailbox and no fetch for this long is forgotten.
+    pub idle_registration: Duration,
 }
 
 impl Default for MailboxConfig {
@@ -83,6 +85,7 @@ impl Default for MailboxConfig {
             ttl: Duration::from_secs(24 * 3600),
             max_bytes: 512 << 20,
             max_clients: 100_000,
+            idle_registration: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -134,6 +137,10 @@ struct Mailbox {
     packets: BTreeMap<u64, StoredPacket>,
     next_seq: u64,
     bytes: usize,
+    /// The highest number handed to the client since this gateway started: acknowledgements
+    /// beyond it (from before a restart) delete nothing the client has not seen.
+    handed_through: u64,
+    last_seen_ms: u64,
 }
 
 /// All mailboxes of a gateway. See the module documentation.
@@ -186,6 +193,7 @@ impl MailboxStore {
             };
             let mut mailbox = Mailbox {
                 next_seq: store.seq_floor,
+                last_seen_ms: now_ms,
                 ..Mailbox::default()
             };
             for file in fs::read_dir(entry.path())? {
@@ -215,9 +223,11 @@ impl MailboxStore {
         self.dir.as_ref().map(|d| d.join(client_hex(client)))
     }
 
-    /// Registers `client` (idempotent); `Ok(true)` when it is new.
-    pub fn register(&mut self, client: ClientId) -> Result<bool, MailboxError> {
-        if self.boxes.contains_key(&client) {
+    /// Registers `client` (idempotent; it also marks the client as seen at `now_ms`);
+    /// `Ok(true)` when it is new.
+    pub fn register(&mut self, client: ClientId, now_ms: u64) -> Result<bool, MailboxError> {
+        if let Some(mailbox) = self.boxes.get_mut(&client) {
+            mailbox.last_seen_ms = now_ms;
             return Ok(false);
         }
         if self.boxes.len() >= self.config.max_clients {
@@ -230,6 +240,7 @@ impl MailboxStore {
             client,
             Mailbox {
                 next_seq: self.seq_floor,
+                last_seen_ms: now_ms,
                 ..Mailbox::default()
             },
         );
@@ -303,8 +314,14 @@ impl MailboxStore {
         Ok(seq)
     }
 
-    /// Deletes `client`'s packets up to `ack_through` and returns up to `max` of the rest,
-    /// oldest first, with the number left after them.
+    /// Deletes `client`'s packets up to `ack_through` (at most up to the highest number
+    /// handed to it since this gateway started) and returns up to `max` of the rest, oldest
+    /// first, with the number left after them.
+    ///
+    /// After a restart an acknowledgement from before it deletes nothing: everything still
+    /// held is handed over again (the client drops what it already has by message id), so
+    /// that even a clock stepped back, which could number new packets below the old
+    /// acknowledgement, loses nothing.
     pub fn fetch(
         &mut self,
         client: &ClientId,
@@ -315,6 +332,7 @@ impl MailboxStore {
         let Some(mailbox) = self.boxes.get_mut(client) else {
             return (Vec::new(), 0);
         };
+        let ack_through = ack_through.min(mailbox.handed_through);
         let keep = mailbox.packets.split_off(&ack_through.saturating_add(1));
         let acked = std::mem::replace(&mut mailbox.packets, keep);
         for packet in acked.values() {
@@ -323,12 +341,26 @@ impl MailboxStore {
             remove_packet(dir.as_deref(), packet.seq);
         }
         let out: Vec<StoredPacket> = mailbox.packets.values().take(max).cloned().collect();
+        if let Some(last) = out.last() {
+            mailbox.handed_through = mailbox.handed_through.max(last.seq);
+        }
         let left = mailbox.packets.len() - out.len();
         (out, left)
     }
 
-    /// Drops packets whose time-to-live is over; returns how many.
+    /// Drops packets whose time-to-live is over, and registrations with nothing held that were
+    /// not seen for [`MailboxConfig::idle_registration`]; returns how many packets.
     pub fn expire(&mut self, now_ms: u64) -> usize {
+        let idle = self.config.idle_registration.as_millis() as u64;
+        let dir = self.dir.clone();
+        self.boxes.retain(|client, mailbox| {
+            let keep =
+                !mailbox.packets.is_empty() || now_ms.saturating_sub(mailbox.last_seen_ms) < idle;
+            if !keep && let Some(d) = &dir {
+                let _ = fs::remove_dir_all(d.join(client_hex(client)));
+            }
+            keep
+        });
         let mut dropped = 0;
         for (client, mailbox) in &mut self.boxes {
             let dir = self.dir.as_ref().map(|d| d.join(client_hex(client)));
@@ -413,8 +445,8 @@ mod tests {
             store.store(&client(1), Label([0; 16]), b"x", T0),
             Err(MailboxError::NotRegistered)
         ));
-        assert!(store.register(client(1)).unwrap());
-        assert!(!store.register(client(1)).unwrap());
+        assert!(store.register(client(1), T0).unwrap());
+        assert!(!store.register(client(1), T0).unwrap());
         store.store(&client(1), Label([0; 16]), b"x", T0).unwrap();
         assert_eq!(store.pending(&client(1)), 1);
     }
@@ -422,7 +454,7 @@ mod tests {
     #[test]
     fn fetch_hands_over_until_acknowledged_in_order() {
         let (mut store, _) = MailboxStore::open(None, MailboxConfig::default(), T0).unwrap();
-        store.register(client(1)).unwrap();
+        store.register(client(1), T0).unwrap();
         let seqs: Vec<u64> = (0..5u8)
             .map(|i| store.store(&client(1), Label([i; 16]), &[i], T0).unwrap())
             .collect();
@@ -453,9 +485,12 @@ mod tests {
             ..MailboxConfig::default()
         };
         let (mut store, _) = MailboxStore::open(None, config, T0).unwrap();
-        store.register(client(1)).unwrap();
-        store.register(client(2)).unwrap();
-        assert!(matches!(store.register(client(3)), Err(MailboxError::Full)));
+        store.register(client(1), T0).unwrap();
+        store.register(client(2), T0).unwrap();
+        assert!(matches!(
+            store.register(client(3), T0),
+            Err(MailboxError::Full)
+        ));
         store.store(&client(1), Label([0; 16]), b"ab", T0).unwrap();
         store.store(&client(1), Label([0; 16]), b"cd", T0).unwrap();
         assert!(matches!(
@@ -476,7 +511,7 @@ mod tests {
             ..MailboxConfig::default()
         };
         let (mut store, _) = MailboxStore::open(None, config, T0).unwrap();
-        store.register(client(1)).unwrap();
+        store.register(client(1), T0).unwrap();
         store.store(&client(1), Label([0; 16]), b"old", T0).unwrap();
         store
             .store(&client(1), Label([0; 16]), b"new", T0 + 5_000)
@@ -492,11 +527,12 @@ mod tests {
         let dir = scratch("restart");
         let (mut store, _) =
             MailboxStore::open(Some(dir.clone()), MailboxConfig::default(), T0).unwrap();
-        store.register(client(1)).unwrap();
-        store.register(client(2)).unwrap();
+        store.register(client(1), T0).unwrap();
+        store.register(client(2), T0).unwrap();
         let a = store.store(&client(1), Label([1; 16]), b"one", T0).unwrap();
         let b = store.store(&client(1), Label([2; 16]), b"two", T0).unwrap();
-        store.fetch(&client(1), a, 10);
+        store.fetch(&client(1), 0, 10); // both handed over
+        store.fetch(&client(1), a, 10); // the first one processed
         drop(store);
         // A write cut short by a crash, and a damaged file.
         let client_dir = dir.join(client_hex(&client(1)));
@@ -525,6 +561,27 @@ mod tests {
     }
 
     #[test]
+    fn idle_empty_registrations_are_forgotten() {
+        let dir = scratch("idle");
+        let config = MailboxConfig {
+            idle_registration: Duration::from_secs(100),
+            ..MailboxConfig::default()
+        };
+        let (mut store, _) = MailboxStore::open(Some(dir.clone()), config, T0).unwrap();
+        store.register(client(1), T0).unwrap();
+        store.register(client(2), T0).unwrap();
+        store.store(&client(2), Label([1; 16]), b"x", T0).unwrap();
+        store.register(client(3), T0).unwrap();
+        store.register(client(3), T0 + 60_000).unwrap(); // seen again
+        store.expire(T0 + 100_000);
+        assert!(!store.is_registered(&client(1)));
+        assert!(store.is_registered(&client(2)), "it still holds a packet");
+        assert!(store.is_registered(&client(3)));
+        assert!(!dir.join(client_hex(&client(1))).exists());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn expired_packets_are_not_loaded() {
         let dir = scratch("expired");
         let config = MailboxConfig {
@@ -532,7 +589,7 @@ mod tests {
             ..MailboxConfig::default()
         };
         let (mut store, _) = MailboxStore::open(Some(dir.clone()), config, T0).unwrap();
-        store.register(client(1)).unwrap();
+        store.register(client(1), T0).unwrap();
         store.store(&client(1), Label([1; 16]), b"x", T0).unwrap();
         drop(store);
         let (store, loaded) = MailboxStore::open(Some(dir.clone()), config, T0 + 2_000).unwrap();

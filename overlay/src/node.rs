@@ -601,6 +601,11 @@ impl Node {
             return;
         };
         let parameters = consensus.parameters();
+        if parameters.mix_loop_interval_us == 0 {
+            // The network runs without node loop cover; look again with the next consensus.
+            self.next_loop = Instant::now() + Duration::from_secs(1);
+            return;
+        }
         let mean = Duration::from_micros(parameters.mix_loop_interval_us.max(1_000));
         self.next_loop = Instant::now() + sample_exponential(mean, &mut self.rng).as_duration();
         if self.cover_topology.as_ref().map(Topology::epoch) != Some(consensus.epoch()) {
@@ -711,7 +716,7 @@ impl Node {
         self.answer_parked(&client);
         let response = match &mut self.mailboxes {
             None => Some(refusal("not a gateway")),
-            Some(store) => match store.register(client) {
+            Some(store) => match store.register(client, unix_ms()) {
                 Ok(new) => {
                     if new {
                         info!(%peer, "client registered");

@@ -409,3 +409,27 @@ fn fragments_reassemble_in_any_order_and_oversized_messages_are_refused() {
         })
     );
 }
+
+#[test]
+fn a_message_that_cannot_be_routed_fails_and_the_stream_keeps_its_pace() {
+    let mut sim = Sim::new(2, 9, ClientConfig::default());
+    let mut rng = ChaCha20Rng::seed_from_u64(9);
+    // An address naming a gateway the consensus does not have.
+    let nowhere = Address {
+        gateway: PeerId::random(),
+        ..sim.address(1)
+    };
+    let before = sim.clients[0].stats();
+    sim.clients[0]
+        .send(nowhere, b"lost cause", 0, &mut rng)
+        .unwrap();
+    sim.run(Duration::from_secs(120), |s| s.failed(0) > 0);
+    assert_eq!(sim.failed(0), 1, "the message fails after its attempts");
+    let after = sim.clients[0].stats();
+    assert_eq!(after.fragments_sent, before.fragments_sent);
+    // Every send tick that carried the unroutable fragment sent drop cover instead.
+    assert!(
+        after.drop_cover_sent - before.drop_cover_sent
+            >= ClientConfig::default().max_attempts as u64
+    );
+}

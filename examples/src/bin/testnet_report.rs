@@ -1,7 +1,7 @@
 //! `p2pmix-testnet-report`: turns the event logs of a testnet run (`testnet/run.sh`) into a
 //! human summary, a PNG of the measured end-to-end latency against the theoretical one, and, as
 //! the last line of its output, one JSON object. Exits 1 when a message was lost or duplicated
-//! or a drill failed.
+//! or a drill failed; with `--expected N`, messages the sender never sent count as lost.
 //!
 //! The theory: a message waits for a tick of the sender's Poisson stream (exponential, mean the
 //! send interval), then each of the `layers` mixes holds it for an exponential delay (mean
@@ -19,6 +19,7 @@ use p2pmix_examples::plot::{Series, density_chart, histogram};
 use rand::RngExt;
 
 struct Args {
+    expected: Option<usize>,
     sent: PathBuf,
     received: PathBuf,
     mean_delay_ms: f64,
@@ -31,6 +32,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
+        expected: None,
         sent: PathBuf::new(),
         received: PathBuf::new(),
         mean_delay_ms: 50.0,
@@ -45,6 +47,7 @@ fn parse_args() -> Result<Args, String> {
         let mut value = || it.next().ok_or(format!("{flag} needs a value"));
         let number = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
+            "--expected" => args.expected = Some(number(value()?)? as usize),
             "--sent" => args.sent = value()?.into(),
             "--received" => args.received = value()?.into(),
             "--mean-delay-ms" => args.mean_delay_ms = number(value()?)?,
@@ -119,7 +122,8 @@ fn main() -> ExitCode {
             None => strangers += 1,
         }
     }
-    let sent = sent_at.len();
+    // Messages the sender was asked to send but did not (it stopped early) count as lost.
+    let sent = sent_at.len().max(args.expected.unwrap_or(0));
     let delivered = latencies.len();
     let duplicates: u32 = copies.values().map(|n| n.saturating_sub(1)).sum();
     let lost = sent - delivered;

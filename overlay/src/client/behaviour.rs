@@ -314,7 +314,7 @@ impl Behaviour {
             self.events.push_back(Event::Consensus { epoch });
         }
         // The core: retransmissions, then whatever the send schedule says is due.
-        if now >= self.core.poll_timeout() {
+        if self.core_due().is_some_and(|at| now >= at) {
             self.core.handle_timeout(now);
             if self.installed.is_some() {
                 while let Some(packet) = self.core.poll_transmit(now, &mut self.rng) {
@@ -360,14 +360,25 @@ impl Behaviour {
             .poll_timeout(now_ms)
             .saturating_sub(now_ms)
             .min(1_000);
-        let mut at = self
-            .core
-            .poll_timeout()
-            .min(Instant::now() + Duration::from_millis(directory_in));
+        let mut at = Instant::now() + Duration::from_millis(directory_in);
+        if let Some(core) = self.core_due() {
+            at = at.min(core);
+        }
         if self.fetch.is_none() {
             at = at.min(self.fetch_after);
         }
         at
+    }
+
+    /// When the core next has work: its send schedule once packets can be built (a
+    /// consensus is installed), only its retransmission timers before that (the schedule's
+    /// past-due ticks would otherwise wake the behaviour in a loop).
+    fn core_due(&self) -> Option<Instant> {
+        if self.installed.is_some() {
+            Some(self.core.poll_timeout())
+        } else {
+            self.core.poll_retransmit_timeout()
+        }
     }
 
     fn fetch_failed(&mut self, why: &str) {

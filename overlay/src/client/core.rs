@@ -513,6 +513,12 @@ impl ClientCore {
         self.events.pop_front()
     }
 
+    /// When [`ClientCore::handle_timeout`] next has retransmissions to queue or messages to
+    /// fail (the send schedule aside: a driver that cannot send yet waits for this).
+    pub fn poll_retransmit_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse((t, ..))| *t)
+    }
+
     /// When [`ClientCore::handle_timeout`] or [`ClientCore::poll_transmit`] should next run.
     pub fn poll_timeout(&self) -> Instant {
         let send = self.schedule.poll_timeout();
@@ -611,11 +617,19 @@ impl ClientCore {
                     p
                 }
                 Emission::Real(Outgoing::Fragment { message, index }) => {
-                    let packet = self.build_fragment(now, message, index, rng);
-                    if packet.is_none() {
-                        self.retry_unroutable(now, message, index);
+                    match self.build_fragment(now, message, index, rng) {
+                        Some(packet) => Some(packet),
+                        None => {
+                            // The tick still sends a packet, or the stream would have a gap
+                            // where real traffic was due.
+                            if self.retry_unroutable(now, message, index) {
+                                self.stats.drop_cover_sent += 1;
+                                self.build_cover(false, now, rng)
+                            } else {
+                                None
+                            }
+                        }
                     }
-                    packet
                 }
                 Emission::DropCover => {
                     let p = self.build_cover(false, now, rng);
@@ -734,24 +748,30 @@ impl ClientCore {
         Some(packet)
     }
 
-    /// A fragment that could not be built (no topology yet, no route): it goes back to the
-    /// queue after [`UNROUTABLE_RETRY`], through the timer of its current attempt, so that it
-    /// still fails after the configured attempts if it never gets through.
-    fn retry_unroutable(&mut self, now: Instant, message: MessageId, index: u16) {
+    /// A fragment that could not be built (no topology, no route to its recipient's gateway):
+    /// the try counts as an attempt, and the fragment goes back to the queue after
+    /// [`UNROUTABLE_RETRY`], so that a message that can never be routed fails after the
+    /// configured attempts. Returns whether the fragment was still wanted.
+    fn retry_unroutable(&mut self, now: Instant, message: MessageId, index: u16) -> bool {
         let Some(out) = self.outbound.get_mut(&message) else {
-            return;
+            return false;
         };
         let i = index as usize;
         if out.acked.get(i).copied().unwrap_or(true) {
-            return;
+            return false;
         }
-        let attempt = out.attempts.get(i).copied().unwrap_or(0);
-        // The previous attempt's losses were counted when its timer fired.
+        let Some(attempt) = out.attempts.get_mut(i) else {
+            return false;
+        };
+        *attempt += 1;
+        let attempt = *attempt;
+        // Nothing went out: no mix is to blame when the timer fires.
         if let Some(r) = out.routes.get_mut(i) {
             r.clear();
         }
         self.timers
             .push(Reverse((now + UNROUTABLE_RETRY, message, index, attempt)));
+        true
     }
 
     fn build_cover<R: CryptoRng + ?Sized>(

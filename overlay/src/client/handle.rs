@@ -186,6 +186,12 @@ impl Client {
         Ok(())
     }
 
+    /// An event that is already waiting, if any (to drain what arrived before stopping: the
+    /// gateway and the senders consider it delivered).
+    pub fn try_next_event(&mut self) -> Option<Event> {
+        self.events.try_recv().ok()
+    }
+
     /// The next event; `None` once the client stopped.
     pub async fn next_event(&mut self) -> Option<Event> {
         self.events.recv().await

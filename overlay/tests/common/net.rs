@@ -45,8 +45,14 @@ pub struct Net {
 
 impl Net {
     /// Starts 3 authorities, then 2 gateways and 6 mixes, every node bootstrapping from the
-    /// first gateway only.
+    /// first gateway only. Nodes send no loop cover of their own, so that tests can count
+    /// exactly the packets they route.
     pub fn start(name: &str) -> Net {
+        Net::start_with(name, "mix_loop_interval_us = 0\n")
+    }
+
+    /// [`Net::start`] with `parameters` (lines of `[network.parameters]`) for the authorities.
+    pub fn start_with(name: &str, parameters: &str) -> Net {
         let scratch = Scratch::new(name);
         let genesis = unix_ms() + 9_000;
         let keys: Vec<String> = (0..3)
@@ -61,7 +67,7 @@ impl Net {
             fs::write(
                 dir.join("authority.toml"),
                 format!(
-                    "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\n{network}"
+                    "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\n{network}\n[network.parameters]\n{parameters}"
                 ),
             )
             .unwrap();
