@@ -108,6 +108,7 @@ cleanup() {
     exit $code
 }
 trap cleanup EXIT
+trap 'echo "error: testnet/run.sh stopped at line $LINENO" >&2' ERR
 trap 'echo; echo "==> interrupted"; exit 130' INT TERM
 
 # Waits up to $2 seconds for file $1 to have a line; prints it.
@@ -219,7 +220,8 @@ echo "==> bob (gateway gw$LAST_GW) is $BOB"
 BOB_PID=$!
 started $BOB_PID bob
 if [ -n "$SIZE" ]; then
-    head -c "$SIZE" /dev/urandom | base64 -w0 | head -c "$SIZE" > "$DIR/alice/message"
+    # Printable random text; head closes the pipe early, which is fine here.
+    (set +o pipefail; head -c "$SIZE" /dev/urandom | base64 -w0 | head -c "$SIZE") > "$DIR/alice/message"
 else
     echo -n "hello through the mixnet" > "$DIR/alice/message"
 fi

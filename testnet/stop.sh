@@ -6,7 +6,7 @@
 set -uo pipefail
 DIR=${1:?usage: testnet/stop.sh RUN_DIR}
 [ -f "$DIR/pids" ] || { echo "no $DIR/pids: not a testnet run directory" >&2; exit 2; }
-ours() { tr '\0' ' ' < "/proc/$1/cmdline" 2>/dev/null | grep -q "p2pmix"; }
+ours() { tr '\0' ' ' 2>/dev/null < "/proc/$1/cmdline" | grep -q "p2pmix"; }
 PIDS=""
 for pid in $(awk '{ print $1 }' "$DIR/pids"); do ours "$pid" && PIDS="$PIDS $pid"; done
 for pid in $PIDS; do kill "$pid" 2>/dev/null; done
