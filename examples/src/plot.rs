@@ -271,7 +271,7 @@ pub fn density_chart(title: &str, max_ms: f64, series: &[Series]) -> Canvas {
         );
         let y = bottom - (bottom - top) * i as f64 / 5.0;
         c.line((left, y), (right, y), 1, grey);
-        let label = format!("{:.0}%", peak * 100.0 * i as f64 / 5.0);
+        let label = format!("{:.1}%", peak * 100.0 * i as f64 / 5.0);
         c.text(
             left as i64 - 10 - Canvas::text_width(&label, 1),
             y as i64 - 3,
