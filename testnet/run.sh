@@ -68,13 +68,15 @@ fi
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STARTED=$(date +%s)
 cd "$ROOT"
-# --debug builds with the test profile (target/debug, workspace code at opt-level 1): after
-# `cargo test` (CI) there is nothing left to build.
-BUILD_FLAGS=(--profile test)
-[ "$PROFILE" = release ] && BUILD_FLAGS=(--release)
 echo "==> building ($PROFILE)"
-cargo build --locked -q "${BUILD_FLAGS[@]}" -p p2pmix -p p2pmix-examples \
-    --bin p2pmix --bin p2pmix-testnet-report
+if [ "$PROFILE" = release ]; then
+    cargo build --locked -q --release -p p2pmix -p p2pmix-examples \
+        --bin p2pmix --bin p2pmix-testnet-report
+else
+    # Exactly what `cargo test --locked --workspace` builds (the same features, the same
+    # profile), both binaries included: after the tests (CI) there is nothing left to build.
+    cargo test --locked -q --workspace --no-run
+fi
 BIN="$ROOT/target/$PROFILE/p2pmix"
 REPORT="$ROOT/target/$PROFILE/p2pmix-testnet-report"
 
