@@ -259,6 +259,10 @@ pub async fn run_node(
     let mut swarm = build_swarm(keypair.clone(), |key| {
         let mut kad_config = kad::Config::new(KAD_PROTOCOL);
         kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        // The DHT finds peers and addresses only; p2pmix stores no records in it, so records and
+        // provider announcements from others are handed to us (and dropped) instead of filling
+        // the store.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
         let mut kad = kad::Behaviour::with_config(me, MemoryStore::new(me), kad_config);
         // On loopback or behind NAT no external address is ever confirmed, so kad would stay a
         // client; nodes are servers by definition.
