@@ -168,6 +168,11 @@ impl Authorities {
         Ok(Authorities { entries, schedule })
     }
 
+    /// The authorities' peer ids (where the directory is fetched from).
+    pub fn peer_ids(&self) -> Vec<PeerId> {
+        self.entries.iter().map(|e| e.peer_id).collect()
+    }
+
     /// The pinned set for verification.
     pub fn pinned(&self) -> PinnedAuthorities {
         PinnedAuthorities::new(self.entries.iter().map(|e| e.public_key.clone()))

@@ -293,12 +293,7 @@ pub async fn run_node(
     let directory = DirectoryClient::new(
         config.schedule,
         config.authorities.pinned(),
-        config
-            .authorities
-            .entries
-            .iter()
-            .map(|e| e.peer_id)
-            .collect(),
+        config.authorities.peer_ids(),
     );
     let bootstrap = config
         .bootstrap

@@ -178,12 +178,7 @@ impl Behaviour {
         let mut directory = DirectoryClient::fetch_only(
             schedule,
             config.authorities.pinned(),
-            config
-                .authorities
-                .entries
-                .iter()
-                .map(|e| e.peer_id)
-                .collect(),
+            config.authorities.peer_ids(),
         );
         // Gateways serve the documents they hold.
         directory.add_peer(config.gateway);
