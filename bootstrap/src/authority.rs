@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use libp2p_identity::{Keypair, PeerId};
 use p2pmix_proto::v1::{
     AuthorityState, Consensus, ConsensusSignature, DirectoryRequest, GetConsensus,
-    NetworkParameters, SignedConsensus, SignedDescriptor, SignedReveal, SignedVote,
-    directory_request::Request,
+    NetworkParameters, RefusalCode, Refused, SignedConsensus, SignedDescriptor, SignedReveal,
+    SignedVote, directory_request::Request,
 };
 use prost::Message;
 use rand_core::CryptoRng;
@@ -91,6 +91,49 @@ pub enum Rejection {
 }
 
 impl Rejection {
+    /// The code a refusal carries on the wire: what the requester acts on.
+    pub fn code(&self) -> RefusalCode {
+        match self {
+            Rejection::Descriptor(e) => match e {
+                DescriptorError::Malformed
+                | DescriptorError::BadIdentity
+                | DescriptorError::NoRole => RefusalCode::Malformed,
+                DescriptorError::BadSignature => RefusalCode::BadSignature,
+                DescriptorError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
+                DescriptorError::KeyTooFarAhead { .. }
+                | DescriptorError::BadSphinxKey(_)
+                | DescriptorError::VersionTooLow { .. }
+                | DescriptorError::BadAddresses => RefusalCode::Invalid,
+                DescriptorError::Duplicate => RefusalCode::Duplicate,
+                DescriptorError::Late => RefusalCode::Late,
+            },
+            Rejection::Vote(e) => match e {
+                VoteError::Malformed | VoteError::Unsorted => RefusalCode::Malformed,
+                VoteError::UnknownAuthority => RefusalCode::UnknownAuthority,
+                VoteError::BadSignature => RefusalCode::BadSignature,
+                VoteError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
+                VoteError::CommitMismatch => RefusalCode::Invalid,
+                VoteError::Duplicate => RefusalCode::Duplicate,
+                VoteError::Late => RefusalCode::Late,
+            },
+            Rejection::Signature(e) => match e {
+                SignatureError::UnknownAuthority => RefusalCode::UnknownAuthority,
+                SignatureError::BadSignature => RefusalCode::BadSignature,
+                SignatureError::Duplicate => RefusalCode::Duplicate,
+                SignatureError::Malformed => RefusalCode::Malformed,
+            },
+            Rejection::Unsupported => RefusalCode::Unsupported,
+        }
+    }
+
+    /// The refusal as it goes on the wire: the code, and the text for people.
+    pub fn to_refused(&self) -> Refused {
+        Refused {
+            reason: self.to_string(),
+            code: self.code() as i32,
+        }
+    }
+
     /// A short stable label for counters and logs.
     pub fn reason(&self) -> &'static str {
         match self {

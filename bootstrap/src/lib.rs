@@ -18,6 +18,7 @@ mod directory;
 mod params;
 mod schedule;
 mod signing;
+mod time;
 mod verify;
 mod vote;
 
@@ -35,6 +36,7 @@ pub use directory::{
 pub use params::{default_parameters, mean_delay};
 pub use schedule::{EpochSchedule, Phase};
 pub use signing::{Context, consensus_digest, encode_and_sign, sign, verify};
+pub use time::{Now, unix_ms};
 pub use verify::{
     MAX_CONSENSUS_BYTES, VerifiedConsensus, VerifyError, peer_id, sphinx_key, verify_consensus,
     verify_signed_consensus,

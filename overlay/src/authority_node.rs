@@ -22,7 +22,7 @@ use libp2p::{
 };
 use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, directory_behaviour};
 use p2pmix_proto::v1::{
-    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, Refused,
+    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, RefusalCode, Refused,
     directory_request::Request, directory_response::Response,
 };
 use prost::Message;
@@ -251,6 +251,7 @@ fn answer(authority: &mut Authority, peer: PeerId, request: DirectoryRequest) ->
                 Some(c) => Response::Consensus(c.clone()),
                 None => Response::Refused(Refused {
                     reason: "no consensus held for that epoch".into(),
+                    code: RefusalCode::NotHeld as i32,
                 }),
             }
         }
@@ -258,9 +259,7 @@ fn answer(authority: &mut Authority, peer: PeerId, request: DirectoryRequest) ->
             Ok(()) => Response::Accepted(Accepted {}),
             Err(e) => {
                 debug!(%peer, reason = e.reason(), "refused: {e}");
-                Response::Refused(Refused {
-                    reason: e.to_string(),
-                })
+                Response::Refused(e.to_refused())
             }
         },
     };

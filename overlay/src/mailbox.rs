@@ -26,7 +26,7 @@ use libp2p::{
 };
 use p2pmix_bootstrap::ProtoCodec;
 use p2pmix_mix::{ClientId, Label};
-use p2pmix_proto::v1::{MailboxRequest, MailboxResponse};
+use p2pmix_proto::v1::{MailboxRequest, MailboxResponse, RefusalCode};
 use thiserror::Error;
 
 /// The protocol name.
@@ -109,6 +109,15 @@ pub enum MailboxError {
 }
 
 impl MailboxError {
+    /// The code a refusal carries on the wire.
+    pub fn code(&self) -> RefusalCode {
+        match self {
+            MailboxError::NotRegistered => RefusalCode::NotRegistered,
+            MailboxError::QuotaFull | MailboxError::Full => RefusalCode::Full,
+            MailboxError::Io(_) => RefusalCode::Unspecified,
+        }
+    }
+
     /// A short name for metrics labels.
     pub fn reason(&self) -> &'static str {
         match self {

@@ -46,7 +46,7 @@ use p2pmix_mix::{
 };
 use p2pmix_proto::v1::{
     DirectoryRequest, DirectoryResponse, EpochKey, GetConsensus, MailboxBatch, MailboxItem,
-    MailboxRequest, MailboxResponse, NetworkParameters, NodeDescriptor, Refused, Role,
+    MailboxRequest, MailboxResponse, NetworkParameters, NodeDescriptor, RefusalCode, Refused, Role,
     SignedConsensus, directory_request::Request, directory_response::Response,
     mailbox_response::Response as MailboxAnswer,
 };
@@ -683,7 +683,7 @@ impl Node {
 
     fn batch(&mut self, client: &ClientId, ack_through: u64, max: usize) -> MailboxResponse {
         let Some(store) = &mut self.mailboxes else {
-            return refusal("not a gateway");
+            return refusal(RefusalCode::Unsupported, "not a gateway");
         };
         let (packets, remaining) = store.fetch(client, ack_through, max);
         counter!("p2pmix_mailbox_handed_total").increment(packets.len() as u64);
@@ -714,7 +714,7 @@ impl Node {
         // A newer fetch replaces a held one (the client gave up on it, or reconnected).
         self.answer_parked(&client);
         let response = match &mut self.mailboxes {
-            None => Some(refusal("not a gateway")),
+            None => Some(refusal(RefusalCode::Unsupported, "not a gateway")),
             Some(store) => match store.register(client, unix_ms()) {
                 Ok(new) => {
                     if new {
@@ -723,7 +723,7 @@ impl Node {
                     }
                     None
                 }
-                Err(e) => Some(refusal(&e.to_string())),
+                Err(e) => Some(refusal(e.code(), &e.to_string())),
             },
         };
         let max = (request.max as usize).clamp(1, MAX_BATCH);
@@ -977,11 +977,13 @@ impl Node {
                             Some(c) => Response::Consensus(c.signed().clone()),
                             None => Response::Refused(Refused {
                                 reason: "no consensus held for that epoch".into(),
+                                code: RefusalCode::NotHeld as i32,
                             }),
                         }
                     }
                     _ => Response::Refused(Refused {
                         reason: "this node is not an authority".into(),
+                        code: RefusalCode::Unsupported as i32,
                     }),
                 };
                 debug!(%peer, "answered a directory request");
@@ -1007,7 +1009,7 @@ impl Node {
                             info!(epoch, authority = %to, "descriptor accepted");
                             UploadOutcome::Held
                         }
-                        Some(Response::Refused(r)) if r.reason.contains("duplicate") => {
+                        Some(Response::Refused(r)) if r.code() == RefusalCode::Duplicate => {
                             UploadOutcome::Held
                         }
                         Some(Response::Refused(r)) => {
@@ -1062,10 +1064,11 @@ impl Node {
     }
 }
 
-fn refusal(reason: &str) -> MailboxResponse {
+fn refusal(code: RefusalCode, reason: &str) -> MailboxResponse {
     MailboxResponse {
         response: Some(MailboxAnswer::Refused(Refused {
             reason: reason.into(),
+            code: code as i32,
         })),
     }
 }
