@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use p2pmix::client::{Address, Client, Event};
+use p2pmix::client::{Address, Client, Event, ReceivedMessage};
 use p2pmix_examples::{keys, testnet_config};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -63,7 +63,7 @@ async fn main() -> Result<()> {
                 }
             }
             event = client.next_event() => match event {
-                Some(Event::Received { bytes, .. }) => {
+                Some(Event::Received(ReceivedMessage { bytes, .. })) => {
                     let text = String::from_utf8_lossy(&bytes);
                     let (from, said) = text.split_once('\n').unwrap_or(("", &text));
                     if peer.is_none() && let Ok(a) = from.parse() {

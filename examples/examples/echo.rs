@@ -22,7 +22,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use p2pmix::client::{Client, Event};
+use p2pmix::client::{Client, Event, ReceivedMessage};
 use p2pmix_examples::{keys, testnet_config};
 
 #[tokio::main]
@@ -80,7 +80,7 @@ async fn main() -> Result<()> {
         tokio::select! {
             Some(event) = service.next_event() => answer(&service, event).await,
             Some(event) = asker.next_event() => {
-                if let Event::Received { bytes, in_reply_to: Some(_), .. } = event {
+                if let Event::Received(ReceivedMessage { bytes, in_reply_to: Some(_), .. }) = event {
                     println!(
                         "answer after {:.0} ms: {}",
                         asked_at.elapsed().as_secs_f64() * 1e3,
@@ -98,12 +98,12 @@ async fn main() -> Result<()> {
 
 /// Answers a message that carries SURBs with its own bytes.
 async fn answer(service: &Client, event: Event) {
-    if let Event::Received {
+    if let Event::Received(ReceivedMessage {
         id,
         bytes,
         reply: Some(handle),
         ..
-    } = event
+    }) = event
     {
         println!("echoing {id} ({} bytes)", bytes.len());
         if let Err(e) = service.reply(handle, bytes).await {

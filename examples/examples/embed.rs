@@ -24,7 +24,10 @@ use libp2p::{
     ping,
     swarm::{NetworkBehaviour, SwarmEvent},
 };
-use p2pmix::{authority_node::build_swarm, client};
+use p2pmix::{
+    build_swarm,
+    client::{self, ReceivedMessage},
+};
 use p2pmix_examples::{keys, testnet_config};
 
 /// The dApp's behaviours: the mixnet client and its own protocol.
@@ -78,13 +81,13 @@ async fn main() -> Result<()> {
                 println!("{} sent {id} to myself, with one SURB", at());
                 question = Some(id);
             }
-            DAppEvent::Mixnet(client::Event::Received {
+            DAppEvent::Mixnet(client::Event::Received(ReceivedMessage {
                 id,
                 bytes,
                 in_reply_to: None,
                 reply: Some(handle),
                 ..
-            }) => {
+            })) => {
                 println!(
                     "{} received {id}: {}",
                     at(),
@@ -96,11 +99,11 @@ async fn main() -> Result<()> {
                     .reply(handle, b"and the answer, through the SURB")?;
                 println!("{} answered with {answer}", at());
             }
-            DAppEvent::Mixnet(client::Event::Received {
+            DAppEvent::Mixnet(client::Event::Received(ReceivedMessage {
                 bytes,
                 in_reply_to: Some(asked),
                 ..
-            }) => {
+            })) => {
                 println!(
                     "{} reply to {asked}: {}",
                     at(),

@@ -23,7 +23,7 @@ use std::{
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, identity::Keypair, swarm::SwarmEvent};
 use p2pmix::{
-    authority_node::build_swarm,
+    build_swarm,
     sphinx::{
         ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
         Relay, RelayConfig, ReplayCache, ReplayConfig,

@@ -5,13 +5,16 @@
 //! file the 32 secret bytes; both are readable only by their owner. A restarted node reads its
 //! identity back and keeps its peer id; a restarted client keeps its address.
 
-use std::{fs, io, path::Path};
+use std::{fs, path::Path};
 
 use libp2p::identity::Keypair;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
-use crate::client::StaticKey;
+use crate::{
+    client::StaticKey,
+    runtime::files::{Access, FileError, write_new},
+};
 
 /// File name of the identity inside a data directory.
 pub const IDENTITY_FILE: &str = "identity.key";
@@ -24,13 +27,8 @@ pub const NOISE_KEY_FILE: &str = "noise.key";
 #[non_exhaustive]
 pub enum IdentityError {
     /// The file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What the OS said.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     /// The file does not hold an ed25519 keypair.
     #[error("{0}: not a p2pmix identity key (protobuf-encoded ed25519 keypair)")]
     Malformed(String),
@@ -41,10 +39,7 @@ pub enum IdentityError {
 
 /// Reads an identity written by [`write_identity`].
 pub fn read_identity(path: &Path) -> Result<Keypair, IdentityError> {
-    let bytes = fs::read(path).map_err(|source| IdentityError::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let bytes = Zeroizing::new(fs::read(path).map_err(FileError::on(path))?);
     let keypair = Keypair::from_protobuf_encoding(&bytes)
         .map_err(|_| IdentityError::Malformed(path.display().to_string()))?;
     if keypair.clone().try_into_ed25519().is_err() {
@@ -55,28 +50,17 @@ pub fn read_identity(path: &Path) -> Result<Keypair, IdentityError> {
 
 /// Writes `keypair` to `path` with owner-only permissions, refusing to overwrite a file.
 pub fn write_identity(path: &Path, keypair: &Keypair) -> Result<(), IdentityError> {
-    let bytes = keypair
-        .to_protobuf_encoding()
-        .map_err(|_| IdentityError::Malformed(path.display().to_string()))?;
+    let bytes = Zeroizing::new(
+        keypair
+            .to_protobuf_encoding()
+            .map_err(|_| IdentityError::Malformed(path.display().to_string()))?,
+    );
     write_secret(path, &bytes)
 }
 
-/// Writes secret bytes to a new owner-only file.
+/// Writes secret bytes to a new owner-only file (never over an existing one).
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
-    let io_err = |source| IdentityError::Io {
-        path: path.display().to_string(),
-        source,
-    };
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io_err)?;
-    io::Write::write_all(&mut file, bytes).map_err(io_err)?;
-    file.sync_all().map_err(io_err)
+    Ok(write_new(path, bytes, Access::OwnerOnly, true)?)
 }
 
 /// Reads the identity at `path`, or creates one there if the file does not exist yet.
@@ -94,10 +78,7 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, IdentityError> {
 pub fn load_or_create_static_key(path: &Path) -> Result<StaticKey, IdentityError> {
     let malformed = || IdentityError::MalformedNoiseKey(path.display().to_string());
     if path.exists() {
-        let bytes = Zeroizing::new(fs::read(path).map_err(|source| IdentityError::Io {
-            path: path.display().to_string(),
-            source,
-        })?);
+        let bytes = Zeroizing::new(fs::read(path).map_err(FileError::on(path))?);
         let secret: Zeroizing<[u8; 32]> =
             Zeroizing::new(bytes.as_slice().try_into().map_err(|_| malformed())?);
         StaticKey::from_secret(&secret).map_err(|_| malformed())

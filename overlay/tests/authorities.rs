@@ -263,8 +263,8 @@ fn consensus_tools_refuse_bad_input_clearly() {
 #[test]
 fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fetch() {
     use p2pmix::{
-        directory::sign_descriptor,
-        fetch::upload_descriptor,
+        bootstrap::sign_descriptor,
+        directory::fetch::upload_descriptor,
         proto::v1::{EpochKey, NodeDescriptor, Role},
         sphinx::NodeSecretKey,
     };

@@ -23,8 +23,8 @@ use libp2p::{
     swarm::{NetworkBehaviour, Swarm, SwarmEvent},
 };
 use p2pmix::{
-    authority_node::build_swarm,
-    client::{self, Address, ClientConfig, Config, Event, StaticKey},
+    build_swarm,
+    client::{self, Address, ClientConfig, Config, Event, ReceivedMessage, StaticKey},
     config::Authorities,
 };
 
@@ -163,13 +163,13 @@ fn a_dapp_sends_to_another_and_gets_the_answer_through_a_surb() {
                 match (i, e) {
                     (
                         1,
-                        DAppEvent::Mixnet(Event::Received {
+                        DAppEvent::Mixnet(Event::Received(ReceivedMessage {
                             id,
                             bytes,
                             from,
                             reply,
                             ..
-                        }),
+                        })),
                     ) => {
                         assert_eq!(id, question);
                         assert_eq!(bytes, b"ping through the mixnet");
@@ -183,9 +183,11 @@ fn a_dapp_sends_to_another_and_gets_the_answer_through_a_surb() {
                     }
                     (
                         0,
-                        DAppEvent::Mixnet(Event::Received {
-                            bytes, in_reply_to, ..
-                        }),
+                        DAppEvent::Mixnet(Event::Received(ReceivedMessage {
+                            bytes,
+                            in_reply_to,
+                            ..
+                        })),
                     ) => {
                         assert_eq!(in_reply_to, Some(question));
                         assert_eq!(bytes, b"pong, without knowing who asked");
@@ -282,7 +284,7 @@ fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
         let phase = Instant::now();
         let done = try_run_until(&mut [&mut alice, &mut bob], |i, _, e| {
             match (i, e) {
-                (1, DAppEvent::Mixnet(Event::Received { id, bytes, .. })) => {
+                (1, DAppEvent::Mixnet(Event::Received(ReceivedMessage { id, bytes, .. }))) => {
                     assert_eq!((id, &bytes[..]), (sent, &b"kept for you"[..]));
                     eprintln!("{:?} bob received the stored message", phase.elapsed());
                     received += 1;

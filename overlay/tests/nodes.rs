@@ -12,7 +12,7 @@ use std::{collections::HashMap, fs, process::Command, sync::Mutex, thread::sleep
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, identity::Keypair, swarm::SwarmEvent};
 use p2pmix::{
-    authority_node::build_swarm,
+    build_swarm,
     directory::{VerifiedConsensus, peer_id, sphinx_key},
     proto::v1::{ConsensusNode, Role},
     sphinx::{

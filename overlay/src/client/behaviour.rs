@@ -29,24 +29,23 @@ use libp2p::{
     },
 };
 use p2pmix_bootstrap::{default_parameters, directory_behaviour};
-use p2pmix_mix::{Label, link::Link};
+use p2pmix_mix::link::Link;
 use p2pmix_proto::v1::{
-    DirectoryRequest, GetConsensus, MailboxRequest, directory_request::Request,
-    directory_response::Response, mailbox_response::Response as MailboxAnswer,
+    DirectoryRequest, GetConsensus, directory_request::Request, directory_response::Response,
 };
 use rand::{SeedableRng, rngs::StdRng};
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::{
-    authority_node::unix_ms,
     client::{
         Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
-        ReplyHandle, SendError, StaticKey, StreamRates, Topology, client_id,
+        ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, client_id,
     },
     config::Authorities,
-    directory_client::{Action, DirectoryClient},
-    mailbox::{MAX_WAIT, mailbox_behaviour},
+    directory::{Action, DirectoryClient},
+    mailbox::{FetchFailure, MailboxFetcher, mailbox_behaviour},
+    runtime::Now,
 };
 
 /// Where a client connects and whom it trusts.
@@ -79,19 +78,9 @@ pub enum Event {
         /// Its epoch.
         epoch: u64,
     },
-    /// A message arrived (once per message).
-    Received {
-        /// The message.
-        id: MessageId,
-        /// Its bytes.
-        bytes: Vec<u8>,
-        /// The sender's static key, when it chose to be known.
-        from: Option<[u8; 32]>,
-        /// For a reply: the message it answers.
-        in_reply_to: Option<MessageId>,
-        /// The way to answer (pass it to [`Behaviour::reply`]), if the sender gave SURBs.
-        reply: Option<ReplyHandle>,
-    },
+    /// A message arrived (once per message); answer it with [`Behaviour::reply`] and its
+    /// `reply` handle, if the sender gave SURBs.
+    Received(ReceivedMessage),
     /// Every fragment of a sent message was acknowledged by the recipient.
     Delivered(MessageId),
     /// A sent message could not be delivered.
@@ -117,11 +106,6 @@ mod inner {
 }
 use inner::{Inner, InnerEvent};
 
-/// Packets asked for per mailbox fetch.
-const FETCH_BATCH: u32 = 64;
-/// Longest pause between failed mailbox fetches.
-const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(15);
-
 /// The client behaviour. See the module documentation.
 pub struct Behaviour {
     inner: Inner,
@@ -132,10 +116,9 @@ pub struct Behaviour {
     /// Addresses of the gateway and the authorities, for dialling them.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
     installed: Option<u64>,
+    /// The mailbox fetch loop, and the request under way.
+    fetcher: MailboxFetcher,
     fetch: Option<OutboundRequestId>,
-    ack_through: u64,
-    fetch_after: Instant,
-    fetch_backoff: Duration,
     timer: Option<(Instant, Timer)>,
     rng: StdRng,
     events: VecDeque<Event>,
@@ -165,9 +148,9 @@ impl Behaviour {
             .schedule
             .ok_or(ClientSetupError::NoSchedule)?;
         let mut rng = StdRng::from_rng(&mut rand::rng());
-        let now = Instant::now();
+        let now = Now::system();
         let core = ClientCore::new(
-            now,
+            now.mono,
             config.client,
             client_id(&local_peer),
             config.gateway,
@@ -176,6 +159,7 @@ impl Behaviour {
             &mut rng,
         );
         let mut directory = DirectoryClient::fetch_only(
+            now,
             schedule,
             config.authorities.pinned(),
             config.authorities.peer_ids(),
@@ -209,10 +193,8 @@ impl Behaviour {
             gateway: config.gateway,
             addresses,
             installed: None,
+            fetcher: MailboxFetcher::new(now.mono),
             fetch: None,
-            ack_through: 0,
-            fetch_after: now,
-            fetch_backoff: Duration::from_millis(500),
             timer: None,
             rng,
             events: VecDeque::new(),
@@ -273,10 +255,12 @@ impl Behaviour {
 
     /// Advances the sans-IO parts to now and turns their output into requests and packets.
     fn drive(&mut self) {
-        let now = Instant::now();
-        let now_ms = unix_ms();
+        let clock = Now::system();
+        let (now, now_ms) = (clock.mono, clock.unix_ms);
         // Directory: fetch what is due, install what is in force.
-        self.directory.handle_timeout(now_ms);
+        if self.directory.poll_timeout().is_some_and(|t| t <= now) {
+            self.directory.handle_timeout(clock);
+        }
         while let Some(action) = self.directory.poll_action() {
             if let Action::Fetch { epoch, from } = action {
                 let request = DirectoryRequest {
@@ -319,48 +303,31 @@ impl Behaviour {
         }
         while let Some(event) = self.core.poll_event() {
             self.events.push_back(match event {
-                ClientEvent::Received {
-                    id,
-                    bytes,
-                    from,
-                    in_reply_to,
-                    reply,
-                } => Event::Received {
-                    id,
-                    bytes,
-                    from,
-                    in_reply_to,
-                    reply,
-                },
+                ClientEvent::Received(message) => Event::Received(message),
                 ClientEvent::Delivered(id) => Event::Delivered(id),
                 ClientEvent::Failed(id, reason) => Event::Failed(id, reason),
             });
         }
         // The mailbox: always one fetch under way (the gateway holds it until packets come).
-        if self.fetch.is_none() && now >= self.fetch_after {
-            let request = MailboxRequest {
-                ack_through: self.ack_through,
-                max: FETCH_BATCH,
-                wait_ms: MAX_WAIT.as_millis() as u32,
-            };
+        self.fetcher.handle_timeout(now);
+        if let Some(request) = self.fetcher.poll_request() {
             self.fetch = Some(self.inner.mailbox.send_request(&self.gateway, request));
         }
     }
 
     /// When [`Behaviour::drive`] next has work, if nothing else happens first.
     fn next_wake(&self) -> Instant {
-        let now_ms = unix_ms();
-        let directory_in = self
-            .directory
-            .poll_timeout(now_ms)
-            .saturating_sub(now_ms)
-            .min(1_000);
-        let mut at = Instant::now() + Duration::from_millis(directory_in);
-        if let Some(core) = self.core_due() {
-            at = at.min(core);
-        }
-        if self.fetch.is_none() {
-            at = at.min(self.fetch_after);
+        // A wall-clock step is noticed within a second.
+        let mut at = Instant::now() + Duration::from_secs(1);
+        for t in [
+            self.directory.poll_timeout(),
+            self.core_due(),
+            self.fetcher.poll_timeout(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            at = at.min(t);
         }
         at
     }
@@ -370,21 +337,14 @@ impl Behaviour {
     /// past-due ticks would otherwise wake the behaviour in a loop).
     fn core_due(&self) -> Option<Instant> {
         if self.installed.is_some() {
-            Some(self.core.poll_timeout())
+            self.core.poll_timeout()
         } else {
             self.core.poll_retransmit_timeout()
         }
     }
 
-    fn fetch_failed(&mut self, why: &str) {
-        self.fetch = None;
-        debug!(gateway = %self.gateway, why, retry_in = ?self.fetch_backoff, "mailbox fetch failed");
-        self.fetch_after = Instant::now() + self.fetch_backoff;
-        self.fetch_backoff = (self.fetch_backoff * 2).min(MAX_FETCH_BACKOFF);
-    }
-
     fn on_inner(&mut self, event: InnerEvent) {
-        let now_ms = unix_ms();
+        let now_ms = Now::system().unix_ms;
         match event {
             InnerEvent::Link(()) => {}
             InnerEvent::Directory(request_response::Event::Message {
@@ -423,34 +383,31 @@ impl Behaviour {
                         response,
                     },
                 ..
-            }) if self.fetch == Some(request_id) => match response.response {
-                Some(MailboxAnswer::Batch(batch)) => {
-                    self.fetch = None;
-                    self.fetch_backoff = Duration::from_millis(500);
-                    let now = Instant::now();
-                    for mut item in batch.items {
-                        match <[u8; 16]>::try_from(item.label.as_slice()) {
-                            Ok(label) => {
-                                self.core.handle_delivery(now, Label(label), &mut item.body)
-                            }
-                            Err(_) => debug!("mailbox item with a malformed label"),
+            }) if self.fetch == Some(request_id) => {
+                self.fetch = None;
+                let now = Instant::now();
+                match self.fetcher.handle_response(now, response) {
+                    Ok(items) => {
+                        for mut item in items {
+                            self.core.handle_delivery(now, item.label, &mut item.body);
                         }
-                        self.ack_through = self.ack_through.max(item.seq);
                     }
-                    self.fetch_after = now;
+                    Err(FetchFailure::Refused { code, reason }) => {
+                        warn!(gateway = %self.gateway, ?code, %reason, "the gateway refused");
+                    }
+                    Err(failure) => {
+                        debug!(gateway = %self.gateway, ?failure, retry_in = ?self.fetcher.backoff(), "mailbox fetch failed");
+                    }
                 }
-                Some(MailboxAnswer::Refused(r)) => {
-                    warn!(gateway = %self.gateway, reason = %r.reason, "the gateway refused");
-                    self.fetch_failed("refused");
-                }
-                None => self.fetch_failed("empty answer"),
-            },
+            }
             InnerEvent::Mailbox(request_response::Event::OutboundFailure {
                 request_id,
                 error,
                 ..
             }) if self.fetch == Some(request_id) => {
-                self.fetch_failed(&error.to_string());
+                self.fetch = None;
+                debug!(gateway = %self.gateway, %error, retry_in = ?self.fetcher.backoff(), "mailbox fetch failed");
+                self.fetcher.handle_failure(Instant::now());
             }
             _ => {}
         }

@@ -12,11 +12,11 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    authority_node::build_swarm,
     client::{
         Address, MessageId, ReplyHandle, SendError, StaticKey,
         behaviour::{Behaviour, ClientSetupError, Config, Event},
     },
+    runtime::{SwarmError, build_swarm},
 };
 
 /// Why a client call failed.
@@ -27,8 +27,8 @@ pub enum ClientError {
     #[error(transparent)]
     Setup(#[from] ClientSetupError),
     /// The swarm could not be built.
-    #[error("network: {0}")]
-    Network(String),
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
     /// The message was not accepted.
     #[error(transparent)]
     Send(#[from] SendError),
@@ -76,8 +76,7 @@ impl Client {
     pub fn start(identity: Keypair, key: StaticKey, config: Config) -> Result<Self, ClientError> {
         let behaviour = Behaviour::new(identity.public().to_peer_id(), key, config)?;
         let address = behaviour.address();
-        let mut swarm = build_swarm(identity, |_| behaviour)
-            .map_err(|e| ClientError::Network(e.to_string()))?;
+        let mut swarm = build_swarm(identity, |_| behaviour)?;
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);
         let (event_tx, events) = mpsc::channel(MAX_UNREAD_EVENTS);
         let task = tokio::spawn(async move {

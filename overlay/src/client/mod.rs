@@ -15,8 +15,8 @@ pub mod schedule;
 pub use address::{Address, AddressError, client_id};
 pub use behaviour::{Behaviour, ClientSetupError, Config, Event};
 pub use core::{
-    ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReplyHandle, SendError,
-    fragment_capacity, reply_capacity,
+    ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage, ReplyHandle,
+    SendError, fragment_capacity, reply_capacity,
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;

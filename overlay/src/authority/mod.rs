@@ -1,4 +1,4 @@
-//! An authority on the swarm: the sans-IO [`Authority`] driven by a libp2p swarm and the clock.
+//! The authority's driver: the sans-IO [`Authority`] on a libp2p swarm and the clock.
 //!
 //! The swarm carries `/p2pmix/dir/1.0.0` (requests from nodes and from other authorities) and
 //! identify (so that authorities that dialed us can be dialed back). State is written to the
@@ -6,46 +6,50 @@
 //! `consensus-<epoch>.pb` (the encoded `SignedConsensus`), and `listen-addrs` holds the
 //! addresses the swarm listens on.
 
-use std::{
-    collections::HashMap,
-    path::Path,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, identify,
-    identity::Keypair,
-    noise, request_response,
-    swarm::{NetworkBehaviour, SwarmEvent},
-    tcp, yamux,
+    Multiaddr, PeerId, Swarm, TransportError, identify, identity::Keypair, request_response,
+    swarm::SwarmEvent,
 };
 use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, directory_behaviour};
 use p2pmix_proto::v1::{
-    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, RefusalCode, Refused,
-    directory_request::Request, directory_response::Response,
+    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, directory_request::Request,
+    directory_response::Response,
 };
 use prost::Message;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use crate::config::AuthorityConfigFile;
+use crate::{
+    config::AuthorityConfigFile,
+    directory::not_held,
+    runtime::{
+        SwarmError, build_swarm,
+        files::{FileError, create_dir, write_atomic},
+        unix_ms,
+    },
+};
 
 /// Why an authority stopped.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AuthorityNodeError {
     /// Reading or writing the data directory failed.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: String,
-        /// What the OS said.
-        source: std::io::Error,
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The swarm could not be built.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The swarm could not listen on an address.
+    #[error("listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        source: TransportError<std::io::Error>,
     },
-    /// The swarm could not be built or could not listen.
-    #[error("network: {0}")]
-    Network(String),
     /// This authority's key is not in the pinned authorities file.
     #[error("this authority ({0}) is not in the authorities file")]
     NotPinned(PeerId),
@@ -68,51 +72,6 @@ mod behaviour {
     }
 }
 
-/// Milliseconds since the UNIX epoch, from the system clock.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> AuthorityNodeError + '_ {
-    move |source| AuthorityNodeError::Io {
-        path: path.display().to_string(),
-        source,
-    }
-}
-
-/// Writes `bytes` to `path` atomically (write a temporary file, then rename).
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), AuthorityNodeError> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes).map_err(io_error(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_error(path))
-}
-
-/// Builds the swarm every p2pmix process uses: TCP with Noise and yamux (and QUIC with the
-/// `quic` feature; listen on `/udp/0/quic-v1` to use it).
-pub fn build_swarm<B: NetworkBehaviour>(
-    keypair: Keypair,
-    behaviour: impl FnOnce(&Keypair) -> B,
-) -> Result<Swarm<B>, AuthorityNodeError> {
-    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| AuthorityNodeError::Network(e.to_string()))?;
-    #[cfg(feature = "quic")]
-    let builder = builder.with_quic();
-    Ok(builder
-        .with_behaviour(|key| behaviour(key))
-        .map_err(|e| AuthorityNodeError::Network(e.to_string()))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build())
-}
-
 /// Runs an authority until `shutdown` resolves.
 pub async fn run_authority(
     config: AuthorityConfigFile,
@@ -124,7 +83,7 @@ pub async fn run_authority(
     if !pinned.contains_peer(&me) {
         return Err(AuthorityNodeError::NotPinned(me));
     }
-    std::fs::create_dir_all(&config.data_dir).map_err(io_error(&config.data_dir))?;
+    create_dir(&config.data_dir)?;
     let state_path = config.data_dir.join("state.pb");
     let core_config = AuthorityConfig {
         keypair: keypair.clone(),
@@ -157,7 +116,10 @@ pub async fn run_authority(
     for addr in &config.listen {
         swarm
             .listen_on(addr.clone())
-            .map_err(|e| AuthorityNodeError::Network(format!("listen on {addr}: {e}")))?;
+            .map_err(|source| AuthorityNodeError::Listen {
+                address: addr.clone(),
+                source,
+            })?;
     }
     let peers: Vec<PeerId> = config
         .authorities
@@ -249,10 +211,7 @@ fn answer(authority: &mut Authority, peer: PeerId, request: DirectoryRequest) ->
             let epoch = (get.epoch != 0).then_some(get.epoch);
             match authority.consensus(epoch) {
                 Some(c) => Response::Consensus(c.clone()),
-                None => Response::Refused(Refused {
-                    reason: "no consensus held for that epoch".into(),
-                    code: RefusalCode::NotHeld as i32,
-                }),
+                None => not_held(),
             }
         }
         _ => match authority.handle_request(unix_ms(), request) {

@@ -1,19 +1,22 @@
 //! A node's side of the directory, sans-IO: when to upload its descriptor, when and from whom to
 //! fetch the next consensus, and which verified documents it holds (and serves to others).
 //!
-//! Time is passed in (milliseconds since the UNIX epoch); the driver turns [`Action`]s into
-//! requests and reports their outcomes back. During the descriptor phase of epoch `e` the
+//! Time is passed in ([`Now`]; the rules follow the wall clock, in milliseconds since the UNIX
+//! epoch); the driver turns [`Action`]s into requests and reports their outcomes back. During the descriptor phase of epoch `e` the
 //! descriptor for `e + 1` goes to every authority until each has accepted it (an authority that
 //! answers "duplicate" already holds it, e.g. from before a restart). From the publish phase of
 //! `e` on, the consensus of `e + 1` is fetched, and the one of `e` whenever it is missing:
 //! authorities first, then any peer that serves the directory protocol, one source at a time, with
 //! a retry interval that doubles up to an eighth of the epoch.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    time::Instant,
+};
 
 use libp2p::PeerId;
 use p2pmix_bootstrap::{
-    EpochSchedule, Phase, PinnedAuthorities, VerifiedConsensus, VerifyError,
+    EpochSchedule, Now, Phase, PinnedAuthorities, VerifiedConsensus, VerifyError,
     verify_signed_consensus,
 };
 use p2pmix_proto::v1::SignedConsensus;
@@ -74,17 +77,22 @@ pub struct DirectoryClient {
     actions: VecDeque<Action>,
     /// Whether this client uploads a descriptor (nodes) or only fetches (mixnet clients).
     uploads_enabled: bool,
+    /// The time of the last call that passed it in: wall-clock deadlines become instants
+    /// through it.
+    last: Now,
 }
 
 impl DirectoryClient {
     /// A client for the network of `schedule`, trusting `pinned`, whose authorities are
-    /// `authorities`.
+    /// `authorities`, starting at `now`.
     pub fn new(
+        now: Now,
         schedule: EpochSchedule,
         pinned: PinnedAuthorities,
         authorities: Vec<PeerId>,
     ) -> Self {
         DirectoryClient {
+            last: now,
             schedule,
             pinned,
             authorities,
@@ -100,13 +108,14 @@ impl DirectoryClient {
     /// A client that only fetches and verifies consensus documents (a mixnet client, which has
     /// no descriptor to upload).
     pub fn fetch_only(
+        now: Now,
         schedule: EpochSchedule,
         pinned: PinnedAuthorities,
         authorities: Vec<PeerId>,
     ) -> Self {
         DirectoryClient {
             uploads_enabled: false,
-            ..DirectoryClient::new(schedule, pinned, authorities)
+            ..DirectoryClient::new(now, schedule, pinned, authorities)
         }
     }
 
@@ -135,8 +144,10 @@ impl DirectoryClient {
         self.peers.remove(peer);
     }
 
-    /// Advances to `now_ms`: queues the uploads and fetches that are due.
-    pub fn handle_timeout(&mut self, now_ms: u64) {
+    /// Advances to `now`: queues the uploads and fetches that are due.
+    pub fn handle_timeout(&mut self, now: Now) {
+        self.last = now;
+        let now_ms = now.unix_ms;
         let epoch = self.schedule.epoch_at(now_ms);
         let base = self.base_interval();
         // Uploads for the next epoch, during this epoch's descriptor phase.
@@ -202,8 +213,15 @@ impl DirectoryClient {
         self.fetches.retain(|e, _| !self.consensus.contains_key(e));
     }
 
-    /// When [`DirectoryClient::handle_timeout`] should next run.
-    pub fn poll_timeout(&self, now_ms: u64) -> u64 {
+    /// When [`DirectoryClient::handle_timeout`] should next run: the next phase that matters,
+    /// or the next retry.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.last.instant_at(self.next_deadline_ms()))
+    }
+
+    /// [`DirectoryClient::poll_timeout`] on the wall clock, in milliseconds.
+    fn next_deadline_ms(&self) -> u64 {
+        let now_ms = self.last.unix_ms;
         let epoch = self.schedule.epoch_at(now_ms);
         let publish = self.schedule.phase_start(epoch, Phase::Publish);
         let mut at = if publish > now_ms {
@@ -351,7 +369,27 @@ impl DirectoryClient {
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::OnceLock, time::Duration};
+
     use super::*;
+
+    /// One monotonic origin for the tests: wall-clock millisecond `ms` is `T0 + ms`.
+    fn origin() -> Instant {
+        static T0: OnceLock<Instant> = OnceLock::new();
+        *T0.get_or_init(Instant::now)
+    }
+
+    fn at(ms: u64) -> Now {
+        Now::new(origin() + Duration::from_millis(ms), ms)
+    }
+
+    /// The wall-clock millisecond of a deadline.
+    fn ms_of(c: &DirectoryClient) -> u64 {
+        let deadline = c
+            .poll_timeout()
+            .expect("the directory client always has a deadline");
+        deadline.duration_since(origin()).as_millis() as u64
+    }
 
     fn client(authorities: usize) -> (DirectoryClient, Vec<PeerId>) {
         let keys: Vec<_> = (0..authorities)
@@ -360,7 +398,7 @@ mod tests {
         let peers: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
         let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));
         (
-            DirectoryClient::new(EpochSchedule::new(0, 8_000), pinned, peers.clone()),
+            DirectoryClient::new(at(0), EpochSchedule::new(0, 8_000), pinned, peers.clone()),
             peers,
         )
     }
@@ -372,7 +410,7 @@ mod tests {
     #[test]
     fn uploads_once_per_authority_and_retries_failures_with_backoff() {
         let (mut c, auths) = client(3);
-        c.handle_timeout(8_000);
+        c.handle_timeout(at(8_000));
         let first = drain(&mut c);
         assert_eq!(first.len(), 3 + 1, "three uploads and a fetch of epoch 1");
         assert!(first.contains(&Action::Upload {
@@ -380,7 +418,7 @@ mod tests {
             to: auths[0]
         }));
         // Nothing new while requests are in flight.
-        c.handle_timeout(8_010);
+        c.handle_timeout(at(8_010));
         assert!(drain(&mut c).is_empty());
         c.upload_done(8_020, 2, auths[0], UploadOutcome::Held);
         c.upload_done(8_020, 2, auths[1], UploadOutcome::Refused("late".into()));
@@ -391,16 +429,16 @@ mod tests {
             UploadOutcome::Failed("unreachable".into()),
         );
         assert!(!c.uploads_settled(2));
-        c.handle_timeout(8_030);
+        c.handle_timeout(at(8_030));
         assert!(
             !drain(&mut c)
                 .iter()
                 .any(|a| matches!(a, Action::Upload { .. })),
             "a failed upload waits for its retry interval"
         );
-        let retry_at = c.poll_timeout(8_030);
+        let retry_at = ms_of(&c);
         assert!(retry_at > 8_030 && retry_at <= 8_000 + 1_000, "{retry_at}");
-        c.handle_timeout(retry_at);
+        c.handle_timeout(at(retry_at));
         assert_eq!(
             drain(&mut c)
                 .into_iter()
@@ -414,7 +452,7 @@ mod tests {
         c.upload_done(retry_at, 2, auths[2], UploadOutcome::Held);
         assert!(c.uploads_settled(2));
         // After the descriptor phase, no more uploads.
-        c.handle_timeout(8_000 + 2_000);
+        c.handle_timeout(at(8_000 + 2_000));
         assert!(
             !drain(&mut c)
                 .iter()
@@ -431,14 +469,14 @@ mod tests {
         let mut sources = Vec::new();
         let mut now = publish;
         for _ in 0..6 {
-            c.handle_timeout(now);
+            c.handle_timeout(at(now));
             for a in drain(&mut c) {
                 if let Action::Fetch { epoch: 1, from } = a {
                     sources.push(from);
                     c.fetch_done(now, 1, None).unwrap();
                 }
             }
-            now = c.poll_timeout(now).max(now + 1);
+            now = ms_of(&c).max(now + 1);
         }
         assert!(sources.len() >= 3, "{sources:?}");
         assert_eq!(&sources[..3], &[auths[0], auths[1], helper]);
@@ -459,8 +497,8 @@ mod tests {
     #[test]
     fn a_fetch_only_client_never_uploads() {
         let (c, auths) = client(3);
-        let mut c = DirectoryClient::fetch_only(c.schedule, c.pinned, auths);
-        c.handle_timeout(8_000);
+        let mut c = DirectoryClient::fetch_only(at(0), c.schedule, c.pinned, auths);
+        c.handle_timeout(at(8_000));
         let actions = drain(&mut c);
         assert!(!actions.iter().any(|a| matches!(a, Action::Upload { .. })));
         assert!(actions.contains(&Action::Fetch {

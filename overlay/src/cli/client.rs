@@ -13,10 +13,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use p2pmix::{
-    authority_node::unix_ms,
-    client::{Address, Client, ClientConfig, Config, Event, MessageId},
+    client::{Address, Client, ClientConfig, Config, Event, MessageId, ReceivedMessage},
     config::Authorities,
     identity::{IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_identity, load_or_create_static_key},
+    runtime::unix_ms,
 };
 use serde_json::json;
 
@@ -220,7 +220,7 @@ async fn listen(
     async fn leave(client: &mut Client, json: bool, code: ExitCode) -> Result<ExitCode> {
         client.flush(Duration::from_secs(10)).await?;
         while let Some(event) = client.try_next_event() {
-            if let Event::Received { id, bytes, .. } = event {
+            if let Event::Received(ReceivedMessage { id, bytes, .. }) = event {
                 print_received(json, id, &bytes, None, None, 0);
             }
         }
@@ -252,13 +252,13 @@ async fn listen(
                 json!({"event": "ready", "epoch": epoch, "ms": unix_ms()}),
                 format!("consensus of epoch {epoch} in use"),
             ),
-            Some(Event::Received {
+            Some(Event::Received(ReceivedMessage {
                 id,
                 bytes,
                 from,
                 in_reply_to,
                 reply: handle,
-            }) => {
+            })) => {
                 received += 1;
                 print_received(
                     args.json,
@@ -403,12 +403,12 @@ async fn send(
                     format!("failed {id}: {reason}"),
                 );
             }
-            Some(Event::Received {
+            Some(Event::Received(ReceivedMessage {
                 id,
                 bytes,
                 in_reply_to,
                 ..
-            }) => {
+            })) => {
                 if let Some(answered) = in_reply_to {
                     awaiting_reply.remove(&answered);
                 }

@@ -7,23 +7,63 @@ use futures::StreamExt;
 use libp2p::{Multiaddr, identity::Keypair, request_response, swarm::SwarmEvent};
 use p2pmix_bootstrap::directory_behaviour;
 use p2pmix_proto::v1::{
-    DirectoryRequest, DirectoryResponse, GetConsensus, SignedConsensus, SignedDescriptor,
-    directory_request::Request, directory_response::Response,
+    DirectoryRequest, DirectoryResponse, GetConsensus, RefusalCode, SignedConsensus,
+    SignedDescriptor, directory_request::Request, directory_response::Response,
 };
 use thiserror::Error;
 
-use crate::authority_node::build_swarm;
+use crate::runtime::{SwarmError, build_swarm};
 
-/// Why no consensus was fetched.
+/// Why a one-shot request did not get what it asked for.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum FetchError {
-    /// The peer could not be reached or did not answer in time.
-    #[error("{0}")]
-    Unreachable(String),
-    /// The peer answered without a consensus.
-    #[error("peer refused: {0}")]
-    Refused(String),
+    /// The short-lived swarm could not be built.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The address cannot be dialled.
+    #[error("dial {address}: {source}")]
+    Dial {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        source: libp2p::swarm::DialError,
+    },
+    /// The connection could not be made.
+    #[error("connecting to {address}: {source}")]
+    Connection {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        source: libp2p::swarm::DialError,
+    },
+    /// The request got no answer.
+    #[error("request to {address}: {source}")]
+    Request {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        source: request_response::OutboundFailure,
+    },
+    /// No answer within the time allowed.
+    #[error("no answer from {address} within {timeout:?}")]
+    Timeout {
+        /// The address.
+        address: Multiaddr,
+        /// The bound.
+        timeout: Duration,
+    },
+    /// The peer refused.
+    #[error("peer refused ({code:?}): {reason}")]
+    Refused {
+        /// What the peer's refusal means.
+        code: RefusalCode,
+        /// The peer's words, for people.
+        reason: String,
+    },
+    /// The peer answered with something that is not an answer to the request.
+    #[error("unexpected answer")]
+    Unexpected,
 }
 
 /// Dials `address`, asks for the consensus of `epoch` (`None`: the newest) and returns it,
@@ -40,8 +80,8 @@ pub async fn fetch_consensus(
     };
     match request_once(address, request, timeout).await?.response {
         Some(Response::Consensus(c)) => Ok(c),
-        Some(Response::Refused(r)) => Err(FetchError::Refused(r.reason)),
-        _ => Err(FetchError::Refused("unexpected answer".into())),
+        Some(Response::Refused(r)) => Err(refused(r)),
+        _ => Err(FetchError::Unexpected),
     }
 }
 
@@ -56,8 +96,15 @@ pub async fn upload_descriptor(
     };
     match request_once(address, request, timeout).await?.response {
         Some(Response::Accepted(_)) => Ok(()),
-        Some(Response::Refused(r)) => Err(FetchError::Refused(r.reason)),
-        _ => Err(FetchError::Refused("unexpected answer".into())),
+        Some(Response::Refused(r)) => Err(refused(r)),
+        _ => Err(FetchError::Unexpected),
+    }
+}
+
+fn refused(r: p2pmix_proto::v1::Refused) -> FetchError {
+    FetchError::Refused {
+        code: r.code(),
+        reason: r.reason,
     }
 }
 
@@ -69,11 +116,13 @@ pub async fn request_once(
 ) -> Result<DirectoryResponse, FetchError> {
     let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
         directory_behaviour(false, timeout)
-    })
-    .map_err(|e| FetchError::Unreachable(e.to_string()))?;
+    })?;
     swarm
         .dial(address.clone())
-        .map_err(|e| FetchError::Unreachable(format!("dial {address}: {e}")))?;
+        .map_err(|source| FetchError::Dial {
+            address: address.clone(),
+            source,
+        })?;
     let mut request = Some(request);
     let work = async {
         loop {
@@ -84,7 +133,10 @@ pub async fn request_once(
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    return Err(FetchError::Unreachable(format!("dial {address}: {error}")));
+                    return Err(FetchError::Connection {
+                        address: address.clone(),
+                        source: error,
+                    });
                 }
                 SwarmEvent::Behaviour(request_response::Event::Message {
                     message: request_response::Message::Response { response, .. },
@@ -93,13 +145,19 @@ pub async fn request_once(
                 SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
                     error, ..
                 }) => {
-                    return Err(FetchError::Unreachable(format!("request failed: {error}")));
+                    return Err(FetchError::Request {
+                        address: address.clone(),
+                        source: error,
+                    });
                 }
                 _ => {}
             }
         }
     };
-    tokio::time::timeout(timeout, work).await.map_err(|_| {
-        FetchError::Unreachable(format!("no answer from {address} within {timeout:?}"))
-    })?
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| FetchError::Timeout {
+            address: address.clone(),
+            timeout,
+        })?
 }

@@ -1,0 +1,179 @@
+//! `p2pmix consensus show|verify`: read a consensus document, from a file or a peer, and check
+//! it against the pinned authorities.
+
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use libp2p::Multiaddr;
+use p2pmix::{
+    config::Authorities,
+    directory::{fetch_consensus, peer_id, verify_consensus},
+    proto::v1::{Consensus, Role, SignedConsensus},
+    runtime::unix_ms,
+};
+use prost::Message;
+
+use super::runtime;
+
+#[derive(Subcommand)]
+pub(crate) enum ConsensusCommand {
+    /// Print a readable summary of a consensus from a file or fetched from a peer.
+    Show {
+        /// A file holding an encoded signed consensus.
+        file: Option<PathBuf>,
+        /// Fetch it from this peer instead (any authority or node that serves it).
+        #[arg(long, conflicts_with = "file")]
+        from: Option<Multiaddr>,
+        /// Which epoch to fetch (default: the newest the peer holds).
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+    /// Verify a consensus against pinned authority keys: exit 0 if valid now, 1 with the reason.
+    Verify {
+        /// A file holding an encoded signed consensus.
+        file: PathBuf,
+        /// The pinned authorities file.
+        #[arg(long)]
+        authorities: PathBuf,
+        /// Check at this time (milliseconds since the UNIX epoch) instead of now.
+        #[arg(long)]
+        now_ms: Option<u64>,
+        /// Require this epoch.
+        #[arg(long)]
+        epoch: Option<u64>,
+    },
+}
+
+/// Runs one `consensus` command.
+pub(crate) fn run(command: ConsensusCommand) -> Result<ExitCode> {
+    match command {
+        ConsensusCommand::Show { file, from, epoch } => {
+            let signed = match (file, from) {
+                (Some(file), None) => read_consensus(&file)?,
+                (None, Some(addr)) => {
+                    runtime()?.block_on(fetch_consensus(addr, epoch, Duration::from_secs(15)))?
+                }
+                _ => bail!("give a FILE or --from MULTIADDR"),
+            };
+            show(&signed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ConsensusCommand::Verify {
+            file,
+            authorities,
+            now_ms,
+            epoch,
+        } => {
+            let pinned = Authorities::load(&authorities)?.pinned();
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            match verify_consensus(&bytes, &pinned, now_ms.unwrap_or_else(unix_ms), epoch) {
+                Ok(v) => {
+                    println!(
+                        "valid: epoch {}, {} nodes, {} of {} authorities signed",
+                        v.epoch(),
+                        v.nodes().len(),
+                        v.signers().count(),
+                        pinned.len()
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("invalid: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+    }
+}
+
+fn read_consensus(path: &Path) -> Result<SignedConsensus> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    SignedConsensus::decode(&bytes[..])
+        .with_context(|| format!("{}: not a signed consensus", path.display()))
+}
+
+fn show(signed: &SignedConsensus) -> Result<()> {
+    let c =
+        Consensus::decode(&signed.consensus[..]).context("the document inside does not decode")?;
+    let now = unix_ms() as i128;
+    let rel = |t: u64| {
+        let secs = (t as i128 - now) as f64 / 1000.0;
+        if secs >= 0.0 {
+            format!("in {secs:.1} s")
+        } else {
+            format!("{:.1} s ago", -secs)
+        }
+    };
+    println!("epoch            {}", c.epoch);
+    println!(
+        "valid after      {} ({})",
+        c.valid_after_ms,
+        rel(c.valid_after_ms)
+    );
+    println!(
+        "fresh until      {} ({})",
+        c.fresh_until_ms,
+        rel(c.fresh_until_ms)
+    );
+    println!(
+        "valid until      {} ({})",
+        c.valid_until_ms,
+        rel(c.valid_until_ms)
+    );
+    println!(
+        "digest           {}",
+        hex::encode(p2pmix::directory::consensus_digest(&signed.consensus))
+    );
+    let p = c.parameters.unwrap_or_default();
+    let gateways = c.nodes.iter().filter(|n| n.role() == Role::Gateway).count();
+    println!("nodes            {} ({} gateways)", c.nodes.len(), gateways);
+    // The document may come unverified from any peer: bound the loop.
+    for layer in 1..=p.layers.min(64) {
+        let n = c
+            .nodes
+            .iter()
+            .filter(|n| n.role() == Role::Mix && n.layer == layer)
+            .count();
+        println!("  layer {layer}        {n} mixes");
+    }
+    println!(
+        "parameters       mean delay {} us (max {} us), client send every {} us, loop every {} us, drop every {} us, mix loop every {} us, {} layers, min protocol {}, geometry {:#x}",
+        p.mean_delay_us,
+        p.max_delay_us,
+        p.client_send_interval_us,
+        p.client_loop_interval_us,
+        p.client_drop_interval_us,
+        p.mix_loop_interval_us,
+        p.layers,
+        p.min_protocol_version,
+        p.geometry_id
+    );
+    println!("shared random    {}", hex::encode(&c.shared_random));
+    println!("signers          {}", signed.signatures.len());
+    for s in &signed.signatures {
+        let who = libp2p::identity::PublicKey::try_decode_protobuf(&s.authority)
+            .map(|k| k.to_peer_id().to_string())
+            .unwrap_or_else(|_| "(malformed key)".into());
+        println!("  {who}");
+    }
+    for node in &c.nodes {
+        let id = peer_id(node)
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "(malformed)".into());
+        println!(
+            "  node {:>5} {:?} layer {} {} {}",
+            node.node_id,
+            node.role(),
+            node.layer,
+            id,
+            node.addresses.join(",")
+        );
+    }
+    Ok(())
+}

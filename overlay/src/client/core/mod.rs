@@ -1,0 +1,424 @@
+//! The client state machine, sans-IO: messages in, Sphinx packets for the gateway out, packets
+//! from the gateway in, events out. Time and randomness are passed in.
+//!
+//! - **Sending**: a message (up to [`ClientConfig::max_message`]) is cut into fragments; each
+//!   fragment waits for a tick of the Poisson send stream ([`SendingSchedule`]), and only then
+//!   gets a fresh route, a fresh SURB to acknowledge it, end-to-end encryption to the recipient
+//!   ([`e2e`]) and its Sphinx packet. A fragment whose acknowledgement does not come back within
+//!   its timeout (the expected round trip, doubling per attempt) goes out again over a new
+//!   route; after [`ClientConfig::max_attempts`] the message fails.
+//! - **Receiving**: fragments are decrypted, acknowledged (always, also duplicates: the first
+//!   acknowledgement may have been lost) and reassembled within bounded memory and time; a
+//!   message is handed to the application exactly once.
+//! - **Replies**: a message may carry SURBs; the recipient answers through them without
+//!   learning who sent it. Acknowledgements and replies travel inside SURB replies, which only
+//!   the SURB's creator can open.
+//! - **Cover**: when nothing is queued, the send stream emits drop cover; loop cover comes back
+//!   to this client. All packets have one size and go to the client's gateway.
+//!
+//! The rooms: [`outbound`] (sending, acknowledgement timers, retransmission, cover), [`inbound`]
+//! (what the gateway delivers, reassembly), [`health`] (which mixes to route around),
+//! [`labels`] (what each handed-out label was for); this file holds the state and the timers.
+
+use std::{
+    cmp::Reverse,
+    collections::{BinaryHeap, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use libp2p::PeerId;
+use p2pmix_mix::{ClientId, Geometry, Surb};
+use rand::CryptoRng;
+use thiserror::Error;
+
+use self::{
+    health::RouteHealth,
+    inbound::Partial,
+    labels::{AckLabel, LabelTable, ReplyLabel},
+    outbound::{AckTimer, Outbound},
+};
+use super::{
+    address::Address,
+    e2e::{self, StaticKey},
+    frame::{MessageId, REPLY_OVERHEAD, fragment_overhead},
+    route::{RoutePolicy, Topology},
+    schedule::{Emission, SendingSchedule, StreamRates},
+};
+
+mod health;
+mod inbound;
+mod labels;
+mod outbound;
+
+/// Limits and choices of one client.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClientConfig {
+    /// Largest message accepted by [`ClientCore::send`].
+    pub max_message: usize,
+    /// Largest number of reply SURBs one message may carry.
+    pub max_reply_surbs: usize,
+    /// Sends per fragment before the message fails.
+    pub max_attempts: u32,
+    /// Extra time allowed for an acknowledgement beyond the expected round trip.
+    pub ack_slack: Duration,
+    /// Real packets that may wait for the send stream.
+    pub max_queued: usize,
+    /// Bytes of incomplete incoming messages held at most.
+    pub max_reassembly_bytes: usize,
+    /// How long an incomplete incoming message is kept.
+    pub reassembly_timeout: Duration,
+    /// How long delivered message ids are remembered (to drop duplicates).
+    pub remember_delivered: Duration,
+    /// Route independence rules.
+    pub policy: RoutePolicy,
+    /// Whether recipients learn this client's static key (Noise X) or not (Noise N).
+    pub known_sender: bool,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_message: 1 << 20,
+            max_reply_surbs: 4,
+            max_attempts: 8,
+            ack_slack: Duration::from_secs(2),
+            max_queued: 1 << 16,
+            max_reassembly_bytes: 16 << 20,
+            reassembly_timeout: Duration::from_secs(600),
+            remember_delivered: Duration::from_secs(3600),
+            policy: RoutePolicy::default(),
+            known_sender: false,
+        }
+    }
+}
+
+/// Why a message was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// Larger than [`ClientConfig::max_message`].
+    #[error("message of {len} bytes is over the limit of {max} bytes")]
+    TooLarge {
+        /// The message's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More reply SURBs than allowed.
+    #[error("{asked} reply SURBs asked, at most {max}")]
+    TooManySurbs {
+        /// Asked.
+        asked: usize,
+        /// Allowed.
+        max: usize,
+    },
+    /// The sending queue cannot take the message's fragments now.
+    #[error("the sending queue is full")]
+    QueueFull,
+    /// The reply does not fit in the SURBs the message carried.
+    #[error("the reply needs {needed} packets but {surbs} SURBs came with the message")]
+    ReplyTooLarge {
+        /// Packets needed.
+        needed: usize,
+        /// SURBs held.
+        surbs: usize,
+    },
+}
+
+/// Why a message failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum FailReason {
+    /// A fragment was never acknowledged.
+    #[error("fragment {index} was not acknowledged after {attempts} attempts")]
+    Unacknowledged {
+        /// The fragment.
+        index: u16,
+        /// Sends.
+        attempts: u32,
+    },
+}
+
+/// SURBs that came with a message: the way to answer its sender.
+#[derive(Debug)]
+pub struct ReplyHandle {
+    /// The message they came with.
+    pub message: MessageId,
+    surbs: Vec<Surb>,
+}
+
+impl ReplyHandle {
+    /// Reply packets this handle can carry.
+    pub fn surbs(&self) -> usize {
+        self.surbs.len()
+    }
+
+    /// Largest reply in bytes.
+    pub fn capacity(&self) -> usize {
+        self.surbs.len() * reply_capacity()
+    }
+}
+
+/// A message that arrived, whole.
+#[derive(Debug)]
+pub struct ReceivedMessage {
+    /// The message.
+    pub id: MessageId,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+    /// The sender's static key, when it chose to be known.
+    pub from: Option<[u8; 32]>,
+    /// For a reply: the message it answers.
+    pub in_reply_to: Option<MessageId>,
+    /// The way to answer (pass it to `reply`), if the sender gave SURBs.
+    pub reply: Option<ReplyHandle>,
+}
+
+/// What the client reports.
+#[derive(Debug)]
+pub enum ClientEvent {
+    /// A message arrived (once per message).
+    Received(ReceivedMessage),
+    /// Every fragment of a sent message was acknowledged.
+    Delivered(MessageId),
+    /// A sent message could not be delivered.
+    Failed(MessageId, FailReason),
+}
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Real fragment packets sent (first sends and retransmissions).
+    pub fragments_sent: u64,
+    /// Retransmissions among them.
+    pub retransmissions: u64,
+    /// Acknowledgement and reply packets sent.
+    pub acks_and_replies_sent: u64,
+    /// Drop-cover packets sent.
+    pub drop_cover_sent: u64,
+    /// Loop-cover packets sent.
+    pub loop_cover_sent: u64,
+    /// Loop-cover packets that came back.
+    pub loop_cover_received: u64,
+    /// Packets that could not be opened or were malformed.
+    pub undecodable: u64,
+    /// Duplicate fragments of already delivered messages.
+    pub duplicates: u64,
+}
+
+/// What waits for a tick of the send stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outgoing {
+    /// A fragment, built into a packet when its tick comes (fresh route, fresh SURB).
+    Fragment { message: MessageId, index: u16 },
+    /// A packet built ahead (an acknowledgement or a reply), by its number.
+    Prebuilt(usize),
+}
+
+/// Bytes of message data one fragment carries, with `reply_surbs` SURBs in it.
+pub fn fragment_capacity(reply_surbs: usize, known_sender: bool) -> usize {
+    Geometry::DEFAULT
+        .payload_size()
+        .saturating_sub(2 + e2e::overhead(known_sender) + fragment_overhead(reply_surbs))
+}
+
+/// Bytes of reply data one SURB carries.
+pub fn reply_capacity() -> usize {
+    Geometry::DEFAULT.payload_size() - 2 - REPLY_OVERHEAD
+}
+
+/// The client state machine. See the module documentation.
+pub struct ClientCore {
+    config: ClientConfig,
+    geometry: Geometry,
+    me: ClientId,
+    gateway: PeerId,
+    key: StaticKey,
+    topology: Option<Topology>,
+    schedule: SendingSchedule<Outgoing>,
+    /// Packets built ahead (acknowledgements, replies), sent on send-stream ticks.
+    prebuilt: HashMap<usize, Vec<u8>>,
+    next_prebuilt: usize,
+    outbound: HashMap<MessageId, Outbound>,
+    acks: LabelTable<AckLabel>,
+    replies: LabelTable<ReplyLabel>,
+    loops: LabelTable<()>,
+    health: RouteHealth,
+    timers: BinaryHeap<Reverse<AckTimer>>,
+    partials: HashMap<MessageId, Partial>,
+    partial_bytes: usize,
+    delivered: HashMap<MessageId, Instant>,
+    events: VecDeque<ClientEvent>,
+    stats: ClientStats,
+}
+
+impl std::fmt::Debug for ClientCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCore")
+            .field("gateway", &self.gateway)
+            .field("outbound", &self.outbound.len())
+            .field("partials", &self.partials.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientCore {
+    /// A client registered as `me` at `gateway`, decrypting with `key`.
+    pub fn new<R: CryptoRng + ?Sized>(
+        now: Instant,
+        config: ClientConfig,
+        me: ClientId,
+        gateway: PeerId,
+        key: StaticKey,
+        rates: StreamRates,
+        rng: &mut R,
+    ) -> Self {
+        ClientCore {
+            schedule: SendingSchedule::new(now, rates, config.max_queued, rng),
+            config,
+            geometry: Geometry::DEFAULT,
+            me,
+            gateway,
+            key,
+            topology: None,
+            prebuilt: HashMap::new(),
+            next_prebuilt: 0,
+            outbound: HashMap::new(),
+            acks: LabelTable::default(),
+            replies: LabelTable::default(),
+            loops: LabelTable::default(),
+            health: RouteHealth::default(),
+            timers: BinaryHeap::new(),
+            partials: HashMap::new(),
+            partial_bytes: 0,
+            delivered: HashMap::new(),
+            events: VecDeque::new(),
+            stats: ClientStats::default(),
+        }
+    }
+
+    /// This client's address.
+    pub fn address(&self) -> Address {
+        Address {
+            gateway: self.gateway,
+            client: self.me,
+            noise_key: self.key.public(),
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ClientStats {
+        self.stats
+    }
+
+    /// Installs the topology packets are built for (the consensus in force).
+    pub fn set_topology(&mut self, topology: Topology, rates: StreamRates) {
+        self.topology = Some(topology);
+        self.schedule.set_rates(rates);
+    }
+
+    /// The topology in use.
+    pub fn topology(&self) -> Option<&Topology> {
+        self.topology.as_ref()
+    }
+
+    /// Packets waiting for the send stream (fragments, acknowledgements, replies).
+    pub fn queued(&self) -> usize {
+        self.schedule.queued()
+    }
+
+    /// The next event for the application.
+    pub fn poll_event(&mut self) -> Option<ClientEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`ClientCore::handle_timeout`] next has retransmissions to queue or messages to
+    /// fail (the send schedule aside: a driver that cannot send yet waits for this).
+    pub fn poll_retransmit_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|Reverse(t)| t.deadline)
+    }
+
+    /// When [`ClientCore::handle_timeout`] or [`ClientCore::poll_transmit`] should next run:
+    /// the send stream's next tick or the next acknowledgement deadline.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let send = self.schedule.poll_timeout();
+        Some(match self.poll_retransmit_timeout() {
+            Some(t) => send.min(t),
+            None => send,
+        })
+    }
+
+    /// Retransmits fragments whose acknowledgement is late, fails messages out of attempts,
+    /// forgets stale state.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_ack_timers(now);
+        self.acks.expire(now);
+        self.replies.expire(now);
+        self.loops.expire(now);
+        let timeout = self.config.reassembly_timeout;
+        let mut freed = 0;
+        self.partials.retain(|_, p| {
+            let keep = now.saturating_duration_since(p.first_seen) < timeout;
+            if !keep {
+                freed += p.bytes;
+            }
+            keep
+        });
+        self.partial_bytes -= freed;
+        let remember = self.config.remember_delivered;
+        self.delivered
+            .retain(|_, t| now.saturating_duration_since(*t) < remember);
+    }
+
+    /// The next packet to hand to the gateway, if the schedule says one is due at `now`.
+    pub fn poll_transmit<R: CryptoRng + ?Sized>(
+        &mut self,
+        now: Instant,
+        rng: &mut R,
+    ) -> Option<Vec<u8>> {
+        while let Some(emission) = self.schedule.poll_emit(now, rng) {
+            let packet = match emission {
+                Emission::Real(Outgoing::Prebuilt(n)) => {
+                    let p = self.prebuilt.remove(&n);
+                    if p.is_some() {
+                        self.stats.acks_and_replies_sent += 1;
+                    }
+                    p
+                }
+                Emission::Real(Outgoing::Fragment { message, index }) => {
+                    match self.build_fragment(now, message, index, rng) {
+                        Some(packet) => Some(packet),
+                        None => {
+                            // The tick still sends a packet, or the stream would have a gap
+                            // where real traffic was due.
+                            if self.retry_unroutable(now, message, index) {
+                                self.stats.drop_cover_sent += 1;
+                                self.build_cover(false, now, rng)
+                            } else {
+                                None
+                            }
+                        }
+                    }
+                }
+                Emission::DropCover => {
+                    let p = self.build_cover(false, now, rng);
+                    if p.is_some() {
+                        self.stats.drop_cover_sent += 1;
+                    }
+                    p
+                }
+                Emission::LoopCover => {
+                    let p = self.build_cover(true, now, rng);
+                    if p.is_some() {
+                        self.stats.loop_cover_sent += 1;
+                    }
+                    p
+                }
+            };
+            if packet.is_some() {
+                return packet;
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,465 @@
+//! The gateway's mailbox server, sans-IO: fetches in, answers out, held open until there is
+//! something to hand over.
+//!
+//! A fetch registers its client (the driver derives the client id from the authenticated peer
+//! id), deletes what it acknowledges and is answered at once with what is waiting; when nothing
+//! waits and the client asked to wait, it is held (one per client: a newer fetch replaces an
+//! older one, which is answered empty) until a packet for the client becomes durable or its wait
+//! is over ([`MAX_WAIT`] at most). The answer channel is the driver's type `C`, opaque here.
+//! Time is passed in ([`Now`]: holds follow the monotonic clock, expiry the wall clock).
+
+use std::{
+    collections::{HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use p2pmix_bootstrap::Now;
+use p2pmix_mix::{ClientId, Label};
+use p2pmix_proto::v1::{
+    MailboxBatch, MailboxItem, MailboxRequest, MailboxResponse, RefusalCode, Refused,
+    mailbox_response::Response as MailboxAnswer,
+};
+
+use super::{
+    MAX_BATCH, MAX_WAIT, MailboxError,
+    store::{MailboxStore, SpoolOp},
+};
+
+/// How often expired packets and idle registrations are dropped.
+pub const EXPIRY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Counters of a mailbox server, for metrics and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MailboxStats {
+    /// Clients that registered.
+    pub registered: u64,
+    /// Packets stored (durable).
+    pub stored: u64,
+    /// Packets refused, by [`MailboxError::index`].
+    pub refused: [u64; MailboxError::REASONS.len()],
+    /// Packets handed to clients (again after a lost answer).
+    pub handed: u64,
+    /// Packets dropped because their time-to-live was over.
+    pub expired: u64,
+}
+
+/// A fetch held open until a packet arrives for its client or its wait is over.
+#[derive(Debug)]
+struct Parked<C> {
+    channel: C,
+    ack_through: u64,
+    max: usize,
+    until: Instant,
+}
+
+/// What the driver should know about, besides answers (for its logs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerEvent {
+    /// A client registered for the first time.
+    Registered(ClientId),
+    /// Packets expired.
+    Expired(usize),
+}
+
+/// The long-poll server. See the module documentation.
+#[derive(Debug)]
+pub struct MailboxServer<C> {
+    store: MailboxStore,
+    parked: HashMap<ClientId, Parked<C>>,
+    answers: VecDeque<(C, MailboxResponse)>,
+    events: VecDeque<ServerEvent>,
+    next_expiry: Instant,
+    stats: MailboxStats,
+}
+
+/// A refusal answer.
+pub fn refusal(code: RefusalCode, reason: &str) -> MailboxResponse {
+    MailboxResponse {
+        response: Some(MailboxAnswer::Refused(Refused {
+            reason: reason.into(),
+            code: code as i32,
+        })),
+    }
+}
+
+impl<C> MailboxServer<C> {
+    /// A server around `store`, starting at `now`.
+    pub fn new(store: MailboxStore, now: Now) -> Self {
+        MailboxServer {
+            store,
+            parked: HashMap::new(),
+            answers: VecDeque::new(),
+            events: VecDeque::new(),
+            next_expiry: now.mono + EXPIRY_INTERVAL,
+            stats: MailboxStats::default(),
+        }
+    }
+
+    /// The mailboxes.
+    pub fn store(&self) -> &MailboxStore {
+        &self.store
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> MailboxStats {
+        self.stats
+    }
+
+    /// Fetches held open.
+    pub fn parked(&self) -> usize {
+        self.parked.len()
+    }
+
+    /// A client's fetch: registers it, deletes what it acknowledged, and answers with what is
+    /// waiting, or holds the request until something arrives.
+    pub fn handle_fetch(
+        &mut self,
+        now: Now,
+        client: ClientId,
+        request: MailboxRequest,
+        channel: C,
+    ) {
+        // A newer fetch replaces a held one (the client gave up on it, or reconnected).
+        self.answer_parked(&client);
+        match self.store.register(client, now.unix_ms) {
+            Ok(true) => {
+                self.stats.registered += 1;
+                self.events.push_back(ServerEvent::Registered(client));
+            }
+            Ok(false) => {}
+            Err(e) => {
+                self.answers
+                    .push_back((channel, refusal(e.code(), &e.to_string())));
+                return;
+            }
+        }
+        let max = (request.max as usize).clamp(1, MAX_BATCH);
+        let answer = self.batch(&client, request.ack_through, max);
+        let empty = matches!(
+            &answer.response,
+            Some(MailboxAnswer::Batch(b)) if b.items.is_empty()
+        );
+        if empty && request.wait_ms > 0 {
+            let wait = Duration::from_millis(request.wait_ms.into()).min(MAX_WAIT);
+            self.parked.insert(
+                client,
+                Parked {
+                    channel,
+                    ack_through: request.ack_through,
+                    max,
+                    until: now.mono + wait,
+                },
+            );
+        } else {
+            self.answers.push_back((channel, answer));
+        }
+    }
+
+    /// A packet the network delivered for `client`; `Ok` with its sequence number once stored
+    /// (it is handed over when durable, see [`MailboxServer::spooled`]).
+    pub fn handle_delivery(
+        &mut self,
+        now: Now,
+        client: &ClientId,
+        label: Label,
+        body: &[u8],
+    ) -> Result<u64, MailboxError> {
+        match self.store.store(client, label, body, now.unix_ms) {
+            Ok(seq) => {
+                // A memory-only store holds it durably at once; a spooled one waits for the disk.
+                if self.store.is_durable(client, seq) {
+                    self.stats.stored += 1;
+                    self.answer_parked(client);
+                }
+                Ok(seq)
+            }
+            Err(e) => {
+                self.stats.refused[e.index()] += 1;
+                Err(e)
+            }
+        }
+    }
+
+    /// The next change the disk must see (apply it, then report saves with
+    /// [`MailboxServer::spooled`]).
+    pub fn poll_spool(&mut self) -> Option<SpoolOp> {
+        self.store.poll_spool()
+    }
+
+    /// Reports how a [`SpoolOp::Save`] went; a durable packet wakes its client's held fetch.
+    pub fn spooled(&mut self, client: &ClientId, seq: u64, written: bool) {
+        if self.store.spooled(client, seq, written) {
+            self.stats.stored += 1;
+            self.answer_parked(client);
+        } else if !written {
+            self.stats.refused[MailboxError::IO_INDEX] += 1;
+        }
+    }
+
+    /// The next answer to send on its channel.
+    pub fn poll_answer(&mut self) -> Option<(C, MailboxResponse)> {
+        self.answers.pop_front()
+    }
+
+    /// The next thing worth a log line.
+    pub fn poll_event(&mut self) -> Option<ServerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When a held fetch's wait is over or expiry is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let parked = self.parked.values().map(|p| p.until).min();
+        Some(parked.map_or(self.next_expiry, |p| p.min(self.next_expiry)))
+    }
+
+    /// Answers held fetches whose wait is over and drops expired packets.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let due: Vec<ClientId> = self
+            .parked
+            .iter()
+            .filter(|(_, p)| p.until <= now.mono)
+            .map(|(c, _)| *c)
+            .collect();
+        for client in due {
+            self.answer_parked(&client);
+        }
+        if now.mono >= self.next_expiry {
+            self.next_expiry = now.mono + EXPIRY_INTERVAL;
+            let expired = self.store.expire(now.unix_ms);
+            if expired > 0 {
+                self.stats.expired += expired as u64;
+                self.events.push_back(ServerEvent::Expired(expired));
+            }
+        }
+    }
+
+    /// Answers `client`'s held fetch with what its mailbox holds (possibly nothing).
+    fn answer_parked(&mut self, client: &ClientId) {
+        if let Some(parked) = self.parked.remove(client) {
+            let answer = self.batch(client, parked.ack_through, parked.max);
+            self.answers.push_back((parked.channel, answer));
+        }
+    }
+
+    fn batch(&mut self, client: &ClientId, ack_through: u64, max: usize) -> MailboxResponse {
+        let fetched = self.store.fetch(client, ack_through, max);
+        self.stats.handed += fetched.packets.len() as u64;
+        MailboxResponse {
+            response: Some(MailboxAnswer::Batch(MailboxBatch {
+                items: fetched
+                    .packets
+                    .into_iter()
+                    .map(|p| MailboxItem {
+                        seq: p.seq,
+                        label: p.label.0.to_vec(),
+                        body: p.body,
+                    })
+                    .collect(),
+                remaining: fetched.remaining as u64,
+            })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use p2pmix_sim::{Actor, ActorId, Ctx, Link, Sim};
+
+    use super::*;
+    use crate::mailbox::{
+        MailboxConfig,
+        fetcher::{Delivery, MailboxFetcher},
+        store::Persistence,
+    };
+
+    /// What crosses the client's link (fetches and answers by request number, as
+    /// request-response correlates them) and the network's deliveries to the gateway.
+    enum Wire {
+        Fetch(u64, MailboxRequest),
+        Answer(u64, MailboxResponse),
+        Deliver(u8),
+    }
+
+    fn client_of(actor: ActorId) -> ClientId {
+        ClientId([actor.0 as u8; 32])
+    }
+
+    struct Gateway {
+        server: MailboxServer<(ActorId, u64)>,
+        refused: Vec<MailboxError>,
+    }
+
+    impl Gateway {
+        fn flush(&mut self, ctx: &mut Ctx<'_, Wire>) {
+            while let Some(((to, id), answer)) = self.server.poll_answer() {
+                ctx.send(to, Wire::Answer(id, answer));
+            }
+        }
+    }
+
+    impl Actor<Wire> for Gateway {
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.server.poll_timeout()
+        }
+        fn handle_timeout(&mut self, ctx: &mut Ctx<'_, Wire>) {
+            self.server.handle_timeout(ctx.now);
+            self.flush(ctx);
+        }
+        fn handle_message(&mut self, ctx: &mut Ctx<'_, Wire>, from: ActorId, message: Wire) {
+            match message {
+                Wire::Fetch(id, request) => {
+                    self.server
+                        .handle_fetch(ctx.now, client_of(from), request, (from, id))
+                }
+                // The network delivers for the client actor 1.
+                Wire::Deliver(n) => {
+                    let to = client_of(ActorId(1));
+                    if let Err(e) = self
+                        .server
+                        .handle_delivery(ctx.now, &to, Label([n; 16]), &[n])
+                    {
+                        self.refused.push(e);
+                    }
+                }
+                Wire::Answer(..) => {}
+            }
+            self.flush(ctx);
+        }
+    }
+
+    struct Client {
+        fetcher: MailboxFetcher,
+        gateway: ActorId,
+        fetches: u32,
+        got: Vec<(Instant, Delivery)>,
+    }
+
+    impl Actor<Wire> for Client {
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.fetcher.poll_timeout()
+        }
+        fn handle_timeout(&mut self, ctx: &mut Ctx<'_, Wire>) {
+            self.fetcher.handle_timeout(ctx.mono());
+            if let Some(request) = self.fetcher.poll_request() {
+                self.fetches += 1;
+                ctx.send(self.gateway, Wire::Fetch(self.fetches.into(), request));
+            }
+        }
+        fn handle_message(&mut self, ctx: &mut Ctx<'_, Wire>, _: ActorId, message: Wire) {
+            // Only the answer to the fetch under way counts (request-response correlates them).
+            if let Wire::Answer(id, answer) = message
+                && id == u64::from(self.fetches)
+                && let Ok(items) = self.fetcher.handle_response(ctx.mono(), answer)
+            {
+                let now = ctx.mono();
+                self.got.extend(items.into_iter().map(|d| (now, d)));
+            }
+        }
+    }
+
+    const LATENCY: Duration = Duration::from_millis(40);
+
+    /// A gateway (actor 0), its client (actor 1) and the network (actor 2, which only sends).
+    fn network() -> (Sim<Wire>, ActorId, ActorId, ActorId) {
+        let mut sim = Sim::new(11);
+        sim.set_default_link(Link::fixed(LATENCY));
+        let store = MailboxStore::new(
+            MailboxConfig::default(),
+            Persistence::Memory,
+            sim.now().unix_ms,
+        );
+        let gateway = sim.add(Gateway {
+            server: MailboxServer::new(store, sim.now()),
+            refused: Vec::new(),
+        });
+        let client = sim.add(Client {
+            fetcher: MailboxFetcher::new(sim.now().mono),
+            gateway,
+            fetches: 0,
+            got: Vec::new(),
+        });
+        let net = sim.add(Client {
+            fetcher: MailboxFetcher::new(sim.now().mono + Duration::from_secs(1 << 30)),
+            gateway,
+            fetches: 0,
+            got: Vec::new(),
+        });
+        (sim, gateway, client, net)
+    }
+
+    #[test]
+    fn a_held_fetch_is_answered_as_soon_as_a_packet_arrives() {
+        let (mut sim, gateway, client, net) = network();
+        // Before the client's first fetch arrives it is not registered: the packet is refused.
+        sim.set_link(net, gateway, Link::fixed(Duration::from_millis(1)));
+        sim.send(net, gateway, Wire::Deliver(9));
+        sim.run_for(Duration::from_millis(10));
+        assert!(matches!(
+            sim.actor::<Gateway>(gateway).refused[..],
+            [MailboxError::NotRegistered]
+        ));
+        sim.run_for(Duration::from_secs(5));
+        assert_eq!(
+            sim.actor::<Gateway>(gateway).server.parked(),
+            1,
+            "the fetch is held"
+        );
+        let sent = sim.now().mono;
+        sim.send(net, gateway, Wire::Deliver(1));
+        assert!(sim.run_within(Duration::from_secs(30), |s| {
+            !s.actor::<Client>(client).got.is_empty()
+        }));
+        let (at, delivery) = &sim.actor::<Client>(client).got[0];
+        assert_eq!(delivery.body, [1]);
+        assert_eq!(
+            *at - sent,
+            Duration::from_millis(1) + LATENCY,
+            "to the gateway, then at once the held answer"
+        );
+        // The next fetch, sent at once, acknowledges it: the gateway deletes it.
+        sim.run_for(Duration::from_secs(1));
+        assert!(sim.actor::<Gateway>(gateway).server.store().is_empty());
+        assert_eq!(sim.actor::<Gateway>(gateway).server.parked(), 1);
+        assert_eq!(sim.actor::<Client>(client).got.len(), 1, "handed over once");
+    }
+
+    #[test]
+    fn a_quiet_mailbox_answers_each_fetch_after_its_wait_and_the_client_asks_again() {
+        let (mut sim, gateway, client, _) = network();
+        sim.run_for(Duration::from_secs(100) + 2 * LATENCY);
+        // Every fetch is held for MAX_WAIT (20 s) and answered empty; the client asks again at
+        // once: one fetch per 20 s plus the round trip.
+        let fetches = sim.actor::<Client>(client).fetches;
+        assert_eq!(fetches, 5, "fetches in 100 s of quiet");
+        assert!(sim.actor::<Client>(client).got.is_empty());
+        assert_eq!(sim.actor::<Gateway>(gateway).server.stats().handed, 0);
+    }
+
+    #[test]
+    fn a_newer_fetch_replaces_a_held_one_which_is_answered_empty() {
+        let (mut sim, gateway, client, net) = network();
+        sim.run_for(Duration::from_secs(1));
+        // A second fetch from the same client (it reconnected), while the first is held.
+        sim.send(
+            client,
+            gateway,
+            Wire::Fetch(
+                999,
+                MailboxRequest {
+                    ack_through: 0,
+                    max: 8,
+                    wait_ms: 20_000,
+                },
+            ),
+        );
+        sim.run_for(Duration::from_secs(1));
+        assert_eq!(sim.actor::<Gateway>(gateway).server.parked(), 1);
+        sim.send(net, gateway, Wire::Deliver(5));
+        sim.run_for(Duration::from_secs(1));
+        let got = &sim.actor::<Client>(client).got;
+        assert_eq!(got.len(), 1, "one answer carries the packet, once");
+        assert_eq!(got[0].1.body, [5]);
+    }
+}

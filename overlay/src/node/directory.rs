@@ -1,0 +1,289 @@
+//! The node's side of the directory protocol: the [`DirectoryClient`]'s actions become requests
+//! (descriptor uploads, consensus fetches), answers go back to it, verified documents are
+//! installed and saved, and peers are served the documents the node holds.
+//!
+//! [`DirectoryClient`]: crate::directory::DirectoryClient
+
+use std::path::PathBuf;
+
+use libp2p::request_response;
+use p2pmix_bootstrap::{MAX_ADDRESSES, PROTOCOL_VERSION, sign_descriptor};
+use p2pmix_proto::v1::{
+    DirectoryRequest, DirectoryResponse, EpochKey, GetConsensus, NodeDescriptor, RefusalCode, Role,
+    SignedConsensus, SignedDescriptor, directory_request::Request, directory_response::Response,
+};
+use prost::Message;
+use tracing::{debug, info, warn};
+
+use super::{Node, install::Installation};
+use crate::{
+    directory::{Action, UploadOutcome, answer_held},
+    runtime::{Now, files::write_atomic},
+};
+
+/// Why no descriptor could be made for an upload (it is retried).
+#[derive(Debug)]
+enum NotReady {
+    /// The swarm listens nowhere yet.
+    NoAddress,
+    /// The epoch key could not be created.
+    Key(super::keys::EpochKeyError),
+    /// Signing failed.
+    Signing,
+}
+
+impl std::fmt::Display for NotReady {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotReady::NoAddress => write!(f, "no listen address yet"),
+            NotReady::Key(e) => write!(f, "epoch key: {e}"),
+            NotReady::Signing => write!(f, "signing failed"),
+        }
+    }
+}
+
+impl Node {
+    fn consensus_path(&self, epoch: u64) -> PathBuf {
+        self.config.data_dir.join(format!("consensus-{epoch}.pb"))
+    }
+
+    /// Offers the documents saved by an earlier run (each is verified again; stale ones fail).
+    pub(super) fn load_cached_consensus(&mut self, now: Now) {
+        let Ok(dir) = std::fs::read_dir(&self.config.data_dir) else {
+            return;
+        };
+        let mut files: Vec<PathBuf> = dir
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("consensus-") && n.ends_with(".pb"))
+            })
+            .collect();
+        files.sort();
+        for path in files {
+            let offered = std::fs::read(&path)
+                .ok()
+                .and_then(|b| SignedConsensus::decode(&b[..]).ok());
+            match offered.map(|s| self.directory.offer(now.unix_ms, s, None)) {
+                Some(Ok(Some(epoch))) => {
+                    debug!(epoch, "using the saved consensus");
+                    self.apply_consensus(now, epoch);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+    }
+
+    /// Turns the directory client's actions into requests.
+    pub(super) fn send_directory_requests(&mut self, now: Now) {
+        while let Some(action) = self.directory.poll_action() {
+            let target = match &action {
+                Action::Upload { to, .. } => *to,
+                Action::Fetch { from, .. } => *from,
+            };
+            // Request-response forgets an address after a failed dial; the configured
+            // addresses of authorities must survive an authority's restart.
+            if let Some(entry) = self
+                .config
+                .authorities
+                .entries
+                .iter()
+                .find(|e| e.peer_id == target)
+            {
+                for addr in &entry.addresses {
+                    self.swarm.add_peer_address(target, addr.clone());
+                }
+            }
+            let request = match &action {
+                Action::Upload { epoch, to } => match self.descriptor(*epoch) {
+                    Ok(signed) => Request::Descriptor(signed),
+                    Err(reason) => {
+                        debug!(epoch, %reason, "descriptor not ready");
+                        self.directory.upload_done(
+                            now.unix_ms,
+                            *epoch,
+                            *to,
+                            UploadOutcome::Failed(reason.to_string()),
+                        );
+                        continue;
+                    }
+                },
+                Action::Fetch { epoch, .. } => {
+                    Request::GetConsensus(GetConsensus { epoch: *epoch })
+                }
+            };
+            let id = self.swarm.behaviour_mut().directory.send_request(
+                &target,
+                DirectoryRequest {
+                    request: Some(request),
+                },
+            );
+            self.requests.insert(id, action);
+        }
+    }
+
+    /// This node's signed descriptor for `epoch` (creating and saving that epoch's key).
+    fn descriptor(&mut self, epoch: u64) -> Result<SignedDescriptor, NotReady> {
+        let mut addresses: Vec<String> = self.listen_addrs.iter().map(|a| a.to_string()).collect();
+        addresses.sort();
+        addresses.dedup();
+        addresses.truncate(MAX_ADDRESSES);
+        if addresses.is_empty() {
+            return Err(NotReady::NoAddress);
+        }
+        let key = self
+            .keys
+            .public_key_for(epoch, &mut self.rng)
+            .map_err(NotReady::Key)?;
+        let descriptor = NodeDescriptor {
+            epoch,
+            identity: self.keypair.public().encode_protobuf(),
+            addresses,
+            role: Role::from(self.config.role) as i32,
+            sphinx_keys: vec![EpochKey {
+                epoch,
+                sphinx_public_key: key.to_bytes().to_vec(),
+            }],
+            software_version: env!("CARGO_PKG_VERSION").into(),
+            protocol_version: PROTOCOL_VERSION,
+            family: self.config.family.clone(),
+        };
+        sign_descriptor(&self.keypair, &descriptor).ok_or(NotReady::Signing)
+    }
+
+    /// Installs the consensus of `epoch` (see [`Installation`]) and saves it.
+    fn apply_consensus(&mut self, now: Now, epoch: u64) {
+        let Some(consensus) = self.directory.consensus(epoch) else {
+            return;
+        };
+        let newest = self.directory.newest().map(|c| c.epoch()) == Some(epoch);
+        let installation = Installation::of(consensus, &self.me, newest);
+        let signed = consensus.signed().encode_to_vec();
+        self.relay.set_topology(epoch, installation.topology);
+        if self.installed.insert(epoch) {
+            let (mixes, gateways) = (installation.mixes, installation.gateways);
+            match installation.layer {
+                Some(layer) => info!(epoch, mixes, gateways, layer, "consensus: admitted"),
+                None => info!(epoch, mixes, gateways, "consensus: this node is not in it"),
+            }
+        }
+        self.installed.retain(|e| *e + 3 > epoch);
+        let behaviour = self.swarm.behaviour_mut();
+        // Addresses of peers that left every held consensus are no longer needed for relaying.
+        let relay = self.relay.clone();
+        behaviour.mix.retain_addresses(|p| relay.is_node(p));
+        for (peer, addr) in installation.addresses {
+            behaviour.mix.add_address(peer, addr.clone());
+            behaviour.kad.add_address(&peer, addr);
+        }
+        if let Some(limits) = installation.limits {
+            self.relay.set_max_delay(limits.max_delay);
+            behaviour
+                .mix
+                .set_client_rate(limits.client_rate.rate, limits.client_rate.burst);
+        }
+        if let Err(e) = write_atomic(&self.consensus_path(epoch), &signed) {
+            warn!(%e, "could not save the consensus");
+        }
+        let current = self.config.schedule.epoch_at(now.unix_ms);
+        for old in current.saturating_sub(3)..epoch.saturating_sub(3) {
+            let _ = std::fs::remove_file(self.consensus_path(old));
+        }
+    }
+
+    /// Requests from peers (documents served from what this node holds) and answers to this
+    /// node's own requests.
+    pub(super) fn handle_directory_event(
+        &mut self,
+        now: Now,
+        event: request_response::Event<DirectoryRequest, DirectoryResponse>,
+    ) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let response = answer_held(&self.directory, request);
+                debug!(%peer, "answered a directory request");
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .directory
+                    .send_response(channel, response);
+            }
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match self.requests.remove(&request_id) {
+                Some(Action::Upload { epoch, to }) => {
+                    let outcome = match response.response {
+                        Some(Response::Accepted(_)) => {
+                            info!(epoch, authority = %to, "descriptor accepted");
+                            UploadOutcome::Held
+                        }
+                        Some(Response::Refused(r)) if r.code() == RefusalCode::Duplicate => {
+                            UploadOutcome::Held
+                        }
+                        Some(Response::Refused(r)) => {
+                            // Retried with backoff while the phase lasts: a refusal may come
+                            // from clocks that disagree about the epoch.
+                            warn!(epoch, authority = %to, code = ?r.code(), reason = %r.reason, "descriptor refused");
+                            UploadOutcome::Failed(r.reason)
+                        }
+                        _ => UploadOutcome::Failed("unexpected answer".into()),
+                    };
+                    self.directory.upload_done(now.unix_ms, epoch, to, outcome);
+                }
+                Some(Action::Fetch { epoch, .. }) => {
+                    let offered = match response.response {
+                        Some(Response::Consensus(c)) => Some(c),
+                        _ => None,
+                    };
+                    match self.directory.fetch_done(now.unix_ms, epoch, offered) {
+                        Ok(Some(e)) => {
+                            info!(epoch = e, from = %peer, "consensus fetched and verified");
+                            self.apply_consensus(now, e);
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(epoch, from = %peer, "consensus refused: {e}"),
+                    }
+                }
+                None => {}
+            },
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => match self.requests.remove(&request_id) {
+                Some(Action::Upload { epoch, to }) => {
+                    warn!(epoch, authority = %to, "descriptor upload failed: {error}");
+                    self.directory.upload_done(
+                        now.unix_ms,
+                        epoch,
+                        to,
+                        UploadOutcome::Failed(error.to_string()),
+                    );
+                }
+                Some(Action::Fetch { epoch, .. }) => {
+                    debug!(epoch, %peer, "consensus fetch failed: {error}");
+                    let _ = self.directory.fetch_done(now.unix_ms, epoch, None);
+                }
+                None => {}
+            },
+            _ => {}
+        }
+    }
+}

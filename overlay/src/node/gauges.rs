@@ -1,0 +1,89 @@
+//! The node's Prometheus gauges and the counters of its sans-IO parts, exported on a timer from
+//! a snapshot the driver takes (the parts themselves never touch the metrics recorder).
+
+use std::time::{Duration, Instant};
+
+use metrics::{counter, gauge};
+
+use crate::{
+    mailbox::{MailboxError, MailboxStats},
+    node::cover::CoverStats,
+};
+
+/// How often the gauges are brought up to date.
+pub const EXPORT_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the node looks like at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Snapshot {
+    /// The epoch by the clock.
+    pub epoch: u64,
+    /// Peers with a connection.
+    pub connected_peers: usize,
+    /// Peers in the Kademlia routing table.
+    pub kad_peers: usize,
+    /// The consensus in force: its epoch, its age in seconds, and whether it admits this node.
+    pub consensus: Option<(u64, f64, bool)>,
+    /// The node's loop cover.
+    pub cover: CoverStats,
+    /// A gateway's mailboxes: registered clients, packets and bytes held, and counters.
+    pub mailbox: Option<(usize, usize, usize, MailboxStats)>,
+}
+
+/// The export timer. See the module documentation.
+#[derive(Debug)]
+pub struct Gauges {
+    next: Instant,
+}
+
+impl Gauges {
+    /// Exports first at `now`.
+    pub fn new(now: Instant) -> Self {
+        Gauges { next: now }
+    }
+
+    /// When the next export is due.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.next)
+    }
+
+    /// Whether an export is due at `now` (the next one is then [`EXPORT_INTERVAL`] later).
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + EXPORT_INTERVAL;
+        true
+    }
+
+    /// Writes `snapshot` to the metrics recorder.
+    pub fn export(&self, snapshot: &Snapshot) {
+        gauge!("p2pmix_epoch").set(snapshot.epoch as f64);
+        gauge!("p2pmix_connected_peers").set(snapshot.connected_peers as f64);
+        gauge!("p2pmix_kad_peers").set(snapshot.kad_peers as f64);
+        match snapshot.consensus {
+            Some((epoch, age, admitted)) => {
+                gauge!("p2pmix_consensus_epoch").set(epoch as f64);
+                gauge!("p2pmix_consensus_age_seconds").set(age);
+                gauge!("p2pmix_admitted").set(if admitted { 1.0 } else { 0.0 });
+            }
+            None => gauge!("p2pmix_admitted").set(0.0),
+        }
+        counter!("p2pmix_loop_cover_sent_total").absolute(snapshot.cover.sent);
+        counter!("p2pmix_loop_cover_returned_total").absolute(snapshot.cover.returned);
+        if let Some((clients, packets, bytes, stats)) = snapshot.mailbox {
+            gauge!("p2pmix_mailbox_clients").set(clients as f64);
+            gauge!("p2pmix_mailbox_packets").set(packets as f64);
+            gauge!("p2pmix_mailbox_bytes").set(bytes as f64);
+            counter!("p2pmix_mailbox_registered_total").absolute(stats.registered);
+            counter!("p2pmix_mailbox_stored_total").absolute(stats.stored);
+            counter!("p2pmix_mailbox_handed_total").absolute(stats.handed);
+            counter!("p2pmix_mailbox_expired_total").absolute(stats.expired);
+            for (reason, count) in MailboxError::REASONS.iter().zip(stats.refused) {
+                if count > 0 {
+                    counter!("p2pmix_mailbox_refused_total", "reason" => *reason).absolute(count);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,524 @@
+//! The mix node: a swarm with Kademlia discovery, the directory client and the Sphinx relay.
+//!
+//! Kademlia (`/p2pmix/kad/1.0.0`, server mode) finds peers and their addresses, starting from the
+//! bootstrap list; identify feeds each peer's listen addresses into it. Only the verified
+//! consensus decides who may carry traffic: it sets the relay's topology (node id -> peer) and
+//! keys for each epoch. The mix behaviour does the Sphinx work on its own threads.
+//!
+//! This file is the node's loop, which only dispatches: it reads the clocks once per turn
+//! ([`Now`]), runs the machines whose timer is due, waits for the earliest next timer or a swarm
+//! event, and hands each event to the machine it is for. The machines, one a file:
+//! - [`bootstrap`]: dials the bootstrap list with backoff until each address answered once;
+//! - [`keys`]: the epoch keys on disk and their rotation in the relay's key ring;
+//! - the [`DirectoryClient`] (in [`crate::directory`]): descriptor uploads, consensus fetches;
+//!   [`directory`] turns its actions into requests and serves held documents to peers;
+//! - [`install`]: what a verified consensus means for this node (a pure function);
+//! - [`cover`]: the node's own loop cover;
+//! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/1.0.0`;
+//! - [`gauges`]: the metrics, exported on a timer.
+//!
+//! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`, `consensus-<epoch>.pb`
+//! (verified documents, reused at restart), `listen-addrs` (full multiaddrs with `/p2p/`, usable
+//! as bootstrap addresses), on gateways `mailbox/` and, with metrics on, `metrics-addr`.
+
+pub mod bootstrap;
+pub mod cover;
+mod directory;
+pub mod gateway;
+pub mod gauges;
+pub mod install;
+pub mod keys;
+mod swarm;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, Swarm, TransportError, identify,
+    identity::Keypair,
+    kad,
+    multiaddr::Protocol,
+    ping, request_response,
+    swarm::{SwarmEvent, dial_opts::DialOpts},
+};
+use metrics::counter;
+use p2pmix_bootstrap::{DIRECTORY_PROTOCOL, default_parameters, peer_id};
+use p2pmix_mix::{
+    Geometry, KeyRing, Relay, RelayConfig, ReplayConfig,
+    behaviour::{Config as MixConfig, Event as MixEvent},
+};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+pub use self::swarm::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeBehaviour, NodeBehaviourEvent};
+use self::{
+    bootstrap::BootstrapDialer,
+    cover::LoopCover,
+    gateway::Gateway,
+    gauges::{Gauges, Snapshot},
+    install::ClientRate,
+    keys::{EpochKeyError, EpochKeyStore, KeyRotation},
+};
+use crate::{
+    client::{Topology, client_id},
+    config::{NodeConfig, NodeRole},
+    directory::{Action, DirectoryClient},
+    identity::{IDENTITY_FILE, IdentityError, load_or_create_identity},
+    mailbox::MailboxConfig,
+    runtime::{
+        Now, SwarmError,
+        files::{FileError, create_dir, write_atomic},
+        metrics::{self as metrics_endpoint, MetricsError},
+    },
+};
+
+/// Why a node stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Reading or writing the data directory failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The identity key could not be read or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// An epoch key could not be read or written.
+    #[error(transparent)]
+    Keys(#[from] EpochKeyError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The swarm could not be built.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The swarm could not listen on an address.
+    #[error("listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        source: TransportError<std::io::Error>,
+    },
+}
+
+/// How long the previous epoch's key keeps working after a boundary: a whole epoch. Packets built
+/// just before the boundary are still in flight, and when the next consensus fails clients keep
+/// using the previous one (valid one more epoch) with its keys.
+fn key_grace(period_ms: u64) -> Duration {
+    Duration::from_millis(period_ms.max(1_000))
+}
+
+/// Longest the loop sleeps without looking at the clock (a wall-clock step is noticed within it).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// A running node: its swarm and its machines.
+struct Node {
+    config: NodeConfig,
+    keypair: Keypair,
+    me: PeerId,
+    swarm: Swarm<NodeBehaviour>,
+    relay: Arc<Relay<PeerId>>,
+    keys: KeyRotation,
+    directory: DirectoryClient,
+    /// Directory requests under way, by request id.
+    requests: HashMap<request_response::OutboundRequestId, Action>,
+    listen_addrs: Vec<Multiaddr>,
+    bootstrap: BootstrapDialer,
+    /// Epochs whose topology is installed.
+    installed: HashSet<u64>,
+    rng: rand::rngs::ThreadRng,
+    /// Gateways: the mailboxes of registered clients.
+    gateway: Option<Gateway>,
+    cover: LoopCover,
+    gauges: Gauges,
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run_node(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    create_dir(&config.data_dir)?;
+    let keypair = load_or_create_identity(&config.data_dir.join(IDENTITY_FILE))?;
+    let me = keypair.public().to_peer_id();
+
+    // The recorder goes in before the mix behaviour takes its metric handles.
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics {
+        let handle = metrics_endpoint::install_recorder()?;
+        let (bound, task) = metrics_endpoint::serve(addr, handle).await?;
+        write_atomic(
+            &config.data_dir.join("metrics-addr"),
+            format!("{bound}\n").as_bytes(),
+        )?;
+        info!(%bound, "metrics at http://{bound}/metrics");
+        metrics_task = Some(task);
+    }
+
+    let now = Now::system();
+    let epoch = config.schedule.epoch_at(now.unix_ms);
+    let (store, retired) = EpochKeyStore::open(&config.data_dir, epoch)?;
+    if !retired.is_empty() {
+        info!(
+            ?retired,
+            "retired the keys of epochs that had begun (their replay caches did not survive the \
+             restart); relaying resumes with the next epoch's key"
+        );
+    }
+    let defaults = default_parameters();
+    let relay = Arc::new(Relay::new(
+        Geometry::DEFAULT,
+        RelayConfig {
+            max_delay: Duration::from_micros(defaults.max_delay_us),
+        },
+        KeyRing::new(
+            epoch,
+            key_grace(config.schedule.period_ms()),
+            ReplayConfig::default(),
+        ),
+    ));
+    let rate = ClientRate::from_parameters(&defaults);
+    let mix_config = MixConfig {
+        client_rate: rate.rate,
+        client_burst: rate.burst,
+        ..MixConfig::default()
+    };
+    let mut swarm = swarm::build_node_swarm(
+        keypair.clone(),
+        relay.clone(),
+        mix_config,
+        config.role == NodeRole::Gateway,
+    )?;
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .map_err(|source| NodeError::Listen {
+                address: address.clone(),
+                source,
+            })?;
+    }
+    for entry in &config.authorities.entries {
+        for addr in &entry.addresses {
+            swarm.add_peer_address(entry.peer_id, addr.clone());
+        }
+    }
+    let directory = DirectoryClient::new(
+        now,
+        config.schedule,
+        config.authorities.pinned(),
+        config.authorities.peer_ids(),
+    );
+    let gateway = match config.role {
+        NodeRole::Gateway => Some(Gateway::open(
+            config.data_dir.join("mailbox"),
+            MailboxConfig::default(),
+            now,
+        )?),
+        NodeRole::Mix => None,
+    };
+    info!(peer_id = %me, role = ?config.role, epoch, "node started");
+    let mut node = Node {
+        keys: KeyRotation::new(store, config.schedule, now),
+        bootstrap: BootstrapDialer::new(config.bootstrap.iter().cloned(), now.mono),
+        config,
+        keypair,
+        me,
+        swarm,
+        relay,
+        directory,
+        requests: HashMap::new(),
+        listen_addrs: Vec::new(),
+        installed: HashSet::new(),
+        rng: rand::rng(),
+        gateway,
+        cover: LoopCover::new(me, now.mono),
+        gauges: Gauges::new(now.mono),
+    };
+    node.load_cached_consensus(now);
+    let result = node.run(now, shutdown).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    result
+}
+
+impl Node {
+    /// The loop: run due timers, wait for the next timer or event, read the clocks, dispatch.
+    async fn run(
+        &mut self,
+        mut now: Now,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), NodeError> {
+        tokio::pin!(shutdown);
+        loop {
+            self.handle_timeouts(now)?;
+            let wake = self
+                .poll_timeout()
+                .map_or(now.mono + MAX_SLEEP, |t| t.min(now.mono + MAX_SLEEP));
+            let event = tokio::select! {
+                _ = &mut shutdown => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+                _ = tokio::time::sleep_until(wake.into()) => None,
+                event = self.swarm.select_next_some() => Some(event),
+            };
+            now = Now::system();
+            if let Some(event) = event {
+                self.handle_event(now, event)?;
+            }
+        }
+    }
+
+    /// The earliest timer of any machine.
+    fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.directory.poll_timeout(),
+            self.keys.poll_timeout(),
+            self.bootstrap.poll_timeout(),
+            self.cover.poll_timeout(),
+            self.gauges.poll_timeout(),
+            self.gateway
+                .as_ref()
+                .and_then(|g| g.server().poll_timeout()),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Runs every machine whose timer is due at `now`.
+    fn handle_timeouts(&mut self, now: Now) -> Result<(), NodeError> {
+        let due = |t: Option<Instant>| t.is_some_and(|t| t <= now.mono);
+        if due(self.keys.poll_timeout()) {
+            let rotated = self
+                .relay
+                .with_keys(|ring| self.keys.handle_timeout(now, ring))?;
+            if let Some(epoch) = rotated.advanced_to {
+                info!(epoch, "new epoch");
+            }
+            for (epoch, error) in rotated.unusable {
+                warn!(epoch, %error, "epoch key unusable");
+            }
+        }
+        if due(self.directory.poll_timeout()) {
+            self.directory.handle_timeout(now);
+        }
+        self.send_directory_requests(now);
+        if due(self.bootstrap.poll_timeout()) {
+            self.bootstrap.handle_timeout(now.mono);
+            self.dial_bootstrap(now);
+        }
+        if due(self.cover.poll_timeout()) {
+            self.send_loop_cover(now);
+        }
+        if let Some(gateway) = &mut self.gateway
+            && due(gateway.server().poll_timeout())
+        {
+            gateway.handle_timeout(now, &mut self.swarm.behaviour_mut().mailbox);
+        }
+        if self.gauges.handle_timeout(now.mono) {
+            let snapshot = self.snapshot(now);
+            self.gauges.export(&snapshot);
+        }
+        Ok(())
+    }
+
+    fn dial_bootstrap(&mut self, now: Now) {
+        while let Some((index, address)) = self.bootstrap.poll_dial() {
+            let opts = DialOpts::unknown_peer_id().address(address.clone()).build();
+            let id = opts.connection_id();
+            match self.swarm.dial(opts) {
+                Ok(()) => self.bootstrap.dialing(index, id),
+                Err(e) => {
+                    warn!(%address, %e, "bootstrap peer: cannot dial");
+                    self.bootstrap.dial_failed(index, now.mono);
+                }
+            }
+        }
+    }
+
+    /// Keeps the loop stream on the consensus in force, and sends what is due.
+    fn send_loop_cover(&mut self, now: Now) {
+        let in_force = self.directory.in_force(now.unix_ms);
+        if in_force.map(|c| c.epoch()) != self.cover.epoch() {
+            self.cover.set_network(in_force.map(|c| {
+                (
+                    Topology::from_consensus(c),
+                    c.parameters().mix_loop_interval_us,
+                )
+            }));
+        }
+        self.cover.handle_timeout(now.mono, &mut self.rng);
+        if let Some((first, packet)) = self.cover.poll_transmit() {
+            self.swarm.behaviour_mut().mix.send(first, packet);
+        }
+    }
+
+    fn snapshot(&mut self, now: Now) -> Snapshot {
+        let kad_peers = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .map(|b| b.num_entries())
+            .sum();
+        let me = self.me;
+        Snapshot {
+            epoch: self.config.schedule.epoch_at(now.unix_ms),
+            connected_peers: self.swarm.connected_peers().count(),
+            kad_peers,
+            consensus: self.directory.in_force(now.unix_ms).map(|c| {
+                let age = now.unix_ms.saturating_sub(c.consensus().valid_after_ms);
+                let admitted = c.nodes().iter().any(|n| peer_id(n) == Some(me));
+                (c.epoch(), age as f64 / 1e3, admitted)
+            }),
+            cover: self.cover.stats(),
+            mailbox: self.gateway.as_ref().map(Gateway::snapshot),
+        }
+    }
+
+    fn handle_event(
+        &mut self,
+        now: Now,
+        event: SwarmEvent<NodeBehaviourEvent>,
+    ) -> Result<(), NodeError> {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                self.listen_addrs.push(address);
+                let text: String = self
+                    .listen_addrs
+                    .iter()
+                    .map(|a| format!("{}\n", a.clone().with(Protocol::P2p(self.me))))
+                    .collect();
+                write_atomic(&self.config.data_dir.join("listen-addrs"), text.as_bytes())?;
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| *a != address);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
+            } => {
+                debug!(%peer_id, "connected");
+                if let Some(address) = self.bootstrap.handle_connected(connection_id) {
+                    info!(%address, %peer_id, "reached bootstrap peer");
+                    let kad = &mut self.swarm.behaviour_mut().kad;
+                    kad.add_address(&peer_id, endpoint.get_remote_address().clone());
+                    if let Err(e) = kad.bootstrap() {
+                        debug!(%e, "kademlia bootstrap");
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError {
+                connection_id,
+                error,
+                ..
+            } => {
+                if let Some(u) = self.bootstrap.handle_dial_failure(connection_id, now.mono) {
+                    warn!(
+                        address = %u.address,
+                        retry_in = ?u.retry_in,
+                        "bootstrap peer unreachable: {error}"
+                    );
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => self.directory.remove_peer(&peer_id),
+            SwarmEvent::Behaviour(event) => self.handle_behaviour_event(now, event),
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn handle_behaviour_event(&mut self, now: Now, event: NodeBehaviourEvent) {
+        match event {
+            NodeBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }) => {
+                let behaviour = self.swarm.behaviour_mut();
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for addr in &info.listen_addrs {
+                        behaviour.kad.add_address(&peer_id, addr.clone());
+                    }
+                }
+                for addr in &info.listen_addrs {
+                    behaviour.mix.add_address(peer_id, addr.clone());
+                }
+                if info.protocols.contains(&DIRECTORY_PROTOCOL) {
+                    self.directory.add_peer(peer_id);
+                }
+            }
+            NodeBehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::Bootstrap(Ok(ok)),
+                ..
+            }) if ok.num_remaining == 0 => debug!("kademlia bootstrap done"),
+            NodeBehaviourEvent::Kad(kad::Event::RoutingUpdated { peer, .. }) => {
+                debug!(%peer, "kademlia: routing table updated");
+            }
+            NodeBehaviourEvent::Directory(event) => self.handle_directory_event(now, event),
+            NodeBehaviourEvent::Ping(ping::Event {
+                peer,
+                connection,
+                result: Err(error),
+            }) if !matches!(error, ping::Failure::Unsupported) => {
+                // A neighbour that stopped answering would otherwise hold its mix link (and
+                // the frames queued on it) until TCP gives up.
+                debug!(%peer, %error, "ping failed, closing the connection");
+                self.swarm.close_connection(connection);
+            }
+            NodeBehaviourEvent::Mix(MixEvent::Delivered {
+                client,
+                label,
+                body,
+            }) => {
+                if self.cover.is_loop(&client) {
+                    return;
+                }
+                match &mut self.gateway {
+                    Some(gateway) => gateway.handle_delivery(
+                        now,
+                        &client,
+                        label,
+                        &body,
+                        &mut self.swarm.behaviour_mut().mailbox,
+                    ),
+                    None => {
+                        counter!("p2pmix_mailbox_refused_total", "reason" => "not_gateway")
+                            .increment(1);
+                    }
+                }
+            }
+            NodeBehaviourEvent::Mailbox(request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            }) => {
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.handle_fetch(
+                        now,
+                        client_id(&peer),
+                        request,
+                        channel,
+                        &mut self.swarm.behaviour_mut().mailbox,
+                    );
+                }
+            }
+            NodeBehaviourEvent::Mix(MixEvent::PeerBanned(peer)) => {
+                warn!(%peer, "cut off a peer for invalid traffic");
+            }
+            _ => {}
+        }
+    }
+}

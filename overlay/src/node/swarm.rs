@@ -1,0 +1,86 @@
+//! The node's swarm: which protocols a node speaks and how they are configured.
+
+use std::{sync::Arc, time::Duration};
+
+use libp2p::{
+    PeerId, StreamProtocol, Swarm, identify,
+    identity::Keypair,
+    kad::{self, store::MemoryStore},
+    ping,
+};
+use p2pmix_bootstrap::directory_behaviour;
+use p2pmix_mix::{
+    Relay,
+    behaviour::{Behaviour as MixBehaviour, Config as MixConfig},
+};
+
+use crate::{
+    mailbox::mailbox_behaviour,
+    runtime::{SwarmError, build_swarm},
+};
+
+/// The Kademlia protocol of p2pmix networks (kept apart from the public IPFS DHT).
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pmix/kad/1.0.0");
+/// The identify protocol version p2pmix peers announce.
+pub const IDENTIFY_PROTOCOL: &str = "/p2pmix/id/1.0.0";
+
+pub use behaviour::{NodeBehaviour, NodeBehaviourEvent};
+
+#[allow(missing_docs)] // the derive generates an undocumented event enum
+mod behaviour {
+    use libp2p::{identify, kad, ping, swarm::NetworkBehaviour};
+    use p2pmix_bootstrap::DirectoryBehaviour;
+    use p2pmix_mix::behaviour::Behaviour as MixBehaviour;
+
+    use crate::mailbox::MailboxBehaviour;
+
+    /// Behaviours of a node's swarm.
+    #[derive(NetworkBehaviour)]
+    pub struct NodeBehaviour {
+        /// `/p2pmix/sphinx/1.0.0`: the packets.
+        pub mix: MixBehaviour,
+        /// `/p2pmix/kad/1.0.0`: peers and their addresses.
+        pub kad: kad::Behaviour<kad::store::MemoryStore>,
+        /// Listen addresses and protocols of peers.
+        pub identify: identify::Behaviour,
+        /// Liveness of connections.
+        pub ping: ping::Behaviour,
+        /// `/p2pmix/dir/1.0.0`: descriptors up, consensus documents down and served.
+        pub directory: DirectoryBehaviour,
+        /// `/p2pmix/mailbox/1.0.0`: clients fetch what arrived for them (gateways serve it).
+        pub mailbox: MailboxBehaviour,
+    }
+}
+
+/// Builds a node's swarm around `relay`; `gateway` nodes also serve mailboxes.
+pub(crate) fn build_node_swarm(
+    keypair: Keypair,
+    relay: Arc<Relay<PeerId>>,
+    mix_config: MixConfig,
+    gateway: bool,
+) -> Result<Swarm<NodeBehaviour>, SwarmError> {
+    let me = keypair.public().to_peer_id();
+    build_swarm(keypair, |key| {
+        let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+        kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(60)));
+        // The DHT finds peers and addresses only; p2pmix stores no records in it, so records and
+        // provider announcements from others are handed to us (and dropped) instead of filling
+        // the store.
+        kad_config.set_record_filtering(kad::StoreInserts::FilterBoth);
+        let mut kad = kad::Behaviour::with_config(me, MemoryStore::new(me), kad_config);
+        // On loopback or behind NAT no external address is ever confirmed, so kad would stay a
+        // client; nodes are servers by definition.
+        kad.set_mode(Some(kad::Mode::Server));
+        NodeBehaviour {
+            mix: MixBehaviour::new(relay, mix_config),
+            kad,
+            identify: identify::Behaviour::new(
+                identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                    .with_agent_version(format!("p2pmix/{}", env!("CARGO_PKG_VERSION"))),
+            ),
+            ping: ping::Behaviour::new(ping::Config::new()),
+            directory: directory_behaviour(true, Duration::from_secs(10)),
+            mailbox: mailbox_behaviour(gateway),
+        }
+    })
+}
