@@ -21,7 +21,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
+use crate::sphinx::{
     error::UnwrapError,
     geometry::Geometry,
     keyring::KeyRing,

@@ -32,10 +32,10 @@ use libp2p::{
 
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
 use crate::{
-    handler::{Handler, HandlerEvent, HandlerIn},
+    net::handler::{Handler, HandlerEvent, HandlerIn},
     pool::PacketPool,
     relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, TokenBucket},
-    routing::{ClientId, Destination, Label},
+    sphinx::routing::{ClientId, Destination, Label},
 };
 
 /// How a mix behaviour runs.

@@ -24,7 +24,7 @@ use libp2p::{
 
 use crate::{
     Geometry,
-    handler::{Handler, HandlerEvent, HandlerIn},
+    net::handler::{Handler, HandlerEvent, HandlerIn},
     pool::PacketPool,
 };
 
