@@ -1,7 +1,7 @@
 //! p2pmix's mix layer: the Sphinx packet format and the relay that carries it.
 //!
 //! The core is sans-IO: the packet format (building, unwrapping, replying) and the mix core
-//! ([`Relay`] decides, [`DelayQueue`] holds, [`TokenBucket`] limits) have no sockets and no clock.
+//! ([`Admission`] limits, [`Relay`] decides, [`DelayQueue`] holds) have no sockets and no clock.
 //! The libp2p adapters are thin: [`behaviour::Behaviour`] (nodes) and [`link::Link`] (clients,
 //! send-only) with [`handler::Handler`] carry packets on `/p2pmix/sphinx/1.0.0`.
 //!
@@ -12,8 +12,9 @@
 //! through single-use reply blocks ([`create_surb`]). The design and the exact byte layout are in
 //! `docs/sphinx.md` at the repository root.
 //!
-//! Layout of the source: `sphinx/` (the packet format, one concern a file), `relay.rs` (the mix
-//! core), `stats.rs`, `pool.rs` (recycled buffers), and [`net`] (the libp2p adapters).
+//! Layout of the source: `sphinx/` (the packet format, one concern a file), `admission.rs` (rate
+//! limits and bans), `relay.rs` (the mix core), `stats.rs` (counters), `pool.rs` (recycled
+//! buffers), and [`net`] (the libp2p adapters).
 //!
 //! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
 //! function of the core is deterministic given its inputs, which the tests and the known-answer
@@ -23,6 +24,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+mod admission;
 pub mod net;
 mod pool;
 mod relay;
@@ -31,9 +33,12 @@ mod stats;
 
 // The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
 // the overlay uses.
+pub use admission::{
+    Admission, AdmissionConfig, Fault, MAX_TRACKED_PEERS, Rate, TokenBucket, Verdict,
+};
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
-pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, TokenBucket};
+pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig};
 pub use sphinx::{
     create::{Hop, build_packet},
     delay::sample_exponential,

@@ -1,7 +1,7 @@
 //! The mix `NetworkBehaviour`: a thin adapter between the swarm and the sans-IO [`Relay`] and
 //! [`DelayQueue`].
 //!
-//! Frames from neighbours pass the per-peer [`TokenBucket`] on the event loop, then go to worker
+//! Frames from neighbours pass the per-peer [`Admission`] on the event loop, then go to worker
 //! threads (bounded channel) for the Sphinx work, so a slow packet never stalls the swarm. The
 //! workers' decisions come back (bounded channel, waking the behaviour) into the delay queue; at
 //! release time a packet is handed to the next hop's connection (dialled if needed) or, at the
@@ -32,9 +32,10 @@ use libp2p::{
 
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
 use crate::{
+    admission::{Admission, AdmissionConfig, Fault, Rate, Verdict},
     net::handler::{Handler, HandlerEvent, HandlerIn},
     pool::PacketPool,
-    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, TokenBucket},
+    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay},
     sphinx::routing::{ClientId, Destination, Label},
 };
 
@@ -60,6 +61,24 @@ pub struct Config {
     pub ban: Duration,
     /// Packets waiting for a connection to one next hop (more are dropped).
     pub max_pending_per_peer: usize,
+}
+
+impl Config {
+    /// The rates and ban rules of the per-peer admission.
+    fn admission(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            client: Rate {
+                per_second: self.client_rate,
+                burst: self.client_burst,
+            },
+            node: Rate {
+                per_second: self.node_rate,
+                burst: self.node_burst,
+            },
+            max_faults: self.max_peer_faults,
+            ban: self.ban,
+        }
+    }
 }
 
 impl Default for Config {
@@ -100,8 +119,6 @@ pub enum Event {
 /// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
 const POOLED_BUFFERS: usize = 4096;
 type Job = (Instant, Option<PeerId>, Vec<u8>);
-/// Peers whose rate and record are tracked before clean records are forgotten.
-const MAX_TRACKED_PEERS: usize = 65_536;
 type Outcome = (Option<PeerId>, Result<Decision<PeerId>, DropReason>);
 
 /// The mix protocol on a swarm. See the module documentation.
@@ -113,8 +130,7 @@ pub struct Behaviour {
     jobs: SyncSender<Job>,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
-    buckets: HashMap<PeerId, (TokenBucket, u32)>,
-    banned: HashMap<PeerId, Instant>,
+    admission: Admission<PeerId>,
     connected: HashSet<PeerId>,
     /// Where next hops listen (from the consensus or other behaviours), for dialling them.
     addresses: HashMap<PeerId, Vec<Multiaddr>>,
@@ -178,8 +194,7 @@ impl Behaviour {
             jobs,
             outcomes,
             waker,
-            buckets: HashMap::new(),
-            banned: HashMap::new(),
+            admission: Admission::new(config.admission()),
             connected: HashSet::new(),
             addresses: HashMap::new(),
             pending: HashMap::new(),
@@ -225,12 +240,12 @@ impl Behaviour {
     /// Changes the rate and burst allowed to each client (from the consensus's sending rates);
     /// applies to every client from its next frame on.
     pub fn set_client_rate(&mut self, rate: f64, burst: f64) {
-        if (rate, burst) != (self.config.client_rate, self.config.client_burst) {
-            self.config.client_rate = rate;
-            self.config.client_burst = burst;
-            let relay = self.relay.clone();
-            self.buckets.retain(|peer, _| relay.is_node(peer));
-        }
+        let rate = Rate {
+            per_second: rate,
+            burst,
+        };
+        self.admission
+            .set_client_rate(rate, |peer| self.relay.is_node(peer));
     }
 
     /// Processes a packet as if it had arrived from outside (a gateway taking a client's
@@ -279,24 +294,18 @@ impl Behaviour {
         }
     }
 
+    /// Holds a drop for `reason` against `peer` (if the rules say so) and cuts it off if that
+    /// was one fault too many.
     fn fault(&mut self, peer: PeerId, reason: DropReason) {
-        if !reason.is_peer_fault() {
-            return;
-        }
-        // A bad MAC or a replay from a consensus node may be a client's doing further up the
-        // route (a packet valid for one hop can be broken for the next): only direct faults
-        // (framing, rate) count against nodes, or one client could make honest mixes ban each
-        // other.
-        if matches!(reason, DropReason::BadMac | DropReason::Replay) && self.relay.is_node(&peer) {
-            return;
-        }
-        let Some((_, faults)) = self.buckets.get_mut(&peer) else {
-            return;
-        };
-        *faults += 1;
-        if *faults > self.config.max_peer_faults {
-            self.buckets.remove(&peer);
-            self.banned.insert(peer, Instant::now() + self.config.ban);
+        let fault = self
+            .admission
+            .fault(Instant::now(), &peer, reason, |p| self.relay.is_node(p));
+        self.on_fault(peer, fault);
+    }
+
+    /// Cuts `peer` off if the fault banned it.
+    fn on_fault(&mut self, peer: PeerId, fault: Fault) {
+        if let Fault::Banned { .. } = fault {
             self.events.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,
@@ -308,19 +317,8 @@ impl Behaviour {
         }
     }
 
-    fn is_banned(&mut self, peer: &PeerId) -> bool {
-        match self.banned.get(peer) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                self.banned.remove(peer);
-                false
-            }
-            None => false,
-        }
-    }
-
     fn check_ban(&mut self, peer: &PeerId) -> Result<(), ConnectionDenied> {
-        if self.is_banned(peer) {
+        if self.admission.is_banned(Instant::now(), peer) {
             return Err(ConnectionDenied::new(format!(
                 "{peer} is banned for invalid traffic"
             )));
@@ -415,30 +413,14 @@ impl NetworkBehaviour for Behaviour {
         match event {
             HandlerEvent::Frame(frame) => {
                 self.stats.count_received();
-                if self.is_banned(&peer) {
-                    self.stats.count_drops(DropReason::RateLimited, 1);
-                    return;
+                let now = Instant::now();
+                match self.admission.admit(now, &peer, |p| self.relay.is_node(p)) {
+                    Verdict::Admit => self.submit(Some(peer), frame),
+                    Verdict::Refuse { reason, fault } => {
+                        self.stats.count_drops(reason, 1);
+                        self.on_fault(peer, fault);
+                    }
                 }
-                let (rate, burst) = if self.relay.is_node(&peer) {
-                    (self.config.node_rate, self.config.node_burst)
-                } else {
-                    (self.config.client_rate, self.config.client_burst)
-                };
-                if self.buckets.len() >= MAX_TRACKED_PEERS && !self.buckets.contains_key(&peer) {
-                    // Forget peers with a clean record before tracking more.
-                    self.buckets.retain(|_, (_, faults)| *faults > 0);
-                    self.banned.retain(|_, until| *until > Instant::now());
-                }
-                let (bucket, _) = self
-                    .buckets
-                    .entry(peer)
-                    .or_insert_with(|| (TokenBucket::new(rate, burst), 0));
-                if !bucket.try_take(Instant::now()) {
-                    self.stats.count_drops(DropReason::RateLimited, 1);
-                    self.fault(peer, DropReason::RateLimited);
-                    return;
-                }
-                self.submit(Some(peer), frame);
             }
             HandlerEvent::OutboundDropped(n) => {
                 self.stats.count_drops(DropReason::QueueFull, n as u64);
