@@ -9,7 +9,7 @@
 //! peer that keeps sending invalid frames is disconnected and refused for a while.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     sync::{
         Arc,
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
@@ -24,16 +24,18 @@ use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, transport::PortUse},
     swarm::{
-        CloseConnection, ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour,
-        NotifyHandler, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
-        dial_opts::{DialOpts, PeerCondition},
+        CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm,
     },
 };
 
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
 use crate::{
     admission::{Admission, AdmissionConfig, Fault, Rate, Verdict},
-    net::handler::{Handler, HandlerEvent, HandlerIn},
+    net::{
+        handler::{Handler, HandlerEvent, HandlerIn},
+        outbox::{Change, Outbox, Sent},
+    },
     pool::PacketPool,
     relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay},
     sphinx::routing::{ClientId, Destination, Label},
@@ -124,17 +126,15 @@ type Outcome = (Option<PeerId>, Result<Decision<PeerId>, DropReason>);
 /// The mix protocol on a swarm. See the module documentation.
 pub struct Behaviour {
     relay: Arc<Relay<PeerId>>,
-    config: Config,
     queue: DelayQueue<PeerId>,
     timer: Option<(Instant, Timer)>,
     jobs: SyncSender<Job>,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
     admission: Admission<PeerId>,
-    connected: HashSet<PeerId>,
-    /// Where next hops listen (from the consensus or other behaviours), for dialling them.
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
-    pending: HashMap<PeerId, VecDeque<Vec<u8>>>,
+    /// Connections to next hops, where they listen (from the consensus or other behaviours), and
+    /// packets waiting for a connection.
+    outbox: Outbox,
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
@@ -144,7 +144,7 @@ impl std::fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Behaviour")
             .field("queued", &self.queue.len())
-            .field("connected", &self.connected.len())
+            .field("connected", &self.outbox.connected())
             .finish_non_exhaustive()
     }
 }
@@ -189,15 +189,12 @@ impl Behaviour {
         Behaviour {
             relay: relay.clone(),
             queue: DelayQueue::new(config.queue),
-            config,
             timer: None,
             jobs,
             outcomes,
             waker,
             admission: Admission::new(config.admission()),
-            connected: HashSet::new(),
-            addresses: HashMap::new(),
-            pending: HashMap::new(),
+            outbox: Outbox::new(config.max_pending_per_peer),
             events: VecDeque::new(),
             stats,
             pool: Arc::new(PacketPool::new(
@@ -225,16 +222,12 @@ impl Behaviour {
     /// Records where `peer` listens, so that packets for it can dial it (at most 8 addresses per
     /// peer are kept, newest first).
     pub fn add_address(&mut self, peer: PeerId, address: Multiaddr) {
-        let known = self.addresses.entry(peer).or_default();
-        if !known.contains(&address) {
-            known.insert(0, address);
-            known.truncate(8);
-        }
+        self.outbox.add_address(peer, address);
     }
 
     /// Forgets the addresses of peers no longer in any topology.
     pub fn retain_addresses(&mut self, keep: impl Fn(&PeerId) -> bool) {
-        self.addresses.retain(|p, _| keep(p));
+        self.outbox.retain_addresses(keep);
     }
 
     /// Changes the rate and burst allowed to each client (from the consensus's sending rates);
@@ -271,26 +264,8 @@ impl Behaviour {
     fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
         // Called from outside `poll` too (`send`): make sure the swarm polls us again.
         self.waker.wake();
-        if self.connected.contains(&peer) {
-            self.events.push_back(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::Any,
-                event: HandlerIn::Send(packet),
-            });
-        } else {
-            let waiting = self.pending.entry(peer).or_default();
-            if waiting.is_empty() {
-                self.events.push_back(ToSwarm::Dial {
-                    opts: DialOpts::peer_id(peer)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build(),
-                });
-            }
-            if waiting.len() < self.config.max_pending_per_peer {
-                waiting.push_back(packet);
-            } else {
-                self.stats.count_drops(DropReason::QueueFull, 1);
-            }
+        if self.outbox.send(peer, packet, &mut self.events) == Sent::Dropped {
+            self.stats.count_drops(DropReason::QueueFull, 1);
         }
     }
 
@@ -353,7 +328,7 @@ impl NetworkBehaviour for Behaviour {
             return Ok(Vec::new());
         };
         self.check_ban(&peer)?;
-        Ok(self.addresses.get(&peer).cloned().unwrap_or_default())
+        Ok(self.outbox.addresses(&peer))
     }
 
     fn handle_established_outbound_connection(
@@ -369,38 +344,16 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        match event {
-            FromSwarm::NewExternalAddrOfPeer(e) => self.add_address(e.peer_id, e.addr.clone()),
-            FromSwarm::ConnectionEstablished(e) => {
-                self.connected.insert(e.peer_id);
-                if let Some(waiting) = self.pending.remove(&e.peer_id) {
-                    for packet in waiting {
-                        self.events.push_back(ToSwarm::NotifyHandler {
-                            peer_id: e.peer_id,
-                            handler: NotifyHandler::One(e.connection_id),
-                            event: HandlerIn::Send(packet),
-                        });
-                    }
-                }
-            }
-            // Buckets and fault counts survive reconnects, so that reconnecting does not reset
-            // a peer's rate or its record.
-            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
-                self.connected.remove(&e.peer_id);
-            }
-            // A dial refused because another one to the peer is under way is not a failure: the
-            // packets wait for that connection.
-            FromSwarm::DialFailure(e)
-                if !matches!(e.error, DialError::DialPeerConditionFalse(_)) =>
-            {
-                if let Some(peer) = e.peer_id
-                    && let Some(waiting) = self.pending.remove(&peer)
-                {
-                    self.stats
-                        .count_drops(DropReason::UnknownNextHop, waiting.len() as u64);
-                }
-            }
-            _ => {}
+        if let FromSwarm::NewExternalAddrOfPeer(e) = event {
+            self.add_address(e.peer_id, e.addr.clone());
+        }
+        // Admission records survive reconnects (the outbox forgets only the connection), so
+        // that reconnecting does not reset a peer's rate or its record.
+        if let Change::DialFailed { packets, .. } =
+            self.outbox.on_swarm_event(event, &mut self.events)
+        {
+            self.stats
+                .count_drops(DropReason::UnknownNextHop, packets as u64);
         }
     }
 

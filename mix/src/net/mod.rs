@@ -12,3 +12,4 @@
 pub mod behaviour;
 pub mod handler;
 pub mod link;
+mod outbox;
