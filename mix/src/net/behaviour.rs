@@ -11,7 +11,7 @@
 use std::{
     collections::VecDeque,
     sync::{
-        Arc,
+        Arc, Mutex,
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     task::{Context, Poll},
@@ -120,14 +120,38 @@ pub enum Event {
 
 /// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
 const POOLED_BUFFERS: usize = 4096;
-type Job = (Instant, Option<PeerId>, Vec<u8>);
-type Outcome = (Option<PeerId>, Result<Decision<PeerId>, DropReason>);
+/// Jobs waiting for the workers, and outcomes waiting for the event loop (more jobs are dropped
+/// as [`DropReason::QueueFull`]).
+const WORKER_CHANNEL: usize = 4096;
+
+/// A frame for the Sphinx workers.
+struct Job {
+    /// When it arrived (its delay counts from then).
+    arrived: Instant,
+    /// The neighbour that sent it (`None`: injected locally), for counting its faults.
+    from: Option<PeerId>,
+    packet: Vec<u8>,
+}
+
+/// What a worker decided for one [`Job`].
+struct Outcome {
+    /// The job's sender.
+    from: Option<PeerId>,
+    decision: Result<Decision<PeerId>, DropReason>,
+}
+
+/// The timer of the delay queue's next release.
+struct ReleaseTimer {
+    /// The release it wakes the behaviour for.
+    at: Instant,
+    timer: Timer,
+}
 
 /// The mix protocol on a swarm. See the module documentation.
 pub struct Behaviour {
     relay: Arc<Relay<PeerId>>,
     queue: DelayQueue<PeerId>,
-    timer: Option<(Instant, Timer)>,
+    timer: Option<ReleaseTimer>,
     jobs: SyncSender<Job>,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
@@ -152,40 +176,18 @@ impl std::fmt::Debug for Behaviour {
 impl Behaviour {
     /// A mix behaviour around `relay`, with `config.workers` worker threads.
     pub fn new(relay: Arc<Relay<PeerId>>, config: Config) -> Self {
-        let workers = config.workers.max(1);
-        let (jobs, job_rx) = sync_channel::<Job>(4096);
-        let (outcome_tx, outcomes) = sync_channel::<Outcome>(4096);
+        let (jobs, job_rx) = sync_channel::<Job>(WORKER_CHANNEL);
+        let (outcome_tx, outcomes) = sync_channel::<Outcome>(WORKER_CHANNEL);
         let waker = Arc::new(AtomicWaker::new());
-        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         let stats = Arc::new(Stats::default());
-        for i in 0..workers {
-            let relay = relay.clone();
-            let job_rx = job_rx.clone();
-            let outcome_tx = outcome_tx.clone();
-            let waker = waker.clone();
-            let stats = stats.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("p2pmix-sphinx-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = {
-                            let rx = job_rx.lock().unwrap_or_else(|e| e.into_inner());
-                            rx.recv()
-                        };
-                        let Ok((now, from, packet)) = job else { return };
-                        let started = Instant::now();
-                        let outcome = relay.process(now, packet);
-                        stats.record_unwrap(started.elapsed());
-                        if outcome_tx.send((from, outcome)).is_err() {
-                            return;
-                        }
-                        waker.wake();
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(%e, "could not start a Sphinx worker thread");
-            }
-        }
+        let workers = Workers {
+            relay: relay.clone(),
+            jobs: Mutex::new(job_rx),
+            outcomes: outcome_tx,
+            waker: waker.clone(),
+            stats: stats.clone(),
+        };
+        workers.spawn(config.workers.max(1));
         Behaviour {
             relay: relay.clone(),
             queue: DelayQueue::new(config.queue),
@@ -254,7 +256,12 @@ impl Behaviour {
     }
 
     fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
-        match self.jobs.try_send((Instant::now(), from, packet)) {
+        let job = Job {
+            arrived: Instant::now(),
+            from,
+            packet,
+        };
+        match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
             Err(TrySendError::Disconnected(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
@@ -299,6 +306,56 @@ impl Behaviour {
             )));
         }
         Ok(())
+    }
+}
+
+/// What the Sphinx worker threads share: they take jobs, ask the relay, and hand the outcomes
+/// back, waking the behaviour.
+struct Workers {
+    relay: Arc<Relay<PeerId>>,
+    jobs: Mutex<Receiver<Job>>,
+    outcomes: SyncSender<Outcome>,
+    waker: Arc<AtomicWaker>,
+    stats: Arc<Stats>,
+}
+
+impl Workers {
+    /// Starts `count` threads; each ends when the behaviour (its channels) is gone.
+    fn spawn(self, count: usize) {
+        let workers = Arc::new(self);
+        for i in 0..count {
+            let workers = workers.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("p2pmix-sphinx-{i}"))
+                .spawn(move || workers.run());
+            if let Err(e) = spawned {
+                tracing::error!(%e, "could not start a Sphinx worker thread");
+            }
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let job = {
+                let rx = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                rx.recv()
+            };
+            let Ok(Job {
+                arrived,
+                from,
+                packet,
+            }) = job
+            else {
+                return;
+            };
+            let started = Instant::now();
+            let decision = self.relay.process(arrived, packet);
+            self.stats.record_unwrap(started.elapsed());
+            if self.outcomes.send(Outcome { from, decision }).is_err() {
+                return;
+            }
+            self.waker.wake();
+        }
     }
 }
 
@@ -389,9 +446,9 @@ impl NetworkBehaviour for Behaviour {
             }
             // Decisions from the workers go into the delay queue.
             let mut progressed = false;
-            while let Ok((from, outcome)) = self.outcomes.try_recv() {
+            while let Ok(Outcome { from, decision }) = self.outcomes.try_recv() {
                 progressed = true;
-                match outcome.and_then(|d| match d {
+                match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
                         packet,
@@ -461,15 +518,14 @@ impl NetworkBehaviour for Behaviour {
             // Sleep until the next release.
             match self.queue.poll_timeout() {
                 Some(at) => {
-                    let timer = match self.timer.take() {
-                        Some((t, timer)) if t == at => timer,
+                    let mut timer = match self.timer.take() {
+                        Some(t) if t.at == at => t.timer,
                         _ => Timer::new(at.saturating_duration_since(now)),
                     };
-                    let mut timer = timer;
                     if timer.poll_unpin(cx).is_ready() {
                         continue;
                     }
-                    self.timer = Some((at, timer));
+                    self.timer = Some(ReleaseTimer { at, timer });
                 }
                 None => self.timer = None,
             }
