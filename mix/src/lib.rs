@@ -1,7 +1,7 @@
 //! p2pmix's mix layer: the Sphinx packet format and the relay that carries it.
 //!
 //! The core is sans-IO: the packet format (building, unwrapping, replying) and the mix core
-//! ([`Relay`] decides, [`DelayQueue`] holds, [`TokenBucket`] limits) have no sockets and no clock.
+//! ([`Admission`] limits, [`Relay`] decides, [`DelayQueue`] holds) have no sockets and no clock.
 //! The libp2p adapters are thin: [`behaviour::Behaviour`] (nodes) and [`link::Link`] (clients,
 //! send-only) with [`handler::Handler`] carry packets on `/p2pmix/sphinx/1.0.0`.
 //!
@@ -12,6 +12,10 @@
 //! through single-use reply blocks ([`create_surb`]). The design and the exact byte layout are in
 //! `docs/sphinx.md` at the repository root.
 //!
+//! Layout of the source: `sphinx/` (the packet format, one concern a file), `admission.rs` (rate
+//! limits and bans), `relay.rs` (the mix core), `stats.rs` (counters), `pool.rs` (recycled
+//! buffers), and [`net`] (the libp2p adapters).
+//!
 //! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
 //! function of the core is deterministic given its inputs, which the tests and the known-answer
 //! vectors rely on.
@@ -20,39 +24,35 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
-pub mod behaviour;
-mod create;
-mod crypto;
-mod delay;
-mod error;
-mod geometry;
-pub mod handler;
-mod keyring;
-mod keys;
-pub mod link;
-mod lioness;
-mod peel;
+mod admission;
+pub mod net;
 mod pool;
 mod relay;
-mod replay;
-mod routing;
+mod sphinx;
 mod stats;
-mod surb;
 
-pub use create::{Hop, build_packet};
-pub use delay::sample_exponential;
-pub use error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError};
-pub use geometry::{
-    ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
+// The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
+// the overlay uses.
+pub use admission::{
+    Admission, AdmissionConfig, Fault, MAX_TRACKED_PEERS, Rate, TokenBucket, Verdict,
 };
-pub use keyring::{EpochKey, KeyRing, KeyRingError};
-pub use keys::{KeyId, NodePublicKey, NodeSecretKey};
-pub use peel::{Processed, body, open_payload, unwrap_packet};
+pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
-pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, TokenBucket};
-pub use replay::{ReplayCache, ReplayConfig};
-pub use routing::{ClientId, Delay, Destination, Label, NodeId};
-pub use surb::{Surb, SurbKeys, create_surb};
+pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig};
+pub use sphinx::{
+    create::{Hop, build_packet},
+    delay::sample_exponential,
+    error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError},
+    geometry::{
+        ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
+    },
+    keyring::{EpochKey, KeyRing, KeyRingError},
+    keys::{KeyId, NodePublicKey, NodeSecretKey},
+    peel::{Processed, body, open_payload, unwrap_packet},
+    replay::{ReplayCache, ReplayConfig},
+    routing::{ClientId, Delay, Destination, Label, NodeId},
+    surb::{Surb, SurbKeys, create_surb},
+};
 
 /// Version of the packet format; part of [`Geometry::id`]. Every key-derivation context string
 /// names it too ("... sphinx v1 ..."): a new version must change them.
@@ -61,7 +61,7 @@ pub const FORMAT_VERSION: u8 = 1;
 /// Entry points for the fuzz targets in `mix/fuzz/` (not a stable API).
 #[doc(hidden)]
 pub mod fuzzing {
-    use crate::{geometry::SLOT_SIZE, routing::Slot};
+    use crate::sphinx::{geometry::SLOT_SIZE, routing::Slot};
 
     /// Decodes a routing slot; returns the re-encoding of whatever decodes, which must equal
     /// the input (the encoding is canonical).

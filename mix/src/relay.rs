@@ -8,7 +8,8 @@
 //!   bounded in packets and bytes; [`DelayQueue::poll_timeout`] and [`DelayQueue::poll_transmit`]
 //!   drive it with the time passed in.
 //!
-//! [`TokenBucket`] rate-limits each neighbour (rates from the consensus), before any crypto.
+//! Which neighbour may send at all, and how fast, is decided before any of this, by
+//! [`crate::Admission`].
 
 use std::{
     cmp::Reverse,
@@ -21,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
+use crate::sphinx::{
     error::UnwrapError,
     geometry::Geometry,
     keyring::KeyRing,
@@ -356,59 +357,9 @@ impl<P> DelayQueue<P> {
     }
 }
 
-/// A token bucket: `rate` tokens per second, at most `burst` saved up. Time is passed in.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-impl TokenBucket {
-    /// A full bucket.
-    pub fn new(rate_per_second: f64, burst: f64) -> Self {
-        TokenBucket {
-            rate: rate_per_second.max(0.0),
-            burst: burst.max(1.0),
-            tokens: burst.max(1.0),
-            last: None,
-        }
-    }
-
-    /// Takes one token at `now`; `false` (rate limited) if none is left.
-    pub fn try_take(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let elapsed = now.saturating_duration_since(last).as_secs_f64();
-            self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bucket_refills_at_its_rate() {
-        let t0 = Instant::now();
-        let mut b = TokenBucket::new(10.0, 2.0);
-        assert!(b.try_take(t0));
-        assert!(b.try_take(t0));
-        assert!(!b.try_take(t0));
-        assert!(!b.try_take(t0 + Duration::from_millis(50)));
-        assert!(b.try_take(t0 + Duration::from_millis(100)));
-        // Never more than the burst, however long it rested.
-        let later = t0 + Duration::from_secs(100);
-        assert!(b.try_take(later) && b.try_take(later) && !b.try_take(later));
-    }
 
     #[test]
     fn queue_releases_in_time_order_and_stays_bounded() {

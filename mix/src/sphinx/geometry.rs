@@ -4,7 +4,7 @@
 //! or content, so that size never tells packets apart. Nodes and clients must agree on the
 //! geometry; the consensus names it by [`Geometry::id`].
 
-use crate::error::GeometryError;
+use super::error::GeometryError;
 
 /// Bytes of the group element (a compressed Ristretto point) at the head of every header.
 pub const ELEMENT_SIZE: usize = 32;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
-use crate::{
+use super::{
     error::UnwrapError,
     geometry::Geometry,
     keys::{KeyId, NodePublicKey, NodeSecretKey},

@@ -9,7 +9,7 @@ use chacha20::cipher::StreamCipher;
 use curve25519_dalek::ristretto::CompressedRistretto;
 use zeroize::Zeroizing;
 
-use crate::{
+use super::{
     crypto::HopKeys,
     error::{OpenError, UnwrapError},
     geometry::{ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, PAYLOAD_TAG_SIZE, SLOT_SIZE},

@@ -7,7 +7,7 @@ use chacha20::{ChaCha20, cipher::KeyIvInit};
 use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{geometry::MAC_SIZE, lioness::Lioness};
+use super::{geometry::MAC_SIZE, lioness::Lioness};
 
 const HOP_KEYS_CONTEXT: &str = "p2pmix 2026-11 sphinx v1 hop keys";
 

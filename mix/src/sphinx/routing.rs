@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::geometry::{ELEMENT_SIZE, MAC_SIZE, SLOT_SIZE};
+use super::geometry::{ELEMENT_SIZE, MAC_SIZE, SLOT_SIZE};
 
 /// A compact node name: the node's index in the epoch's topology, which maps it to a libp2p
 /// `PeerId`. Two bytes keep the header small (a consensus holds at most 65 536 nodes).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rand_core::CryptoRng;
 
-use crate::routing::Delay;
+use super::routing::Delay;
 
 /// Draws a delay from the exponential distribution with the given mean, by inversion.
 ///

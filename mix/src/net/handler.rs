@@ -59,13 +59,19 @@ struct Reading {
     filled: usize,
 }
 
+/// A frame being written: how much of it is out.
+struct Writing {
+    frame: Vec<u8>,
+    written: usize,
+}
+
 enum Outbound {
     None,
     Requested,
     Open {
         stream: Stream,
-        /// The frame being written and how much of it is out.
-        current: Option<(Vec<u8>, usize)>,
+        /// The frame being written.
+        current: Option<Writing>,
         /// Frames written since the last flush.
         unflushed: usize,
     },
@@ -146,10 +152,13 @@ impl Handler {
         };
         loop {
             if current.is_none() && *unflushed < WRITE_BATCH {
-                *current = self.queue.pop_front().map(|f| (f, 0));
+                *current = self
+                    .queue
+                    .pop_front()
+                    .map(|frame| Writing { frame, written: 0 });
             }
             match current {
-                Some((frame, written)) => {
+                Some(Writing { frame, written }) => {
                     let rest = frame.get(*written..).unwrap_or_default();
                     match Pin::new(&mut *stream).poll_write(cx, rest) {
                         Poll::Ready(Ok(0)) => {
@@ -158,7 +167,7 @@ impl Handler {
                         Poll::Ready(Ok(n)) => {
                             *written += n;
                             if *written >= frame.len()
-                                && let Some((frame, _)) = current.take()
+                                && let Some(Writing { frame, .. }) = current.take()
                             {
                                 self.pool.give(frame);
                                 *unflushed += 1;

@@ -7,7 +7,7 @@
 //! dropped and counted, and the client's acknowledgements and retransmissions recover them.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     sync::Arc,
     task::{Context, Poll, Waker},
 };
@@ -16,15 +16,17 @@ use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, transport::PortUse},
     swarm::{
-        ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour, NotifyHandler,
-        THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
-        dial_opts::{DialOpts, PeerCondition},
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm,
     },
 };
 
 use crate::{
     Geometry,
-    handler::{Handler, HandlerEvent, HandlerIn},
+    net::{
+        handler::{Handler, HandlerEvent, HandlerIn},
+        outbox::{Change, Outbox, Sent},
+    },
     pool::PacketPool,
 };
 
@@ -45,9 +47,7 @@ pub struct LinkStats {
 /// The send-only Sphinx link. See the module documentation.
 pub struct Link {
     pool: Arc<PacketPool>,
-    connected: HashSet<PeerId>,
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
-    waiting: HashMap<PeerId, VecDeque<Vec<u8>>>,
+    outbox: Outbox,
     events: VecDeque<ToSwarm<(), HandlerIn>>,
     stats: LinkStats,
     waker: Option<Waker>,
@@ -56,7 +56,7 @@ pub struct Link {
 impl std::fmt::Debug for Link {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Link")
-            .field("connected", &self.connected.len())
+            .field("connected", &self.outbox.connected())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -73,9 +73,7 @@ impl Link {
     pub fn new(geometry: Geometry) -> Self {
         Link {
             pool: Arc::new(PacketPool::new(geometry.packet_size(), 64)),
-            connected: HashSet::new(),
-            addresses: HashMap::new(),
-            waiting: HashMap::new(),
+            outbox: Outbox::new(MAX_WAITING),
             events: VecDeque::new(),
             stats: LinkStats::default(),
             waker: None,
@@ -84,16 +82,12 @@ impl Link {
 
     /// Records where `peer` listens (at most 8 addresses, newest first).
     pub fn add_address(&mut self, peer: PeerId, address: Multiaddr) {
-        let known = self.addresses.entry(peer).or_default();
-        if !known.contains(&address) {
-            known.insert(0, address);
-            known.truncate(8);
-        }
+        self.outbox.add_address(peer, address);
     }
 
     /// Whether a connection to `peer` is up.
     pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.connected.contains(peer)
+        self.outbox.is_connected(peer)
     }
 
     /// Counters.
@@ -107,27 +101,10 @@ impl Link {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
-        if self.connected.contains(&peer) {
-            self.stats.sent += 1;
-            self.events.push_back(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::Any,
-                event: HandlerIn::Send(packet),
-            });
-            return;
-        }
-        let waiting = self.waiting.entry(peer).or_default();
-        if waiting.is_empty() {
-            self.events.push_back(ToSwarm::Dial {
-                opts: DialOpts::peer_id(peer)
-                    .condition(PeerCondition::DisconnectedAndNotDialing)
-                    .build(),
-            });
-        }
-        if waiting.len() < MAX_WAITING {
-            waiting.push_back(packet);
-        } else {
-            self.stats.dropped += 1;
+        match self.outbox.send(peer, packet, &mut self.events) {
+            Sent::Handed => self.stats.sent += 1,
+            Sent::Waiting => {}
+            Sent::Dropped => self.stats.dropped += 1,
         }
     }
 }
@@ -153,9 +130,7 @@ impl NetworkBehaviour for Link {
         _: &[Multiaddr],
         _: Endpoint,
     ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        Ok(peer
-            .and_then(|p| self.addresses.get(&p).cloned())
-            .unwrap_or_default())
+        Ok(peer.map(|p| self.outbox.addresses(&p)).unwrap_or_default())
     }
 
     fn handle_established_outbound_connection(
@@ -170,32 +145,13 @@ impl NetworkBehaviour for Link {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        match event {
-            FromSwarm::ConnectionEstablished(e) => {
-                self.connected.insert(e.peer_id);
-                for packet in self.waiting.remove(&e.peer_id).unwrap_or_default() {
-                    self.stats.sent += 1;
-                    self.events.push_back(ToSwarm::NotifyHandler {
-                        peer_id: e.peer_id,
-                        handler: NotifyHandler::One(e.connection_id),
-                        event: HandlerIn::Send(packet),
-                    });
-                }
+        match self.outbox.on_swarm_event(event, &mut self.events) {
+            Change::Nothing => {}
+            Change::Flushed { packets, .. } => self.stats.sent += packets as u64,
+            Change::DialFailed { peer, packets } => {
+                tracing::debug!(%peer, packets, "entry node unreachable");
+                self.stats.dropped += packets as u64;
             }
-            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
-                self.connected.remove(&e.peer_id);
-            }
-            FromSwarm::DialFailure(e)
-                if !matches!(e.error, DialError::DialPeerConditionFalse(_)) =>
-            {
-                if let Some(peer) = e.peer_id
-                    && let Some(waiting) = self.waiting.remove(&peer)
-                {
-                    tracing::debug!(%peer, packets = waiting.len(), "entry node unreachable");
-                    self.stats.dropped += waiting.len() as u64;
-                }
-            }
-            _ => {}
         }
     }
 

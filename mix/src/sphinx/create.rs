@@ -9,7 +9,7 @@ use curve25519_dalek::{ristretto::RistrettoPoint, scalar::Scalar};
 use rand_core::CryptoRng;
 use zeroize::Zeroize;
 
-use crate::{
+use super::{
     crypto::HopKeys,
     error::BuildError,
     geometry::{ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_ROUTING_SCRATCH, SLOT_SIZE},
@@ -169,6 +169,6 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
 /// Lays out the plaintext body: 16 zero bytes of integrity tag, the payload, zero padding.
 pub(crate) fn seal_body(payload: &[u8], body: &mut [u8]) {
     body.fill(0);
-    let start = crate::geometry::PAYLOAD_TAG_SIZE;
+    let start = super::geometry::PAYLOAD_TAG_SIZE;
     body[start..start + payload.len()].copy_from_slice(payload);
 }

@@ -10,7 +10,7 @@
 use rand_core::CryptoRng;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::{
+use super::{
     create::{HeaderSecrets, Hop, build_header, seal_body},
     crypto::HopKeys,
     error::{BuildError, OpenError, SurbError},

@@ -1,7 +1,7 @@
 //! The mix `NetworkBehaviour`: a thin adapter between the swarm and the sans-IO [`Relay`] and
 //! [`DelayQueue`].
 //!
-//! Frames from neighbours pass the per-peer [`TokenBucket`] on the event loop, then go to worker
+//! Frames from neighbours pass the per-peer [`Admission`] on the event loop, then go to worker
 //! threads (bounded channel) for the Sphinx work, so a slow packet never stalls the swarm. The
 //! workers' decisions come back (bounded channel, waking the behaviour) into the delay queue; at
 //! release time a packet is handed to the next hop's connection (dialled if needed) or, at the
@@ -9,9 +9,9 @@
 //! peer that keeps sending invalid frames is disconnected and refused for a while.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::VecDeque,
     sync::{
-        Arc,
+        Arc, Mutex,
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
     },
     task::{Context, Poll},
@@ -24,18 +24,21 @@ use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, transport::PortUse},
     swarm::{
-        CloseConnection, ConnectionDenied, ConnectionId, DialError, FromSwarm, NetworkBehaviour,
-        NotifyHandler, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
-        dial_opts::{DialOpts, PeerCondition},
+        CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm,
     },
 };
 
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
 use crate::{
-    handler::{Handler, HandlerEvent, HandlerIn},
+    admission::{Admission, AdmissionConfig, Fault, Rate, Verdict},
+    net::{
+        handler::{Handler, HandlerEvent, HandlerIn},
+        outbox::{Change, Outbox, Sent},
+    },
     pool::PacketPool,
-    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, TokenBucket},
-    routing::{ClientId, Destination, Label},
+    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay},
+    sphinx::routing::{ClientId, Destination, Label},
 };
 
 /// How a mix behaviour runs.
@@ -60,6 +63,24 @@ pub struct Config {
     pub ban: Duration,
     /// Packets waiting for a connection to one next hop (more are dropped).
     pub max_pending_per_peer: usize,
+}
+
+impl Config {
+    /// The rates and ban rules of the per-peer admission.
+    fn admission(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            client: Rate {
+                per_second: self.client_rate,
+                burst: self.client_burst,
+            },
+            node: Rate {
+                per_second: self.node_rate,
+                burst: self.node_burst,
+            },
+            max_faults: self.max_peer_faults,
+            ban: self.ban,
+        }
+    }
 }
 
 impl Default for Config {
@@ -99,26 +120,45 @@ pub enum Event {
 
 /// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
 const POOLED_BUFFERS: usize = 4096;
-type Job = (Instant, Option<PeerId>, Vec<u8>);
-/// Peers whose rate and record are tracked before clean records are forgotten.
-const MAX_TRACKED_PEERS: usize = 65_536;
-type Outcome = (Option<PeerId>, Result<Decision<PeerId>, DropReason>);
+/// Jobs waiting for the workers, and outcomes waiting for the event loop (more jobs are dropped
+/// as [`DropReason::QueueFull`]).
+const WORKER_CHANNEL: usize = 4096;
+
+/// A frame for the Sphinx workers.
+struct Job {
+    /// When it arrived (its delay counts from then).
+    arrived: Instant,
+    /// The neighbour that sent it (`None`: injected locally), for counting its faults.
+    from: Option<PeerId>,
+    packet: Vec<u8>,
+}
+
+/// What a worker decided for one [`Job`].
+struct Outcome {
+    /// The job's sender.
+    from: Option<PeerId>,
+    decision: Result<Decision<PeerId>, DropReason>,
+}
+
+/// The timer of the delay queue's next release.
+struct ReleaseTimer {
+    /// The release it wakes the behaviour for.
+    at: Instant,
+    timer: Timer,
+}
 
 /// The mix protocol on a swarm. See the module documentation.
 pub struct Behaviour {
     relay: Arc<Relay<PeerId>>,
-    config: Config,
     queue: DelayQueue<PeerId>,
-    timer: Option<(Instant, Timer)>,
+    timer: Option<ReleaseTimer>,
     jobs: SyncSender<Job>,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
-    buckets: HashMap<PeerId, (TokenBucket, u32)>,
-    banned: HashMap<PeerId, Instant>,
-    connected: HashSet<PeerId>,
-    /// Where next hops listen (from the consensus or other behaviours), for dialling them.
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
-    pending: HashMap<PeerId, VecDeque<Vec<u8>>>,
+    admission: Admission<PeerId>,
+    /// Connections to next hops, where they listen (from the consensus or other behaviours), and
+    /// packets waiting for a connection.
+    outbox: Outbox,
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
@@ -128,7 +168,7 @@ impl std::fmt::Debug for Behaviour {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Behaviour")
             .field("queued", &self.queue.len())
-            .field("connected", &self.connected.len())
+            .field("connected", &self.outbox.connected())
             .finish_non_exhaustive()
     }
 }
@@ -136,53 +176,27 @@ impl std::fmt::Debug for Behaviour {
 impl Behaviour {
     /// A mix behaviour around `relay`, with `config.workers` worker threads.
     pub fn new(relay: Arc<Relay<PeerId>>, config: Config) -> Self {
-        let workers = config.workers.max(1);
-        let (jobs, job_rx) = sync_channel::<Job>(4096);
-        let (outcome_tx, outcomes) = sync_channel::<Outcome>(4096);
+        let (jobs, job_rx) = sync_channel::<Job>(WORKER_CHANNEL);
+        let (outcome_tx, outcomes) = sync_channel::<Outcome>(WORKER_CHANNEL);
         let waker = Arc::new(AtomicWaker::new());
-        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         let stats = Arc::new(Stats::default());
-        for i in 0..workers {
-            let relay = relay.clone();
-            let job_rx = job_rx.clone();
-            let outcome_tx = outcome_tx.clone();
-            let waker = waker.clone();
-            let stats = stats.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("p2pmix-sphinx-{i}"))
-                .spawn(move || {
-                    loop {
-                        let job = {
-                            let rx = job_rx.lock().unwrap_or_else(|e| e.into_inner());
-                            rx.recv()
-                        };
-                        let Ok((now, from, packet)) = job else { return };
-                        let started = Instant::now();
-                        let outcome = relay.process(now, packet);
-                        stats.record_unwrap(started.elapsed());
-                        if outcome_tx.send((from, outcome)).is_err() {
-                            return;
-                        }
-                        waker.wake();
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::error!(%e, "could not start a Sphinx worker thread");
-            }
-        }
+        let workers = Workers {
+            relay: relay.clone(),
+            jobs: Mutex::new(job_rx),
+            outcomes: outcome_tx,
+            waker: waker.clone(),
+            stats: stats.clone(),
+        };
+        workers.spawn(config.workers.max(1));
         Behaviour {
             relay: relay.clone(),
             queue: DelayQueue::new(config.queue),
-            config,
             timer: None,
             jobs,
             outcomes,
             waker,
-            buckets: HashMap::new(),
-            banned: HashMap::new(),
-            connected: HashSet::new(),
-            addresses: HashMap::new(),
-            pending: HashMap::new(),
+            admission: Admission::new(config.admission()),
+            outbox: Outbox::new(config.max_pending_per_peer),
             events: VecDeque::new(),
             stats,
             pool: Arc::new(PacketPool::new(
@@ -210,27 +224,23 @@ impl Behaviour {
     /// Records where `peer` listens, so that packets for it can dial it (at most 8 addresses per
     /// peer are kept, newest first).
     pub fn add_address(&mut self, peer: PeerId, address: Multiaddr) {
-        let known = self.addresses.entry(peer).or_default();
-        if !known.contains(&address) {
-            known.insert(0, address);
-            known.truncate(8);
-        }
+        self.outbox.add_address(peer, address);
     }
 
     /// Forgets the addresses of peers no longer in any topology.
     pub fn retain_addresses(&mut self, keep: impl Fn(&PeerId) -> bool) {
-        self.addresses.retain(|p, _| keep(p));
+        self.outbox.retain_addresses(keep);
     }
 
     /// Changes the rate and burst allowed to each client (from the consensus's sending rates);
     /// applies to every client from its next frame on.
     pub fn set_client_rate(&mut self, rate: f64, burst: f64) {
-        if (rate, burst) != (self.config.client_rate, self.config.client_burst) {
-            self.config.client_rate = rate;
-            self.config.client_burst = burst;
-            let relay = self.relay.clone();
-            self.buckets.retain(|peer, _| relay.is_node(peer));
-        }
+        let rate = Rate {
+            per_second: rate,
+            burst,
+        };
+        self.admission
+            .set_client_rate(rate, |peer| self.relay.is_node(peer));
     }
 
     /// Processes a packet as if it had arrived from outside (a gateway taking a client's
@@ -246,7 +256,12 @@ impl Behaviour {
     }
 
     fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
-        match self.jobs.try_send((Instant::now(), from, packet)) {
+        let job = Job {
+            arrived: Instant::now(),
+            from,
+            packet,
+        };
+        match self.jobs.try_send(job) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
             Err(TrySendError::Disconnected(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
@@ -256,47 +271,23 @@ impl Behaviour {
     fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
         // Called from outside `poll` too (`send`): make sure the swarm polls us again.
         self.waker.wake();
-        if self.connected.contains(&peer) {
-            self.events.push_back(ToSwarm::NotifyHandler {
-                peer_id: peer,
-                handler: NotifyHandler::Any,
-                event: HandlerIn::Send(packet),
-            });
-        } else {
-            let waiting = self.pending.entry(peer).or_default();
-            if waiting.is_empty() {
-                self.events.push_back(ToSwarm::Dial {
-                    opts: DialOpts::peer_id(peer)
-                        .condition(PeerCondition::DisconnectedAndNotDialing)
-                        .build(),
-                });
-            }
-            if waiting.len() < self.config.max_pending_per_peer {
-                waiting.push_back(packet);
-            } else {
-                self.stats.count_drops(DropReason::QueueFull, 1);
-            }
+        if self.outbox.send(peer, packet, &mut self.events) == Sent::Dropped {
+            self.stats.count_drops(DropReason::QueueFull, 1);
         }
     }
 
+    /// Holds a drop for `reason` against `peer` (if the rules say so) and cuts it off if that
+    /// was one fault too many.
     fn fault(&mut self, peer: PeerId, reason: DropReason) {
-        if !reason.is_peer_fault() {
-            return;
-        }
-        // A bad MAC or a replay from a consensus node may be a client's doing further up the
-        // route (a packet valid for one hop can be broken for the next): only direct faults
-        // (framing, rate) count against nodes, or one client could make honest mixes ban each
-        // other.
-        if matches!(reason, DropReason::BadMac | DropReason::Replay) && self.relay.is_node(&peer) {
-            return;
-        }
-        let Some((_, faults)) = self.buckets.get_mut(&peer) else {
-            return;
-        };
-        *faults += 1;
-        if *faults > self.config.max_peer_faults {
-            self.buckets.remove(&peer);
-            self.banned.insert(peer, Instant::now() + self.config.ban);
+        let fault = self
+            .admission
+            .fault(Instant::now(), &peer, reason, |p| self.relay.is_node(p));
+        self.on_fault(peer, fault);
+    }
+
+    /// Cuts `peer` off if the fault banned it.
+    fn on_fault(&mut self, peer: PeerId, fault: Fault) {
+        if let Fault::Banned { .. } = fault {
             self.events.push_back(ToSwarm::CloseConnection {
                 peer_id: peer,
                 connection: CloseConnection::All,
@@ -308,24 +299,63 @@ impl Behaviour {
         }
     }
 
-    fn is_banned(&mut self, peer: &PeerId) -> bool {
-        match self.banned.get(peer) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                self.banned.remove(peer);
-                false
-            }
-            None => false,
-        }
-    }
-
     fn check_ban(&mut self, peer: &PeerId) -> Result<(), ConnectionDenied> {
-        if self.is_banned(peer) {
+        if self.admission.is_banned(Instant::now(), peer) {
             return Err(ConnectionDenied::new(format!(
                 "{peer} is banned for invalid traffic"
             )));
         }
         Ok(())
+    }
+}
+
+/// What the Sphinx worker threads share: they take jobs, ask the relay, and hand the outcomes
+/// back, waking the behaviour.
+struct Workers {
+    relay: Arc<Relay<PeerId>>,
+    jobs: Mutex<Receiver<Job>>,
+    outcomes: SyncSender<Outcome>,
+    waker: Arc<AtomicWaker>,
+    stats: Arc<Stats>,
+}
+
+impl Workers {
+    /// Starts `count` threads; each ends when the behaviour (its channels) is gone.
+    fn spawn(self, count: usize) {
+        let workers = Arc::new(self);
+        for i in 0..count {
+            let workers = workers.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("p2pmix-sphinx-{i}"))
+                .spawn(move || workers.run());
+            if let Err(e) = spawned {
+                tracing::error!(%e, "could not start a Sphinx worker thread");
+            }
+        }
+    }
+
+    fn run(&self) {
+        loop {
+            let job = {
+                let rx = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
+                rx.recv()
+            };
+            let Ok(Job {
+                arrived,
+                from,
+                packet,
+            }) = job
+            else {
+                return;
+            };
+            let started = Instant::now();
+            let decision = self.relay.process(arrived, packet);
+            self.stats.record_unwrap(started.elapsed());
+            if self.outcomes.send(Outcome { from, decision }).is_err() {
+                return;
+            }
+            self.waker.wake();
+        }
     }
 }
 
@@ -355,7 +385,7 @@ impl NetworkBehaviour for Behaviour {
             return Ok(Vec::new());
         };
         self.check_ban(&peer)?;
-        Ok(self.addresses.get(&peer).cloned().unwrap_or_default())
+        Ok(self.outbox.addresses(&peer))
     }
 
     fn handle_established_outbound_connection(
@@ -371,38 +401,16 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        match event {
-            FromSwarm::NewExternalAddrOfPeer(e) => self.add_address(e.peer_id, e.addr.clone()),
-            FromSwarm::ConnectionEstablished(e) => {
-                self.connected.insert(e.peer_id);
-                if let Some(waiting) = self.pending.remove(&e.peer_id) {
-                    for packet in waiting {
-                        self.events.push_back(ToSwarm::NotifyHandler {
-                            peer_id: e.peer_id,
-                            handler: NotifyHandler::One(e.connection_id),
-                            event: HandlerIn::Send(packet),
-                        });
-                    }
-                }
-            }
-            // Buckets and fault counts survive reconnects, so that reconnecting does not reset
-            // a peer's rate or its record.
-            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
-                self.connected.remove(&e.peer_id);
-            }
-            // A dial refused because another one to the peer is under way is not a failure: the
-            // packets wait for that connection.
-            FromSwarm::DialFailure(e)
-                if !matches!(e.error, DialError::DialPeerConditionFalse(_)) =>
-            {
-                if let Some(peer) = e.peer_id
-                    && let Some(waiting) = self.pending.remove(&peer)
-                {
-                    self.stats
-                        .count_drops(DropReason::UnknownNextHop, waiting.len() as u64);
-                }
-            }
-            _ => {}
+        if let FromSwarm::NewExternalAddrOfPeer(e) = event {
+            self.add_address(e.peer_id, e.addr.clone());
+        }
+        // Admission records survive reconnects (the outbox forgets only the connection), so
+        // that reconnecting does not reset a peer's rate or its record.
+        if let Change::DialFailed { packets, .. } =
+            self.outbox.on_swarm_event(event, &mut self.events)
+        {
+            self.stats
+                .count_drops(DropReason::UnknownNextHop, packets as u64);
         }
     }
 
@@ -415,30 +423,14 @@ impl NetworkBehaviour for Behaviour {
         match event {
             HandlerEvent::Frame(frame) => {
                 self.stats.count_received();
-                if self.is_banned(&peer) {
-                    self.stats.count_drops(DropReason::RateLimited, 1);
-                    return;
+                let now = Instant::now();
+                match self.admission.admit(now, &peer, |p| self.relay.is_node(p)) {
+                    Verdict::Admit => self.submit(Some(peer), frame),
+                    Verdict::Refuse { reason, fault } => {
+                        self.stats.count_drops(reason, 1);
+                        self.on_fault(peer, fault);
+                    }
                 }
-                let (rate, burst) = if self.relay.is_node(&peer) {
-                    (self.config.node_rate, self.config.node_burst)
-                } else {
-                    (self.config.client_rate, self.config.client_burst)
-                };
-                if self.buckets.len() >= MAX_TRACKED_PEERS && !self.buckets.contains_key(&peer) {
-                    // Forget peers with a clean record before tracking more.
-                    self.buckets.retain(|_, (_, faults)| *faults > 0);
-                    self.banned.retain(|_, until| *until > Instant::now());
-                }
-                let (bucket, _) = self
-                    .buckets
-                    .entry(peer)
-                    .or_insert_with(|| (TokenBucket::new(rate, burst), 0));
-                if !bucket.try_take(Instant::now()) {
-                    self.stats.count_drops(DropReason::RateLimited, 1);
-                    self.fault(peer, DropReason::RateLimited);
-                    return;
-                }
-                self.submit(Some(peer), frame);
             }
             HandlerEvent::OutboundDropped(n) => {
                 self.stats.count_drops(DropReason::QueueFull, n as u64);
@@ -454,9 +446,9 @@ impl NetworkBehaviour for Behaviour {
             }
             // Decisions from the workers go into the delay queue.
             let mut progressed = false;
-            while let Ok((from, outcome)) = self.outcomes.try_recv() {
+            while let Ok(Outcome { from, decision }) = self.outcomes.try_recv() {
                 progressed = true;
-                match outcome.and_then(|d| match d {
+                match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
                         packet,
@@ -526,15 +518,14 @@ impl NetworkBehaviour for Behaviour {
             // Sleep until the next release.
             match self.queue.poll_timeout() {
                 Some(at) => {
-                    let timer = match self.timer.take() {
-                        Some((t, timer)) if t == at => timer,
+                    let mut timer = match self.timer.take() {
+                        Some(t) if t.at == at => t.timer,
                         _ => Timer::new(at.saturating_duration_since(now)),
                     };
-                    let mut timer = timer;
                     if timer.poll_unpin(cx).is_ready() {
                         continue;
                     }
-                    self.timer = Some((at, timer));
+                    self.timer = Some(ReleaseTimer { at, timer });
                 }
                 None => self.timer = None,
             }
