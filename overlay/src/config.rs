@@ -173,6 +173,15 @@ impl Authorities {
         self.entries.iter().map(|e| e.peer_id).collect()
     }
 
+    /// The configured addresses of `peer`, if it is an authority (dialled again after every
+    /// failed dial: an authority that restarts must stay reachable).
+    pub fn addresses_of(&self, peer: &PeerId) -> &[Multiaddr] {
+        self.entries
+            .iter()
+            .find(|e| e.peer_id == *peer)
+            .map_or(&[], |e| e.addresses.as_slice())
+    }
+
     /// The pinned set for verification.
     pub fn pinned(&self) -> PinnedAuthorities {
         PinnedAuthorities::new(self.entries.iter().map(|e| e.public_key.clone()))

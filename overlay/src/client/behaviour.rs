@@ -113,8 +113,10 @@ pub struct Behaviour {
     directory: DirectoryClient,
     requests: HashMap<OutboundRequestId, u64>,
     gateway: PeerId,
-    /// Addresses of the gateway and the authorities, for dialling them.
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// The authorities and their configured addresses, for dialling them.
+    authorities: Authorities,
+    /// The gateway's configured addresses.
+    gateway_addresses: Vec<Multiaddr>,
     installed: Option<u64>,
     /// The mailbox fetch loop, and the request under way.
     fetcher: MailboxFetcher,
@@ -166,21 +168,10 @@ impl Behaviour {
         );
         // Gateways serve the documents they hold.
         directory.add_peer(config.gateway);
-        let mut addresses: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
-        for entry in &config.authorities.entries {
-            addresses
-                .entry(entry.peer_id)
-                .or_default()
-                .extend(entry.addresses.iter().cloned());
-        }
         let mut link = Link::default();
         for a in &config.gateway_addresses {
             link.add_address(config.gateway, a.clone());
         }
-        addresses
-            .entry(config.gateway)
-            .or_default()
-            .extend(config.gateway_addresses.iter().cloned());
         Ok(Behaviour {
             inner: Inner {
                 link,
@@ -191,7 +182,8 @@ impl Behaviour {
             directory,
             requests: HashMap::new(),
             gateway: config.gateway,
-            addresses,
+            authorities: config.authorities,
+            gateway_addresses: config.gateway_addresses,
             installed: None,
             fetcher: MailboxFetcher::new(now.mono),
             fetch: None,
@@ -456,8 +448,13 @@ impl NetworkBehaviour for Behaviour {
             addresses,
             effective_role,
         )?;
-        if let Some(known) = maybe_peer.and_then(|p| self.addresses.get(&p)) {
-            for a in known {
+        if let Some(peer) = maybe_peer {
+            let configured = if peer == self.gateway {
+                &self.gateway_addresses[..]
+            } else {
+                self.authorities.addresses_of(&peer)
+            };
+            for a in configured {
                 if !found.contains(a) {
                     found.push(a.clone());
                 }

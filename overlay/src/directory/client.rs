@@ -219,9 +219,37 @@ impl DirectoryClient {
         Some(self.last.instant_at(self.next_deadline_ms()))
     }
 
+    /// Whether [`DirectoryClient::handle_timeout`] would start something at `now_ms` that it
+    /// has not started yet (a fetch or an upload it has no retry state for).
+    fn has_unstarted_work(&self, now_ms: u64) -> bool {
+        let epoch = self.schedule.epoch_at(now_ms);
+        if self.uploads_enabled
+            && self.schedule.phase_at(now_ms) == Phase::Descriptors
+            && self
+                .authorities
+                .iter()
+                .any(|a| !self.uploads.contains_key(&(epoch + 1, *a)))
+        {
+            return true;
+        }
+        if self.authorities.is_empty() && self.peers.is_empty() {
+            return false;
+        }
+        let mut wanted = vec![epoch];
+        if now_ms >= self.schedule.phase_start(epoch, Phase::Publish) {
+            wanted.push(epoch + 1);
+        }
+        wanted
+            .into_iter()
+            .any(|e| e != 0 && !self.consensus.contains_key(&e) && !self.fetches.contains_key(&e))
+    }
+
     /// [`DirectoryClient::poll_timeout`] on the wall clock, in milliseconds.
     fn next_deadline_ms(&self) -> u64 {
         let now_ms = self.last.unix_ms;
+        if self.has_unstarted_work(now_ms) {
+            return now_ms;
+        }
         let epoch = self.schedule.epoch_at(now_ms);
         let publish = self.schedule.phase_start(epoch, Phase::Publish);
         let mut at = if publish > now_ms {
@@ -492,6 +520,35 @@ mod tests {
         assert!(c.offer(1_000, forged, None).is_err());
         assert!(c.newest().is_none());
         assert!(c.in_force(1_000).is_none());
+    }
+
+    #[test]
+    fn work_not_yet_started_is_due_at_once() {
+        let (c, auths) = client(2);
+        let (schedule, pinned) = (c.schedule, c.pinned);
+        let start = at(9_000); // epoch 1, descriptor phase
+        let mut c = DirectoryClient::new(start, schedule, pinned.clone(), auths);
+        assert_eq!(
+            c.poll_timeout(),
+            Some(start.mono),
+            "uploads and a fetch to start"
+        );
+        c.handle_timeout(start);
+        assert_eq!(drain(&mut c).len(), 2 + 1);
+        assert!(
+            c.poll_timeout().unwrap() > start.mono,
+            "everything under way"
+        );
+        // A client with no source has nothing to do until a peer that serves documents shows up.
+        let mut lonely = DirectoryClient::fetch_only(start, schedule, pinned, Vec::new());
+        assert!(lonely.poll_timeout().unwrap() > start.mono);
+        lonely.add_peer(PeerId::random());
+        assert_eq!(lonely.poll_timeout(), Some(start.mono));
+        lonely.handle_timeout(start);
+        assert!(matches!(
+            drain(&mut lonely)[..],
+            [Action::Fetch { epoch: 1, .. }]
+        ));
     }
 
     #[test]

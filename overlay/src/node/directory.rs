@@ -86,16 +86,8 @@ impl Node {
             };
             // Request-response forgets an address after a failed dial; the configured
             // addresses of authorities must survive an authority's restart.
-            if let Some(entry) = self
-                .config
-                .authorities
-                .entries
-                .iter()
-                .find(|e| e.peer_id == target)
-            {
-                for addr in &entry.addresses {
-                    self.swarm.add_peer_address(target, addr.clone());
-                }
+            for addr in self.config.authorities.addresses_of(&target) {
+                self.swarm.add_peer_address(target, addr.clone());
             }
             let request = match &action {
                 Action::Upload { epoch, to } => match self.descriptor(*epoch) {

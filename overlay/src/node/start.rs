@@ -1,0 +1,183 @@
+//! Starting a node: its identity and keys from the data directory, the metrics endpoint, the
+//! relay, the swarm and every machine, then the loop of [`super`].
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use libp2p::{Multiaddr, TransportError};
+use p2pmix_bootstrap::default_parameters;
+use p2pmix_mix::{
+    Geometry, KeyRing, Relay, RelayConfig, ReplayConfig, behaviour::Config as MixConfig,
+};
+use thiserror::Error;
+use tracing::info;
+
+use super::{
+    Node,
+    bootstrap::BootstrapDialer,
+    cover::LoopCover,
+    gateway::Gateway,
+    gauges::Gauges,
+    install::ClientRate,
+    keys::{EpochKeyError, EpochKeyStore, KeyRotation},
+    swarm,
+};
+use crate::{
+    config::{NodeConfig, NodeRole},
+    directory::DirectoryClient,
+    identity::{IDENTITY_FILE, IdentityError, load_or_create_identity},
+    mailbox::MailboxConfig,
+    runtime::{
+        Now, SwarmError,
+        files::{FileError, create_dir, write_atomic},
+        metrics::{self as metrics_endpoint, MetricsError},
+    },
+};
+
+/// Why a node stopped.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Reading or writing the data directory failed.
+    #[error(transparent)]
+    File(#[from] FileError),
+    /// The identity key could not be read or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// An epoch key could not be read or written.
+    #[error(transparent)]
+    Keys(#[from] EpochKeyError),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    /// The swarm could not be built.
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    /// The swarm could not listen on an address.
+    #[error("listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: Multiaddr,
+        /// Why.
+        source: TransportError<std::io::Error>,
+    },
+}
+
+/// How long the previous epoch's key keeps working after a boundary: a whole epoch. Packets built
+/// just before the boundary are still in flight, and when the next consensus fails clients keep
+/// using the previous one (valid one more epoch) with its keys.
+fn key_grace(period_ms: u64) -> Duration {
+    Duration::from_millis(period_ms.max(1_000))
+}
+
+/// Runs a node until `shutdown` resolves.
+pub async fn run_node(
+    config: NodeConfig,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    create_dir(&config.data_dir)?;
+    let keypair = load_or_create_identity(&config.data_dir.join(IDENTITY_FILE))?;
+    let me = keypair.public().to_peer_id();
+
+    // The recorder goes in before the mix behaviour takes its metric handles.
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics {
+        let handle = metrics_endpoint::install_recorder()?;
+        let (bound, task) = metrics_endpoint::serve(addr, handle).await?;
+        write_atomic(
+            &config.data_dir.join("metrics-addr"),
+            format!("{bound}\n").as_bytes(),
+        )?;
+        info!(%bound, "metrics at http://{bound}/metrics");
+        metrics_task = Some(task);
+    }
+
+    let now = Now::system();
+    let epoch = config.schedule.epoch_at(now.unix_ms);
+    let (store, retired) = EpochKeyStore::open(&config.data_dir, epoch)?;
+    if !retired.is_empty() {
+        info!(
+            ?retired,
+            "retired the keys of epochs that had begun (their replay caches did not survive the \
+             restart); relaying resumes with the next epoch's key"
+        );
+    }
+    let defaults = default_parameters();
+    let relay = Arc::new(Relay::new(
+        Geometry::DEFAULT,
+        RelayConfig {
+            max_delay: Duration::from_micros(defaults.max_delay_us),
+        },
+        KeyRing::new(
+            epoch,
+            key_grace(config.schedule.period_ms()),
+            ReplayConfig::default(),
+        ),
+    ));
+    let rate = ClientRate::from_parameters(&defaults);
+    let mix_config = MixConfig {
+        client_rate: rate.rate,
+        client_burst: rate.burst,
+        ..MixConfig::default()
+    };
+    let mut swarm = swarm::build_node_swarm(
+        keypair.clone(),
+        relay.clone(),
+        mix_config,
+        config.role == NodeRole::Gateway,
+    )?;
+    for address in &config.listen {
+        swarm
+            .listen_on(address.clone())
+            .map_err(|source| NodeError::Listen {
+                address: address.clone(),
+                source,
+            })?;
+    }
+    for entry in &config.authorities.entries {
+        for addr in &entry.addresses {
+            swarm.add_peer_address(entry.peer_id, addr.clone());
+        }
+    }
+    let directory = DirectoryClient::new(
+        now,
+        config.schedule,
+        config.authorities.pinned(),
+        config.authorities.peer_ids(),
+    );
+    let gateway = match config.role {
+        NodeRole::Gateway => Some(Gateway::open(
+            config.data_dir.join("mailbox"),
+            MailboxConfig::default(),
+            now,
+        )?),
+        NodeRole::Mix => None,
+    };
+    info!(peer_id = %me, role = ?config.role, epoch, "node started");
+    let mut node = Node {
+        keys: KeyRotation::new(store, config.schedule, now),
+        bootstrap: BootstrapDialer::new(config.bootstrap.iter().cloned(), now.mono),
+        config,
+        keypair,
+        me,
+        swarm,
+        relay,
+        directory,
+        requests: HashMap::new(),
+        listen_addrs: Vec::new(),
+        installed: HashSet::new(),
+        rng: rand::rng(),
+        gateway,
+        cover: LoopCover::new(me, now.mono),
+        gauges: Gauges::new(now.mono),
+    };
+    node.load_cached_consensus(now);
+    let result = node.run(now, shutdown).await;
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    result
+}
