@@ -10,8 +10,7 @@ use std::{collections::HashMap, path::Path, time::Duration};
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, TransportError, identify, identity::Keypair, request_response,
-    swarm::SwarmEvent,
+    Multiaddr, PeerId, Swarm, identify, identity::Keypair, request_response, swarm::SwarmEvent,
 };
 use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, directory_behaviour};
 use p2pmix_proto::v1::{
@@ -26,9 +25,9 @@ use crate::{
     config::AuthorityConfigFile,
     directory::not_held,
     runtime::{
-        SwarmError, build_swarm,
+        ListenError, SwarmError, build_swarm,
         files::{FileError, create_dir, write_atomic},
-        unix_ms,
+        listen_on_all, unix_ms,
     },
 };
 
@@ -43,13 +42,8 @@ pub enum AuthorityNodeError {
     #[error(transparent)]
     Swarm(#[from] SwarmError),
     /// The swarm could not listen on an address.
-    #[error("listen on {address}: {source}")]
-    Listen {
-        /// The address.
-        address: Multiaddr,
-        /// Why.
-        source: TransportError<std::io::Error>,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
     /// This authority's key is not in the pinned authorities file.
     #[error("this authority ({0}) is not in the authorities file")]
     NotPinned(PeerId),
@@ -113,14 +107,7 @@ pub async fn run_authority(
             key.public(),
         )),
     })?;
-    for addr in &config.listen {
-        swarm
-            .listen_on(addr.clone())
-            .map_err(|source| AuthorityNodeError::Listen {
-                address: addr.clone(),
-                source,
-            })?;
-    }
+    listen_on_all(&mut swarm, &config.listen)?;
     let peers: Vec<PeerId> = config
         .authorities
         .entries
