@@ -178,7 +178,7 @@ fn an_authority_restarted_mid_epoch_resumes_and_signs() {
     let state = sim.authorities[1].as_ref().unwrap().state().encode_to_vec();
     sim.authorities[1] = None;
     let decoded = p2pmix_proto::v1::AuthorityState::decode(&state[..]).unwrap();
-    sim.authorities[1] = Some(Authority::restore(sim.config(1), &decoded, sim.now));
+    sim.authorities[1] = Some(Authority::restore(sim.config(1), &decoded, sim.now()));
     assert_eq!(sim.authorities[1].as_ref().unwrap().descriptor_count(), 8);
     sim.run_until(schedule().start_of(2));
     let bytes = agreed(&sim, 2);
@@ -247,7 +247,7 @@ fn replayed_old_signatures_do_not_block_a_round() {
         .clone();
     // Round 3: anyone replays epoch 2's signatures before the authorities sign.
     sim.upload(&nodes(1, 3), 3);
-    let now = sim.now;
+    let now = sim.now();
     for a in sim.authorities.iter_mut().flatten() {
         for s in &old.signatures {
             let _ = a.handle_request(
@@ -280,7 +280,7 @@ fn a_restart_after_publishing_keeps_the_document_valid() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 1, 3);
     let state = sim.authorities[0].as_ref().unwrap().state();
-    let restored = Authority::restore(sim.config(0), &state, sim.now);
+    let restored = Authority::restore(sim.config(0), &state, sim.now());
     let signed = restored.consensus(Some(2)).unwrap();
     verify_consensus(
         &signed.encode_to_vec(),
@@ -304,7 +304,7 @@ fn an_equivocating_authority_is_left_out_by_everyone() {
     let key = sim.keys[2].clone();
     let me = key.public().encode_protobuf();
     sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Vote) + 1);
-    let now = sim.now;
+    let now = sim.now();
     let a = build_vote(&key, 2, [], commitment(2, &me, &[1; 32]), None).unwrap();
     let b = build_vote(&key, 2, [], commitment(2, &me, &[2; 32]), None).unwrap();
     for (target, vote) in [(0, a), (1, b)] {
@@ -337,7 +337,10 @@ fn a_failed_round_does_not_spin() {
     sim.authorities[2] = None;
     sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Publish) + 10);
     let a = sim.authorities[0].as_ref().unwrap();
-    assert!(a.poll_timeout() > sim.now, "next wake-up is in the future");
+    assert!(
+        a.poll_timeout() > Some(sim.now().mono),
+        "next wake-up is in the future"
+    );
 }
 
 #[test]
@@ -352,7 +355,7 @@ fn an_early_non_matching_reveal_does_not_change_the_document() {
     // does not match authority 1's commitment (sent before the votes).
     let mut sim = Sim::default(3, schedule().start_of(1));
     let bogus = build_reveal(&sim.keys[1], 2, [0xee; 32]).unwrap();
-    let now = sim.now;
+    let now = sim.now();
     sim.authorities[0]
         .as_mut()
         .unwrap()
@@ -374,7 +377,7 @@ fn an_authority_missing_the_agreed_previous_consensus_sits_out_and_says_why() {
     // Authority 0 loses its documents (say, a disk replaced) but keeps running.
     let mut state = sim.authorities[0].as_ref().unwrap().state();
     state.consensuses.clear();
-    sim.authorities[0] = Some(Authority::restore(sim.config(0), &state, sim.now));
+    sim.authorities[0] = Some(Authority::restore(sim.config(0), &state, sim.now()));
     sim.events.clear();
     sim.upload(&nodes(1, 3), 3);
     sim.run_until(schedule().start_of(3));

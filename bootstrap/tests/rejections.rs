@@ -16,7 +16,7 @@ use p2pmix_proto::v1::{
 use prost::Message;
 
 fn upload(sim: &mut Sim, signed: SignedDescriptor) -> Result<(), Rejection> {
-    let now = sim.now;
+    let now = sim.now();
     sim.authorities[0].as_mut().unwrap().handle_request(
         now,
         DirectoryRequest {
@@ -241,7 +241,7 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     let stranger = keypair(31337);
     let vote = build_vote(&stranger, 2, [], commitment(2, &[], &[0; 32]), None).unwrap();
-    let now = sim.now;
+    let now = sim.now();
     let a = sim.authorities[0].as_mut().unwrap();
     let send = |a: &mut p2pmix_bootstrap::Authority, v| {
         a.handle_request(

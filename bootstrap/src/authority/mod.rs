@@ -6,6 +6,12 @@
 //! [`Authority::poll_event`], and writes [`Authority::state`] to disk after each call so that a
 //! restart resumes within the epoch ([`Authority::restore`]).
 //!
+//! Time comes in as a [`Now`], one reading of both clocks. The rules follow the wall clock (the
+//! epoch schedule is in milliseconds since the UNIX epoch, and every authority must agree on
+//! it); [`Authority::poll_timeout`] turns the next wall-clock deadline into an [`Instant`] with
+//! the last [`Now`] the authority was given, so a driver sleeps on its monotonic clock like for
+//! every other core.
+//!
 //! During epoch `c` the authority prepares epoch `c + 1` (the *round*, [`round`]); see
 //! [`crate::Phase`]. Votes, reveals and signatures of other authorities are relayed once when
 //! first seen, so that every authority that can reach any other ends up with the same set and
@@ -21,7 +27,10 @@ mod rejection;
 mod requests;
 mod round;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Instant,
+};
 
 use libp2p_identity::Keypair;
 use p2pmix_proto::v1::{
@@ -36,6 +45,7 @@ use crate::{
     authorities::PinnedAuthorities,
     consensus::ComputeError,
     schedule::{EpochSchedule, Phase},
+    time::Now,
 };
 use round::Round;
 
@@ -114,13 +124,15 @@ pub struct Authority {
     outbox: VecDeque<DirectoryRequest>,
     events: VecDeque<Event>,
     rejections: BTreeMap<&'static str, u64>,
+    /// The last time given: maps the wall-clock deadlines onto the monotonic clock.
+    now: Now,
 }
 
 impl Authority {
-    /// A fresh authority at `now_ms`.
-    pub fn new(config: AuthorityConfig, now_ms: u64) -> Self {
+    /// A fresh authority at `now`.
+    pub fn new(config: AuthorityConfig, now: Now) -> Self {
         let me = config.keypair.public().encode_protobuf();
-        let epoch = config.schedule.epoch_at(now_ms).saturating_add(1);
+        let epoch = config.schedule.epoch_at(now.unix_ms).saturating_add(1);
         Authority {
             config,
             me,
@@ -129,6 +141,7 @@ impl Authority {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             rejections: BTreeMap::new(),
+            now,
         }
     }
 
@@ -165,13 +178,19 @@ impl Authority {
         self.events.pop_front()
     }
 
-    /// When [`Authority::handle_timeout`] must next be called.
-    pub fn poll_timeout(&self) -> u64 {
-        self.round.next_deadline_ms(&self.config.schedule)
+    /// When [`Authority::handle_timeout`] must next be called: the next deadline of the epoch
+    /// schedule this authority has work at, on the monotonic clock of the last [`Now`] it was
+    /// given. A deadline already past is due at that reading. Always `Some`: there is always a
+    /// next round.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = self.round.next_deadline_ms(&self.config.schedule);
+        Some(self.now.instant_at(deadline))
     }
 
-    /// Advances the schedule to `now_ms`: votes, reveals, computes and signs, publishes.
-    pub fn handle_timeout<R: CryptoRng + ?Sized>(&mut self, now_ms: u64, rng: &mut R) {
+    /// Advances the schedule to `now`: votes, reveals, computes and signs, publishes.
+    pub fn handle_timeout<R: CryptoRng + ?Sized>(&mut self, now: Now, rng: &mut R) {
+        self.now = now;
+        let now_ms = now.unix_ms;
         self.advance_round(now_ms);
         let phase = self.config.schedule.phase_at(now_ms);
         if phase >= Phase::Vote && !self.round.vote_done {
@@ -197,13 +216,11 @@ impl Authority {
         }
     }
 
-    /// Takes one request from a node or another authority at `now_ms`. `GetConsensus` is
+    /// Takes one request from a node or another authority at `now`. `GetConsensus` is
     /// answered by [`Authority::consensus`], not here.
-    pub fn handle_request(
-        &mut self,
-        now_ms: u64,
-        request: DirectoryRequest,
-    ) -> Result<(), Rejection> {
+    pub fn handle_request(&mut self, now: Now, request: DirectoryRequest) -> Result<(), Rejection> {
+        self.now = now;
+        let now_ms = now.unix_ms;
         self.advance_round(now_ms);
         let result = match request.request {
             Some(Request::Descriptor(d)) => self.handle_descriptor(now_ms, &d),
@@ -238,6 +255,110 @@ impl Authority {
             }
             while self.consensuses.len() > KEPT_CONSENSUSES {
                 self.consensuses.pop_first();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+
+    use super::*;
+    use crate::params::default_parameters;
+
+    const PERIOD: u64 = 8_000;
+
+    fn schedule() -> EpochSchedule {
+        EpochSchedule::new(0, PERIOD)
+    }
+
+    /// The only pinned authority: it reaches the threshold on its own.
+    fn alone(now: Now) -> Authority {
+        let keypair = Keypair::ed25519_from_bytes([7; 32]).expect("32 bytes");
+        Authority::new(
+            AuthorityConfig {
+                authorities: PinnedAuthorities::new([keypair.public()]),
+                keypair,
+                schedule: schedule(),
+                parameters: default_parameters(),
+            },
+            now,
+        )
+    }
+
+    /// `now` moved on to the wall-clock time `unix_ms`.
+    fn at(now: Now, unix_ms: u64) -> Now {
+        now.later(Duration::from_millis(unix_ms - now.unix_ms))
+    }
+
+    #[test]
+    fn the_timer_is_the_next_phase_deadline_on_the_monotonic_clock() {
+        let s = schedule();
+        // The two clocks share no origin: the mapping goes through the reading.
+        let start = Now::new(Instant::now(), s.start_of(1) + 123);
+        let mut a = alone(start);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let deadlines = [
+            s.phase_start(1, Phase::Vote),
+            s.phase_start(1, Phase::Reveal),
+            s.phase_start(1, Phase::Sign),
+            s.phase_start(1, Phase::Publish),
+            s.start_of(2),
+            s.phase_start(2, Phase::Vote),
+        ];
+        let mut now = start;
+        for deadline in deadlines {
+            let expected = now.mono + Duration::from_millis(deadline - now.unix_ms);
+            assert_eq!(a.poll_timeout(), Some(expected), "deadline {deadline}");
+            now = at(now, deadline);
+            a.handle_timeout(now, &mut rng);
+        }
+        assert!(
+            std::iter::from_fn(|| a.poll_event())
+                .any(|e| matches!(e, Event::Published { epoch: 2, .. })),
+            "the walk went through a whole round"
+        );
+    }
+
+    #[test]
+    fn the_timer_follows_the_last_reading_and_a_missed_deadline_is_due_at_once() {
+        let s = schedule();
+        let start = Now::new(Instant::now(), s.start_of(1));
+        let mut a = alone(start);
+        // A request long after the vote deadline, before any timer ran: due at that reading.
+        let late = at(start, s.phase_start(1, Phase::Reveal) + 10);
+        let empty = DirectoryRequest { request: None };
+        assert_eq!(a.handle_request(late, empty), Err(Rejection::Unsupported));
+        assert_eq!(a.poll_timeout(), Some(late.mono));
+        // Too late to vote: it sits the round out and waits for the sign deadline.
+        a.handle_timeout(late, &mut ChaCha20Rng::seed_from_u64(2));
+        assert_eq!(
+            a.poll_timeout(),
+            Some(late.mono + Duration::from_millis(s.phase_start(1, Phase::Sign) - late.unix_ms))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Whenever the timer runs, the next one is strictly later: a driver never spins.
+        #[test]
+        fn after_a_timer_the_next_one_is_in_the_future(
+            first in 0..3 * PERIOD,
+            steps in proptest::collection::vec(0..PERIOD, 1..12),
+        ) {
+            let mut now = Now::new(Instant::now(), first);
+            let mut a = alone(now);
+            let mut rng = ChaCha20Rng::seed_from_u64(first);
+            for step in steps {
+                now = now.later(Duration::from_millis(step));
+                a.handle_timeout(now, &mut rng);
+                let next = a.poll_timeout();
+                prop_assert!(next.is_some_and(|t| t > now.mono), "{next:?} at {now:?}");
             }
         }
     }

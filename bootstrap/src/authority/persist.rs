@@ -12,13 +12,14 @@ use prost::Message;
 use super::{Authority, AuthorityConfig};
 use crate::{
     descriptor::verify_descriptor,
+    time::Now,
     vote::{verify_reveal, verify_vote},
 };
 
 impl Authority {
-    /// Resumes from persisted `state` at `now_ms`: everything in it is verified again.
-    pub fn restore(config: AuthorityConfig, state: &AuthorityState, now_ms: u64) -> Self {
-        let mut authority = Authority::new(config, now_ms);
+    /// Resumes from persisted `state` at `now`: everything in it is verified again.
+    pub fn restore(config: AuthorityConfig, state: &AuthorityState, now: Now) -> Self {
+        let mut authority = Authority::new(config, now);
         for signed in &state.consensuses {
             if let Ok(consensus) = Consensus::decode(&signed.consensus[..]) {
                 authority

@@ -2,9 +2,11 @@
 //! message bus that can reorder and drop.
 #![allow(dead_code, missing_docs, unreachable_pub)]
 
+use std::time::{Duration, Instant};
+
 use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{
-    Authority, AuthorityConfig, EpochSchedule, Event, PinnedAuthorities, default_parameters,
+    Authority, AuthorityConfig, EpochSchedule, Event, Now, PinnedAuthorities, default_parameters,
     sign_descriptor,
 };
 use p2pmix_mix::NodeSecretKey;
@@ -94,10 +96,13 @@ pub struct Sim {
     /// Shuffles deliveries when set.
     pub shuffle: Option<ChaCha20Rng>,
     pub now: u64,
+    /// The reading the simulation started at: [`Sim::now`] is `start` moved to `now`.
+    pub start: Now,
 }
 
 impl Sim {
     pub fn new(n: usize, parameters: NetworkParameters, start_ms: u64) -> Self {
+        let start = Now::new(Instant::now(), start_ms);
         let keys: Vec<Keypair> = (0..n as u64).map(keypair).collect();
         let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));
         let authorities = keys
@@ -110,7 +115,7 @@ impl Sim {
                         schedule: schedule(),
                         parameters,
                     },
-                    start_ms,
+                    start,
                 ))
             })
             .collect();
@@ -122,7 +127,14 @@ impl Sim {
             events: Vec::new(),
             shuffle: None,
             now: start_ms,
+            start,
         }
+    }
+
+    /// The time as the authorities see it: both clocks at `self.now`.
+    pub fn now(&self) -> Now {
+        self.start
+            .later(Duration::from_millis(self.now - self.start.unix_ms))
     }
 
     pub fn default(n: usize, start_ms: u64) -> Self {
@@ -140,12 +152,13 @@ impl Sim {
 
     /// Every node uploads its descriptor for `epoch` to every running authority.
     pub fn upload(&mut self, nodes: &[Node], epoch: u64) {
+        let now = self.now();
         for node in nodes {
             let request = DirectoryRequest {
                 request: Some(Request::Descriptor(node.signed(epoch))),
             };
             for a in self.authorities.iter_mut().flatten() {
-                a.handle_request(self.now, request.clone())
+                a.handle_request(now, request.clone())
                     .expect("descriptor accepted");
             }
         }
@@ -153,6 +166,7 @@ impl Sim {
 
     /// Delivers every pending message to every other running authority until none is left.
     pub fn deliver(&mut self) {
+        let now = self.now();
         for _ in 0..1000 {
             let mut batch = Vec::new();
             for (i, a) in self.authorities.iter_mut().enumerate() {
@@ -177,7 +191,7 @@ impl Sim {
                     if to != from
                         && let Some(a) = a
                     {
-                        let _ = a.handle_request(self.now, message.clone());
+                        let _ = a.handle_request(now, message.clone());
                     }
                 }
             }
@@ -189,9 +203,10 @@ impl Sim {
     pub fn run_until(&mut self, until_ms: u64) {
         while self.now < until_ms {
             self.now = (self.now + PERIOD / 16).min(until_ms);
+            let now = self.now();
             for (i, a) in self.authorities.iter_mut().enumerate() {
                 if let Some(a) = a {
-                    a.handle_timeout(self.now, &mut self.rngs[i]);
+                    a.handle_timeout(now, &mut self.rngs[i]);
                 }
             }
             self.deliver();
