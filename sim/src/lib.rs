@@ -14,6 +14,7 @@
 //! the cores of the `p2pmix` crate get theirs beside their tests (this crate cannot depend on it
 //! without a dependency cycle).
 
+pub mod authority;
 pub mod mix;
 
 use std::{
