@@ -8,7 +8,8 @@
 //! - the shared random value hashes every reveal that matches its voter's commitment;
 //! - mixes are spread over the layers so that sizes differ by at most one, nodes that stay keep
 //!   their previous layer unless balance needs them elsewhere, and the shared random value (not
-//!   any authority) decides who moves and where newcomers go.
+//!   any authority) decides who moves and where newcomers go;
+//! - nodes the authorities' measurements find unhealthy are left out ([`crate::health`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -18,6 +19,7 @@ use thiserror::Error;
 use crate::{
     authorities::PinnedAuthorities,
     descriptor::VerifiedDescriptor,
+    health,
     schedule::EpochSchedule,
     vote::{VerifiedReveal, VerifiedVote, commitment},
 };
@@ -132,6 +134,18 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
         .collect();
     admitted.sort_by(|a, b| a.descriptor.identity.cmp(&b.descriptor.identity));
     admitted.truncate(MAX_NODES);
+    let health::Judgement {
+        kept: admitted,
+        health,
+        excluded,
+    } = health::judge(
+        admitted,
+        &votes,
+        previous,
+        inputs.parameters,
+        needed,
+        inputs.epoch,
+    );
 
     let layers = assign_layers(
         &admitted,
@@ -156,6 +170,7 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
                 family: d.descriptor.family.clone(),
                 protocol_version: d.descriptor.protocol_version,
                 software_version: d.descriptor.software_version.clone(),
+                health: health.get(&d.descriptor.identity).copied(),
             }
         })
         .collect();
@@ -171,6 +186,7 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
         nodes,
         shared_random: shared_random.to_vec(),
         voters: votes.keys().map(|a| a.to_vec()).collect(),
+        excluded,
     })
 }
 

@@ -16,6 +16,7 @@ mod authority;
 mod consensus;
 mod descriptor;
 mod directory;
+mod health;
 mod params;
 mod schedule;
 mod signing;
@@ -34,6 +35,7 @@ pub use directory::{
     DIRECTORY_PROTOCOL, DirectoryBehaviour, DirectoryCodec, MAX_MESSAGE_BYTES, ProtoCodec,
     directory_behaviour,
 };
+pub use health::MAX_HOLD_EPOCHS;
 pub use params::{default_parameters, mean_delay};
 pub use schedule::{EpochSchedule, Phase};
 pub use signing::{Context, consensus_digest, encode_and_sign, sign, verify};
@@ -43,8 +45,8 @@ pub use verify::{
     verify_signed_consensus,
 };
 pub use vote::{
-    MAX_VOTE_BYTES, VerifiedReveal, VerifiedVote, VoteError, build_reveal, build_vote, commitment,
-    verify_reveal, verify_vote,
+    MAX_VOTE_BYTES, VerifiedReveal, VerifiedVote, VoteError, build_measured_vote, build_reveal,
+    build_vote, commitment, verify_reveal, verify_vote,
 };
 
 /// Version of the p2pmix protocol suite this build speaks; the consensus sets a minimum.

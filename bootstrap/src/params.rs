@@ -5,7 +5,9 @@ use std::time::Duration;
 use p2pmix_mix::Geometry;
 use p2pmix_proto::v1::NetworkParameters;
 
-/// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry.
+/// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry, and
+/// health measurement (docs/consensus.md, "Health": 300 probes per node and epoch from each
+/// authority; left out below 90% delivery or above 1 s of added delay at the 90th percentile).
 pub fn default_parameters() -> NetworkParameters {
     NetworkParameters {
         mean_delay_us: 50_000,
@@ -17,6 +19,11 @@ pub fn default_parameters() -> NetworkParameters {
         geometry_id: Geometry::DEFAULT.id(),
         layers: 3,
         min_protocol_version: crate::PROTOCOL_VERSION,
+        health_probes_per_node: 300,
+        health_min_probes: 100,
+        health_min_delivery_permille: 900,
+        health_max_delay_p90_ms: 1_000,
+        health_good_delivery_permille: 950,
     }
 }
 

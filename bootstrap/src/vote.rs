@@ -5,13 +5,14 @@
 //! random value) seeds the layer assignment, so no single authority chooses who sits where.
 
 use libp2p_identity::Keypair;
-use p2pmix_proto::v1::{Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote};
+use p2pmix_proto::v1::{NodeMeasurement, Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote};
 use prost::Message;
 use thiserror::Error;
 
 use crate::{
     authorities::PinnedAuthorities,
     descriptor::{VerifiedDescriptor, verify_descriptor},
+    health::measurements_valid,
     signing::{Context, encode_and_sign, verify},
 };
 
@@ -42,6 +43,9 @@ pub enum VoteError {
     /// Descriptors are not sorted and unique.
     #[error("descriptors not sorted")]
     Unsorted,
+    /// Health measurements are not sorted and unique, or out of range.
+    #[error("measurements not sorted, not unique or out of range")]
+    BadMeasurements,
     /// The revealed value does not match the vote's commitment.
     #[error("reveal does not match the commitment")]
     CommitMismatch,
@@ -63,7 +67,7 @@ pub fn commitment(epoch: u64, authority: &[u8], value: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
-/// Builds and signs a vote; `descriptors` are sorted here.
+/// Builds and signs a vote without measurements; `descriptors` are sorted here.
 pub fn build_vote(
     keypair: &Keypair,
     epoch: u64,
@@ -71,6 +75,21 @@ pub fn build_vote(
     commit: [u8; 32],
     previous: Option<[u8; 32]>,
 ) -> Option<SignedVote> {
+    build_measured_vote(keypair, epoch, descriptors, commit, previous, Vec::new())
+}
+
+/// Builds and signs a vote carrying this authority's health `measurements`; descriptors and
+/// measurements are sorted here (one measurement per identity is kept).
+pub fn build_measured_vote(
+    keypair: &Keypair,
+    epoch: u64,
+    descriptors: impl IntoIterator<Item = SignedDescriptor>,
+    commit: [u8; 32],
+    previous: Option<[u8; 32]>,
+    mut measurements: Vec<NodeMeasurement>,
+) -> Option<SignedVote> {
+    measurements.sort_by(|a, b| a.identity.cmp(&b.identity));
+    measurements.dedup_by(|a, b| a.identity == b.identity);
     let mut descriptors: Vec<SignedDescriptor> = descriptors.into_iter().collect();
     descriptors.sort_by(|a, b| a.descriptor.cmp(&b.descriptor));
     descriptors.dedup_by(|a, b| a.descriptor == b.descriptor);
@@ -80,6 +99,7 @@ pub fn build_vote(
         descriptors,
         commit: commit.to_vec(),
         previous: previous.map(|d| d.to_vec()).unwrap_or_default(),
+        measurements,
     };
     let (vote, signature) = encode_and_sign(keypair, Context::Vote, &vote)?;
     Some(SignedVote { vote, signature })
@@ -98,6 +118,8 @@ pub struct VerifiedVote {
     pub previous: Vec<u8>,
     /// The descriptors in the vote that verify for the epoch; invalid ones are ignored.
     pub descriptors: Vec<VerifiedDescriptor>,
+    /// The voter's health measurements, sorted by identity.
+    pub measurements: Vec<NodeMeasurement>,
 }
 
 /// Checks a vote for `epoch`; descriptors inside are checked too and bad ones dropped.
@@ -125,6 +147,9 @@ pub fn verify_vote(
     {
         return Err(VoteError::Unsorted);
     }
+    if !measurements_valid(&vote.measurements) {
+        return Err(VoteError::BadMeasurements);
+    }
     let descriptors = vote
         .descriptors
         .iter()
@@ -136,6 +161,7 @@ pub fn verify_vote(
         commit: vote.commit,
         previous: vote.previous,
         descriptors,
+        measurements: vote.measurements,
     })
 }
 

@@ -8,6 +8,7 @@
 //! - [`node`]: the mix node and gateway (a loop that dispatches to one machine a concern);
 //! - [`mailbox`]: gateway mailboxes, server and fetcher;
 //! - [`directory`]: fetching, verifying and serving the consensus;
+//! - [`measure`]: the authorities' measurement traffic and the health scores drawn from it;
 //! - [`authority`]: the directory authority's driver;
 //! - [`runtime`]: swarm building, clocks, files, the metrics endpoint;
 //! - [`config`] and [`identity`]: files an operator writes or keeps.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod directory;
 pub mod identity;
 pub mod mailbox;
+pub mod measure;
 pub mod node;
 pub mod runtime;
 

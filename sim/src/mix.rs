@@ -4,7 +4,10 @@
 //! A packet that arrives is unwrapped at once and held for the delay its header asks; at
 //! release it goes to the next hop's actor, or, at the final hop, to the actor registered for
 //! its client ([`RelayActor::serve_client`]) or into [`RelayActor::finals`]. Misbehaviour for
-//! tests: a relay can be a black hole ([`RelayActor::dead`]) or tamper with what it forwards.
+//! tests: a relay can be a black hole ([`RelayActor::dead`]), drop a fraction of what it takes
+//! ([`RelayActor::drop_fraction`]), hold every packet longer than its header asks
+//! ([`RelayActor::added_delay`]) or tamper with what it forwards. What a relay sees of each
+//! packet it takes (the view of a curious mix) can be recorded ([`RelayActor::record_view`]).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -17,7 +20,23 @@ use p2pmix_mix::{
 };
 use rand_chacha::rand_core::Rng;
 
-use crate::{Actor, ActorId, Ctx, Sim};
+use crate::{Actor, ActorId, Ctx, Sim, unit};
+
+/// What a relay learns of one packet it took: the view of a curious mix, for comparing kinds of
+/// traffic the mix should not be able to tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    /// When it arrived.
+    pub at: Instant,
+    /// Who handed it over (a client, a gateway, another mix).
+    pub from: ActorId,
+    /// Its size in bytes.
+    pub size: usize,
+    /// The delay its header asks of this hop.
+    pub delay: Duration,
+    /// The next hop, or `None` when this relay is the final hop.
+    pub next: Option<ActorId>,
+}
 
 /// A message type that carries Sphinx packets between relays and delivers bodies to clients.
 /// [`MixMessage`] is the plain one; a test with more kinds of message implements this for its
@@ -94,6 +113,14 @@ pub struct RelayActor {
     pub dead: bool,
     /// Flips one random byte at or after this offset of every packet it forwards.
     pub tamper_from: Option<usize>,
+    /// Drops this fraction of the packets it takes (at random), after unwrapping them.
+    pub drop_fraction: f64,
+    /// Holds every packet this much longer than its header asks.
+    pub added_delay: Duration,
+    /// Packets dropped or delayed on purpose ([`RelayActor::drop_fraction`],
+    /// [`RelayActor::added_delay`]).
+    pub misbehaved: u64,
+    view: Option<Vec<Seen>>,
 }
 
 impl RelayActor {
@@ -109,7 +136,22 @@ impl RelayActor {
             delivered: 0,
             dead: false,
             tamper_from: None,
+            drop_fraction: 0.0,
+            added_delay: Duration::ZERO,
+            misbehaved: 0,
+            view: None,
         }
+    }
+
+    /// Records what this relay sees of every packet it unwraps from now on (see
+    /// [`RelayActor::view`]).
+    pub fn record_view(&mut self) {
+        self.view.get_or_insert_with(Vec::new);
+    }
+
+    /// What this relay saw of the packets it unwrapped since [`RelayActor::record_view`].
+    pub fn view(&self) -> &[Seen] {
+        self.view.as_deref().unwrap_or_default()
     }
 
     /// The relay (keys, topologies).
@@ -196,10 +238,76 @@ impl<M: SphinxMessage> Actor<M> for RelayActor {
         }
     }
 
-    fn handle_message(&mut self, ctx: &mut Ctx<'_, M>, _: ActorId, message: M) {
-        if let Ok(packet) = message.into_packet() {
-            self.receive(ctx.mono(), packet);
+    fn handle_message(&mut self, ctx: &mut Ctx<'_, M>, from: ActorId, message: M) {
+        let Ok(packet) = message.into_packet() else {
+            return;
+        };
+        if self.dead {
+            return;
         }
+        let now = ctx.mono();
+        let size = packet.len();
+        let decision = match self.relay.process(now, packet) {
+            Ok(d) => d,
+            Err(reason) => {
+                *self.drops.entry(reason).or_default() += 1;
+                return;
+            }
+        };
+        if let Some(view) = &mut self.view {
+            let (release, next) = match &decision {
+                Decision::Forward { release, to, .. } => (*release, Some(*to)),
+                Decision::Final { release, .. } => (*release, None),
+            };
+            view.push(Seen {
+                at: now,
+                from,
+                size,
+                delay: release - now,
+                next,
+            });
+        }
+        if self.drop_fraction > 0.0 && unit(ctx.rng) < self.drop_fraction {
+            self.misbehaved += 1;
+            return;
+        }
+        let decision = if self.added_delay.is_zero() {
+            decision
+        } else {
+            self.misbehaved += 1;
+            delayed(decision, self.added_delay)
+        };
+        if let Err(reason) = self.queue.push(decision) {
+            *self.drops.entry(reason).or_default() += 1;
+        }
+    }
+}
+
+/// `decision` released `extra` later than its header asks.
+fn delayed<P>(decision: Decision<P>, extra: Duration) -> Decision<P> {
+    match decision {
+        Decision::Forward {
+            to,
+            packet,
+            release,
+            arrived,
+        } => Decision::Forward {
+            to,
+            packet,
+            release: release + extra,
+            arrived,
+        },
+        Decision::Final {
+            destination,
+            packet,
+            release,
+            arrived,
+        } => Decision::Final {
+            destination,
+            packet,
+            release: release + extra,
+            arrived,
+        },
     }
 }
 

@@ -19,8 +19,10 @@
 //!
 //! Files: this one holds the type, its timers and the dispatch of requests; `round` the state of
 //! one round; `requests` what is taken from others; `phases` this authority's own steps;
-//! `persist` saving and restoring; `rejection` the refusals.
+//! `persist` saving and restoring; `rejection` the refusals; `measurements` the health
+//! measurements the driver hands in for the vote.
 
+mod measurements;
 mod persist;
 mod phases;
 mod rejection;
@@ -34,7 +36,8 @@ use std::{
 
 use libp2p_identity::Keypair;
 use p2pmix_proto::v1::{
-    DirectoryRequest, GetConsensus, NetworkParameters, SignedConsensus, directory_request::Request,
+    DirectoryRequest, GetConsensus, NetworkParameters, NodeMeasurement, SignedConsensus,
+    directory_request::Request,
 };
 use rand_core::CryptoRng;
 use thiserror::Error;
@@ -124,6 +127,8 @@ pub struct Authority {
     outbox: VecDeque<DirectoryRequest>,
     events: VecDeque<Event>,
     rejections: BTreeMap<&'static str, u64>,
+    /// The health measurements for the next vote (taken by it).
+    measurements: Vec<NodeMeasurement>,
     /// The last time given: maps the wall-clock deadlines onto the monotonic clock.
     now: Now,
 }
@@ -141,6 +146,7 @@ impl Authority {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             rejections: BTreeMap::new(),
+            measurements: Vec::new(),
             now,
         }
     }

@@ -14,7 +14,7 @@ use crate::{
     consensus::{ConsensusInputs, compute_consensus},
     signing::{Context, consensus_digest, sign},
     vote::{
-        VerifiedReveal, VerifiedVote, build_reveal, build_vote, commitment, verify_reveal,
+        VerifiedReveal, VerifiedVote, build_measured_vote, build_reveal, commitment, verify_reveal,
         verify_vote,
     },
 };
@@ -33,12 +33,13 @@ impl Authority {
             .consensuses
             .get(&self.round.epoch.saturating_sub(1))
             .map(|s| consensus_digest(&s.consensus));
-        let Some(signed) = build_vote(
+        let Some(signed) = build_measured_vote(
             &self.config.keypair,
             self.round.epoch,
             descriptors,
             commit,
             previous,
+            std::mem::take(&mut self.measurements),
         ) else {
             return;
         };

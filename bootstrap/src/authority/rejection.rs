@@ -64,7 +64,9 @@ impl Rejection {
                 DescriptorError::Late => RefusalCode::Late,
             },
             Rejection::Vote(e) => match e {
-                VoteError::Malformed | VoteError::Unsorted => RefusalCode::Malformed,
+                VoteError::Malformed | VoteError::Unsorted | VoteError::BadMeasurements => {
+                    RefusalCode::Malformed
+                }
                 VoteError::UnknownAuthority => RefusalCode::UnknownAuthority,
                 VoteError::BadSignature => RefusalCode::BadSignature,
                 VoteError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
@@ -112,6 +114,7 @@ impl Rejection {
                 VoteError::BadSignature => "vote_bad_signature",
                 VoteError::WrongEpoch { .. } => "vote_wrong_epoch",
                 VoteError::Unsorted => "vote_unsorted",
+                VoteError::BadMeasurements => "vote_bad_measurements",
                 VoteError::CommitMismatch => "vote_commit_mismatch",
                 VoteError::Duplicate => "vote_duplicate",
                 VoteError::Late => "vote_late",
