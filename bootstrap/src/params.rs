@@ -6,7 +6,7 @@ use p2pmix_mix::Geometry;
 use p2pmix_proto::v1::NetworkParameters;
 
 /// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry, and
-/// health measurement (docs/consensus.md, "Health": 300 probes per node and epoch from each
+/// health measurement (docs/consensus.md, "Health": 500 probes per node and epoch from each
 /// authority; left out below 90% delivery or above 1 s of added delay at the 90th percentile).
 pub fn default_parameters() -> NetworkParameters {
     NetworkParameters {
@@ -19,7 +19,7 @@ pub fn default_parameters() -> NetworkParameters {
         geometry_id: Geometry::DEFAULT.id(),
         layers: 3,
         min_protocol_version: crate::PROTOCOL_VERSION,
-        health_probes_per_node: 300,
+        health_probes_per_node: 500,
         health_min_probes: 100,
         health_min_delivery_permille: 900,
         health_max_delay_p90_ms: 1_000,

@@ -25,7 +25,7 @@ use p2pmix_mix::{
 use p2pmix_proto::v1::{NetworkParameters, NodeMeasurement};
 use rand::CryptoRng;
 
-use super::score::{Outcome, score};
+use super::score::{NodeScore, Outcome, score};
 use crate::client::{RoutePolicy, Topology, choose_route};
 
 /// How long the stream waits before looking again when it has nowhere to send.
@@ -152,9 +152,11 @@ pub struct NodeReport {
     pub probes: u32,
     /// Of those, the ones that came back in time.
     pub returned: u32,
-    /// Delivery relative to the upper quartile of its layer, per mille.
+    /// Delivery relative to the upper quartile of its layer, per mille (the upper confidence
+    /// bound; the worse of the whole window and its recent half).
     pub delivery_permille: u32,
-    /// 90th percentile of the delay it added, milliseconds.
+    /// 90th percentile of the delay it added, milliseconds (the worse of the whole window and
+    /// its recent half).
     pub delay_p90_ms: u32,
 }
 
@@ -242,6 +244,8 @@ impl NodeTable {
 pub struct Measurer {
     config: MeasureConfig,
     me: ClientId,
+    /// Time buckets of the delay fit count from here.
+    origin: Instant,
     network: Option<(MeasuredNetwork, Duration)>,
     table: NodeTable,
     ready: HashSet<PeerId>,
@@ -260,6 +264,7 @@ impl Measurer {
         Measurer {
             config,
             me,
+            origin: now,
             network: None,
             table: NodeTable::default(),
             ready: HashSet::new(),
@@ -444,36 +449,63 @@ impl Measurer {
     pub fn report(&mut self, now: Instant) -> Vec<NodeReport> {
         self.expire(now);
         let timeout = self.config.loss_timeout;
-        let outcomes: Vec<Outcome> = self
-            .probes
-            .iter()
-            .filter_map(|p| {
-                let deadline = p.due + timeout;
-                let excess_us = match p.back {
-                    Some(back) if back <= deadline => {
-                        Some(i64::try_from((back - p.due).as_micros()).unwrap_or(i64::MAX))
-                    }
-                    Some(_) => None,
-                    None if now > deadline => None,
-                    None => return None,
-                };
-                Some(Outcome {
-                    route: p.route.to_vec(),
-                    excess_us,
-                })
-            })
+        // Eight buckets an epoch: short enough for a node that changes within the window to be
+        // judged by what it did when, long enough for each node to have probes in each.
+        let bucket_us = (self.config.epoch / 8).as_micros().max(1);
+        let origin = self.origin;
+        let recent_from = now.checked_sub(self.config.window / 2);
+        let mut all = Vec::new();
+        let mut recent = Vec::new();
+        for p in &self.probes {
+            let deadline = p.due + timeout;
+            let excess_us = match p.back {
+                Some(back) if back <= deadline => Some(
+                    i64::try_from(back.saturating_duration_since(p.due).as_micros())
+                        .unwrap_or(i64::MAX),
+                ),
+                Some(_) => None,
+                None if now > deadline => None,
+                None => continue,
+            };
+            let outcome = Outcome {
+                route: p.route.to_vec(),
+                excess_us,
+                bucket: u32::try_from(
+                    p.sent.saturating_duration_since(origin).as_micros() / bucket_us,
+                )
+                .unwrap_or(u32::MAX),
+            };
+            if recent_from.is_none_or(|from| p.sent >= from) {
+                recent.push(outcome.clone());
+            }
+            all.push(outcome);
+        }
+        // The worse of the whole window and its recent half: a node that turned bad is caught
+        // from the recent half before its good past is out of the window, and the whole
+        // window gives the steady state its full number of probes.
+        let min = self.config.min_probes;
+        let recent: HashMap<u32, NodeScore> = score(&recent, &self.table.layers, min)
+            .into_iter()
+            .map(|s| (s.node, s))
             .collect();
-        score(&outcomes, &self.table.layers, self.config.min_probes)
+        score(&all, &self.table.layers, min)
             .into_iter()
             .filter_map(|s| {
                 let (identity, peer) = self.table.nodes.get(s.node as usize)?.clone();
+                let (delivery_permille, delay_p90_ms) = match recent.get(&s.node) {
+                    Some(r) => (
+                        s.delivery_permille.min(r.delivery_permille),
+                        s.delay_p90_ms.max(r.delay_p90_ms),
+                    ),
+                    None => (s.delivery_permille, s.delay_p90_ms),
+                };
                 Some(NodeReport {
                     peer,
                     identity,
                     probes: s.probes,
                     returned: s.returned,
-                    delivery_permille: s.delivery_permille,
-                    delay_p90_ms: s.delay_p90_ms,
+                    delivery_permille,
+                    delay_p90_ms,
                 })
             })
             .collect()
