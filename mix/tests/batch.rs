@@ -160,3 +160,74 @@ fn empty_batch() {
     let (ring, _) = twin_rings(1);
     assert!(unwrap_batch(&Geometry::DEFAULT, &ring, &mut []).is_empty());
 }
+
+/// The relay's batch decides for every packet what it decides for it alone: forwards with the
+/// right peer, finals, unknown next hops, delays over the cap, bad packets.
+#[test]
+fn relay_batch_decides_as_one_by_one() {
+    use std::{collections::HashMap, time::Instant};
+
+    use p2pmix_mix::{Relay, RelayConfig};
+
+    let g = Geometry::DEFAULT;
+    let (batch_ring, single_ring) = twin_rings(9);
+    let public = batch_ring.for_epoch(EPOCH).unwrap().public_key();
+    let relay = |ring| {
+        let relay = Relay::new(
+            g,
+            RelayConfig {
+                max_delay: Duration::from_millis(10),
+            },
+            ring,
+        );
+        relay.set_topology(EPOCH, HashMap::from([(NodeId(2), "two")]));
+        relay
+    };
+    let (batched, single) = (relay(batch_ring), relay(single_ring));
+    let mut r = rng(10);
+    let mut packet = |next: u16, delay_us: u32, hops: usize| {
+        let mut route = vec![Hop {
+            node: NodeId(1),
+            key: public,
+            delay: Delay::from_micros(delay_us),
+        }];
+        if hops == 2 {
+            route.push(Hop {
+                node: NodeId(next),
+                key: public,
+                delay: Delay::ZERO,
+            });
+        }
+        build_packet(
+            &g,
+            KeyId::for_epoch(EPOCH),
+            &route,
+            &deliver(1, 2),
+            b"x",
+            &mut r,
+        )
+        .unwrap()
+    };
+    let now = Instant::now();
+    let packets = vec![
+        packet(2, 5, 2),      // forward to "two"
+        packet(3, 5, 2),      // next hop not in the topology
+        packet(2, 20_000, 2), // delay over the cap
+        packet(2, 5, 1),      // final
+        vec![0u8; 10],        // wrong size
+    ];
+    let expected: Vec<_> = packets
+        .iter()
+        .map(|p| single.process(now, p.clone()))
+        .collect();
+    let got = batched.process_batch(packets.into_iter().map(|p| (now, p)).collect());
+    assert_eq!(got, expected);
+    assert!(matches!(
+        got[0],
+        Ok(p2pmix_mix::Decision::Forward { to: "two", .. })
+    ));
+    assert_eq!(got[1], Err(p2pmix_mix::DropReason::UnknownNextHop));
+    assert_eq!(got[2], Err(p2pmix_mix::DropReason::DelayTooLong));
+    assert!(matches!(got[3], Ok(p2pmix_mix::Decision::Final { .. })));
+    assert_eq!(got[4], Err(p2pmix_mix::DropReason::WrongSize));
+}

@@ -93,7 +93,7 @@ impl Hctr2 {
     /// one-byte `1` marker when the input does not fill its last block).
     fn hash(&self, tweak: &[u8], x: &[u8]) -> [u8; BLOCK] {
         let mut poly = self.poly.clone();
-        let ragged = x.len() % BLOCK != 0;
+        let ragged = !x.len().is_multiple_of(BLOCK);
         let lengths = (tweak.len() as u128) * 8 * 2 + 2 + u128::from(ragged);
         poly.update(&[Array::from(lengths.to_le_bytes())]);
         poly.update_padded(tweak);
