@@ -439,7 +439,7 @@ async fn run() {
         ];
         let unwrap = measure_unwrap(&route, &relay_secret, &mut rng);
 
-        let child = Command::new(std::env::current_exe().unwrap())
+        let mut child = Command::new(std::env::current_exe().unwrap())
             .env(ROLE, "relay")
             .env(
                 "P2PMIX_BENCH_KEY",
