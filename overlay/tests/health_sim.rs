@@ -539,14 +539,6 @@ fn a_mix_that_adds_two_seconds_is_out_within_two_epochs() {
 #[test]
 fn honest_mixes_on_lossy_links_stay_in_whatever_one_authority_says() {
     let o = outcome();
-    for (epoch, c) in &o.consensuses {
-        for n in &c.nodes {
-            eprintln!("epoch {epoch} {:?} {:?}", o.kinds.get(&n.identity), n.health);
-        }
-        for e in &c.excluded {
-            eprintln!("epoch {epoch} out {:?} {e:?}", o.kinds.get(&e.identity));
-        }
-    }
     assert!(o.consensuses.len() >= 4, "{:?}", o.consensuses.keys());
     for (epoch, c) in &o.consensuses {
         for (id, kind) in &o.kinds {
