@@ -125,7 +125,7 @@ fn runtime() -> tokio::runtime::Runtime {
 #[test]
 fn a_dapp_sends_to_another_and_gets_the_answer_through_a_surb() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let net = Net::start_with("surb", "");
+    let net = Net::start_with("surb", "health_probes_per_node = 0\n");
     let _ = net.consensus(1);
     let (alice_id, bob_id) = (Identity::new(), Identity::new());
     runtime().block_on(async {
@@ -214,7 +214,7 @@ fn a_dapp_sends_to_another_and_gets_the_answer_through_a_surb() {
 #[test]
 fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut net = Net::start_with("mailbox", "");
+    let mut net = Net::start_with("mailbox", "health_probes_per_node = 0\n");
     let _ = net.consensus(1);
     let (alice_id, bob_id) = (Identity::new(), Identity::new());
     let rt = runtime();

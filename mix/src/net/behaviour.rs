@@ -147,6 +147,46 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Misbehaviour for tests and drills (feature `chaos`).
+    #[cfg(feature = "chaos")]
+    chaos: Chaos,
+}
+
+/// Misbehaviour a node can be told to show, for tests and the testnet drill only: the `chaos`
+/// feature, which release builds and dApps never enable. It applies to packets this node
+/// forwards to a next hop (what a black hole or a slow mix does), not to final deliveries.
+#[cfg(feature = "chaos")]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Chaos {
+    /// Fraction of forwarded packets dropped (0 to 1; spread evenly, not at random).
+    pub drop_fraction: f64,
+    /// Delay added to every forwarded packet on top of what its header asks.
+    pub added_delay: Duration,
+    /// Drop debt carried between packets (the even spread of `drop_fraction`).
+    debt: f64,
+}
+
+#[cfg(feature = "chaos")]
+impl Chaos {
+    /// Drops `drop_fraction` of the forwarded packets and delays all of them by `added_delay`.
+    pub fn new(drop_fraction: f64, added_delay: Duration) -> Self {
+        Chaos {
+            drop_fraction: drop_fraction.clamp(0.0, 1.0),
+            added_delay,
+            debt: 0.0,
+        }
+    }
+
+    /// Whether the next forwarded packet is dropped.
+    fn drops(&mut self) -> bool {
+        self.debt += self.drop_fraction;
+        if self.debt >= 1.0 {
+            self.debt -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -187,7 +227,15 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            #[cfg(feature = "chaos")]
+            chaos: Chaos::default(),
         }
+    }
+
+    /// Starts misbehaving as `chaos` says (tests and drills only).
+    #[cfg(feature = "chaos")]
+    pub fn set_chaos(&mut self, chaos: Chaos) {
+        self.chaos = chaos;
     }
 
     /// The relay (keys and topologies) this behaviour uses.
@@ -390,6 +438,23 @@ impl NetworkBehaviour for Behaviour {
                         self.pool.give(packet);
                         Ok(())
                     }
+                    #[cfg(feature = "chaos")]
+                    Decision::Forward { packet, .. } if self.chaos.drops() => {
+                        self.pool.give(packet);
+                        Ok(())
+                    }
+                    #[cfg(feature = "chaos")]
+                    Decision::Forward {
+                        to,
+                        packet,
+                        release,
+                        arrived,
+                    } => self.queue.push(Decision::Forward {
+                        to,
+                        packet,
+                        release: release + self.chaos.added_delay,
+                        arrived,
+                    }),
                     d => self.queue.push(d),
                 }) {
                     Ok(()) => {}

@@ -5,14 +5,29 @@
 //! data directory after every change; each published consensus is written as
 //! `consensus-<epoch>.pb` (the encoded `SignedConsensus`), and `listen-addrs` holds the
 //! addresses the swarm listens on.
+//!
+//! When the network parameters ask for health measurement, the authority also runs a
+//! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in
+//! `measure-identity`) on the consensus in force, and hands what it measured to the core before
+//! each vote.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+mod measure;
+
+pub use measure::{MeasureBehaviour, MeasureBehaviourEvent, MeasureDriver};
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm, identify, identity::Keypair, request_response, swarm::SwarmEvent,
 };
-use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, Now, directory_behaviour};
+use p2pmix_bootstrap::{
+    Authority, AuthorityConfig, Event, Now, directory_behaviour, verify_signed_consensus,
+};
 use p2pmix_proto::v1::{
     Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, directory_request::Request,
     directory_response::Response,
@@ -24,6 +39,8 @@ use tracing::{debug, info, warn};
 use crate::{
     config::AuthorityConfigFile,
     directory::not_held,
+    identity::{IdentityError, load_or_create_identity},
+    measure::MeasureConfig,
     runtime::{
         ListenError, SwarmError, build_swarm,
         files::{FileError, create_dir, write_atomic},
@@ -44,6 +61,9 @@ pub enum AuthorityNodeError {
     /// The swarm could not listen on an address.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The measurer's identity could not be read or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
     /// This authority's key is not in the pinned authorities file.
     #[error("this authority ({0}) is not in the authorities file")]
     NotPinned(PeerId),
@@ -81,7 +101,7 @@ pub async fn run_authority(
     let state_path = config.data_dir.join("state.pb");
     let core_config = AuthorityConfig {
         keypair: keypair.clone(),
-        authorities: pinned,
+        authorities: pinned.clone(),
         schedule: config.schedule,
         parameters: config.parameters,
     };
@@ -124,6 +144,20 @@ pub async fn run_authority(
     }
     info!(peer_id = %me, epoch = authority.round_epoch(), "authority started");
 
+    let mut measurer = match MeasureConfig::from_parameters(
+        &config.parameters,
+        config.schedule.period_ms(),
+    ) {
+        Some(measure_config) => {
+            let identity = load_or_create_identity(&config.data_dir.join("measure-identity"))?;
+            info!(measurer = %identity.public().to_peer_id(), "health measurement on");
+            Some(MeasureDriver::start(identity, measure_config, now.mono)?)
+        }
+        None => None,
+    };
+    // The vote (by its due time) whose measurements were handed in.
+    let mut measured_for: Option<u64> = None;
+
     let mut rng = rand::rng();
     let mut listen_addrs: Vec<Multiaddr> = Vec::new();
     let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
@@ -131,6 +165,24 @@ pub async fn run_authority(
     tokio::pin!(shutdown);
     loop {
         let now = Now::system();
+        if let Some(driver) = measurer.as_mut() {
+            let epoch = config.schedule.epoch_at(now.unix_ms);
+            if driver.installed() != Some(epoch)
+                && let Some(signed) = authority.consensus(Some(epoch))
+                && let Ok(verified) =
+                    verify_signed_consensus(signed.clone(), &pinned, now.unix_ms, Some(epoch))
+            {
+                driver.install(&verified, now.mono);
+            }
+            if let Some(due) = authority.vote_due_ms()
+                && now.unix_ms >= due
+                && measured_for != Some(due)
+            {
+                authority.set_measurements(driver.measurements(now.mono));
+                measured_for = Some(due);
+            }
+            driver.handle_timeout(now.mono);
+        }
         authority.handle_timeout(now, &mut rng);
         flush(
             &mut authority,
@@ -140,7 +192,11 @@ pub async fn run_authority(
             &state_path,
         )?;
         let latest = now.mono + Duration::from_secs(60);
-        let wake = authority.poll_timeout().map_or(latest, |at| at.min(latest));
+        let wake = authority
+            .poll_timeout()
+            .into_iter()
+            .chain(measurer.as_ref().and_then(MeasureDriver::poll_timeout))
+            .fold(latest, Instant::min);
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
@@ -148,6 +204,16 @@ pub async fn run_authority(
                 return Ok(());
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
+            event = async {
+                match measurer.as_mut() {
+                    Some(driver) => driver.next_event().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                if let Some(driver) = measurer.as_mut() {
+                    driver.handle_event(event, Instant::now());
+                }
+            }
             _ = redial.tick() => {
                 for peer in &peers {
                     if !swarm.is_connected(peer) && (known.contains_key(peer) || config.authorities.entries.iter().any(|e| e.peer_id == *peer && !e.addresses.is_empty())) {

@@ -22,6 +22,8 @@
 //! as bootstrap addresses), on gateways `mailbox/` and, with metrics on, `metrics-addr`.
 
 pub mod bootstrap;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 pub mod cover;
 mod directory;
 pub mod gateway;
@@ -91,6 +93,9 @@ struct Node {
     gateway: Option<Gateway>,
     cover: LoopCover,
     gauges: Gauges,
+    /// Misbehaviour to start (tests and drills only).
+    #[cfg(feature = "chaos")]
+    chaos: Option<chaos::ChaosPlan>,
 }
 
 impl Node {
@@ -141,6 +146,11 @@ impl Node {
     /// Runs every machine whose timer is due at `now`.
     fn handle_timeouts(&mut self, now: Now) -> Result<(), NodeError> {
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now.mono);
+        #[cfg(feature = "chaos")]
+        if let Some(plan) = self.chaos.take_if(|p| now.unix_ms >= p.from_unix_ms) {
+            warn!(?plan, "chaos: misbehaving from now on");
+            self.swarm.behaviour_mut().mix.set_chaos(plan.chaos);
+        }
         // Machines that follow the wall clock say themselves whether they are due: their
         // instants are mapped from the last reading, and a wall-clock step would make them late.
         if self.keys.is_due(now) {

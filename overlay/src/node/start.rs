@@ -59,6 +59,10 @@ pub enum NodeError {
     /// The swarm could not listen on an address.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// The misbehaviour plan is malformed (feature `chaos`).
+    #[cfg(feature = "chaos")]
+    #[error("{0}")]
+    Chaos(String),
 }
 
 /// How long the previous epoch's key keeps working after a boundary: a whole epoch. Packets built
@@ -161,6 +165,8 @@ pub async fn run_node(
         gateway,
         cover: LoopCover::new(me, now.mono),
         gauges: Gauges::new(now.mono),
+        #[cfg(feature = "chaos")]
+        chaos: super::chaos::ChaosPlan::from_env().map_err(NodeError::Chaos)?,
     };
     node.load_cached_consensus(now);
     let result = node.run(now, shutdown).await;

@@ -46,9 +46,10 @@ pub struct Net {
 impl Net {
     /// Starts 3 authorities, then 2 gateways and 6 mixes, every node bootstrapping from the
     /// first gateway only. Nodes send no loop cover of their own, so that tests can count
-    /// exactly the packets they route.
+    /// exactly the packets they route; for the same reason the authorities measure nothing
+    /// (`tests/health.rs` turns measurement on).
     pub fn start(name: &str) -> Net {
-        Net::start_with(name, "mix_loop_interval_us = 0\n")
+        Net::start_with(name, "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n")
     }
 
     /// [`Net::start`] with `parameters` (lines of `[network.parameters]`) for the authorities.

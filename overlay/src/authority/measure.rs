@@ -1,0 +1,259 @@
+//! The authority's measurement traffic on the network: the sans-IO [`Measurer`] on a swarm of
+//! its own.
+//!
+//! The measurer has an identity of its own (not the authority's: a mix must not tell an
+//! authority's probes from any client's loop cover by who registered the mailbox), kept in
+//! `measure-identity` in the data directory. Like a client it speaks only the client side of
+//! two protocols: a send-only Sphinx [`Link`] to gateways, and mailbox fetches at every
+//! gateway of the consensus in force (a fetch registers its mailbox there; a gateway takes
+//! probes only once a fetch at it was answered, or their returns would be refused and counted
+//! against it). Returned probes come back as mailbox items; their labels go to the measurer.
+//! Before each vote the authority's driver asks [`MeasureDriver::measurements`] for what goes
+//! into the vote.
+
+use std::{collections::HashMap, time::Instant};
+
+use futures::StreamExt;
+use libp2p::{
+    PeerId, Swarm,
+    identity::Keypair,
+    request_response::{self, OutboundRequestId},
+    swarm::SwarmEvent,
+};
+use p2pmix_bootstrap::{VerifiedConsensus, peer_id};
+use p2pmix_mix::link::Link;
+use p2pmix_proto::v1::{MailboxResponse, NodeMeasurement};
+use rand::{SeedableRng, rngs::StdRng};
+use tracing::{debug, info};
+
+use crate::{
+    client::client_id,
+    mailbox::{MailboxFetcher, mailbox_behaviour},
+    measure::{MeasureConfig, MeasureStats, MeasuredNetwork, Measurer, NodeReport},
+    runtime::{SwarmError, build_swarm},
+};
+
+pub use behaviour::{MeasureBehaviour, MeasureBehaviourEvent};
+
+#[allow(missing_docs)] // the derive generates an undocumented event enum
+mod behaviour {
+    use libp2p::swarm::NetworkBehaviour;
+    use p2pmix_mix::link::Link;
+
+    use crate::mailbox::MailboxBehaviour;
+
+    /// The protocols the measurer speaks: those of a client.
+    #[derive(NetworkBehaviour)]
+    pub struct MeasureBehaviour {
+        /// Send-only Sphinx to gateways.
+        pub link: Link,
+        /// Mailbox fetches at gateways.
+        pub mailbox: MailboxBehaviour,
+    }
+}
+
+/// One gateway's mailbox, as the measurer fetches it.
+#[derive(Debug)]
+struct GatewayMailbox {
+    fetcher: MailboxFetcher,
+    request: Option<OutboundRequestId>,
+}
+
+/// The measurer on its swarm. See the module documentation.
+pub struct MeasureDriver {
+    swarm: Swarm<MeasureBehaviour>,
+    measurer: Measurer,
+    mailboxes: HashMap<PeerId, GatewayMailbox>,
+    installed: Option<u64>,
+    rng: StdRng,
+}
+
+impl std::fmt::Debug for MeasureDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MeasureDriver")
+            .field("installed", &self.installed)
+            .field("gateways", &self.mailboxes.len())
+            .field("stats", &self.measurer.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MeasureDriver {
+    /// A measurer with swarm identity `keypair` (its client id at gateways derives from it).
+    pub fn start(keypair: Keypair, config: MeasureConfig, now: Instant) -> Result<Self, SwarmError> {
+        let me = client_id(&keypair.public().to_peer_id());
+        let swarm = build_swarm(keypair, |_| MeasureBehaviour {
+            link: Link::default(),
+            mailbox: mailbox_behaviour(false),
+        })?;
+        Ok(MeasureDriver {
+            swarm,
+            measurer: Measurer::new(config, me, now),
+            mailboxes: HashMap::new(),
+            installed: None,
+            rng: StdRng::from_rng(&mut rand::rng()),
+        })
+    }
+
+    /// The measurer's counters.
+    pub fn stats(&self) -> MeasureStats {
+        self.measurer.stats()
+    }
+
+    /// The epoch of the consensus probed, once there is one.
+    pub fn installed(&self) -> Option<u64> {
+        self.installed
+    }
+
+    /// Probes the nodes of `consensus` (the one in force) from now on; its gateways' mailboxes
+    /// are fetched, those that left are dropped.
+    pub fn install(&mut self, consensus: &VerifiedConsensus, now: Instant) {
+        if self.installed == Some(consensus.epoch()) {
+            return;
+        }
+        let network = MeasuredNetwork::from_consensus(consensus);
+        let gateways: Vec<PeerId> = network.topology().gateways().iter().map(|g| g.peer).collect();
+        for node in consensus.nodes() {
+            let Some(peer) = peer_id(node) else { continue };
+            if !gateways.contains(&peer) {
+                continue;
+            }
+            for a in node.addresses.iter().filter_map(|a| a.parse().ok()) {
+                self.swarm.add_peer_address(peer, a);
+            }
+        }
+        self.mailboxes.retain(|peer, _| gateways.contains(peer));
+        for g in &gateways {
+            self.mailboxes.entry(*g).or_insert_with(|| GatewayMailbox {
+                fetcher: MailboxFetcher::new(now),
+                request: None,
+            });
+        }
+        self.measurer.set_network(Some(network));
+        self.installed = Some(consensus.epoch());
+        info!(epoch = consensus.epoch(), gateways = gateways.len(), "measurer: consensus installed");
+    }
+
+    /// When [`MeasureDriver::handle_timeout`] next has work.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.mailboxes
+            .values()
+            .filter_map(|m| m.fetcher.poll_timeout())
+            .chain(self.measurer.poll_timeout())
+            .min()
+    }
+
+    /// Sends the probes and the mailbox fetches that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let before = self.measurer.stats();
+        self.measurer.handle_timeout(now, &mut self.rng);
+        while let Some((gateway, packet)) = self.measurer.poll_transmit() {
+            self.swarm.behaviour_mut().link.send(gateway, packet);
+        }
+        let sent = self.measurer.stats().sent - before.sent;
+        if sent > 0 {
+            metrics::counter!("p2pmix_measure_probes_sent_total").increment(sent);
+        }
+        for (gateway, mailbox) in &mut self.mailboxes {
+            mailbox.fetcher.handle_timeout(now);
+            if let Some(request) = mailbox.fetcher.poll_request() {
+                let id = self.swarm.behaviour_mut().mailbox.send_request(gateway, request);
+                mailbox.request = Some(id);
+            }
+        }
+    }
+
+    /// The next event of the measurer's swarm (cancel-safe: for `tokio::select!`).
+    pub async fn next_event(&mut self) -> SwarmEvent<MeasureBehaviourEvent> {
+        self.swarm.select_next_some().await
+    }
+
+    /// Takes one swarm event: mailbox answers (returned probes), failures.
+    pub fn handle_event(&mut self, event: SwarmEvent<MeasureBehaviourEvent>, now: Instant) {
+        match event {
+            SwarmEvent::Behaviour(MeasureBehaviourEvent::Mailbox(
+                request_response::Event::Message {
+                    peer,
+                    message:
+                        request_response::Message::Response {
+                            request_id,
+                            response,
+                        },
+                    ..
+                },
+            )) => self.on_answer(peer, request_id, Some(response), now),
+            SwarmEvent::Behaviour(MeasureBehaviourEvent::Mailbox(
+                request_response::Event::OutboundFailure {
+                    peer,
+                    request_id,
+                    error,
+                    ..
+                },
+            )) => {
+                debug!(%peer, %error, "measurer: mailbox fetch failed");
+                self.on_answer(peer, request_id, None, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_answer(
+        &mut self,
+        gateway: PeerId,
+        request_id: OutboundRequestId,
+        response: Option<MailboxResponse>,
+        now: Instant,
+    ) {
+        let Some(mailbox) = self.mailboxes.get_mut(&gateway) else {
+            return;
+        };
+        if mailbox.request != Some(request_id) {
+            return;
+        }
+        mailbox.request = None;
+        let Some(response) = response else {
+            mailbox.fetcher.handle_failure(now);
+            self.measurer.set_gateway_ready(gateway, false);
+            return;
+        };
+        match mailbox.fetcher.handle_response(now, response) {
+            Ok(items) => {
+                // Answered: the mailbox is registered there, probes may return through it.
+                self.measurer.set_gateway_ready(gateway, true);
+                let mut returned = 0;
+                for item in items {
+                    if self.measurer.handle_delivery(now, &item.label) {
+                        returned += 1;
+                    }
+                }
+                if returned > 0 {
+                    metrics::counter!("p2pmix_measure_probes_returned_total").increment(returned);
+                }
+            }
+            Err(failure) => {
+                debug!(%gateway, ?failure, "measurer: the gateway did not answer the fetch");
+                self.measurer.set_gateway_ready(gateway, false);
+            }
+        }
+    }
+
+    /// What this authority measured over the window, for its vote (also exported as gauges).
+    pub fn measurements(&mut self, now: Instant) -> Vec<NodeMeasurement> {
+        let reports = self.measurer.report(now);
+        for r in &reports {
+            let node = r.peer.to_string();
+            metrics::gauge!("p2pmix_measure_delivery_permille", "node" => node.clone())
+                .set(f64::from(r.delivery_permille));
+            metrics::gauge!("p2pmix_measure_delay_p90_ms", "node" => node)
+                .set(f64::from(r.delay_p90_ms));
+        }
+        info!(
+            nodes = reports.len(),
+            sent = self.measurer.stats().sent,
+            returned = self.measurer.stats().returned,
+            "measurer: measurements for the vote"
+        );
+        NodeReport::to_measurements(&reports)
+    }
+}
+
