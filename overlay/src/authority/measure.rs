@@ -6,7 +6,7 @@
 //! `measure-identity` in the data directory. Like a client it speaks only the client side of
 //! two protocols: a send-only Sphinx [`Link`] to gateways, and mailbox fetches at every
 //! gateway of the consensus in force (a fetch registers its mailbox there; a gateway takes
-//! probes only once a fetch at it was answered, or their returns would be refused and counted
+//! probes only while a fetch at it is under way, or their returns would be refused and counted
 //! against it). Returned probes come back as mailbox items; their labels go to the measurer.
 //! Before each vote the authority's driver asks [`MeasureDriver::measurements`] for what goes
 //! into the vote.
@@ -15,7 +15,7 @@ use std::{collections::HashMap, time::Instant};
 
 use futures::StreamExt;
 use libp2p::{
-    PeerId, Swarm,
+    Multiaddr, PeerId, Swarm,
     identity::Keypair,
     request_response::{self, OutboundRequestId},
     swarm::SwarmEvent,
@@ -118,7 +118,8 @@ impl MeasureDriver {
             if !gateways.contains(&peer) {
                 continue;
             }
-            for a in node.addresses.iter().filter_map(|a| a.parse().ok()) {
+            for a in node.addresses.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+                self.swarm.behaviour_mut().link.add_address(peer, a.clone());
                 self.swarm.add_peer_address(peer, a);
             }
         }
@@ -145,6 +146,17 @@ impl MeasureDriver {
 
     /// Sends the probes and the mailbox fetches that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        for (gateway, mailbox) in &mut self.mailboxes {
+            mailbox.fetcher.handle_timeout(now);
+            if let Some(request) = mailbox.fetcher.poll_request() {
+                let id = self.swarm.behaviour_mut().mailbox.send_request(gateway, request);
+                mailbox.request = Some(id);
+                // The fetch registers the mailbox there; a probe sent now reaches the gateway
+                // again only after its mix delays, long after the fetch (the gateway holds a
+                // fetch open while nothing waits, so its answer is no signal to wait for).
+                self.measurer.set_gateway_ready(*gateway, true);
+            }
+        }
         let before = self.measurer.stats();
         self.measurer.handle_timeout(now, &mut self.rng);
         while let Some((gateway, packet)) = self.measurer.poll_transmit() {
@@ -153,13 +165,6 @@ impl MeasureDriver {
         let sent = self.measurer.stats().sent - before.sent;
         if sent > 0 {
             metrics::counter!("p2pmix_measure_probes_sent_total").increment(sent);
-        }
-        for (gateway, mailbox) in &mut self.mailboxes {
-            mailbox.fetcher.handle_timeout(now);
-            if let Some(request) = mailbox.fetcher.poll_request() {
-                let id = self.swarm.behaviour_mut().mailbox.send_request(gateway, request);
-                mailbox.request = Some(id);
-            }
         }
     }
 
@@ -218,8 +223,6 @@ impl MeasureDriver {
         };
         match mailbox.fetcher.handle_response(now, response) {
             Ok(items) => {
-                // Answered: the mailbox is registered there, probes may return through it.
-                self.measurer.set_gateway_ready(gateway, true);
                 let mut returned = 0;
                 for item in items {
                     if self.measurer.handle_delivery(now, &item.label) {

@@ -31,6 +31,8 @@ pub enum Kind {
 
 pub struct NodeProc {
     pub kind: Kind,
+    /// Environment variables of its process.
+    pub env: Vec<(String, String)>,
     pub dir: PathBuf,
     pub running: Option<Running>,
 }
@@ -54,6 +56,15 @@ impl Net {
 
     /// [`Net::start`] with `parameters` (lines of `[network.parameters]`) for the authorities.
     pub fn start_with(name: &str, parameters: &str) -> Net {
+        Net::start_with_env(name, parameters, |_, _| Vec::new())
+    }
+
+    /// [`Net::start_with`], node `i`'s process with the environment `env(i, genesis_unix_ms)`.
+    pub fn start_with_env(
+        name: &str,
+        parameters: &str,
+        env: impl Fn(usize, u64) -> Vec<(String, String)>,
+    ) -> Net {
         let scratch = Scratch::new(name);
         let genesis = unix_ms() + 9_000;
         let keys: Vec<String> = (0..3)
@@ -100,6 +111,7 @@ impl Net {
             fs::create_dir_all(&dir).unwrap();
             net.nodes.push(NodeProc {
                 kind,
+                env: env(i, genesis),
                 dir,
                 running: None,
             });
@@ -140,7 +152,12 @@ impl Net {
             args.extend(["--listen".into(), l.into()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        node.running = Some(spawn(&node.dir, &args, "info,p2pmix=debug"));
+        node.running = Some(spawn_with_env(
+            &node.dir,
+            &args,
+            "info,p2pmix=debug",
+            &node.env,
+        ));
         let dir = node.dir.clone();
         wait_for("a node to listen", Duration::from_secs(30), || {
             first_line(&dir.join("data/listen-addrs"))
@@ -222,6 +239,15 @@ pub fn first_line(path: &std::path::Path) -> Option<String> {
 }
 
 pub fn spawn(dir: &std::path::Path, args: &[&str], log: &str) -> Running {
+    spawn_with_env(dir, args, log, &[])
+}
+
+pub fn spawn_with_env(
+    dir: &std::path::Path,
+    args: &[&str],
+    log: &str,
+    env: &[(String, String)],
+) -> Running {
     let file = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -231,6 +257,7 @@ pub fn spawn(dir: &std::path::Path, args: &[&str], log: &str) -> Running {
         .args(args)
         .current_dir(dir)
         .env("RUST_LOG", log)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()
