@@ -249,6 +249,11 @@ struct ParameterOverrides {
     mix_loop_interval_us: Option<u64>,
     layers: Option<u32>,
     min_protocol_version: Option<u32>,
+    health_probes_per_node: Option<u32>,
+    health_min_probes: Option<u32>,
+    health_min_delivery_permille: Option<u32>,
+    health_max_delay_p90_ms: Option<u32>,
+    health_good_delivery_permille: Option<u32>,
 }
 
 /// An authority's configuration, resolved.
@@ -327,6 +332,26 @@ impl AuthorityConfigFile {
         }
         if let Some(v) = o.min_protocol_version {
             parameters.min_protocol_version = v;
+        }
+        for (slot, v) in [
+            (&mut parameters.health_probes_per_node, o.health_probes_per_node),
+            (&mut parameters.health_min_probes, o.health_min_probes),
+            (
+                &mut parameters.health_min_delivery_permille,
+                o.health_min_delivery_permille,
+            ),
+            (
+                &mut parameters.health_max_delay_p90_ms,
+                o.health_max_delay_p90_ms,
+            ),
+            (
+                &mut parameters.health_good_delivery_permille,
+                o.health_good_delivery_permille,
+            ),
+        ] {
+            if let Some(v) = v {
+                *slot = v;
+            }
         }
         Ok(AuthorityConfigFile {
             identity: base.join(file.identity),
