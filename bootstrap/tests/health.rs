@@ -221,9 +221,9 @@ fn at_most_a_third_of_the_mixes_are_left_out_and_every_layer_keeps_one() {
     let c = round(&mut sim, &ns, 2, vec![dead.clone(), dead.clone(), dead]);
     let out: Vec<&[u8]> = c.excluded.iter().map(|e| e.identity.as_slice()).collect();
     assert_eq!(out.len(), 3);
-    for i in 2..5 {
+    for n in &ns[2..5] {
         assert!(
-            out.contains(&identity(&ns[i]).as_slice()),
+            out.contains(&identity(n).as_slice()),
             "the worst go first"
         );
     }

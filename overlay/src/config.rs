@@ -334,7 +334,10 @@ impl AuthorityConfigFile {
             parameters.min_protocol_version = v;
         }
         for (slot, v) in [
-            (&mut parameters.health_probes_per_node, o.health_probes_per_node),
+            (
+                &mut parameters.health_probes_per_node,
+                o.health_probes_per_node,
+            ),
             (&mut parameters.health_min_probes, o.health_min_probes),
             (
                 &mut parameters.health_min_delivery_permille,

@@ -29,7 +29,8 @@ const TURNS_AT_EPOCH: u64 = 3;
 
 /// Probes enough for the 8 s epochs of the test network: 200 per node and epoch from each
 /// authority (25 per second each: two mixes per layer), 40 needed for a score.
-const PARAMETERS: &str = "mix_loop_interval_us = 0\nhealth_probes_per_node = 200\nhealth_min_probes = 40\n";
+const PARAMETERS: &str =
+    "mix_loop_interval_us = 0\nhealth_probes_per_node = 200\nhealth_min_probes = 40\n";
 
 fn consensus_by(net: &Net, epoch: u64) -> VerifiedConsensus {
     // Published in the epoch before; a generous bound for a loaded machine.
@@ -74,7 +75,11 @@ fn authorities_measure_every_node_through_the_mix_path_and_leave_a_black_hole_ou
 fn check(net: &Net) {
     // Everyone admitted before anything misbehaves.
     let first = consensus_by(net, 2);
-    assert_eq!(first.nodes().len(), net.nodes.len(), "all nodes admitted in epoch 2");
+    assert_eq!(
+        first.nodes().len(),
+        net.nodes.len(),
+        "all nodes admitted in epoch 2"
+    );
     let identities: Vec<Vec<u8>> = (0..net.nodes.len())
         .map(|i| {
             let peer = net.peer(i);
@@ -96,13 +101,20 @@ fn check(net: &Net) {
 
     // The consensus of epoch 4 is voted in epoch 3: every node was probed through epoch 2 by
     // every authority and has its scores recorded, three reports each.
-    let measured = &consensuses.iter().find(|(e, _)| *e == 4).expect("epoch 4").1;
+    let measured = &consensuses
+        .iter()
+        .find(|(e, _)| *e == 4)
+        .expect("epoch 4")
+        .1;
     let mut scored = 0;
     for n in measured.nodes() {
         if let Some(h) = n.health {
             assert_eq!(h.reports, 3, "{h:?}");
             scored += 1;
-            let i = identities.iter().position(|id| *id == n.identity).expect("a test node");
+            let i = identities
+                .iter()
+                .position(|id| *id == n.identity)
+                .expect("a test node");
             #[cfg(feature = "chaos")]
             if i == BLACK_HOLE {
                 continue;
@@ -111,7 +123,11 @@ fn check(net: &Net) {
             assert_eq!(h.status(), HealthStatus::Measured, "node {i}: {h:?}");
         }
     }
-    assert!(scored >= net.nodes.len() - 1, "{scored} of {} nodes scored", net.nodes.len());
+    assert!(
+        scored >= net.nodes.len() - 1,
+        "{scored} of {} nodes scored",
+        net.nodes.len()
+    );
 
     // Two epochs after the black hole opened (the votes of epoch 4 saw a window of bad
     // epochs), it is out, for low delivery; every honest node is in every consensus.
@@ -122,7 +138,10 @@ fn check(net: &Net) {
             #[cfg(feature = "chaos")]
             if i == BLACK_HOLE {
                 if epoch <= TURNS_AT_EPOCH {
-                    assert!(inside, "the black hole out of epoch {epoch}, before it opened");
+                    assert!(
+                        inside,
+                        "the black hole out of epoch {epoch}, before it opened"
+                    );
                 }
                 if epoch == last {
                     assert!(!inside, "the black hole still in epoch {epoch}");
@@ -136,7 +155,11 @@ fn check(net: &Net) {
                 }
                 continue;
             }
-            assert!(inside, "honest node {i} out of epoch {epoch}: {:?}", c.consensus().excluded);
+            assert!(
+                inside,
+                "honest node {i} out of epoch {epoch}: {:?}",
+                c.consensus().excluded
+            );
         }
     }
 }

@@ -80,7 +80,11 @@ impl std::fmt::Debug for MeasureDriver {
 
 impl MeasureDriver {
     /// A measurer with swarm identity `keypair` (its client id at gateways derives from it).
-    pub fn start(keypair: Keypair, config: MeasureConfig, now: Instant) -> Result<Self, SwarmError> {
+    pub fn start(
+        keypair: Keypair,
+        config: MeasureConfig,
+        now: Instant,
+    ) -> Result<Self, SwarmError> {
         let me = client_id(&keypair.public().to_peer_id());
         let swarm = build_swarm(keypair, |_| MeasureBehaviour {
             link: Link::default(),
@@ -112,13 +116,22 @@ impl MeasureDriver {
             return;
         }
         let network = MeasuredNetwork::from_consensus(consensus);
-        let gateways: Vec<PeerId> = network.topology().gateways().iter().map(|g| g.peer).collect();
+        let gateways: Vec<PeerId> = network
+            .topology()
+            .gateways()
+            .iter()
+            .map(|g| g.peer)
+            .collect();
         for node in consensus.nodes() {
             let Some(peer) = peer_id(node) else { continue };
             if !gateways.contains(&peer) {
                 continue;
             }
-            for a in node.addresses.iter().filter_map(|a| a.parse::<Multiaddr>().ok()) {
+            for a in node
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<Multiaddr>().ok())
+            {
                 self.swarm.behaviour_mut().link.add_address(peer, a.clone());
                 self.swarm.add_peer_address(peer, a);
             }
@@ -132,7 +145,11 @@ impl MeasureDriver {
         }
         self.measurer.set_network(Some(network));
         self.installed = Some(consensus.epoch());
-        info!(epoch = consensus.epoch(), gateways = gateways.len(), "measurer: consensus installed");
+        info!(
+            epoch = consensus.epoch(),
+            gateways = gateways.len(),
+            "measurer: consensus installed"
+        );
     }
 
     /// When [`MeasureDriver::handle_timeout`] next has work.
@@ -149,7 +166,11 @@ impl MeasureDriver {
         for (gateway, mailbox) in &mut self.mailboxes {
             mailbox.fetcher.handle_timeout(now);
             if let Some(request) = mailbox.fetcher.poll_request() {
-                let id = self.swarm.behaviour_mut().mailbox.send_request(gateway, request);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .mailbox
+                    .send_request(gateway, request);
                 mailbox.request = Some(id);
                 // The fetch registers the mailbox there; a probe sent now reaches the gateway
                 // again only after its mix delays, long after the fetch (the gateway holds a
@@ -259,4 +280,3 @@ impl MeasureDriver {
         NodeReport::to_measurements(&reports)
     }
 }
-

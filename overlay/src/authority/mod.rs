@@ -144,17 +144,15 @@ pub async fn run_authority(
     }
     info!(peer_id = %me, epoch = authority.round_epoch(), "authority started");
 
-    let mut measurer = match MeasureConfig::from_parameters(
-        &config.parameters,
-        config.schedule.period_ms(),
-    ) {
-        Some(measure_config) => {
-            let identity = load_or_create_identity(&config.data_dir.join("measure-identity"))?;
-            info!(measurer = %identity.public().to_peer_id(), "health measurement on");
-            Some(MeasureDriver::start(identity, measure_config, now.mono)?)
-        }
-        None => None,
-    };
+    let mut measurer =
+        match MeasureConfig::from_parameters(&config.parameters, config.schedule.period_ms()) {
+            Some(measure_config) => {
+                let identity = load_or_create_identity(&config.data_dir.join("measure-identity"))?;
+                info!(measurer = %identity.public().to_peer_id(), "health measurement on");
+                Some(MeasureDriver::start(identity, measure_config, now.mono)?)
+            }
+            None => None,
+        };
     // The vote (by its due time) whose measurements were handed in.
     let mut measured_for: Option<u64> = None;
 

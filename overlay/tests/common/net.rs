@@ -51,7 +51,10 @@ impl Net {
     /// exactly the packets they route; for the same reason the authorities measure nothing
     /// (`tests/health.rs` turns measurement on).
     pub fn start(name: &str) -> Net {
-        Net::start_with(name, "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n")
+        Net::start_with(
+            name,
+            "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n",
+        )
     }
 
     /// [`Net::start`] with `parameters` (lines of `[network.parameters]`) for the authorities.
