@@ -152,6 +152,9 @@ epoch_ms = $EPOCH_MS
 PARAMETERS="
 [network.parameters]
 mean_delay_us = $((MEAN_DELAY_MS * 1000))
+# Health measurement off until the drill (--blackhole-mix, issue 13) is built and its load
+# timed against CI's budget; overlay/tests/health.rs runs it on real processes.
+health_probes_per_node = 0
 "
 authorities_file() { # $1: how many authorities' addresses are known
     local i
