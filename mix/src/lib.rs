@@ -49,7 +49,11 @@ pub use sphinx::{
     keyring::{EpochKey, KeyRing, KeyRingError},
     keys::{KeyId, NodePublicKey, NodeSecretKey},
     peel::{Processed, body, open_payload, unwrap_packet},
-    replay::{ReplayCache, ReplayConfig},
+    replay::{
+        PersistError, ReplayBudget, ReplayCache, ReplayConfig, ReplayRefusal, TagIndex,
+        log::{ReplayBatch, ReplayLog, ReplayRecord},
+        persist::{JOURNAL_HEADER_BYTES, JOURNAL_RECORD_BYTES, encode_records, journal_records},
+    },
     routing::{ClientId, Delay, Destination, Label, NodeId},
     surb::{Surb, SurbKeys, create_surb},
 };

@@ -41,6 +41,9 @@ pub enum DropReason {
     BadMac,
     /// Seen before under this epoch key.
     Replay,
+    /// The key's replay filter could record no more tags (memory budget spent, or its journal
+    /// behind): refused rather than relayed without replay protection.
+    ReplayFilterFull,
     /// The packet names an epoch key this node does not hold.
     UnknownKey,
     /// The authenticated routing slot does not decode.
@@ -57,10 +60,11 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::WrongSize,
         DropReason::BadMac,
         DropReason::Replay,
+        DropReason::ReplayFilterFull,
         DropReason::UnknownKey,
         DropReason::BadRouting,
         DropReason::UnknownNextHop,
@@ -80,6 +84,7 @@ impl DropReason {
             DropReason::WrongSize => "wrong_size",
             DropReason::BadMac => "bad_mac",
             DropReason::Replay => "replay",
+            DropReason::ReplayFilterFull => "replay_filter_full",
             DropReason::UnknownKey => "unknown_key",
             DropReason::BadRouting => "bad_routing",
             DropReason::UnknownNextHop => "unknown_next_hop",
@@ -95,13 +100,13 @@ impl DropReason {
     /// An unknown key is not: it is what every honest client sends to a node that restarted and
     /// retired the key of the epoch under way, or whose clock is a little off at an epoch
     /// boundary, and refusing it costs one byte comparison (the rate limit bounds a flood).
+    /// A replay is not either: an honest sender's fresh packet is taken for one at the filter's
+    /// false-positive rate, and a replayed packet costs the node no more than a fresh one (the
+    /// rate limit bounds both); a full filter is the node's state, not the sender's doing.
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,
-            DropReason::WrongSize
-                | DropReason::BadMac
-                | DropReason::Replay
-                | DropReason::RateLimited
+            DropReason::WrongSize | DropReason::BadMac | DropReason::RateLimited
         )
     }
 }
@@ -113,6 +118,7 @@ impl From<UnwrapError> for DropReason {
             UnwrapError::UnknownKey(_) => DropReason::UnknownKey,
             UnwrapError::InvalidElement | UnwrapError::Mac => DropReason::BadMac,
             UnwrapError::Replay => DropReason::Replay,
+            UnwrapError::ReplayFilterFull => DropReason::ReplayFilterFull,
             UnwrapError::Routing => DropReason::BadRouting,
         }
     }

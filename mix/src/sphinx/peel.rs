@@ -1,7 +1,8 @@
 //! Unwrapping one layer of a packet (a node's side), in place and without heap allocation.
 //!
 //! Order of checks: size, key id, group element, shared secret, header MAC (constant time),
-//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache);
+//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache; a
+//! full filter refuses rather than guess);
 //! then the routing information is decrypted, one Lioness layer comes off the body, and the
 //! routing slot is decoded.
 
@@ -14,7 +15,7 @@ use super::{
     error::{OpenError, UnwrapError},
     geometry::{ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, PAYLOAD_TAG_SIZE, SLOT_SIZE},
     keys::{KeyId, NodeSecretKey},
-    replay::ReplayCache,
+    replay::{ReplayCache, ReplayRefusal},
     routing::{Delay, Destination, NodeId, Slot},
 };
 
@@ -77,9 +78,12 @@ pub fn unwrap_packet(
     if !keys.verify_mac(id[0], element, routing, mac) {
         return Err(UnwrapError::Mac);
     }
-    if !replay.check_and_insert(&keys.tag) {
-        return Err(UnwrapError::Replay);
-    }
+    replay
+        .check_and_insert(&keys.tag)
+        .map_err(|refusal| match refusal {
+            ReplayRefusal::Replay => UnwrapError::Replay,
+            ReplayRefusal::Full => UnwrapError::ReplayFilterFull,
+        })?;
 
     // Decrypt the routing information and shift it one slot left; the keystream fills the tail.
     let mut cipher = keys.routing_cipher();
