@@ -34,11 +34,12 @@ mod stats;
 // The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
 // the overlay uses.
 pub use admission::{
-    Admission, AdmissionConfig, Fault, MAX_TRACKED_PEERS, Rate, TokenBucket, Verdict,
+    AddressShare, Admission, AdmissionConfig, Fault, MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS,
+    Origin, Prefix, Rate, TokenBucket, Verdict,
 };
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
-pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig};
+pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, ShareKey};
 pub use sphinx::{
     create::{Hop, build_packet},
     delay::sample_exponential,
