@@ -213,6 +213,11 @@ impl ReplayCache {
         Self::with_budget(config, index_key, ReplayBudget::new(MAX_SEGMENT_BYTES))
     }
 
+    /// The empty cache of `secret`'s key (its index key derived as [`crate::KeyRing`] does).
+    pub fn for_key(config: ReplayConfig, secret: &NodeSecretKey, budget: Arc<ReplayBudget>) -> Self {
+        Self::with_budget(config, index_key_for(secret), budget)
+    }
+
     /// A cache sized by `config` whose segments come out of `budget`. If the budget cannot pay
     /// for the first segment, the cache refuses every tag.
     pub fn with_budget(

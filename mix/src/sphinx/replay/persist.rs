@@ -237,22 +237,67 @@ impl ReplayCache {
     }
 
     /// Records every index of `journal` (a journal of this cache's key for `epoch`, as written
-    /// after [`ReplayCache::journal_header`]); returns how many were fresh. A torn last record
-    /// is ignored.
-    pub fn replay_journal(&self, epoch: u64, journal: &[u8]) -> Result<u64, PersistError> {
-        let records = journal_records(journal, &self.journal_header(epoch))?;
+    /// after [`ReplayCache::journal_header`]), read to its end; returns how many were fresh. A
+    /// torn last record is ignored.
+    pub fn replay_journal(&self, epoch: u64, journal: &mut impl Read) -> Result<u64, PersistError> {
+        let mut head = [0u8; JOURNAL_HEADER_BYTES];
+        read_fully(journal, &mut head)
+            .and_then(|n| {
+                if n == JOURNAL_HEADER_BYTES {
+                    Ok(())
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                }
+            })
+            .map_err(|_| PersistError::Format)?;
+        check_header(&head, &self.journal_header(epoch))?;
+        let mut buf = vec![0u8; 1024 * JOURNAL_RECORD_BYTES];
         let mut fresh = 0;
-        for index in records {
-            match self.insert_index(&index) {
-                Ok(true) => fresh += 1,
-                Ok(false) => {}
-                Err(ReplayRefusal::Full | ReplayRefusal::Replay) => {
-                    return Err(PersistError::Budget);
+        loop {
+            let n = read_fully(journal, &mut buf)?;
+            for c in buf[..n].chunks_exact(JOURNAL_RECORD_BYTES) {
+                let mut index = [0u8; 32];
+                index.copy_from_slice(c);
+                match self.insert_index(&index) {
+                    Ok(true) => fresh += 1,
+                    Ok(false) => {}
+                    Err(ReplayRefusal::Full | ReplayRefusal::Replay) => {
+                        return Err(PersistError::Budget);
+                    }
                 }
             }
+            if n < buf.len() {
+                return Ok(fresh);
+            }
         }
-        Ok(fresh)
     }
+}
+
+/// Reads until `buf` is full or the input ends; returns the bytes read.
+fn read_fully(input: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn check_header(
+    head: &[u8; JOURNAL_HEADER_BYTES],
+    expected: &[u8; JOURNAL_HEADER_BYTES],
+) -> Result<(), PersistError> {
+    if head[..16] != expected[..16] {
+        return Err(PersistError::Format);
+    }
+    if head != expected {
+        return Err(PersistError::OtherKey);
+    }
+    Ok(())
 }
 
 /// The records of `journal` if it starts with `header`; a torn tail is left out.
@@ -263,12 +308,9 @@ pub fn journal_records<'a>(
     let Some((head, body)) = journal.split_at_checked(JOURNAL_HEADER_BYTES) else {
         return Err(PersistError::Format);
     };
-    if head[..16] != header[..16] {
-        return Err(PersistError::Format);
-    }
-    if head != header {
-        return Err(PersistError::OtherKey);
-    }
+    let mut h = [0u8; JOURNAL_HEADER_BYTES];
+    h.copy_from_slice(head);
+    check_header(&h, header)?;
     Ok(body.chunks_exact(JOURNAL_RECORD_BYTES).map(|c| {
         let mut index = [0u8; 32];
         index.copy_from_slice(c);
@@ -328,7 +370,7 @@ mod tests {
         let back = ReplayCache::read_snapshot(&mut &snapshot[..], &key, budget.clone()).unwrap();
         assert_eq!(back.len(), 5_000);
         assert_eq!(back.segments(), 2);
-        assert_eq!(back.replay_journal(7, &journal).unwrap(), 100);
+        assert_eq!(back.replay_journal(7, &mut &journal[..]).unwrap(), 100);
         for i in 0..5_100 {
             assert_eq!(
                 back.check_and_insert(&tag(i)),
@@ -373,13 +415,19 @@ mod tests {
         // Journals of another key or epoch.
         let journal = cache.journal_header(7);
         assert!(matches!(
-            cache.replay_journal(8, &journal),
+            cache.replay_journal(8, &mut &journal[..]),
             Err(PersistError::OtherKey)
         ));
         assert!(matches!(
-            cache.replay_journal(7, &journal[..10]),
+            cache.replay_journal(7, &mut &journal[..10]),
             Err(PersistError::Format)
         ));
-        assert_eq!(cache.replay_journal(7, &journal).unwrap(), 0);
+        assert_eq!(cache.replay_journal(7, &mut &journal[..]).unwrap(), 0);
+        assert_eq!(
+            journal_records(&journal, &cache.journal_header(7))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }
