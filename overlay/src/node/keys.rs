@@ -428,7 +428,11 @@ mod tests {
         let mut later = rotation(&dir.0, 6, t2);
         let mut ring6 = ring(6);
         let rotated = later.handle_timeout(t2, &mut ring6).unwrap();
-        assert_eq!(rotated.restored, vec![5], "the previous key, in its grace period");
+        assert_eq!(
+            rotated.restored,
+            vec![5],
+            "the previous key, in its grace period"
+        );
         assert_eq!(rotated.lost.len(), 1);
         assert_eq!(rotated.lost[0].0, 6);
         assert!(ring6.for_epoch(6).is_none());

@@ -130,7 +130,11 @@ pub async fn run_node(
             replay_store.dir().to_path_buf(),
             replay_log,
             Box::new(move || {
-                relay.read_keys(|ring| ring.keys().map(|k| (k.epoch(), k.replay_handle())).collect())
+                relay.read_keys(|ring| {
+                    ring.keys()
+                        .map(|k| (k.epoch(), k.replay_handle()))
+                        .collect()
+                })
             }),
             SnapshotPolicy::default(),
         )

@@ -214,7 +214,11 @@ impl ReplayCache {
     }
 
     /// The empty cache of `secret`'s key (its index key derived as [`crate::KeyRing`] does).
-    pub fn for_key(config: ReplayConfig, secret: &NodeSecretKey, budget: Arc<ReplayBudget>) -> Self {
+    pub fn for_key(
+        config: ReplayConfig,
+        secret: &NodeSecretKey,
+        budget: Arc<ReplayBudget>,
+    ) -> Self {
         Self::with_budget(config, index_key_for(secret), budget)
     }
 

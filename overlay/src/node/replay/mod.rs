@@ -22,7 +22,7 @@ use p2pmix_mix::{NodeSecretKey, PersistError, ReplayBudget, ReplayCache, ReplayC
 use p2pmix_proto::v1::NetworkParameters;
 use thiserror::Error;
 
-use crate::runtime::files::{FileError, create_dir, sync_dir, write_new, Access};
+use crate::runtime::files::{Access, FileError, create_dir, sync_dir, write_new};
 
 /// Why a key's replay state could not be read back (the key is then retired).
 #[derive(Debug, Error)]
@@ -131,7 +131,12 @@ impl ReplayStore {
         let dir = self.epoch_dir(epoch);
         create_dir(&dir)?;
         let path = journal_path(&dir, 0);
-        write_new(&path, &cache.journal_header(epoch), Access::OwnerOnly, false)?;
+        write_new(
+            &path,
+            &cache.journal_header(epoch),
+            Access::OwnerOnly,
+            false,
+        )?;
         sync_dir(&dir)?;
         sync_dir(&self.dir)
     }
@@ -159,9 +164,14 @@ impl ReplayStore {
             }
             None => (ReplayCache::for_key(config, secret, budget), 0),
         };
-        let journals: Vec<u64> = listing.journals.iter().copied().filter(|g| *g >= from).collect();
-        let contiguous = journals.first() == Some(&from)
-            && journals.windows(2).all(|w| w[1] == w[0] + 1);
+        let journals: Vec<u64> = listing
+            .journals
+            .iter()
+            .copied()
+            .filter(|g| *g >= from)
+            .collect();
+        let contiguous =
+            journals.first() == Some(&from) && journals.windows(2).all(|w| w[1] == w[0] + 1);
         if !contiguous {
             return Err(ReplayStateError::Incomplete(epoch));
         }

@@ -40,14 +40,25 @@ fn config() -> ReplayConfig {
 }
 
 /// A key's cache, prepared on disk and handing its tags to `log`.
-fn prepared(store: &ReplayStore, epoch: u64, secret: &NodeSecretKey, log: &Arc<ReplayLog>) -> Arc<ReplayCache> {
+fn prepared(
+    store: &ReplayStore,
+    epoch: u64,
+    secret: &NodeSecretKey,
+    log: &Arc<ReplayLog>,
+) -> Arc<ReplayCache> {
     let mut cache = ReplayCache::for_key(config(), secret, ReplayBudget::new(1 << 30));
     store.prepare(epoch, &cache).unwrap();
     cache.attach_log(epoch, log.clone());
     Arc::new(cache)
 }
 
-fn writer(store: &ReplayStore, log: &Arc<ReplayLog>, epoch: u64, cache: &Arc<ReplayCache>, policy: SnapshotPolicy) -> JournalWriter {
+fn writer(
+    store: &ReplayStore,
+    log: &Arc<ReplayLog>,
+    epoch: u64,
+    cache: &Arc<ReplayCache>,
+    policy: SnapshotPolicy,
+) -> JournalWriter {
     let cache = cache.clone();
     JournalWriter::start(
         store.dir().to_path_buf(),
@@ -61,7 +72,10 @@ fn writer(store: &ReplayStore, log: &Arc<ReplayLog>, epoch: u64, cache: &Arc<Rep
 fn wait_durable(log: &ReplayLog, since: Instant) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !log.is_durable(since) {
-        assert!(Instant::now() < deadline, "the journal never became durable");
+        assert!(
+            Instant::now() < deadline,
+            "the journal never became durable"
+        );
         std::thread::sleep(Duration::from_millis(2));
     }
 }
@@ -87,12 +101,20 @@ fn whatever_was_durable_comes_back_after_a_crash() {
         .restore(5, &secret, config(), ReplayBudget::new(1 << 30))
         .unwrap();
     for i in 0..3_000 {
-        assert_eq!(back.check_and_insert(&tag(i)), Err(ReplayRefusal::Replay), "tag {i}");
+        assert_eq!(
+            back.check_and_insert(&tag(i)),
+            Err(ReplayRefusal::Replay),
+            "tag {i}"
+        );
     }
     assert_eq!(back.check_and_insert(&tag(9_999)), Ok(()));
     // Another key's secret cannot read it.
     let other = NodeSecretKey::random(&mut rand::rng());
-    assert!(store.restore(5, &other, config(), ReplayBudget::new(1 << 30)).is_err());
+    assert!(
+        store
+            .restore(5, &other, config(), ReplayBudget::new(1 << 30))
+            .is_err()
+    );
 }
 
 #[test]
@@ -110,7 +132,10 @@ fn a_shutdown_snapshot_covers_the_journals_and_restarts_append_a_new_generation(
     let epoch_dir = store.dir().join("8");
     let listing = list(&epoch_dir).unwrap();
     assert_eq!(listing.snapshots.len(), 1, "{listing:?}");
-    assert_eq!(listing.journals, listing.snapshots, "older journals deleted");
+    assert_eq!(
+        listing.journals, listing.snapshots,
+        "older journals deleted"
+    );
     // Restart: the snapshot, then a new journal generation for what follows.
     let log = Arc::new(ReplayLog::new(1 << 16));
     let mut back = store
@@ -175,8 +200,14 @@ fn the_expected_rate_is_the_most_of_floor_loops_and_measurement() {
     assert_eq!(expected_rate(&settings, &p, 6, 3, Some(1_500.0)), 6_000.0);
     let quiet = NetworkParameters::default();
     assert_eq!(expected_rate(&settings, &quiet, 8, 6, None), 1_000.0);
-    assert_eq!(expected_rate(&settings, &quiet, 8, 6, Some(2_345.0)), 2_345.0);
-    assert_eq!(expected_rate(&settings, &quiet, 8, 6, Some(f64::NAN)), 1_000.0);
+    assert_eq!(
+        expected_rate(&settings, &quiet, 8, 6, Some(2_345.0)),
+        2_345.0
+    );
+    assert_eq!(
+        expected_rate(&settings, &quiet, 8, 6, Some(f64::NAN)),
+        1_000.0
+    );
     let sized = sizing(1_200.0, Duration::from_secs(3_600));
     assert_eq!(sized.expected_packets, 6_480_000);
 }

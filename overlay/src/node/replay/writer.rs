@@ -217,7 +217,10 @@ impl Journals {
     fn commit(&mut self) -> io::Result<()> {
         let mut by_epoch: HashMap<u64, Vec<u8>> = HashMap::new();
         for r in &self.unwritten {
-            by_epoch.entry(r.epoch).or_default().extend_from_slice(&r.index);
+            by_epoch
+                .entry(r.epoch)
+                .or_default()
+                .extend_from_slice(&r.index);
         }
         let live: HashMap<u64, Arc<ReplayCache>> = (self.caches)().into_iter().collect();
         for (epoch, bytes) in &by_epoch {
@@ -319,7 +322,10 @@ impl Journals {
         if wait {
             write_snapshot(&job);
         } else if self.jobs.try_send(job).is_err() {
-            debug!(epoch, "replay snapshot writer busy; the journal keeps growing");
+            debug!(
+                epoch,
+                "replay snapshot writer busy; the journal keeps growing"
+            );
         }
     }
 }
