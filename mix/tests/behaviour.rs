@@ -426,3 +426,134 @@ async fn packets_broken_for_a_later_hop_do_not_get_honest_nodes_banned() {
     }
     assert_eq!(net.nodes[1].stats.dropped(DropReason::BadMac), 100);
 }
+
+/// Identities are free: a dozen of them on one address, each asking for long delays, filled the
+/// whole delay queue before packets counted against their source's share (all clients of one
+/// address prefix share one eighth of the queue, each consensus node another). A node's packet
+/// then found the queue full and was lost; now it goes through while the attackers' packets wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_identities_on_one_address_cannot_fill_the_delay_queue() {
+    let config = Config {
+        workers: 1,
+        queue: p2pmix_mix::QueueLimits {
+            max_packets: 400,
+            max_bytes: 64 << 20,
+        },
+        ..Config::default()
+    };
+    let mut net = network(2, config).await;
+    let share = config.queue.per_source();
+    let mut r = rng(904);
+    // Node 1 holds each attacker packet 4 s, then node 0 delivers it.
+    let hold_long = [
+        Hop {
+            node: NodeId(1),
+            key: net.keys[1],
+            delay: Delay::from_duration(Duration::from_secs(4)),
+        },
+        Hop {
+            node: NodeId(0),
+            key: net.keys[0],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+    ];
+    let identities = 12;
+    let per_identity = 40;
+    let mut attackers = Vec::new();
+    for _ in 0..identities {
+        let relay = Arc::new(Relay::new(
+            Geometry::DEFAULT,
+            RelayConfig {
+                max_delay: Duration::from_secs(1),
+            },
+            KeyRing::new(EPOCH, Duration::from_secs(1), small_replay()),
+        ));
+        let attacker = start(
+            Keypair::generate_ed25519(),
+            Behaviour::new(
+                relay,
+                Config {
+                    workers: 1,
+                    ..config
+                },
+            ),
+            vec![],
+            net.events_tx.clone(),
+        )
+        .await;
+        attacker
+            .commands
+            .send(Command::Dial(net.nodes[1].peer, net.nodes[1].addr.clone()))
+            .await
+            .unwrap();
+        attackers.push(attacker);
+    }
+    for (a, attacker) in attackers.iter().enumerate() {
+        for i in 0..per_identity {
+            let destination = Destination::Deliver {
+                client: ClientId([9; 32]),
+                label: Label([a as u8, i as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            };
+            let packet = build_packet(
+                &Geometry::DEFAULT,
+                key_id(),
+                &hold_long,
+                &destination,
+                b"hold me",
+                &mut r,
+            )
+            .unwrap();
+            attacker
+                .commands
+                .send(Command::Send(net.nodes[1].peer, packet))
+                .await
+                .unwrap();
+        }
+    }
+    // Wait until node 1 has taken every attacker frame.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while net.nodes[1].stats.received() < (identities * per_identity) as u64 {
+        assert!(Instant::now() < deadline, "frames lost: {}", report(&net));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    // A node's packet through node 1, without delays.
+    let through = [
+        Hop {
+            node: NodeId(0),
+            key: net.keys[0],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+        Hop {
+            node: NodeId(1),
+            key: net.keys[1],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+        Hop {
+            node: NodeId(0),
+            key: net.keys[0],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+    ];
+    inject(&net, &through, 5, 77, b"honest", &mut r).await;
+    loop {
+        let left = Duration::from_millis(3_000).saturating_sub(started.elapsed());
+        let Ok(received) = tokio::time::timeout(left, net.events.recv()).await else {
+            panic!(
+                "the honest packet did not get through before the attackers' packets left: {}",
+                report(&net)
+            );
+        };
+        if let (_, Event::Delivered { client, .. }) = received.unwrap() {
+            assert_eq!(client, ClientId([5; 32]), "an attacker packet left early");
+            break;
+        }
+    }
+    let refused = net.nodes[1].stats.dropped(DropReason::QueueFull);
+    assert_eq!(
+        refused,
+        (identities * per_identity - share) as u64,
+        "the attackers' address holds its share and no more"
+    );
+}

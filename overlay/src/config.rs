@@ -33,6 +33,8 @@ use p2pmix_proto::v1::{NetworkParameters, Role};
 use serde::Deserialize;
 use thiserror::Error;
 
+pub use crate::node::replay::ReplaySettings;
+
 /// Why a configuration file was refused.
 #[derive(Debug, Error)]
 #[non_exhaustive]
@@ -370,6 +372,8 @@ struct NodeFile {
     role: Option<NodeRole>,
     metrics: Option<String>,
     family: Option<String>,
+    replay_memory_mib: Option<u64>,
+    replay_min_rate: Option<f64>,
 }
 
 /// Command-line values that override a node's configuration file.
@@ -402,6 +406,8 @@ pub struct NodeOverrides {
 /// role = "mix"                            # or "gateway"
 /// metrics = "127.0.0.1:9100"              # Prometheus text at http://ADDR/metrics
 /// family = "operator-name"                # nodes of one operator share it
+/// replay_memory_mib = 1024                # all replay filters together (docs/sphinx.md)
+/// replay_min_rate = 1000                  # packets/s a key's filter is sized for at least
 /// ```
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -421,6 +427,8 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
+    /// How the replay filters are sized and how much memory they may take.
+    pub replay: ReplaySettings,
 }
 
 impl NodeConfig {
@@ -496,6 +504,19 @@ impl NodeConfig {
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
+            replay: {
+                let defaults = ReplaySettings::default();
+                ReplaySettings {
+                    min_rate: match parsed.replay_min_rate {
+                        Some(r) if r.is_finite() && r > 0.0 => r,
+                        Some(r) => return Err(invalid(format!("replay_min_rate {r}: not a rate"))),
+                        None => defaults.min_rate,
+                    },
+                    memory_bytes: parsed
+                        .replay_memory_mib
+                        .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
+                }
+            },
         })
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! [`DirectoryClient`]: crate::directory::DirectoryClient
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use libp2p::request_response;
 use p2pmix_bootstrap::{MAX_ADDRESSES, PROTOCOL_VERSION, sign_descriptor};
@@ -15,7 +15,11 @@ use p2pmix_proto::v1::{
 use prost::Message;
 use tracing::{debug, info, warn};
 
-use super::{Node, install::Installation};
+use super::{
+    Node,
+    install::Installation,
+    replay::{expected_rate, sizing},
+};
 use crate::{
     directory::{Action, UploadOutcome, answer_held},
     runtime::{Now, files::write_atomic},
@@ -153,6 +157,13 @@ impl Node {
         };
         let newest = self.directory.newest().map(|c| c.epoch()) == Some(epoch);
         let installation = Installation::of(consensus, &self.me, newest);
+        let replay_rate = expected_rate(
+            &self.config.replay,
+            &consensus.parameters(),
+            installation.topology.len(),
+            installation.mixes,
+            self.observed_rate(now),
+        );
         let signed = consensus.signed().encode_to_vec();
         self.relay.set_topology(epoch, installation.topology);
         if self.installed.insert(epoch) {
@@ -176,6 +187,12 @@ impl Node {
             behaviour
                 .mix
                 .set_client_rate(limits.client_rate.rate, limits.client_rate.burst);
+            // Filters of keys made from now on carry what this consensus and this node's own
+            // traffic say a key will see.
+            let epoch_length = Duration::from_millis(self.config.schedule.period_ms());
+            self.relay
+                .with_keys(|ring| ring.set_replay_config(sizing(replay_rate, epoch_length)));
+            debug!(epoch, rate = replay_rate, "replay filters sized");
         }
         if let Err(e) = write_atomic(&self.consensus_path(epoch), &signed) {
             warn!(%e, "could not save the consensus");
@@ -184,6 +201,21 @@ impl Node {
         for old in current.saturating_sub(3)..epoch.saturating_sub(3) {
             let _ = std::fs::remove_file(self.consensus_path(old));
         }
+    }
+
+    /// Fresh packets per second under the current key so far this epoch, once a tenth of the
+    /// epoch has passed.
+    fn observed_rate(&self, now: Now) -> Option<f64> {
+        let schedule = &self.config.schedule;
+        let epoch = schedule.epoch_at(now.unix_ms);
+        let elapsed_ms = now.unix_ms.saturating_sub(schedule.start_of(epoch));
+        if elapsed_ms < schedule.period_ms() / 10 || elapsed_ms == 0 {
+            return None;
+        }
+        let tags = self
+            .relay
+            .read_keys(|ring| ring.for_epoch(epoch).map(|k| k.replay_cache().len()))?;
+        Some(tags as f64 / (elapsed_ms as f64 / 1e3))
     }
 
     /// Requests from peers (documents served from what this node holds) and answers to this
