@@ -39,6 +39,7 @@ use crate::{
     pool::PacketPool,
     relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay},
     sphinx::routing::{ClientId, Destination, Label},
+    trace::{Direction, PacketTag, TraceSink, Truth},
 };
 
 /// How a mix behaviour runs.
@@ -131,6 +132,8 @@ struct Job {
     /// The neighbour that sent it (`None`: injected locally), for counting its faults.
     from: Option<PeerId>,
     packet: Vec<u8>,
+    /// Its tag, when tracing.
+    tag: Option<PacketTag>,
 }
 
 /// What a worker decided for one [`Job`].
@@ -138,6 +141,8 @@ struct Outcome {
     /// The job's sender.
     from: Option<PeerId>,
     decision: Result<Decision<PeerId>, DropReason>,
+    /// The job's tag, when tracing.
+    tag: Option<PacketTag>,
 }
 
 /// The timer of the delay queue's next release.
@@ -162,6 +167,8 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Where link records and ground truth go (test networks only).
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -203,6 +210,20 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            trace: None,
+        }
+    }
+
+    /// Records every frame that arrives or leaves (the link view) and what became of each
+    /// (the ground truth) in `sink`. For test networks: the caller decides that it is one.
+    pub fn set_trace(&mut self, sink: Arc<dyn TraceSink>) {
+        self.trace = Some(sink);
+    }
+
+    /// Records ground truth, when tracing.
+    fn truth(&self, record: impl FnOnce() -> Truth) {
+        if let Some(t) = &self.trace {
+            t.truth(record());
         }
     }
 
@@ -247,32 +268,45 @@ impl Behaviour {
     /// packet, or a test injecting traffic).
     pub fn inject(&mut self, packet: Vec<u8>) {
         self.stats.count_received();
-        self.submit(None, packet);
+        let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
+        self.submit(None, packet, tag);
     }
 
-    /// Sends a ready packet straight to `peer` (a client to its entry gateway).
+    /// Sends a packet this node built (its loop cover) straight to `peer`.
     pub fn send(&mut self, peer: PeerId, packet: Vec<u8>) {
+        self.truth(|| Truth::Originated {
+            output: PacketTag::of(&packet),
+        });
         self.transmit(peer, packet);
     }
 
-    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
+    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>, tag: Option<PacketTag>) {
         let job = Job {
             arrived: Instant::now(),
             from,
             packet,
+            tag,
         };
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
-            Err(TrySendError::Disconnected(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.jobs.try_send(job)
+        {
+            self.stats.count_drops(DropReason::QueueFull, 1);
+            if let Some(input) = tag {
+                self.truth(|| Truth::Dropped {
+                    input,
+                    reason: DropReason::QueueFull,
+                });
+            }
         }
     }
 
     fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
         // Called from outside `poll` too (`send`): make sure the swarm polls us again.
         self.waker.wake();
+        let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
         if self.outbox.send(peer, packet, &mut self.events) == Sent::Dropped {
             self.stats.count_drops(DropReason::QueueFull, 1);
+        } else if let (Some(t), Some(tag)) = (&self.trace, tag) {
+            t.link(Direction::Out, &peer, tag);
         }
     }
 
@@ -344,6 +378,7 @@ impl Workers {
                 arrived,
                 from,
                 packet,
+                tag,
             }) = job
             else {
                 return;
@@ -351,7 +386,12 @@ impl Workers {
             let started = Instant::now();
             let decision = self.relay.process(arrived, packet);
             self.stats.record_unwrap(started.elapsed());
-            if self.outcomes.send(Outcome { from, decision }).is_err() {
+            let outcome = Outcome {
+                from,
+                decision,
+                tag,
+            };
+            if self.outcomes.send(outcome).is_err() {
                 return;
             }
             self.waker.wake();
@@ -423,11 +463,20 @@ impl NetworkBehaviour for Behaviour {
         match event {
             HandlerEvent::Frame(frame) => {
                 self.stats.count_received();
+                // What an observer of the link sees: every frame, admitted or not.
+                let tag = self.trace.as_ref().map(|t| {
+                    let tag = PacketTag::of(&frame);
+                    t.link(Direction::In, &peer, tag);
+                    tag
+                });
                 let now = Instant::now();
                 match self.admission.admit(now, &peer, |p| self.relay.is_node(p)) {
-                    Verdict::Admit => self.submit(Some(peer), frame),
+                    Verdict::Admit => self.submit(Some(peer), frame, tag),
                     Verdict::Refuse { reason, fault } => {
                         self.stats.count_drops(reason, 1);
+                        if let Some(input) = tag {
+                            self.truth(|| Truth::Dropped { input, reason });
+                        }
                         self.on_fault(peer, fault);
                     }
                 }
@@ -446,8 +495,16 @@ impl NetworkBehaviour for Behaviour {
             }
             // Decisions from the workers go into the delay queue.
             let mut progressed = false;
-            while let Ok(Outcome { from, decision }) = self.outcomes.try_recv() {
+            while let Ok(Outcome {
+                from,
+                decision,
+                tag,
+            }) = self.outcomes.try_recv()
+            {
                 progressed = true;
+                if let (Some(t), Some(input)) = (&self.trace, tag) {
+                    t.truth(ground_truth(input, &decision));
+                }
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -463,6 +520,10 @@ impl NetworkBehaviour for Behaviour {
                     Ok(()) => {}
                     Err(reason) => {
                         self.stats.count_drops(reason, 1);
+                        if let (Some(input), DropReason::QueueFull) = (tag, reason) {
+                            // The worker's decision was recorded; the queue refused it after.
+                            self.truth(|| Truth::Dropped { input, reason });
+                        }
                         if let Some(peer) = from {
                             self.fault(peer, reason);
                         }
@@ -531,5 +592,27 @@ impl NetworkBehaviour for Behaviour {
             }
             return Poll::Pending;
         }
+    }
+}
+
+/// The ground truth of a worker's decision on the packet tagged `input`.
+fn ground_truth(input: PacketTag, decision: &Result<Decision<PeerId>, DropReason>) -> Truth {
+    match decision {
+        Ok(Decision::Forward { packet, .. }) => Truth::Forwarded {
+            input,
+            output: PacketTag::of(packet),
+        },
+        Ok(Decision::Final {
+            destination: Destination::Deliver { .. },
+            ..
+        }) => Truth::Delivered { input },
+        Ok(Decision::Final {
+            destination: Destination::Drop,
+            ..
+        }) => Truth::CoverEnded { input },
+        Err(reason) => Truth::Dropped {
+            input,
+            reason: *reason,
+        },
     }
 }
