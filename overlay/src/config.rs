@@ -5,6 +5,10 @@
 //! [[authority]]
 //! public_key = "08011220…"            # hex of the libp2p protobuf public key (`p2pmix keygen`)
 //! addresses = ["/ip4/127.0.0.1/tcp/4001"]
+//! [network]                           # the epoch schedule nodes and clients follow
+//! genesis_unix_ms = 1764000000000
+//! epoch_ms = 3600000
+//! test_network = true                 # only for test networks: allows --trace-links
 //! ```
 //!
 //! ```toml
@@ -31,6 +35,8 @@ use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities, default_parameters};
 use p2pmix_proto::v1::{NetworkParameters, Role};
 use serde::Deserialize;
 use thiserror::Error;
+
+pub use crate::runtime::trace::TraceConfig;
 
 /// Why a configuration file was refused.
 #[derive(Debug, Error)]
@@ -90,6 +96,8 @@ struct AuthoritiesFile {
 struct ScheduleSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    #[serde(default)]
+    test_network: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +128,11 @@ pub struct Authorities {
     /// `genesis_unix_ms` and `epoch_ms`): nodes and clients need it to know when to upload
     /// descriptors and fetch the next consensus.
     pub schedule: Option<EpochSchedule>,
+    /// Whether the file declares a test network (`test_network = true` in `[network]`): only
+    /// then do nodes and clients accept the options that record traffic
+    /// ([`crate::runtime::trace`]). The file is the root of trust every participant ships, so a
+    /// production network's file never has it.
+    pub test_network: bool,
 }
 
 impl Authorities {
@@ -156,6 +169,7 @@ impl Authorities {
                 addresses,
             });
         }
+        let test_network = file.network.is_some_and(|n| n.test_network);
         let schedule = match file.network {
             Some(n) if n.epoch_ms < MIN_EPOCH_MS => {
                 return Err(invalid(format!(
@@ -165,7 +179,11 @@ impl Authorities {
             Some(n) => Some(EpochSchedule::new(n.genesis_unix_ms, n.epoch_ms)),
             None => None,
         };
-        Ok(Authorities { entries, schedule })
+        Ok(Authorities {
+            entries,
+            schedule,
+            test_network,
+        })
     }
 
     /// The authorities' peer ids (where the directory is fetched from).
@@ -219,6 +237,9 @@ struct AuthorityFile {
 struct NetworkSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    /// Read from the shared authorities file; accepted here so one `[network]` text fits both.
+    #[serde(default, rename = "test_network")]
+    _test_network: bool,
     #[serde(default)]
     parameters: ParameterOverrides,
 }
@@ -374,6 +395,8 @@ pub struct NodeOverrides {
     pub metrics: Option<SocketAddr>,
     /// `--family`.
     pub family: Option<String>,
+    /// `--trace-links` and `--trace-truth` (command line only).
+    pub trace: TraceConfig,
 }
 
 /// A node's configuration, resolved from its file (optional) and the command line.
@@ -406,6 +429,9 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
+    /// Test-network traces to write (refused unless the authorities file declares a test
+    /// network).
+    pub trace: TraceConfig,
 }
 
 impl NodeConfig {
@@ -481,6 +507,7 @@ impl NodeConfig {
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
+            trace: overrides.trace,
         })
     }
 }

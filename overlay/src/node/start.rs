@@ -34,6 +34,7 @@ use crate::{
         Now, SwarmError,
         files::{FileError, create_dir, write_atomic},
         metrics::{self as metrics_endpoint, MetricsError},
+        trace::{self, TraceSetupError},
     },
 };
 
@@ -56,6 +57,12 @@ pub enum NodeError {
     /// The swarm could not be built.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// Tracing was asked for and could not start (not a test network, or a file).
+    #[error(transparent)]
+    Trace(#[from] TraceSetupError),
+    /// A trace file could not be written.
+    #[error(transparent)]
+    TraceWrite(#[from] p2pmix_mix::trace::TraceError),
     /// The swarm could not listen on an address.
     #[error("listen on {address}: {source}")]
     Listen {
@@ -123,12 +130,19 @@ pub async fn run_node(
         client_burst: rate.burst,
         ..MixConfig::default()
     };
+    let tracer = config.trace.open(&config.authorities, me)?;
     let mut swarm = swarm::build_node_swarm(
         keypair.clone(),
         relay.clone(),
         mix_config,
         config.role == NodeRole::Gateway,
     )?;
+    if let Some(tracer) = &tracer {
+        swarm
+            .behaviour_mut()
+            .mix
+            .set_trace(Arc::new(tracer.clone()));
+    }
     for address in &config.listen {
         swarm
             .listen_on(address.clone())
@@ -179,5 +193,9 @@ pub async fn run_node(
     if let Some(task) = metrics_task {
         task.abort();
     }
-    result
+    result?;
+    if let Some(tracer) = &tracer {
+        trace::finish(tracer)?;
+    }
+    Ok(())
 }
