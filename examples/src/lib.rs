@@ -5,6 +5,7 @@
 //! run directory holds the pinned authorities file and every gateway's address.
 
 pub mod anonymity;
+pub mod chart;
 pub mod plot;
 
 use std::path::Path;

@@ -12,6 +12,11 @@
 //! where crypto-bound is 2 cores / one measured unwrap. All three swarms share the machine's two
 //! cores, and the receiver's unwrap costs as much as the relay's, so N is a lower bound on what a
 //! relay alone on two cores does.
+//!
+//! `P2PMIX_BENCH_TRACE=1 cargo bench -p p2pmix --bench relay` measures what test-network tracing
+//! costs: the cost of one record on the packet path (tag, clock, channel), then the whole bench
+//! four times in one process, the relay alternately without and with `--trace-links` and
+//! `--trace-truth` (files in a temporary directory), and the ratio.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
@@ -28,7 +33,9 @@ use p2pmix::{
         ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
         Relay, RelayConfig, ReplayCache, ReplayConfig,
         behaviour::{Behaviour, Config, Event, Stats, quantile_of},
-        build_packet, unwrap_packet,
+        build_packet,
+        trace::{Direction, PacketTag, TraceLimits, TraceSink, Tracer},
+        unwrap_packet,
     },
 };
 use tokio::sync::mpsc;
@@ -89,10 +96,85 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run());
+    if std::env::var_os("P2PMIX_BENCH_TRACE").is_none() {
+        runtime.block_on(run(None));
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("p2pmix-bench-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    record_cost(&dir);
+    let mut peaks = [Vec::new(), Vec::new()];
+    for round in 0..4 {
+        let traced = round % 2 == 1;
+        let tracer = traced.then(|| {
+            Tracer::open(
+                Some(&dir.join("links.trace")),
+                Some(&dir.join("truth.trace")),
+                PeerId::random(),
+                TraceLimits {
+                    max_lines: u64::MAX,
+                    ..TraceLimits::default()
+                },
+            )
+            .unwrap()
+        });
+        let peak = runtime.block_on(run(tracer.clone()));
+        if let Some(t) = tracer {
+            for (path, s) in t.finish().unwrap() {
+                eprintln!(
+                    "{}: {} written, {} dropped",
+                    path.display(),
+                    s.written,
+                    s.dropped
+                );
+            }
+        }
+        peaks[usize::from(traced)].push(peak);
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    println!(
+        "tracing: peak {:.0} pkt/s without, {:.0} pkt/s with ({:.3} of untraced; runs {:?} and {:?})",
+        mean(&peaks[0]),
+        mean(&peaks[1]),
+        mean(&peaks[1]) / mean(&peaks[0]),
+        peaks[0].iter().map(|p| p.round()).collect::<Vec<_>>(),
+        peaks[1].iter().map(|p| p.round()).collect::<Vec<_>>(),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-async fn run() {
+/// What one trace record costs the packet path: tagging a packet, reading the clock, handing the
+/// record to the writer's channel (without waiting: a full channel is a counted drop).
+fn record_cost(dir: &std::path::Path) {
+    let tracer = Tracer::open(
+        Some(&dir.join("cost.trace")),
+        None,
+        PeerId::random(),
+        TraceLimits {
+            max_lines: u64::MAX,
+            channel: 1 << 20,
+        },
+    )
+    .unwrap();
+    let packet = vec![7u8; Geometry::DEFAULT.packet_size()];
+    let peer = PeerId::random();
+    let n = 200_000u32;
+    let t = Instant::now();
+    for _ in 0..n {
+        tracer.link(Direction::In, &peer, PacketTag::of(&packet));
+    }
+    let per = t.elapsed() / n;
+    let summary = tracer.finish().unwrap();
+    println!(
+        "trace record: {:.0} ns on the packet path ({} of {n} written, {} dropped)",
+        per.as_nanos(),
+        summary[0].1.written,
+        summary[0].1.dropped
+    );
+}
+
+/// One bench run; the relay records into `tracer` when given. Returns the peak, pkt/s.
+async fn run(tracer: Option<Tracer>) -> f64 {
     let geometry = Geometry::DEFAULT;
     let mut rng = rand::rng();
     let (relay_kp, receiver_kp, sender_kp) = (
@@ -202,7 +284,10 @@ async fn run() {
         delivered_tx.clone(),
     )
     .await;
-    let relay_behaviour = Behaviour::new(relay_for(relay_secret), config);
+    let mut relay_behaviour = Behaviour::new(relay_for(relay_secret), config);
+    if let Some(t) = tracer {
+        relay_behaviour.set_trace(Arc::new(t));
+    }
     let relay_stats: Arc<Stats> = relay_behaviour.stats();
     let (relay_addr, _relay) = start(
         relay_kp,
@@ -336,4 +421,5 @@ async fn run() {
         ms(0.99),
         2.0 / unwrap.as_secs_f64()
     );
+    peak
 }

@@ -5,7 +5,8 @@
 //!
 //! [`model`] is the inference (the adversary's side: links and consensus only; its assumptions
 //! are listed there), [`score`] the figures (entropy, anonymity set, top-1 success, epsilon;
-//! their definitions are there), [`load`] reads a run directory. [`analyse`] puts them together;
+//! their definitions are there), [`load`] reads a run directory, [`timing`] says where the
+//! latency went (each kind of node's hold, each kind of link's time). [`analyse`] puts them together;
 //! `p2pmix-anonymity RUN_DIR` and the testnet report print the result.
 //!
 //! The ground truth is used only to choose which packets to ask about (the arrival at the exit
@@ -16,6 +17,7 @@
 pub mod load;
 pub mod model;
 pub mod score;
+pub mod timing;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,6 +33,7 @@ use self::{
     load::Traces,
     model::{Hop, Network, PeerIx, Role, infer},
     score::{MessageScore, Summary, combine, entropy_bits, epsilon, sender_distribution, top1},
+    timing::Timings,
 };
 
 /// The scale used for a gateway whose processing time the traces do not show.
@@ -53,6 +56,8 @@ pub struct Analysis {
     pub events: usize,
     /// What is wrong with the traces.
     pub problems: Vec<String>,
+    /// Where the latency went.
+    pub timings: Timings,
     /// Seconds the inference and scoring took (reading the files aside).
     pub seconds: f64,
 }
@@ -118,6 +123,7 @@ pub fn analyse_traces(
             Role::Client => 0.0,
         };
     }
+    let timings = Timings::of(traces, &roles);
     let network = Network {
         roles,
         hold_us,
@@ -226,6 +232,7 @@ pub fn analyse_traces(
         unmatched: inference.unmatched,
         events,
         problems: traces.problems.clone(),
+        timings,
         seconds: started.elapsed().as_secs_f64(),
     }
 }

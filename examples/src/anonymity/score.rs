@@ -182,7 +182,7 @@ impl Summary {
             }
         };
         format!(
-            "{{\"senders\":{},\"messages\":{},\"entropy_bits_p50\":{},\"entropy_bits_p10\":{},\"ideal_bits\":{},\"anonymity_set_p50\":{},\"top1_success\":{},\"chance\":{},\"epsilon_p50\":{},\"ruled_out\":{}}}",
+            "{{\"senders\":{},\"messages\":{},\"entropy_bits_p50\":{},\"entropy_bits_p10\":{},\"ideal_bits\":{},\"anonymity_set_p50\":{},\"top1_success\":{},\"chance\":{},\"epsilon_p50\":{},\"ruled_out\":{},\"network_latency_ms_p50\":{}}}",
             self.senders,
             self.messages,
             num(self.entropy_bits_p50),
@@ -193,6 +193,7 @@ impl Summary {
             num(self.chance),
             num(self.epsilon_p50),
             num(self.ruled_out),
+            num(self.network_latency_ms_p50),
         )
     }
 
@@ -203,7 +204,8 @@ impl Summary {
              entropy (bits)      p50 {:.2}  p10 {:.2}  ideal log2({}) = {:.2}  ({:.0}% of ideal)\n\
              anonymity set       p50 {:.1} of {}\n\
              adversary top-1     {:.1}%  chance {:.1}%  ({:.2}x chance)\n\
-             epsilon (ln)        p50 {}  ruled a sender out for {:.0}% of messages\n",
+             epsilon (ln)        p50 {}  ruled a sender out for {:.0}% of messages\n\
+             network latency     p50 {:.0} ms (from the sender's link to the exit gateway)\n",
             self.messages,
             self.senders,
             self.entropy_bits_p50,
@@ -222,6 +224,7 @@ impl Summary {
                 "infinite".into()
             },
             100.0 * self.ruled_out,
+            self.network_latency_ms_p50,
         )
     }
 }

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
             }
             let summary = analysis.summary();
             print!("{}", summary.human());
+            print!("{}", analysis.timings.human());
             println!(
                 "analysis            {} link records, {} undelivered, {} unmatched, {:.2} s",
                 analysis.events, analysis.undelivered, analysis.unmatched, analysis.seconds

@@ -81,6 +81,10 @@ pub(crate) enum ClientCommand {
         /// Pause between the copies, milliseconds.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// Draw each pause from an exponential distribution with mean --interval-ms (messages as
+        /// a Poisson stream, as from an independent user) instead of a fixed pause.
+        #[arg(long)]
+        poisson: bool,
         /// SURBs to include, so that the recipient can answer; waits for one reply per message.
         #[arg(long, default_value_t = 0)]
         reply_surbs: usize,
@@ -129,6 +133,7 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
             file,
             count,
             interval_ms,
+            poisson,
             reply_surbs,
             timeout,
             wait_for,
@@ -150,6 +155,7 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
                 bytes,
                 count,
                 interval: Duration::from_millis(interval_ms),
+                poisson,
                 reply_surbs,
                 timeout: Duration::from_secs(timeout),
                 wait_for,
@@ -355,6 +361,7 @@ struct SendPlan {
     bytes: Vec<u8>,
     count: u64,
     interval: Duration,
+    poisson: bool,
     reply_surbs: usize,
     timeout: Duration,
     wait_for: Option<PathBuf>,
@@ -367,6 +374,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
         bytes,
         count,
         interval,
+        poisson,
         reply_surbs,
         timeout,
         wait_for,
@@ -411,9 +419,21 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
     let mut awaiting_reply: std::collections::HashSet<MessageId> = Default::default();
     let mut failed = 0u64;
     let mut sent = 0u64;
-    let mut next_send = Instant::now();
-    let mut done = false;
     let mut rng = rand::rng();
+    let pause = move |rng: &mut rand::rngs::ThreadRng| {
+        if poisson && !interval.is_zero() {
+            p2pmix_mix::sample_exponential(interval, rng).as_duration()
+        } else {
+            interval
+        }
+    };
+    let mut next_send = Instant::now()
+        + if poisson {
+            pause(&mut rng)
+        } else {
+            Duration::ZERO
+        };
+    let mut done = false;
     let mut interrupt = Interrupt::new()?;
     loop {
         if !done && sent == count && pending.is_empty() && awaiting_reply.is_empty() {
@@ -445,7 +465,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
             let recipient = &to[rng.random_range(0..to.len())];
             let id = client.send(recipient, bytes.clone(), reply_surbs).await?;
             sent += 1;
-            next_send = now + interval;
+            next_send = now + pause(&mut rng);
             pending.insert(id);
             if reply_surbs > 0 {
                 awaiting_reply.insert(id);
