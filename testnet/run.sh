@@ -426,7 +426,7 @@ else
     for _ in $(seq 1 150); do kill -0 "$BOB_PID" 2>/dev/null || break; sleep 0.1; done
     ANONYMITY=()
 fi
-FIRST_MS=$(cat "$DIR"/*/events.jsonl 2>/dev/null | grep '"event":"received"' | sed -n 's/.*"ms":\([0-9]*\).*/\1/p' | sort -n | head -n1)
+FIRST_MS=$(cat "$DIR"/*/events.jsonl 2>/dev/null | grep '"event":"received"' | sed -n 's/.*"ms":\([0-9]*\).*/\1/p' | sort -n | sed -n 1p)
 if [ -n "$FIRST_MS" ]; then
     echo "==> first message arrived $(( FIRST_MS / 1000 - STARTED ))s after the command started"
 fi

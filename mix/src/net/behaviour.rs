@@ -503,7 +503,7 @@ impl NetworkBehaviour for Behaviour {
             {
                 progressed = true;
                 if let (Some(t), Some(input)) = (&self.trace, tag) {
-                    t.truth(ground_truth(input, &decision));
+                    t.truth(Truth::of_decision(input, &decision));
                 }
                 match decision.and_then(|d| match d {
                     Decision::Final {
@@ -595,24 +595,3 @@ impl NetworkBehaviour for Behaviour {
     }
 }
 
-/// The ground truth of a worker's decision on the packet tagged `input`.
-fn ground_truth(input: PacketTag, decision: &Result<Decision<PeerId>, DropReason>) -> Truth {
-    match decision {
-        Ok(Decision::Forward { packet, .. }) => Truth::Forwarded {
-            input,
-            output: PacketTag::of(packet),
-        },
-        Ok(Decision::Final {
-            destination: Destination::Deliver { .. },
-            ..
-        }) => Truth::Delivered { input },
-        Ok(Decision::Final {
-            destination: Destination::Drop,
-            ..
-        }) => Truth::CoverEnded { input },
-        Err(reason) => Truth::Dropped {
-            input,
-            reason: *reason,
-        },
-    }
-}

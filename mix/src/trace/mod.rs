@@ -25,7 +25,10 @@ pub use format::{FormatError, Line};
 
 use libp2p::PeerId;
 
-use crate::relay::DropReason;
+use crate::{
+    relay::{Decision, DropReason},
+    sphinx::routing::Destination,
+};
 
 /// Bytes of a packet that its tag covers: the key id, the hop's fresh group element and more of
 /// the header, which no two packets (and no two hops of one packet) share.
@@ -123,6 +126,30 @@ pub enum Truth {
         /// The packet it sent.
         output: PacketTag,
     },
+}
+
+impl Truth {
+    /// The ground truth of a relay's decision on the packet tagged `input`.
+    pub fn of_decision<P>(input: PacketTag, decision: &Result<Decision<P>, DropReason>) -> Self {
+        match decision {
+            Ok(Decision::Forward { packet, .. }) => Truth::Forwarded {
+                input,
+                output: PacketTag::of(packet),
+            },
+            Ok(Decision::Final {
+                destination: Destination::Deliver { .. },
+                ..
+            }) => Truth::Delivered { input },
+            Ok(Decision::Final {
+                destination: Destination::Drop,
+                ..
+            }) => Truth::CoverEnded { input },
+            Err(reason) => Truth::Dropped {
+                input,
+                reason: *reason,
+            },
+        }
+    }
 }
 
 /// Where traces go. Implementations stamp the time themselves and must not block: they are
