@@ -125,12 +125,15 @@ pub fn density_chart(
     markers: &[Marker],
 ) -> Canvas {
     let mut c = Canvas::new(W, H);
+    // Headroom for the legend (about a twentieth of the height per row), so that it never
+    // hides the top of a series.
+    let rows = (series.len() + markers.len()) as f64;
     let peak = series
         .iter()
         .flat_map(|s| s.density.iter().copied())
         .fold(0.0f64, f64::max)
         .max(1e-9)
-        * 1.1;
+        * (1.1 + 0.06 * rows);
     for i in 0..=5 {
         let x = LEFT + (RIGHT - LEFT) * i as f64 / 5.0;
         c.line((x, TOP), (x, BOTTOM), 1, GREY);

@@ -14,6 +14,7 @@
 //! the cores of the `p2pmix` crate get theirs beside their tests (this crate cannot depend on it
 //! without a dependency cycle).
 
+pub mod authority;
 pub mod mix;
 
 use std::{
@@ -134,6 +135,9 @@ pub const MAX_STEPS: u64 = 10_000_000;
 
 /// The simulator. See the crate documentation.
 pub struct Sim<M> {
+    /// When the simulation began: the wall clock is derived from it, never accumulated step by
+    /// step (which would drop the sub-millisecond part of every step and stall it).
+    start: Now,
     now: Now,
     rng: ChaCha20Rng,
     actors: Vec<Option<Box<dyn Actor<M>>>>,
@@ -170,8 +174,10 @@ impl<M: 'static> Sim<M> {
 
     /// An empty simulation whose wall clock starts at `unix_ms`.
     pub fn starting_at(seed: u64, unix_ms: u64) -> Self {
+        let start = Now::new(Instant::now(), unix_ms);
         Sim {
-            now: Now::new(Instant::now(), unix_ms),
+            start,
+            now: start,
             rng: rng(seed),
             actors: Vec::new(),
             down: HashSet::new(),
@@ -375,7 +381,7 @@ impl<M: 'static> Sim<M> {
 
     fn advance_to(&mut self, at: Instant) {
         if at > self.now.mono {
-            self.now = self.now.later(at - self.now.mono);
+            self.now = Now::new(at, self.start.later(at - self.start.mono).unix_ms);
         }
     }
 
@@ -497,147 +503,4 @@ impl<M: 'static> Sim<M> {
 /// A uniform draw in `[0, 1)`.
 pub fn unit(rng: &mut impl Rng) -> f64 {
     (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Answers every number with the number plus one, until 10; also ticks every 100 ms.
-    struct Counter {
-        peer: Option<ActorId>,
-        seen: Vec<(Instant, u32)>,
-        next_tick: Instant,
-        ticks: u32,
-    }
-
-    impl Actor<u32> for Counter {
-        fn poll_timeout(&self) -> Option<Instant> {
-            Some(self.next_tick)
-        }
-        fn handle_timeout(&mut self, ctx: &mut Ctx<'_, u32>) {
-            self.ticks += 1;
-            self.next_tick = ctx.mono() + Duration::from_millis(100);
-        }
-        fn handle_message(&mut self, ctx: &mut Ctx<'_, u32>, from: ActorId, n: u32) {
-            self.seen.push((ctx.mono(), n));
-            if n < 10 {
-                ctx.send(self.peer.unwrap_or(from), n + 1);
-            }
-        }
-    }
-
-    fn counter(sim: &Sim<u32>) -> Counter {
-        Counter {
-            peer: None,
-            seen: Vec::new(),
-            next_tick: sim.now().mono,
-            ticks: 0,
-        }
-    }
-
-    #[test]
-    fn time_jumps_from_event_to_event_and_links_take_their_latency() {
-        let mut sim = Sim::new(1);
-        sim.set_default_link(Link::fixed(Duration::from_millis(30)));
-        let a = sim.add(counter(&sim));
-        let b = sim.add(counter(&sim));
-        let start = sim.now();
-        sim.send(a, b, 0);
-        sim.run_for(Duration::from_secs(1));
-        let at_b = &sim.actor::<Counter>(b).seen;
-        assert_eq!(at_b.len(), 6, "0, 2, 4, 6, 8, 10 arrive at b");
-        for (i, (t, n)) in at_b.iter().enumerate() {
-            assert_eq!(*n, 2 * i as u32);
-            assert_eq!(
-                *t - start.mono,
-                Duration::from_millis(30 * (2 * i as u64 + 1))
-            );
-        }
-        assert_eq!(
-            sim.actor::<Counter>(a).ticks,
-            11,
-            "a tick every 100 ms, 0 to 1000 ms"
-        );
-        assert_eq!(sim.now().unix_ms, start.unix_ms + 1_000);
-    }
-
-    #[test]
-    fn loss_drops_and_down_actors_receive_nothing() {
-        let mut sim = Sim::new(2);
-        sim.set_default_link(Link {
-            latency: Duration::from_millis(1),
-            jitter: Duration::ZERO,
-            loss: 0.5,
-        });
-        let a = sim.add(counter(&sim));
-        let b = sim.add(counter(&sim));
-        for _ in 0..1000 {
-            sim.send(a, b, 100);
-        }
-        sim.run_for(Duration::from_millis(10));
-        let got = sim.actor::<Counter>(b).seen.len();
-        assert!(
-            (400..600).contains(&got),
-            "about half of 1000 arrive: {got}"
-        );
-        sim.take_down(b);
-        sim.set_default_link(Link::fixed(Duration::from_millis(1)));
-        sim.send(a, b, 100);
-        sim.run_for(Duration::from_millis(10));
-        assert_eq!(sim.actor::<Counter>(b).seen.len(), got);
-        let ticks = sim.actor::<Counter>(b).ticks;
-        sim.run_for(Duration::from_secs(1));
-        assert_eq!(
-            sim.actor::<Counter>(b).ticks,
-            ticks,
-            "a down actor runs no timer"
-        );
-    }
-
-    #[test]
-    fn jitter_reorders_and_the_trace_shows_every_crossing() {
-        let mut sim = Sim::new(3);
-        sim.set_default_link(Link {
-            latency: Duration::from_millis(5),
-            jitter: Duration::from_millis(50),
-            loss: 0.0,
-        });
-        sim.record_crossings();
-        let a = sim.add(counter(&sim));
-        let b = sim.add(counter(&sim));
-        for n in 100..200 {
-            sim.send(a, b, n);
-        }
-        sim.run_for(Duration::from_millis(100));
-        let order: Vec<u32> = sim
-            .actor::<Counter>(b)
-            .seen
-            .iter()
-            .map(|(_, n)| *n)
-            .collect();
-        assert_eq!(order.len(), 100);
-        assert!(order.windows(2).any(|w| w[1] < w[0]), "reordered");
-        assert_eq!(sim.crossings().len(), 100);
-        assert!(sim.crossings().iter().all(|c| c.from == a && c.to == b));
-    }
-
-    /// A timer that stays due would spin forever at one instant.
-    struct Stuck;
-    impl Actor<u32> for Stuck {
-        fn poll_timeout(&self) -> Option<Instant> {
-            Some(Instant::now() - Duration::from_secs(1))
-        }
-        fn handle_timeout(&mut self, _: &mut Ctx<'_, u32>) {}
-        fn handle_message(&mut self, _: &mut Ctx<'_, u32>, _: ActorId, _: u32) {}
-    }
-
-    #[test]
-    #[should_panic(expected = "did not settle")]
-    fn a_machine_that_never_settles_fails_the_test() {
-        let mut sim = Sim::new(4);
-        sim.set_max_steps(1_000);
-        sim.add(Stuck);
-        sim.run_for(Duration::from_secs(1));
-    }
 }

@@ -65,8 +65,8 @@ pub(crate) enum ClientCommand {
     Send {
         #[command(flatten)]
         args: ClientArgs,
-        /// The recipient's address (p2pmix1:…); repeat it to send each message to one of them
-        /// chosen at random.
+        /// The recipient's address (p2pmix1…; a typo is refused before anything is sent); repeat
+        /// it to send each message to one of them chosen at random.
         #[arg(long, required = true)]
         to: Vec<String>,
         /// The message text.

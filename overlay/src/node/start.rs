@@ -7,7 +7,6 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{Multiaddr, TransportError};
 use p2pmix_bootstrap::default_parameters;
 use p2pmix_mix::{
     Geometry, KeyRing, Relay, RelayConfig, ReplayConfig, behaviour::Config as MixConfig,
@@ -31,8 +30,9 @@ use crate::{
     identity::{IDENTITY_FILE, IdentityError, load_or_create_identity},
     mailbox::MailboxConfig,
     runtime::{
-        Now, SwarmError,
+        ListenError, Now, SwarmError,
         files::{FileError, create_dir, write_atomic},
+        listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
         trace::{self, TraceSetupError},
     },
@@ -64,13 +64,8 @@ pub enum NodeError {
     #[error(transparent)]
     TraceWrite(#[from] p2pmix_mix::trace::TraceError),
     /// The swarm could not listen on an address.
-    #[error("listen on {address}: {source}")]
-    Listen {
-        /// The address.
-        address: Multiaddr,
-        /// Why.
-        source: TransportError<std::io::Error>,
-    },
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 /// How long the previous epoch's key keeps working after a boundary: a whole epoch. Packets built
@@ -143,14 +138,7 @@ pub async fn run_node(
             .mix
             .set_trace(Arc::new(tracer.clone()));
     }
-    for address in &config.listen {
-        swarm
-            .listen_on(address.clone())
-            .map_err(|source| NodeError::Listen {
-                address: address.clone(),
-                source,
-            })?;
-    }
+    listen_on_all(&mut swarm, &config.listen)?;
     for entry in &config.authorities.entries {
         for addr in &entry.addresses {
             swarm.add_peer_address(entry.peer_id, addr.clone());

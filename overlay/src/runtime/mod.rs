@@ -8,4 +8,4 @@ mod swarm;
 pub mod trace;
 
 pub use p2pmix_bootstrap::{Now, unix_ms};
-pub use swarm::{SwarmError, build_swarm};
+pub use swarm::{ListenError, SwarmError, build_swarm, listen_on_all};

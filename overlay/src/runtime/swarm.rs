@@ -2,7 +2,9 @@
 
 use std::time::Duration;
 
-use libp2p::{Swarm, identity::Keypair, noise, swarm::NetworkBehaviour, tcp, yamux};
+use libp2p::{
+    Multiaddr, Swarm, TransportError, identity::Keypair, noise, swarm::NetworkBehaviour, tcp, yamux,
+};
 use thiserror::Error;
 
 /// Why a swarm could not be built.
@@ -37,4 +39,31 @@ pub fn build_swarm<B: NetworkBehaviour>(
     Ok(builder
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
         .build())
+}
+
+/// An address a swarm could not listen on.
+#[derive(Debug, Error)]
+#[error("listen on {address}: {source}")]
+pub struct ListenError {
+    /// The address.
+    pub address: Multiaddr,
+    /// Why.
+    #[source]
+    pub source: TransportError<std::io::Error>,
+}
+
+/// Starts listening on every address of `addresses`; the first that fails is the error.
+pub fn listen_on_all<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    addresses: &[Multiaddr],
+) -> Result<(), ListenError> {
+    for address in addresses {
+        swarm
+            .listen_on(address.clone())
+            .map_err(|source| ListenError {
+                address: address.clone(),
+                source,
+            })?;
+    }
+    Ok(())
 }
