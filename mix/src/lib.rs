@@ -14,7 +14,8 @@
 //!
 //! Layout of the source: `sphinx/` (the packet format, one concern a file), `admission.rs` (rate
 //! limits and bans), `relay.rs` (the mix core), `stats.rs` (counters), `pool.rs` (recycled
-//! buffers), and [`net`] (the libp2p adapters).
+//! buffers), [`trace`] (test-network link traces and ground truth, for measuring anonymity),
+//! and [`net`] (the libp2p adapters).
 //!
 //! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
 //! function of the core is deterministic given its inputs, which the tests and the known-answer
@@ -30,6 +31,7 @@ mod pool;
 mod relay;
 mod sphinx;
 mod stats;
+pub mod trace;
 
 // The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
 // the overlay uses.

@@ -19,6 +19,7 @@ use p2pmix_mix::{
     Relay, RelayConfig,
     behaviour::{Behaviour, Config, Event, Stats},
     build_packet, open_payload,
+    trace::{Direction, PacketTag, TraceSink, Truth},
 };
 use tokio::sync::mpsc;
 
@@ -107,6 +108,11 @@ struct Network {
 }
 
 async fn network(n: usize, config: Config) -> Network {
+    network_traced(n, config, &[]).await
+}
+
+/// A network whose node `i` records into `sinks[i]` (when given).
+async fn network_traced(n: usize, config: Config, sinks: &[Arc<dyn TraceSink>]) -> Network {
     let mut r = rng(900);
     let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
     let peers: Vec<PeerId> = keypairs.iter().map(|k| k.public().to_peer_id()).collect();
@@ -118,7 +124,7 @@ async fn network(n: usize, config: Config) -> Network {
     let (events_tx, events) = mpsc::channel(4096);
     let mut nodes: Vec<Node> = Vec::new();
     let mut keys = Vec::new();
-    for keypair in keypairs {
+    for (i, keypair) in keypairs.into_iter().enumerate() {
         let mut ring = KeyRing::new(EPOCH, Duration::from_secs(60), small_replay());
         let secret = NodeSecretKey::random(&mut r);
         keys.push(secret.public_key());
@@ -134,15 +140,11 @@ async fn network(n: usize, config: Config) -> Network {
         // Each node knows the addresses of those started before it; later ones it learns by
         // being told below.
         let known = nodes.iter().map(|n| (n.peer, n.addr.clone())).collect();
-        nodes.push(
-            start(
-                keypair,
-                Behaviour::new(relay, config),
-                known,
-                events_tx.clone(),
-            )
-            .await,
-        );
+        let mut behaviour = Behaviour::new(relay, config);
+        if let Some(sink) = sinks.get(i) {
+            behaviour.set_trace(sink.clone());
+        }
+        nodes.push(start(keypair, behaviour, known, events_tx.clone()).await);
     }
     // Everyone learns everyone's address (as the consensus would tell them).
     for a in &nodes {
@@ -556,4 +558,112 @@ async fn free_identities_on_one_address_cannot_fill_the_delay_queue() {
         (identities * per_identity - share) as u64,
         "the attackers' address holds its share and no more"
     );
+}
+
+/// A sink that keeps what it is given, with the time of each link record.
+#[derive(Debug, Default)]
+struct Memory {
+    links: std::sync::Mutex<Vec<(Direction, PeerId, PacketTag, Instant)>>,
+    truth: std::sync::Mutex<Vec<Truth>>,
+}
+
+impl TraceSink for Memory {
+    fn link(&self, direction: Direction, peer: &PeerId, tag: PacketTag) {
+        self.links
+            .lock()
+            .unwrap()
+            .push((direction, *peer, tag, Instant::now()));
+    }
+    fn truth(&self, record: Truth) {
+        self.truth.lock().unwrap().push(record);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_follow_each_packet_hop_by_hop_and_the_links_agree_with_the_truth() {
+    let memories: Vec<Arc<Memory>> = (0..5).map(|_| Arc::new(Memory::default())).collect();
+    let sinks: Vec<Arc<dyn TraceSink>> = memories
+        .iter()
+        .map(|m| m.clone() as Arc<dyn TraceSink>)
+        .collect();
+    let config = Config {
+        workers: 1,
+        ..Config::default()
+    };
+    let mut net = network_traced(5, config, &sinks).await;
+    let delays = [0u64, 20, 20, 20, 0];
+    let hops = route(&net, &delays);
+    let mut r = rng(904);
+    let count = 20u8;
+    for i in 0..count {
+        inject(&net, &hops, 9, i, b"traced", &mut r).await;
+    }
+    let mut delivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered < count {
+        let Ok(received) = tokio::time::timeout_at(deadline.into(), net.events.recv()).await else {
+            panic!("not delivered within 30 s: {}", report(&net));
+        };
+        if let (_, Event::Delivered { .. }) = received.unwrap() {
+            delivered += 1;
+        }
+    }
+    let truth: Vec<Vec<Truth>> = memories
+        .iter()
+        .map(|m| m.truth.lock().unwrap().clone())
+        .collect();
+    let links: Vec<_> = memories
+        .iter()
+        .map(|m| m.links.lock().unwrap().clone())
+        .collect();
+    // Node 0 took the packets by injection: no link record, but a forward for each.
+    assert!(links[0].iter().all(|l| l.0 == Direction::Out));
+    let mut finals = 0;
+    for first in truth[0].iter() {
+        let Truth::Forwarded { mut output, .. } = *first else {
+            panic!("node 0 recorded {first:?}");
+        };
+        for hop in 1..5 {
+            let (from, to) = (net.nodes[hop - 1].peer, net.nodes[hop].peer);
+            // What left the previous hop for this one is what arrived here, under one tag.
+            let out = links[hop - 1]
+                .iter()
+                .find(|l| l.0 == Direction::Out && l.2 == output)
+                .unwrap_or_else(|| panic!("hop {hop}: no departure of {output:?}"));
+            assert_eq!(out.1, to);
+            let arrival = links[hop]
+                .iter()
+                .find(|l| l.0 == Direction::In && l.2 == output)
+                .unwrap_or_else(|| panic!("hop {hop}: no arrival of {output:?}"));
+            assert_eq!(arrival.1, from);
+            assert!(arrival.3 >= out.3);
+            let record = truth[hop]
+                .iter()
+                .find(|t| match t {
+                    Truth::Forwarded { input, .. } | Truth::Delivered { input } => *input == output,
+                    _ => false,
+                })
+                .unwrap_or_else(|| panic!("hop {hop}: no truth for {output:?}"));
+            match *record {
+                Truth::Forwarded { output: next, .. } => {
+                    assert!(hop < 4, "the exit forwarded");
+                    // The hold is the sender's delay: the departure is at least that late.
+                    let left = links[hop]
+                        .iter()
+                        .find(|l| l.0 == Direction::Out && l.2 == next)
+                        .expect("departure recorded");
+                    assert!(left.3 - arrival.3 >= Duration::from_millis(delays[hop]));
+                    assert_ne!(next, output, "every hop changes the tag");
+                    output = next;
+                }
+                Truth::Delivered { .. } => {
+                    assert_eq!(hop, 4);
+                    finals += 1;
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+    assert_eq!(finals, usize::from(count));
+    drop(net.events_tx);
 }

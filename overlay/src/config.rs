@@ -6,6 +6,10 @@
 //! public_key = "12D3KooW…"            # the authority's peer id, or the hex of its libp2p
 //!                                     # protobuf public key (both printed by `p2pmix keygen`)
 //! addresses = ["/ip4/127.0.0.1/tcp/4001"]
+//! [network]                           # the epoch schedule nodes and clients follow
+//! genesis_unix_ms = 1764000000000
+//! epoch_ms = 3600000
+//! test_network = true                 # only for test networks: allows --trace-links
 //! ```
 //!
 //! ```toml
@@ -34,6 +38,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 pub use crate::node::replay::ReplaySettings;
+pub use crate::runtime::trace::TraceConfig;
 
 /// Why a configuration file was refused.
 #[derive(Debug, Error)]
@@ -93,6 +98,8 @@ struct AuthoritiesFile {
 struct ScheduleSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    #[serde(default)]
+    test_network: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -123,6 +130,11 @@ pub struct Authorities {
     /// `genesis_unix_ms` and `epoch_ms`): nodes and clients need it to know when to upload
     /// descriptors and fetch the next consensus.
     pub schedule: Option<EpochSchedule>,
+    /// Whether the file declares a test network (`test_network = true` in `[network]`): only
+    /// then do nodes and clients accept the options that record traffic
+    /// ([`crate::runtime::trace`]). The file is the root of trust every participant ships, so a
+    /// production network's file never has it.
+    pub test_network: bool,
 }
 
 /// An authority's key as people have it: its peer id (`12D3KooW…`, which embeds an ed25519 key)
@@ -173,6 +185,7 @@ impl Authorities {
                 addresses,
             });
         }
+        let test_network = file.network.is_some_and(|n| n.test_network);
         let schedule = match file.network {
             Some(n) if n.epoch_ms < MIN_EPOCH_MS => {
                 return Err(invalid(format!(
@@ -182,7 +195,11 @@ impl Authorities {
             Some(n) => Some(EpochSchedule::new(n.genesis_unix_ms, n.epoch_ms)),
             None => None,
         };
-        Ok(Authorities { entries, schedule })
+        Ok(Authorities {
+            entries,
+            schedule,
+            test_network,
+        })
     }
 
     /// The authorities' peer ids (where the directory is fetched from).
@@ -236,6 +253,9 @@ struct AuthorityFile {
 struct NetworkSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    /// Read from the shared authorities file; accepted here so one `[network]` text fits both.
+    #[serde(default, rename = "test_network")]
+    _test_network: bool,
     #[serde(default)]
     parameters: ParameterOverrides,
 }
@@ -393,6 +413,8 @@ pub struct NodeOverrides {
     pub metrics: Option<SocketAddr>,
     /// `--family`.
     pub family: Option<String>,
+    /// `--trace-links` and `--trace-truth` (command line only).
+    pub trace: TraceConfig,
 }
 
 /// A node's configuration, resolved from its file (optional) and the command line.
@@ -429,6 +451,9 @@ pub struct NodeConfig {
     pub family: String,
     /// How the replay filters are sized and how much memory they may take.
     pub replay: ReplaySettings,
+    /// Test-network traces to write (refused unless the authorities file declares a test
+    /// network).
+    pub trace: TraceConfig,
 }
 
 impl NodeConfig {
@@ -517,6 +542,7 @@ impl NodeConfig {
                         .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
                 }
             },
+            trace: overrides.trace,
         })
     }
 }

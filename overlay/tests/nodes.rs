@@ -515,6 +515,47 @@ fn node_refuses_bad_flags_and_files_and_retries_an_unreachable_bootstrap_peer() 
         ),
     )
     .unwrap();
+    // Traces are refused on a network its authorities file does not declare a test network,
+    // by nodes and clients alike, before anything is recorded.
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("test_network = true"), "{stderr}");
+        assert!(!scratch.0.join("links.trace").exists());
+    };
+    refused(run(&[
+        "node",
+        "--authorities",
+        "authorities.toml",
+        "--data-dir",
+        "d",
+        "--trace-links",
+        "links.trace",
+    ]));
+    let gateway = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", PeerId::random());
+    let address = run(&[
+        "client",
+        "address",
+        "--data-dir",
+        "c",
+        "--gateway",
+        &gateway,
+    ]);
+    let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
+    refused(run(&[
+        "client",
+        "send",
+        "--data-dir",
+        "c",
+        "--authorities",
+        "authorities.toml",
+        "--to",
+        &address,
+        "--message",
+        "hi",
+        "--trace-links",
+        "links.trace",
+    ]));
     let node = spawn(
         &scratch.0,
         &[

@@ -50,6 +50,7 @@ use crate::{
         replay::log::ReplayLog,
         routing::{ClientId, Destination, Label},
     },
+    trace::{Direction, PacketTag, TraceSink, Truth},
 };
 
 /// How a mix behaviour runs.
@@ -163,6 +164,8 @@ struct Awaiting {
     from: Option<PeerId>,
     share: Option<ShareKey>,
     decision: Decision<PeerId>,
+    /// Its tag, when tracing.
+    tag: Option<PacketTag>,
 }
 
 /// The timer of the delay queue's next release.
@@ -195,6 +198,8 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Where link records and ground truth go (test networks only).
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -240,6 +245,20 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            trace: None,
+        }
+    }
+
+    /// Records every frame that arrives or leaves (the link view) and what became of each
+    /// (the ground truth) in `sink`. For test networks: the caller decides that it is one.
+    pub fn set_trace(&mut self, sink: Arc<dyn TraceSink>) {
+        self.trace = Some(sink);
+    }
+
+    /// Records ground truth, when tracing.
+    fn truth(&self, record: impl FnOnce() -> Truth) {
+        if let Some(t) = &self.trace {
+            t.truth(record());
         }
     }
 
@@ -289,30 +308,44 @@ impl Behaviour {
     /// packet, or a test injecting traffic).
     pub fn inject(&mut self, packet: Vec<u8>) {
         self.stats.count_received();
-        self.submit(None, packet);
+        let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
+        self.submit(None, packet, tag);
     }
 
-    /// Sends a ready packet straight to `peer` (a client to its entry gateway).
+    /// Sends a packet this node built (its loop cover) straight to `peer`.
     pub fn send(&mut self, peer: PeerId, packet: Vec<u8>) {
+        self.truth(|| Truth::Originated {
+            output: PacketTag::of(&packet),
+        });
         self.transmit(peer, packet);
     }
 
-    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
+    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>, tag: Option<PacketTag>) {
         let job = Job {
             arrived: Instant::now(),
             from,
             packet,
+            tag,
         };
         if !self.workers.submit(job) {
             self.stats.count_drops(DropReason::QueueFull, 1);
+            if let Some(input) = tag {
+                self.truth(|| Truth::Dropped {
+                    input,
+                    reason: DropReason::QueueFull,
+                });
+            }
         }
     }
 
     fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
         // Called from outside `poll` too (`send`): make sure the swarm polls us again.
         self.waker.wake();
+        let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
         if self.outbox.send(peer, packet, &mut self.events) == Sent::Dropped {
             self.stats.count_drops(DropReason::QueueFull, 1);
+        } else if let (Some(t), Some(tag)) = (&self.trace, tag) {
+            t.link(Direction::Out, &peer, tag);
         }
     }
 
@@ -349,7 +382,12 @@ impl Behaviour {
 
     /// Puts a decided packet into the delay queue, or, with a replay journal, behind the
     /// packets waiting for it.
-    fn hold(&mut self, from: Option<PeerId>, decision: Decision<PeerId>) -> Result<(), DropReason> {
+    fn hold(
+        &mut self,
+        from: Option<PeerId>,
+        decision: Decision<PeerId>,
+        tag: Option<PacketTag>,
+    ) -> Result<(), DropReason> {
         let share = self.share_of(from.as_ref());
         let Some(log) = &self.replay_log else {
             return self.queue.push_shared(share, decision);
@@ -362,6 +400,7 @@ impl Behaviour {
             from,
             share,
             decision,
+            tag,
         });
         Ok(())
     }
@@ -383,6 +422,9 @@ impl Behaviour {
             moved = true;
             if let Err(reason) = self.queue.push_shared(a.share, a.decision) {
                 self.stats.count_drops(reason, 1);
+                if let Some(input) = a.tag {
+                    self.truth(|| Truth::Dropped { input, reason });
+                }
                 if let Some(peer) = a.from {
                     self.fault(peer, reason);
                 }
@@ -497,12 +539,21 @@ impl NetworkBehaviour for Behaviour {
         match event {
             HandlerEvent::Frame(frame) => {
                 self.stats.count_received();
+                // What an observer of the link sees: every frame, admitted or not.
+                let tag = self.trace.as_ref().map(|t| {
+                    let tag = PacketTag::of(&frame);
+                    t.link(Direction::In, &peer, tag);
+                    tag
+                });
                 let now = Instant::now();
                 let origin = self.origin(&peer);
                 match self.admission.admit(now, &peer, origin) {
-                    Verdict::Admit => self.submit(Some(peer), frame),
+                    Verdict::Admit => self.submit(Some(peer), frame, tag),
                     Verdict::Refuse { reason, fault } => {
                         self.stats.count_drops(reason, 1);
+                        if let Some(input) = tag {
+                            self.truth(|| Truth::Dropped { input, reason });
+                        }
                         self.on_fault(peer, fault);
                     }
                 }
@@ -524,8 +575,16 @@ impl NetworkBehaviour for Behaviour {
             }
             // Decisions from the workers go into the delay queue.
             let mut progressed = false;
-            while let Ok(Outcome { from, decision }) = self.outcomes.try_recv() {
+            while let Ok(Outcome {
+                from,
+                decision,
+                tag,
+            }) = self.outcomes.try_recv()
+            {
                 progressed = true;
+                if let (Some(t), Some(input)) = (&self.trace, tag) {
+                    t.truth(Truth::of_decision(input, &decision));
+                }
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -536,11 +595,15 @@ impl NetworkBehaviour for Behaviour {
                         self.pool.give(packet);
                         Ok(())
                     }
-                    d => self.hold(from, d),
+                    d => self.hold(from, d, tag),
                 }) {
                     Ok(()) => {}
                     Err(reason) => {
                         self.stats.count_drops(reason, 1);
+                        if let (Some(input), DropReason::QueueFull) = (tag, reason) {
+                            // The worker's decision was recorded; the queue refused it after.
+                            self.truth(|| Truth::Dropped { input, reason });
+                        }
                         if let Some(peer) = from {
                             self.fault(peer, reason);
                         }

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use libp2p::{Multiaddr, identity::Keypair};
 use p2pmix::{
     authority::run_authority,
-    config::{Authorities, AuthorityConfigFile, NodeConfig, NodeOverrides, NodeRole},
+    config::{Authorities, AuthorityConfigFile, NodeConfig, NodeOverrides, NodeRole, TraceConfig},
     identity::{IDENTITY_FILE, read_identity, write_identity},
     node::run_node,
 };
@@ -86,6 +86,31 @@ struct NodeArgs {
     /// Operator family: no route uses two nodes of one family.
     #[arg(long)]
     family: Option<String>,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+/// Test-network traces (refused unless the authorities file says `test_network = true`).
+#[derive(clap::Args)]
+pub(crate) struct TraceArgs {
+    /// Record what a global passive observer sees, one line per packet per link end (time,
+    /// neighbour, packet tag), into FILE. Test networks only.
+    #[arg(long, value_name = "FILE")]
+    trace_links: Option<PathBuf>,
+    /// Record the ground truth only this process knows (which packet became which, which
+    /// message went in which packet) into FILE. Test networks only.
+    #[arg(long, value_name = "FILE")]
+    trace_truth: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    pub(crate) fn config(&self) -> TraceConfig {
+        TraceConfig {
+            links: self.trace_links.clone(),
+            truth: self.trace_truth.clone(),
+            ..TraceConfig::default()
+        }
+    }
 }
 
 /// Runs one command.
@@ -110,6 +135,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                     role: args.role,
                     metrics: args.metrics,
                     family: args.family,
+                    trace: args.trace.config(),
                 },
             )?;
             runtime()?.block_on(async { run_node(config, shutdown_signal()).await })?;

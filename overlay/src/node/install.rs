@@ -20,11 +20,20 @@ pub struct ClientRate {
 
 impl ClientRate {
     /// The rate one client may send at: its three Poisson streams (real-or-drop, loop, drop)
-    /// with four times headroom, and a burst of two seconds of it (at least 100 packets).
+    /// with four times headroom, and a burst of two seconds of it (at least 100 packets). A
+    /// stream that is off (interval 0) adds nothing, except an unpaced send stream (0), which
+    /// sends real packets as they come: it is allowed what a 1 ms stream would send.
     pub fn from_parameters(p: &NetworkParameters) -> Self {
-        let per_second = |interval_us: u64| 1e6 / (interval_us.max(1) as f64);
+        let per_second = |interval_us: u64| match interval_us {
+            0 => 0.0,
+            us => 1e6 / us as f64,
+        };
+        let send = match p.client_send_interval_us {
+            0 => 1_000.0,
+            us => per_second(us),
+        };
         let rate = 4.0
-            * (per_second(p.client_send_interval_us)
+            * (send
                 + per_second(p.client_loop_interval_us)
                 + per_second(p.client_drop_interval_us));
         ClientRate {
@@ -134,5 +143,16 @@ mod tests {
             ..NetworkParameters::default()
         });
         assert_eq!(slow.burst, 100.0, "at least 100 packets of burst");
+        // Cover off: a stream of interval 0 adds nothing (it used to count as a million a
+        // second), an unpaced send stream what a 1 ms one would.
+        let off = ClientRate::from_parameters(&NetworkParameters {
+            client_send_interval_us: 20_000,
+            client_loop_interval_us: 0,
+            client_drop_interval_us: 0,
+            ..NetworkParameters::default()
+        });
+        assert!((off.rate - 4.0 * 50.0).abs() < 1e-9);
+        let unpaced = ClientRate::from_parameters(&NetworkParameters::default());
+        assert!((unpaced.rate - 4.0 * 1_000.0).abs() < 1e-9);
     }
 }

@@ -38,6 +38,7 @@ use crate::{
         files::{FileError, create_dir, write_atomic},
         listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
+        trace::{self, TraceSetupError},
     },
 };
 
@@ -60,6 +61,12 @@ pub enum NodeError {
     /// The swarm could not be built.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// Tracing was asked for and could not start (not a test network, or a file).
+    #[error(transparent)]
+    Trace(#[from] TraceSetupError),
+    /// A trace file could not be written.
+    #[error(transparent)]
+    TraceWrite(#[from] p2pmix_mix::trace::TraceError),
     /// The swarm could not listen on an address.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -141,12 +148,19 @@ pub async fn run_node(
         client_burst: rate.burst,
         ..MixConfig::default()
     };
+    let tracer = config.trace.open(&config.authorities, me)?;
     let mut swarm = swarm::build_node_swarm(
         keypair.clone(),
         relay.clone(),
         mix_config,
         config.role == NodeRole::Gateway,
     )?;
+    if let Some(tracer) = &tracer {
+        swarm
+            .behaviour_mut()
+            .mix
+            .set_trace(Arc::new(tracer.clone()));
+    }
     listen_on_all(&mut swarm, &config.listen)?;
     for entry in &config.authorities.entries {
         for addr in &entry.addresses {
@@ -193,5 +207,9 @@ pub async fn run_node(
     if let Some(task) = metrics_task {
         task.abort();
     }
-    result
+    result?;
+    if let Some(tracer) = &tracer {
+        trace::finish(tracer)?;
+    }
+    Ok(())
 }
