@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{
     Authority, AuthorityConfig, EpochSchedule, Event, Now, PinnedAuthorities, Rejection,
-    default_parameters, sign_descriptor,
+    sign_descriptor, test_network_parameters,
 };
 use p2pmix_mix::NodeSecretKey;
 use p2pmix_proto::v1::{
@@ -155,12 +155,9 @@ impl Sim {
         let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));
         let mut net = p2pmix_sim::Sim::starting_at(NET_SEED, start_ms);
         net.set_default_link(Link::fixed(LATENCY));
-        let configs = keys.iter().map(|k| AuthorityConfig {
-            keypair: k.clone(),
-            authorities: pinned.clone(),
-            schedule: schedule(),
-            parameters,
-        });
+        let configs = keys
+            .iter()
+            .map(|k| AuthorityConfig::new(k.clone(), pinned.clone(), schedule(), parameters));
         let ids = add_authorities(&mut net, configs, AUTHORITY_SEED);
         Sim {
             keys,
@@ -172,17 +169,18 @@ impl Sim {
         }
     }
 
+    /// `n` authorities of a local test network (the test nodes announce 127.0.0.1).
     pub fn default(n: usize, start_ms: u64) -> Self {
-        Self::new(n, default_parameters(), start_ms)
+        Self::new(n, test_network_parameters(), start_ms)
     }
 
     pub fn config(&self, i: usize) -> AuthorityConfig {
-        AuthorityConfig {
-            keypair: self.keys[i].clone(),
-            authorities: self.pinned.clone(),
-            schedule: schedule(),
-            parameters: self.parameters,
-        }
+        AuthorityConfig::new(
+            self.keys[i].clone(),
+            self.pinned.clone(),
+            schedule(),
+            self.parameters,
+        )
     }
 
     /// The virtual time, both clocks.
