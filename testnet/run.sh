@@ -144,9 +144,11 @@ for i in 0 1 2; do
     KEYS[$i]=$("$BIN" keygen --out "$DIR/auth$i" | sed -n 's/^public_key = //p' | head -n1)
 done
 GENESIS=$(( $(now_ms) + 4000 ))
+# A local test network: everything listens on 127.0.0.1, which production authorities refuse.
 NETWORK="[network]
 genesis_unix_ms = $GENESIS
 epoch_ms = $EPOCH_MS
+test_network = true
 "
 # Only authorities read the parameters; they publish them in the consensus.
 PARAMETERS="

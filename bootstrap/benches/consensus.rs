@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{
-    ConsensusInputs, Context, EpochSchedule, PinnedAuthorities, build_reveal, build_vote,
-    commitment, compute_consensus, consensus_digest, default_parameters, sign, sign_descriptor,
+    ConsensusInputs, EpochSchedule, PinnedAuthorities, build_reveal, build_vote, commitment,
+    compute_consensus, consensus_digest, default_parameters, sign_consensus, sign_descriptor,
     verify_consensus, verify_reveal, verify_vote,
 };
 use p2pmix_mix::NodeSecretKey;
-use p2pmix_proto::v1::{ConsensusSignature, EpochKey, NodeDescriptor, Role, SignedConsensus};
+use p2pmix_proto::v1::{EpochKey, NodeDescriptor, Role, SignedConsensus};
 use prost::Message;
 
 const NODES: usize = 1000;
@@ -83,7 +83,7 @@ fn main() {
     let t = Instant::now();
     let votes: Vec<_> = signed_votes
         .iter()
-        .map(|v| verify_vote(v, &pinned, EPOCH, 1).unwrap())
+        .map(|v| verify_vote(v, &pinned, EPOCH, &parameters).unwrap())
         .collect();
     let vote_check = t.elapsed() / AUTHORITIES as u32;
 
@@ -96,22 +96,20 @@ fn main() {
             schedule,
             parameters: &parameters,
             authorities: &pinned,
-            votes: &votes,
+            votes: &votes.iter().collect::<Vec<_>>(),
             reveals: &reveals,
             previous: None,
         })
         .unwrap();
         let bytes = consensus.encode_to_vec();
         let digest = consensus_digest(&bytes);
-        let signature = sign(&authorities[0], Context::Consensus, &digest).unwrap();
+        let signature = sign_consensus(&authorities[0], EPOCH, &digest)
+            .unwrap()
+            .signature;
         build.push(t.elapsed());
         let mut signatures: Vec<_> = authorities
             .iter()
-            .map(|k| ConsensusSignature {
-                authority: k.public().encode_protobuf(),
-                digest: digest.to_vec(),
-                signature: sign(k, Context::Consensus, &digest).unwrap(),
-            })
+            .map(|k| sign_consensus(k, EPOCH, &digest).unwrap())
             .collect();
         signatures.sort_by(|a, b| a.authority.cmp(&b.authority));
         assert_eq!(

@@ -145,7 +145,9 @@ fn is_hostname(name: &str) -> bool {
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -203,7 +205,10 @@ pub fn literal_ip(text: &str) -> Option<IpAddr> {
 }
 
 /// The groups of a node with these announced addresses and this declared family.
-pub fn groups<'a>(addresses: impl IntoIterator<Item = &'a String>, family: &str) -> BTreeSet<Group> {
+pub fn groups<'a>(
+    addresses: impl IntoIterator<Item = &'a String>,
+    family: &str,
+) -> BTreeSet<Group> {
     let mut out: BTreeSet<Group> = addresses
         .into_iter()
         .filter_map(|a| literal_ip(a))
@@ -344,7 +349,11 @@ mod tests {
         }
         let other = PeerId::random();
         assert_eq!(
-            check_address(&format!("/ip4/45.1.2.3/tcp/1/p2p/{other}"), Some(&me), false),
+            check_address(
+                &format!("/ip4/45.1.2.3/tcp/1/p2p/{other}"),
+                Some(&me),
+                false
+            ),
             Err(AddressError::OtherPeer)
         );
     }
@@ -396,12 +405,7 @@ mod tests {
             ipv6_48: None,
             family: Some(1),
         };
-        let node = |i: u8, fam: &str| {
-            (
-                i,
-                groups(&[format!("/ip4/45.1.2.{}/tcp/1", i / 2)], fam),
-            )
-        };
+        let node = |i: u8, fam: &str| (i, groups(&[format!("/ip4/45.1.2.{}/tcp/1", i / 2)], fam));
         // 0 and 1 share an address; 2, 3 the next; all share a /24; 4 and 5 share a family.
         let ranked = vec![
             node(0, ""),

@@ -119,7 +119,10 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
     for vote in votes.values() {
         let mut per_node: BTreeMap<&[u8], Vec<&VerifiedDescriptor>> = BTreeMap::new();
         for d in &vote.descriptors {
-            per_node.entry(&d.descriptor.identity).or_default().push(d.as_ref());
+            per_node
+                .entry(&d.descriptor.identity)
+                .or_default()
+                .push(d.as_ref());
         }
         for (_, ds) in per_node {
             if let [d] = ds[..] {
@@ -136,7 +139,12 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
         .collect();
     // Admission caps, best ranked first (a measurement score would join the rank here).
     let basis = RankBasis::new(previous);
-    admitted.sort_by_cached_key(|d| (basis.rank(&d.descriptor.identity), d.descriptor.identity.clone()));
+    admitted.sort_by_cached_key(|d| {
+        (
+            basis.rank(&d.descriptor.identity),
+            d.descriptor.identity.clone(),
+        )
+    });
     let caps = GroupCaps::of(inputs.parameters);
     let ranked = admitted
         .into_iter()

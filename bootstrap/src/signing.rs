@@ -77,7 +77,11 @@ fn consensus_message(epoch: u64, digest: &[u8]) -> Vec<u8> {
 
 /// This authority's signature on the consensus of `epoch` whose digest is `digest`; `None` only
 /// for key types that cannot sign.
-pub fn sign_consensus(keypair: &Keypair, epoch: u64, digest: &[u8; 32]) -> Option<ConsensusSignature> {
+pub fn sign_consensus(
+    keypair: &Keypair,
+    epoch: u64,
+    digest: &[u8; 32],
+) -> Option<ConsensusSignature> {
     let signature = sign(
         keypair,
         Context::Consensus,

@@ -7,7 +7,9 @@
 use std::sync::Arc;
 
 use libp2p_identity::Keypair;
-use p2pmix_proto::v1::{NetworkParameters, Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote};
+use p2pmix_proto::v1::{
+    NetworkParameters, Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote,
+};
 use prost::Message;
 use thiserror::Error;
 

@@ -199,7 +199,11 @@ fn each_consensus_defect_is_refused_with_its_reason() {
     // A signature over the right digest for another epoch: signatures cover the epoch.
     let mut s = signed.clone();
     let first = sim.keys[0].public().encode_protobuf();
-    let at = s.signatures.iter().position(|x| x.authority == first).unwrap();
+    let at = s
+        .signatures
+        .iter()
+        .position(|x| x.authority == first)
+        .unwrap();
     s.signatures[at] = sign_consensus(&sim.keys[0], 3, &digest).unwrap();
     assert_eq!(
         check(&sim, &s, inside, None),

@@ -66,7 +66,8 @@ impl EvidenceLog {
 
     /// A pair from the state file, if it still proves what it says.
     pub(super) fn restore(&mut self, e: &Equivocation, authorities: &PinnedAuthorities) {
-        if let (true, Some(a), Some(b)) = (verify_equivocation(e, authorities), &e.first, &e.second) {
+        if let (true, Some(a), Some(b)) = (verify_equivocation(e, authorities), &e.first, &e.second)
+        {
             self.signatures
                 .entry((a.epoch, a.authority.clone()))
                 .or_insert_with(|| Equivocation {

@@ -208,6 +208,8 @@ pub struct AuthorityStats {
     pub descriptors: usize,
     /// Their bytes.
     pub descriptor_bytes: usize,
+    /// Descriptors displaced from the round's store by better-ranked ones.
+    pub evicted: u64,
     /// What the round holds, as charged against [`MEMORY_BUDGET_BYTES`].
     pub memory_bytes: usize,
     /// What this round's vote left out, by reason.
@@ -305,6 +307,7 @@ impl Authority {
             round: self.round.epoch,
             descriptors: self.round.descriptors.len(),
             descriptor_bytes: self.round.descriptors.bytes(),
+            evicted: self.round.descriptors.evicted(),
             memory_bytes: self.memory_bytes(),
             left_out: self.round.left_out.clone(),
             reach: self.reach.stats(),
@@ -469,7 +472,8 @@ impl Authority {
             }
             self.reach.new_round(target);
             self.sources.prune(self.now.mono);
-            self.evidence.forget_before(target.saturating_sub(KEPT_CONSENSUSES as u64));
+            self.evidence
+                .forget_before(target.saturating_sub(KEPT_CONSENSUSES as u64));
         }
     }
 }

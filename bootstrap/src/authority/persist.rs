@@ -68,9 +68,11 @@ impl Authority {
         }
         for v in &state.votes {
             let store = &authority.round.descriptors;
-            let Ok(v) = verify_vote_reusing(v, &authority.config.authorities, epoch, &parameters, |d| {
-                store.known(d)
-            }) else {
+            let Ok(v) =
+                verify_vote_reusing(v, &authority.config.authorities, epoch, &parameters, |d| {
+                    store.known(d)
+                })
+            else {
                 continue;
             };
             let seen = *blake3::hash(&v.signed.vote).as_bytes();
@@ -107,8 +109,7 @@ impl Authority {
                 .signatures
                 .entry(s.authority.clone())
                 .or_default();
-            if held.len() < SIGNATURES_PER_AUTHORITY && !held.iter().any(|h| h.digest == s.digest)
-            {
+            if held.len() < SIGNATURES_PER_AUTHORITY && !held.iter().any(|h| h.digest == s.digest) {
                 held.push(s.clone());
             }
             if held.len() > 1 {

@@ -5,7 +5,9 @@
 
 use std::{collections::BTreeMap, sync::Arc};
 
-use p2pmix_proto::v1::{Consensus, ConsensusSignature, SignedConsensus, directory_request::Request};
+use p2pmix_proto::v1::{
+    Consensus, ConsensusSignature, SignedConsensus, directory_request::Request,
+};
 use prost::Message;
 use rand_core::CryptoRng;
 
@@ -187,9 +189,10 @@ impl Authority {
                     });
                     return;
                 }
-                if let Some(own) = sign_consensus(&self.config.keypair, self.round.epoch, &digest)
-                {
-                    self.round.signatures.insert(self.me.clone(), vec![own.clone()]);
+                if let Some(own) = sign_consensus(&self.config.keypair, self.round.epoch, &digest) {
+                    self.round
+                        .signatures
+                        .insert(self.me.clone(), vec![own.clone()]);
                     self.relay(Request::Signature(own));
                 }
                 self.round.computed = Some((bytes, digest));

@@ -256,7 +256,8 @@ impl Reachability {
         self.queue.clear();
         self.queued.clear();
         self.in_flight.clear();
-        self.reached.retain(|_, (e, _)| e.saturating_add(1) >= epoch);
+        self.reached
+            .retain(|_, (e, _)| e.saturating_add(1) >= epoch);
     }
 
     /// Nodes reached, for the state file: (peer, round, address reached).
@@ -325,7 +326,11 @@ mod tests {
         let started = (0..10).filter(|_| check(&mut r, t0).is_some()).count();
         assert_eq!(started, 2, "a burst of two");
         let next = r.next_deadline(t0).unwrap();
-        assert!(next > t0 && next <= t0 + Duration::from_millis(500), "{:?}", next - t0);
+        assert!(
+            next > t0 && next <= t0 + Duration::from_millis(500),
+            "{:?}",
+            next - t0
+        );
         assert!(check(&mut r, next).is_some());
     }
 

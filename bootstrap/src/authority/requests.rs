@@ -47,12 +47,10 @@ impl Authority {
             .filter_map(|a| a.parse().ok())
             .collect();
         let caps = crate::address::GroupCaps::of(&self.config.parameters);
-        let evicted = self.round.descriptors.insert(
-            verified,
-            rank,
-            &self.config.limits.store,
-            &caps,
-        )?;
+        let evicted =
+            self.round
+                .descriptors
+                .insert(verified, rank, &self.config.limits.store, &caps)?;
         for p in &evicted {
             self.reach.dequeue(p);
         }
@@ -187,10 +185,7 @@ impl Authority {
             self.round
                 .double_signers
                 .insert(signature.authority.clone());
-            if self
-                .evidence
-                .record_signatures(first, signature.clone())
-            {
+            if self.evidence.record_signatures(first, signature.clone()) {
                 self.events.push_back(Event::Equivocation {
                     epoch: self.round.epoch,
                     authority: signature.authority.clone(),

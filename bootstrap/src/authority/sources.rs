@@ -154,7 +154,13 @@ mod tests {
         assert_eq!(n, 3);
         // The table is full: newcomers share the overflow bucket.
         let n = (0..5)
-            .filter(|i| l.allow(t, Origin::Peer(format!("46.0.0.{i}").parse().unwrap()), false))
+            .filter(|i| {
+                l.allow(
+                    t,
+                    Origin::Peer(format!("46.0.0.{i}").parse().unwrap()),
+                    false,
+                )
+            })
             .count();
         assert_eq!(n, 3);
         // Authorities are never limited; loopback only on a test network.
