@@ -383,3 +383,83 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
         "{stdout}"
     );
 }
+
+/// The outsider of issue 12: no key at all, only what the authorities serve. Early in every
+/// round (the upload phase, long before anyone signs) it replays, at every authority, the
+/// signatures of every earlier document it could fetch (at least four from the round of epoch
+/// 5 on, as many as an authority once kept per other authority and round). Every epoch still
+/// gets its consensus at every authority.
+#[test]
+fn replayed_signatures_of_earlier_documents_stall_no_round() {
+    use std::collections::BTreeMap;
+
+    use p2pmix::{
+        directory::fetch::{fetch_consensus, request_once},
+        proto::v1::{ConsensusSignature, DirectoryRequest, directory_request::Request},
+    };
+    const LAST: u64 = 6;
+    let mut net = Net::new("replay", 3);
+    for i in 0..3 {
+        net.start(i);
+    }
+    let addrs: Vec<libp2p::Multiaddr> = (0..3)
+        .map(|i| net.listen_addr(i).unwrap().parse().unwrap())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Every signature fetched so far, per document digest.
+    let mut served: BTreeMap<Vec<u8>, Vec<ConsensusSignature>> = BTreeMap::new();
+    let mut replayed_documents = Vec::new();
+    for epoch in 1..=LAST {
+        // The round of `epoch` runs during `epoch - 1`: replay just after it starts.
+        sleep_until(net.epoch_start(epoch - 1) + 300);
+        runtime.block_on(async {
+            for addr in &addrs {
+                for earlier in 1..epoch {
+                    if let Ok(doc) =
+                        fetch_consensus(addr.clone(), Some(earlier), Duration::from_secs(2)).await
+                    {
+                        let digest = p2pmix::directory::consensus_digest(&doc.consensus).to_vec();
+                        let held = served.entry(digest).or_default();
+                        for s in doc.signatures {
+                            if !held.contains(&s) {
+                                held.push(s);
+                            }
+                        }
+                    }
+                }
+            }
+            let sends = addrs.iter().flat_map(|addr| {
+                served.values().flatten().map(move |s| {
+                    request_once(
+                        addr.clone(),
+                        DirectoryRequest {
+                            request: Some(Request::Signature(s.clone())),
+                        },
+                        Duration::from_secs(2),
+                    )
+                })
+            });
+            futures::future::join_all(sends).await;
+        });
+        replayed_documents.push(served.len());
+    }
+    for epoch in 1..=LAST {
+        for i in 0..3 {
+            let deadline = std::time::Instant::now() + Duration::from_millis(EPOCH_MS + 20_000);
+            while net.consensus(i, epoch).is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no consensus for epoch {epoch} at authority {i} (documents replayed per \
+                     round: {replayed_documents:?})\n{}",
+                    net.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert!(
+        replayed_documents[4..].iter().all(|&n| n >= 4),
+        "the replays covered at least four earlier documents in the last rounds: \
+         {replayed_documents:?}"
+    );
+}
