@@ -185,7 +185,8 @@ for i in 0 1 2; do
     KEYS[$i]=$("$BIN" keygen --out "$DIR/auth$i" | sed -n 's/^public_key = //p' | head -n1)
 done
 GENESIS=$(( $(now_ms) + 4000 ))
-# A test network: nodes and clients accept --trace-links and --trace-truth only in one.
+# A local test network: everything listens on 127.0.0.1, which production authorities refuse;
+# nodes and clients accept --trace-links and --trace-truth only in one.
 NETWORK="[network]
 genesis_unix_ms = $GENESIS
 epoch_ms = $EPOCH_MS

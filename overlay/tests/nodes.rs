@@ -577,3 +577,49 @@ fn node_refuses_bad_flags_and_files_and_retries_an_unreachable_bootstrap_peer() 
     );
     drop(node);
 }
+
+#[test]
+fn a_node_bootstraps_from_a_dns4_name() {
+    let scratch = Scratch::new("node-dns");
+    let key = keygen(&scratch.0.join("a"));
+    fs::write(
+        scratch.0.join("authorities.toml"),
+        format!(
+            "[[authority]]\npublic_key = \"{key}\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = 8000\ntest_network = true\n",
+            unix_ms()
+        ),
+    )
+    .unwrap();
+    let start = |name: &str, bootstrap: Option<&str>| {
+        let dir = scratch.0.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let mut args = vec![
+            "node",
+            "--authorities",
+            "../authorities.toml",
+            "--data-dir",
+            "data",
+        ];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        (spawn(&dir, &args, "info"), dir)
+    };
+    let (first, first_dir) = start("first", None);
+    let listen = wait_for("the first node to listen", Duration::from_secs(30), || {
+        fs::read_to_string(first_dir.join("data/listen-addrs"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+    });
+    // /ip4/127.0.0.1/tcp/PORT/p2p/ID -> /dns4/localhost/tcp/PORT/p2p/ID
+    let by_name = listen.replacen("/ip4/127.0.0.1/", "/dns4/localhost/", 1);
+    assert!(by_name.starts_with("/dns4/localhost/tcp/"), "{by_name}");
+    let (second, second_dir) = start("second", Some(&by_name));
+    let log = || fs::read_to_string(second_dir.join("log")).unwrap_or_default();
+    wait_for(
+        &format!("the second node to reach {by_name}"),
+        Duration::from_secs(30),
+        || log().contains("reached bootstrap peer").then_some(()),
+    );
+    drop((first, second));
+}

@@ -68,9 +68,15 @@ struct NodeArgs {
     /// Where to listen (repeatable; default /ip4/127.0.0.1/tcp/0).
     #[arg(long)]
     listen: Vec<Multiaddr>,
-    /// A peer to join the network through (repeatable), e.g. /ip4/192.0.2.7/tcp/4100/p2p/12D3…
+    /// A peer to join the network through (repeatable), e.g. /dns4/boot.example.org/tcp/4100/p2p/12D3…
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
+    /// An address other nodes and clients can reach this node at (repeatable), e.g.
+    /// /dns4/mix1.example.org/tcp/4100 or /ip4/203.0.113.7/tcp/4100: the descriptor carries
+    /// these (default: the public listen addresses). Behind NAT or in a container, give the
+    /// public one.
+    #[arg(long)]
+    announce: Vec<Multiaddr>,
     /// The pinned authorities file (with a [network] section giving the epoch schedule).
     #[arg(long)]
     authorities: Option<PathBuf>,
@@ -132,6 +138,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                     authorities: args.authorities,
                     listen: args.listen,
                     bootstrap: args.bootstrap,
+                    announce: args.announce,
                     role: args.role,
                     metrics: args.metrics,
                     family: args.family,
