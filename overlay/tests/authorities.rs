@@ -278,7 +278,7 @@ fn listening_node(runtime: &tokio::runtime::Runtime) -> (libp2p::identity::Keypa
     swarm
         .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     runtime.spawn(async move {
         let mut tx = Some(tx);
         loop {

@@ -289,15 +289,15 @@ impl Driver {
                         let text: String = listen_addrs.iter().map(|a| format!("{a}\n")).collect();
                         write_atomic(&config.data_dir.join("listen-addrs"), text.as_bytes())?;
                     }
-                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                        // Only the other authorities' addresses are kept: a node's would be
-                        // memory anyone could fill.
-                        if self.pinned_peers.contains(&peer_id) {
-                            for addr in &info.listen_addrs {
-                                self.swarm.add_peer_address(peer_id, addr.clone());
-                            }
-                            known.insert(peer_id, info.listen_addrs);
+                    // Only the other authorities' addresses are kept: a node's would be memory
+                    // anyone could fill.
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                        if self.pinned_peers.contains(&peer_id) =>
+                    {
+                        for addr in &info.listen_addrs {
+                            self.swarm.add_peer_address(peer_id, addr.clone());
                         }
+                        known.insert(peer_id, info.listen_addrs);
                     }
                     SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
                         peer,
