@@ -80,6 +80,49 @@ fn wait_durable(log: &ReplayLog, mark: u64) {
     }
 }
 
+/// The disk fails (the key's directory is replaced by a file, so its journal cannot be opened):
+/// the backlog stays bounded and fresh tags are refused, instead of the writer's retry buffer
+/// taking everything for as long as the failure lasts (it did); once the disk works again,
+/// everything accepted becomes durable.
+#[test]
+fn a_failing_disk_refuses_fresh_tags_within_the_backlog_and_recovers() {
+    let dir = Dir::new("failing");
+    let store = ReplayStore::open(&dir.0).unwrap();
+    let secret = NodeSecretKey::random(&mut rand::rng());
+    let log = Arc::new(ReplayLog::new(64));
+    let cache = prepared(&store, 5, &secret, &log);
+    let key_dir = store.dir().join("5");
+    fs::remove_dir_all(&key_dir).unwrap();
+    fs::write(&key_dir, b"not a directory").unwrap();
+    let journal = writer(&store, &log, 5, &cache, SnapshotPolicy::default());
+    let mut accepted = 0u64;
+    let mut refused = 0u64;
+    for i in 0..2_000 {
+        match cache.check_and_insert(&tag(i)) {
+            Ok(()) => accepted += 1,
+            Err(ReplayRefusal::Full) => refused += 1,
+            Err(other) => panic!("tag {i}: {other:?}"),
+        }
+        // Over about a second: the writer retries every 100 ms or so.
+        if i % 10 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    assert!(
+        accepted <= 64 + 64,
+        "{accepted} accepted while nothing could be written"
+    );
+    assert!(refused >= 2_000 - 128, "{refused} refused");
+    assert!(log.pending() <= 64);
+    let mark = log.mark();
+    assert!(!log.is_durable(mark));
+    // The disk works again.
+    fs::remove_file(&key_dir).unwrap();
+    fs::create_dir_all(&key_dir).unwrap();
+    wait_durable(&log, mark);
+    drop(journal);
+}
+
 #[test]
 fn whatever_was_durable_comes_back_after_a_crash() {
     let dir = Dir::new("crash");

@@ -174,7 +174,12 @@ impl Journals {
                 Duration::from_millis(250)
             };
             let started = Instant::now();
-            if let Some(batch) = log.take(wait) {
+            // While records wait for a retry, nothing more is taken: the log's bounded backlog
+            // then fills and fresh packets are refused, instead of this buffer growing for as
+            // long as the disk fails.
+            if self.unwritten.is_empty()
+                && let Some(batch) = log.take(wait)
+            {
                 self.push(batch);
             }
             if let Some(through) = self.unwritten_through {
@@ -213,8 +218,21 @@ impl Journals {
         self.unwritten_through = Some(batch.through);
     }
 
-    /// Appends every unwritten record to its key's journal and syncs the files written.
+    /// Appends every unwritten record to its key's journal and syncs the files written. On an
+    /// error the journals touched are closed, so the retry writes everything again into a fresh
+    /// generation: a failed write may have left a torn record (which would shift every later one
+    /// in that file), and a failed sync may have dropped the pages while clearing the error.
     fn commit(&mut self) -> io::Result<()> {
+        let result = self.append_unwritten();
+        if result.is_err() {
+            let touched: std::collections::HashSet<u64> =
+                self.unwritten.iter().map(|r| r.epoch).collect();
+            self.open.retain(|epoch, _| !touched.contains(epoch));
+        }
+        result
+    }
+
+    fn append_unwritten(&mut self) -> io::Result<()> {
         let mut by_epoch: HashMap<u64, Vec<u8>> = HashMap::new();
         for r in &self.unwritten {
             by_epoch
