@@ -24,7 +24,11 @@ use p2pmix_proto::v1::{
     NodeMeasurement, Role,
 };
 
-use crate::{MAX_NODES, descriptor::VerifiedDescriptor, vote::VerifiedVote};
+use crate::{
+    MAX_NODES,
+    descriptor::VerifiedDescriptor,
+    vote::{MAX_MEASUREMENT_BYTES, VerifiedVote, vote_measurement_bytes},
+};
 
 /// Longest a node is held out for health, in epochs.
 pub const MAX_HOLD_EPOCHS: u64 = 16;
@@ -32,17 +36,64 @@ pub const MAX_HOLD_EPOCHS: u64 = 16;
 pub(crate) const MAX_IDENTITY_BYTES: usize = 128;
 
 /// Whether a vote's measurements follow the rules: sorted by identity and unique, scores within
-/// their ranges, at most [`MAX_NODES`].
+/// their ranges, at most [`MAX_NODES`] and [`MAX_MEASUREMENT_BYTES`].
 pub(crate) fn measurements_valid(measurements: &[NodeMeasurement]) -> bool {
     measurements.len() <= MAX_NODES
-        && measurements.iter().all(|m| {
-            m.delivery_permille <= 1000
-                && !m.identity.is_empty()
-                && m.identity.len() <= MAX_IDENTITY_BYTES
-        })
+        && measurements.iter().all(well_formed)
         && measurements
             .windows(2)
             .all(|w| matches!(w, [a, b] if a.identity < b.identity))
+        && measurements
+            .iter()
+            .map(vote_measurement_bytes)
+            .sum::<usize>()
+            <= MAX_MEASUREMENT_BYTES
+}
+
+fn well_formed(m: &NodeMeasurement) -> bool {
+    m.delivery_permille <= 1000 && !m.identity.is_empty() && m.identity.len() <= MAX_IDENTITY_BYTES
+}
+
+/// `measurements` as a vote may carry them ([`measurements_valid`]): malformed ones left out,
+/// deliveries clamped to 1000, one per identity, and when they exceed [`MAX_NODES`] or
+/// [`MAX_MEASUREMENT_BYTES`] the least healthy kept (lowest delivery, then highest delay: a
+/// report left out counts as finding nothing wrong, so what is dropped is what changes least),
+/// sorted by identity.
+pub(crate) fn bound_measurements(mut measurements: Vec<NodeMeasurement>) -> Vec<NodeMeasurement> {
+    for m in &mut measurements {
+        m.delivery_permille = m.delivery_permille.min(1000);
+    }
+    measurements.retain(well_formed);
+    measurements.sort_by(|a, b| a.identity.cmp(&b.identity));
+    measurements.dedup_by(|a, b| a.identity == b.identity);
+    let bytes: usize = measurements.iter().map(vote_measurement_bytes).sum();
+    if measurements.len() > MAX_NODES || bytes > MAX_MEASUREMENT_BYTES {
+        measurements.sort_by(|a, b| {
+            (
+                a.delivery_permille,
+                std::cmp::Reverse(a.delay_p90_ms),
+                &a.identity,
+            )
+                .cmp(&(
+                    b.delivery_permille,
+                    std::cmp::Reverse(b.delay_p90_ms),
+                    &b.identity,
+                ))
+        });
+        let mut room = MAX_MEASUREMENT_BYTES;
+        let mut keep = 0;
+        for m in measurements.iter().take(MAX_NODES) {
+            let size = vote_measurement_bytes(m);
+            if size > room {
+                break;
+            }
+            room -= size;
+            keep += 1;
+        }
+        measurements.truncate(keep);
+        measurements.sort_by(|a, b| a.identity.cmp(&b.identity));
+    }
+    measurements
 }
 
 /// What the health rules decide for one consensus.

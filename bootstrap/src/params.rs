@@ -5,9 +5,20 @@ use std::time::Duration;
 use p2pmix_mix::Geometry;
 use p2pmix_proto::v1::NetworkParameters;
 
-/// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry, and
-/// health measurement (docs/consensus.md, "Health": 500 probes per node and epoch from each
-/// authority; left out below 90% delivery or above 1 s of added delay at the 90th percentile).
+/// Nodes admitted per IPv4 address by default (Tor's `AuthDirMaxServersPerAddr` is 2).
+pub const DEFAULT_MAX_PER_IPV4: u32 = 2;
+/// Nodes admitted per IPv4 /24 by default: a hosting provider's subnet holds several honest
+/// operators, but one operator renting a /24 gets no more than this.
+pub const DEFAULT_MAX_PER_IPV4_24: u32 = 4;
+/// Nodes admitted per IPv6 /48 (one site's allocation) by default.
+pub const DEFAULT_MAX_PER_IPV6_48: u32 = 4;
+/// Nodes admitted per declared operator family by default.
+pub const DEFAULT_MAX_PER_FAMILY: u32 = 10;
+
+/// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry,
+/// admission caps per address, prefix and family, not a test network, and health measurement
+/// (docs/consensus.md, "Health": 500 probes per node and epoch from each authority; left out
+/// below 90% delivery or above 1 s of added delay at the 90th percentile).
 pub fn default_parameters() -> NetworkParameters {
     NetworkParameters {
         mean_delay_us: 50_000,
@@ -19,11 +30,24 @@ pub fn default_parameters() -> NetworkParameters {
         geometry_id: Geometry::DEFAULT.id(),
         layers: 3,
         min_protocol_version: crate::PROTOCOL_VERSION,
+        max_nodes_per_ipv4: DEFAULT_MAX_PER_IPV4,
+        max_nodes_per_ipv4_24: DEFAULT_MAX_PER_IPV4_24,
+        max_nodes_per_ipv6_48: DEFAULT_MAX_PER_IPV6_48,
+        max_nodes_per_family: DEFAULT_MAX_PER_FAMILY,
+        test_network: false,
         health_probes_per_node: 500,
         health_min_probes: 100,
         health_min_delivery_permille: 900,
         health_max_delay_p90_ms: 1_000,
         health_good_delivery_permille: 950,
+    }
+}
+
+/// [`default_parameters`] for a local test network: loopback and private addresses admitted.
+pub fn test_network_parameters() -> NetworkParameters {
+    NetworkParameters {
+        test_network: true,
+        ..default_parameters()
     }
 }
 

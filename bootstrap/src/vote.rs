@@ -4,20 +4,49 @@
 //! vote is in, authorities reveal the values, and the hash of all revealed values (the shared
 //! random value) seeds the layer assignment, so no single authority chooses who sits where.
 
+use std::sync::Arc;
+
 use libp2p_identity::Keypair;
-use p2pmix_proto::v1::{NodeMeasurement, Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote};
+use p2pmix_proto::v1::{
+    NetworkParameters, NodeMeasurement, Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote,
+};
 use prost::Message;
 use thiserror::Error;
 
 use crate::{
     authorities::PinnedAuthorities,
     descriptor::{VerifiedDescriptor, verify_descriptor},
-    health::measurements_valid,
+    health::{bound_measurements, measurements_valid},
     signing::{Context, encode_and_sign, verify},
 };
 
-/// Largest encoded vote accepted (bytes): room for ~10 000 descriptors.
-pub const MAX_VOTE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest encoded vote accepted (bytes): room for about 22 000 descriptors of the usual size
+/// (~330 bytes: one address, two Sphinx keys) next to [`MAX_MEASUREMENT_BYTES`] of health
+/// measurements. An authority's own vote never exceeds it: when more candidates qualify than
+/// fit, it keeps the best ranked ones (docs/consensus.md).
+pub const MAX_VOTE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Room kept in a vote for everything but the descriptors and the measurements (epoch,
+/// authority key, commitment, previous digest, encoding overhead).
+pub const VOTE_HEADER_BYTES: usize = 1024;
+
+/// Most bytes of health measurements a vote carries (about 21 000 nodes' worth at ~49 bytes
+/// each, as many as the descriptors that fit): a fixed share of [`MAX_VOTE_BYTES`], so that the
+/// room left for descriptors, and where every honest authority cuts its ranking, does not
+/// depend on what it measured. A vote with more is refused.
+pub const MAX_MEASUREMENT_BYTES: usize = 1024 * 1024;
+
+/// What one descriptor adds to an encoded vote.
+pub fn vote_entry_bytes(descriptor: &SignedDescriptor) -> usize {
+    let len = descriptor.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
+
+/// What one measurement adds to an encoded vote.
+pub fn vote_measurement_bytes(measurement: &NodeMeasurement) -> usize {
+    let len = measurement.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
 
 /// Why a vote or reveal was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -43,8 +72,9 @@ pub enum VoteError {
     /// Descriptors are not sorted and unique.
     #[error("descriptors not sorted")]
     Unsorted,
-    /// Health measurements are not sorted and unique, or out of range.
-    #[error("measurements not sorted, not unique or out of range")]
+    /// Health measurements are not sorted and unique, out of range, or over
+    /// [`MAX_MEASUREMENT_BYTES`].
+    #[error("measurements not sorted, not unique, out of range or too many")]
     BadMeasurements,
     /// The revealed value does not match the vote's commitment.
     #[error("reveal does not match the commitment")]
@@ -55,6 +85,10 @@ pub enum VoteError {
     /// Arrived after its phase.
     #[error("arrived after its phase")]
     Late,
+    /// From an authority already caught sending two different votes this round: not checked,
+    /// not kept, not relayed.
+    #[error("from an authority caught equivocating")]
+    Equivocator,
 }
 
 /// The commitment to an authority's random value for `epoch`.
@@ -79,17 +113,18 @@ pub fn build_vote(
 }
 
 /// Builds and signs a vote carrying this authority's health `measurements`; descriptors and
-/// measurements are sorted here (one measurement per identity is kept).
+/// measurements are sorted here, and the measurements bounded as [`verify_vote`] wants them
+/// (one per identity, within their ranges, at most [`MAX_MEASUREMENT_BYTES`]: the least
+/// healthy nodes are kept).
 pub fn build_measured_vote(
     keypair: &Keypair,
     epoch: u64,
     descriptors: impl IntoIterator<Item = SignedDescriptor>,
     commit: [u8; 32],
     previous: Option<[u8; 32]>,
-    mut measurements: Vec<NodeMeasurement>,
+    measurements: Vec<NodeMeasurement>,
 ) -> Option<SignedVote> {
-    measurements.sort_by(|a, b| a.identity.cmp(&b.identity));
-    measurements.dedup_by(|a, b| a.identity == b.identity);
+    let measurements = bound_measurements(measurements);
     let mut descriptors: Vec<SignedDescriptor> = descriptors.into_iter().collect();
     descriptors.sort_by(|a, b| a.descriptor.cmp(&b.descriptor));
     descriptors.dedup_by(|a, b| a.descriptor == b.descriptor);
@@ -117,7 +152,8 @@ pub struct VerifiedVote {
     /// The digest of the previous consensus the voter holds (empty if none).
     pub previous: Vec<u8>,
     /// The descriptors in the vote that verify for the epoch; invalid ones are ignored.
-    pub descriptors: Vec<VerifiedDescriptor>,
+    /// Shared with whoever holds the same descriptor (see [`verify_vote_reusing`]).
+    pub descriptors: Vec<Arc<VerifiedDescriptor>>,
     /// The voter's health measurements, sorted by identity.
     pub measurements: Vec<NodeMeasurement>,
 }
@@ -127,19 +163,22 @@ pub fn verify_vote(
     signed: &SignedVote,
     authorities: &PinnedAuthorities,
     epoch: u64,
-    min_protocol_version: u32,
+    parameters: &NetworkParameters,
 ) -> Result<VerifiedVote, VoteError> {
-    if signed.vote.len() > MAX_VOTE_BYTES {
-        return Err(VoteError::Malformed);
-    }
-    let vote: Vote = open_signed(
-        &signed.vote,
-        &signed.signature,
-        Context::Vote,
-        authorities,
-        epoch,
-        |v: &Vote| (&v.authority, v.epoch),
-    )?;
+    verify_vote_reusing(signed, authorities, epoch, parameters, |_| None)
+}
+
+/// [`verify_vote`], taking from `known` the descriptors already verified elsewhere (an
+/// authority's own store): a descriptor `known` returns for the same signed bytes is neither
+/// checked nor decoded again, and shares its memory.
+pub fn verify_vote_reusing(
+    signed: &SignedVote,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+    parameters: &NetworkParameters,
+    known: impl Fn(&SignedDescriptor) -> Option<Arc<VerifiedDescriptor>>,
+) -> Result<VerifiedVote, VoteError> {
+    let vote = open_vote(signed, authorities, epoch)?;
     if vote
         .descriptors
         .windows(2)
@@ -153,7 +192,11 @@ pub fn verify_vote(
     let descriptors = vote
         .descriptors
         .iter()
-        .filter_map(|d| verify_descriptor(d, epoch, min_protocol_version).ok())
+        .filter_map(|d| {
+            known(d)
+                .filter(|k| k.signed == *d)
+                .or_else(|| verify_descriptor(d, epoch, parameters).ok().map(Arc::new))
+        })
         .collect();
     Ok(VerifiedVote {
         signed: signed.clone(),
@@ -163,6 +206,43 @@ pub fn verify_vote(
         descriptors,
         measurements: vote.measurements,
     })
+}
+
+/// Checks a vote's size, author, signature and epoch, not the descriptors inside (what telling
+/// equivocation apart needs).
+pub fn open_vote(
+    signed: &SignedVote,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+) -> Result<Vote, VoteError> {
+    if signed.vote.len() > MAX_VOTE_BYTES {
+        return Err(VoteError::Malformed);
+    }
+    open_signed(
+        &signed.vote,
+        &signed.signature,
+        Context::Vote,
+        authorities,
+        epoch,
+        |v: &Vote| (&v.authority, v.epoch),
+    )
+}
+
+/// Who a vote says it is from, without checking anything (a cheap first look: the vote of an
+/// authority already caught equivocating is refused before any signature is checked).
+pub fn vote_author(signed: &SignedVote) -> Result<Vec<u8>, VoteError> {
+    // Only the author field is kept; descriptors are skipped by the decoder, not copied.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Author {
+        #[prost(bytes = "vec", tag = "2")]
+        authority: Vec<u8>,
+    }
+    if signed.vote.len() > MAX_VOTE_BYTES {
+        return Err(VoteError::Malformed);
+    }
+    Author::decode(&signed.vote[..])
+        .map(|a| a.authority)
+        .map_err(|_| VoteError::Malformed)
 }
 
 /// Builds and signs the reveal of `value`.

@@ -7,7 +7,9 @@
 mod common;
 
 use common::{Node, Sim, nodes, schedule};
-use p2pmix_bootstrap::default_parameters;
+use p2pmix_bootstrap::{
+    MAX_MEASUREMENT_BYTES, default_parameters, test_network_parameters, vote_measurement_bytes,
+};
 use p2pmix_proto::v1::{
     Consensus, ExclusionReason, HealthStatus, NetworkParameters, NodeMeasurement,
 };
@@ -222,10 +224,7 @@ fn at_most_a_third_of_the_mixes_are_left_out_and_every_layer_keeps_one() {
     let out: Vec<&[u8]> = c.excluded.iter().map(|e| e.identity.as_slice()).collect();
     assert_eq!(out.len(), 3);
     for n in &ns[2..5] {
-        assert!(
-            out.contains(&identity(n).as_slice()),
-            "the worst go first"
-        );
+        assert!(out.contains(&identity(n).as_slice()), "the worst go first");
     }
     let mut per_layer = [0; 4];
     for n in &c.nodes {
@@ -243,7 +242,7 @@ fn at_most_a_third_of_the_mixes_are_left_out_and_every_layer_keeps_one() {
 fn without_measurement_nobody_is_left_out_and_no_health_is_recorded() {
     let parameters = NetworkParameters {
         health_probes_per_node: 0,
-        ..default_parameters()
+        ..test_network_parameters()
     };
     let ns = nodes(2, 6);
     let mut sim = Sim::new(3, parameters, schedule().start_of(1));
@@ -278,7 +277,8 @@ fn a_vote_with_unsorted_or_out_of_range_measurements_is_refused() {
         let (vote, signature) = encode_and_sign(&key, Context::Vote, &vote).unwrap();
         SignedVote { vote, signature }
     };
-    let check = |m| verify_vote(&signed(m), &pinned, 2, 1).map(|v| v.measurements.len());
+    let parameters = default_parameters();
+    let check = |m| verify_vote(&signed(m), &pinned, 2, &parameters).map(|v| v.measurements.len());
     assert_eq!(check(vec![a.clone(), b.clone()]), Ok(2));
     assert_eq!(
         check(vec![b.clone(), a.clone()]),
@@ -298,4 +298,55 @@ fn a_vote_with_unsorted_or_out_of_range_measurements_is_refused() {
         ..a
     };
     assert_eq!(check(vec![nameless]), Err(VoteError::BadMeasurements));
+    // Sorted, unique and in range, but more bytes than a vote may carry.
+    let many = fillers(25_000);
+    let bytes: usize = many.iter().map(vote_measurement_bytes).sum();
+    assert!(bytes > MAX_MEASUREMENT_BYTES, "{bytes}");
+    assert_eq!(check(many), Err(VoteError::BadMeasurements));
+}
+
+/// `n` healthy measurements of nodes that do not exist, under identities that sort before every
+/// real one, sorted.
+fn fillers(n: u32) -> Vec<NodeMeasurement> {
+    (0..n)
+        .map(|i| {
+            let mut identity = vec![0u8; 36];
+            identity[..4].copy_from_slice(&i.to_be_bytes());
+            NodeMeasurement {
+                identity,
+                probes: 500,
+                delivery_permille: 1000,
+                delay_p90_ms: 0,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn an_authority_handed_more_measurements_than_a_vote_carries_keeps_the_least_healthy() {
+    let ns = nodes(2, 9);
+    let dead = &ns[3];
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    // Authority 0 measured far more nodes than fit (healthy ones, sorting first) and the dead
+    // one; authority 1 the dead one; authority 2 nothing. The dead node is out only if the
+    // reports of both 0 and 1 count: 0's vote must stay valid and keep the dead node's report.
+    let mut flood = fillers(25_000);
+    flood.push(measurement(dead, 0, 0));
+    let c = round(
+        &mut sim,
+        &ns,
+        2,
+        vec![flood, vec![measurement(dead, 0, 0)], Vec::new()],
+    );
+    assert_eq!(c.voters.len(), 3, "every vote counted");
+    assert!(!is_in(&c, dead), "the dead node's report was dropped");
+    let e = c
+        .excluded
+        .iter()
+        .find(|e| e.identity == identity(dead))
+        .expect("recorded");
+    assert_eq!(e.reason(), ExclusionReason::LowDelivery);
+    for n in ns.iter().filter(|n| n.index != dead.index) {
+        assert!(is_in(&c, n), "node {} out", n.index);
+    }
 }

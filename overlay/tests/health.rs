@@ -10,16 +10,14 @@
 
 use std::fs;
 
-use p2pmix::{
-    directory::VerifiedConsensus,
-    proto::v1::{ExclusionReason, HealthStatus},
-};
+#[cfg(feature = "chaos")]
+use common::net::EPOCH_MS;
+use common::{net::Net, sleep_until};
+#[cfg(feature = "chaos")]
+use p2pmix::proto::v1::ExclusionReason;
+use p2pmix::{directory::VerifiedConsensus, proto::v1::HealthStatus};
 
 mod common;
-use common::{
-    net::{EPOCH_MS, Net},
-    sleep_until,
-};
 
 /// The mix that turns into a black hole (feature `chaos`).
 #[cfg(feature = "chaos")]

@@ -372,12 +372,7 @@ fn simulate() -> Outcome {
         let me = p2pmix::client::client_id(&keypair(900 + i as u64).public().to_peer_id());
         measurer_ids.push(me);
         let authority = Authority::new(
-            AuthorityConfig {
-                keypair: key.clone(),
-                authorities: pinned.clone(),
-                schedule: schedule(),
-                parameters,
-            },
+            AuthorityConfig::new(key.clone(), pinned.clone(), schedule(), parameters),
             sim.now(),
         );
         let peers = authority_ids.iter().copied().filter(|p| p.0 != i).collect();

@@ -5,7 +5,7 @@
 use p2pmix_proto::v1::NodeMeasurement;
 
 use super::Authority;
-use crate::{MAX_NODES, health::MAX_IDENTITY_BYTES, schedule::Phase};
+use crate::{health::bound_measurements, schedule::Phase};
 
 impl Authority {
     /// The wall-clock time (ms since the UNIX epoch) at which this authority votes in the round
@@ -19,17 +19,11 @@ impl Authority {
         })
     }
 
-    /// Hands in this authority's measurements for its next vote (replacing any given before;
-    /// at most [`MAX_NODES`], one per identity; malformed ones are left out so that the vote
-    /// stays valid).
-    pub fn set_measurements(&mut self, mut measurements: Vec<NodeMeasurement>) {
-        measurements.retain(|m| !m.identity.is_empty() && m.identity.len() <= MAX_IDENTITY_BYTES);
-        measurements.sort_by(|a, b| a.identity.cmp(&b.identity));
-        measurements.dedup_by(|a, b| a.identity == b.identity);
-        measurements.truncate(MAX_NODES);
-        for m in &mut measurements {
-            m.delivery_permille = m.delivery_permille.min(1000);
-        }
-        self.measurements = measurements;
+    /// Hands in this authority's measurements for its next vote (replacing any given before).
+    /// They are bounded as a vote must carry them: one per identity, malformed ones left out,
+    /// and within [`crate::MAX_NODES`] and [`crate::MAX_MEASUREMENT_BYTES`] (the least healthy
+    /// nodes kept), so that the vote stays valid and the memory held stays bounded.
+    pub fn set_measurements(&mut self, measurements: Vec<NodeMeasurement>) {
+        self.measurements = bound_measurements(measurements);
     }
 }

@@ -9,8 +9,11 @@
 //!   frames, bounded queues.
 //! - `outbox`: what both write to the swarm: connections, addresses, packets waiting for a dial.
 //! - `workers`: the behaviour's Sphinx worker threads (one job queue each, batched unwrapping).
+//! - `chaos`: misbehaviour on command for tests and drills (feature `chaos` only).
 
 pub mod behaviour;
+#[cfg(feature = "chaos")]
+mod chaos;
 pub mod handler;
 pub mod link;
 mod outbox;

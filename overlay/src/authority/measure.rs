@@ -9,7 +9,7 @@
 //! probes only while a fetch at it is under way, or their returns would be refused and counted
 //! against it). Returned probes come back as mailbox items; their labels go to the measurer.
 //! Before each vote the authority's driver asks [`MeasureDriver::measurements`] for what goes
-//! into the vote.
+//! into the vote ([`Measuring`]: the glue between the two, one turn before the core's).
 
 use std::{collections::HashMap, time::Instant};
 
@@ -20,14 +20,20 @@ use libp2p::{
     request_response::{self, OutboundRequestId},
     swarm::SwarmEvent,
 };
-use p2pmix_bootstrap::{VerifiedConsensus, peer_id};
+use p2pmix_bootstrap::{
+    Authority, EpochSchedule, Now, PinnedAuthorities, VerifiedConsensus, peer_id,
+    verify_signed_consensus,
+};
 use p2pmix_mix::link::Link;
 use p2pmix_proto::v1::{MailboxResponse, NodeMeasurement};
 use rand::{SeedableRng, rngs::StdRng};
 use tracing::{debug, info};
 
+use super::AuthorityNodeError;
 use crate::{
     client::client_id,
+    config::AuthorityConfigFile,
+    identity::load_or_create_identity,
     mailbox::{MailboxFetcher, mailbox_behaviour},
     measure::{MeasureConfig, MeasureStats, MeasuredNetwork, Measurer, NodeReport},
     runtime::{SwarmError, build_swarm},
@@ -278,5 +284,81 @@ impl MeasureDriver {
             "measurer: measurements for the vote"
         );
         NodeReport::to_measurements(&reports)
+    }
+}
+
+/// The measurer as the authority's driver runs it: it probes the consensus in force, and hands
+/// its measurements to the core once per vote, when the vote is due.
+#[derive(Debug)]
+pub(super) struct Measuring {
+    driver: MeasureDriver,
+    pinned: PinnedAuthorities,
+    schedule: EpochSchedule,
+    /// The vote (by its due time) whose measurements were handed in.
+    measured_for: Option<u64>,
+}
+
+impl Measuring {
+    /// The measurer, if the network parameters ask for measurement (its identity is read from
+    /// or created in `measure-identity`).
+    pub(super) fn start(
+        config: &AuthorityConfigFile,
+        pinned: PinnedAuthorities,
+        now: Instant,
+    ) -> Result<Option<Self>, AuthorityNodeError> {
+        let Some(measure_config) =
+            MeasureConfig::from_parameters(&config.parameters, config.schedule.period_ms())
+        else {
+            return Ok(None);
+        };
+        let identity = load_or_create_identity(&config.data_dir.join("measure-identity"))?;
+        info!(measurer = %identity.public().to_peer_id(), "health measurement on");
+        Ok(Some(Measuring {
+            driver: MeasureDriver::start(identity, measure_config, now)?,
+            pinned,
+            schedule: config.schedule,
+            measured_for: None,
+        }))
+    }
+
+    /// One turn, before the core's: installs the consensus in force once the core holds it,
+    /// hands the measurements in when the vote is due (once per vote), sends what is due.
+    pub(super) fn turn(&mut self, authority: &mut Authority, now: Now) {
+        let epoch = self.schedule.epoch_at(now.unix_ms);
+        if self.driver.installed() != Some(epoch)
+            && let Some(signed) = authority.consensus(Some(epoch))
+            && let Ok(verified) =
+                verify_signed_consensus(signed.clone(), &self.pinned, now.unix_ms, Some(epoch))
+        {
+            self.driver.install(&verified, now.mono);
+        }
+        if let Some(due) = authority.vote_due_ms()
+            && now.unix_ms >= due
+            && self.measured_for != Some(due)
+        {
+            authority.set_measurements(self.driver.measurements(now.mono));
+            self.measured_for = Some(due);
+        }
+        self.driver.handle_timeout(now.mono);
+    }
+
+    /// When [`Measuring::turn`] next has work.
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.driver.poll_timeout()
+    }
+
+    /// Takes one event of the measurer's swarm.
+    pub(super) fn handle_event(&mut self, event: SwarmEvent<MeasureBehaviourEvent>, now: Instant) {
+        self.driver.handle_event(event, now);
+    }
+}
+
+/// The next event of the measurer's swarm, or never without one (for `tokio::select!`).
+pub(super) async fn next_measure_event(
+    measuring: &mut Option<Measuring>,
+) -> SwarmEvent<MeasureBehaviourEvent> {
+    match measuring {
+        Some(m) => m.driver.next_event().await,
+        None => std::future::pending().await,
     }
 }
