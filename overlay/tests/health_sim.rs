@@ -18,8 +18,8 @@ use std::{
 use libp2p::{PeerId, identity::Keypair};
 use p2pmix::{
     bootstrap::{
-        Authority, AuthorityConfig, EpochSchedule, Phase, PinnedAuthorities, default_parameters,
-        sign_descriptor, verify_signed_consensus,
+        Authority, AuthorityConfig, EpochSchedule, Phase, PinnedAuthorities, sign_descriptor,
+        test_network_parameters, verify_signed_consensus,
     },
     measure::{MeasureConfig, MeasuredNetwork, Measurer, NodeReport},
     sphinx::{
@@ -329,7 +329,7 @@ fn parameters() -> NetworkParameters {
         mean_delay_us: 20_000,
         health_probes_per_node: 500,
         health_min_probes: 50,
-        ..default_parameters()
+        ..test_network_parameters()
     }
 }
 

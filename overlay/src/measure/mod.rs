@@ -4,8 +4,9 @@
 //! registered as a client at every gateway). It sends Sphinx packets built exactly like a
 //! client's loop cover: a route chosen the way clients choose routes (its gateway, one mix per
 //! layer, back to the same gateway), the consensus's exponential delay at every mix, an empty
-//! payload addressed to its own mailbox, sent at the times of a Poisson process; so a mix cannot
-//! tell them from loop cover (`overlay/tests/health_sim.rs` compares what a mix sees of both).
+//! payload addressed to its own mailbox, sent at the times of a Poisson process, so that a mix
+//! should not tell them from loop cover. Not yet a tested claim: the test comparing what a mix
+//! sees of both (the simulator records it, `RelayActor::record_view`) is still to be written.
 //! From what comes back it scores every node: its delivery relative to its layer and the delay
 //! it adds beyond what the headers asked ([`score`]). The scores go into the authority's vote;
 //! the consensus takes their median over the authorities and leaves out nodes below the
