@@ -42,7 +42,7 @@ pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfi
 pub use sphinx::{
     create::{Hop, build_packet},
     delay::sample_exponential,
-    error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError},
+    error::{BuildError, GeometryError, OpenError, SurbError, SurbKeysError, UnwrapError},
     geometry::{
         ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
     },
@@ -51,7 +51,7 @@ pub use sphinx::{
     peel::{Processed, body, open_payload, unwrap_packet},
     replay::{ReplayCache, ReplayConfig},
     routing::{ClientId, Delay, Destination, Label, NodeId},
-    surb::{Surb, SurbKeys, create_surb},
+    surb::{SURB_KEYS_VERSION, Surb, SurbKeys, create_surb},
 };
 
 /// Version of the packet format; part of [`Geometry::id`]. Every key-derivation context string
