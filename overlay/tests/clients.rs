@@ -65,6 +65,7 @@ fn dapp(net: &Net, who: &Identity, gateway: usize) -> Swarm<DApp> {
         gateway_addresses: vec![address],
         authorities,
         client: ClientConfig::default(),
+        store: None,
     };
     build_swarm(who.keypair.clone(), |key| DApp {
         mixnet: client::Behaviour::new(key.public().to_peer_id(), noise, config).unwrap(),

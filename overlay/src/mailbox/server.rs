@@ -354,6 +354,9 @@ mod tests {
                 && let Ok(items) = self.fetcher.handle_response(ctx.mono(), answer)
             {
                 let now = ctx.mono();
+                if let Some(seq) = items.iter().map(|d| d.seq).max() {
+                    self.fetcher.processed(seq);
+                }
                 self.got.extend(items.into_iter().map(|d| (now, d)));
             }
         }
