@@ -132,6 +132,8 @@ pub(super) struct AckTimer {
     pub(super) message: MessageId,
     pub(super) index: u16,
     pub(super) attempt: u32,
+    /// When the attempt left.
+    pub(super) sent: Instant,
 }
 
 /// The mixes of a route (every hop but the two gateways).
@@ -307,6 +309,7 @@ impl ClientCore {
                 message,
                 index,
                 attempt,
+                sent,
                 ..
             } = timer;
             let Some(out) = self.outbound.get(&message) else {
@@ -321,7 +324,7 @@ impl ClientCore {
             }
             // Every mix of the lost round trip counts one loss.
             let route = out.routes.get(i).cloned().unwrap_or_default();
-            self.health.record(now, &route, false);
+            self.health.record(now, &route, false, sent);
             if attempt >= self.config.max_attempts || now >= out_deadline {
                 self.outbound.remove(&message);
                 self.acks.retain(|a| a.message != message);
@@ -503,6 +506,7 @@ impl ClientCore {
             message,
             index,
             attempt,
+            sent: now,
         }));
         Some(packet)
     }
@@ -538,6 +542,7 @@ impl ClientCore {
             message,
             index,
             attempt,
+            sent: now,
         }));
         true
     }
@@ -595,7 +600,7 @@ impl ClientCore {
         }
         // The round trip worked: each of its mixes counts one success.
         let route = out.routes.get(index as usize).cloned().unwrap_or_default();
-        self.health.record(now, &route, true);
+        self.health.record(now, &route, true, sent.unwrap_or(now));
         let Some(out) = self.outbound.get_mut(&message) else {
             return;
         };

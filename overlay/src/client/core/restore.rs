@@ -102,6 +102,7 @@ impl ClientCore {
                             message,
                             index: index as u16,
                             attempt: 0,
+                            sent: now,
                         }));
                     }
                 }
