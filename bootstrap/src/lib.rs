@@ -7,7 +7,8 @@
 //! deterministically ([`compute_consensus`]) and sign its digest; a consensus counts only with
 //! signatures of more than half of the pinned keys ([`verify_consensus`]).
 //!
-//! Everything here is sans-IO: time is passed in as milliseconds since the UNIX epoch and
+//! Everything here is sans-IO: time is passed in (the [`Authority`] takes a [`Now`], one reading
+//! of both clocks; the rules and [`verify_consensus`] take milliseconds since the UNIX epoch) and
 //! randomness as a `rand_core::CryptoRng`. Rules and the canonical encoding: `docs/consensus.md`.
 
 mod authorities;

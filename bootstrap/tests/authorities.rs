@@ -47,11 +47,7 @@ fn three_and_five_authorities_sign_identical_documents() {
             "gateways in 0, balanced mix layers"
         );
         // What nodes and clients check: every signature, at a time inside the window.
-        let signed = sim.authorities[0]
-            .as_ref()
-            .unwrap()
-            .consensus(Some(2))
-            .unwrap();
+        let signed = sim.authority(0).consensus(Some(2)).unwrap();
         let verified = verify_consensus(
             &signed.encode_to_vec(),
             &sim.pinned,
@@ -60,12 +56,13 @@ fn three_and_five_authorities_sign_identical_documents() {
         )
         .unwrap();
         assert_eq!(verified.signed().signatures.len(), n);
-        assert!(sim.events.iter().all(|(_, e)| matches!(
+        let events = sim.events();
+        assert!(events.iter().all(|(_, e)| matches!(
             e,
             Event::Published { epoch: 2, .. } | Event::SignaturesAdded { epoch: 2, .. }
         )));
         assert_eq!(
-            sim.events
+            events
                 .iter()
                 .filter(|(_, e)| matches!(e, Event::Published { .. }))
                 .count(),
@@ -95,14 +92,10 @@ proptest! {
 #[test]
 fn one_of_three_down_still_produces_a_consensus() {
     let mut sim = Sim::default(3, schedule().start_of(1));
-    sim.authorities[2] = None;
+    sim.stop(2);
     one_round(&mut sim, 2, 6);
     let bytes = agreed(&sim, 2);
-    let signed = sim.authorities[0]
-        .as_ref()
-        .unwrap()
-        .consensus(Some(2))
-        .unwrap();
+    let signed = sim.authority(0).consensus(Some(2)).unwrap();
     assert_eq!(signed.signatures.len(), 2);
     assert_eq!(Consensus::decode(&bytes[..]).unwrap().voters.len(), 2);
     verify_consensus(
@@ -125,23 +118,18 @@ fn two_of_three_down_produces_none_and_says_why_and_the_last_one_serves_until_it
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 2, 6);
     agreed(&sim, 2);
-    let last = sim.authorities[0]
-        .as_ref()
-        .unwrap()
-        .consensus(None)
-        .unwrap()
-        .clone();
+    let last = sim.authority(0).consensus(None).unwrap().clone();
 
-    sim.authorities[1] = None;
-    sim.authorities[2] = None;
-    sim.events.clear();
+    sim.stop(1);
+    sim.stop(2);
+    sim.clear_events();
     let ns = nodes(2, 6);
     sim.upload(&ns, 3);
     sim.run_until(schedule().start_of(3));
-    let survivor = sim.authorities[0].as_ref().unwrap();
+    let survivor = sim.authority(0);
     assert!(survivor.consensus(Some(3)).is_none());
     assert!(
-        sim.events.iter().any(|(_, e)| matches!(
+        sim.events().iter().any(|(_, e)| matches!(
             e,
             Event::Failed {
                 epoch: 3,
@@ -149,7 +137,7 @@ fn two_of_three_down_produces_none_and_says_why_and_the_last_one_serves_until_it
             }
         )),
         "{:?}",
-        sim.events
+        sim.events()
     );
     // The last valid consensus is still served and still verifies during epoch 3...
     assert_eq!(survivor.consensus(None), Some(&last));
@@ -175,18 +163,14 @@ fn an_authority_restarted_mid_epoch_resumes_and_signs() {
     sim.upload(&ns, 2);
     // Past the votes and reveals, before computing.
     sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Reveal) + 1);
-    let state = sim.authorities[1].as_ref().unwrap().state().encode_to_vec();
-    sim.authorities[1] = None;
+    let state = sim.authority(1).state().encode_to_vec();
+    sim.stop(1);
     let decoded = p2pmix_proto::v1::AuthorityState::decode(&state[..]).unwrap();
-    sim.authorities[1] = Some(Authority::restore(sim.config(1), &decoded, sim.now));
-    assert_eq!(sim.authorities[1].as_ref().unwrap().descriptor_count(), 8);
+    sim.start(1, Authority::restore(sim.config(1), &decoded, sim.now()));
+    assert_eq!(sim.authority(1).descriptor_count(), 8);
     sim.run_until(schedule().start_of(2));
     let bytes = agreed(&sim, 2);
-    let signed = sim.authorities[1]
-        .as_ref()
-        .unwrap()
-        .consensus(Some(2))
-        .unwrap();
+    let signed = sim.authority(1).consensus(Some(2)).unwrap();
     assert_eq!(signed.consensus, bytes);
     assert_eq!(
         signed.signatures.len(),
@@ -236,35 +220,20 @@ fn layers_stay_stable_for_nodes_that_stay() {
 
 #[test]
 fn replayed_old_signatures_do_not_block_a_round() {
-    use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+    use p2pmix_proto::v1::directory_request::Request;
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 1, 3);
-    let old = sim.authorities[0]
-        .as_ref()
-        .unwrap()
-        .consensus(Some(2))
-        .unwrap()
-        .clone();
+    let old = sim.authority(0).consensus(Some(2)).unwrap().clone();
     // Round 3: anyone replays epoch 2's signatures before the authorities sign.
     sim.upload(&nodes(1, 3), 3);
-    let now = sim.now;
-    for a in sim.authorities.iter_mut().flatten() {
+    for i in 0..3 {
         for s in &old.signatures {
-            let _ = a.handle_request(
-                now,
-                DirectoryRequest {
-                    request: Some(Request::Signature(s.clone())),
-                },
-            );
+            let _ = sim.request(i, Request::Signature(s.clone()));
         }
     }
     sim.run_until(schedule().start_of(3));
     agreed(&sim, 3);
-    let signed = sim.authorities[0]
-        .as_ref()
-        .unwrap()
-        .consensus(Some(3))
-        .unwrap();
+    let signed = sim.authority(0).consensus(Some(3)).unwrap();
     verify_consensus(
         &signed.encode_to_vec(),
         &sim.pinned,
@@ -279,8 +248,8 @@ fn replayed_old_signatures_do_not_block_a_round() {
 fn a_restart_after_publishing_keeps_the_document_valid() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 1, 3);
-    let state = sim.authorities[0].as_ref().unwrap().state();
-    let restored = Authority::restore(sim.config(0), &state, sim.now);
+    let state = sim.authority(0).state();
+    let restored = Authority::restore(sim.config(0), &state, sim.now());
     let signed = restored.consensus(Some(2)).unwrap();
     verify_consensus(
         &signed.encode_to_vec(),
@@ -294,30 +263,20 @@ fn a_restart_after_publishing_keeps_the_document_valid() {
 #[test]
 fn an_equivocating_authority_is_left_out_by_everyone() {
     use p2pmix_bootstrap::{build_vote, commitment};
-    use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+    use p2pmix_proto::v1::directory_request::Request;
     let mut sim = Sim::default(3, schedule().start_of(1));
     sim.upload(&nodes(1, 3), 2);
     // Authority 2 is the equivocator: it never runs its own clock, and sends one vote to
     // authority 0 and a different one to authority 1.
-    let liar = sim.authorities[2].take().unwrap();
+    let liar = sim.stop(2).unwrap();
     drop(liar);
     let key = sim.keys[2].clone();
     let me = key.public().encode_protobuf();
     sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Vote) + 1);
-    let now = sim.now;
     let a = build_vote(&key, 2, [], commitment(2, &me, &[1; 32]), None).unwrap();
     let b = build_vote(&key, 2, [], commitment(2, &me, &[2; 32]), None).unwrap();
     for (target, vote) in [(0, a), (1, b)] {
-        sim.authorities[target]
-            .as_mut()
-            .unwrap()
-            .handle_request(
-                now,
-                DirectoryRequest {
-                    request: Some(Request::Vote(vote)),
-                },
-            )
-            .unwrap();
+        sim.request(target, Request::Vote(vote)).unwrap();
     }
     sim.run_until(schedule().start_of(2));
     let bytes = agreed(&sim, 2);
@@ -333,17 +292,20 @@ fn an_equivocating_authority_is_left_out_by_everyone() {
 #[test]
 fn a_failed_round_does_not_spin() {
     let mut sim = Sim::default(3, schedule().start_of(1));
-    sim.authorities[1] = None;
-    sim.authorities[2] = None;
+    sim.stop(1);
+    sim.stop(2);
     sim.run_until(schedule().phase_start(1, p2pmix_bootstrap::Phase::Publish) + 10);
-    let a = sim.authorities[0].as_ref().unwrap();
-    assert!(a.poll_timeout() > sim.now, "next wake-up is in the future");
+    let a = sim.authority(0);
+    assert!(
+        a.poll_timeout() > Some(sim.now().mono),
+        "next wake-up is in the future"
+    );
 }
 
 #[test]
 fn an_early_non_matching_reveal_does_not_change_the_document() {
     use p2pmix_bootstrap::build_reveal;
-    use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+    use p2pmix_proto::v1::directory_request::Request;
     let mut reference = Sim::default(3, schedule().start_of(1));
     one_round(&mut reference, 1, 3);
     let expected = agreed(&reference, 2);
@@ -352,17 +314,7 @@ fn an_early_non_matching_reveal_does_not_change_the_document() {
     // does not match authority 1's commitment (sent before the votes).
     let mut sim = Sim::default(3, schedule().start_of(1));
     let bogus = build_reveal(&sim.keys[1], 2, [0xee; 32]).unwrap();
-    let now = sim.now;
-    sim.authorities[0]
-        .as_mut()
-        .unwrap()
-        .handle_request(
-            now,
-            DirectoryRequest {
-                request: Some(Request::Reveal(bogus)),
-            },
-        )
-        .unwrap();
+    sim.request(0, Request::Reveal(bogus)).unwrap();
     one_round(&mut sim, 1, 3);
     assert_eq!(agreed(&sim, 2), expected);
 }
@@ -372,14 +324,14 @@ fn an_authority_missing_the_agreed_previous_consensus_sits_out_and_says_why() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 1, 3);
     // Authority 0 loses its documents (say, a disk replaced) but keeps running.
-    let mut state = sim.authorities[0].as_ref().unwrap().state();
+    let mut state = sim.authority(0).state();
     state.consensuses.clear();
-    sim.authorities[0] = Some(Authority::restore(sim.config(0), &state, sim.now));
-    sim.events.clear();
+    sim.start(0, Authority::restore(sim.config(0), &state, sim.now()));
+    sim.clear_events();
     sim.upload(&nodes(1, 3), 3);
     sim.run_until(schedule().start_of(3));
     assert!(
-        sim.events.iter().any(|(i, e)| *i == 0
+        sim.events().iter().any(|(i, e)| *i == 0
             && matches!(
                 e,
                 Event::Failed {
@@ -388,10 +340,61 @@ fn an_authority_missing_the_agreed_previous_consensus_sits_out_and_says_why() {
                 }
             )),
         "{:?}",
-        sim.events
+        sim.events()
     );
     // The other two still agree and publish, with the layers of the agreed previous document.
     let docs = sim.documents(3);
     assert!(docs[0].is_none());
     assert!(docs[1].is_some() && docs[1] == docs[2]);
+}
+
+#[test]
+fn nodes_upload_over_the_network_and_fetch_what_was_published() {
+    use p2pmix_proto::v1::{
+        DirectoryRequest, GetConsensus, RefusalCode, directory_request::Request,
+        directory_response::Response,
+    };
+    use p2pmix_sim::authority::AuthorityMessage;
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    let node = sim.add_client();
+    let send = |sim: &mut Sim, to: usize, request: Request| {
+        let to = sim.ids[to];
+        let request = DirectoryRequest {
+            request: Some(request),
+        };
+        sim.net.send(node, to, AuthorityMessage::Request(request));
+    };
+    let ns = nodes(1, 3);
+    for n in &ns {
+        for i in 0..3 {
+            send(&mut sim, i, Request::Descriptor(n.signed(2)));
+        }
+    }
+    // The same descriptor again: refused, with the code a node acts on.
+    send(&mut sim, 0, Request::Descriptor(ns[0].signed(2)));
+    sim.run_until(schedule().start_of(2));
+    let answers = &sim.net.actor::<common::Client>(node).answers;
+    assert_eq!(answers.len(), 13, "every upload is answered");
+    let accepted = answers
+        .iter()
+        .filter(|(_, r)| matches!(r.response, Some(Response::Accepted(_))))
+        .count();
+    assert_eq!(accepted, 12);
+    assert!(answers.iter().any(|(from, r)| *from == sim.ids[0]
+        && matches!(&r.response, Some(Response::Refused(x)) if x.code == RefusalCode::Duplicate as i32)));
+    let published = agreed(&sim, 2);
+    assert_eq!(Consensus::decode(&published[..]).unwrap().nodes.len(), 4);
+
+    // Anyone fetches the newest document from any authority.
+    send(
+        &mut sim,
+        2,
+        Request::GetConsensus(GetConsensus { epoch: 0 }),
+    );
+    sim.deliver();
+    let answers = &sim.net.actor::<common::Client>(node).answers;
+    match &answers.last().expect("answered").1.response {
+        Some(Response::Consensus(c)) => assert_eq!(c.consensus, published),
+        other => panic!("{other:?}"),
+    }
 }

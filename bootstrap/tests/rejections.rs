@@ -10,19 +10,13 @@ use p2pmix_bootstrap::{
     sign_descriptor, verify_consensus,
 };
 use p2pmix_proto::v1::{
-    ConsensusSignature, DirectoryRequest, EpochKey, NodeDescriptor, Role, SignedConsensus,
-    SignedDescriptor, directory_request::Request,
+    ConsensusSignature, EpochKey, NodeDescriptor, Role, SignedConsensus, SignedDescriptor,
+    directory_request::Request,
 };
 use prost::Message;
 
 fn upload(sim: &mut Sim, signed: SignedDescriptor) -> Result<(), Rejection> {
-    let now = sim.now;
-    sim.authorities[0].as_mut().unwrap().handle_request(
-        now,
-        DirectoryRequest {
-            request: Some(Request::Descriptor(signed)),
-        },
-    )
+    sim.request(0, Request::Descriptor(signed))
 }
 
 fn resign(node: &Node, d: &NodeDescriptor) -> SignedDescriptor {
@@ -109,13 +103,13 @@ fn each_descriptor_defect_is_refused_with_its_reason_and_counted() {
     );
     // After the descriptor deadline: late.
     let late_node = Node::new(2, Role::Gateway);
-    sim.now = schedule().phase_start(1, Phase::Vote);
+    sim.run_until(schedule().phase_start(1, Phase::Vote));
     assert_eq!(
         upload(&mut sim, late_node.signed(2)),
         Err(Rejection::Descriptor(DescriptorError::Late))
     );
 
-    let counts = sim.authorities[0].as_ref().unwrap().rejections().clone();
+    let counts = sim.authority(0).rejections().clone();
     for reason in [
         "descriptor_bad_signature",
         "descriptor_wrong_epoch",
@@ -142,12 +136,7 @@ fn valid() -> (Sim, SignedConsensus) {
     let mut sim = Sim::default(3, schedule().start_of(1));
     sim.upload(&nodes(2, 6), 2);
     sim.run_until(schedule().start_of(2));
-    let signed = sim.authorities[0]
-        .as_ref()
-        .unwrap()
-        .consensus(Some(2))
-        .unwrap()
-        .clone();
+    let signed = sim.authority(0).consensus(Some(2)).unwrap().clone();
     (sim, signed)
 }
 
@@ -241,40 +230,29 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     let stranger = keypair(31337);
     let vote = build_vote(&stranger, 2, [], commitment(2, &[], &[0; 32]), None).unwrap();
-    let now = sim.now;
-    let a = sim.authorities[0].as_mut().unwrap();
-    let send = |a: &mut p2pmix_bootstrap::Authority, v| {
-        a.handle_request(
-            now,
-            DirectoryRequest {
-                request: Some(Request::Vote(v)),
-            },
-        )
-    };
+    let key = sim.keys[1].clone();
+    let mut send = |v| sim.request(0, Request::Vote(v));
     assert_eq!(
-        send(a, vote),
+        send(vote),
         Err(Rejection::Vote(VoteError::UnknownAuthority))
     );
-    let mut forged = build_vote(&sim.keys[1], 2, [], [0; 32], None).unwrap();
+    let mut forged = build_vote(&key, 2, [], [0; 32], None).unwrap();
     forged.signature[0] ^= 1;
+    assert_eq!(send(forged), Err(Rejection::Vote(VoteError::BadSignature)));
+    let wrong = build_vote(&key, 5, [], [0; 32], None).unwrap();
     assert_eq!(
-        send(a, forged),
-        Err(Rejection::Vote(VoteError::BadSignature))
-    );
-    let wrong = build_vote(&sim.keys[1], 5, [], [0; 32], None).unwrap();
-    assert_eq!(
-        send(a, wrong),
+        send(wrong),
         Err(Rejection::Vote(VoteError::WrongEpoch {
             got: 5,
             expected: 2
         }))
     );
-    let honest = build_vote(&sim.keys[1], 2, [], [0; 32], None).unwrap();
-    send(a, honest.clone()).unwrap();
-    send(a, honest).unwrap(); // the same vote relayed again is fine
-    let equivocation = build_vote(&sim.keys[1], 2, [], [1; 32], None).unwrap();
+    let honest = build_vote(&key, 2, [], [0; 32], None).unwrap();
+    send(honest.clone()).unwrap();
+    send(honest).unwrap(); // the same vote relayed again is fine
+    let equivocation = build_vote(&key, 2, [], [1; 32], None).unwrap();
     assert_eq!(
-        send(a, equivocation),
+        send(equivocation),
         Err(Rejection::Vote(VoteError::Duplicate))
     );
 }

@@ -3,7 +3,8 @@
 //! ```toml
 //! # authorities.toml: the root of trust every node and client ships with
 //! [[authority]]
-//! public_key = "08011220…"            # hex of the libp2p protobuf public key (`p2pmix keygen`)
+//! public_key = "12D3KooW…"            # the authority's peer id, or the hex of its libp2p
+//!                                     # protobuf public key (both printed by `p2pmix keygen`)
 //! addresses = ["/ip4/127.0.0.1/tcp/4001"]
 //! ```
 //!
@@ -122,6 +123,25 @@ pub struct Authorities {
     pub schedule: Option<EpochSchedule>,
 }
 
+/// An authority's key as people have it: its peer id (`12D3KooW…`, which embeds an ed25519 key)
+/// or the hex of the libp2p protobuf public key (what `p2pmix keygen` prints).
+fn parse_authority_key(text: &str) -> Result<PublicKey, String> {
+    let text = text.trim();
+    if let Ok(peer) = text.parse::<PeerId>() {
+        // An identity multihash carries the protobuf public key itself; a hashed one (keys
+        // longer than 42 bytes, such as RSA) does not, and authorities use ed25519.
+        let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+        if multihash.code() != 0 {
+            return Err("is a peer id that does not contain its key (use the hex key)".into());
+        }
+        return PublicKey::try_decode_protobuf(multihash.digest())
+            .map_err(|_| "is a peer id whose key does not decode".into());
+    }
+    let bytes = hex::decode(text)
+        .map_err(|_| "is neither a peer id (12D3KooW…) nor hex of a public key".to_string())?;
+    PublicKey::try_decode_protobuf(&bytes).map_err(|_| "is not a libp2p public key".into())
+}
+
 impl Authorities {
     /// Reads and checks an authorities file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -135,13 +155,8 @@ impl Authorities {
         }
         let mut entries = Vec::new();
         for (i, entry) in file.authority.iter().enumerate() {
-            let bytes = hex::decode(entry.public_key.trim())
-                .map_err(|e| invalid(format!("authority {i}: public_key is not hex: {e}")))?;
-            let public_key = PublicKey::try_decode_protobuf(&bytes).map_err(|_| {
-                invalid(format!(
-                    "authority {i}: public_key is not a libp2p public key"
-                ))
-            })?;
+            let public_key = parse_authority_key(&entry.public_key)
+                .map_err(|why| invalid(format!("authority {i}: public_key {why}")))?;
             let addresses = entry
                 .addresses
                 .iter()
@@ -482,5 +497,50 @@ impl NodeConfig {
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use libp2p::identity::Keypair;
+
+    use super::*;
+
+    fn load(text: &str) -> Result<Authorities, ConfigError> {
+        let dir = std::env::temp_dir().join(format!(
+            "p2pmix-config-{}-{}",
+            std::process::id(),
+            blake3::hash(text.as_bytes()).to_hex()
+        ));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("authorities.toml");
+        fs::write(&path, text).unwrap();
+        let loaded = Authorities::load(&path);
+        let _ = fs::remove_dir_all(&dir);
+        loaded
+    }
+
+    #[test]
+    fn an_authority_key_may_be_given_as_its_peer_id_or_as_hex() {
+        let key = Keypair::generate_ed25519().public();
+        let by_peer = load(&format!(
+            "[[authority]]\npublic_key = \"{}\"\n",
+            key.to_peer_id()
+        ))
+        .unwrap();
+        let by_hex = load(&format!(
+            "[[authority]]\npublic_key = \"{}\"\n",
+            hex::encode(key.encode_protobuf())
+        ))
+        .unwrap();
+        assert_eq!(by_peer.entries[0].public_key, key);
+        assert_eq!(by_hex.entries[0].public_key, key);
+        for (text, why) in [
+            ("not-a-key", "neither a peer id"),
+            ("12D3KooWnope", "whose key does not decode"),
+        ] {
+            let err = load(&format!("[[authority]]\npublic_key = \"{text}\"\n")).unwrap_err();
+            assert!(err.to_string().contains(why), "{err}");
+        }
     }
 }

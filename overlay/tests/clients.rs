@@ -327,3 +327,40 @@ fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
         assert_eq!(received, 1);
     });
 }
+
+#[test]
+fn a_mistyped_address_is_refused_before_anything_is_sent() {
+    let scratch = common::Scratch::new("typo");
+    let to = Address {
+        gateway: PeerId::random(),
+        client: client::client_id(&PeerId::random()),
+        noise_key: [7; 32],
+    }
+    .to_string();
+    // One character changed in the middle (to another of the alphabet).
+    let mut typo = to.into_bytes();
+    let i = typo.len() / 2;
+    typo[i] = if typo[i] == b'q' { b'p' } else { b'q' };
+    let typo = String::from_utf8(typo).unwrap();
+    let data_dir = scratch.0.join("sender");
+    let out = std::process::Command::new(common::BIN)
+        .args(["client", "send", "--data-dir"])
+        .arg(&data_dir)
+        .args([
+            "--gateway",
+            "/ip4/127.0.0.1/tcp/1/p2p/12D3KooWRBhwfeP2Y4TCx1SM6s9rUoHhR5STiGwxBhgFRcw3UERE",
+        ])
+        .args(["--to", &typo, "--message", "hello"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&format!("check character {}", i + 1)),
+        "the error names the character: {stderr}"
+    );
+    assert!(
+        !data_dir.exists(),
+        "nothing was done: no data directory, no key, no dial"
+    );
+}

@@ -14,6 +14,7 @@
 //! the cores of the `p2pmix` crate get theirs beside their tests (this crate cannot depend on it
 //! without a dependency cycle).
 
+pub mod authority;
 pub mod mix;
 
 use std::{
@@ -134,6 +135,9 @@ pub const MAX_STEPS: u64 = 10_000_000;
 
 /// The simulator. See the crate documentation.
 pub struct Sim<M> {
+    /// When the simulation began: the wall clock is derived from it, never accumulated step by
+    /// step (which would drop the sub-millisecond part of every step and stall it).
+    start: Now,
     now: Now,
     rng: ChaCha20Rng,
     actors: Vec<Option<Box<dyn Actor<M>>>>,
@@ -170,8 +174,10 @@ impl<M: 'static> Sim<M> {
 
     /// An empty simulation whose wall clock starts at `unix_ms`.
     pub fn starting_at(seed: u64, unix_ms: u64) -> Self {
+        let start = Now::new(Instant::now(), unix_ms);
         Sim {
-            now: Now::new(Instant::now(), unix_ms),
+            start,
+            now: start,
             rng: rng(seed),
             actors: Vec::new(),
             down: HashSet::new(),
@@ -375,7 +381,7 @@ impl<M: 'static> Sim<M> {
 
     fn advance_to(&mut self, at: Instant) {
         if at > self.now.mono {
-            self.now = self.now.later(at - self.now.mono);
+            self.now = Now::new(at, self.start.later(at - self.start.mono).unix_ms);
         }
     }
 

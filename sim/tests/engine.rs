@@ -125,6 +125,28 @@ fn jitter_reorders_and_the_trace_shows_every_crossing() {
     assert!(sim.crossings().iter().all(|c| c.from == a && c.to == b));
 }
 
+#[test]
+fn the_wall_clock_keeps_pace_through_many_short_steps() {
+    let mut sim = Sim::new(5);
+    sim.set_default_link(Link {
+        latency: Duration::from_micros(300),
+        jitter: Duration::from_micros(200),
+        loss: 0.0,
+    });
+    let a = sim.add(counter(&sim));
+    let b = sim.add(counter(&sim));
+    let start = sim.now();
+    // A ping-pong of sub-millisecond steps: 10 round trips take about 8 ms.
+    sim.send(a, b, 0);
+    sim.run_for(Duration::from_secs(2));
+    let elapsed = sim.now().mono - start.mono;
+    assert_eq!(
+        sim.now().unix_ms - start.unix_ms,
+        elapsed.as_millis() as u64
+    );
+    assert_eq!(sim.now().unix_ms - start.unix_ms, 2_000);
+}
+
 /// A timer that stays due would spin forever at one instant.
 struct Stuck;
 impl Actor<u32> for Stuck {

@@ -2,10 +2,12 @@
 //! then its clock run through a whole epoch: never a panic.
 #![no_main]
 
+use std::time::{Duration, Instant};
+
 use libfuzzer_sys::fuzz_target;
 use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{
-    Authority, AuthorityConfig, EpochSchedule, PinnedAuthorities, default_parameters,
+    Authority, AuthorityConfig, EpochSchedule, Now, PinnedAuthorities, default_parameters,
 };
 use p2pmix_proto::v1::DirectoryRequest;
 use prost::Message;
@@ -16,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));
     let schedule = EpochSchedule::new(0, 8_000);
+    let start = Now::new(Instant::now(), 100);
+    let at = |ms: u64| start.later(Duration::from_millis(ms - 100));
     let mut authority = Authority::new(
         AuthorityConfig {
             keypair: keys[0].clone(),
@@ -23,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
             schedule,
             parameters: default_parameters(),
         },
-        100,
+        start,
     );
     // The input is a sequence of length-prefixed requests.
     let mut rest = data;
@@ -33,13 +37,13 @@ fuzz_target!(|data: &[u8]| {
         let (message, next) = tail.split_at(len);
         rest = next;
         if let Ok(request) = DirectoryRequest::decode(message) {
-            let _ = authority.handle_request(now, request);
+            let _ = authority.handle_request(at(now), request);
         }
         now += 500;
     }
     let mut rng = rand_core_compat::Counter(0);
     for t in (now..16_000).step_by(1_000) {
-        authority.handle_timeout(t, &mut rng);
+        authority.handle_timeout(at(t), &mut rng);
         while authority.poll_transmit().is_some() {}
         while authority.poll_event().is_some() {}
     }

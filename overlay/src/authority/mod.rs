@@ -12,7 +12,7 @@ use futures::StreamExt;
 use libp2p::{
     Multiaddr, PeerId, Swarm, identify, identity::Keypair, request_response, swarm::SwarmEvent,
 };
-use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, directory_behaviour};
+use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, Now, directory_behaviour};
 use p2pmix_proto::v1::{
     Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, directory_request::Request,
     directory_response::Response,
@@ -27,7 +27,7 @@ use crate::{
     runtime::{
         ListenError, SwarmError, build_swarm,
         files::{FileError, create_dir, write_atomic},
-        listen_on_all, unix_ms,
+        listen_on_all,
     },
 };
 
@@ -85,7 +85,7 @@ pub async fn run_authority(
         schedule: config.schedule,
         parameters: config.parameters,
     };
-    let now = unix_ms();
+    let now = Now::system();
     let mut authority = match std::fs::read(&state_path) {
         Ok(bytes) => match AuthorityState::decode(&bytes[..]) {
             Ok(state) => {
@@ -130,7 +130,8 @@ pub async fn run_authority(
     let mut redial = tokio::time::interval(Duration::from_secs(2));
     tokio::pin!(shutdown);
     loop {
-        authority.handle_timeout(unix_ms(), &mut rng);
+        let now = Now::system();
+        authority.handle_timeout(now, &mut rng);
         flush(
             &mut authority,
             &mut swarm,
@@ -138,17 +139,15 @@ pub async fn run_authority(
             &config.data_dir,
             &state_path,
         )?;
-        let wait = authority
-            .poll_timeout()
-            .saturating_sub(unix_ms())
-            .min(60_000);
+        let latest = now.mono + Duration::from_secs(60);
+        let wake = authority.poll_timeout().map_or(latest, |at| at.min(latest));
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
                 write_atomic(&state_path, &authority.state().encode_to_vec())?;
                 return Ok(());
             }
-            _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
             _ = redial.tick() => {
                 for peer in &peers {
                     if !swarm.is_connected(peer) && (known.contains_key(peer) || config.authorities.entries.iter().any(|e| e.peer_id == *peer && !e.addresses.is_empty())) {
@@ -174,7 +173,8 @@ pub async fn run_authority(
                     message: request_response::Message::Request { request, channel, .. },
                     ..
                 })) => {
-                    let response = answer(&mut authority, peer, request);
+                    // Read after the wait: the request is judged at the time it arrived.
+                    let response = answer(&mut authority, Now::system(), peer, request);
                     if matches!(response.response, Some(Response::Accepted(_))) {
                         write_atomic(&state_path, &authority.state().encode_to_vec())?;
                     }
@@ -192,7 +192,12 @@ pub async fn run_authority(
 }
 
 /// Answers one directory request.
-fn answer(authority: &mut Authority, peer: PeerId, request: DirectoryRequest) -> DirectoryResponse {
+fn answer(
+    authority: &mut Authority,
+    now: Now,
+    peer: PeerId,
+    request: DirectoryRequest,
+) -> DirectoryResponse {
     let response = match request.request {
         Some(Request::GetConsensus(get)) => {
             let epoch = (get.epoch != 0).then_some(get.epoch);
@@ -201,7 +206,7 @@ fn answer(authority: &mut Authority, peer: PeerId, request: DirectoryRequest) ->
                 None => not_held(),
             }
         }
-        _ => match authority.handle_request(unix_ms(), request) {
+        _ => match authority.handle_request(now, request) {
             Ok(()) => Response::Accepted(Accepted {}),
             Err(e) => {
                 debug!(%peer, reason = e.reason(), "refused: {e}");

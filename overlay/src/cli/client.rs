@@ -70,7 +70,7 @@ pub(crate) enum ClientCommand {
     Send {
         #[command(flatten)]
         args: ClientArgs,
-        /// The recipient's address (p2pmix1:…).
+        /// The recipient's address (p2pmix1…; a typo is refused before anything is sent).
         #[arg(long)]
         to: String,
         /// The message text.

@@ -61,6 +61,13 @@ struct Retry {
     in_flight: bool,
 }
 
+/// One epoch's fetch: its retries, and which source is asked next.
+#[derive(Debug)]
+struct Fetch {
+    retry: Retry,
+    next_source: usize,
+}
+
 /// The directory client state machine. See the module documentation.
 #[derive(Debug)]
 pub struct DirectoryClient {
@@ -71,8 +78,8 @@ pub struct DirectoryClient {
     peers: BTreeSet<PeerId>,
     /// Per (epoch, authority): the upload's progress; `None` once settled.
     uploads: BTreeMap<(u64, PeerId), Option<Retry>>,
-    /// Per epoch: the fetch's progress and the next source index.
-    fetches: BTreeMap<u64, (Retry, usize)>,
+    /// Per epoch: the fetch's progress.
+    fetches: BTreeMap<u64, Fetch>,
     consensus: BTreeMap<u64, VerifiedConsensus>,
     actions: VecDeque<Action>,
     /// Whether this client uploads a descriptor (nodes) or only fetches (mixnet clients).
@@ -194,14 +201,12 @@ impl DirectoryClient {
             if e == 0 || self.consensus.contains_key(&e) || sources.is_empty() {
                 continue;
             }
-            let (retry, next_source) = self.fetches.entry(e).or_insert_with(|| {
-                (
-                    Retry {
-                        interval: base,
-                        ..Retry::default()
-                    },
-                    0,
-                )
+            let Fetch { retry, next_source } = self.fetches.entry(e).or_insert_with(|| Fetch {
+                retry: Retry {
+                    interval: base,
+                    ..Retry::default()
+                },
+                next_source: 0,
             });
             if !retry.in_flight && retry.next_at <= now_ms {
                 retry.in_flight = true;
@@ -262,7 +267,7 @@ impl DirectoryClient {
                 at = at.min(retry.next_at.max(now_ms + 1));
             }
         }
-        for (retry, _) in self.fetches.values() {
+        for Fetch { retry, .. } in self.fetches.values() {
             if !retry.in_flight {
                 at = at.min(retry.next_at.max(now_ms + 1));
             }
@@ -318,7 +323,7 @@ impl DirectoryClient {
             }
         }
         let (base, max) = (self.base_interval(), self.max_interval());
-        if let Some((retry, _)) = self.fetches.get_mut(&epoch) {
+        if let Some(Fetch { retry, .. }) = self.fetches.get_mut(&epoch) {
             retry.in_flight = false;
             if !self.consensus.contains_key(&epoch) {
                 // The next source is tried at once after a refusal, the same one later.

@@ -11,9 +11,10 @@ use tracing::{debug, info, warn};
 
 use crate::{
     mailbox::{
-        DiskSpool, MailboxBehaviour, MailboxConfig, MailboxServer, MailboxStats, MailboxStore,
-        SpoolOp, server::ServerEvent,
+        DiskSpool, MailboxBehaviour, MailboxConfig, MailboxServer, MailboxStore, SpoolOp,
+        server::ServerEvent,
     },
+    node::gauges::MailboxGauges,
     runtime::files::FileError,
 };
 
@@ -57,14 +58,14 @@ impl Gateway {
     }
 
     /// Registered clients, packets and bytes held, and counters.
-    pub fn snapshot(&self) -> (usize, usize, usize, MailboxStats) {
+    pub fn snapshot(&self) -> MailboxGauges {
         let store = self.server.store();
-        (
-            store.clients(),
-            store.len(),
-            store.bytes(),
-            self.server.stats(),
-        )
+        MailboxGauges {
+            clients: store.clients(),
+            packets: store.len(),
+            bytes: store.bytes(),
+            stats: self.server.stats(),
+        }
     }
 
     /// A client's fetch (its client id comes from the authenticated connection).

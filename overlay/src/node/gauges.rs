@@ -13,6 +13,30 @@ use crate::{
 /// How often the gauges are brought up to date.
 pub const EXPORT_INTERVAL: Duration = Duration::from_millis(250);
 
+/// The consensus in force, as the gauges show it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ConsensusGauges {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Seconds since it became valid.
+    pub age_seconds: f64,
+    /// Whether it admits this node.
+    pub admitted: bool,
+}
+
+/// A gateway's mailboxes, as the gauges show them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MailboxGauges {
+    /// Registered clients.
+    pub clients: usize,
+    /// Packets held.
+    pub packets: usize,
+    /// Bytes held.
+    pub bytes: usize,
+    /// The server's counters.
+    pub stats: MailboxStats,
+}
+
 /// What the node looks like at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Snapshot {
@@ -22,12 +46,12 @@ pub struct Snapshot {
     pub connected_peers: usize,
     /// Peers in the Kademlia routing table.
     pub kad_peers: usize,
-    /// The consensus in force: its epoch, its age in seconds, and whether it admits this node.
-    pub consensus: Option<(u64, f64, bool)>,
+    /// The consensus in force.
+    pub consensus: Option<ConsensusGauges>,
     /// The node's loop cover.
     pub cover: CoverStats,
-    /// A gateway's mailboxes: registered clients, packets and bytes held, and counters.
-    pub mailbox: Option<(usize, usize, usize, MailboxStats)>,
+    /// A gateway's mailboxes.
+    pub mailbox: Option<MailboxGauges>,
 }
 
 /// The export timer. See the module documentation.
@@ -62,16 +86,22 @@ impl Gauges {
         gauge!("p2pmix_connected_peers").set(snapshot.connected_peers as f64);
         gauge!("p2pmix_kad_peers").set(snapshot.kad_peers as f64);
         match snapshot.consensus {
-            Some((epoch, age, admitted)) => {
-                gauge!("p2pmix_consensus_epoch").set(epoch as f64);
-                gauge!("p2pmix_consensus_age_seconds").set(age);
-                gauge!("p2pmix_admitted").set(if admitted { 1.0 } else { 0.0 });
+            Some(c) => {
+                gauge!("p2pmix_consensus_epoch").set(c.epoch as f64);
+                gauge!("p2pmix_consensus_age_seconds").set(c.age_seconds);
+                gauge!("p2pmix_admitted").set(if c.admitted { 1.0 } else { 0.0 });
             }
             None => gauge!("p2pmix_admitted").set(0.0),
         }
         counter!("p2pmix_loop_cover_sent_total").absolute(snapshot.cover.sent);
         counter!("p2pmix_loop_cover_returned_total").absolute(snapshot.cover.returned);
-        if let Some((clients, packets, bytes, stats)) = snapshot.mailbox {
+        if let Some(MailboxGauges {
+            clients,
+            packets,
+            bytes,
+            stats,
+        }) = snapshot.mailbox
+        {
             gauge!("p2pmix_mailbox_clients").set(clients as f64);
             gauge!("p2pmix_mailbox_packets").set(packets as f64);
             gauge!("p2pmix_mailbox_bytes").set(bytes as f64);

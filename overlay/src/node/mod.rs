@@ -58,7 +58,7 @@ use self::{
     bootstrap::BootstrapDialer,
     cover::LoopCover,
     gateway::Gateway,
-    gauges::{Gauges, Snapshot},
+    gauges::{ConsensusGauges, Gauges, Snapshot},
     keys::KeyRotation,
 };
 use crate::{
@@ -219,11 +219,15 @@ impl Node {
             epoch: self.config.schedule.epoch_at(now.unix_ms),
             connected_peers: self.swarm.connected_peers().count(),
             kad_peers,
-            consensus: self.directory.in_force(now.unix_ms).map(|c| {
-                let age = now.unix_ms.saturating_sub(c.consensus().valid_after_ms);
-                let admitted = c.nodes().iter().any(|n| peer_id(n) == Some(me));
-                (c.epoch(), age as f64 / 1e3, admitted)
-            }),
+            consensus: self
+                .directory
+                .in_force(now.unix_ms)
+                .map(|c| ConsensusGauges {
+                    epoch: c.epoch(),
+                    age_seconds: now.unix_ms.saturating_sub(c.consensus().valid_after_ms) as f64
+                        / 1e3,
+                    admitted: c.nodes().iter().any(|n| peer_id(n) == Some(me)),
+                }),
             cover: self.cover.stats(),
             mailbox: self.gateway.as_ref().map(Gateway::snapshot),
         }

@@ -22,7 +22,7 @@ use tracing::debug;
 pub enum MetricsError {
     /// A recorder is already installed in this process.
     #[error("installing the metrics recorder: {0}")]
-    Install(String),
+    Install(#[from] metrics_exporter_prometheus::BuildError),
     /// The address could not be bound.
     #[error("metrics address {addr}: {source}")]
     Bind {
@@ -46,10 +46,9 @@ const MAX_CONNECTIONS: usize = 16;
 /// handles (the mix behaviour does at construction).
 pub fn install_recorder() -> Result<PrometheusHandle, MetricsError> {
     PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
-        .map_err(|e| MetricsError::Install(e.to_string()))?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)?
         .install_recorder()
-        .map_err(|e| MetricsError::Install(e.to_string()))
+        .map_err(MetricsError::from)
 }
 
 /// Binds `addr` and serves `handle` at `/metrics` until the returned task is aborted; returns the

@@ -1,0 +1,365 @@
+//! The directory authority as a sans-IO state machine.
+//!
+//! The driver (a libp2p behaviour, a simulator, or a test) feeds it messages with
+//! [`Authority::handle_request`] and the time with [`Authority::handle_timeout`], sends whatever
+//! [`Authority::poll_transmit`] yields to every other authority, reports
+//! [`Authority::poll_event`], and writes [`Authority::state`] to disk after each call so that a
+//! restart resumes within the epoch ([`Authority::restore`]).
+//!
+//! Time comes in as a [`Now`], one reading of both clocks. The rules follow the wall clock (the
+//! epoch schedule is in milliseconds since the UNIX epoch, and every authority must agree on
+//! it); [`Authority::poll_timeout`] turns the next wall-clock deadline into an [`Instant`] with
+//! the last [`Now`] the authority was given, so a driver sleeps on its monotonic clock like for
+//! every other core.
+//!
+//! During epoch `c` the authority prepares epoch `c + 1` (the *round*, [`round`]); see
+//! [`crate::Phase`]. Votes, reveals and signatures of other authorities are relayed once when
+//! first seen, so that every authority that can reach any other ends up with the same set and
+//! computes the same document even when some direct links are down.
+//!
+//! Files: this one holds the type, its timers and the dispatch of requests; `round` the state of
+//! one round; `requests` what is taken from others; `phases` this authority's own steps;
+//! `persist` saving and restoring; `rejection` the refusals.
+
+mod persist;
+mod phases;
+mod rejection;
+mod requests;
+mod round;
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    time::Instant,
+};
+
+use libp2p_identity::Keypair;
+use p2pmix_proto::v1::{
+    DirectoryRequest, GetConsensus, NetworkParameters, SignedConsensus, directory_request::Request,
+};
+use rand_core::CryptoRng;
+use thiserror::Error;
+
+pub use rejection::{Rejection, SignatureError};
+
+use crate::{
+    authorities::PinnedAuthorities,
+    consensus::ComputeError,
+    schedule::{EpochSchedule, Phase},
+    time::Now,
+};
+use round::Round;
+
+/// Consensus documents kept for serving and for layer stability.
+const KEPT_CONSENSUSES: usize = 4;
+/// Reveals or signatures kept per authority and round (different values are evidence of a
+/// buggy or malicious authority; more are refused).
+const MAX_PER_AUTHORITY: usize = 4;
+
+/// What an authority needs to know.
+#[derive(Debug, Clone)]
+pub struct AuthorityConfig {
+    /// This authority's identity and signing key (ed25519).
+    pub keypair: Keypair,
+    /// All authorities, this one included.
+    pub authorities: PinnedAuthorities,
+    /// The network's epochs.
+    pub schedule: EpochSchedule,
+    /// Parameters to publish (all authorities must agree on them, or their digests differ).
+    pub parameters: NetworkParameters,
+}
+
+/// Why an epoch ended without a consensus from this authority.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum RoundFailure {
+    /// Not enough votes to compute one.
+    #[error("cannot compute: {0}")]
+    Compute(ComputeError),
+    /// Computed and signed, but too few authorities signed the same digest.
+    #[error("{got} signatures on our digest, {needed} needed")]
+    NotEnoughSignatures {
+        /// Matching signatures held (ours included).
+        got: usize,
+        /// The threshold.
+        needed: usize,
+    },
+}
+
+/// What the authority reports to its driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A consensus with a threshold of signatures is ready to serve.
+    Published {
+        /// Its epoch.
+        epoch: u64,
+        /// Its digest.
+        digest: [u8; 32],
+        /// Signatures attached.
+        signatures: usize,
+    },
+    /// More signatures arrived for an already published consensus (store it again).
+    SignaturesAdded {
+        /// Its epoch.
+        epoch: u64,
+        /// Signatures now attached.
+        signatures: usize,
+    },
+    /// No consensus for `epoch` from this authority, and why.
+    Failed {
+        /// The epoch that gets none.
+        epoch: u64,
+        /// Why.
+        reason: RoundFailure,
+    },
+}
+
+/// A directory authority. See the module documentation.
+#[derive(Debug)]
+pub struct Authority {
+    config: AuthorityConfig,
+    me: Vec<u8>,
+    round: Round,
+    consensuses: BTreeMap<u64, SignedConsensus>,
+    outbox: VecDeque<DirectoryRequest>,
+    events: VecDeque<Event>,
+    rejections: BTreeMap<&'static str, u64>,
+    /// The last time given: maps the wall-clock deadlines onto the monotonic clock.
+    now: Now,
+}
+
+impl Authority {
+    /// A fresh authority at `now`.
+    pub fn new(config: AuthorityConfig, now: Now) -> Self {
+        let me = config.keypair.public().encode_protobuf();
+        let epoch = config.schedule.epoch_at(now.unix_ms).saturating_add(1);
+        Authority {
+            config,
+            me,
+            round: Round::new(epoch),
+            consensuses: BTreeMap::new(),
+            outbox: VecDeque::new(),
+            events: VecDeque::new(),
+            rejections: BTreeMap::new(),
+            now,
+        }
+    }
+
+    /// The epoch being prepared.
+    pub fn round_epoch(&self) -> u64 {
+        self.round.epoch
+    }
+
+    /// The newest consensus held, or the one for `epoch`.
+    pub fn consensus(&self, epoch: Option<u64>) -> Option<&SignedConsensus> {
+        match epoch {
+            Some(e) => self.consensuses.get(&e),
+            None => self.consensuses.values().next_back(),
+        }
+    }
+
+    /// Refusals so far, by reason.
+    pub fn rejections(&self) -> &BTreeMap<&'static str, u64> {
+        &self.rejections
+    }
+
+    /// Descriptors accepted for the round.
+    pub fn descriptor_count(&self) -> usize {
+        self.round.descriptors.len()
+    }
+
+    /// The next message to send to every other authority.
+    pub fn poll_transmit(&mut self) -> Option<DirectoryRequest> {
+        self.outbox.pop_front()
+    }
+
+    /// The next thing to report.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Authority::handle_timeout`] must next be called: the next deadline of the epoch
+    /// schedule this authority has work at, on the monotonic clock of the last [`Now`] it was
+    /// given. A deadline already past is due at that reading. Always `Some`: there is always a
+    /// next round.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let deadline = self.round.next_deadline_ms(&self.config.schedule);
+        Some(self.now.instant_at(deadline))
+    }
+
+    /// Advances the schedule to `now`: votes, reveals, computes and signs, publishes.
+    pub fn handle_timeout<R: CryptoRng + ?Sized>(&mut self, now: Now, rng: &mut R) {
+        self.now = now;
+        let now_ms = now.unix_ms;
+        self.advance_round(now_ms);
+        let phase = self.config.schedule.phase_at(now_ms);
+        if phase >= Phase::Vote && !self.round.vote_done {
+            // A vote sent after the vote phase would reach some authorities in time and others
+            // not, splitting them; an authority that starts late sits this vote out (it still
+            // computes from the others' votes and signs).
+            if phase == Phase::Vote {
+                self.vote(rng);
+            }
+            self.round.vote_done = true;
+        }
+        if phase >= Phase::Reveal && !self.round.reveal_done {
+            if phase == Phase::Reveal {
+                self.reveal();
+            }
+            self.round.reveal_done = true;
+        }
+        if phase >= Phase::Sign && self.round.computed.is_none() && !self.round.compute_failed {
+            self.compute_and_sign();
+        }
+        if phase >= Phase::Publish {
+            self.try_publish(true);
+        }
+    }
+
+    /// Takes one request from a node or another authority at `now`. `GetConsensus` is
+    /// answered by [`Authority::consensus`], not here.
+    pub fn handle_request(&mut self, now: Now, request: DirectoryRequest) -> Result<(), Rejection> {
+        self.now = now;
+        let now_ms = now.unix_ms;
+        self.advance_round(now_ms);
+        let result = match request.request {
+            Some(Request::Descriptor(d)) => self.handle_descriptor(now_ms, &d),
+            Some(Request::Vote(v)) => self.handle_vote(now_ms, &v),
+            Some(Request::Reveal(r)) => self.handle_reveal(now_ms, &r),
+            Some(Request::Signature(s)) => self.handle_signature(s),
+            Some(Request::GetConsensus(GetConsensus { .. })) | None => Err(Rejection::Unsupported),
+        };
+        if let Err(e) = &result {
+            *self.rejections.entry(e.reason()).or_default() += 1;
+        }
+        result
+    }
+
+    /// Queues `request` for every other authority.
+    fn relay(&mut self, request: Request) {
+        self.outbox.push_back(DirectoryRequest {
+            request: Some(request),
+        });
+    }
+
+    /// Starts a new round when the clock has moved into a later epoch.
+    fn advance_round(&mut self, now_ms: u64) {
+        let target = self.config.schedule.epoch_at(now_ms).saturating_add(1);
+        if target > self.round.epoch {
+            let previous = std::mem::replace(&mut self.round, Round::new(target));
+            if !previous.published
+                && !previous.publish_failure_reported
+                && previous.computed.is_some()
+            {
+                self.report_publish_failure(&previous);
+            }
+            while self.consensuses.len() > KEPT_CONSENSUSES {
+                self.consensuses.pop_first();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+    use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+
+    use super::*;
+    use crate::params::default_parameters;
+
+    const PERIOD: u64 = 8_000;
+
+    fn schedule() -> EpochSchedule {
+        EpochSchedule::new(0, PERIOD)
+    }
+
+    /// The only pinned authority: it reaches the threshold on its own.
+    fn alone(now: Now) -> Authority {
+        let keypair = Keypair::ed25519_from_bytes([7; 32]).expect("32 bytes");
+        Authority::new(
+            AuthorityConfig {
+                authorities: PinnedAuthorities::new([keypair.public()]),
+                keypair,
+                schedule: schedule(),
+                parameters: default_parameters(),
+            },
+            now,
+        )
+    }
+
+    /// `now` moved on to the wall-clock time `unix_ms`.
+    fn at(now: Now, unix_ms: u64) -> Now {
+        now.later(Duration::from_millis(unix_ms - now.unix_ms))
+    }
+
+    #[test]
+    fn the_timer_is_the_next_phase_deadline_on_the_monotonic_clock() {
+        let s = schedule();
+        // The two clocks share no origin: the mapping goes through the reading.
+        let start = Now::new(Instant::now(), s.start_of(1) + 123);
+        let mut a = alone(start);
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let deadlines = [
+            s.phase_start(1, Phase::Vote),
+            s.phase_start(1, Phase::Reveal),
+            s.phase_start(1, Phase::Sign),
+            s.phase_start(1, Phase::Publish),
+            s.start_of(2),
+            s.phase_start(2, Phase::Vote),
+        ];
+        let mut now = start;
+        for deadline in deadlines {
+            let expected = now.mono + Duration::from_millis(deadline - now.unix_ms);
+            assert_eq!(a.poll_timeout(), Some(expected), "deadline {deadline}");
+            now = at(now, deadline);
+            a.handle_timeout(now, &mut rng);
+        }
+        assert!(
+            std::iter::from_fn(|| a.poll_event())
+                .any(|e| matches!(e, Event::Published { epoch: 2, .. })),
+            "the walk went through a whole round"
+        );
+    }
+
+    #[test]
+    fn the_timer_follows_the_last_reading_and_a_missed_deadline_is_due_at_once() {
+        let s = schedule();
+        let start = Now::new(Instant::now(), s.start_of(1));
+        let mut a = alone(start);
+        // A request long after the vote deadline, before any timer ran: due at that reading.
+        let late = at(start, s.phase_start(1, Phase::Reveal) + 10);
+        let empty = DirectoryRequest { request: None };
+        assert_eq!(a.handle_request(late, empty), Err(Rejection::Unsupported));
+        assert_eq!(a.poll_timeout(), Some(late.mono));
+        // Too late to vote: it sits the round out and waits for the sign deadline.
+        a.handle_timeout(late, &mut ChaCha20Rng::seed_from_u64(2));
+        assert_eq!(
+            a.poll_timeout(),
+            Some(late.mono + Duration::from_millis(s.phase_start(1, Phase::Sign) - late.unix_ms))
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+        /// Whenever the timer runs, the next one is strictly later: a driver never spins.
+        #[test]
+        fn after_a_timer_the_next_one_is_in_the_future(
+            first in 0..3 * PERIOD,
+            steps in proptest::collection::vec(0..PERIOD, 1..12),
+        ) {
+            let mut now = Now::new(Instant::now(), first);
+            let mut a = alone(now);
+            let mut rng = ChaCha20Rng::seed_from_u64(first);
+            for step in steps {
+                now = now.later(Duration::from_millis(step));
+                a.handle_timeout(now, &mut rng);
+                let next = a.poll_timeout();
+                prop_assert!(next.is_some_and(|t| t > now.mono), "{next:?} at {now:?}");
+            }
+        }
+    }
+}

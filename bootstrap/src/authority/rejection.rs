@@ -1,0 +1,148 @@
+//! Why an authority refuses a request: the errors, their stable labels for counters, and the
+//! codes they carry on the wire.
+//!
+//! The label ([`Rejection::reason`]) is what operators count and alert on, so it never changes
+//! once released; the code ([`Rejection::code`]) is what a requester acts on (retry, give up,
+//! treat as held), so it is coarse; the text is for people.
+
+use p2pmix_proto::v1::{RefusalCode, Refused};
+use thiserror::Error;
+
+use crate::{descriptor::DescriptorError, vote::VoteError};
+
+/// Why a signature from another authority was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// Not by a pinned authority.
+    #[error("not from a pinned authority")]
+    UnknownAuthority,
+    /// Does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// This authority already signed.
+    #[error("duplicate")]
+    Duplicate,
+    /// Malformed digest.
+    #[error("malformed")]
+    Malformed,
+}
+
+/// Why a request was refused. Every refusal is counted by [`Rejection::reason`].
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Rejection {
+    /// A node descriptor was refused.
+    #[error("descriptor: {0}")]
+    Descriptor(#[from] DescriptorError),
+    /// A vote or reveal was refused.
+    #[error("vote: {0}")]
+    Vote(#[from] VoteError),
+    /// A consensus signature was refused.
+    #[error("signature: {0}")]
+    Signature(#[from] SignatureError),
+    /// The request is empty or not one an authority takes.
+    #[error("unsupported request")]
+    Unsupported,
+}
+
+impl Rejection {
+    /// The code a refusal carries on the wire: what the requester acts on.
+    pub fn code(&self) -> RefusalCode {
+        match self {
+            Rejection::Descriptor(e) => match e {
+                DescriptorError::Malformed
+                | DescriptorError::BadIdentity
+                | DescriptorError::NoRole => RefusalCode::Malformed,
+                DescriptorError::BadSignature => RefusalCode::BadSignature,
+                DescriptorError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
+                DescriptorError::KeyTooFarAhead { .. }
+                | DescriptorError::BadSphinxKey(_)
+                | DescriptorError::VersionTooLow { .. }
+                | DescriptorError::BadAddresses => RefusalCode::Invalid,
+                DescriptorError::Duplicate => RefusalCode::Duplicate,
+                DescriptorError::Late => RefusalCode::Late,
+            },
+            Rejection::Vote(e) => match e {
+                VoteError::Malformed | VoteError::Unsorted => RefusalCode::Malformed,
+                VoteError::UnknownAuthority => RefusalCode::UnknownAuthority,
+                VoteError::BadSignature => RefusalCode::BadSignature,
+                VoteError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
+                VoteError::CommitMismatch => RefusalCode::Invalid,
+                VoteError::Duplicate => RefusalCode::Duplicate,
+                VoteError::Late => RefusalCode::Late,
+            },
+            Rejection::Signature(e) => match e {
+                SignatureError::UnknownAuthority => RefusalCode::UnknownAuthority,
+                SignatureError::BadSignature => RefusalCode::BadSignature,
+                SignatureError::Duplicate => RefusalCode::Duplicate,
+                SignatureError::Malformed => RefusalCode::Malformed,
+            },
+            Rejection::Unsupported => RefusalCode::Unsupported,
+        }
+    }
+
+    /// The refusal as it goes on the wire: the code, and the text for people.
+    pub fn to_refused(&self) -> Refused {
+        Refused {
+            reason: self.to_string(),
+            code: self.code() as i32,
+        }
+    }
+
+    /// A short stable label for counters and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejection::Descriptor(e) => match e {
+                DescriptorError::Malformed => "descriptor_malformed",
+                DescriptorError::BadIdentity => "descriptor_bad_identity",
+                DescriptorError::BadSignature => "descriptor_bad_signature",
+                DescriptorError::WrongEpoch { .. } => "descriptor_wrong_epoch",
+                DescriptorError::KeyTooFarAhead { .. } => "descriptor_key_too_far_ahead",
+                DescriptorError::BadSphinxKey(_) => "descriptor_bad_sphinx_key",
+                DescriptorError::NoRole => "descriptor_no_role",
+                DescriptorError::VersionTooLow { .. } => "descriptor_version_too_low",
+                DescriptorError::BadAddresses => "descriptor_bad_addresses",
+                DescriptorError::Duplicate => "descriptor_duplicate",
+                DescriptorError::Late => "descriptor_late",
+            },
+            Rejection::Vote(e) => match e {
+                VoteError::Malformed => "vote_malformed",
+                VoteError::UnknownAuthority => "vote_unknown_authority",
+                VoteError::BadSignature => "vote_bad_signature",
+                VoteError::WrongEpoch { .. } => "vote_wrong_epoch",
+                VoteError::Unsorted => "vote_unsorted",
+                VoteError::CommitMismatch => "vote_commit_mismatch",
+                VoteError::Duplicate => "vote_duplicate",
+                VoteError::Late => "vote_late",
+            },
+            Rejection::Signature(e) => match e {
+                SignatureError::UnknownAuthority => "signature_unknown_authority",
+                SignatureError::BadSignature => "signature_bad",
+                SignatureError::Duplicate => "signature_duplicate",
+                SignatureError::Malformed => "signature_malformed",
+            },
+            Rejection::Unsupported => "unsupported",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_carries_its_code_and_its_text() {
+        // Nodes treat an upload refused as a duplicate as held: that code must stay put.
+        let duplicate = Rejection::Descriptor(DescriptorError::Duplicate);
+        let refused = duplicate.to_refused();
+        assert_eq!(refused.code, RefusalCode::Duplicate as i32);
+        assert_eq!(refused.reason, duplicate.to_string());
+        assert_eq!(duplicate.reason(), "descriptor_duplicate");
+        assert_eq!(
+            Rejection::Signature(SignatureError::BadSignature).code(),
+            RefusalCode::BadSignature
+        );
+        assert_eq!(Rejection::Unsupported.code(), RefusalCode::Unsupported);
+    }
+}

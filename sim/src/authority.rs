@@ -1,0 +1,219 @@
+//! Directory authorities on the simulated network: an [`AuthorityActor`] is one authority's
+//! sans-IO [`Authority`], driven the way the authority node drives it, with no swarm and no
+//! disk.
+//!
+//! Every request that arrives is answered to its sender, as the node answers on
+//! `/p2pmix/dir/1.0.0` (`GetConsensus` from the documents held, anything else by
+//! [`Authority::handle_request`]); whatever the authority wants sent to the other authorities
+//! ([`Authority::poll_transmit`]) goes to each of its peers, and what it reports
+//! ([`Authority::poll_event`]) is kept with the time. The message type is the test's: anything
+//! that implements [`DirectoryMessage`] ([`AuthorityMessage`] is the plain one), so that nodes,
+//! clients or a test's own actors can upload descriptors and fetch documents over the same
+//! links as the authorities' votes, next to relays carrying packets.
+//!
+//! An actor can be stopped and started again ([`AuthorityActor::stop`],
+//! [`AuthorityActor::start`]): a stopped authority runs no timers and drops what arrives, while
+//! its generator and its record of events live on, like a process that restarts on the same
+//! machine.
+
+use std::time::Instant;
+
+use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, Now, Rejection};
+use p2pmix_proto::v1::{
+    Accepted, DirectoryRequest, DirectoryResponse, RefusalCode, Refused,
+    directory_request::Request, directory_response::Response,
+};
+use rand_chacha::ChaCha20Rng;
+
+use crate::{Actor, ActorId, Ctx, Sim};
+
+/// A message type that carries directory requests and their answers. [`AuthorityMessage`] is
+/// the plain one; a test with more kinds of message (Sphinx packets, say) implements this for
+/// its own enum.
+pub trait DirectoryMessage: Sized + 'static {
+    /// A request, for an authority.
+    fn request(request: DirectoryRequest) -> Self;
+    /// An authority's answer to a request, for whoever sent it.
+    fn response(response: DirectoryResponse) -> Self;
+    /// The request, if this message is one.
+    fn into_request(self) -> Result<DirectoryRequest, Self>;
+}
+
+/// Directory requests and their answers: what crosses `/p2pmix/dir/1.0.0`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AuthorityMessage {
+    /// A request (a descriptor from a node; a vote, reveal or signature from an authority; a
+    /// fetch of a document).
+    Request(DirectoryRequest),
+    /// The answer to a request.
+    Response(DirectoryResponse),
+}
+
+impl DirectoryMessage for AuthorityMessage {
+    fn request(request: DirectoryRequest) -> Self {
+        AuthorityMessage::Request(request)
+    }
+    fn response(response: DirectoryResponse) -> Self {
+        AuthorityMessage::Response(response)
+    }
+    fn into_request(self) -> Result<DirectoryRequest, Self> {
+        match self {
+            AuthorityMessage::Request(r) => Ok(r),
+            other => Err(other),
+        }
+    }
+}
+
+/// The answer an authority node gives to `request` at `now`: a document for `GetConsensus`
+/// (epoch 0 asks for the newest), [`Authority::handle_request`]'s verdict for anything else.
+pub fn answer(authority: &mut Authority, now: Now, request: DirectoryRequest) -> DirectoryResponse {
+    let response = match request.request {
+        Some(Request::GetConsensus(get)) => {
+            let epoch = (get.epoch != 0).then_some(get.epoch);
+            match authority.consensus(epoch) {
+                Some(c) => Response::Consensus(c.clone()),
+                None => Response::Refused(Refused {
+                    reason: "no consensus held for that epoch".into(),
+                    code: RefusalCode::NotHeld as i32,
+                }),
+            }
+        }
+        _ => match authority.handle_request(now, request) {
+            Ok(()) => Response::Accepted(Accepted {}),
+            Err(e) => Response::Refused(e.to_refused()),
+        },
+    };
+    DirectoryResponse {
+        response: Some(response),
+    }
+}
+
+/// One directory authority on the simulated network. See the module documentation.
+#[derive(Debug)]
+pub struct AuthorityActor {
+    authority: Option<Authority>,
+    rng: ChaCha20Rng,
+    peers: Vec<ActorId>,
+    /// What the authority reported, and when: the record a test asserts on.
+    pub events: Vec<(Now, Event)>,
+}
+
+impl AuthorityActor {
+    /// Runs `authority` with its own generator `rng` (so that its random values do not depend
+    /// on what else the simulation draws, such as link jitter), broadcasting to `peers`.
+    pub fn new(authority: Authority, rng: ChaCha20Rng, peers: Vec<ActorId>) -> Self {
+        AuthorityActor {
+            authority: Some(authority),
+            rng,
+            peers,
+            events: Vec::new(),
+        }
+    }
+
+    /// The authority, unless stopped.
+    pub fn authority(&self) -> Option<&Authority> {
+        self.authority.as_ref()
+    }
+
+    /// The authority, mutably, unless stopped. What a direct call queues goes out at the
+    /// actor's next turn; [`AuthorityActor::request`] sends it at once.
+    pub fn authority_mut(&mut self) -> Option<&mut Authority> {
+        self.authority.as_mut()
+    }
+
+    /// Whether an authority runs here.
+    pub fn is_running(&self) -> bool {
+        self.authority.is_some()
+    }
+
+    /// The other authorities this one sends its votes, reveals and signatures to.
+    pub fn peers(&self) -> &[ActorId] {
+        &self.peers
+    }
+
+    /// Stops the authority (a crash: nothing is saved unless the caller saves the
+    /// [`Authority::state`] of what is returned).
+    pub fn stop(&mut self) -> Option<Authority> {
+        self.authority.take()
+    }
+
+    /// Runs `authority` here from now on (a restart, fresh or restored), replacing any that
+    /// runs.
+    pub fn start(&mut self, authority: Authority) {
+        self.authority = Some(authority);
+    }
+
+    /// Hands `request` to the authority at `ctx.now` as if it had come from outside the
+    /// simulation (a test injecting a forged vote, say) and sends what that causes at once.
+    /// `None` when stopped.
+    pub fn request<M: DirectoryMessage>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        request: DirectoryRequest,
+    ) -> Option<Result<(), Rejection>> {
+        let result = self.authority.as_mut()?.handle_request(ctx.now, request);
+        self.flush(ctx);
+        Some(result)
+    }
+
+    /// Sends what the authority queued to every peer and records what it reported.
+    fn flush<M: DirectoryMessage>(&mut self, ctx: &mut Ctx<'_, M>) {
+        let Some(authority) = self.authority.as_mut() else {
+            return;
+        };
+        while let Some(message) = authority.poll_transmit() {
+            for peer in &self.peers {
+                ctx.send(*peer, M::request(message.clone()));
+            }
+        }
+        while let Some(event) = authority.poll_event() {
+            self.events.push((ctx.now, event));
+        }
+    }
+}
+
+impl<M: DirectoryMessage> Actor<M> for AuthorityActor {
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.authority.as_ref()?.poll_timeout()
+    }
+
+    fn handle_timeout(&mut self, ctx: &mut Ctx<'_, M>) {
+        if let Some(authority) = self.authority.as_mut() {
+            authority.handle_timeout(ctx.now, &mut self.rng);
+        }
+        self.flush(ctx);
+    }
+
+    fn handle_message(&mut self, ctx: &mut Ctx<'_, M>, from: ActorId, message: M) {
+        // Answers to our own broadcasts: the node does nothing with them either.
+        let Ok(request) = message.into_request() else {
+            return;
+        };
+        let Some(authority) = self.authority.as_mut() else {
+            return;
+        };
+        let response = answer(authority, ctx.now, request);
+        self.flush(ctx);
+        ctx.send(from, M::response(response));
+    }
+}
+
+/// Adds one authority per config to `sim`, all started at the simulation's time and each
+/// broadcasting to all the others; authority `i` draws from `crate::rng(seed + i)`. Returns
+/// their ids, in the order of `configs`.
+pub fn add_authorities<M: DirectoryMessage>(
+    sim: &mut Sim<M>,
+    configs: impl IntoIterator<Item = AuthorityConfig>,
+    seed: u64,
+) -> Vec<ActorId> {
+    let configs: Vec<AuthorityConfig> = configs.into_iter().collect();
+    let first = sim.next_id().0;
+    let ids: Vec<ActorId> = (first..first + configs.len()).map(ActorId).collect();
+    for (i, config) in configs.into_iter().enumerate() {
+        let peers = ids.iter().copied().filter(|p| p.0 != first + i).collect();
+        let authority = Authority::new(config, sim.now());
+        let rng = crate::rng(seed.wrapping_add(i as u64));
+        sim.add(AuthorityActor::new(authority, rng, peers));
+    }
+    ids
+}
