@@ -53,11 +53,14 @@ pub enum DropReason {
     QueueFull,
     /// The neighbour sent faster than its rate allows.
     RateLimited,
+    /// A packet for a client ended here but did not come from a last-layer mix (one-hop
+    /// packets straight to a gateway would fill its mailboxes without crossing the mixnet).
+    FinalFromNonMix,
 }
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::WrongSize,
         DropReason::BadMac,
         DropReason::Replay,
@@ -67,6 +70,7 @@ impl DropReason {
         DropReason::DelayTooLong,
         DropReason::QueueFull,
         DropReason::RateLimited,
+        DropReason::FinalFromNonMix,
     ];
 
     /// This reason's position in [`DropReason::ALL`].
@@ -86,6 +90,7 @@ impl DropReason {
             DropReason::DelayTooLong => "delay_too_long",
             DropReason::QueueFull => "queue_full",
             DropReason::RateLimited => "rate_limited",
+            DropReason::FinalFromNonMix => "final_from_non_mix",
         }
     }
 
@@ -102,6 +107,7 @@ impl DropReason {
                 | DropReason::BadMac
                 | DropReason::Replay
                 | DropReason::RateLimited
+                | DropReason::FinalFromNonMix
         )
     }
 }

@@ -9,7 +9,7 @@
 //! peer that keeps sending invalid frames is disconnected and refused for a while.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashSet, VecDeque},
     sync::{
         Arc, Mutex,
         mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
@@ -162,6 +162,9 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Peers whose packets may end here as deliveries to clients (the last-layer mixes of the
+    /// held consensuses); `None`: from anyone.
+    final_senders: Option<HashSet<PeerId>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -203,7 +206,15 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            final_senders: None,
         }
+    }
+
+    /// Accepts deliveries to clients only from `senders` (a gateway gives the last-layer mixes
+    /// of its held consensuses); others are dropped as [`DropReason::FinalFromNonMix`] and
+    /// count as faults of their sender. `None` accepts them from anyone.
+    pub fn set_final_senders(&mut self, senders: Option<HashSet<PeerId>>) {
+        self.final_senders = senders;
     }
 
     /// The relay (keys and topologies) this behaviour uses.
@@ -448,6 +459,18 @@ impl NetworkBehaviour for Behaviour {
             let mut progressed = false;
             while let Ok(Outcome { from, decision }) = self.outcomes.try_recv() {
                 progressed = true;
+                let final_senders = &self.final_senders;
+                let final_refused = |d: &Decision<PeerId>| {
+                    matches!(
+                        d,
+                        Decision::Final {
+                            destination: Destination::Deliver { .. },
+                            ..
+                        }
+                    ) && final_senders
+                        .as_ref()
+                        .is_some_and(|s| !from.is_some_and(|p| s.contains(&p)))
+                };
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -457,6 +480,12 @@ impl NetworkBehaviour for Behaviour {
                         self.stats.count_cover_dropped();
                         self.pool.give(packet);
                         Ok(())
+                    }
+                    d if final_refused(&d) => {
+                        if let Decision::Final { packet, .. } = d {
+                            self.pool.give(packet);
+                        }
+                        Err(DropReason::FinalFromNonMix)
                     }
                     d => self.queue.push(d),
                 }) {

@@ -2,7 +2,10 @@
 //! to what the node installs (the relay's topology for that epoch, where peers listen, whether
 //! this node is admitted, and, from the newest document, the limits the relay enforces).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use libp2p::{Multiaddr, PeerId};
 use p2pmix_bootstrap::{VerifiedConsensus, peer_id};
@@ -68,6 +71,9 @@ pub struct Installation {
     pub mixes: usize,
     /// Gateways in the consensus.
     pub gateways: usize,
+    /// The mixes of the last layer: the only peers from which a gateway takes deliveries to
+    /// its clients.
+    pub last_layer: HashSet<PeerId>,
     /// The limits, when this is the newest document held (older ones keep routing packets in
     /// flight but do not set limits).
     pub limits: Option<RelayLimits>,
@@ -107,6 +113,11 @@ impl Installation {
                 .filter(|n| n.role == Role::Mix as i32)
                 .count(),
             gateways: consensus.gateways().count(),
+            last_layer: consensus
+                .layer(consensus.parameters().layers)
+                .filter(|n| n.role == Role::Mix as i32)
+                .filter_map(peer_id)
+                .collect(),
             limits: newest.then(|| RelayLimits::from_parameters(&consensus.parameters())),
         }
     }
