@@ -100,6 +100,8 @@ impl DropReason {
     /// An unknown key is not: it is what every honest client sends to a node that restarted and
     /// retired the key of the epoch under way, or whose clock is a little off at an epoch
     /// boundary, and refusing it costs one byte comparison (the rate limit bounds a flood).
+    /// Nor is a delivery from a non-last-layer peer: a mix listed in a consensus the gateway
+    /// has not installed yet sends those honestly (the drop is counted, the unwrap was paid).
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,
@@ -107,7 +109,6 @@ impl DropReason {
                 | DropReason::BadMac
                 | DropReason::Replay
                 | DropReason::RateLimited
-                | DropReason::FinalFromNonMix
         )
     }
 }

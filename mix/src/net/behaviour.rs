@@ -211,8 +211,9 @@ impl Behaviour {
     }
 
     /// Accepts deliveries to clients only from `senders` (a gateway gives the last-layer mixes
-    /// of its held consensuses); others are dropped as [`DropReason::FinalFromNonMix`] and
-    /// count as faults of their sender. `None` accepts them from anyone.
+    /// of its held consensuses); others are dropped and counted as
+    /// [`DropReason::FinalFromNonMix`] (not as faults of their sender). `None` accepts them from
+    /// anyone.
     pub fn set_final_senders(&mut self, senders: Option<HashSet<PeerId>>) {
         self.final_senders = senders;
     }
