@@ -27,7 +27,7 @@ use crate::sphinx::{
     geometry::Geometry,
     keyring::KeyRing,
     keys::KeyId,
-    peel::Processed,
+    peel::{Processed, unwrap_batch},
     routing::{Destination, NodeId},
 };
 
@@ -228,10 +228,46 @@ impl<P: Clone + Eq + Hash> Relay<P> {
     /// Unwraps `packet` received at `now` and decides what to do with it.
     pub fn process(&self, now: Instant, mut packet: Vec<u8>) -> Result<Decision<P>, DropReason> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        let processed = keys.process(&self.geometry, &mut packet)?;
-        let key_id = packet.first().copied().map(KeyId);
-        let epoch = key_id.and_then(|id| keys.get(id)).map(|k| k.epoch());
+        let processed = keys.process(&self.geometry, &mut packet);
+        let epoch = epoch_of(&keys, &packet);
         drop(keys);
+        let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
+        self.decide(&topologies, now, packet, epoch, processed?)
+    }
+
+    /// Unwraps the packets of `batch` (each with its arrival time) together and decides for
+    /// each, in order; see [`crate::unwrap_batch`]. The key ring and the topologies are read
+    /// once for the whole batch.
+    pub fn process_batch(
+        &self,
+        batch: Vec<(Instant, Vec<u8>)>,
+    ) -> Vec<Result<Decision<P>, DropReason>> {
+        let (arrivals, mut packets): (Vec<Instant>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut views: Vec<&mut [u8]> = packets.iter_mut().map(Vec::as_mut_slice).collect();
+        let processed = unwrap_batch(&self.geometry, &keys, &mut views);
+        let epochs: Vec<Option<u64>> = packets.iter().map(|p| epoch_of(&keys, p)).collect();
+        drop(keys);
+        let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
+        arrivals
+            .into_iter()
+            .zip(packets)
+            .zip(epochs.into_iter().zip(processed))
+            .map(|((now, packet), (epoch, processed))| {
+                self.decide(&topologies, now, packet, epoch, processed?)
+            })
+            .collect()
+    }
+
+    /// What to do with an unwrapped packet: the delay cap, the next hop's peer.
+    fn decide(
+        &self,
+        topologies: &HashMap<u64, HashMap<NodeId, P>>,
+        now: Instant,
+        packet: Vec<u8>,
+        epoch: Option<u64>,
+        processed: Processed,
+    ) -> Result<Decision<P>, DropReason> {
         let delay = match processed {
             Processed::Forward { delay, .. } | Processed::Final { delay, .. } => delay,
         };
@@ -241,7 +277,6 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         let release = now.checked_add(delay.as_duration()).unwrap_or(now);
         match processed {
             Processed::Forward { next, .. } => {
-                let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
                 let to = epoch
                     .and_then(|e| topologies.get(&e))
                     .and_then(|t| t.get(&next))
@@ -262,6 +297,12 @@ impl<P: Clone + Eq + Hash> Relay<P> {
             }),
         }
     }
+}
+
+/// The epoch of the key a packet's key id names.
+fn epoch_of(keys: &KeyRing, packet: &[u8]) -> Option<u64> {
+    let id = packet.first().copied().map(KeyId)?;
+    keys.get(id).map(|k| k.epoch())
 }
 
 /// Bounds of a [`DelayQueue`].

@@ -249,7 +249,7 @@ fn consensus_tools_refuse_bad_input_clearly() {
     fs::write(&auth, "[[authority]]\npublic_key = \"zz\"\n").unwrap();
     let out = verify_cli(&bogus, &auth);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("public_key is not hex"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_key is neither a peer id"));
 
     // keygen refuses to overwrite an identity.
     let again = Command::new(BIN)

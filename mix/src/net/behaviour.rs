@@ -2,7 +2,8 @@
 //! [`DelayQueue`].
 //!
 //! Frames from neighbours pass the per-peer [`Admission`] on the event loop, then go to worker
-//! threads (bounded channel) for the Sphinx work, so a slow packet never stalls the swarm. The
+//! threads (a bounded queue each; they unwrap what waits in batches) for the Sphinx work, so a
+//! slow packet never stalls the swarm. The
 //! workers' decisions come back (bounded channel, waking the behaviour) into the delay queue; at
 //! release time a packet is handed to the next hop's connection (dialled if needed) or, at the
 //! final hop, reported as [`Event::Delivered`]. Every drop is counted by reason in [`Stats`]; a
@@ -11,8 +12,8 @@
 use std::{
     collections::{HashSet, VecDeque},
     sync::{
-        Arc, Mutex,
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        Arc,
+        mpsc::{Receiver, sync_channel},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -29,12 +30,13 @@ use libp2p::{
     },
 };
 
-pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
+pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, MAX_BATCH, Stats, quantile_of};
 use crate::{
     admission::{Admission, AdmissionConfig, Fault, Rate, Verdict},
     net::{
         handler::{Handler, HandlerEvent, HandlerIn},
         outbox::{Change, Outbox, Sent},
+        workers::{Job, Outcome, Workers},
     },
     pool::PacketPool,
     relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay},
@@ -55,7 +57,8 @@ pub struct Config {
     pub node_rate: f64,
     /// Packets another node may send in one burst.
     pub node_burst: f64,
-    /// Worker threads for Sphinx unwrapping.
+    /// Worker threads for Sphinx unwrapping (default: one per core the node may use, so that every
+    /// core can unwrap while the event loop, which needs little, shares them).
     pub workers: usize,
     /// Invalid frames (bad size, bad MAC, replay, over rate) after which a peer is cut off.
     pub max_peer_faults: u32,
@@ -91,9 +94,7 @@ impl Default for Config {
             client_burst: 1_000.0,
             node_rate: 50_000.0,
             node_burst: 5_000.0,
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get().saturating_sub(1).max(1))
-                .unwrap_or(1),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_peer_faults: 100,
             ban: Duration::from_secs(60),
             max_pending_per_peer: 1024,
@@ -120,25 +121,9 @@ pub enum Event {
 
 /// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
 const POOLED_BUFFERS: usize = 4096;
-/// Jobs waiting for the workers, and outcomes waiting for the event loop (more jobs are dropped
-/// as [`DropReason::QueueFull`]).
+/// Jobs waiting for the workers (all queues together), and outcomes waiting for the event loop
+/// (more jobs are dropped as [`DropReason::QueueFull`]).
 const WORKER_CHANNEL: usize = 4096;
-
-/// A frame for the Sphinx workers.
-struct Job {
-    /// When it arrived (its delay counts from then).
-    arrived: Instant,
-    /// The neighbour that sent it (`None`: injected locally), for counting its faults.
-    from: Option<PeerId>,
-    packet: Vec<u8>,
-}
-
-/// What a worker decided for one [`Job`].
-struct Outcome {
-    /// The job's sender.
-    from: Option<PeerId>,
-    decision: Result<Decision<PeerId>, DropReason>,
-}
 
 /// The timer of the delay queue's next release.
 struct ReleaseTimer {
@@ -152,7 +137,7 @@ pub struct Behaviour {
     relay: Arc<Relay<PeerId>>,
     queue: DelayQueue<PeerId>,
     timer: Option<ReleaseTimer>,
-    jobs: SyncSender<Job>,
+    workers: Workers,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
     admission: Admission<PeerId>,
@@ -179,23 +164,22 @@ impl std::fmt::Debug for Behaviour {
 impl Behaviour {
     /// A mix behaviour around `relay`, with `config.workers` worker threads.
     pub fn new(relay: Arc<Relay<PeerId>>, config: Config) -> Self {
-        let (jobs, job_rx) = sync_channel::<Job>(WORKER_CHANNEL);
         let (outcome_tx, outcomes) = sync_channel::<Outcome>(WORKER_CHANNEL);
         let waker = Arc::new(AtomicWaker::new());
         let stats = Arc::new(Stats::default());
-        let workers = Workers {
-            relay: relay.clone(),
-            jobs: Mutex::new(job_rx),
-            outcomes: outcome_tx,
-            waker: waker.clone(),
-            stats: stats.clone(),
-        };
-        workers.spawn(config.workers.max(1));
+        let workers = Workers::start(
+            config.workers,
+            WORKER_CHANNEL,
+            &relay,
+            &outcome_tx,
+            &waker,
+            &stats,
+        );
         Behaviour {
             relay: relay.clone(),
             queue: DelayQueue::new(config.queue),
             timer: None,
-            jobs,
+            workers,
             outcomes,
             waker,
             admission: Admission::new(config.admission()),
@@ -273,10 +257,8 @@ impl Behaviour {
             from,
             packet,
         };
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
-            Err(TrySendError::Disconnected(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
+        if !self.workers.submit(job) {
+            self.stats.count_drops(DropReason::QueueFull, 1);
         }
     }
 
@@ -318,56 +300,6 @@ impl Behaviour {
             )));
         }
         Ok(())
-    }
-}
-
-/// What the Sphinx worker threads share: they take jobs, ask the relay, and hand the outcomes
-/// back, waking the behaviour.
-struct Workers {
-    relay: Arc<Relay<PeerId>>,
-    jobs: Mutex<Receiver<Job>>,
-    outcomes: SyncSender<Outcome>,
-    waker: Arc<AtomicWaker>,
-    stats: Arc<Stats>,
-}
-
-impl Workers {
-    /// Starts `count` threads; each ends when the behaviour (its channels) is gone.
-    fn spawn(self, count: usize) {
-        let workers = Arc::new(self);
-        for i in 0..count {
-            let workers = workers.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("p2pmix-sphinx-{i}"))
-                .spawn(move || workers.run());
-            if let Err(e) = spawned {
-                tracing::error!(%e, "could not start a Sphinx worker thread");
-            }
-        }
-    }
-
-    fn run(&self) {
-        loop {
-            let job = {
-                let rx = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-                rx.recv()
-            };
-            let Ok(Job {
-                arrived,
-                from,
-                packet,
-            }) = job
-            else {
-                return;
-            };
-            let started = Instant::now();
-            let decision = self.relay.process(arrived, packet);
-            self.stats.record_unwrap(started.elapsed());
-            if self.outcomes.send(Outcome { from, decision }).is_err() {
-                return;
-            }
-            self.waker.wake();
-        }
     }
 }
 

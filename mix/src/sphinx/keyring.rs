@@ -47,6 +47,11 @@ impl EpochKey {
         &self.replay
     }
 
+    /// The secret key, for batched unwrapping (`peel::unwrap_batch`).
+    pub(crate) fn secret(&self) -> &NodeSecretKey {
+        &self.secret
+    }
+
     /// Unwraps one layer of `packet` with this key and its replay cache; see [`unwrap_packet`].
     pub fn process(
         &self,

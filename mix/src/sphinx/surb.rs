@@ -21,7 +21,7 @@ use super::{
     error::{BuildError, OpenError, SurbError, SurbKeysError},
     geometry::{Geometry, MAX_HOPS_LIMIT},
     keys::KeyId,
-    lioness::Lioness,
+    payload::PayloadLayer,
     peel::open_payload,
     routing::{ClientId, Destination, Label, NodeId},
 };
@@ -161,7 +161,7 @@ impl Surb {
         let (header, body) = packet.split_at_mut(geometry.header_size());
         header.copy_from_slice(&self.header);
         seal_body(payload, body);
-        Lioness::from_seed(&self.reply_key).encrypt(body);
+        PayloadLayer::reply(&self.reply_key).wrap(body);
         Ok(packet)
     }
 }
@@ -247,9 +247,9 @@ impl SurbKeys {
             });
         }
         for secret in self.secrets.0.iter().rev() {
-            HopKeys::derive(secret).payload.encrypt(body);
+            HopKeys::derive(secret).payload_layer().wrap(body);
         }
-        Lioness::from_seed(&self.reply_key).decrypt(body);
+        PayloadLayer::reply(&self.reply_key).peel(body);
         open_payload(geometry, body)
     }
 }

@@ -333,7 +333,7 @@ impl Behaviour {
         let clock = Now::system();
         let (now, now_ms) = (clock.mono, clock.unix_ms);
         // Directory: fetch what is due, install what is in force.
-        if self.directory.poll_timeout().is_some_and(|t| t <= now) {
+        if self.directory.is_due(clock) {
             self.directory.handle_timeout(clock);
         }
         while let Some(action) = self.directory.poll_action() {

@@ -224,6 +224,13 @@ impl DirectoryClient {
         Some(self.last.instant_at(self.next_deadline_ms()))
     }
 
+    /// Whether [`DirectoryClient::handle_timeout`] has work at `now`, judged on the wall clock
+    /// the rules follow: unlike [`DirectoryClient::poll_timeout`] (an instant mapped from the
+    /// last reading), this notices a wall-clock step or a resume from suspend at once.
+    pub fn is_due(&self, now: Now) -> bool {
+        now.unix_ms >= self.next_deadline_ms()
+    }
+
     /// Whether [`DirectoryClient::handle_timeout`] would start something at `now_ms` that it
     /// has not started yet (a fetch or an upload it has no retry state for).
     fn has_unstarted_work(&self, now_ms: u64) -> bool {
@@ -554,6 +561,23 @@ mod tests {
             drain(&mut lonely)[..],
             [Action::Fetch { epoch: 1, .. }]
         ));
+    }
+
+    #[test]
+    fn a_wall_clock_step_makes_the_client_due_at_once() {
+        let (mut c, _) = client(2);
+        c.handle_timeout(at(8_000));
+        drain(&mut c);
+        // One millisecond later on the monotonic clock, but the wall clock stepped into epoch 3:
+        // the fetch of its document is due now, whatever instant the last reading mapped.
+        let stepped = Now::new(at(8_000).mono + Duration::from_millis(1), 24_100);
+        assert!(c.poll_timeout().unwrap() > stepped.mono);
+        assert!(c.is_due(stepped));
+        c.handle_timeout(stepped);
+        assert!(drain(&mut c).contains(&Action::Fetch {
+            epoch: 3,
+            from: c.authorities[0]
+        }));
     }
 
     #[test]

@@ -126,15 +126,24 @@ impl EpochKeyStore {
     }
 }
 
+/// A key that could not be loaded this turn.
+#[derive(Debug)]
+pub struct UnusableKey {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Why.
+    pub error: EpochKeyError,
+}
+
 /// What one turn of [`KeyRotation`] changed, for the driver's log.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Rotated {
     /// The ring moved to this epoch.
     pub advanced_to: Option<u64>,
     /// Epochs whose key is no longer on disk.
     pub retired: Vec<u64>,
     /// Keys that could not be loaded (a damaged file costs that epoch, not the node).
-    pub unusable: Vec<(u64, String)>,
+    pub unusable: Vec<UnusableKey>,
 }
 
 /// The key schedule, sans-IO but for the key files: at every epoch boundary the relay's ring
@@ -149,7 +158,13 @@ pub struct KeyRotation {
     ring_due: Option<Instant>,
     /// A key file appeared: load it on the next turn.
     load_due: bool,
+    /// A key could not be loaded: try again then (a transient read error must not cost the
+    /// rest of an epoch).
+    retry_at: Option<Instant>,
 }
+
+/// The wait before a key that could not be loaded is tried again.
+const LOAD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl KeyRotation {
     /// Rotation for the network of `schedule`, keys kept in `store`, starting at `now`.
@@ -160,6 +175,7 @@ impl KeyRotation {
             last: now,
             ring_due: None,
             load_due: true,
+            retry_at: None,
         }
     }
 
@@ -175,16 +191,29 @@ impl KeyRotation {
         Ok(key.public_key())
     }
 
-    /// The next epoch boundary, the ring's next grace expiry, or now if a key waits to load.
+    fn next_boundary_ms(&self) -> u64 {
+        let epoch = self.schedule.epoch_at(self.last.unix_ms);
+        self.schedule.start_of(epoch.saturating_add(1))
+    }
+
+    /// The next epoch boundary, the ring's next grace expiry, a load retry, or now if a key waits
+    /// to load.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.load_due {
             return Some(self.last.mono);
         }
-        let epoch = self.schedule.epoch_at(self.last.unix_ms);
-        let boundary = self
-            .last
-            .instant_at(self.schedule.start_of(epoch.saturating_add(1)));
-        Some(self.ring_due.map_or(boundary, |r| r.min(boundary)))
+        let boundary = self.last.instant_at(self.next_boundary_ms());
+        [Some(boundary), self.ring_due, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Whether [`KeyRotation::handle_timeout`] has work at `now`: the monotonic timers, or an
+    /// epoch boundary on the wall clock (which a wall-clock step or a resume from suspend reaches
+    /// before the instant [`KeyRotation::poll_timeout`] mapped it to).
+    pub fn is_due(&self, now: Now) -> bool {
+        self.poll_timeout().is_some_and(|t| t <= now.mono) || now.unix_ms >= self.next_boundary_ms()
     }
 
     /// Rotates `ring` to `now`: advances it at a boundary (retiring the old key's file), expires
@@ -214,10 +243,11 @@ impl KeyRotation {
                     let _ = ring.insert(e, secret);
                 }
                 Ok(None) => {}
-                Err(error) => rotated.unusable.push((e, error.to_string())),
+                Err(error) => rotated.unusable.push(UnusableKey { epoch: e, error }),
             }
         }
         self.ring_due = ring.poll_timeout();
+        self.retry_at = (!rotated.unusable.is_empty()).then(|| now.mono + LOAD_RETRY);
         if rotated.advanced_to.is_some() {
             // The previous key stays in memory for its grace period; on disk it is no longer
             // needed (a restart retires it anyway).
@@ -264,6 +294,36 @@ mod tests {
         let rotated = rotation.handle_timeout(t1, &mut ring).unwrap();
         assert_eq!(rotated.advanced_to, Some(5));
         assert_eq!(ring.current_epoch(), 5);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_wall_clock_step_is_noticed_at_once() {
+        use std::time::Duration;
+
+        let dir = std::env::temp_dir().join(format!("p2pmix-wallstep-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let schedule = EpochSchedule::new(0, 10_000);
+        let t0 = Now::new(Instant::now(), 40_000);
+        let (store, _) = EpochKeyStore::open(&dir, 4).unwrap();
+        let mut rotation = KeyRotation::new(store, schedule, t0);
+        let mut ring = KeyRing::new(
+            4,
+            Duration::from_secs(10),
+            p2pmix_mix::ReplayConfig::default(),
+        );
+        rotation.handle_timeout(t0, &mut ring).unwrap();
+        // One second later by the monotonic clock, but the wall clock jumped into epoch 6 (an
+        // NTP step, or a resume from suspend, which the monotonic clock does not count).
+        let stepped = Now::new(t0.mono + Duration::from_secs(1), 61_000);
+        assert!(rotation.poll_timeout().unwrap() > stepped.mono);
+        assert!(
+            rotation.is_due(stepped),
+            "the boundary is past on the wall clock"
+        );
+        rotation.handle_timeout(stepped, &mut ring).unwrap();
+        assert_eq!(ring.current_epoch(), 6);
+        assert!(!rotation.is_due(stepped));
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -62,7 +62,7 @@ use self::{
     keys::KeyRotation,
 };
 use crate::{
-    client::{Topology, client_id},
+    client::client_id,
     config::NodeConfig,
     directory::{Action, DirectoryClient},
     runtime::{Now, files::write_atomic},
@@ -157,18 +157,20 @@ impl Node {
     /// Runs every machine whose timer is due at `now`.
     fn handle_timeouts(&mut self, now: Now) -> Result<(), NodeError> {
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now.mono);
-        if due(self.keys.poll_timeout()) {
+        // Machines that follow the wall clock say themselves whether they are due: their
+        // instants are mapped from the last reading, and a wall-clock step would make them late.
+        if self.keys.is_due(now) {
             let rotated = self
                 .relay
                 .with_keys(|ring| self.keys.handle_timeout(now, ring))?;
             if let Some(epoch) = rotated.advanced_to {
                 info!(epoch, "new epoch");
             }
-            for (epoch, error) in rotated.unusable {
-                warn!(epoch, %error, "epoch key unusable");
+            for key in rotated.unusable {
+                warn!(epoch = key.epoch, error = %key.error, "epoch key unusable");
             }
         }
-        if due(self.directory.poll_timeout()) {
+        if self.directory.is_due(now) {
             self.directory.handle_timeout(now);
         }
         self.send_directory_requests(now);
@@ -207,18 +209,13 @@ impl Node {
 
     /// Keeps the loop stream on the consensus in force, and sends what is due.
     fn send_loop_cover(&mut self, now: Now) {
-        let in_force = self.directory.in_force(now.unix_ms);
-        if in_force.map(|c| c.epoch()) != self.cover.epoch() {
-            self.cover.set_network(in_force.map(|c| {
-                (
-                    Topology::from_consensus(c),
-                    c.parameters().mix_loop_interval_us,
-                )
-            }));
-        }
+        self.cover.follow(self.directory.in_force(now.unix_ms));
         self.cover.handle_timeout(now.mono, &mut self.rng);
-        if let Some((first, packet)) = self.cover.poll_transmit() {
-            self.swarm.behaviour_mut().mix.send(first, packet);
+        if let Some(loop_packet) = self.cover.poll_transmit() {
+            self.swarm
+                .behaviour_mut()
+                .mix
+                .send(loop_packet.to, loop_packet.packet);
         }
     }
 
