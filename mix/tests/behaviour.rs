@@ -145,15 +145,7 @@ async fn network_with(
         let known = nodes.iter().map(|n| (n.peer, n.addr.clone())).collect();
         let mut behaviour = Behaviour::new(relay, config);
         setup(i, &peers, &mut behaviour);
-        nodes.push(
-            start(
-                keypair,
-                behaviour,
-                known,
-                events_tx.clone(),
-            )
-            .await,
-        );
+        nodes.push(start(keypair, behaviour, known, events_tx.clone()).await);
     }
     // Everyone learns everyone's address (as the consensus would tell them).
     for a in &nodes {

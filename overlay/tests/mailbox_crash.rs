@@ -101,7 +101,8 @@ fn a_gateway_killed_with_spooled_mail_loses_nothing_and_keeps_nothing_twice() {
     if let Some(path) = std::env::var_os(CHILD_ENV) {
         child(PathBuf::from(path));
     }
-    let path = std::env::temp_dir().join(format!("p2pmix-mailbox-crash-{}.redb", std::process::id()));
+    let path =
+        std::env::temp_dir().join(format!("p2pmix-mailbox-crash-{}.redb", std::process::id()));
     let _ = std::fs::remove_file(&path);
     struct Remove(PathBuf);
     impl Drop for Remove {
@@ -139,7 +140,10 @@ fn a_gateway_killed_with_spooled_mail_loses_nothing_and_keeps_nothing_twice() {
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut seen = 0;
     while seen < KILL_AFTER {
-        assert!(Instant::now() < deadline, "the child made {seen} packets durable in 120 s");
+        assert!(
+            Instant::now() < deadline,
+            "the child made {seen} packets durable in 120 s"
+        );
         let line = lines.next().expect("the child runs").unwrap();
         seen += usize::from(line.starts_with("D "));
         record(&line);

@@ -159,13 +159,20 @@ mod tests {
         // Neighbours in the same /24 share what is left of the prefix, strangers are not
         // touched: honest clients elsewhere register.
         for n in 0..50u32 {
-            let honest: IpAddr = Ipv4Addr::new(198, 51, (n / 200) as u8, (n % 200) as u8 + 1).into();
-            assert_eq!(store.register(id(1_000_000 + n), T0, Some(honest)).ok(), Some(true));
+            let honest: IpAddr =
+                Ipv4Addr::new(198, 51, (n / 200) as u8, (n % 200) as u8 + 1).into();
+            assert_eq!(
+                store.register(id(1_000_000 + n), T0, Some(honest)).ok(),
+                Some(true)
+            );
         }
         // The flooder's registrations expire when idle (an hour), and the count with them.
         store.expire(T0 + config.idle_registration.as_millis() as u64 + 1);
         assert_eq!(store.registered_from(flooder), 0);
-        assert_eq!(store.register(id(7), T0 + 1, Some(flooder)).ok(), Some(true));
+        assert_eq!(
+            store.register(id(7), T0 + 1, Some(flooder)).ok(),
+            Some(true)
+        );
     }
 
     #[test]
