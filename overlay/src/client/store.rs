@@ -40,6 +40,8 @@ pub const CLIENT_STORE_FILE: &str = "client.redb";
 const LAYOUT_VERSION: u32 = 1;
 
 type Table = TableDefinition<'static, &'static [u8], &'static [u8]>;
+/// What `load` runs on each entry of a table (`None`: the entry does not decode).
+type EntryFn<'a> = dyn FnMut(&[u8], &[u8]) -> Option<()> + 'a;
 const OUTBOX: Table = TableDefinition::new("outbox");
 const OUTBOX_ACKED: Table = TableDefinition::new("outbox_acked");
 const ACK_KEYS: Table = TableDefinition::new("ack_keys");
@@ -123,7 +125,7 @@ impl ClientStore {
         let txn = self.db.begin_read().map_err(db_err)?;
         let mut state = SavedState::default();
         let mut report = LoadReport::default();
-        let mut each = |table: Table, f: &mut dyn FnMut(&[u8], &[u8]) -> Option<()>| {
+        let mut each = |table: Table, f: &mut EntryFn<'_>| {
             let t = txn.open_table(table).map_err(db_err)?;
             for entry in t.iter().map_err(db_err)? {
                 let (k, v) = entry.map_err(db_err)?;

@@ -90,7 +90,7 @@ impl OriginCounts {
     }
 
     /// Registrations held from `ip`.
-    pub(super) fn from_address(&self, ip: IpAddr) -> usize {
+    pub(super) fn registered_at(&self, ip: IpAddr) -> usize {
         self.addresses.get(&canonical(ip)).copied().unwrap_or(0)
     }
 }
@@ -256,7 +256,7 @@ mod tests {
         let mut counts = OriginCounts::default();
         counts.add(a);
         counts.add(mapped);
-        assert_eq!(counts.from_address(a), 2);
+        assert_eq!(counts.registered_at(a), 2);
         assert!(!counts.admits(b, 10, 2), "the /24 holds two");
         counts.remove(a);
         assert!(counts.admits(b, 10, 2));

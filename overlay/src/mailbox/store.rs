@@ -273,7 +273,7 @@ impl MailboxStore {
 
     /// Registrations held that were made from `ip`.
     pub fn registered_from(&self, ip: IpAddr) -> usize {
-        self.origins.from_address(ip)
+        self.origins.registered_at(ip)
     }
 
     /// Packets evicted from the largest mailboxes to make room (see [`super::limits`]).

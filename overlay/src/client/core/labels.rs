@@ -146,7 +146,7 @@ mod tests {
         assert!(table.insert(label(u32::MAX), 7, t0).is_none(), "room again");
         let evicted = table.insert(label(u32::MAX - 1), 8, t0 + Duration::from_secs(1));
         assert_eq!(
-            evicted.map(|(l, v)| (l, v)),
+            evicted,
             Some((label(1), 1)),
             "the oldest goes"
         );
