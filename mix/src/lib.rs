@@ -40,7 +40,7 @@ pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
 pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig};
 pub use sphinx::{
-    create::{Hop, build_packet},
+    create::{Hop, build_cover_packet, build_packet, build_packet_to},
     delay::sample_exponential,
     error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError},
     geometry::{
@@ -49,6 +49,7 @@ pub use sphinx::{
     keyring::{EpochKey, KeyRing, KeyRingError},
     keys::{KeyId, NodePublicKey, NodeSecretKey},
     peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet},
+    recipient::{REPRESENTATIVE_SIZE, RecipientKey, RecipientPublicKey},
     replay::{ReplayCache, ReplayConfig},
     routing::{ClientId, Delay, Destination, Label, NodeId},
     surb::{Surb, SurbKeys, create_surb},
