@@ -334,6 +334,11 @@ fn a_mistyped_address_is_refused_before_anything_is_sent() {
         gateway: PeerId::random(),
         client: client::client_id(&PeerId::random()),
         noise_key: [7; 32],
+        recipient_key: StaticKey::generate()
+            .unwrap()
+            .recipient_key()
+            .public_key()
+            .to_bytes(),
     }
     .to_string();
     // One character changed in the middle (to another of the alphabet).

@@ -95,6 +95,7 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
                 gateway,
                 client: p2pmix::client::client_id(&identity.public().to_peer_id()),
                 noise_key: key.public(),
+                recipient_key: key.recipient_key().public_key().to_bytes(),
             };
             println!("{address}");
             Ok(ExitCode::SUCCESS)
