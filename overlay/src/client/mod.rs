@@ -13,7 +13,8 @@ pub mod route;
 pub mod schedule;
 
 pub use address::{Address, AddressError, client_id};
-pub use behaviour::{Behaviour, ClientSetupError, Config, Event};
+pub use behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event};
+pub use crate::mailbox::ClientKey;
 pub use core::{
     ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage, ReplyHandle,
     SendError, fragment_capacity, reply_capacity,

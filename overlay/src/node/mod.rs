@@ -51,6 +51,7 @@ use libp2p::{
 use metrics::counter;
 use p2pmix_bootstrap::{DIRECTORY_PROTOCOL, peer_id};
 use p2pmix_mix::{Relay, behaviour::Event as MixEvent};
+use p2pmix_proto::v1::RefusalCode;
 use tracing::{debug, info, warn};
 
 pub use self::swarm::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeBehaviour, NodeBehaviourEvent};
@@ -62,8 +63,8 @@ use self::{
     keys::KeyRotation,
 };
 use crate::{
-    client::client_id,
     config::NodeConfig,
+    mailbox::{refusal, registered_client},
     directory::{Action, DirectoryClient},
     runtime::{Now, files::write_atomic},
 };
@@ -354,13 +355,17 @@ impl Node {
                 ..
             }) => {
                 if let Some(gateway) = &mut self.gateway {
-                    gateway.handle_fetch(
-                        now,
-                        client_id(&peer),
-                        request,
-                        channel,
-                        &mut self.swarm.behaviour_mut().mailbox,
-                    );
+                    let mailbox = &mut self.swarm.behaviour_mut().mailbox;
+                    match registered_client(&self.me, &peer, &request) {
+                        Ok(client) => gateway.handle_fetch(now, client, request, channel, mailbox),
+                        Err(e) => {
+                            debug!(%peer, %e, "mailbox fetch refused");
+                            let _ = mailbox.send_response(
+                                channel,
+                                refusal(RefusalCode::BadSignature, &e.to_string()),
+                            );
+                        }
+                    }
                 }
             }
             NodeBehaviourEvent::Mix(MixEvent::PeerBanned(peer)) => {
