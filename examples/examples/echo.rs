@@ -51,7 +51,8 @@ async fn main() -> Result<()> {
     let asker = match &ask {
         Some(text) => {
             let k = keys(&run_dir.join("examples/echo-asker"))?;
-            let mut asker = Client::start(k.swarm, k.client, k.noise, testnet_config(&run_dir, 0)?)?;
+            let mut asker =
+                Client::start(k.swarm, k.client, k.noise, testnet_config(&run_dir, 0)?)?;
             // Wait for a verified consensus so that the round trip measures the network.
             loop {
                 match asker.next_event().await {

@@ -20,7 +20,10 @@ fn the_embed_example_address_does_not_reveal_the_dapp_peer() {
         gateway_addresses: Vec::new(),
         authorities: Authorities {
             entries: Vec::new(),
-            schedule: Some(EpochSchedule::new(0, Duration::from_secs(60).as_millis() as u64)),
+            schedule: Some(EpochSchedule::new(
+                0,
+                Duration::from_secs(60).as_millis() as u64,
+            )),
         },
         client: ClientConfig::default(),
     };
@@ -28,7 +31,11 @@ fn the_embed_example_address_does_not_reveal_the_dapp_peer() {
     let peer = identity.public().to_peer_id();
     let address = mixnet.address();
     // The attack: hash the candidate peer id the way a peer-derived client id is made.
-    assert_ne!(address.client, client_id(&peer), "the address names the dApp's peer");
+    assert_ne!(
+        address.client,
+        client_id(&peer),
+        "the address names the dApp's peer"
+    );
     let text = address.to_string();
     let mut data = Vec::new();
     data.extend_from_slice(&address.client.0);

@@ -353,7 +353,12 @@ fn create(c: &mut Criterion) {
     group.bench_function("p2pmix-recipient-open", |b| {
         b.iter_batched_ref(
             || body.clone(),
-            |body| recipient.open(&ours.geometry, body).map(|p| p.len()).unwrap(),
+            |body| {
+                recipient
+                    .open(&ours.geometry, body)
+                    .map(|p| p.len())
+                    .unwrap()
+            },
             BatchSize::SmallInput,
         )
     });

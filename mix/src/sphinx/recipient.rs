@@ -247,7 +247,11 @@ mod tests {
             let mut flipped = sealed.clone();
             flipped[bit / 8] ^= 1 << (bit % 8);
             // Bit 255 is the representative's top bit: the map ignores it, the key does not.
-            assert_eq!(bob.open(&g, &mut flipped), Err(OpenError::Tampered), "bit {bit}");
+            assert_eq!(
+                bob.open(&g, &mut flipped),
+                Err(OpenError::Tampered),
+                "bit {bit}"
+            );
         }
         assert!(matches!(
             bob.open(&g, &mut [0u8; 10]),

@@ -12,9 +12,9 @@ pub mod handle;
 pub mod route;
 pub mod schedule;
 
+pub use crate::mailbox::ClientKey;
 pub use address::{Address, AddressError, client_id};
 pub use behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event};
-pub use crate::mailbox::ClientKey;
 pub use core::{
     ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage, ReplyHandle,
     SendError, fragment_capacity, reply_capacity,

@@ -39,18 +39,18 @@ pub enum RegistrationError {
 
 /// A client's own mixnet key: its client id at the gateway and what registration proves.
 #[derive(Debug, Clone)]
-pub struct ClientKey(Keypair);
+pub struct ClientKey(Box<Keypair>);
 
 impl ClientKey {
     /// A fresh key.
     pub fn generate() -> Self {
-        ClientKey(Keypair::generate_ed25519())
+        ClientKey(Box::new(Keypair::generate_ed25519()))
     }
 
     /// A key from an ed25519 keypair (as stored in the data directory); `None` for other kinds.
     pub fn from_keypair(keypair: Keypair) -> Option<Self> {
         keypair.clone().try_into_ed25519().ok()?;
-        Some(ClientKey(keypair))
+        Some(ClientKey(Box::new(keypair)))
     }
 
     /// The keypair, to store it.

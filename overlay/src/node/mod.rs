@@ -64,8 +64,8 @@ use self::{
 };
 use crate::{
     config::NodeConfig,
-    mailbox::{refusal, registered_client},
     directory::{Action, DirectoryClient},
+    mailbox::{refusal, registered_client},
     runtime::{Now, files::write_atomic},
 };
 
