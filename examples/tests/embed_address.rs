@@ -24,6 +24,7 @@ fn the_embed_example_address_does_not_reveal_the_dapp_peer() {
                 0,
                 Duration::from_secs(60).as_millis() as u64,
             )),
+            test_network: false,
         },
         client: ClientConfig::default(),
     };

@@ -6,8 +6,11 @@
 //! packets and senders retransmit, so nothing is lost, but cover traffic pauses too). Dropping
 //! the handle stops the task.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use libp2p::{identity::Keypair, swarm::SwarmEvent};
+use p2pmix_mix::trace::TraceSink;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -80,7 +83,22 @@ impl Client {
         key: StaticKey,
         config: Config,
     ) -> Result<Self, ClientError> {
-        let behaviour = Behaviour::new(swarm.public().to_peer_id(), identity, key, config)?;
+        Self::start_traced(swarm, identity, key, config, None)
+    }
+
+    /// [`Client::start`], recording every packet sent in `trace` (test networks only; see
+    /// [`Behaviour::set_trace`]).
+    pub fn start_traced(
+        swarm: Keypair,
+        identity: ClientIdentity,
+        key: StaticKey,
+        config: Config,
+        trace: Option<Arc<dyn TraceSink>>,
+    ) -> Result<Self, ClientError> {
+        let mut behaviour = Behaviour::new(swarm.public().to_peer_id(), identity, key, config)?;
+        if let Some(sink) = trace {
+            behaviour.set_trace(sink);
+        }
         let identity = swarm;
         let address = behaviour.address();
         let mut swarm = build_swarm(identity, |_| behaviour)?;
