@@ -14,7 +14,8 @@
 //!
 //! Layout of the source: `sphinx/` (the packet format, one concern a file), `admission.rs` (rate
 //! limits and bans), `relay.rs` (the mix core), `stats.rs` (counters), `pool.rs` (recycled
-//! buffers), and [`net`] (the libp2p adapters).
+//! buffers), [`trace`] (test-network link traces and ground truth, for measuring anonymity),
+//! and [`net`] (the libp2p adapters).
 //!
 //! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
 //! function of the core is deterministic given its inputs, which the tests and the known-answer
@@ -30,17 +31,19 @@ mod pool;
 mod relay;
 mod sphinx;
 mod stats;
+pub mod trace;
 
 // The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
 // the overlay uses.
 pub use admission::{
-    Admission, AdmissionConfig, Fault, MAX_TRACKED_PEERS, Rate, TokenBucket, Verdict,
+    AddressShare, Admission, AdmissionConfig, Fault, MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS,
+    Origin, Prefix, Rate, TokenBucket, Verdict,
 };
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
-pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig};
+pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, ShareKey};
 pub use sphinx::{
-    create::{Hop, build_packet},
+    create::{Hop, build_cover_packet, build_packet, build_packet_to},
     delay::sample_exponential,
     error::{BuildError, GeometryError, OpenError, SurbError, SurbKeysError, UnwrapError},
     geometry::{
@@ -49,7 +52,12 @@ pub use sphinx::{
     keyring::{EpochKey, KeyRing, KeyRingError},
     keys::{KeyId, NodePublicKey, NodeSecretKey},
     peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet},
-    replay::{ReplayCache, ReplayConfig},
+    recipient::{REPRESENTATIVE_SIZE, RecipientKey, RecipientPublicKey},
+    replay::{
+        PersistError, ReplayBudget, ReplayCache, ReplayConfig, ReplayRefusal, TagIndex,
+        log::{ReplayBatch, ReplayLog, ReplayRecord},
+        persist::{JOURNAL_HEADER_BYTES, JOURNAL_RECORD_BYTES, encode_records, journal_records},
+    },
     routing::{ClientId, Delay, Destination, Label, NodeId},
     surb::{SURB_KEYS_VERSION, Surb, SurbKeys, create_surb},
 };

@@ -5,7 +5,11 @@
 //! [[authority]]
 //! public_key = "12D3KooW…"            # the authority's peer id, or the hex of its libp2p
 //!                                     # protobuf public key (both printed by `p2pmix keygen`)
-//! addresses = ["/ip4/127.0.0.1/tcp/4001"]
+//! addresses = ["/dns4/dir1.example.org/tcp/4001"]
+//! [network]                           # the epoch schedule nodes and clients follow
+//! genesis_unix_ms = 1764000000000
+//! epoch_ms = 3600000
+//! test_network = true                 # only for local test networks: loopback addresses, traces
 //! ```
 //!
 //! ```toml
@@ -13,12 +17,15 @@
 //! identity = "identity.key"           # paths are relative to this file
 //! data_dir = "data"
 //! authorities = "authorities.toml"
-//! listen = ["/ip4/127.0.0.1/tcp/0"]
+//! listen = ["/ip4/0.0.0.0/tcp/4001"]
+//! metrics = "127.0.0.1:9200"          # optional: Prometheus text at http://ADDR/metrics
 //! [network]
 //! genesis_unix_ms = 1764000000000
 //! epoch_ms = 3600000
+//! test_network = true                 # only for local test networks (published in the consensus)
 //! [network.parameters]                # optional overrides of the defaults
 //! mean_delay_us = 50000
+//! max_nodes_per_ipv4_24 = 4           # admission caps (0: none)
 //! ```
 
 use std::{
@@ -32,6 +39,9 @@ use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities, default_parameters};
 use p2pmix_proto::v1::{NetworkParameters, Role};
 use serde::Deserialize;
 use thiserror::Error;
+
+pub use crate::node::replay::ReplaySettings;
+pub use crate::runtime::trace::TraceConfig;
 
 /// Why a configuration file was refused.
 #[derive(Debug, Error)]
@@ -91,6 +101,8 @@ struct AuthoritiesFile {
 struct ScheduleSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    #[serde(default)]
+    test_network: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +133,10 @@ pub struct Authorities {
     /// `genesis_unix_ms` and `epoch_ms`): nodes and clients need it to know when to upload
     /// descriptors and fetch the next consensus.
     pub schedule: Option<EpochSchedule>,
+    /// Whether the file declares a local test network (`test_network = true` in `[network]`):
+    /// only then do nodes announce loopback and private listen addresses. The file is the root
+    /// of trust every participant ships, so a production network's file never has it.
+    pub test_network: bool,
 }
 
 /// An authority's key as people have it: its peer id (`12D3KooW…`, which embeds an ed25519 key)
@@ -171,6 +187,7 @@ impl Authorities {
                 addresses,
             });
         }
+        let test_network = file.network.is_some_and(|n| n.test_network);
         let schedule = match file.network {
             Some(n) if n.epoch_ms < MIN_EPOCH_MS => {
                 return Err(invalid(format!(
@@ -180,7 +197,11 @@ impl Authorities {
             Some(n) => Some(EpochSchedule::new(n.genesis_unix_ms, n.epoch_ms)),
             None => None,
         };
-        Ok(Authorities { entries, schedule })
+        Ok(Authorities {
+            entries,
+            schedule,
+            test_network,
+        })
     }
 
     /// The authorities' peer ids (where the directory is fetched from).
@@ -225,6 +246,7 @@ struct AuthorityFile {
     authorities: PathBuf,
     #[serde(default)]
     listen: Vec<String>,
+    metrics: Option<String>,
     network: NetworkSection,
 }
 
@@ -234,6 +256,10 @@ struct AuthorityFile {
 struct NetworkSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    /// A local test network: published in the consensus (`test_network`), it lets loopback and
+    /// private addresses in.
+    #[serde(default)]
+    test_network: bool,
     #[serde(default)]
     parameters: ParameterOverrides,
 }
@@ -249,6 +275,10 @@ struct ParameterOverrides {
     mix_loop_interval_us: Option<u64>,
     layers: Option<u32>,
     min_protocol_version: Option<u32>,
+    max_nodes_per_ipv4: Option<u32>,
+    max_nodes_per_ipv4_24: Option<u32>,
+    max_nodes_per_ipv6_48: Option<u32>,
+    max_nodes_per_family: Option<u32>,
 }
 
 /// An authority's configuration, resolved.
@@ -266,6 +296,8 @@ pub struct AuthorityConfigFile {
     pub schedule: EpochSchedule,
     /// Network parameters to publish.
     pub parameters: NetworkParameters,
+    /// Where to serve metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Shortest epoch accepted: each phase needs time for messages to cross the network.
@@ -328,6 +360,29 @@ impl AuthorityConfigFile {
         if let Some(v) = o.min_protocol_version {
             parameters.min_protocol_version = v;
         }
+        let set32 = |slot: &mut u32, v: Option<u32>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set32(&mut parameters.max_nodes_per_ipv4, o.max_nodes_per_ipv4);
+        set32(
+            &mut parameters.max_nodes_per_ipv4_24,
+            o.max_nodes_per_ipv4_24,
+        );
+        set32(
+            &mut parameters.max_nodes_per_ipv6_48,
+            o.max_nodes_per_ipv6_48,
+        );
+        set32(&mut parameters.max_nodes_per_family, o.max_nodes_per_family);
+        parameters.test_network = file.network.test_network;
+        let metrics = file
+            .metrics
+            .map(|m| {
+                m.parse()
+                    .map_err(|e| invalid(format!("metrics address {m}: {e}")))
+            })
+            .transpose()?;
         Ok(AuthorityConfigFile {
             identity: base.join(file.identity),
             data_dir: base.join(file.data_dir),
@@ -335,6 +390,7 @@ impl AuthorityConfigFile {
             listen,
             schedule: EpochSchedule::new(file.network.genesis_unix_ms, file.network.epoch_ms),
             parameters,
+            metrics,
         })
     }
 }
@@ -367,9 +423,13 @@ struct NodeFile {
     listen: Vec<String>,
     #[serde(default)]
     bootstrap: Vec<String>,
+    #[serde(default)]
+    announce: Vec<String>,
     role: Option<NodeRole>,
     metrics: Option<String>,
     family: Option<String>,
+    replay_memory_mib: Option<u64>,
+    replay_min_rate: Option<f64>,
 }
 
 /// Command-line values that override a node's configuration file.
@@ -383,12 +443,16 @@ pub struct NodeOverrides {
     pub listen: Vec<Multiaddr>,
     /// `--bootstrap` (replaces the file's list when given).
     pub bootstrap: Vec<Multiaddr>,
+    /// `--announce` (replaces the file's list when given).
+    pub announce: Vec<Multiaddr>,
     /// `--role`.
     pub role: Option<NodeRole>,
     /// `--metrics`.
     pub metrics: Option<SocketAddr>,
     /// `--family`.
     pub family: Option<String>,
+    /// `--trace-links` and `--trace-truth` (command line only).
+    pub trace: TraceConfig,
 }
 
 /// A node's configuration, resolved from its file (optional) and the command line.
@@ -398,10 +462,13 @@ pub struct NodeOverrides {
 /// data_dir = "data"                       # identity.key, epoch keys, consensus cache
 /// authorities = "authorities.toml"        # pinned keys; its [network] gives the schedule
 /// listen = ["/ip4/0.0.0.0/tcp/4100"]
-/// bootstrap = ["/ip4/192.0.2.7/tcp/4100/p2p/12D3KooW…"]
+/// announce = ["/dns4/mix1.example.org/tcp/4100"]  # what the descriptor carries
+/// bootstrap = ["/dns4/boot.example.org/tcp/4100/p2p/12D3KooW…"]
 /// role = "mix"                            # or "gateway"
 /// metrics = "127.0.0.1:9100"              # Prometheus text at http://ADDR/metrics
 /// family = "operator-name"                # nodes of one operator share it
+/// replay_memory_mib = 1024                # all replay filters together (docs/sphinx.md)
+/// replay_min_rate = 1000                  # packets/s a key's filter is sized for at least
 /// ```
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -415,12 +482,20 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join the DHT through.
     pub bootstrap: Vec<Multiaddr>,
+    /// The addresses the node's descriptor carries (what mixes and clients dial). Empty: its
+    /// public listen addresses (and, on a test network, its loopback and private ones).
+    pub announce: Vec<Multiaddr>,
     /// Mix or gateway.
     pub role: NodeRole,
     /// Where to serve metrics, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
+    /// How the replay filters are sized and how much memory they may take.
+    pub replay: ReplaySettings,
+    /// Test-network traces to write (refused unless the authorities file declares a test
+    /// network).
+    pub trace: TraceConfig,
 }
 
 impl NodeConfig {
@@ -479,6 +554,24 @@ impl NodeConfig {
         if bootstrap.is_empty() {
             bootstrap = addresses(&parsed.bootstrap, "bootstrap")?;
         }
+        let mut announce = overrides.announce;
+        if announce.is_empty() {
+            announce = addresses(&parsed.announce, "announce")?;
+        }
+        for a in &announce {
+            p2pmix_bootstrap::address::check_address(
+                &a.to_string(),
+                None,
+                authorities.test_network,
+            )
+            .map_err(|e| {
+                invalid(format!(
+                    "announce address {a}: {e} (announce /ip4, /ip6 or /dns* with /tcp/PORT \
+                         or /udp/PORT/quic-v1; loopback and private addresses only on a test \
+                         network)"
+                ))
+            })?;
+        }
         let metrics = match (overrides.metrics, parsed.metrics) {
             (Some(m), _) => Some(m),
             (None, Some(m)) => Some(
@@ -493,9 +586,24 @@ impl NodeConfig {
             schedule,
             listen,
             bootstrap,
+            announce,
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
+            replay: {
+                let defaults = ReplaySettings::default();
+                ReplaySettings {
+                    min_rate: match parsed.replay_min_rate {
+                        Some(r) if r.is_finite() && r > 0.0 => r,
+                        Some(r) => return Err(invalid(format!("replay_min_rate {r}: not a rate"))),
+                        None => defaults.min_rate,
+                    },
+                    memory_bytes: parsed
+                        .replay_memory_mib
+                        .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
+                }
+            },
+            trace: overrides.trace,
         })
     }
 }

@@ -22,6 +22,7 @@ use libp2p::PeerId;
 use crate::{
     relay::{Decision, DropReason, Relay},
     stats::{MAX_BATCH, Stats},
+    trace::PacketTag,
 };
 
 /// A frame for the Sphinx workers.
@@ -31,6 +32,8 @@ pub(crate) struct Job {
     /// The neighbour that sent it (`None`: injected locally), for counting its faults.
     pub(crate) from: Option<PeerId>,
     pub(crate) packet: Vec<u8>,
+    /// Its tag, when tracing.
+    pub(crate) tag: Option<PacketTag>,
 }
 
 /// What a worker decided for one [`Job`].
@@ -38,6 +41,8 @@ pub(crate) struct Outcome {
     /// The job's sender.
     pub(crate) from: Option<PeerId>,
     pub(crate) decision: Result<Decision<PeerId>, DropReason>,
+    /// The job's tag, when tracing.
+    pub(crate) tag: Option<PacketTag>,
 }
 
 /// The event loop's handle on the worker threads: one job queue per worker.
@@ -112,7 +117,7 @@ impl Worker {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut next = Some(first);
             while let Some(job) = next.take() {
-                senders.push(job.from);
+                senders.push((job.from, job.tag));
                 batch.push((job.arrived, job.packet));
                 if batch.len() < MAX_BATCH {
                     next = self.jobs.try_recv().ok();
@@ -121,8 +126,16 @@ impl Worker {
             let started = Instant::now();
             let decisions = self.relay.process_batch(batch);
             self.stats.record_batch(decisions.len(), started.elapsed());
-            for (from, decision) in senders.drain(..).zip(decisions) {
-                if self.outcomes.send(Outcome { from, decision }).is_err() {
+            for ((from, tag), decision) in senders.drain(..).zip(decisions) {
+                if self
+                    .outcomes
+                    .send(Outcome {
+                        from,
+                        decision,
+                        tag,
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }

@@ -1,7 +1,8 @@
 //! Unwrapping one layer of a packet (a node's side), in place.
 //!
 //! Order of checks: size, key id, group element, shared secret, header MAC (constant time),
-//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache);
+//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache; a
+//! full filter refuses rather than guess);
 //! then the routing information is decrypted, the payload layer comes off the body, and the
 //! routing slot is decoded.
 //!
@@ -30,7 +31,7 @@ use super::{
     },
     keyring::KeyRing,
     keys::{KeyId, NodeSecretKey},
-    replay::ReplayCache,
+    replay::{ReplayCache, ReplayRefusal},
     routing::{Delay, Destination, NodeId, Slot},
 };
 
@@ -173,9 +174,12 @@ fn finish(
     if !keys.verify_mac(id[0], element, routing, mac) {
         return Err(UnwrapError::Mac);
     }
-    if !replay.check_and_insert(&keys.tag) {
-        return Err(UnwrapError::Replay);
-    }
+    replay
+        .check_and_insert(&keys.tag)
+        .map_err(|refusal| match refusal {
+            ReplayRefusal::Replay => UnwrapError::Replay,
+            ReplayRefusal::Full => UnwrapError::ReplayFilterFull,
+        })?;
 
     // Decrypt the routing information extended by one zero slot; the first slot is ours, the
     // rest (shifted left one slot, its tail from the keystream) is the next hop's.

@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use libp2p::{Multiaddr, identity::Keypair};
 use p2pmix::{
     authority::run_authority,
-    config::{Authorities, AuthorityConfigFile, NodeConfig, NodeOverrides, NodeRole},
+    config::{Authorities, AuthorityConfigFile, NodeConfig, NodeOverrides, NodeRole, TraceConfig},
     identity::{IDENTITY_FILE, read_identity, write_identity},
     node::run_node,
 };
@@ -68,9 +68,15 @@ struct NodeArgs {
     /// Where to listen (repeatable; default /ip4/127.0.0.1/tcp/0).
     #[arg(long)]
     listen: Vec<Multiaddr>,
-    /// A peer to join the network through (repeatable), e.g. /ip4/192.0.2.7/tcp/4100/p2p/12D3…
+    /// A peer to join the network through (repeatable), e.g. /dns4/boot.example.org/tcp/4100/p2p/12D3…
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
+    /// An address other nodes and clients can reach this node at (repeatable), e.g.
+    /// /dns4/mix1.example.org/tcp/4100 or /ip4/203.0.113.7/tcp/4100: the descriptor carries
+    /// these (default: the public listen addresses). Behind NAT or in a container, give the
+    /// public one.
+    #[arg(long)]
+    announce: Vec<Multiaddr>,
     /// The pinned authorities file (with a [network] section giving the epoch schedule).
     #[arg(long)]
     authorities: Option<PathBuf>,
@@ -86,6 +92,31 @@ struct NodeArgs {
     /// Operator family: no route uses two nodes of one family.
     #[arg(long)]
     family: Option<String>,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+/// Test-network traces (refused unless the authorities file says `test_network = true`).
+#[derive(clap::Args)]
+pub(crate) struct TraceArgs {
+    /// Record what a global passive observer sees, one line per packet per link end (time,
+    /// neighbour, packet tag), into FILE. Test networks only.
+    #[arg(long, value_name = "FILE")]
+    trace_links: Option<PathBuf>,
+    /// Record the ground truth only this process knows (which packet became which, which
+    /// message went in which packet) into FILE. Test networks only.
+    #[arg(long, value_name = "FILE")]
+    trace_truth: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    pub(crate) fn config(&self) -> TraceConfig {
+        TraceConfig {
+            links: self.trace_links.clone(),
+            truth: self.trace_truth.clone(),
+            ..TraceConfig::default()
+        }
+    }
 }
 
 /// Runs one command.
@@ -107,9 +138,11 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
                     authorities: args.authorities,
                     listen: args.listen,
                     bootstrap: args.bootstrap,
+                    announce: args.announce,
                     role: args.role,
                     metrics: args.metrics,
                     family: args.family,
+                    trace: args.trace.config(),
                 },
             )?;
             runtime()?.block_on(async { run_node(config, shutdown_signal()).await })?;

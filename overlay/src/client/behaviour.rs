@@ -19,6 +19,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     path::PathBuf,
+    sync::Arc,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
@@ -35,7 +36,10 @@ use libp2p::{
     },
 };
 use p2pmix_bootstrap::{default_parameters, directory_behaviour};
-use p2pmix_mix::link::Link;
+use p2pmix_mix::{
+    link::Link,
+    trace::{Direction, PacketTag, TraceSink, Truth},
+};
 use p2pmix_proto::v1::{
     DirectoryRequest, GetConsensus, directory_request::Request, directory_response::Response,
 };
@@ -46,13 +50,14 @@ use tracing::{debug, info, warn};
 use crate::{
     client::{
         Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
-        ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, client_id,
+        ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, Transmitted,
+        client_id,
         core::StoreBatch,
         store::{ClientStore, StoreError},
     },
     config::Authorities,
     directory::{Action, DirectoryClient},
-    mailbox::{FetchFailure, MailboxFetcher, mailbox_behaviour},
+    mailbox::{ClientKey, FetchFailure, MailboxFetcher, mailbox_behaviour},
     runtime::Now,
 };
 
@@ -121,6 +126,17 @@ mod inner {
 }
 use inner::{Inner, InnerEvent};
 
+/// Who a client is at its gateway: the id its packets are filed under, which its address carries.
+#[derive(Debug, Clone)]
+pub enum ClientIdentity {
+    /// Its own mixnet key (keep it to keep the address): the address says nothing about the
+    /// swarm's peer id, and each mailbox fetch proves the key for its connection.
+    Key(ClientKey),
+    /// The id derived from the swarm's peer id, for an app that explicitly wants one identity:
+    /// anyone holding the address can then check which libp2p peer owns it.
+    SwarmPeer,
+}
+
 /// The client behaviour. See the module documentation.
 pub struct Behaviour {
     inner: Inner,
@@ -133,6 +149,8 @@ pub struct Behaviour {
     /// The gateway's configured addresses.
     gateway_addresses: Vec<Multiaddr>,
     installed: Option<u64>,
+    /// The client key and its signature every fetch carries (none for [`ClientIdentity::SwarmPeer`]).
+    proof: Option<(Vec<u8>, Vec<u8>)>,
     /// The mailbox fetch loop, and the request under way.
     fetcher: MailboxFetcher,
     fetch: Option<OutboundRequestId>,
@@ -143,6 +161,8 @@ pub struct Behaviour {
     rng: StdRng,
     events: VecDeque<Event>,
     waker: Option<Waker>,
+    /// Where packets sent and what they carried are recorded (test networks only).
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -156,10 +176,12 @@ impl std::fmt::Debug for Behaviour {
 }
 
 impl Behaviour {
-    /// A client for the swarm identity `local_peer` (its client id at the gateway is derived
-    /// from it), decrypting with `key`.
+    /// A client in the swarm whose identity is `local_peer`, known at its gateway as `identity`
+    /// (use [`ClientIdentity::Key`] with a key of its own unless the app wants its address
+    /// linked to its peer id), decrypting with `key`.
     pub fn new(
         local_peer: PeerId,
+        identity: ClientIdentity,
         key: StaticKey,
         config: Config,
     ) -> Result<Self, ClientSetupError> {
@@ -169,10 +191,14 @@ impl Behaviour {
             .ok_or(ClientSetupError::NoSchedule)?;
         let mut rng = StdRng::from_rng(&mut rand::rng());
         let now = Now::system();
+        let (me, proof) = match &identity {
+            ClientIdentity::Key(k) => (k.client_id(), Some(k.prove(&config.gateway, &local_peer))),
+            ClientIdentity::SwarmPeer => (client_id(&local_peer), None),
+        };
         let mut core = ClientCore::new(
             now.mono,
             config.client,
-            client_id(&local_peer),
+            me,
             config.gateway,
             key,
             StreamRates::from_parameters(&default_parameters()),
@@ -221,6 +247,7 @@ impl Behaviour {
             authorities: config.authorities,
             gateway_addresses: config.gateway_addresses,
             installed: None,
+            proof,
             fetcher: MailboxFetcher::new(now.mono),
             fetch: None,
             timer: None,
@@ -229,7 +256,40 @@ impl Behaviour {
             rng,
             events: VecDeque::new(),
             waker: None,
+            trace: None,
         })
+    }
+
+    /// Records every packet this client sends (the link to its gateway) and what it carried
+    /// (the ground truth) in `sink`. For test networks: the caller decides that it is one.
+    pub fn set_trace(&mut self, sink: Arc<dyn TraceSink>) {
+        self.trace = Some(sink);
+    }
+
+    /// Records `packet`, just built by the core, in the trace.
+    fn record(&self, packet: &[u8]) {
+        let (Some(trace), Some(kind)) = (&self.trace, self.core.last_transmitted()) else {
+            return;
+        };
+        let output = PacketTag::of(packet);
+        trace.link(Direction::Out, &self.gateway, output);
+        trace.truth(match kind {
+            Transmitted::Fragment {
+                message,
+                index,
+                count,
+                attempt,
+            } => Truth::Fragment {
+                output,
+                message: message.0,
+                index,
+                count,
+                attempt,
+            },
+            Transmitted::Reply => Truth::Reply { output },
+            Transmitted::LoopCover => Truth::LoopCover { output },
+            Transmitted::DropCover => Truth::DropCover { output },
+        });
     }
 
     /// This client's address: give it to those who should write to it.
@@ -378,6 +438,7 @@ impl Behaviour {
                 // One transaction for the keys of every SURB in them, before they leave.
                 self.flush_store();
                 for packet in packets {
+                    self.record(&packet);
                     self.inner.link.send(self.gateway, packet);
                 }
             }
@@ -394,7 +455,11 @@ impl Behaviour {
         // acknowledging what is processed and durable.
         self.fetcher.processed(self.core.mailbox_ack());
         self.fetcher.handle_timeout(now);
-        if let Some(request) = self.fetcher.poll_request() {
+        if let Some(mut request) = self.fetcher.poll_request() {
+            if let Some((key, signature)) = &self.proof {
+                request.client_key.clone_from(key);
+                request.client_signature.clone_from(signature);
+            }
             self.fetch = Some(self.inner.mailbox.send_request(&self.gateway, request));
         }
     }

@@ -10,6 +10,7 @@
 //! event, and hands each event to the machine it is for. The machines, one a file:
 //! - [`bootstrap`]: dials the bootstrap list with backoff until each address answered once;
 //! - [`keys`]: the epoch keys on disk and their rotation in the relay's key ring;
+//! - [`replay`]: each key's replay filter on disk (journal and snapshots), read back at a restart;
 //! - the [`DirectoryClient`] (in [`crate::directory`]): descriptor uploads, consensus fetches;
 //!   [`directory`] turns its actions into requests and serves held documents to peers;
 //! - [`install`]: what a verified consensus means for this node (a pure function);
@@ -17,7 +18,8 @@
 //! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/1.0.0`;
 //! - [`gauges`]: the metrics, exported on a timer.
 //!
-//! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`, `consensus-<epoch>.pb`
+//! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`,
+//! `replay/<epoch>/{journal,snapshot}-<generation>`, `consensus-<epoch>.pb`
 //! (verified documents, reused at restart), `listen-addrs` (full multiaddrs with `/p2p/`, usable
 //! as bootstrap addresses), on gateways `mailbox.redb` and, with metrics on, `metrics-addr`.
 
@@ -28,6 +30,7 @@ pub mod gateway;
 pub mod gauges;
 pub mod install;
 pub mod keys;
+pub mod replay;
 mod start;
 mod swarm;
 
@@ -51,6 +54,7 @@ use libp2p::{
 use metrics::counter;
 use p2pmix_bootstrap::{DIRECTORY_PROTOCOL, peer_id};
 use p2pmix_mix::{Relay, behaviour::Event as MixEvent};
+use p2pmix_proto::v1::RefusalCode;
 use tracing::{debug, info, warn};
 
 pub use self::swarm::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeBehaviour, NodeBehaviourEvent};
@@ -58,13 +62,13 @@ use self::{
     bootstrap::BootstrapDialer,
     cover::LoopCover,
     gateway::Gateway,
-    gauges::{ConsensusGauges, Gauges, Snapshot},
+    gauges::{ConsensusGauges, Gauges, ReplayFilterGauge, Snapshot},
     keys::KeyRotation,
 };
 use crate::{
-    client::client_id,
     config::NodeConfig,
     directory::{Action, DirectoryClient},
+    mailbox::{refusal, registered_client},
     runtime::{Now, files::write_atomic},
 };
 
@@ -166,6 +170,17 @@ impl Node {
             if let Some(epoch) = rotated.advanced_to {
                 info!(epoch, "new epoch");
             }
+            if !rotated.restored.is_empty() {
+                info!(epochs = ?rotated.restored, "epoch keys taken back with their replay filters");
+            }
+            for (epoch, error) in rotated.lost {
+                warn!(
+                    epoch,
+                    %error,
+                    "epoch key retired: its replay filter did not survive, and it may have \
+                     unwrapped packets; relaying resumes with the next key"
+                );
+            }
             for key in rotated.unusable {
                 warn!(epoch = key.epoch, error = %key.error, "epoch key unusable");
             }
@@ -243,6 +258,28 @@ impl Node {
                 }),
             cover: self.cover.stats(),
             mailbox: self.gateway.as_ref().map(Gateway::snapshot),
+            replay: self.relay.read_keys(|ring| {
+                ring.keys()
+                    .map(|k| {
+                        let cache = k.replay_cache();
+                        ReplayFilterGauge {
+                            epoch: k.epoch(),
+                            fill_ratio: cache.fill_ratio(),
+                            bytes: cache.memory_bytes(),
+                            tags: cache.len(),
+                        }
+                    })
+                    .collect()
+            }),
+            replay_memory: self.relay.read_keys(|ring| {
+                let budget = ring.replay_budget();
+                (budget.used(), budget.limit())
+            }),
+            replay_backlog: (
+                self.relay
+                    .read_keys(|ring| ring.replay_log().map_or(0, |l| l.pending())),
+                self.swarm.behaviour().mix.awaiting_journal(),
+            ),
         }
     }
 
@@ -378,14 +415,19 @@ impl Node {
                 ..
             }) => {
                 if let Some(gateway) = &mut self.gateway {
-                    gateway.handle_fetch(
-                        now,
-                        &peer,
-                        client_id(&peer),
-                        request,
-                        channel,
-                        &mut self.swarm.behaviour_mut().mailbox,
-                    );
+                    let mailbox = &mut self.swarm.behaviour_mut().mailbox;
+                    match registered_client(&self.me, &peer, &request) {
+                        Ok(client) => {
+                            gateway.handle_fetch(now, &peer, client, request, channel, mailbox)
+                        }
+                        Err(e) => {
+                            debug!(%peer, %e, "mailbox fetch refused");
+                            let _ = mailbox.send_response(
+                                channel,
+                                refusal(RefusalCode::BadSignature, &e.to_string()),
+                            );
+                        }
+                    }
                 }
             }
             NodeBehaviourEvent::Mix(MixEvent::PeerBanned(peer)) => {

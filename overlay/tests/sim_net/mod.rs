@@ -35,6 +35,24 @@ pub struct ClientActor {
     pub store: Option<ClientStore>,
     /// What a restart needs to build the core again.
     pub identity: (ClientId, PeerId, [u8; 32], ClientConfig),
+    /// When set, every body the gateway delivered, as it was delivered, with what it turned
+    /// out to be.
+    pub tap: Option<Vec<(Seen, Vec<u8>)>>,
+}
+
+/// What a delivered body was, found from what the core did with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Seen {
+    Loop,
+    /// A forward message: whether its sender was known (Noise X) and its length.
+    Forward {
+        known: bool,
+        len: usize,
+    },
+    Reply,
+    /// An acknowledgement (this client only sends one-fragment messages when tapped).
+    Ack,
+    Other,
 }
 
 impl ClientActor {
@@ -90,8 +108,29 @@ impl Actor<MixMessage> for ClientActor {
                 self.mailbox.push((label, body));
                 return;
             }
+            let as_delivered = self.tap.is_some().then(|| body.clone());
+            let (before, events) = (self.core.stats(), self.events.len());
             self.core.handle_delivery(ctx.mono(), label, &mut body);
             self.drain();
+            if let (Some(tap), Some(seen)) = (self.tap.as_mut(), as_delivered) {
+                let after = self.core.stats();
+                let kind = match self.events[events..].first() {
+                    _ if after.loop_cover_received > before.loop_cover_received => Seen::Loop,
+                    Some(ClientEvent::Received(ReceivedMessage {
+                        in_reply_to: Some(_),
+                        ..
+                    })) => Seen::Reply,
+                    Some(ClientEvent::Received(ReceivedMessage { from, bytes, .. })) => {
+                        Seen::Forward {
+                            known: from.is_some(),
+                            len: bytes.len(),
+                        }
+                    }
+                    _ if after == before => Seen::Ack,
+                    _ => Seen::Other,
+                };
+                tap.push((kind, seen));
+            }
         }
     }
 }
@@ -157,6 +196,7 @@ impl Net {
                 mailbox: Vec::new(),
                 store: None,
                 identity: (id, peers[g], secret, config),
+                tap: None,
             });
             sim.actor_mut::<RelayActor>(relays[g].actor)
                 .serve_client(id, actor);
@@ -273,6 +313,19 @@ impl Net {
     /// Relay `n` flips a byte of every packet it forwards.
     pub fn tamper(&mut self, n: usize) {
         self.sim.actor_mut::<RelayActor>(self.relays[n]).tamper_from = Some(400);
+    }
+
+    /// Records what client `c`'s gateway delivers to it from now on.
+    pub fn tap(&mut self, c: usize) {
+        self.sim.actor_mut::<ClientActor>(self.clients[c]).tap = Some(Vec::new());
+    }
+
+    pub fn tapped(&mut self, c: usize) -> Vec<(Seen, Vec<u8>)> {
+        self.sim
+            .actor_mut::<ClientActor>(self.clients[c])
+            .tap
+            .take()
+            .unwrap_or_default()
     }
 
     pub fn client(&mut self, c: usize) -> &mut ClientCore {

@@ -18,7 +18,9 @@ pub struct NodeDescriptor {
     /// descriptor. The node's PeerId derives from it.
     #[prost(bytes = "vec", tag = "2")]
     pub identity: ::prost::alloc::vec::Vec<u8>,
-    /// Multiaddrs (text form) where the node listens; sorted, unique.
+    /// Multiaddrs (text form) where the node can be reached: the addresses it announces, or its
+    /// public listen addresses (loopback and private ones only on a test network); sorted, unique.
+    /// Each starts with /ip4, /ip6, /dns, /dns4 or /dns6 and may end in /p2p/<this node>.
     #[prost(string, repeated, tag = "3")]
     pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(enumeration = "Role", tag = "4")]
@@ -59,6 +61,8 @@ pub struct Vote {
     pub commit: ::prost::alloc::vec::Vec<u8>,
     /// Digest of the previous epoch's consensus this authority holds (empty if none). The layer
     /// assignment builds on the previous document only if a threshold of votes names it.
+    ///
+    /// Field 6 is kept for the voter's per-node measurement scores (issue 13): not used yet.
     #[prost(bytes = "vec", tag = "5")]
     pub previous: ::prost::alloc::vec::Vec<u8>,
 }
@@ -118,6 +122,21 @@ pub struct NetworkParameters {
     /// Nodes below this protocol version are left out.
     #[prost(uint32, tag = "9")]
     pub min_protocol_version: u32,
+    /// Admission caps (docs/consensus.md, "Admission"): at most this many nodes per IPv4 address,
+    /// per IPv4 /24, per IPv6 /48 and per declared operator family (0: no cap). Prefixes come from
+    /// the public addresses a node announces.
+    #[prost(uint32, tag = "10")]
+    pub max_nodes_per_ipv4: u32,
+    #[prost(uint32, tag = "11")]
+    pub max_nodes_per_ipv4_24: u32,
+    #[prost(uint32, tag = "12")]
+    pub max_nodes_per_ipv6_48: u32,
+    #[prost(uint32, tag = "13")]
+    pub max_nodes_per_family: u32,
+    /// A local test network: loopback and private addresses are admitted (and belong to no prefix).
+    /// Production networks never set it.
+    #[prost(bool, tag = "14")]
+    pub test_network: bool,
 }
 /// One admitted node.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -141,6 +160,7 @@ pub struct ConsensusNode {
     pub family: ::prost::alloc::string::String,
     #[prost(uint32, tag = "8")]
     pub protocol_version: u32,
+    /// Field 10 is kept for the node's measurement score agreed from the votes (issue 13).
     #[prost(string, tag = "9")]
     pub software_version: ::prost::alloc::string::String,
 }
@@ -168,8 +188,11 @@ pub struct Consensus {
     #[prost(bytes = "vec", repeated, tag = "8")]
     pub voters: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
-/// One authority's signature over "p2pmix-consensus-v1" || digest, where digest = BLAKE3 of the
-/// encoded Consensus.
+/// One authority's signature over "p2pmix-consensus-v2" || epoch (8 bytes, little endian) ||
+/// digest, where digest = BLAKE3 of the encoded Consensus and epoch is the document's epoch. The
+/// epoch is signed so that a signature is tied to its round by its own bytes: one replayed from
+/// another epoch is refused unread, and two by one authority for one epoch over different digests
+/// prove that it signed two documents.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct ConsensusSignature {
     #[prost(bytes = "vec", tag = "1")]
@@ -178,6 +201,50 @@ pub struct ConsensusSignature {
     pub digest: ::prost::alloc::vec::Vec<u8>,
     #[prost(bytes = "vec", tag = "3")]
     pub signature: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
+}
+/// Proof that one authority signed two different documents for one epoch: two of its signatures
+/// with the same epoch and different digests (each verifies on its own).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Equivocation {
+    #[prost(message, optional, tag = "1")]
+    pub first: ::core::option::Option<ConsensusSignature>,
+    #[prost(message, optional, tag = "2")]
+    pub second: ::core::option::Option<ConsensusSignature>,
+}
+/// Two valid documents for one epoch, as a node or client saw them: the one it holds (the first
+/// it took; it is never replaced within its epoch) and the one it refused, each by its digest and
+/// its signatures (a threshold each). The authorities that signed both are the equivocators; each
+/// pair of their signatures is an Equivocation.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ConsensusConflict {
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+    #[prost(bytes = "vec", tag = "2")]
+    pub held_digest: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "3")]
+    pub held_signatures: ::prost::alloc::vec::Vec<ConsensusSignature>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub refused_digest: ::prost::alloc::vec::Vec<u8>,
+    #[prost(message, repeated, tag = "5")]
+    pub refused_signatures: ::prost::alloc::vec::Vec<ConsensusSignature>,
+}
+/// Ask for the evidence of equivocation a peer holds (epoch 0: every epoch it keeps).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct GetEvidence {
+    #[prost(uint64, tag = "1")]
+    pub epoch: u64,
+}
+/// What a peer knows of equivocation: authorities answer with the double signatures they caught,
+/// nodes and clients with the conflicting documents they were offered. Sorted by epoch, then by
+/// authority.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Evidence {
+    #[prost(message, repeated, tag = "1")]
+    pub equivocations: ::prost::alloc::vec::Vec<Equivocation>,
+    #[prost(message, repeated, tag = "2")]
+    pub conflicts: ::prost::alloc::vec::Vec<ConsensusConflict>,
 }
 /// The consensus as published: its exact encoding plus signatures (sorted by authority, unique).
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -195,7 +262,7 @@ pub struct GetConsensus {
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DirectoryRequest {
-    #[prost(oneof = "directory_request::Request", tags = "1, 2, 3, 4, 5")]
+    #[prost(oneof = "directory_request::Request", tags = "1, 2, 3, 4, 5, 6")]
     pub request: ::core::option::Option<directory_request::Request>,
 }
 /// Nested message and enum types in `DirectoryRequest`.
@@ -212,11 +279,13 @@ pub mod directory_request {
         Signature(super::ConsensusSignature),
         #[prost(message, tag = "5")]
         GetConsensus(super::GetConsensus),
+        #[prost(message, tag = "6")]
+        GetEvidence(super::GetEvidence),
     }
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct DirectoryResponse {
-    #[prost(oneof = "directory_response::Response", tags = "1, 2, 3")]
+    #[prost(oneof = "directory_response::Response", tags = "1, 2, 3, 4")]
     pub response: ::core::option::Option<directory_response::Response>,
 }
 /// Nested message and enum types in `DirectoryResponse`.
@@ -231,6 +300,8 @@ pub mod directory_response {
         Refused(super::Refused),
         #[prost(message, tag = "3")]
         Consensus(super::SignedConsensus),
+        #[prost(message, tag = "4")]
+        Evidence(super::Evidence),
     }
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
@@ -260,12 +331,29 @@ pub struct AuthorityState {
     /// Consensus documents this authority holds (newest last).
     #[prost(message, repeated, tag = "7")]
     pub consensuses: ::prost::alloc::vec::Vec<SignedConsensus>,
+    /// Nodes whose announced address answered, and in which round (this one or the previous).
+    #[prost(message, repeated, tag = "8")]
+    pub reached: ::prost::alloc::vec::Vec<Reached>,
+    /// Double signatures caught (kept for a few epochs, served as evidence).
+    #[prost(message, repeated, tag = "9")]
+    pub equivocations: ::prost::alloc::vec::Vec<Equivocation>,
+}
+/// A node reached at its announced address during the round of `epoch`.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Reached {
+    /// The node's PeerId bytes.
+    #[prost(bytes = "vec", tag = "1")]
+    pub peer_id: ::prost::alloc::vec::Vec<u8>,
+    #[prost(uint64, tag = "2")]
+    pub epoch: u64,
 }
 /// The mailbox protocol, /p2pmix/mailbox/1.0.0: a client fetches from its gateway what arrived
-/// for it. The client is the libp2p peer of the connection (Noise-authenticated); its client id
-/// is derived from its peer id, so nobody can fetch another client's packets. The first fetch
-/// registers the client: from then on the gateway keeps its packets while it is away.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+/// for it. The client proves its own mixnet key for the connection (client_key, client_signature)
+/// and its client id is derived from that key, so nobody can fetch another client's packets and
+/// the id says nothing of the connection's peer id; a fetch without a key is filed under the id
+/// derived from the peer id. The first fetch registers the client: from then on the gateway keeps
+/// its packets while it is away.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MailboxRequest {
     /// Every packet with a sequence number up to this one was processed: the gateway deletes them.
     #[prost(uint64, tag = "1")]
@@ -276,6 +364,16 @@ pub struct MailboxRequest {
     /// How long the gateway may hold the request open when nothing is waiting, milliseconds.
     #[prost(uint32, tag = "3")]
     pub wait_ms: u32,
+    /// The client's own mixnet key (a protobuf-encoded libp2p ed25519 public key), separate from
+    /// the swarm identity of the connection; the client id is derived from it. Empty: the client id
+    /// is derived from the connection's peer id (the client asked for that explicitly).
+    #[prost(bytes = "vec", tag = "4")]
+    pub client_key: ::prost::alloc::vec::Vec<u8>,
+    /// The client key's signature over "p2pmix 2026-12 mailbox registration v1" ‖ u8 length ‖
+    /// gateway peer id ‖ u8 length ‖ connection peer id: it binds the key to this connection, so a
+    /// seen proof is no use to another peer.
+    #[prost(bytes = "vec", tag = "5")]
+    pub client_signature: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MailboxResponse {

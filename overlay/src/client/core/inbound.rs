@@ -18,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use p2pmix_mix::{Surb, open_payload};
+use p2pmix_mix::Surb;
 use zeroize::Zeroizing;
 
 #[cfg(doc)]
@@ -182,7 +182,9 @@ impl ClientCore {
             self.stats.loop_cover_received += 1;
             return;
         }
-        let Some(sealed) = open_payload(&self.geometry, body)
+        let Some(sealed) = self
+            .recipient
+            .open(&self.geometry, body)
             .ok()
             .and_then(|p| from_payload(p).ok())
         else {

@@ -37,7 +37,7 @@ use std::{
 };
 
 use libp2p::PeerId;
-use p2pmix_mix::{ClientId, Geometry, Surb};
+use p2pmix_mix::{ClientId, Geometry, RecipientKey, Surb};
 use rand::CryptoRng;
 use thiserror::Error;
 
@@ -161,6 +161,9 @@ pub enum SendError {
     /// The sending queue cannot take the message's fragments now.
     #[error("the sending queue is full")]
     QueueFull,
+    /// The address's recipient-layer key is not a valid key (a hand-built address).
+    #[error("the address's recipient key is not a valid key")]
+    BadAddress,
     /// The reply does not fit in the SURBs the message carried.
     #[error("the reply needs {needed} packets but {surbs} SURBs came with the message")]
     ReplyTooLarge {
@@ -258,6 +261,29 @@ pub struct ClientStats {
     pub held_acks_dropped: u64,
 }
 
+/// What the last packet from [`ClientCore::poll_transmit`] carried: the ground truth a test
+/// network records (`p2pmix_mix::trace`); nothing else reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transmitted {
+    /// Fragment `index` of `count` of `message`, sent for the `attempt`-th time.
+    Fragment {
+        /// The message.
+        message: MessageId,
+        /// The fragment.
+        index: u16,
+        /// Fragments of the message.
+        count: u16,
+        /// Sends of this fragment, this one included.
+        attempt: u32,
+    },
+    /// An acknowledgement or a reply (through a SURB).
+    Reply,
+    /// Loop cover.
+    LoopCover,
+    /// Drop cover.
+    DropCover,
+}
+
 /// What waits for a tick of the send stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outgoing {
@@ -270,7 +296,7 @@ enum Outgoing {
 /// Bytes of message data one fragment carries, with `reply_surbs` SURBs in it.
 pub fn fragment_capacity(reply_surbs: usize, known_sender: bool) -> usize {
     Geometry::DEFAULT
-        .payload_size()
+        .recipient_payload_size()
         .saturating_sub(2 + e2e::overhead(known_sender) + fragment_overhead(reply_surbs))
 }
 
@@ -286,6 +312,9 @@ pub struct ClientCore {
     me: ClientId,
     gateway: PeerId,
     key: StaticKey,
+    /// The recipient-layer key (derived from `key`): forward packets for this client carry
+    /// their innermost layer under it.
+    recipient: RecipientKey,
     topology: Option<Topology>,
     schedule: SendingSchedule<Outgoing>,
     /// Packets built ahead (acknowledgements, replies), sent on send-stream ticks.
@@ -308,6 +337,7 @@ pub struct ClientCore {
     mailbox_ack: u64,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
+    last_transmitted: Option<Transmitted>,
 }
 
 impl std::fmt::Debug for ClientCore {
@@ -337,6 +367,7 @@ impl ClientCore {
             geometry: Geometry::DEFAULT,
             me,
             gateway,
+            recipient: key.recipient_key(),
             key,
             topology: None,
             prebuilt: HashMap::new(),
@@ -356,6 +387,7 @@ impl ClientCore {
             mailbox_ack: 0,
             events: VecDeque::new(),
             stats: ClientStats::default(),
+            last_transmitted: None,
         }
     }
 
@@ -365,6 +397,7 @@ impl ClientCore {
             gateway: self.gateway,
             client: self.me,
             noise_key: self.key.public(),
+            recipient_key: self.recipient.public_key().to_bytes(),
         }
     }
 
@@ -453,6 +486,11 @@ impl ClientCore {
         }
     }
 
+    /// What the last packet [`ClientCore::poll_transmit`] returned carried.
+    pub fn last_transmitted(&self) -> Option<Transmitted> {
+        self.last_transmitted
+    }
+
     /// The next packet to hand to the gateway, if the schedule says one is due at `now`.
     pub fn poll_transmit<R: CryptoRng + ?Sized>(
         &mut self,
@@ -460,26 +498,40 @@ impl ClientCore {
         rng: &mut R,
     ) -> Option<Vec<u8>> {
         while let Some(emission) = self.schedule.poll_emit(now, rng) {
-            let packet = match emission {
+            let (packet, kind) = match emission {
                 Emission::Real(Outgoing::Prebuilt(n)) => {
                     let p = self.prebuilt.remove(&n);
                     if p.is_some() {
                         self.stats.acks_and_replies_sent += 1;
                     }
-                    p
+                    (p, Transmitted::Reply)
                 }
                 Emission::Real(Outgoing::Fragment { message, index }) => {
                     match self.build_fragment(now, message, index, rng) {
-                        Some(packet) => Some(packet),
+                        Some(packet) => {
+                            let (count, attempt) =
+                                self.outbound.get(&message).map_or((0, 0), |o| {
+                                    let attempt = o.attempts(index);
+                                    (o.fragments(), attempt)
+                                });
+                            let kind = Transmitted::Fragment {
+                                message,
+                                index,
+                                count,
+                                attempt,
+                            };
+                            (Some(packet), kind)
+                        }
                         None => {
                             // The tick still sends a packet, or the stream would have a gap
                             // where real traffic was due.
-                            if self.retry_unroutable(now, message, index) {
+                            let p = if self.retry_unroutable(now, message, index) {
                                 self.stats.drop_cover_sent += 1;
                                 self.build_cover(false, now, rng)
                             } else {
                                 None
-                            }
+                            };
+                            (p, Transmitted::DropCover)
                         }
                     }
                 }
@@ -488,17 +540,18 @@ impl ClientCore {
                     if p.is_some() {
                         self.stats.drop_cover_sent += 1;
                     }
-                    p
+                    (p, Transmitted::DropCover)
                 }
                 Emission::LoopCover => {
                     let p = self.build_cover(true, now, rng);
                     if p.is_some() {
                         self.stats.loop_cover_sent += 1;
                     }
-                    p
+                    (p, Transmitted::LoopCover)
                 }
             };
             if packet.is_some() {
+                self.last_transmitted = Some(kind);
                 return packet;
             }
         }
