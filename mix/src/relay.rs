@@ -63,7 +63,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::WrongSize,
         DropReason::BadMac,
         DropReason::Replay,

@@ -16,7 +16,7 @@ use p2pmix::client::{
     Address, ClientConfig, MessageId, RoutePolicy, choose_route, e2e, fragment_capacity,
     frame::{Frame, to_payload},
 };
-use p2pmix_mix::{Destination, Geometry, KeyId, Label, build_packet};
+use p2pmix_mix::{Destination, Geometry, KeyId, Label, build_packet_to};
 use p2pmix_sim::mix::MixMessage;
 use rand::RngExt;
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
@@ -184,7 +184,7 @@ fn junk(net: &Net, to: &Address, rng: &mut ChaCha20Rng) -> Vec<u8> {
     )
     .unwrap();
     let label = Label(rng.random());
-    build_packet(
+    build_packet_to(
         &Geometry::DEFAULT,
         KeyId::for_epoch(EPOCH),
         &route,
@@ -192,6 +192,7 @@ fn junk(net: &Net, to: &Address, rng: &mut ChaCha20Rng) -> Vec<u8> {
             client: to.client,
             label,
         },
+        &to.recipient_public_key().unwrap(),
         &to_payload(&sealed),
         rng,
     )

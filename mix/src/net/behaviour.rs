@@ -597,18 +597,18 @@ impl NetworkBehaviour for Behaviour {
                 if let (Some(t), Some(input)) = (&self.trace, tag) {
                     t.truth(Truth::of_decision(input, &decision));
                 }
-                let final_senders = &self.final_senders;
-                let final_refused = |d: &Decision<PeerId>| {
+                let final_refused = decision.as_ref().is_ok_and(|d| {
                     matches!(
                         d,
                         Decision::Final {
                             destination: Destination::Deliver { .. },
                             ..
                         }
-                    ) && final_senders
+                    ) && self
+                        .final_senders
                         .as_ref()
                         .is_some_and(|s| !from.is_some_and(|p| s.contains(&p)))
-                };
+                });
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -619,7 +619,7 @@ impl NetworkBehaviour for Behaviour {
                         self.pool.give(packet);
                         Ok(())
                     }
-                    d if final_refused(&d) => {
+                    d if final_refused => {
                         if let Decision::Final { packet, .. } = d {
                             self.pool.give(packet);
                         }
@@ -630,8 +630,10 @@ impl NetworkBehaviour for Behaviour {
                     Ok(()) => {}
                     Err(reason) => {
                         self.stats.count_drops(reason, 1);
-                        if let (Some(input), DropReason::QueueFull) = (tag, reason) {
-                            // The worker's decision was recorded; the queue refused it after.
+                        if let (Some(input), DropReason::QueueFull | DropReason::FinalFromNonMix) =
+                            (tag, reason)
+                        {
+                            // The worker's decision was recorded; it was refused after.
                             self.truth(|| Truth::Dropped { input, reason });
                         }
                         if let Some(peer) = from {

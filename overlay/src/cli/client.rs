@@ -338,7 +338,7 @@ async fn listen(
         client.flush(Duration::from_secs(10)).await?;
         Ok(code)
     }
-    resumed(&client, args.json).await?;
+    resumed(client, args.json).await?;
     loop {
         if count.is_some_and(|c| received >= c) {
             return leave(client, args.json, ExitCode::SUCCESS).await;
@@ -448,7 +448,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
     } = plan;
     let deadline = Instant::now() + timeout;
     let mut pending: std::collections::HashSet<MessageId> =
-        resumed(&client, args.json).await?.into_iter().collect();
+        resumed(client, args.json).await?.into_iter().collect();
     // Messages would queue until a consensus is in force; wait for it so that the times
     // printed measure the network, not the start-up.
     loop {

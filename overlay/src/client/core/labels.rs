@@ -145,11 +145,7 @@ mod tests {
         assert_eq!(table.take(&label(0)), Some(0));
         assert!(table.insert(label(u32::MAX), 7, t0).is_none(), "room again");
         let evicted = table.insert(label(u32::MAX - 1), 8, t0 + Duration::from_secs(1));
-        assert_eq!(
-            evicted,
-            Some((label(1), 1)),
-            "the oldest goes"
-        );
+        assert_eq!(evicted, Some((label(1), 1)), "the oldest goes");
         let gone = table.expire(t0 + Duration::from_secs(10));
         assert_eq!(gone.len(), MAX_LABELS - 1, "all but the last one expired");
         assert_eq!(table.len(), 1);
