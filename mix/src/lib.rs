@@ -43,22 +43,23 @@ pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
 pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, ShareKey};
 pub use sphinx::{
-    create::{Hop, build_packet},
+    create::{Hop, build_cover_packet, build_packet, build_packet_to},
     delay::sample_exponential,
-    error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError},
+    error::{BuildError, GeometryError, OpenError, SurbError, SurbKeysError, UnwrapError},
     geometry::{
         ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
     },
     keyring::{EpochKey, KeyRing, KeyRingError},
     keys::{KeyId, NodePublicKey, NodeSecretKey},
     peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet},
+    recipient::{REPRESENTATIVE_SIZE, RecipientKey, RecipientPublicKey},
     replay::{
         PersistError, ReplayBudget, ReplayCache, ReplayConfig, ReplayRefusal, TagIndex,
         log::{ReplayBatch, ReplayLog, ReplayRecord},
         persist::{JOURNAL_HEADER_BYTES, JOURNAL_RECORD_BYTES, encode_records, journal_records},
     },
     routing::{ClientId, Delay, Destination, Label, NodeId},
-    surb::{Surb, SurbKeys, create_surb},
+    surb::{SURB_KEYS_VERSION, Surb, SurbKeys, create_surb},
 };
 
 /// Version of the packet format; part of [`Geometry::id`]. Every key-derivation context string

@@ -13,7 +13,7 @@
 //! packet enters the delay queue only once its replay tag is on disk.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{BuildHasher, RandomState},
     net::IpAddr,
     sync::{
@@ -200,6 +200,9 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Peers whose packets may end here as deliveries to clients (the last-layer mixes of the
+    /// held consensuses); `None`: from anyone.
+    final_senders: Option<HashSet<PeerId>>,
     /// Where link records and ground truth go (test networks only).
     trace: Option<Arc<dyn TraceSink>>,
     /// Misbehaviour for tests and drills (feature `chaos`).
@@ -250,6 +253,7 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            final_senders: None,
             trace: None,
             #[cfg(feature = "chaos")]
             chaos: Chaos::default(),
@@ -267,6 +271,14 @@ impl Behaviour {
         if let Some(t) = &self.trace {
             t.truth(record());
         }
+    }
+
+    /// Accepts deliveries to clients only from `senders` (a gateway gives the last-layer mixes
+    /// of its held consensuses); others are dropped and counted as
+    /// [`DropReason::FinalFromNonMix`] (not as faults of their sender). `None` accepts them from
+    /// anyone.
+    pub fn set_final_senders(&mut self, senders: Option<HashSet<PeerId>>) {
+        self.final_senders = senders;
     }
 
     /// Starts misbehaving as `chaos` says (tests and drills only).
@@ -598,6 +610,18 @@ impl NetworkBehaviour for Behaviour {
                 if let (Some(t), Some(input)) = (&self.trace, tag) {
                     t.truth(Truth::of_decision(input, &decision));
                 }
+                let final_refused = decision.as_ref().is_ok_and(|d| {
+                    matches!(
+                        d,
+                        Decision::Final {
+                            destination: Destination::Deliver { .. },
+                            ..
+                        }
+                    ) && self
+                        .final_senders
+                        .as_ref()
+                        .is_some_and(|s| !from.is_some_and(|p| s.contains(&p)))
+                });
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -607,6 +631,12 @@ impl NetworkBehaviour for Behaviour {
                         self.stats.count_cover_dropped();
                         self.pool.give(packet);
                         Ok(())
+                    }
+                    d if final_refused => {
+                        if let Decision::Final { packet, .. } = d {
+                            self.pool.give(packet);
+                        }
+                        Err(DropReason::FinalFromNonMix)
                     }
                     #[cfg(feature = "chaos")]
                     Decision::Forward { packet, .. } if self.chaos.drops() => {
@@ -621,8 +651,10 @@ impl NetworkBehaviour for Behaviour {
                     Ok(()) => {}
                     Err(reason) => {
                         self.stats.count_drops(reason, 1);
-                        if let (Some(input), DropReason::QueueFull) = (tag, reason) {
-                            // The worker's decision was recorded; the queue refused it after.
+                        if let (Some(input), DropReason::QueueFull | DropReason::FinalFromNonMix) =
+                            (tag, reason)
+                        {
+                            // The worker's decision was recorded; it was refused after.
                             self.truth(|| Truth::Dropped { input, reason });
                         }
                         if let Some(peer) = from {

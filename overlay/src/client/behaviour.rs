@@ -10,9 +10,15 @@
 //!
 //! Until a verified consensus is in force nothing is sent; messages queue and go out once it
 //! is (see [`Event::Consensus`]).
+//!
+//! With [`Config::store`] the client's state lives in a [`ClientStore`]: the behaviour writes
+//! each batch of the core's changes in one transaction on its own turn (a `send` returns once
+//! its message is durable; a mailbox batch is acknowledged to the gateway once what its
+//! packets changed is durable), and a behaviour started on the same store resumes its outbox.
 
 use std::{
     collections::{HashMap, VecDeque},
+    path::PathBuf,
     sync::Arc,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -46,10 +52,12 @@ use crate::{
         Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
         ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, Transmitted,
         client_id,
+        core::StoreBatch,
+        store::{ClientStore, StoreError},
     },
     config::Authorities,
     directory::{Action, DirectoryClient},
-    mailbox::{FetchFailure, MailboxFetcher, mailbox_behaviour},
+    mailbox::{ClientKey, FetchFailure, MailboxFetcher, mailbox_behaviour},
     runtime::Now,
 };
 
@@ -64,6 +72,9 @@ pub struct Config {
     pub authorities: Authorities,
     /// Limits and choices of the client core.
     pub client: ClientConfig,
+    /// Where the client keeps its state (`DATA_DIR/client.redb`); `None`: in memory only, lost
+    /// with the process.
+    pub store: Option<PathBuf>,
 }
 
 /// Why a client could not be set up.
@@ -73,6 +84,9 @@ pub enum ClientSetupError {
     /// The authorities file has no `[network]` section.
     #[error("the authorities file gives no epoch schedule ([network] section)")]
     NoSchedule,
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What the client behaviour reports.
@@ -84,7 +98,8 @@ pub enum Event {
         epoch: u64,
     },
     /// A message arrived (once per message); answer it with [`Behaviour::reply`] and its
-    /// `reply` handle, if the sender gave SURBs.
+    /// `reply` handle, if the sender gave SURBs. With `Acknowledge::WhenAccepted`, accept it
+    /// with [`Behaviour::accept`] and its id once the application has it.
     Received(ReceivedMessage),
     /// Every fragment of a sent message was acknowledged by the recipient.
     Delivered(MessageId),
@@ -111,6 +126,17 @@ mod inner {
 }
 use inner::{Inner, InnerEvent};
 
+/// Who a client is at its gateway: the id its packets are filed under, which its address carries.
+#[derive(Debug, Clone)]
+pub enum ClientIdentity {
+    /// Its own mixnet key (keep it to keep the address): the address says nothing about the
+    /// swarm's peer id, and each mailbox fetch proves the key for its connection.
+    Key(ClientKey),
+    /// The id derived from the swarm's peer id, for an app that explicitly wants one identity:
+    /// anyone holding the address can then check which libp2p peer owns it.
+    SwarmPeer,
+}
+
 /// The client behaviour. See the module documentation.
 pub struct Behaviour {
     inner: Inner,
@@ -123,10 +149,15 @@ pub struct Behaviour {
     /// The gateway's configured addresses.
     gateway_addresses: Vec<Multiaddr>,
     installed: Option<u64>,
+    /// The client key and its signature every fetch carries (none for [`ClientIdentity::SwarmPeer`]).
+    proof: Option<(Vec<u8>, Vec<u8>)>,
     /// The mailbox fetch loop, and the request under way.
     fetcher: MailboxFetcher,
     fetch: Option<OutboundRequestId>,
     timer: Option<(Instant, Timer)>,
+    store: Option<ClientStore>,
+    /// A batch the store could not write yet (tried again on the next turn).
+    unstored: Option<StoreBatch>,
     rng: StdRng,
     events: VecDeque<Event>,
     waker: Option<Waker>,
@@ -145,10 +176,12 @@ impl std::fmt::Debug for Behaviour {
 }
 
 impl Behaviour {
-    /// A client for the swarm identity `local_peer` (its client id at the gateway is derived
-    /// from it), decrypting with `key`.
+    /// A client in the swarm whose identity is `local_peer`, known at its gateway as `identity`
+    /// (use [`ClientIdentity::Key`] with a key of its own unless the app wants its address
+    /// linked to its peer id), decrypting with `key`.
     pub fn new(
         local_peer: PeerId,
+        identity: ClientIdentity,
         key: StaticKey,
         config: Config,
     ) -> Result<Self, ClientSetupError> {
@@ -158,15 +191,37 @@ impl Behaviour {
             .ok_or(ClientSetupError::NoSchedule)?;
         let mut rng = StdRng::from_rng(&mut rand::rng());
         let now = Now::system();
-        let core = ClientCore::new(
+        let (me, proof) = match &identity {
+            ClientIdentity::Key(k) => (k.client_id(), Some(k.prove(&config.gateway, &local_peer))),
+            ClientIdentity::SwarmPeer => (client_id(&local_peer), None),
+        };
+        let mut core = ClientCore::new(
             now.mono,
             config.client,
-            client_id(&local_peer),
+            me,
             config.gateway,
             key,
             StreamRates::from_parameters(&default_parameters()),
             &mut rng,
         );
+        let store = match &config.store {
+            Some(path) => {
+                let store = ClientStore::open(path)?;
+                let (saved, report) = store.load()?;
+                if report.damaged > 0 {
+                    warn!(damaged = report.damaged, "client store: entries skipped");
+                }
+                info!(
+                    outbox = saved.outbox.len(),
+                    partial_fragments = saved.fragments.len(),
+                    inbox = saved.inbox.len(),
+                    "client store opened"
+                );
+                core = core.restore(now.mono, now.unix_ms, saved);
+                Some(store)
+            }
+            None => None,
+        };
         let mut directory = DirectoryClient::fetch_only(
             now,
             schedule,
@@ -192,9 +247,12 @@ impl Behaviour {
             authorities: config.authorities,
             gateway_addresses: config.gateway_addresses,
             installed: None,
+            proof,
             fetcher: MailboxFetcher::new(now.mono),
             fetch: None,
             timer: None,
+            store,
+            unstored: None,
             rng,
             events: VecDeque::new(),
             waker: None,
@@ -267,9 +325,54 @@ impl Behaviour {
         bytes: &[u8],
         reply_surbs: usize,
     ) -> Result<MessageId, SendError> {
-        let id = self.core.send(*to, bytes, reply_surbs, &mut self.rng)?;
+        let id = self
+            .core
+            .send(Instant::now(), *to, bytes, reply_surbs, &mut self.rng)?;
+        // The message is durable before its id is handed out (a crash after this resumes it).
+        self.flush_store();
         self.wake();
         Ok(id)
+    }
+
+    /// The application has the message it was handed as `id` (see [`Event::Received`]): with
+    /// `Acknowledge::WhenAccepted` its acknowledgements go out now and the store forgets it.
+    /// `false` when nothing waited for that.
+    pub fn accept(&mut self, id: MessageId) -> bool {
+        let accepted = self.core.accept(id);
+        self.flush_store();
+        self.wake();
+        accepted
+    }
+
+    /// Messages being sent (also those resumed from the store), not yet delivered or failed.
+    pub fn outbox(&self) -> Vec<MessageId> {
+        self.core.outbox()
+    }
+
+    /// Whether every change is durable and nothing waits for the store.
+    pub fn is_stored(&self) -> bool {
+        self.unstored.is_none() && self.core.is_stored()
+    }
+
+    /// Writes the core's changes, one transaction a batch, and reports them durable; a batch
+    /// that fails is tried again on the next turn (what waits for it waits too).
+    fn flush_store(&mut self) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        loop {
+            let Some(batch) = self.unstored.take().or_else(|| self.core.poll_store()) else {
+                return;
+            };
+            match store.apply(&batch.ops) {
+                Ok(()) => self.core.handle_stored(batch.through),
+                Err(e) => {
+                    warn!(%e, ops = batch.ops.len(), "client store: write failed, will retry");
+                    self.unstored = Some(batch);
+                    return;
+                }
+            }
+        }
     }
 
     /// Answers a received message through the SURBs it carried.
@@ -327,13 +430,20 @@ impl Behaviour {
         // The core: retransmissions, then whatever the send schedule says is due.
         if self.core_due().is_some_and(|at| now >= at) {
             self.core.handle_timeout(now);
+            // Keys of the SURBs built below are written before their packets leave.
+            self.flush_store();
             if self.installed.is_some() {
-                while let Some(packet) = self.core.poll_transmit(now, &mut self.rng) {
+                let packets: Vec<Vec<u8>> =
+                    std::iter::from_fn(|| self.core.poll_transmit(now, &mut self.rng)).collect();
+                // One transaction for the keys of every SURB in them, before they leave.
+                self.flush_store();
+                for packet in packets {
                     self.record(&packet);
                     self.inner.link.send(self.gateway, packet);
                 }
             }
         }
+        self.flush_store();
         while let Some(event) = self.core.poll_event() {
             self.events.push_back(match event {
                 ClientEvent::Received(message) => Event::Received(message),
@@ -341,9 +451,15 @@ impl Behaviour {
                 ClientEvent::Failed(id, reason) => Event::Failed(id, reason),
             });
         }
-        // The mailbox: always one fetch under way (the gateway holds it until packets come).
+        // The mailbox: always one fetch under way (the gateway holds it until packets come),
+        // acknowledging what is processed and durable.
+        self.fetcher.processed(self.core.mailbox_ack());
         self.fetcher.handle_timeout(now);
-        if let Some(request) = self.fetcher.poll_request() {
+        if let Some(mut request) = self.fetcher.poll_request() {
+            if let Some((key, signature)) = &self.proof {
+                request.client_key.clone_from(key);
+                request.client_signature.clone_from(signature);
+            }
             self.fetch = Some(self.inner.mailbox.send_request(&self.gateway, request));
         }
     }
@@ -421,9 +537,14 @@ impl Behaviour {
                 let now = Instant::now();
                 match self.fetcher.handle_response(now, response) {
                     Ok(items) => {
+                        let through = items.iter().map(|i| i.seq).max();
                         for mut item in items {
                             self.core.handle_delivery(now, item.label, &mut item.body);
                         }
+                        if let Some(seq) = through {
+                            self.core.mailbox_processed(seq);
+                        }
+                        self.flush_store();
                     }
                     Err(FetchFailure::Refused { code, reason }) => {
                         warn!(gateway = %self.gateway, ?code, %reason, "the gateway refused");

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     client::{
         Address, MessageId, ReplyHandle, SendError, StaticKey,
-        behaviour::{Behaviour, ClientSetupError, Config, Event},
+        behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event},
     },
     runtime::{SwarmError, build_swarm},
 };
@@ -56,6 +56,8 @@ enum Command {
         done: oneshot::Sender<Result<MessageId, SendError>>,
     },
     Queued(oneshot::Sender<usize>),
+    Accept(MessageId, oneshot::Sender<bool>),
+    Outbox(oneshot::Sender<Vec<MessageId>>),
 }
 
 /// A running client. See the module documentation.
@@ -74,24 +76,32 @@ impl Drop for Client {
 }
 
 impl Client {
-    /// Starts a client with the swarm identity `identity` and the Noise key `key` (keep both to
-    /// keep the address). Must be called within a tokio runtime.
-    pub fn start(identity: Keypair, key: StaticKey, config: Config) -> Result<Self, ClientError> {
-        Self::start_traced(identity, key, config, None)
+    /// Starts a client on its own swarm with the swarm identity `swarm`, known at its gateway
+    /// as `identity`, with the Noise key `key` (keep the client key and the Noise key to keep
+    /// the address). Must be called within a tokio runtime.
+    pub fn start(
+        swarm: Keypair,
+        identity: ClientIdentity,
+        key: StaticKey,
+        config: Config,
+    ) -> Result<Self, ClientError> {
+        Self::start_traced(swarm, identity, key, config, None)
     }
 
     /// [`Client::start`], recording every packet sent in `trace` (test networks only; see
     /// [`Behaviour::set_trace`]).
     pub fn start_traced(
-        identity: Keypair,
+        swarm: Keypair,
+        identity: ClientIdentity,
         key: StaticKey,
         config: Config,
         trace: Option<Arc<dyn TraceSink>>,
     ) -> Result<Self, ClientError> {
-        let mut behaviour = Behaviour::new(identity.public().to_peer_id(), key, config)?;
+        let mut behaviour = Behaviour::new(swarm.public().to_peer_id(), identity, key, config)?;
         if let Some(sink) = trace {
             behaviour.set_trace(sink);
         }
+        let identity = swarm;
         let address = behaviour.address();
         let mut swarm = build_swarm(identity, |_| behaviour)?;
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);
@@ -118,7 +128,15 @@ impl Client {
                             let _ = done.send(swarm.behaviour_mut().reply(handle, &bytes));
                         }
                         Some(Command::Queued(done)) => {
-                            let _ = done.send(swarm.behaviour().queued());
+                            let behaviour = swarm.behaviour();
+                            let busy = if behaviour.is_stored() { 0 } else { 1 };
+                            let _ = done.send(behaviour.queued() + busy);
+                        }
+                        Some(Command::Accept(id, done)) => {
+                            let _ = done.send(swarm.behaviour_mut().accept(id));
+                        }
+                        Some(Command::Outbox(done)) => {
+                            let _ = done.send(swarm.behaviour().outbox());
                         }
                         None => return,
                     },
@@ -179,6 +197,28 @@ impl Client {
             .await
             .map_err(|_| ClientError::Stopped)?;
         Ok(result.await.map_err(|_| ClientError::Stopped)??)
+    }
+
+    /// The application has the message it was handed as `id` (see
+    /// [`Behaviour::accept`]).
+    pub async fn accept(&self, id: MessageId) -> Result<bool, ClientError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Accept(id, done))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        result.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// Messages being sent, including those resumed from the store at start (their
+    /// `Delivered` or `Failed` events follow).
+    pub async fn outbox(&self) -> Result<Vec<MessageId>, ClientError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Outbox(done))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        result.await.map_err(|_| ClientError::Stopped)
     }
 
     /// Waits (up to `limit`) until every queued packet (acknowledgements, replies, fragments)
