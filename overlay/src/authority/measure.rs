@@ -3,11 +3,14 @@
 //!
 //! The measurer has an identity of its own (not the authority's: a mix must not tell an
 //! authority's probes from any client's loop cover by who registered the mailbox), kept in
-//! `measure-identity` in the data directory. Like a client it speaks only the client side of
-//! two protocols: a send-only Sphinx [`Link`] to gateways, and mailbox fetches at every
+//! `measure-identity` in the data directory, and like a client a client key of its own
+//! (`measure-client.key`): its mailboxes are filed under that key's id, and each fetch proves
+//! the key for its connection, as a client's does. Like a client it speaks only the client side
+//! of two protocols: a send-only Sphinx [`Link`] to gateways, and mailbox fetches at every
 //! gateway of the consensus in force (a fetch registers its mailbox there; a gateway takes
 //! probes only while a fetch at it is under way, or their returns would be refused and counted
-//! against it). Returned probes come back as mailbox items; their labels go to the measurer.
+//! against it). Returned probes come back as mailbox items; their labels go to the measurer,
+//! and each is acknowledged with the next fetch (the measurer keeps nothing on disk).
 //! Before each vote the authority's driver asks [`MeasureDriver::measurements`] for what goes
 //! into the vote ([`Measuring`]: the glue between the two, one turn before the core's).
 
@@ -31,10 +34,9 @@ use tracing::{debug, info};
 
 use super::AuthorityNodeError;
 use crate::{
-    client::client_id,
     config::AuthorityConfigFile,
-    identity::load_or_create_identity,
-    mailbox::{MailboxFetcher, mailbox_behaviour},
+    identity::{load_or_create_client_key, load_or_create_identity},
+    mailbox::{ClientKey, MailboxFetcher, mailbox_behaviour},
     measure::{MeasureConfig, MeasureStats, MeasuredNetwork, Measurer, NodeReport},
     runtime::{SwarmError, build_swarm},
 };
@@ -68,6 +70,7 @@ struct GatewayMailbox {
 /// The measurer on its swarm. See the module documentation.
 pub struct MeasureDriver {
     swarm: Swarm<MeasureBehaviour>,
+    client: ClientKey,
     measurer: Measurer,
     mailboxes: HashMap<PeerId, GatewayMailbox>,
     installed: Option<u64>,
@@ -85,19 +88,22 @@ impl std::fmt::Debug for MeasureDriver {
 }
 
 impl MeasureDriver {
-    /// A measurer with swarm identity `keypair` (its client id at gateways derives from it).
+    /// A measurer with swarm identity `keypair` and client key `client` (its client id at the
+    /// gateways, proved with every fetch).
     pub fn start(
         keypair: Keypair,
+        client: ClientKey,
         config: MeasureConfig,
         now: Instant,
     ) -> Result<Self, SwarmError> {
-        let me = client_id(&keypair.public().to_peer_id());
+        let me = client.client_id();
         let swarm = build_swarm(keypair, |_| MeasureBehaviour {
             link: Link::default(),
             mailbox: mailbox_behaviour(false),
         })?;
         Ok(MeasureDriver {
             swarm,
+            client,
             measurer: Measurer::new(config, me, now),
             mailboxes: HashMap::new(),
             installed: None,
@@ -169,9 +175,11 @@ impl MeasureDriver {
 
     /// Sends the probes and the mailbox fetches that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
+        let local = *self.swarm.local_peer_id();
         for (gateway, mailbox) in &mut self.mailboxes {
             mailbox.fetcher.handle_timeout(now);
-            if let Some(request) = mailbox.fetcher.poll_request() {
+            if let Some(mut request) = mailbox.fetcher.poll_request() {
+                (request.client_key, request.client_signature) = self.client.prove(gateway, &local);
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -255,6 +263,8 @@ impl MeasureDriver {
                     if self.measurer.handle_delivery(now, &item.label) {
                         returned += 1;
                     }
+                    // Taken: nothing to make durable first.
+                    mailbox.fetcher.processed(item.seq);
                 }
                 if returned > 0 {
                     metrics::counter!("p2pmix_measure_probes_returned_total").increment(returned);
@@ -312,9 +322,10 @@ impl Measuring {
             return Ok(None);
         };
         let identity = load_or_create_identity(&config.data_dir.join("measure-identity"))?;
+        let client = load_or_create_client_key(&config.data_dir.join("measure-client.key"))?;
         info!(measurer = %identity.public().to_peer_id(), "health measurement on");
         Ok(Some(Measuring {
-            driver: MeasureDriver::start(identity, measure_config, now)?,
+            driver: MeasureDriver::start(identity, client, measure_config, now)?,
             pinned,
             schedule: config.schedule,
             measured_for: None,

@@ -16,7 +16,8 @@
 //!
 //! When the network parameters ask for health measurement, the authority also runs a
 //! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in
-//! `measure-identity`) on the consensus in force, and hands what it measured to the core before
+//! `measure-identity`, with a client key of its own in `measure-client.key`) on the consensus in
+//! force, and hands what it measured to the core before
 //! each vote.
 
 mod gauges;

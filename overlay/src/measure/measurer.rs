@@ -20,7 +20,7 @@ use std::{
 use libp2p::PeerId;
 use p2pmix_bootstrap::{VerifiedConsensus, peer_id};
 use p2pmix_mix::{
-    ClientId, Destination, Geometry, KeyId, Label, NodeId, build_packet, sample_exponential,
+    ClientId, Destination, Geometry, KeyId, Label, NodeId, build_cover_packet, sample_exponential,
 };
 use p2pmix_proto::v1::{NetworkParameters, NodeMeasurement};
 use rand::CryptoRng;
@@ -380,12 +380,13 @@ impl Measurer {
             client: self.me,
             label,
         };
-        let Ok(packet) = build_packet(
+        // Built as a client's loop cover is: a random body, so that at the gateway it comes back
+        // to a probe looks like any other delivered packet.
+        let Ok(packet) = build_cover_packet(
             &Geometry::DEFAULT,
             KeyId::for_epoch(topology.epoch()),
             &route,
             &destination,
-            &[],
             rng,
         ) else {
             return false;

@@ -3,8 +3,8 @@
 //! Each authority runs a measurer with keys of its own (an identity that is not the authority's,
 //! registered as a client at every gateway). It sends Sphinx packets built exactly like a
 //! client's loop cover: a route chosen the way clients choose routes (its gateway, one mix per
-//! layer, back to the same gateway), the consensus's exponential delay at every mix, an empty
-//! payload addressed to its own mailbox, sent at the times of a Poisson process, so that a mix
+//! layer, back to the same gateway), the consensus's exponential delay at every mix, a random
+//! body addressed to its own mailbox, sent at the times of a Poisson process, so that a mix
 //! should not tell them from loop cover. Not yet a tested claim: the test comparing what a mix
 //! sees of both (the simulator records it, `RelayActor::record_view`) is still to be written.
 //! From what comes back it scores every node: its delivery relative to its layer and the delay
