@@ -56,6 +56,9 @@ use crate::{
 use reach::{ReachDialer, ip_of};
 use writer::StateWriter;
 
+/// Where requests on connections without an IP address are counted (one source for all).
+const UNKNOWN_ORIGIN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
 /// At most one state write per this long; what must be durable waits at most this plus a write.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
@@ -270,6 +273,11 @@ impl Driver {
                     return Ok(());
                 }
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                (peer, addresses) = self.dialer.next_resolved() => {
+                    if let Some((peer, outcome)) = self.dialer.dial(&mut self.swarm, peer, addresses) {
+                        self.authority.handle_reach_result(Now::system(), &peer, outcome);
+                    }
+                }
                 changed = progress.changed() => {
                     if changed.is_err() {
                         return Err(AuthorityNodeError::StateWrite("the writer thread stopped".into()));
@@ -309,7 +317,9 @@ impl Driver {
                         let origin = if self.pinned_peers.contains(&peer) {
                             Origin::Authority
                         } else {
-                            self.remotes.get(&connection_id).map_or(Origin::Local, |ip| Origin::Peer(*ip))
+                            // A connection whose address is not an IP address (one this authority
+                            // dialled by name) shares one limit with every other such connection.
+                            Origin::Peer(self.remotes.get(&connection_id).copied().unwrap_or(UNKNOWN_ORIGIN))
                         };
                         self.answer(now, peer, origin, request, channel);
                         self.flush(now)?;

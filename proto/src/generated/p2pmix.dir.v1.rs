@@ -346,6 +346,10 @@ pub struct Reached {
     pub peer_id: ::prost::alloc::vec::Vec<u8>,
     #[prost(uint64, tag = "2")]
     pub epoch: u64,
+    /// The IP address the check reached (4 or 16 bytes): what the admission caps count. A record
+    /// without one (from before it was kept) is not eligible until the node is checked again.
+    #[prost(bytes = "vec", tag = "3")]
+    pub ip: ::prost::alloc::vec::Vec<u8>,
 }
 /// The mailbox protocol, /p2pmix/mailbox/1.0.0: a client fetches from its gateway what arrived
 /// for it. The client proves its own mixnet key for the connection (client_key, client_signature)
