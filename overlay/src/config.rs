@@ -225,6 +225,7 @@ struct AuthorityFile {
     authorities: PathBuf,
     #[serde(default)]
     listen: Vec<String>,
+    metrics: Option<String>,
     network: NetworkSection,
 }
 
@@ -236,6 +237,79 @@ struct NetworkSection {
     epoch_ms: u64,
     #[serde(default)]
     parameters: ParameterOverrides,
+}
+
+/// The keys of `[network.parameters]` with what each means, in the order `p2pmix authority
+/// init` writes them (each is a field of the consensus's `NetworkParameters` of the same name).
+pub const PARAMETERS: [(&str, &str); 8] = [
+    (
+        "mean_delay_us",
+        "Mean per-hop delay senders draw from (exponential), microseconds.",
+    ),
+    (
+        "max_delay_us",
+        "Largest per-hop delay a node accepts, microseconds.",
+    ),
+    (
+        "client_send_interval_us",
+        "A client's Poisson stream of real or drop-cover packets: mean interval, microseconds.",
+    ),
+    (
+        "client_loop_interval_us",
+        "A client's loop cover: mean interval, microseconds.",
+    ),
+    (
+        "client_drop_interval_us",
+        "A client's extra drop cover: mean interval, microseconds.",
+    ),
+    (
+        "mix_loop_interval_us",
+        "A node's own loop cover: mean interval, microseconds (0: none).",
+    ),
+    ("layers", "Mix layers of every route (1..=16)."),
+    (
+        "min_protocol_version",
+        "Nodes below this protocol version are left out.",
+    ),
+];
+
+/// The value of the parameter `key` (one of [`PARAMETERS`]) in `parameters`.
+pub fn parameter_value(parameters: &NetworkParameters, key: &str) -> Option<u64> {
+    Some(match key {
+        "mean_delay_us" => parameters.mean_delay_us,
+        "max_delay_us" => parameters.max_delay_us,
+        "client_send_interval_us" => parameters.client_send_interval_us,
+        "client_loop_interval_us" => parameters.client_loop_interval_us,
+        "client_drop_interval_us" => parameters.client_drop_interval_us,
+        "mix_loop_interval_us" => parameters.mix_loop_interval_us,
+        "layers" => u64::from(parameters.layers),
+        "min_protocol_version" => u64::from(parameters.min_protocol_version),
+        _ => return None,
+    })
+}
+
+/// Sets the parameter `key` (one of [`PARAMETERS`]) in `parameters`; false for an unknown key
+/// or a value out of the field's range.
+pub fn set_parameter(parameters: &mut NetworkParameters, key: &str, value: u64) -> bool {
+    let small = u32::try_from(value);
+    match key {
+        "mean_delay_us" => parameters.mean_delay_us = value,
+        "max_delay_us" => parameters.max_delay_us = value,
+        "client_send_interval_us" => parameters.client_send_interval_us = value,
+        "client_loop_interval_us" => parameters.client_loop_interval_us = value,
+        "client_drop_interval_us" => parameters.client_drop_interval_us = value,
+        "mix_loop_interval_us" => parameters.mix_loop_interval_us = value,
+        "layers" => match small {
+            Ok(v) => parameters.layers = v,
+            Err(_) => return false,
+        },
+        "min_protocol_version" => match small {
+            Ok(v) => parameters.min_protocol_version = v,
+            Err(_) => return false,
+        },
+        _ => return false,
+    }
+    true
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -258,10 +332,14 @@ pub struct AuthorityConfigFile {
     pub identity: PathBuf,
     /// Where state and published documents go.
     pub data_dir: PathBuf,
+    /// The pinned authorities file.
+    pub authorities_path: PathBuf,
     /// The pinned authorities (this one included).
     pub authorities: Authorities,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
+    /// Where to serve metrics, `/health` and `/ready`, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// The epoch schedule.
     pub schedule: EpochSchedule,
     /// Network parameters to publish.
@@ -271,9 +349,27 @@ pub struct AuthorityConfigFile {
 /// Shortest epoch accepted: each phase needs time for messages to cross the network.
 pub const MIN_EPOCH_MS: u64 = 800;
 
+/// Command-line (or environment) values that override an authority's configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorityOverrides {
+    /// `--identity`.
+    pub identity: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` (replaces the file's list when given).
+    pub listen: Vec<Multiaddr>,
+    /// `--metrics`.
+    pub metrics: Option<SocketAddr>,
+}
+
 impl AuthorityConfigFile {
     /// Reads an authority configuration; relative paths are relative to the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, AuthorityOverrides::default())
+    }
+
+    /// Reads an authority configuration and applies `overrides`.
+    pub fn load_with(path: &Path, overrides: AuthorityOverrides) -> Result<Self, ConfigError> {
         let file: AuthorityFile = parse(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = |message: String| ConfigError::Invalid {
@@ -286,17 +382,28 @@ impl AuthorityConfigFile {
             )));
         }
         let listen = if file.listen.is_empty() {
-            vec!["/ip4/127.0.0.1/tcp/0".to_string()]
+            vec![DEFAULT_LISTEN.to_string()]
         } else {
             file.listen
         };
-        let listen = listen
+        let mut listen: Vec<Multiaddr> = listen
             .iter()
             .map(|a| {
                 a.parse()
                     .map_err(|e| invalid(format!("listen address {a}: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        if !overrides.listen.is_empty() {
+            listen = overrides.listen;
+        }
+        let metrics = match (overrides.metrics, file.metrics) {
+            (Some(m), _) => Some(m),
+            (None, Some(m)) => Some(
+                m.parse()
+                    .map_err(|e| invalid(format!("metrics address {m}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         let mut parameters = default_parameters();
         let o = &file.network.parameters;
         let set = |slot: &mut u64, v: Option<u64>| {
@@ -328,11 +435,18 @@ impl AuthorityConfigFile {
         if let Some(v) = o.min_protocol_version {
             parameters.min_protocol_version = v;
         }
+        let authorities_path = base.join(file.authorities);
         Ok(AuthorityConfigFile {
-            identity: base.join(file.identity),
-            data_dir: base.join(file.data_dir),
-            authorities: Authorities::load(&base.join(file.authorities))?,
+            identity: overrides
+                .identity
+                .unwrap_or_else(|| base.join(file.identity)),
+            data_dir: overrides
+                .data_dir
+                .unwrap_or_else(|| base.join(file.data_dir)),
+            authorities: Authorities::load(&authorities_path)?,
+            authorities_path,
             listen,
+            metrics,
             schedule: EpochSchedule::new(file.network.genesis_unix_ms, file.network.epoch_ms),
             parameters,
         })
@@ -349,6 +463,16 @@ pub enum NodeRole {
     Gateway,
 }
 
+impl NodeRole {
+    /// The name the configuration file and `--role` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Mix => "mix",
+            NodeRole::Gateway => "gateway",
+        }
+    }
+}
+
 impl From<NodeRole> for Role {
     fn from(role: NodeRole) -> Self {
         match role {
@@ -358,11 +482,25 @@ impl From<NodeRole> for Role {
     }
 }
 
+/// The keys of a node's configuration file, in the order `p2pmix node init` writes them (each is
+/// also the flag of the same name, `_` written `-`).
+pub const NODE_FILE_KEYS: [&str; 8] = [
+    "data_dir",
+    "authorities",
+    "identity",
+    "listen",
+    "bootstrap",
+    "role",
+    "metrics",
+    "family",
+];
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
     data_dir: Option<PathBuf>,
     authorities: Option<PathBuf>,
+    identity: Option<PathBuf>,
     #[serde(default)]
     listen: Vec<String>,
     #[serde(default)]
@@ -379,6 +517,8 @@ pub struct NodeOverrides {
     pub data_dir: Option<PathBuf>,
     /// `--authorities`.
     pub authorities: Option<PathBuf>,
+    /// `--identity`.
+    pub identity: Option<PathBuf>,
     /// `--listen` (replaces the file's list when given).
     pub listen: Vec<Multiaddr>,
     /// `--bootstrap` (replaces the file's list when given).
@@ -391,42 +531,49 @@ pub struct NodeOverrides {
     pub family: Option<String>,
 }
 
-/// A node's configuration, resolved from its file (optional) and the command line.
+/// Where a process listens when nothing says: loopback, a port the OS picks.
+pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// A node's settings as its file, the environment and the command line give them, before any
+/// file they name is read: what `p2pmix node --print-config` prints.
 ///
 /// ```toml
-/// # node.toml (paths are relative to this file)
-/// data_dir = "data"                       # identity.key, epoch keys, consensus cache
+/// # node.toml (paths are relative to this file; `p2pmix node init` writes one with every default)
+/// data_dir = "data"                       # epoch keys, consensus cache (and identity.key)
 /// authorities = "authorities.toml"        # pinned keys; its [network] gives the schedule
+/// # identity = "/run/credentials/p2pmix-node.service/identity.key"  # default DATA_DIR/identity.key
 /// listen = ["/ip4/0.0.0.0/tcp/4100"]
 /// bootstrap = ["/ip4/192.0.2.7/tcp/4100/p2p/12D3KooW…"]
 /// role = "mix"                            # or "gateway"
-/// metrics = "127.0.0.1:9100"              # Prometheus text at http://ADDR/metrics
+/// metrics = "127.0.0.1:9100"              # /metrics, /health, /ready
 /// family = "operator-name"                # nodes of one operator share it
 /// ```
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Identity, epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSettings {
+    /// Epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`, and the identity
+    /// unless `identity` says otherwise.
     pub data_dir: PathBuf,
-    /// The pinned authorities.
-    pub authorities: Authorities,
-    /// The epoch schedule (from the authorities file).
-    pub schedule: EpochSchedule,
+    /// The pinned authorities file.
+    pub authorities: PathBuf,
+    /// The identity key file, when not `DATA_DIR/identity.key` (it must then exist: a node
+    /// creates only its default identity).
+    pub identity: Option<PathBuf>,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
     /// Peers to join the DHT through.
     pub bootstrap: Vec<Multiaddr>,
     /// Mix or gateway.
     pub role: NodeRole,
-    /// Where to serve metrics, if anywhere.
+    /// Where to serve metrics, `/health` and `/ready`, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
 }
 
-impl NodeConfig {
+impl NodeSettings {
     /// Reads `file` (if any) and applies `overrides`; every missing or malformed value is a
-    /// clear error naming its source.
-    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
+    /// clear error naming its source. Relative paths in the file are relative to the file.
+    pub fn resolve(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
         let (parsed, base, source) = match file {
             Some(path) => (
                 parse::<NodeFile>(path)?,
@@ -455,22 +602,17 @@ impl NodeConfig {
             .data_dir
             .or(parsed.data_dir.map(|d| base.join(d)))
             .ok_or_else(|| invalid("no data directory (data_dir or --data-dir)".into()))?;
-        let authorities_path = overrides
+        let authorities = overrides
             .authorities
             .or(parsed.authorities.map(|a| base.join(a)))
             .ok_or_else(|| invalid("no authorities file (authorities or --authorities)".into()))?;
-        let authorities = Authorities::load(&authorities_path)?;
-        let schedule = authorities.schedule.ok_or_else(|| ConfigError::Invalid {
-            path: authorities_path.display().to_string(),
-            message: "no [network] section with genesis_unix_ms and epoch_ms".into(),
-        })?;
         let mut listen = overrides.listen;
         if listen.is_empty() {
             listen = addresses(&parsed.listen, "listen")?;
         }
         if listen.is_empty() {
             listen.push(
-                "/ip4/127.0.0.1/tcp/0"
+                DEFAULT_LISTEN
                     .parse()
                     .map_err(|e| invalid(format!("default listen address: {e}")))?,
             );
@@ -487,15 +629,66 @@ impl NodeConfig {
             ),
             (None, None) => None,
         };
-        Ok(NodeConfig {
+        Ok(NodeSettings {
             data_dir,
             authorities,
-            schedule,
+            identity: overrides.identity.or(parsed.identity.map(|i| base.join(i))),
             listen,
             bootstrap,
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
+        })
+    }
+}
+
+/// A node's configuration, resolved from its file (optional) and the command line, with the
+/// authorities file read. See [`NodeSettings`] for the file.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Identity, epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`.
+    pub data_dir: PathBuf,
+    /// The identity key file, when not `DATA_DIR/identity.key` (then it must exist).
+    pub identity: Option<PathBuf>,
+    /// The pinned authorities.
+    pub authorities: Authorities,
+    /// The epoch schedule (from the authorities file).
+    pub schedule: EpochSchedule,
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the DHT through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// Mix or gateway.
+    pub role: NodeRole,
+    /// Where to serve metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Operator family.
+    pub family: String,
+}
+
+impl NodeConfig {
+    /// Reads `file` (if any), applies `overrides` and reads the authorities file.
+    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
+        Self::from_settings(NodeSettings::resolve(file, overrides)?)
+    }
+
+    /// Reads the authorities file `settings` names.
+    pub fn from_settings(settings: NodeSettings) -> Result<Self, ConfigError> {
+        let authorities = Authorities::load(&settings.authorities)?;
+        let schedule = authorities.schedule.ok_or_else(|| ConfigError::Invalid {
+            path: settings.authorities.display().to_string(),
+            message: "no [network] section with genesis_unix_ms and epoch_ms".into(),
+        })?;
+        Ok(NodeConfig {
+            data_dir: settings.data_dir,
+            identity: settings.identity,
+            authorities,
+            schedule,
+            listen: settings.listen,
+            bootstrap: settings.bootstrap,
+            role: settings.role,
+            metrics: settings.metrics,
+            family: settings.family,
         })
     }
 }
@@ -518,6 +711,47 @@ mod tests {
         let loaded = Authorities::load(&path);
         let _ = fs::remove_dir_all(&dir);
         loaded
+    }
+
+    /// The fields a `deny_unknown_fields` struct takes, from serde's refusal of an unknown one
+    /// ("expected one of `a`, `b`"): the key lists cannot fall behind the structs.
+    fn fields_of<T: for<'de> Deserialize<'de> + std::fmt::Debug>() -> Vec<String> {
+        let err = toml::from_str::<T>("not_a_key_of_anything = 1").unwrap_err();
+        let message = err.to_string();
+        let list = message
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("serde lists the fields: {message}"));
+        list.split(',')
+            .filter_map(|f| f.split('`').nth(1).map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn the_key_lists_name_every_field_of_the_files() {
+        let mut node = fields_of::<NodeFile>();
+        node.sort();
+        let mut listed: Vec<String> = NODE_FILE_KEYS.iter().map(|k| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(node, listed, "NODE_FILE_KEYS and NodeFile differ");
+        let mut parameters = fields_of::<ParameterOverrides>();
+        parameters.sort();
+        let mut listed: Vec<String> = PARAMETERS.iter().map(|(k, _)| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(
+            parameters, listed,
+            "PARAMETERS and ParameterOverrides differ"
+        );
+        let defaults = default_parameters();
+        for (i, (key, _)) in PARAMETERS.iter().enumerate() {
+            assert!(parameter_value(&defaults, key).is_some(), "{key}");
+            let mut p = defaults;
+            assert!(set_parameter(&mut p, key, 7 + i as u64), "{key}");
+            assert_eq!(parameter_value(&p, key), Some(7 + i as u64), "{key}");
+        }
+        let mut p = defaults;
+        assert!(!set_parameter(&mut p, "layers", u64::MAX));
+        assert!(!set_parameter(&mut p, "no_such_parameter", 1));
     }
 
     #[test]

@@ -4,9 +4,17 @@
 //! identify (so that authorities that dialed us can be dialed back). State is written to the
 //! data directory after every change; each published consensus is written as
 //! `consensus-<epoch>.pb` (the encoded `SignedConsensus`), and `listen-addrs` holds the
-//! addresses the swarm listens on.
+//! addresses the swarm listens on. With a metrics address, `/metrics` has the authority's
+//! counters ([`metrics`]), `/health` says the loop turns and `/ready` that it holds this epoch's
+//! consensus.
 
-use std::{collections::HashMap, path::Path, time::Duration};
+pub mod metrics;
+
+use std::{
+    collections::HashMap,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use futures::StreamExt;
 use libp2p::{
@@ -14,8 +22,8 @@ use libp2p::{
 };
 use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, Now, directory_behaviour};
 use p2pmix_proto::v1::{
-    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, directory_request::Request,
-    directory_response::Response,
+    Accepted, AuthorityState, Consensus, DirectoryRequest, DirectoryResponse,
+    directory_request::Request, directory_response::Response,
 };
 use prost::Message;
 use thiserror::Error;
@@ -28,6 +36,8 @@ use crate::{
         ListenError, SwarmError, build_swarm,
         files::{FileError, create_dir, write_atomic},
         listen_on_all,
+        metrics::{self as metrics_endpoint, MetricsError},
+        status::{Readiness, Status},
     },
 };
 
@@ -47,6 +57,9 @@ pub enum AuthorityNodeError {
     /// This authority's key is not in the pinned authorities file.
     #[error("this authority ({0}) is not in the authorities file")]
     NotPinned(PeerId),
+    /// The metrics endpoint could not start.
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 pub use behaviour::{AuthorityBehaviour, AuthorityBehaviourEvent};
@@ -78,6 +91,20 @@ pub async fn run_authority(
         return Err(AuthorityNodeError::NotPinned(me));
     }
     create_dir(&config.data_dir)?;
+    let status = Status::new(Instant::now());
+    let mut metrics_task = None;
+    if let Some(addr) = config.metrics {
+        let handle = metrics_endpoint::install_recorder()?;
+        metrics_endpoint::export_build_info();
+        let (bound, task) = metrics_endpoint::serve(addr, handle, status.clone()).await?;
+        write_atomic(
+            &config.data_dir.join("metrics-addr"),
+            format!("{bound}\n").as_bytes(),
+        )?;
+        info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
+        metrics_task = Some(AbortOnDrop(task));
+    }
+    let _metrics_task = metrics_task;
     let state_path = config.data_dir.join("state.pb");
     let core_config = AuthorityConfig {
         keypair: keypair.clone(),
@@ -128,23 +155,32 @@ pub async fn run_authority(
     let mut listen_addrs: Vec<Multiaddr> = Vec::new();
     let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
     let mut redial = tokio::time::interval(Duration::from_secs(2));
+    // Decoded again only when the core reported something (a consensus may have been published).
+    let mut newest = newest_epoch(&authority);
     tokio::pin!(shutdown);
     loop {
         let now = Now::system();
+        status.turned(now.mono);
         authority.handle_timeout(now, &mut rng);
-        flush(
+        if flush(
             &mut authority,
             &mut swarm,
             &peers,
             &config.data_dir,
             &state_path,
-        )?;
+        )? {
+            newest = newest_epoch(&authority);
+        }
+        let epoch = config.schedule.epoch_at(now.unix_ms);
+        status.set_readiness(Readiness::of_authority(epoch, newest));
+        let connected = peers.iter().filter(|p| swarm.is_connected(p)).count();
+        metrics::export(&authority, epoch, connected);
         let latest = now.mono + Duration::from_secs(60);
         let wake = authority.poll_timeout().map_or(latest, |at| at.min(latest));
         tokio::select! {
             _ = &mut shutdown => {
                 info!("shutting down");
-                write_atomic(&state_path, &authority.state().encode_to_vec())?;
+                write_state(&state_path, &authority)?;
                 return Ok(());
             }
             _ = tokio::time::sleep_until(wake.into()) => {}
@@ -176,7 +212,7 @@ pub async fn run_authority(
                     // Read after the wait: the request is judged at the time it arrived.
                     let response = answer(&mut authority, Now::system(), peer, request);
                     if matches!(response.response, Some(Response::Accepted(_))) {
-                        write_atomic(&state_path, &authority.state().encode_to_vec())?;
+                        write_state(&state_path, &authority)?;
                     }
                     let _ = swarm.behaviour_mut().directory.send_response(channel, response);
                 }
@@ -201,32 +237,40 @@ fn answer(
     let response = match request.request {
         Some(Request::GetConsensus(get)) => {
             let epoch = (get.epoch != 0).then_some(get.epoch);
-            match authority.consensus(epoch) {
+            let held = authority.consensus(epoch);
+            metrics::count_consensus_request(held.is_some());
+            match held {
                 Some(c) => Response::Consensus(c.clone()),
                 None => not_held(),
             }
         }
-        _ => match authority.handle_request(now, request) {
-            Ok(()) => Response::Accepted(Accepted {}),
-            Err(e) => {
-                debug!(%peer, reason = e.reason(), "refused: {e}");
-                Response::Refused(e.to_refused())
+        _ => {
+            let kind = metrics::request_kind(&request);
+            let result = authority.handle_request(now, request);
+            metrics::count_request(kind, &result);
+            match result {
+                Ok(()) => Response::Accepted(Accepted {}),
+                Err(e) => {
+                    debug!(%peer, reason = e.reason(), "refused: {e}");
+                    Response::Refused(e.to_refused())
+                }
             }
-        },
+        }
     };
     DirectoryResponse {
         response: Some(response),
     }
 }
 
-/// Sends what the core wants sent, reports its events, persists its state.
+/// Sends what the core wants sent, reports its events, persists its state; says whether there
+/// was anything.
 fn flush(
     authority: &mut Authority,
     swarm: &mut Swarm<AuthorityBehaviour>,
     peers: &[PeerId],
     data_dir: &Path,
     state_path: &Path,
-) -> Result<(), AuthorityNodeError> {
+) -> Result<bool, AuthorityNodeError> {
     let mut changed = false;
     while let Some(message) = authority.poll_transmit() {
         changed = true;
@@ -239,6 +283,7 @@ fn flush(
     }
     while let Some(event) = authority.poll_event() {
         changed = true;
+        metrics::count_event(&event);
         match event {
             Event::Published {
                 epoch,
@@ -272,7 +317,32 @@ fn flush(
         }
     }
     if changed {
-        write_atomic(state_path, &authority.state().encode_to_vec())?;
+        write_state(state_path, authority)?;
     }
+    Ok(changed)
+}
+
+/// The epoch of the newest consensus the authority holds.
+fn newest_epoch(authority: &Authority) -> Option<u64> {
+    let signed = authority.consensus(None)?;
+    Consensus::decode(&signed.consensus[..])
+        .ok()
+        .map(|c| c.epoch)
+}
+
+/// Writes the authority's state (counted in the metrics).
+fn write_state(path: &Path, authority: &Authority) -> Result<(), FileError> {
+    let bytes = authority.state().encode_to_vec();
+    write_atomic(path, &bytes)?;
+    metrics::count_state_write(bytes.len());
     Ok(())
+}
+
+/// Aborts the metrics task however the authority's loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

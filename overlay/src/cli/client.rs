@@ -24,16 +24,16 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub(crate) struct ClientArgs {
     /// Identity, Noise key and the chosen gateway live here (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_DATA_DIR")]
     data_dir: PathBuf,
     /// The gateway, as a multiaddr ending in /p2p/PEER_ID (remembered in DATA_DIR/gateway).
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_GATEWAY")]
     gateway: Option<Multiaddr>,
     /// The pinned authorities file (with a [network] section).
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_AUTHORITIES")]
     authorities: Option<PathBuf>,
     /// Print one JSON object per line.
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_JSON")]
     json: bool,
 }
 

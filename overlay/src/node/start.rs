@@ -27,13 +27,14 @@ use super::{
 use crate::{
     config::{NodeConfig, NodeRole},
     directory::DirectoryClient,
-    identity::{IDENTITY_FILE, IdentityError, load_or_create_identity},
+    identity::{IDENTITY_FILE, IdentityError, load_or_create_identity, read_identity},
     mailbox::MailboxConfig,
     runtime::{
         ListenError, Now, SwarmError,
         files::{FileError, create_dir, write_atomic},
         listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
+        status::Status,
     },
 };
 
@@ -74,19 +75,26 @@ pub async fn run_node(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     create_dir(&config.data_dir)?;
-    let keypair = load_or_create_identity(&config.data_dir.join(IDENTITY_FILE))?;
+    // An identity configured elsewhere (a credential, a secret volume) must exist; only the
+    // default one in the data directory is created at the first start.
+    let keypair = match &config.identity {
+        Some(path) => read_identity(path)?,
+        None => load_or_create_identity(&config.data_dir.join(IDENTITY_FILE))?,
+    };
     let me = keypair.public().to_peer_id();
 
     // The recorder goes in before the mix behaviour takes its metric handles.
+    let status = Status::new(std::time::Instant::now());
     let mut metrics_task = None;
     if let Some(addr) = config.metrics {
         let handle = metrics_endpoint::install_recorder()?;
-        let (bound, task) = metrics_endpoint::serve(addr, handle).await?;
+        metrics_endpoint::export_build_info();
+        let (bound, task) = metrics_endpoint::serve(addr, handle, status.clone()).await?;
         write_atomic(
             &config.data_dir.join("metrics-addr"),
             format!("{bound}\n").as_bytes(),
         )?;
-        info!(%bound, "metrics at http://{bound}/metrics");
+        info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
         metrics_task = Some(task);
     }
 
@@ -161,6 +169,7 @@ pub async fn run_node(
         gateway,
         cover: LoopCover::new(me, now.mono),
         gauges: Gauges::new(now.mono),
+        status,
     };
     node.load_cached_consensus(now);
     let result = node.run(now, shutdown).await;

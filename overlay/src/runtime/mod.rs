@@ -1,9 +1,10 @@
-//! What every p2pmix process runs on: the swarm, the clocks, files in the data directory and the
-//! metrics endpoint. The drivers (node, authority, client behaviour) use these; the sans-IO cores
-//! never do.
+//! What every p2pmix process runs on: the swarm, the clocks, files in the data directory, the
+//! metrics endpoint and the health status it serves. The drivers (node, authority, client
+//! behaviour) use these; the sans-IO cores never do.
 
 pub mod files;
 pub mod metrics;
+pub mod status;
 mod swarm;
 
 pub use p2pmix_bootstrap::{Now, unix_ms};
