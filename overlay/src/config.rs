@@ -484,7 +484,7 @@ impl From<NodeRole> for Role {
 
 /// The keys of a node's configuration file, in the order `p2pmix node init` writes them (each is
 /// also the flag of the same name, `_` written `-`).
-pub const NODE_FILE_KEYS: [&str; 8] = [
+pub const NODE_FILE_KEYS: [&str; 9] = [
     "data_dir",
     "authorities",
     "identity",
@@ -493,7 +493,13 @@ pub const NODE_FILE_KEYS: [&str; 8] = [
     "role",
     "metrics",
     "family",
+    "max_connections",
 ];
+
+/// Incoming connections a node holds at most by default (clients and nodes that dialled it; its
+/// own dials to the consensus's nodes come on top). Each is one open file: the systemd unit's
+/// `LimitNOFILE` leaves room for this, the consensus's nodes and the node's files.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8192;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -508,6 +514,7 @@ struct NodeFile {
     role: Option<NodeRole>,
     metrics: Option<String>,
     family: Option<String>,
+    max_connections: Option<u32>,
 }
 
 /// Command-line values that override a node's configuration file.
@@ -529,6 +536,8 @@ pub struct NodeOverrides {
     pub metrics: Option<SocketAddr>,
     /// `--family`.
     pub family: Option<String>,
+    /// `--max-connections`.
+    pub max_connections: Option<u32>,
 }
 
 /// Where a process listens when nothing says: loopback, a port the OS picks.
@@ -547,6 +556,7 @@ pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
 /// role = "mix"                            # or "gateway"
 /// metrics = "127.0.0.1:9100"              # /metrics, /health, /ready
 /// family = "operator-name"                # nodes of one operator share it
+/// max_connections = 8192                  # incoming connections held at most
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSettings {
@@ -568,6 +578,8 @@ pub struct NodeSettings {
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
+    /// Incoming connections held at most (more are refused).
+    pub max_connections: u32,
 }
 
 impl NodeSettings {
@@ -638,6 +650,10 @@ impl NodeSettings {
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
+            max_connections: overrides
+                .max_connections
+                .or(parsed.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
         })
     }
 }
@@ -664,6 +680,8 @@ pub struct NodeConfig {
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
+    /// Incoming connections held at most.
+    pub max_connections: u32,
 }
 
 impl NodeConfig {
@@ -689,6 +707,7 @@ impl NodeConfig {
             role: settings.role,
             metrics: settings.metrics,
             family: settings.family,
+            max_connections: settings.max_connections,
         })
     }
 }

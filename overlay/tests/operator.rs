@@ -354,3 +354,89 @@ fn a_network_from_genconfig_comes_up_and_its_nodes_say_when_they_are_ready() {
             .filter(|(code, body)| *code == 503 && status(body) == "stale")
     });
 }
+
+#[test]
+fn a_node_holds_at_most_max_connections_incoming_connections() {
+    use futures::StreamExt;
+    use libp2p::{
+        Multiaddr,
+        identity::Keypair,
+        swarm::{SwarmEvent, dummy},
+    };
+
+    let scratch = Scratch::new("operator-limit");
+    let key = Keypair::generate_ed25519().public();
+    fs::write(
+        scratch.0.join("authorities.toml"),
+        format!(
+            "[[authority]]\npublic_key = \"{}\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = 60000\n",
+            key.to_peer_id(),
+            unix_ms()
+        ),
+    )
+    .unwrap();
+    let log = fs::File::create(scratch.0.join("log")).unwrap();
+    let _node = Running {
+        child: Command::new(BIN)
+            .args([
+                "node",
+                "--authorities",
+                "authorities.toml",
+                "--data-dir",
+                "data",
+                "--max-connections",
+                "2",
+            ])
+            .current_dir(&scratch.0)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    let address: Multiaddr = wait_for("the node to listen", Duration::from_secs(30), || {
+        fs::read_to_string(scratch.0.join("data/listen-addrs"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.parse().ok()))
+    });
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    // Five peers, each its own identity, dial the node; it keeps two.
+    let connected = runtime.block_on(async {
+        let mut swarms: Vec<_> = (0..5)
+            .map(|_| {
+                let mut s =
+                    p2pmix::build_swarm(Keypair::generate_ed25519(), |_| dummy::Behaviour).unwrap();
+                s.dial(address.clone()).unwrap();
+                s
+            })
+            .collect();
+        let mut open = vec![false; swarms.len()];
+        let mut settled = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        // Settled: every dial has ended (established or not) and nothing changed for 2 s.
+        while tokio::time::Instant::now() < deadline && settled < 20 {
+            let mut changed = false;
+            for (i, s) in swarms.iter_mut().enumerate() {
+                while let Ok(Some(event)) =
+                    tokio::time::timeout(Duration::from_millis(10), s.next()).await
+                {
+                    changed = true;
+                    match event {
+                        SwarmEvent::ConnectionEstablished { .. } => open[i] = true,
+                        SwarmEvent::ConnectionClosed { .. } => open[i] = false,
+                        _ => {}
+                    }
+                }
+            }
+            settled = if changed { 0 } else { settled + 1 };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        open.iter().filter(|o| **o).count()
+    });
+    assert_eq!(
+        connected, 2,
+        "the node holds exactly max_connections incoming connections"
+    );
+}

@@ -1,6 +1,16 @@
 //! The authority's Prometheus metrics: what it accepted and refused, what it published, and its
-//! state writes. The sans-IO [`Authority`] keeps no metrics of its own; the driver counts what
-//! passes through it.
+//! state writes. The sans-IO [`Authority`] keeps counters as values (refusals by reason); the
+//! driver counts what passes through it and exports the rest.
+//!
+//! - `p2pmix_authority_accepted_total{kind}`: descriptors, votes, reveals, signatures taken;
+//! - `p2pmix_authority_rejections_total{reason}`: refusals, by reason (`descriptor_late`, …);
+//! - `p2pmix_authority_consensus_published_total`, `p2pmix_authority_consensus_epoch`,
+//!   `p2pmix_authority_consensus_signatures`, `p2pmix_authority_signatures_added_total`;
+//! - `p2pmix_authority_rounds_failed_total{reason}`;
+//! - `p2pmix_authority_consensus_requests_total{outcome}`: documents served or not held;
+//! - `p2pmix_authority_state_writes_total`, `p2pmix_authority_state_bytes`;
+//! - `p2pmix_authority_round`, `p2pmix_authority_descriptors`,
+//!   `p2pmix_authority_peers_connected`, `p2pmix_epoch`.
 
 use metrics::{counter, gauge};
 use p2pmix_bootstrap::{Authority, Event, Rejection, RoundFailure};
@@ -18,11 +28,11 @@ pub fn request_kind(request: &DirectoryRequest) -> &'static str {
     }
 }
 
-/// Counts one answered request of `kind`: accepted, or refused for a reason.
+/// Counts one accepted request of `kind` (refusals are counted by the core, by reason: see
+/// [`export`]).
 pub fn count_request(kind: &'static str, result: &Result<(), Rejection>) {
-    match result {
-        Ok(()) => counter!("p2pmix_authority_accepted_total", "kind" => kind).increment(1),
-        Err(e) => counter!("p2pmix_authority_refused_total", "reason" => e.reason()).increment(1),
+    if result.is_ok() {
+        counter!("p2pmix_authority_accepted_total", "kind" => kind).increment(1);
     }
 }
 
@@ -64,10 +74,14 @@ pub fn count_state_write(bytes: usize) {
     gauge!("p2pmix_authority_state_bytes").set(bytes as f64);
 }
 
-/// The gauges of the round under way and of the links to the other authorities.
+/// The core's refusals by reason (`p2pmix_authority_rejections_total{reason}`), the round under
+/// way and the links to the other authorities.
 pub fn export(authority: &Authority, epoch: u64, authorities_connected: usize) {
+    for (reason, n) in authority.rejections() {
+        counter!("p2pmix_authority_rejections_total", "reason" => *reason).absolute(*n);
+    }
     gauge!("p2pmix_epoch").set(epoch as f64);
-    gauge!("p2pmix_authority_round_epoch").set(authority.round_epoch() as f64);
-    gauge!("p2pmix_authority_round_descriptors").set(authority.descriptor_count() as f64);
+    gauge!("p2pmix_authority_round").set(authority.round_epoch() as f64);
+    gauge!("p2pmix_authority_descriptors").set(authority.descriptor_count() as f64);
     gauge!("p2pmix_authority_peers_connected").set(authorities_connected as f64);
 }

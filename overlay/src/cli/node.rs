@@ -14,14 +14,17 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use libp2p::Multiaddr;
 use p2pmix::{
-    config::{DEFAULT_LISTEN, NODE_FILE_KEYS, NodeConfig, NodeOverrides, NodeRole, NodeSettings},
+    config::{
+        DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, NODE_FILE_KEYS, NodeConfig, NodeOverrides,
+        NodeRole, NodeSettings,
+    },
     node::run_node,
 };
 use toml::Value;
 
 use super::{
     runtime, shutdown_signal,
-    template::{Toml, path, string, strings},
+    template::{Toml, integer, path, string, strings},
 };
 
 /// `p2pmix node [init]`.
@@ -85,6 +88,11 @@ pub(crate) struct NodeArgs {
     /// Operator family: no route uses two nodes of one family.
     #[arg(long, env = "P2PMIX_NODE_FAMILY")]
     family: Option<String>,
+    /// Incoming connections held at most (default 8192); further ones are refused. Each is an
+    /// open file: the open-files limit must leave room for this, the consensus's nodes and the
+    /// data directory.
+    #[arg(long, env = "P2PMIX_NODE_MAX_CONNECTIONS")]
+    max_connections: Option<u32>,
     /// Print the configuration in effect (file, environment and flags) as TOML and exit.
     #[arg(long, env = "P2PMIX_NODE_PRINT_CONFIG")]
     print_config: bool,
@@ -103,6 +111,7 @@ impl NodeArgs {
                 role: self.role,
                 metrics: self.metrics,
                 family: self.family,
+                max_connections: self.max_connections,
             },
         )?)
     }
@@ -153,6 +162,7 @@ pub(crate) fn init_settings(role: NodeRole) -> NodeSettings {
         role,
         metrics: None,
         family: String::new(),
+        max_connections: DEFAULT_MAX_CONNECTIONS,
     }
 }
 
@@ -214,6 +224,10 @@ fn value_of(s: &NodeSettings, key: &str) -> (Option<Value>, Value) {
             string("127.0.0.1:9100"),
         ),
         "family" => (Some(string(s.family.as_str())), string("operator-name")),
+        "max_connections" => (
+            Some(integer(u64::from(s.max_connections))),
+            integer(u64::from(DEFAULT_MAX_CONNECTIONS)),
+        ),
         _ => (None, string("")),
     }
 }
@@ -256,6 +270,7 @@ mod tests {
             role: NodeRole::Gateway,
             metrics: Some("127.0.0.1:9100".parse().unwrap()),
             family: "acme".into(),
+            max_connections: 100,
         }
     }
 

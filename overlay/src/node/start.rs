@@ -7,12 +7,12 @@ use std::{
     time::Duration,
 };
 
-use p2pmix_bootstrap::default_parameters;
+use p2pmix_bootstrap::{MAX_NODES, default_parameters};
 use p2pmix_mix::{
     Geometry, KeyRing, Relay, RelayConfig, ReplayConfig, behaviour::Config as MixConfig,
 };
 use thiserror::Error;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{
     Node,
@@ -32,7 +32,7 @@ use crate::{
     runtime::{
         ListenError, Now, SwarmError,
         files::{FileError, create_dir, write_atomic},
-        listen_on_all,
+        limits, listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
         status::Status,
     },
@@ -98,6 +98,17 @@ pub async fn run_node(
         metrics_task = Some(task);
     }
 
+    // Each connection is an open file: say so now rather than when accept starts failing.
+    let needed = u64::from(config.max_connections) + MAX_NODES as u64 + limits::RESERVED_FILES;
+    if let Some(limit) = limits::open_files_limit().filter(|l| *l < needed) {
+        warn!(
+            limit,
+            needed,
+            max_connections = config.max_connections,
+            "the open-files limit is below what max_connections and a full consensus need: raise \
+             it (LimitNOFILE=, ulimit -n) or lower max_connections"
+        );
+    }
     let now = Now::system();
     let epoch = config.schedule.epoch_at(now.unix_ms);
     let (store, retired) = EpochKeyStore::open(&config.data_dir, epoch)?;
@@ -131,6 +142,7 @@ pub async fn run_node(
         relay.clone(),
         mix_config,
         config.role == NodeRole::Gateway,
+        config.max_connections,
     )?;
     listen_on_all(&mut swarm, &config.listen)?;
     for entry in &config.authorities.entries {

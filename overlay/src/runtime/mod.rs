@@ -3,6 +3,7 @@
 //! behaviour) use these; the sans-IO cores never do.
 
 pub mod files;
+pub mod limits;
 pub mod metrics;
 pub mod status;
 mod swarm;
