@@ -7,10 +7,13 @@
 #   ./testnet/run.sh --kill-mixes 2        # two mixes die while messages are in flight
 #   ./testnet/run.sh --kill-authority 1    # one authority stops; the next consensus still comes
 #   ./testnet/run.sh --keep                # leave it running; stop it with testnet/stop.sh DIR
+#   ./testnet/run.sh --clients 20          # 20 clients send to each other; anonymity measured
+#   ./testnet/run.sh --clients 20 --cover off   # the same without any cover traffic
 #
 # Exit status: 0 when every message arrived exactly once (and the drills passed), 1 otherwise,
 # 2 when the network did not come up. The run directory (printed) holds every node's log and
-# metrics snapshot, the clients' event logs and report.png (measured latency against theory).
+# metrics snapshot, the clients' event logs and report.png (measured latency against theory;
+# with --clients, also entropy, the adversary's success and epsilon per message).
 set -euo pipefail
 
 usage() {
@@ -25,15 +28,27 @@ usage: testnet/run.sh [options]
   --size BYTES          message size (default: a short text)
   --kill-mixes N        kill N mixes (at most one per layer) while messages are in flight
   --kill-authority N    stop N authorities (at most 1) and wait for the next consensus
+  --clients N           N clients (at least 2) instead of alice and bob, each sending --messages
+                        messages (default 20) to random others, one every --interval-ms on average
+                        (default 500, Poisson); every node and client records link traces and
+                        ground truth, and the report measures anonymity
+  --cover MODE          on (default: the consensus defaults), stream (client loop and drop cover
+                        and node loops off; the send stream still sends drop cover when idle) or
+                        off (no cover at all: clients send real packets only, as they come)
+  --send-interval-ms MS, --loop-interval-ms MS, --drop-interval-ms MS, --mix-loop-interval-ms MS
+                        override one stream's mean interval (0: that stream off)
   --dir DIR             run directory (default target/testnet/run-TIMESTAMP)
   --debug               use target/debug (what cargo test builds; faster to build, slower to run)
+  --bin-dir DIR         use the p2pmix, p2pmix-testnet-report and p2pmix-anonymity binaries in
+                        DIR instead of building (several runs of one build)
   --keep                leave the network running (stop it with testnet/stop.sh DIR)
   --timeout S           longest wait for the messages (default 180)
 EOF
 }
 
-GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES=100 INTERVAL_MS=50 SIZE=""
-KILL_MIXES=0 KILL_AUTHORITY=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180
+GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES="" INTERVAL_MS="" SIZE=""
+KILL_MIXES=0 KILL_AUTHORITY=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
+SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --gateways) GATEWAYS=$2; shift 2 ;;
@@ -45,17 +60,37 @@ while [ $# -gt 0 ]; do
         --size) SIZE=$2; shift 2 ;;
         --kill-mixes) KILL_MIXES=$2; shift 2 ;;
         --kill-authority) KILL_AUTHORITY=$2; shift 2 ;;
+        --clients) CLIENTS=$2; shift 2 ;;
+        --cover) COVER=$2; shift 2 ;;
+        --send-interval-ms) SEND_INTERVAL_MS=$2; shift 2 ;;
+        --loop-interval-ms) LOOP_INTERVAL_MS=$2; shift 2 ;;
+        --drop-interval-ms) DROP_INTERVAL_MS=$2; shift 2 ;;
+        --mix-loop-interval-ms) MIX_LOOP_INTERVAL_MS=$2; shift 2 ;;
         --dir) DIR=$2; shift 2 ;;
         --debug) PROFILE=debug; shift ;;
+        --bin-dir) BIN_DIR=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
 done
-for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY TIMEOUT; do
+# Defaults that depend on the mode: alice sends 100 messages 50 ms apart; in --clients mode
+# each client sends 20, 500 ms apart on average.
+if [ "$CLIENTS" = 0 ]; then : "${MESSAGES:=100}" "${INTERVAL_MS:=50}"; else : "${MESSAGES:=20}" "${INTERVAL_MS:=500}"; fi
+# The stream intervals of each cover mode (ms; 0 turns a stream off); explicit options win.
+case "$COVER" in
+    on) COVER_SEND=20 COVER_LOOP=200 COVER_DROP=200 COVER_MIX=1000 ;;
+    stream) COVER_SEND=20 COVER_LOOP=0 COVER_DROP=0 COVER_MIX=0 ;;
+    off) COVER_SEND=0 COVER_LOOP=0 COVER_DROP=0 COVER_MIX=0 ;;
+    *) echo "--cover: on, stream or off" >&2; exit 2 ;;
+esac
+: "${SEND_INTERVAL_MS:=$COVER_SEND}" "${LOOP_INTERVAL_MS:=$COVER_LOOP}" "${DROP_INTERVAL_MS:=$COVER_DROP}" "${MIX_LOOP_INTERVAL_MS:=$COVER_MIX}"
+for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY TIMEOUT CLIENTS \
+    SEND_INTERVAL_MS LOOP_INTERVAL_MS DROP_INTERVAL_MS MIX_LOOP_INTERVAL_MS; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "--${v,,}: not a number: ${!v}" >&2; exit 2; fi
 done
+[ "$CLIENTS" = 0 ] || [ "$CLIENTS" -ge 2 ] || { echo "--clients: at least 2 (they send to each other)" >&2; exit 2; }
 if [ -n "$SIZE" ] && ! [[ $SIZE =~ ^[0-9]+$ ]]; then echo "--size: not a number" >&2; exit 2; fi
 [ "$GATEWAYS" -ge 1 ] || { echo "--gateways: at least 1" >&2; exit 2; }
 [ "$MIXES" -ge 3 ] || { echo "--mixes: at least 3 (one per layer)" >&2; exit 2; }
@@ -65,20 +100,26 @@ if [ "$KILL_MIXES" -gt 0 ] && [ "$MIXES" -lt $((3 + KILL_MIXES)) ]; then
     echo "--kill-mixes $KILL_MIXES needs at least $((3 + KILL_MIXES)) mixes" >&2; exit 2
 fi
 
+[ -z "$BIN_DIR" ] || BIN_DIR=$(cd "$BIN_DIR" && pwd) || exit 2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STARTED=$(date +%s)
 cd "$ROOT"
-echo "==> building ($PROFILE)"
-if [ "$PROFILE" = release ]; then
+if [ -n "$BIN_DIR" ]; then
+    echo "==> using the binaries in $BIN_DIR"
+elif [ "$PROFILE" = release ]; then
+    echo "==> building ($PROFILE)"
     cargo build --locked -q --release -p p2pmix -p p2pmix-examples \
-        --bin p2pmix --bin p2pmix-testnet-report
+        --bin p2pmix --bin p2pmix-testnet-report --bin p2pmix-anonymity
 else
+    echo "==> building ($PROFILE)"
     # Exactly what `cargo test --locked --workspace` builds (the same features, the same
     # profile), both binaries included: after the tests (CI) there is nothing left to build.
     cargo test --locked -q --workspace --no-run
 fi
-BIN="$ROOT/target/$PROFILE/p2pmix"
-REPORT="$ROOT/target/$PROFILE/p2pmix-testnet-report"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+[ -z "$BIN_DIR" ] || TARGET=$BIN_DIR
+BIN="$TARGET/p2pmix"
+REPORT="$TARGET/p2pmix-testnet-report"
 
 [ -n "$DIR" ] || DIR="$ROOT/target/testnet/run-$(date +%Y%m%d-%H%M%S)-$$"
 if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
@@ -144,14 +185,21 @@ for i in 0 1 2; do
     KEYS[$i]=$("$BIN" keygen --out "$DIR/auth$i" | sed -n 's/^public_key = //p' | head -n1)
 done
 GENESIS=$(( $(now_ms) + 4000 ))
+# A local test network: everything listens on 127.0.0.1, which production authorities refuse;
+# nodes and clients accept --trace-links and --trace-truth only in one.
 NETWORK="[network]
 genesis_unix_ms = $GENESIS
 epoch_ms = $EPOCH_MS
+test_network = true
 "
 # Only authorities read the parameters; they publish them in the consensus.
 PARAMETERS="
 [network.parameters]
 mean_delay_us = $((MEAN_DELAY_MS * 1000))
+client_send_interval_us = $((SEND_INTERVAL_MS * 1000))
+client_loop_interval_us = $((LOOP_INTERVAL_MS * 1000))
+client_drop_interval_us = $((DROP_INTERVAL_MS * 1000))
+mix_loop_interval_us = $((MIX_LOOP_INTERVAL_MS * 1000))
 "
 authorities_file() { # $1: how many authorities' addresses are known
     local i
@@ -180,6 +228,7 @@ start_node() { # $1: dir name, $2: role, $3: bootstrap address (may be empty)
     rm -f "$d/data/listen-addrs"
     local args=(node --authorities "$DIR/authorities.toml" --data-dir data --role "$2" --metrics 127.0.0.1:0)
     [ -n "$3" ] && args+=(--bootstrap "$3")
+    [ "$CLIENTS" -gt 0 ] && args+=(--trace-links links.trace --trace-truth truth.trace)
     (cd "$d" && exec env RUST_LOG=info "$BIN" "${args[@]}" >> log 2>&1) &
     started $! "$1"
     wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "$1 did not start" "$d/log"
@@ -210,40 +259,80 @@ echo "==> consensus in force: $NODES/$NODES nodes admitted, $(( $(date +%s) - ST
 
 # --- clients ----------------------------------------------------------------------------------
 LAST_GW=$((GATEWAYS - 1))
-for c in alice bob; do mkdir -p "$DIR/$c"; done
-ALICE_GW=$(head -n1 "$DIR/gw0/data/listen-addrs")
-BOB_GW=$(head -n1 "$DIR/gw$LAST_GW/data/listen-addrs")
-BOB=$("$BIN" client address --data-dir "$DIR/bob" --gateway "$BOB_GW")
-echo "==> bob (gateway gw$LAST_GW) is $BOB"
-# Bob listens until Alice is done (he acknowledges every copy she retransmits), then is stopped.
-(exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
-    --authorities "$DIR/authorities.toml" --timeout $((TIMEOUT + 60)) \
-    > "$DIR/bob/events.jsonl" 2> "$DIR/bob/log") &
-BOB_PID=$!
-started $BOB_PID bob
-if [ -n "$SIZE" ]; then
-    # Printable random text; head closes the pipe early, which is fine here.
-    (set +o pipefail; head -c "$SIZE" /dev/urandom | base64 -w0 | head -c "$SIZE") > "$DIR/alice/message"
+CLIENT_NAMES=()
+if [ "$CLIENTS" -gt 0 ]; then
+    TOTAL=$((CLIENTS * MESSAGES))
+    ADDRESSES=()
+    for i in $(seq 0 $((CLIENTS - 1))); do
+        CLIENT_NAMES+=("c$i")
+        mkdir -p "$DIR/c$i"
+        gw=$(head -n1 "$DIR/gw$((i % GATEWAYS))/data/listen-addrs")
+        ADDRESSES+=("$("$BIN" client address --data-dir "$DIR/c$i" --gateway "$gw")")
+    done
+    # Every client sends to random others, receives (and acknowledges) theirs, and stays until
+    # all are done; all start sending together once each has a consensus (the go file).
+    for i in $(seq 0 $((CLIENTS - 1))); do
+        to=()
+        for j in $(seq 0 $((CLIENTS - 1))); do [ "$j" = "$i" ] || to+=(--to "${ADDRESSES[$j]}"); done
+        d="$DIR/c$i"
+        (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$d" \
+            --gateway "$(head -n1 "$DIR/gw$((i % GATEWAYS))/data/listen-addrs")" \
+            --authorities "$DIR/authorities.toml" "${to[@]}" --message "from c$i" \
+            --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --poisson \
+            --wait-for "$DIR/go" --stay --timeout $((TIMEOUT + 60)) \
+            --trace-links "$d/links.trace" --trace-truth "$d/truth.trace" \
+            > "$d/events.jsonl" 2> "$d/log") &
+        started $! "c$i"
+    done
+    count_events() { cat "$DIR"/c*/events.jsonl 2>/dev/null | grep -c "\"event\":\"$1\"" || true; }
+    sent() { count_events sent; }
+    received() { count_events received; }
+    t=0
+    while [ "$(count_events ready)" -lt "$CLIENTS" ]; do
+        [ $t -ge 600 ] && { end_progress; fail_with_log "not every client got a consensus within 60 s" "$DIR/c0/log"; }
+        progress "clients with a consensus: $(count_events ready)/$CLIENTS"
+        sleep 0.1; t=$((t + 1))
+    done
+    end_progress
+    touch "$DIR/go"
+    echo "==> $CLIENTS clients (on $GATEWAYS gateways) send $MESSAGES messages each to random others, one every ${INTERVAL_MS}ms on average (cover: $COVER)"
 else
-    echo -n "hello through the mixnet" > "$DIR/alice/message"
+    TOTAL=$MESSAGES
+    CLIENT_NAMES=(alice bob)
+    for c in alice bob; do mkdir -p "$DIR/$c"; done
+    ALICE_GW=$(head -n1 "$DIR/gw0/data/listen-addrs")
+    BOB_GW=$(head -n1 "$DIR/gw$LAST_GW/data/listen-addrs")
+    BOB=$("$BIN" client address --data-dir "$DIR/bob" --gateway "$BOB_GW")
+    echo "==> bob (gateway gw$LAST_GW) is $BOB"
+    # Bob listens until Alice is done (he acknowledges every copy she retransmits), then is stopped.
+    (exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
+        --authorities "$DIR/authorities.toml" --timeout $((TIMEOUT + 60)) \
+        > "$DIR/bob/events.jsonl" 2> "$DIR/bob/log") &
+    BOB_PID=$!
+    started $BOB_PID bob
+    if [ -n "$SIZE" ]; then
+        # Printable random text; head closes the pipe early, which is fine here.
+        (set +o pipefail; head -c "$SIZE" /dev/urandom | base64 -w0 | head -c "$SIZE") > "$DIR/alice/message"
+    else
+        echo -n "hello through the mixnet" > "$DIR/alice/message"
+    fi
+    (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
+        --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
+        --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" \
+        > "$DIR/alice/events.jsonl" 2> "$DIR/alice/log") &
+    ALICE_PID=$!
+    started $ALICE_PID alice
+    echo "==> alice (gateway gw0) sends $MESSAGES messages to bob, one every ${INTERVAL_MS}ms"
+    sent() { grep -c '"event":"sent"' "$DIR/alice/events.jsonl" 2>/dev/null || true; }
+    received() { grep -c '"event":"received"' "$DIR/bob/events.jsonl" 2>/dev/null || true; }
 fi
-(exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
-    --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
-    --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" \
-    > "$DIR/alice/events.jsonl" 2> "$DIR/alice/log") &
-ALICE_PID=$!
-started $ALICE_PID alice
-echo "==> alice (gateway gw0) sends $MESSAGES messages to bob, one every ${INTERVAL_MS}ms"
-
-sent() { grep -c '"event":"sent"' "$DIR/alice/events.jsonl" 2>/dev/null || true; }
-received() { grep -c '"event":"received"' "$DIR/bob/events.jsonl" 2>/dev/null || true; }
 
 # --- drills ---------------------------------------------------------------------------------------
 KILLED=()
 if [ "$KILL_MIXES" -gt 0 ]; then
     # Wait until a third of the messages left, then kill one mix in each of the first N layers.
     t=0
-    while [ "$(sent)" -lt $(( (MESSAGES + 2) / 3 )) ] && [ $t -lt $((TIMEOUT * 10)) ]; do sleep 0.1; t=$((t + 1)); done
+    while [ "$(sent)" -lt $(( (TOTAL + 2) / 3 )) ] && [ $t -lt $((TIMEOUT * 10)) ]; do sleep 0.1; t=$((t + 1)); done
     CONSENSUS=$(ls -t "$DIR"/gw0/data/consensus-*.pb | head -n1)
     SHOW=$("$BIN" consensus show "$CONSENSUS")
     for layer in $(seq 1 "$KILL_MIXES"); do
@@ -255,7 +344,7 @@ if [ "$KILL_MIXES" -gt 0 ]; then
                 pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
                 kill "$pid" 2>/dev/null || true
                 KILLED+=("$name")
-                echo "==> killed $name (layer $layer) with $(sent) of $MESSAGES messages sent"
+                echo "==> killed $name (layer $layer) with $(sent) of $TOTAL messages sent"
             fi
         done
     done
@@ -284,18 +373,61 @@ if [ "$KILL_AUTHORITY" -gt 0 ]; then
 fi
 
 # --- wait for the messages ------------------------------------------------------------------------
-t=0
-while kill -0 "$ALICE_PID" 2>/dev/null; do
+# Cores a process has used on average since it started: its CPU time (user + system) over its
+# age, from /proc (0 when it is gone). The command name has no spaces, so fields count from 1.
+cores() {
+    awk -v hz="$(getconf CLK_TCK)" -v up="$(cut -d' ' -f1 /proc/uptime)" \
+        '{ age = up - $22 / hz; if (age > 0) printf "%.4f", ($14 + $15) / hz / age; else print 0 }' \
+        "/proc/$1/stat" 2>/dev/null || echo 0
+}
+# Cores used by every process whose name matches the pattern $1.
+cores_of() {
+    local total=0 pid name
+    while read -r pid name; do
+        [[ $name =~ $1 ]] || continue
+        total=$(awk -v a="$total" -v b="$(cores "$pid")" 'BEGIN { printf "%.4f", a + b }')
+    done < "$DIR/pids"
+    echo "$total"
+}
+CPU_ARGS=()
+if [ "$CLIENTS" -gt 0 ]; then
+    t=0
+    while [ "$(count_events done)" -lt "$CLIENTS" ]; do
+        progress "sent $(sent), received $(received) of $TOTAL, clients done $(count_events done)/$CLIENTS"
+        [ $t -ge $(( (TIMEOUT + 30) * 2 )) ] && break
+        sleep 0.5; t=$((t + 1))
+    done
+    progress "sent $(sent), received $(received) of $TOTAL, clients done $(count_events done)/$CLIENTS"
+    end_progress
+    # What the run cost, measured before anyone leaves (the whole run, start-up included), and
+    # how busy the machine was (other work slows the hops down).
+    echo "==> load average: $(cut -d' ' -f1-3 /proc/loadavg) (1, 5, 15 min)"
+    CPU_ARGS=(--cpu "clients=$(cores_of '^c[0-9]+$')" --cpu "nodes=$(cores_of '^(gw|mix)[0-9]+$')" \
+        --cpu "authorities=$(cores_of '^auth[0-9]+$')")
+    # Every client leaves like Ctrl-C: last acknowledgements out, trace files closed.
+    for c in "${CLIENT_NAMES[@]}"; do
+        pid=$(awk -v n="$c" '$2 == n { print $1 }' "$DIR/pids"); kill -INT "$pid" 2>/dev/null || true
+    done
+    for c in "${CLIENT_NAMES[@]}"; do
+        pid=$(awk -v n="$c" '$2 == n { print $1 }' "$DIR/pids")
+        for _ in $(seq 1 200); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    done
+    ANONYMITY=(--anonymity "$DIR")
+else
+    t=0
+    while kill -0 "$ALICE_PID" 2>/dev/null; do
+        progress "sent $(sent), received $(received) of $MESSAGES, acknowledged $(grep -c '"event":"delivered"' "$DIR/alice/events.jsonl" 2>/dev/null || true)"
+        [ $t -ge $(( (TIMEOUT + 30) * 2 )) ] && break
+        sleep 0.5; t=$((t + 1))
+    done
     progress "sent $(sent), received $(received) of $MESSAGES, acknowledged $(grep -c '"event":"delivered"' "$DIR/alice/events.jsonl" 2>/dev/null || true)"
-    [ $t -ge $(( (TIMEOUT + 30) * 2 )) ] && break
-    sleep 0.5; t=$((t + 1))
-done
-progress "sent $(sent), received $(received) of $MESSAGES, acknowledged $(grep -c '"event":"delivered"' "$DIR/alice/events.jsonl" 2>/dev/null || true)"
-end_progress
-# Bob leaves like Ctrl-C: his last acknowledgements go out and what arrived is printed.
-kill -INT "$BOB_PID" 2>/dev/null || true
-for _ in $(seq 1 150); do kill -0 "$BOB_PID" 2>/dev/null || break; sleep 0.1; done
-FIRST_MS=$(grep '"event":"received"' "$DIR/bob/events.jsonl" 2>/dev/null | head -n1 | sed -n 's/.*"ms":\([0-9]*\).*/\1/p')
+    end_progress
+    # Bob leaves like Ctrl-C: his last acknowledgements go out and what arrived is printed.
+    kill -INT "$BOB_PID" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$BOB_PID" 2>/dev/null || break; sleep 0.1; done
+    ANONYMITY=()
+fi
+FIRST_MS=$(cat "$DIR"/*/events.jsonl 2>/dev/null | grep '"event":"received"' | sed -n 's/.*"ms":\([0-9]*\).*/\1/p' | sort -n | sed -n 1p)
 if [ -n "$FIRST_MS" ]; then
     echo "==> first message arrived $(( FIRST_MS / 1000 - STARTED ))s after the command started"
 fi
@@ -308,13 +440,21 @@ for d in "$DIR"/gw* "$DIR"/mix*; do
     fi
 done
 set +e
-wait "$ALICE_PID"; ALICE_CODE=$?
-[ "$ALICE_CODE" = 0 ] || echo "==> the sending client exited with status $ALICE_CODE (see $DIR/alice/log)"
-"$REPORT" --expected "$MESSAGES" --sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl" \
-    --mean-delay-ms "$MEAN_DELAY_MS" --layers 3 --send-interval-ms 20 \
+EVENTS=()
+if [ "$CLIENTS" -gt 0 ]; then
+    # The nodes close their trace files when they stop (a kept network goes on writing them).
+    [ "$KEEP" = 1 ] || "$ROOT/testnet/stop.sh" "$DIR" > /dev/null 2>&1
+    for c in "${CLIENT_NAMES[@]}"; do EVENTS+=(--sent "$DIR/$c/events.jsonl" --received "$DIR/$c/events.jsonl"); done
+else
+    wait "$ALICE_PID"; ALICE_CODE=$?
+    [ "$ALICE_CODE" = 0 ] || echo "==> the sending client exited with status $ALICE_CODE (see $DIR/alice/log)"
+    EVENTS=(--sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl")
+fi
+"$REPORT" --expected "$TOTAL" "${EVENTS[@]}" \
+    --mean-delay-ms "$MEAN_DELAY_MS" --layers 3 --send-interval-ms "$SEND_INTERVAL_MS" \
     --plot "$DIR/report.png" --summary "$DIR/summary.txt" \
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
-    ${KILLED[@]:+--drill "killed=${KILLED[*]}"}
+    ${KILLED[@]:+--drill "killed=${KILLED[*]}"} "${ANONYMITY[@]}" "${CPU_ARGS[@]}"
 CODE=$?
 set -e
 exit $CODE

@@ -1,4 +1,5 @@
-//! Consensus cost at 1000 nodes: build + sign, verification, encoded size.
+//! Consensus cost at 1000 and at 10 000 nodes: vote check, build + sign, verification, encoded
+//! size, and the peak resident memory of the process.
 //!
 //! `cargo bench -p p2pmix-bootstrap --bench consensus`
 //!
@@ -11,16 +12,24 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{
-    ConsensusInputs, Context, EpochSchedule, PinnedAuthorities, build_reveal, build_vote,
-    commitment, compute_consensus, consensus_digest, default_parameters, sign, sign_descriptor,
+    ConsensusInputs, EpochSchedule, PinnedAuthorities, build_reveal, build_vote, commitment,
+    compute_consensus, consensus_digest, default_parameters, sign_consensus, sign_descriptor,
     verify_consensus, verify_reveal, verify_vote,
 };
 use p2pmix_mix::NodeSecretKey;
-use p2pmix_proto::v1::{ConsensusSignature, EpochKey, NodeDescriptor, Role, SignedConsensus};
+use p2pmix_proto::v1::{EpochKey, NodeDescriptor, Role, SignedConsensus};
 use prost::Message;
 
-const NODES: usize = 1000;
 const AUTHORITIES: usize = 3;
+
+/// The process's peak resident memory (Linux `VmHWM`), in bytes: the whole bench process, inputs
+/// included, so an upper bound on what one authority's round needs.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
 const EPOCH: u64 = 10;
 
 fn median(mut samples: Vec<Duration>) -> Duration {
@@ -29,6 +38,15 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 }
 
 fn main() {
+    for nodes in [1000, 10_000] {
+        round(nodes);
+    }
+}
+
+/// One round of `NODES` descriptors: three votes checked, the consensus built, signed and
+/// verified.
+#[allow(non_snake_case)]
+fn round(NODES: usize) {
     let mut rng = rand::rng();
     let schedule = EpochSchedule::new(0, 3_600_000);
     let parameters = default_parameters();
@@ -42,12 +60,7 @@ fn main() {
             let d = NodeDescriptor {
                 epoch: EPOCH,
                 identity: node.public().encode_protobuf(),
-                addresses: vec![format!(
-                    "/ip4/10.{}.{}.{}/tcp/4001",
-                    i / 65536,
-                    (i / 256) % 256,
-                    i % 256
-                )],
+                addresses: vec![format!("/ip4/45.{}.{}.1/tcp/4001", i / 256, i % 256)],
                 role: if i < 50 { Role::Gateway } else { Role::Mix } as i32,
                 sphinx_keys: (EPOCH..EPOCH + 2)
                     .map(|e| EpochKey {
@@ -60,7 +73,7 @@ fn main() {
                     .collect(),
                 software_version: "p2pmix 0.1.0".into(),
                 protocol_version: 1,
-                family: format!("operator-{}", i % 300),
+                family: format!("operator-{i}"),
             };
             sign_descriptor(&node, &d).unwrap()
         })
@@ -80,10 +93,11 @@ fn main() {
         .map(|(k, v)| verify_reveal(&build_reveal(k, EPOCH, *v).unwrap(), &pinned, EPOCH).unwrap())
         .collect();
 
+    let round_start = Instant::now();
     let t = Instant::now();
     let votes: Vec<_> = signed_votes
         .iter()
-        .map(|v| verify_vote(v, &pinned, EPOCH, 1).unwrap())
+        .map(|v| verify_vote(v, &pinned, EPOCH, &parameters).unwrap())
         .collect();
     let vote_check = t.elapsed() / AUTHORITIES as u32;
 
@@ -96,22 +110,20 @@ fn main() {
             schedule,
             parameters: &parameters,
             authorities: &pinned,
-            votes: &votes,
+            votes: &votes.iter().collect::<Vec<_>>(),
             reveals: &reveals,
             previous: None,
         })
         .unwrap();
         let bytes = consensus.encode_to_vec();
         let digest = consensus_digest(&bytes);
-        let signature = sign(&authorities[0], Context::Consensus, &digest).unwrap();
+        let signature = sign_consensus(&authorities[0], EPOCH, &digest)
+            .unwrap()
+            .signature;
         build.push(t.elapsed());
         let mut signatures: Vec<_> = authorities
             .iter()
-            .map(|k| ConsensusSignature {
-                authority: k.public().encode_protobuf(),
-                digest: digest.to_vec(),
-                signature: sign(k, Context::Consensus, &digest).unwrap(),
-            })
+            .map(|k| sign_consensus(k, EPOCH, &digest).unwrap())
             .collect();
         signatures.sort_by(|a, b| a.authority.cmp(&b.authority));
         assert_eq!(
@@ -126,6 +138,7 @@ fn main() {
             signatures,
         });
     }
+    let round_time = round_start.elapsed();
     let encoded = signed.unwrap().encode_to_vec();
     let now = schedule.start_of(EPOCH) + 1;
     let mut verify = Vec::new();
@@ -135,6 +148,7 @@ fn main() {
         verify.push(t.elapsed());
         assert_eq!(v.nodes().len(), NODES);
     }
+    let rounds = build.len() as u32;
     let build = median(build);
     let verify = median(verify);
     println!("consensus bench: {NODES} descriptors, {AUTHORITIES} authorities");
@@ -154,5 +168,15 @@ fn main() {
         "  signed consensus size: {} bytes = {:.1} KB (target < 300 KB)",
         encoded.len(),
         encoded.len() as f64 / 1000.0
+    );
+    // One round = the three vote checks and one build + sign (the bench builds 15 times).
+    let one_round = vote_check * AUTHORITIES as u32 + build;
+    println!(
+        "  one round (3 vote checks + build + sign): {:.2} s single-threaded (target < 5 s); \
+         {} builds took {:.2} s; peak RSS of the process so far: {:.1} MiB (target < 200 MiB)",
+        one_round.as_secs_f64(),
+        rounds,
+        round_time.as_secs_f64(),
+        peak_rss().unwrap_or(0) as f64 / (1024.0 * 1024.0)
     );
 }

@@ -4,6 +4,8 @@
 //! Rules (see `docs/consensus.md`):
 //! - at least `threshold` votes from distinct pinned authorities, or no consensus;
 //! - a node enters only if `threshold` distinct votes carry the same signed descriptor of it;
+//! - at most K nodes per IPv4 address, IPv4 /24, IPv6 /48 and family (the network parameters),
+//!   the best ranked kept ([`crate::rank`]);
 //! - nodes sorted by identity encoding; a node's compact id is its index;
 //! - the shared random value hashes every reveal that matches its voter's commitment;
 //! - mixes are spread over the layers so that sizes differ by at most one, nodes that stay keep
@@ -16,8 +18,10 @@ use p2pmix_proto::v1::{Consensus, ConsensusNode, NetworkParameters, Role};
 use thiserror::Error;
 
 use crate::{
+    address::{GroupCaps, groups, within_caps},
     authorities::PinnedAuthorities,
     descriptor::VerifiedDescriptor,
+    rank::RankBasis,
     schedule::EpochSchedule,
     vote::{VerifiedReveal, VerifiedVote, commitment},
 };
@@ -37,7 +41,7 @@ pub struct ConsensusInputs<'a> {
     /// The pinned authorities (for the threshold).
     pub authorities: &'a PinnedAuthorities,
     /// Verified votes for `epoch`, at most one per authority.
-    pub votes: &'a [VerifiedVote],
+    pub votes: &'a [&'a VerifiedVote],
     /// Verified reveals for `epoch`.
     pub reveals: &'a [VerifiedReveal],
     /// The previous epoch's consensus this authority holds, with its digest. It is used for
@@ -68,7 +72,7 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
     let needed = inputs.authorities.threshold();
     // One vote per pinned authority, in a fixed order whatever order they arrived in.
     let mut votes: BTreeMap<&[u8], &VerifiedVote> = BTreeMap::new();
-    for vote in inputs.votes {
+    for &vote in inputs.votes {
         if inputs.authorities.get(&vote.authority).is_some() {
             votes
                 .entry(&vote.authority)
@@ -115,7 +119,10 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
     for vote in votes.values() {
         let mut per_node: BTreeMap<&[u8], Vec<&VerifiedDescriptor>> = BTreeMap::new();
         for d in &vote.descriptors {
-            per_node.entry(&d.descriptor.identity).or_default().push(d);
+            per_node
+                .entry(&d.descriptor.identity)
+                .or_default()
+                .push(d.as_ref());
         }
         for (_, ds) in per_node {
             if let [d] = ds[..] {
@@ -130,8 +137,21 @@ pub fn compute_consensus(inputs: ConsensusInputs<'_>) -> Result<Consensus, Compu
         })
         .map(|(_, d)| d)
         .collect();
-    admitted.sort_by(|a, b| a.descriptor.identity.cmp(&b.descriptor.identity));
+    // Admission caps, best ranked first (a measurement score would join the rank here).
+    let basis = RankBasis::new(previous);
+    admitted.sort_by_cached_key(|d| {
+        (
+            basis.rank(&d.descriptor.identity),
+            d.descriptor.identity.clone(),
+        )
+    });
+    let caps = GroupCaps::of(inputs.parameters);
+    let ranked = admitted
+        .into_iter()
+        .map(|d| (d, groups(&d.descriptor.addresses, &d.descriptor.family)));
+    let (mut admitted, _) = within_caps(ranked, &caps);
     admitted.truncate(MAX_NODES);
+    admitted.sort_by(|a, b| a.descriptor.identity.cmp(&b.descriptor.identity));
 
     let layers = assign_layers(
         &admitted,

@@ -2,11 +2,14 @@
 
 use libp2p_identity::{Keypair, PeerId, PublicKey};
 use p2pmix_mix::NodePublicKey;
-use p2pmix_proto::v1::{NodeDescriptor, Role, SignedDescriptor};
+use p2pmix_proto::v1::{NetworkParameters, NodeDescriptor, Role, SignedDescriptor};
 use prost::Message;
 use thiserror::Error;
 
-use crate::signing::{Context, encode_and_sign, verify};
+use crate::{
+    address::{AddressError, check_address},
+    signing::{Context, encode_and_sign, verify},
+};
 
 /// Most addresses a descriptor may list.
 pub const MAX_ADDRESSES: usize = 16;
@@ -60,15 +63,27 @@ pub enum DescriptorError {
         /// The network's minimum.
         min: u32,
     },
-    /// Too many or malformed addresses.
+    /// Too many or malformed addresses, or one that names another peer.
     #[error("bad address list")]
     BadAddresses,
+    /// An address is loopback, private or otherwise not public, on a network that is not a
+    /// test network.
+    #[error("address is not public (only test networks admit loopback and private addresses)")]
+    NotPublicAddress,
     /// The authority already holds a descriptor of this node for this epoch.
     #[error("duplicate descriptor")]
     Duplicate,
     /// Arrived after the descriptor deadline.
     #[error("descriptor arrived after the deadline")]
     Late,
+    /// This round holds as many descriptors (or bytes of them) as it may, all ranked ahead of
+    /// this one.
+    #[error("the round is full")]
+    Full,
+    /// This round holds as many descriptors as it may from one of the node's prefixes or its
+    /// family, all ranked ahead of this one.
+    #[error("the round is full for this node's {0}")]
+    GroupFull(&'static str),
 }
 
 /// A descriptor whose signature and content checked out.
@@ -100,12 +115,14 @@ pub fn sign_descriptor(keypair: &Keypair, descriptor: &NodeDescriptor) -> Option
     })
 }
 
-/// Checks a signed descriptor for `epoch` against the network's minimum protocol version.
+/// Checks a signed descriptor for `epoch` against the network's parameters (the minimum
+/// protocol version; whether loopback and private addresses are admitted).
 pub fn verify_descriptor(
     signed: &SignedDescriptor,
     epoch: u64,
-    min_protocol_version: u32,
+    parameters: &NetworkParameters,
 ) -> Result<VerifiedDescriptor, DescriptorError> {
+    let min_protocol_version = parameters.min_protocol_version;
     if signed.descriptor.len() > MAX_DESCRIPTOR_BYTES {
         return Err(DescriptorError::Malformed);
     }
@@ -142,14 +159,16 @@ pub fn verify_descriptor(
     if !matches!(descriptor.role(), Role::Mix | Role::Gateway) {
         return Err(DescriptorError::NoRole);
     }
-    if descriptor.addresses.is_empty()
-        || descriptor.addresses.len() > MAX_ADDRESSES
-        || descriptor
-            .addresses
-            .iter()
-            .any(|a| a.is_empty() || a.len() > 256)
-    {
+    if descriptor.addresses.is_empty() || descriptor.addresses.len() > MAX_ADDRESSES {
         return Err(DescriptorError::BadAddresses);
+    }
+    let peer_id = identity.to_peer_id();
+    for a in &descriptor.addresses {
+        match check_address(a, Some(&peer_id), parameters.test_network) {
+            Ok(_) => {}
+            Err(AddressError::NotPublic) => return Err(DescriptorError::NotPublicAddress),
+            Err(_) => return Err(DescriptorError::BadAddresses),
+        }
     }
     let mut previous = None;
     let mut own = None;
@@ -178,7 +197,7 @@ pub fn verify_descriptor(
     let sphinx_key = own.ok_or(DescriptorError::BadSphinxKey(epoch))?;
     Ok(VerifiedDescriptor {
         signed: signed.clone(),
-        peer_id: identity.to_peer_id(),
+        peer_id,
         descriptor,
         sphinx_key,
     })

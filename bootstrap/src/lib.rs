@@ -11,12 +11,14 @@
 //! of both clocks; the rules and [`verify_consensus`] take milliseconds since the UNIX epoch) and
 //! randomness as a `rand_core::CryptoRng`. Rules and the canonical encoding: `docs/consensus.md`.
 
+pub mod address;
 mod authorities;
 mod authority;
 mod consensus;
 mod descriptor;
 mod directory;
 mod params;
+mod rank;
 mod schedule;
 mod signing;
 mod time;
@@ -24,7 +26,11 @@ mod verify;
 mod vote;
 
 pub use authorities::PinnedAuthorities;
-pub use authority::{Authority, AuthorityConfig, Event, Rejection, RoundFailure, SignatureError};
+pub use authority::{
+    Authority, AuthorityConfig, AuthorityLimits, AuthorityStats, EquivocationKind, Event,
+    MEMORY_BUDGET_BYTES, Origin, ReachCheck, ReachLimits, ReachOutcome, ReachStats, Rejection,
+    RoundFailure, SignatureError, SourceLimits, StoreLimits,
+};
 pub use consensus::{ComputeError, ConsensusInputs, MAX_NODES, compute_consensus};
 pub use descriptor::{
     DescriptorError, MAX_ADDRESSES, MAX_DESCRIPTOR_BYTES, MAX_KEYS_AHEAD, VerifiedDescriptor,
@@ -34,17 +40,25 @@ pub use directory::{
     DIRECTORY_PROTOCOL, DirectoryBehaviour, DirectoryCodec, MAX_MESSAGE_BYTES, ProtoCodec,
     directory_behaviour,
 };
-pub use params::{default_parameters, mean_delay};
+pub use params::{
+    DEFAULT_MAX_PER_FAMILY, DEFAULT_MAX_PER_IPV4, DEFAULT_MAX_PER_IPV4_24, DEFAULT_MAX_PER_IPV6_48,
+    default_parameters, mean_delay, test_network_parameters,
+};
+pub use rank::{Rank, RankBasis};
 pub use schedule::{EpochSchedule, Phase};
-pub use signing::{Context, consensus_digest, encode_and_sign, sign, verify};
+pub use signing::{
+    Context, consensus_digest, encode_and_sign, sign, sign_consensus, verify,
+    verify_consensus_signature,
+};
 pub use time::{Now, unix_ms};
 pub use verify::{
     MAX_CONSENSUS_BYTES, VerifiedConsensus, VerifyError, peer_id, sphinx_key, verify_consensus,
-    verify_signed_consensus,
+    verify_equivocation, verify_signed_consensus,
 };
 pub use vote::{
-    MAX_VOTE_BYTES, VerifiedReveal, VerifiedVote, VoteError, build_reveal, build_vote, commitment,
-    verify_reveal, verify_vote,
+    MAX_VOTE_BYTES, VOTE_HEADER_BYTES, VerifiedReveal, VerifiedVote, VoteError, build_reveal,
+    build_vote, commitment, open_vote, verify_reveal, verify_vote, verify_vote_reusing,
+    vote_author, vote_entry_bytes,
 };
 
 /// Version of the p2pmix protocol suite this build speaks; the consensus sets a minimum.

@@ -5,7 +5,18 @@ use std::time::Duration;
 use p2pmix_mix::Geometry;
 use p2pmix_proto::v1::NetworkParameters;
 
-/// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry.
+/// Nodes admitted per IPv4 address by default (Tor's `AuthDirMaxServersPerAddr` is 2).
+pub const DEFAULT_MAX_PER_IPV4: u32 = 2;
+/// Nodes admitted per IPv4 /24 by default: a hosting provider's subnet holds several honest
+/// operators, but one operator renting a /24 gets no more than this.
+pub const DEFAULT_MAX_PER_IPV4_24: u32 = 4;
+/// Nodes admitted per IPv6 /48 (one site's allocation) by default.
+pub const DEFAULT_MAX_PER_IPV6_48: u32 = 4;
+/// Nodes admitted per declared operator family by default.
+pub const DEFAULT_MAX_PER_FAMILY: u32 = 10;
+
+/// Production defaults: Loopix-style rates (λ/μ ≥ 2), three layers, the default geometry,
+/// admission caps per address, prefix and family, and not a test network.
 pub fn default_parameters() -> NetworkParameters {
     NetworkParameters {
         mean_delay_us: 50_000,
@@ -17,6 +28,19 @@ pub fn default_parameters() -> NetworkParameters {
         geometry_id: Geometry::DEFAULT.id(),
         layers: 3,
         min_protocol_version: crate::PROTOCOL_VERSION,
+        max_nodes_per_ipv4: DEFAULT_MAX_PER_IPV4,
+        max_nodes_per_ipv4_24: DEFAULT_MAX_PER_IPV4_24,
+        max_nodes_per_ipv6_48: DEFAULT_MAX_PER_IPV6_48,
+        max_nodes_per_family: DEFAULT_MAX_PER_FAMILY,
+        test_network: false,
+    }
+}
+
+/// [`default_parameters`] for a local test network: loopback and private addresses admitted.
+pub fn test_network_parameters() -> NetworkParameters {
+    NetworkParameters {
+        test_network: true,
+        ..default_parameters()
     }
 }
 

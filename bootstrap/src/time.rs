@@ -36,10 +36,15 @@ impl Now {
     }
 
     /// The monotonic instant at which the wall clock will read `unix_ms`, assuming the two
-    /// clocks run at the same pace from this reading on; a time already past maps to `mono`.
+    /// clocks run at the same pace from this reading on; a time already past maps to `mono`,
+    /// one too far to represent to a year from now (never "due at once", which would spin a
+    /// driver).
     pub fn instant_at(&self, unix_ms: u64) -> Instant {
         let ahead = Duration::from_millis(unix_ms.saturating_sub(self.unix_ms));
-        self.mono.checked_add(ahead).unwrap_or(self.mono)
+        self.mono
+            .checked_add(ahead)
+            .or_else(|| self.mono.checked_add(Duration::from_secs(365 * 86_400)))
+            .unwrap_or(self.mono)
     }
 
     /// This reading moved `by` later on both clocks (for simulators and tests).

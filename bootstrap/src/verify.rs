@@ -5,13 +5,15 @@ use std::collections::BTreeSet;
 
 use libp2p_identity::PeerId;
 use p2pmix_mix::NodePublicKey;
-use p2pmix_proto::v1::{Consensus, ConsensusNode, NetworkParameters, Role, SignedConsensus};
+use p2pmix_proto::v1::{
+    Consensus, ConsensusNode, Equivocation, NetworkParameters, Role, SignedConsensus,
+};
 use prost::Message;
 use thiserror::Error;
 
 use crate::{
     authorities::PinnedAuthorities,
-    signing::{Context, consensus_digest, verify},
+    signing::{consensus_digest, verify_consensus_signature},
 };
 
 /// Largest encoded signed consensus accepted (bytes).
@@ -34,6 +36,9 @@ pub enum VerifyError {
     /// A signature is over another digest than the document's.
     #[error("signature over a different digest")]
     DigestMismatch,
+    /// A signature is for another epoch than the document's.
+    #[error("signature for another epoch")]
+    SignatureEpoch,
     /// A signature does not verify.
     #[error("invalid signature")]
     BadSignature,
@@ -159,6 +164,9 @@ pub fn verify_signed_consensus(
     expected_epoch: Option<u64>,
 ) -> Result<VerifiedConsensus, VerifyError> {
     let digest = consensus_digest(&signed.consensus);
+    // Signatures cover the epoch: the document is decoded first to know it.
+    let consensus =
+        Consensus::decode(&signed.consensus[..]).map_err(|_| VerifyError::Encoding("consensus"))?;
     let mut signers = BTreeSet::new();
     for sig in &signed.signatures {
         let key = authorities
@@ -170,7 +178,10 @@ pub fn verify_signed_consensus(
         if sig.digest.as_slice() != digest.as_slice() {
             return Err(VerifyError::DigestMismatch);
         }
-        if !verify(key, Context::Consensus, &digest, &sig.signature) {
+        if sig.epoch != consensus.epoch {
+            return Err(VerifyError::SignatureEpoch);
+        }
+        if !verify_consensus_signature(key, sig) {
             return Err(VerifyError::BadSignature);
         }
     }
@@ -181,8 +192,6 @@ pub fn verify_signed_consensus(
             needed,
         });
     }
-    let consensus =
-        Consensus::decode(&signed.consensus[..]).map_err(|_| VerifyError::Encoding("consensus"))?;
     if let Some(expected) = expected_epoch
         && consensus.epoch != expected
     {
@@ -233,6 +242,22 @@ fn check_nodes(consensus: &Consensus) -> Result<(), VerifyError> {
         }
     }
     Ok(())
+}
+
+/// Whether `e` proves that one pinned authority signed two different documents for one epoch:
+/// two of its valid signatures naming the same epoch and different digests.
+pub fn verify_equivocation(e: &Equivocation, authorities: &PinnedAuthorities) -> bool {
+    let (Some(a), Some(b)) = (&e.first, &e.second) else {
+        return false;
+    };
+    let Some(key) = authorities.get(&a.authority) else {
+        return false;
+    };
+    a.authority == b.authority
+        && a.epoch == b.epoch
+        && a.digest != b.digest
+        && verify_consensus_signature(key, a)
+        && verify_consensus_signature(key, b)
 }
 
 /// The Sphinx key of a consensus node; `None` if the published bytes are not a valid key.

@@ -4,8 +4,12 @@
 //! vote is in, authorities reveal the values, and the hash of all revealed values (the shared
 //! random value) seeds the layer assignment, so no single authority chooses who sits where.
 
+use std::sync::Arc;
+
 use libp2p_identity::Keypair;
-use p2pmix_proto::v1::{Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote};
+use p2pmix_proto::v1::{
+    NetworkParameters, Reveal, SignedDescriptor, SignedReveal, SignedVote, Vote,
+};
 use prost::Message;
 use thiserror::Error;
 
@@ -15,8 +19,20 @@ use crate::{
     signing::{Context, encode_and_sign, verify},
 };
 
-/// Largest encoded vote accepted (bytes): room for ~10 000 descriptors.
-pub const MAX_VOTE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest encoded vote accepted (bytes): room for about 25 000 descriptors of the usual size
+/// (~330 bytes: one address, two Sphinx keys). An authority's own vote never exceeds it: when
+/// more candidates qualify than fit, it keeps the best ranked ones (docs/consensus.md).
+pub const MAX_VOTE_BYTES: usize = 8 * 1024 * 1024;
+
+/// Room kept in a vote for everything but the descriptors (epoch, authority key, commitment,
+/// previous digest, encoding overhead).
+pub const VOTE_HEADER_BYTES: usize = 1024;
+
+/// What one descriptor adds to an encoded vote.
+pub fn vote_entry_bytes(descriptor: &SignedDescriptor) -> usize {
+    let len = descriptor.encoded_len();
+    1 + prost::length_delimiter_len(len) + len
+}
 
 /// Why a vote or reveal was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -51,6 +67,10 @@ pub enum VoteError {
     /// Arrived after its phase.
     #[error("arrived after its phase")]
     Late,
+    /// From an authority already caught sending two different votes this round: not checked,
+    /// not kept, not relayed.
+    #[error("from an authority caught equivocating")]
+    Equivocator,
 }
 
 /// The commitment to an authority's random value for `epoch`.
@@ -97,7 +117,8 @@ pub struct VerifiedVote {
     /// The digest of the previous consensus the voter holds (empty if none).
     pub previous: Vec<u8>,
     /// The descriptors in the vote that verify for the epoch; invalid ones are ignored.
-    pub descriptors: Vec<VerifiedDescriptor>,
+    /// Shared with whoever holds the same descriptor (see [`verify_vote_reusing`]).
+    pub descriptors: Vec<Arc<VerifiedDescriptor>>,
 }
 
 /// Checks a vote for `epoch`; descriptors inside are checked too and bad ones dropped.
@@ -105,19 +126,22 @@ pub fn verify_vote(
     signed: &SignedVote,
     authorities: &PinnedAuthorities,
     epoch: u64,
-    min_protocol_version: u32,
+    parameters: &NetworkParameters,
 ) -> Result<VerifiedVote, VoteError> {
-    if signed.vote.len() > MAX_VOTE_BYTES {
-        return Err(VoteError::Malformed);
-    }
-    let vote: Vote = open_signed(
-        &signed.vote,
-        &signed.signature,
-        Context::Vote,
-        authorities,
-        epoch,
-        |v: &Vote| (&v.authority, v.epoch),
-    )?;
+    verify_vote_reusing(signed, authorities, epoch, parameters, |_| None)
+}
+
+/// [`verify_vote`], taking from `known` the descriptors already verified elsewhere (an
+/// authority's own store): a descriptor `known` returns for the same signed bytes is neither
+/// checked nor decoded again, and shares its memory.
+pub fn verify_vote_reusing(
+    signed: &SignedVote,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+    parameters: &NetworkParameters,
+    known: impl Fn(&SignedDescriptor) -> Option<Arc<VerifiedDescriptor>>,
+) -> Result<VerifiedVote, VoteError> {
+    let vote = open_vote(signed, authorities, epoch)?;
     if vote
         .descriptors
         .windows(2)
@@ -128,7 +152,11 @@ pub fn verify_vote(
     let descriptors = vote
         .descriptors
         .iter()
-        .filter_map(|d| verify_descriptor(d, epoch, min_protocol_version).ok())
+        .filter_map(|d| {
+            known(d)
+                .filter(|k| k.signed == *d)
+                .or_else(|| verify_descriptor(d, epoch, parameters).ok().map(Arc::new))
+        })
         .collect();
     Ok(VerifiedVote {
         signed: signed.clone(),
@@ -137,6 +165,43 @@ pub fn verify_vote(
         previous: vote.previous,
         descriptors,
     })
+}
+
+/// Checks a vote's size, author, signature and epoch, not the descriptors inside (what telling
+/// equivocation apart needs).
+pub fn open_vote(
+    signed: &SignedVote,
+    authorities: &PinnedAuthorities,
+    epoch: u64,
+) -> Result<Vote, VoteError> {
+    if signed.vote.len() > MAX_VOTE_BYTES {
+        return Err(VoteError::Malformed);
+    }
+    open_signed(
+        &signed.vote,
+        &signed.signature,
+        Context::Vote,
+        authorities,
+        epoch,
+        |v: &Vote| (&v.authority, v.epoch),
+    )
+}
+
+/// Who a vote says it is from, without checking anything (a cheap first look: the vote of an
+/// authority already caught equivocating is refused before any signature is checked).
+pub fn vote_author(signed: &SignedVote) -> Result<Vec<u8>, VoteError> {
+    // Only the author field is kept; descriptors are skipped by the decoder, not copied.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Author {
+        #[prost(bytes = "vec", tag = "2")]
+        authority: Vec<u8>,
+    }
+    if signed.vote.len() > MAX_VOTE_BYTES {
+        return Err(VoteError::Malformed);
+    }
+    Author::decode(&signed.vote[..])
+        .map(|a| a.authority)
+        .map_err(|_| VoteError::Malformed)
 }
 
 /// Builds and signs the reveal of `value`.

@@ -6,11 +6,11 @@ mod common;
 
 use common::{Node, PERIOD, Sim, keypair, nodes, schedule};
 use p2pmix_bootstrap::{
-    Context, DescriptorError, Phase, Rejection, VerifyError, consensus_digest, sign,
+    DescriptorError, Phase, Rejection, VerifyError, consensus_digest, sign_consensus,
     sign_descriptor, verify_consensus,
 };
 use p2pmix_proto::v1::{
-    ConsensusSignature, EpochKey, NodeDescriptor, Role, SignedConsensus, SignedDescriptor,
+    Consensus, EpochKey, NodeDescriptor, Role, SignedConsensus, SignedDescriptor,
     directory_request::Request,
 };
 use prost::Message;
@@ -164,11 +164,8 @@ fn each_consensus_defect_is_refused_with_its_reason() {
     let digest = consensus_digest(&signed.consensus);
     let stranger = keypair(4242);
     let mut s = signed.clone();
-    s.signatures.push(ConsensusSignature {
-        authority: stranger.public().encode_protobuf(),
-        digest: digest.to_vec(),
-        signature: sign(&stranger, Context::Consensus, &digest).unwrap(),
-    });
+    s.signatures
+        .push(sign_consensus(&stranger, 2, &digest).unwrap());
     assert_eq!(
         check(&sim, &s, inside, None),
         Err(VerifyError::UnknownSigner)
@@ -192,10 +189,25 @@ fn each_consensus_defect_is_refused_with_its_reason() {
     );
     // Digest mismatch: the document was changed after signing (signatures name the old digest).
     let mut s = signed.clone();
-    s.consensus.push(0);
+    let mut changed = Consensus::decode(&s.consensus[..]).unwrap();
+    changed.shared_random = vec![0; 32];
+    s.consensus = changed.encode_to_vec();
     assert_eq!(
         check(&sim, &s, inside, None),
         Err(VerifyError::DigestMismatch)
+    );
+    // A signature over the right digest for another epoch: signatures cover the epoch.
+    let mut s = signed.clone();
+    let first = sim.keys[0].public().encode_protobuf();
+    let at = s
+        .signatures
+        .iter()
+        .position(|x| x.authority == first)
+        .unwrap();
+    s.signatures[at] = sign_consensus(&sim.keys[0], 3, &digest).unwrap();
+    assert_eq!(
+        check(&sim, &s, inside, None),
+        Err(VerifyError::SignatureEpoch)
     );
     // A signature that names the right digest but does not verify.
     let mut s = signed.clone();

@@ -4,6 +4,8 @@
 //! The examples that talk through a network use one started by `./testnet/run.sh --keep`: its
 //! run directory holds the pinned authorities file and every gateway's address.
 
+pub mod anonymity;
+pub mod chart;
 pub mod plot;
 
 use std::path::Path;

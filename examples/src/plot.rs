@@ -1,8 +1,8 @@
-//! A small PNG chart: two distributions drawn as density curves over a shared millisecond axis,
-//! with tick labels and a legend in a built-in 5x7 pixel font.
+//! A small PNG canvas: pixels, lines, text in a built-in 5x7 pixel font, panels pasted into a
+//! larger canvas, and a PNG encoder; the charts drawn on it are in [`crate::chart`].
 //!
-//! The testnet report needs one chart; this is a few hundred lines with no dependency, where a
-//! plotting crate would bring font rendering (system fonts or a bundled TTF) into the build.
+//! The testnet report needs a few charts; this is a few hundred lines with no dependency, where
+//! a plotting crate would bring font rendering (system fonts or a bundled TTF) into the build.
 
 use std::io::{self, Write};
 
@@ -78,6 +78,22 @@ impl Canvas {
                 }
             }
         }
+    }
+
+    /// Copies `other` onto this canvas with its top left corner at `(x, y)` (clipped).
+    pub fn paste(&mut self, x: i64, y: i64, other: &Canvas) {
+        for oy in 0..other.height {
+            for ox in 0..other.width {
+                let i = (oy * other.width + ox) * 3;
+                let c = [other.pixels[i], other.pixels[i + 1], other.pixels[i + 2]];
+                self.set(x + ox as i64, y + oy as i64, c);
+            }
+        }
+    }
+
+    /// Width and height in pixels.
+    pub fn size(&self) -> (usize, usize) {
+        (self.width, self.height)
     }
 
     /// Width in pixels of `text` at `scale`.
@@ -209,114 +225,11 @@ fn glyph(c: char) -> [u8; 5] {
         '/' => [0x20, 0x10, 0x08, 0x04, 0x02],
         '%' => [0x23, 0x13, 0x08, 0x64, 0x62],
         '+' => [0x08, 0x08, 0x3E, 0x08, 0x08],
+        '>' => [0x00, 0x41, 0x22, 0x14, 0x08],
+        '<' => [0x08, 0x14, 0x22, 0x41, 0x00],
+        '^' => [0x04, 0x02, 0x01, 0x02, 0x04],
         _ => [0x00; 5],
     }
-}
-
-/// One series of a density chart.
-#[derive(Debug, Clone)]
-pub struct Series {
-    /// Legend text.
-    pub name: String,
-    /// Line colour.
-    pub colour: Rgb,
-    /// Density per bin (the bins of [`density_chart`]).
-    pub density: Vec<f64>,
-}
-
-/// Normalised histogram of `samples` over `bins` equal bins of `[0, max)` (each bin's share
-/// of the samples; values at or beyond `max` go to the last bin).
-pub fn histogram(samples: &[f64], max: f64, bins: usize) -> Vec<f64> {
-    let mut counts = vec![0.0; bins];
-    if samples.is_empty() || max <= 0.0 || bins == 0 {
-        return counts;
-    }
-    for &s in samples {
-        let i = ((s / max) * bins as f64)
-            .floor()
-            .clamp(0.0, (bins - 1) as f64) as usize;
-        counts[i] += 1.0;
-    }
-    let n = samples.len() as f64;
-    counts.iter_mut().for_each(|c| *c /= n);
-    counts
-}
-
-/// Draws `series` (densities over equal bins of `[0, max_ms)`) as step lines, with axes, ticks,
-/// a title and a legend.
-pub fn density_chart(title: &str, max_ms: f64, series: &[Series]) -> Canvas {
-    let (w, h) = (900usize, 540usize);
-    let (left, right, top, bottom) = (80.0, 870.0, 60.0, 470.0);
-    let mut c = Canvas::new(w, h);
-    let black = [0, 0, 0];
-    let grey = [200, 200, 200];
-    c.text(left as i64, 20, title, 2, black);
-    let peak = series
-        .iter()
-        .flat_map(|s| s.density.iter().copied())
-        .fold(0.0f64, f64::max)
-        .max(1e-9)
-        * 1.1;
-    // Grid and ticks.
-    for i in 0..=5 {
-        let x = left + (right - left) * i as f64 / 5.0;
-        c.line((x, top), (x, bottom), 1, grey);
-        let label = format!("{:.0}", max_ms * i as f64 / 5.0);
-        c.text(
-            x as i64 - Canvas::text_width(&label, 2) / 2,
-            bottom as i64 + 10,
-            &label,
-            2,
-            black,
-        );
-        let y = bottom - (bottom - top) * i as f64 / 5.0;
-        c.line((left, y), (right, y), 1, grey);
-        let label = format!("{:.1}%", peak * 100.0 * i as f64 / 5.0);
-        c.text(
-            left as i64 - 10 - Canvas::text_width(&label, 1),
-            y as i64 - 3,
-            &label,
-            1,
-            black,
-        );
-    }
-    c.line((left, top), (left, bottom), 2, black);
-    c.line((left, bottom), (right, bottom), 2, black);
-    let label = "END-TO-END LATENCY (MS)";
-    c.text(
-        ((left + right) / 2.0) as i64 - Canvas::text_width(label, 2) / 2,
-        bottom as i64 + 35,
-        label,
-        2,
-        black,
-    );
-    c.text(8, top as i64 - 18, "SHARE PER BIN", 1, black);
-    for (k, s) in series.iter().enumerate() {
-        let bins = s.density.len().max(1);
-        let bw = (right - left) / bins as f64;
-        let y = |d: f64| bottom - (bottom - top) * d / peak;
-        let mut prev: Option<(f64, f64)> = None;
-        for (i, &d) in s.density.iter().enumerate() {
-            let x0 = left + bw * i as f64;
-            let point = (x0, y(d));
-            if let Some(p) = prev {
-                c.line(p, (x0, p.1), 2, s.colour);
-                c.line((x0, p.1), point, 2, s.colour);
-            }
-            c.line(point, (x0 + bw, point.1), 2, s.colour);
-            prev = Some((x0 + bw, point.1));
-        }
-        let ly = top as i64 + 10 + 22 * k as i64;
-        c.fill(
-            right as i64 - 330,
-            ly,
-            right as i64 - 310,
-            ly + 10,
-            s.colour,
-        );
-        c.text(right as i64 - 300, ly, &s.name, 2, black);
-    }
-    c
 }
 
 #[cfg(test)]
@@ -343,12 +256,5 @@ mod tests {
         assert_eq!(u32::from_be_bytes(out[16..20].try_into().unwrap()), 3);
         assert_eq!(u32::from_be_bytes(out[20..24].try_into().unwrap()), 2);
         assert_eq!(&out[out.len() - 8..out.len() - 4], b"IEND");
-    }
-
-    #[test]
-    fn histogram_shares_sum_to_one() {
-        let h = histogram(&[1.0, 2.0, 9.9, 50.0], 10.0, 10);
-        assert!((h.iter().sum::<f64>() - 1.0).abs() < 1e-12);
-        assert_eq!(h[9], 0.5);
     }
 }

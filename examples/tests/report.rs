@@ -77,3 +77,49 @@ fn a_lost_or_duplicated_or_unsent_message_fails_the_run() {
         "{json}"
     );
 }
+
+#[test]
+fn several_event_logs_add_up_and_a_failed_anonymity_analysis_fails_the_run() {
+    let dir = scratch("many");
+    // Two clients, each sending one message to the other (and printing what it received).
+    fs::write(
+        dir.join("c0.jsonl"),
+        "{\"event\":\"sent\",\"id\":\"a\",\"ms\":1000}\n{\"event\":\"received\",\"id\":\"b\",\"ms\":1300}\n",
+    )
+    .unwrap();
+    fs::write(
+        dir.join("c1.jsonl"),
+        "{\"event\":\"sent\",\"id\":\"b\",\"ms\":1000}\n{\"event\":\"received\",\"id\":\"a\",\"ms\":1100}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("--expected").arg("2");
+        for c in ["c0", "c1"] {
+            let log = dir.join(format!("{c}.jsonl"));
+            cmd.arg("--sent").arg(&log).arg("--received").arg(&log);
+        }
+        let out = cmd.args(extra).output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            stdout.lines().last().unwrap_or_default().to_string(),
+        )
+    };
+    let (code, json) = run(&["--cpu", "clients=0.25"]);
+    assert_eq!(code, 0, "{json}");
+    assert!(json.contains("\"sent\":2,\"delivered\":2"), "{json}");
+    assert!(
+        json.contains("\"p50\":100.0") && json.contains("\"p90\":300.0"),
+        "{json}"
+    );
+    assert!(
+        json.ends_with(",\"cpu_cores\":{\"clients\":0.250}}"),
+        "{json}"
+    );
+    // A run directory without traces: the analysis fails, and so does the run.
+    let (code, json) = run(&["--anonymity", dir.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(json.contains("\"anonymity\":null"), "{json}");
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -1,11 +1,20 @@
-//! Sphinx speed against Nym's `sphinx-packet` 0.8, in one run on one machine.
+//! Sphinx speed against the other Rust Sphinx implementations that build here, in one run on one
+//! machine: Nym's `sphinx-packet` 0.8 (5 hops) and `nox-crypto` 0.1 (4 hops, its maximum).
 //!
 //! `cargo bench -p p2pmix-mix --bench sphinx`
 //!
-//! Groups: `unwrap` (one hop's processing of a wire packet: `p2pmix`, `sphinx-packet`, and
-//! `floor`, one variable-base Ristretto scalar multiplication as our unwrap does it) and
-//! `create` (a five-hop packet with a 2048-byte plaintext: `p2pmix`, `sphinx-packet`).
-//! `unwrap_parts` splits our unwrap into its public-key and symmetric halves.
+//! Groups:
+//! - `unwrap`: one hop's processing of a wire packet with a 2064-byte body (our body size):
+//!   `p2pmix` (one packet alone), `p2pmix-batch-N` (a batch of N distinct packets through
+//!   `unwrap_batch`, time per batch: divide by N), `sphinx-packet`, `nox-crypto` (its header with a
+//!   2064-byte body: `process` does not authenticate the body, so the work is what a packet of
+//!   that size costs), and `floor`, one variable-base Ristretto scalar multiplication.
+//! - `unwrap_parts`: our key agreement alone (decode + multiply + encode), and with the encoding
+//!   batched over 32 (time per 32).
+//! - `create`: a five-hop packet with a 2048-byte plaintext (`p2pmix`, `sphinx-packet`) and a
+//!   four-hop one (`p2pmix-4-hops`, `nox-crypto-4-hops`). nox-crypto always pads the body to
+//!   32 296 bytes, so `nox_lioness` measures its Lioness at that size and at 2064 bytes: its
+//!   create at our body size is `nox-crypto-4-hops - 4 x (32296 - 2064)`, printed at the end.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{hint::black_box, time::Duration};
@@ -13,8 +22,8 @@ use std::{hint::black_box, time::Duration};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use curve25519_dalek::{ristretto::RistrettoPoint, scalar::Scalar};
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, Label, NodeId, NodeSecretKey, ReplayCache,
-    ReplayConfig, build_packet, unwrap_packet,
+    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
+    ReplayCache, ReplayConfig, build_packet, unwrap_batch, unwrap_packet,
 };
 use sphinx_packet::{
     SphinxPacket,
@@ -26,16 +35,20 @@ use sphinx_packet::{
 };
 
 const HOPS: usize = 5;
+const NOX_HOPS: usize = 4;
 const PLAINTEXT: usize = 2048;
+const BODY: usize = 2064;
+const BATCHES: [usize; 3] = [4, 8, 32];
+
+fn small_replay() -> ReplayConfig {
+    ReplayConfig {
+        expected_packets: 1024,
+        false_positive_rate: 1e-6,
+    }
+}
 
 fn small_cache() -> ReplayCache {
-    ReplayCache::new(
-        ReplayConfig {
-            expected_packets: 1024,
-            false_positive_rate: 1e-6,
-        },
-        [1; 32],
-    )
+    ReplayCache::new(small_replay(), [1; 32])
 }
 
 struct Ours {
@@ -50,6 +63,7 @@ fn ours() -> Ours {
     let mut rng = rand::rng();
     let geometry = Geometry::DEFAULT;
     assert_eq!(geometry.payload_size(), PLAINTEXT);
+    assert_eq!(geometry.body_size(), BODY);
     let secrets: Vec<NodeSecretKey> = (0..HOPS).map(|_| NodeSecretKey::random(&mut rng)).collect();
     let route = secrets
         .iter()
@@ -69,6 +83,31 @@ fn ours() -> Ours {
             label: Label([4; 16]),
         },
         payload: vec![13u8; PLAINTEXT],
+    }
+}
+
+impl Ours {
+    fn packet(&self) -> Vec<u8> {
+        build_packet(
+            &self.geometry,
+            KeyId(1),
+            &self.route,
+            &self.destination,
+            &self.payload,
+            &mut rand::rng(),
+        )
+        .unwrap()
+    }
+
+    /// A ring holding the first hop's key under key id 1, with a fresh replay cache.
+    fn ring(&self) -> KeyRing {
+        let mut ring = KeyRing::new(1, Duration::from_secs(60), small_replay());
+        ring.insert(
+            1,
+            NodeSecretKey::from_bytes(self.secrets[0].to_bytes()).unwrap(),
+        )
+        .unwrap();
+        ring
     }
 }
 
@@ -108,18 +147,37 @@ fn theirs() -> Theirs {
     }
 }
 
+struct Nox {
+    first_secret: x25519_dalek_2::StaticSecret,
+    path: Vec<nox_crypto::PathHop>,
+    payload: Vec<u8>,
+}
+
+fn nox() -> Nox {
+    let keys: Vec<x25519_dalek_2::StaticSecret> = (0..NOX_HOPS)
+        .map(|_| x25519_dalek_2::StaticSecret::random())
+        .collect();
+    let path = keys
+        .iter()
+        .enumerate()
+        .map(|(i, k)| nox_crypto::PathHop {
+            public_key: x25519_dalek_2::PublicKey::from(k),
+            // Two bytes, as our node ids.
+            address: format!("{i:02}"),
+        })
+        .collect();
+    Nox {
+        first_secret: keys[0].clone(),
+        path,
+        payload: vec![13u8; PLAINTEXT],
+    }
+}
+
 fn unwrap(c: &mut Criterion) {
     let ours = ours();
     let theirs = theirs();
-    let packet = build_packet(
-        &ours.geometry,
-        KeyId(1),
-        &ours.route,
-        &ours.destination,
-        &ours.payload,
-        &mut rand::rng(),
-    )
-    .unwrap();
+    let nox = nox();
+    let packet = ours.packet();
     let their_packet = theirs
         .builder
         .build_packet(
@@ -130,10 +188,14 @@ fn unwrap(c: &mut Criterion) {
         )
         .unwrap()
         .to_bytes();
+    let nox_full = nox_crypto::build_multi_hop_packet(&nox.path, &nox.payload, 0).unwrap();
+    let nox_packet = nox_full[..nox_crypto::HEADER_SIZE + BODY].to_vec();
     println!(
-        "packet bytes: p2pmix {}, sphinx-packet {}",
+        "packet bytes: p2pmix {}, sphinx-packet {}, nox-crypto {} (its own body: {})",
         packet.len(),
-        their_packet.len()
+        their_packet.len(),
+        nox_packet.len(),
+        nox_full.len()
     );
 
     let mut group = c.benchmark_group("unwrap");
@@ -153,6 +215,20 @@ fn unwrap(c: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+    for n in BATCHES {
+        let packets: Vec<Vec<u8>> = (0..n).map(|_| ours.packet()).collect();
+        group.bench_function(format!("p2pmix-batch-{n}"), |b| {
+            b.iter_batched_ref(
+                || (packets.clone(), ours.ring()),
+                |(ps, ring)| {
+                    let mut views: Vec<&mut [u8]> = ps.iter_mut().map(Vec::as_mut_slice).collect();
+                    let results = unwrap_batch(&ours.geometry, ring, black_box(&mut views));
+                    assert!(results.iter().all(Result::is_ok));
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
     group.bench_function("sphinx-packet", |b| {
         b.iter_batched_ref(
             || their_packet.clone(),
@@ -161,6 +237,17 @@ fn unwrap(c: &mut Criterion) {
                     .unwrap()
                     .process(&theirs.first_secret)
                     .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("nox-crypto", |b| {
+        b.iter_batched_ref(
+            || nox_packet.clone(),
+            |bytes| {
+                let (header, body) =
+                    nox_crypto::SphinxHeader::from_bytes(black_box(bytes)).unwrap();
+                header.process(&nox.first_secret, body.to_vec()).unwrap()
             },
             BatchSize::SmallInput,
         )
@@ -176,12 +263,25 @@ fn unwrap(c: &mut Criterion) {
     parts.bench_function("decode+mul+encode", |b| {
         b.iter(|| (black_box(encoded).decompress().unwrap() * black_box(scalar)).compress())
     });
+    let encodings: Vec<_> = (0..32)
+        .map(|_| RistrettoPoint::random(&mut rng).compress())
+        .collect();
+    parts.bench_function("decode+mul+batch-encode-32", |b| {
+        b.iter(|| {
+            let halves: Vec<RistrettoPoint> = black_box(&encodings)
+                .iter()
+                .map(|e| e.decompress().unwrap() * black_box(scalar))
+                .collect();
+            RistrettoPoint::double_and_compress_batch(&halves)
+        })
+    });
     parts.finish();
 }
 
 fn create(c: &mut Criterion) {
     let ours = ours();
     let theirs = theirs();
+    let nox = nox();
     let mut group = c.benchmark_group("create");
     let mut rng = rand::rng();
     group.bench_function("p2pmix", |b| {
@@ -210,7 +310,38 @@ fn create(c: &mut Criterion) {
                 .unwrap()
         })
     });
+    group.bench_function("p2pmix-4-hops", |b| {
+        b.iter(|| {
+            build_packet(
+                &ours.geometry,
+                KeyId(1),
+                black_box(&ours.route[..NOX_HOPS]),
+                &ours.destination,
+                black_box(&ours.payload),
+                &mut rng,
+            )
+            .unwrap()
+        })
+    });
+    group.bench_function("nox-crypto-4-hops", |b| {
+        b.iter(|| {
+            nox_crypto::build_multi_hop_packet(black_box(&nox.path), black_box(&nox.payload), 0)
+                .unwrap()
+        })
+    });
     group.finish();
+
+    let mut lioness = c.benchmark_group("nox_lioness");
+    for size in [nox_crypto::PACKET_SIZE - nox_crypto::HEADER_SIZE, BODY] {
+        let mut body = vec![5u8; size];
+        lioness.bench_function(format!("{size}"), |b| {
+            b.iter(|| {
+                let keys = nox_crypto::sphinx::lioness::LionessKeys::from_pi(black_box(&[6; 32]));
+                nox_crypto::sphinx::lioness::lioness_encrypt(&keys, &mut body)
+            })
+        });
+    }
+    lioness.finish();
 }
 
 criterion_group! {

@@ -14,7 +14,8 @@
 //!
 //! Layout of the source: `sphinx/` (the packet format, one concern a file), `admission.rs` (rate
 //! limits and bans), `relay.rs` (the mix core), `stats.rs` (counters), `pool.rs` (recycled
-//! buffers), and [`net`] (the libp2p adapters).
+//! buffers), [`trace`] (test-network link traces and ground truth, for measuring anonymity),
+//! and [`net`] (the libp2p adapters).
 //!
 //! Randomness is passed in (`rand_core::CryptoRng`) and time too (`std::time::Instant`), so every
 //! function of the core is deterministic given its inputs, which the tests and the known-answer
@@ -30,15 +31,17 @@ mod pool;
 mod relay;
 mod sphinx;
 mod stats;
+pub mod trace;
 
 // The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
 // the overlay uses.
 pub use admission::{
-    Admission, AdmissionConfig, Fault, MAX_TRACKED_PEERS, Rate, TokenBucket, Verdict,
+    AddressShare, Admission, AdmissionConfig, Fault, MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS,
+    Origin, Prefix, Rate, TokenBucket, Verdict,
 };
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
-pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig};
+pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, ShareKey};
 pub use sphinx::{
     create::{Hop, build_packet},
     delay::sample_exponential,
@@ -48,17 +51,25 @@ pub use sphinx::{
     },
     keyring::{EpochKey, KeyRing, KeyRingError},
     keys::{KeyId, NodePublicKey, NodeSecretKey},
-    peel::{Processed, body, open_payload, unwrap_packet},
-    replay::{ReplayCache, ReplayConfig},
+    peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet},
+    replay::{
+        PersistError, ReplayBudget, ReplayCache, ReplayConfig, ReplayRefusal, TagIndex,
+        log::{ReplayBatch, ReplayLog, ReplayRecord},
+        persist::{JOURNAL_HEADER_BYTES, JOURNAL_RECORD_BYTES, encode_records, journal_records},
+    },
     routing::{ClientId, Delay, Destination, Label, NodeId},
     surb::{Surb, SurbKeys, create_surb},
 };
 
 /// Version of the packet format; part of [`Geometry::id`]. Every key-derivation context string
-/// names it too ("... sphinx v1 ..."): a new version must change them.
-pub const FORMAT_VERSION: u8 = 1;
+/// of the packet names it too ("... sphinx v2 ..."): a new version must change them.
+///
+/// v2: HCTR2-AES-256 payload layers, an AES-256-CTR routing stream and a one-time POLYVAL header
+/// MAC (v1: Lioness over ChaCha20 and BLAKE3, ChaCha20, keyed BLAKE3). Not yet released: a
+/// payload-layer change (issue 14, `sphinx/payload.rs`) may still join v2 without another bump.
+pub const FORMAT_VERSION: u8 = 2;
 
-/// Entry points for the fuzz targets in `mix/fuzz/` (not a stable API).
+/// Entry points for the fuzz targets in `mix/fuzz/` and the benches (not a stable API).
 #[doc(hidden)]
 pub mod fuzzing {
     use crate::sphinx::{geometry::SLOT_SIZE, routing::Slot};
@@ -68,5 +79,30 @@ pub mod fuzzing {
     pub fn decode_slot(bytes: &[u8]) -> Option<[u8; SLOT_SIZE]> {
         let slot = <&[u8; SLOT_SIZE]>::try_from(bytes).ok()?;
         Slot::decode(slot).ok().map(|s| s.encode())
+    }
+
+    /// What a node holding `secret` derives for `packet`: the shared secret `enc(x·E)` and the
+    /// 128 bytes of hop key material (for the known-answer vectors). `None` if `E` does not
+    /// decode.
+    pub fn hop_secrets(
+        secret: &crate::NodeSecretKey,
+        packet: &[u8],
+    ) -> Option<([u8; 32], [u8; 128])> {
+        let element = packet.get(crate::KEY_ID_SIZE..crate::KEY_ID_SIZE + crate::ELEMENT_SIZE)?;
+        let point = curve25519_dalek::ristretto::CompressedRistretto::from_slice(element)
+            .ok()?
+            .decompress()?;
+        let shared = (point * secret.scalar()).compress().to_bytes();
+        Some((shared, crate::sphinx::crypto::HopKeys::material(&shared)))
+    }
+
+    /// HCTR2-AES-256 encryption in place (the body cipher), key schedule included.
+    pub fn hctr2_encrypt(key: &[u8; 32], tweak: &[u8], data: &mut [u8]) {
+        crate::sphinx::hctr2::Hctr2::new(key).encrypt(tweak, data);
+    }
+
+    /// HCTR2-AES-256 decryption in place, key schedule included.
+    pub fn hctr2_decrypt(key: &[u8; 32], tweak: &[u8], data: &mut [u8]) {
+        crate::sphinx::hctr2::Hctr2::new(key).decrypt(tweak, data);
     }
 }

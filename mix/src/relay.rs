@@ -13,7 +13,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap},
+    collections::{BinaryHeap, HashMap, HashSet},
     hash::Hash,
     sync::{
         RwLock,
@@ -27,7 +27,7 @@ use crate::sphinx::{
     geometry::Geometry,
     keyring::KeyRing,
     keys::KeyId,
-    peel::Processed,
+    peel::{Processed, unwrap_batch},
     routing::{Destination, NodeId},
 };
 
@@ -41,6 +41,9 @@ pub enum DropReason {
     BadMac,
     /// Seen before under this epoch key.
     Replay,
+    /// The key's replay filter could record no more tags (memory budget spent, or its journal
+    /// behind): refused rather than relayed without replay protection.
+    ReplayFilterFull,
     /// The packet names an epoch key this node does not hold.
     UnknownKey,
     /// The authenticated routing slot does not decode.
@@ -57,10 +60,11 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::WrongSize,
         DropReason::BadMac,
         DropReason::Replay,
+        DropReason::ReplayFilterFull,
         DropReason::UnknownKey,
         DropReason::BadRouting,
         DropReason::UnknownNextHop,
@@ -80,6 +84,7 @@ impl DropReason {
             DropReason::WrongSize => "wrong_size",
             DropReason::BadMac => "bad_mac",
             DropReason::Replay => "replay",
+            DropReason::ReplayFilterFull => "replay_filter_full",
             DropReason::UnknownKey => "unknown_key",
             DropReason::BadRouting => "bad_routing",
             DropReason::UnknownNextHop => "unknown_next_hop",
@@ -95,13 +100,13 @@ impl DropReason {
     /// An unknown key is not: it is what every honest client sends to a node that restarted and
     /// retired the key of the epoch under way, or whose clock is a little off at an epoch
     /// boundary, and refusing it costs one byte comparison (the rate limit bounds a flood).
+    /// A replay is not either: an honest sender's fresh packet is taken for one at the filter's
+    /// false-positive rate, and a replayed packet costs the node no more than a fresh one (the
+    /// rate limit bounds both); a full filter is the node's state, not the sender's doing.
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,
-            DropReason::WrongSize
-                | DropReason::BadMac
-                | DropReason::Replay
-                | DropReason::RateLimited
+            DropReason::WrongSize | DropReason::BadMac | DropReason::RateLimited
         )
     }
 }
@@ -113,6 +118,7 @@ impl From<UnwrapError> for DropReason {
             UnwrapError::UnknownKey(_) => DropReason::UnknownKey,
             UnwrapError::InvalidElement | UnwrapError::Mac => DropReason::BadMac,
             UnwrapError::Replay => DropReason::Replay,
+            UnwrapError::ReplayFilterFull => DropReason::ReplayFilterFull,
             UnwrapError::Routing => DropReason::BadRouting,
         }
     }
@@ -162,16 +168,18 @@ pub struct Relay<P> {
     keys: RwLock<KeyRing>,
     /// Per epoch: compact node id -> peer.
     topologies: RwLock<HashMap<u64, HashMap<NodeId, P>>>,
+    /// Every peer of the held topologies, so that [`Relay::is_node`] (asked for every frame) is
+    /// one hash lookup.
+    nodes: RwLock<HashSet<P>>,
 }
 
 impl<P: Clone + Eq + Hash> Relay<P> {
     /// Whether `peer` is a node of any held topology (rather than a client).
     pub fn is_node(&self, peer: &P) -> bool {
-        self.topologies
+        self.nodes
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .any(|t| t.values().any(|p| p == peer))
+            .contains(peer)
     }
 }
 
@@ -185,6 +193,7 @@ impl<P: Clone + Eq + Hash> Relay<P> {
             ),
             keys: RwLock::new(keys),
             topologies: RwLock::new(HashMap::new()),
+            nodes: RwLock::new(HashSet::new()),
         }
     }
 
@@ -203,6 +212,8 @@ impl<P: Clone + Eq + Hash> Relay<P> {
             };
             t.remove(&oldest);
         }
+        let nodes: HashSet<P> = t.values().flat_map(|t| t.values().cloned()).collect();
+        *self.nodes.write().unwrap_or_else(|e| e.into_inner()) = nodes;
     }
 
     /// Changes the longest per-hop delay accepted (a new consensus's `max_delay_us`).
@@ -218,13 +229,55 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         f(&mut self.keys.write().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Reads the key ring (its keys' replay caches, for gauges and snapshots) without holding up
+    /// the workers.
+    pub fn read_keys<T>(&self, f: impl FnOnce(&KeyRing) -> T) -> T {
+        f(&self.keys.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// Unwraps `packet` received at `now` and decides what to do with it.
     pub fn process(&self, now: Instant, mut packet: Vec<u8>) -> Result<Decision<P>, DropReason> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        let processed = keys.process(&self.geometry, &mut packet)?;
-        let key_id = packet.first().copied().map(KeyId);
-        let epoch = key_id.and_then(|id| keys.get(id)).map(|k| k.epoch());
+        let processed = keys.process(&self.geometry, &mut packet);
+        let epoch = epoch_of(&keys, &packet);
         drop(keys);
+        let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
+        self.decide(&topologies, now, packet, epoch, processed?)
+    }
+
+    /// Unwraps the packets of `batch` (each with its arrival time) together and decides for
+    /// each, in order; see [`crate::unwrap_batch`]. The key ring and the topologies are read
+    /// once for the whole batch.
+    pub fn process_batch(
+        &self,
+        batch: Vec<(Instant, Vec<u8>)>,
+    ) -> Vec<Result<Decision<P>, DropReason>> {
+        let (arrivals, mut packets): (Vec<Instant>, Vec<Vec<u8>>) = batch.into_iter().unzip();
+        let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
+        let mut views: Vec<&mut [u8]> = packets.iter_mut().map(Vec::as_mut_slice).collect();
+        let processed = unwrap_batch(&self.geometry, &keys, &mut views);
+        let epochs: Vec<Option<u64>> = packets.iter().map(|p| epoch_of(&keys, p)).collect();
+        drop(keys);
+        let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
+        arrivals
+            .into_iter()
+            .zip(packets)
+            .zip(epochs.into_iter().zip(processed))
+            .map(|((now, packet), (epoch, processed))| {
+                self.decide(&topologies, now, packet, epoch, processed?)
+            })
+            .collect()
+    }
+
+    /// What to do with an unwrapped packet: the delay cap, the next hop's peer.
+    fn decide(
+        &self,
+        topologies: &HashMap<u64, HashMap<NodeId, P>>,
+        now: Instant,
+        packet: Vec<u8>,
+        epoch: Option<u64>,
+        processed: Processed,
+    ) -> Result<Decision<P>, DropReason> {
         let delay = match processed {
             Processed::Forward { delay, .. } | Processed::Final { delay, .. } => delay,
         };
@@ -234,7 +287,6 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         let release = now.checked_add(delay.as_duration()).unwrap_or(now);
         match processed {
             Processed::Forward { next, .. } => {
-                let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
                 let to = epoch
                     .and_then(|e| topologies.get(&e))
                     .and_then(|t| t.get(&next))
@@ -257,6 +309,12 @@ impl<P: Clone + Eq + Hash> Relay<P> {
     }
 }
 
+/// The epoch of the key a packet's key id names.
+fn epoch_of(keys: &KeyRing, packet: &[u8]) -> Option<u64> {
+    let id = packet.first().copied().map(KeyId)?;
+    keys.get(id).map(|k| k.epoch())
+}
+
 /// Bounds of a [`DelayQueue`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueLimits {
@@ -276,14 +334,48 @@ impl Default for QueueLimits {
     }
 }
 
-/// Packets held until their release time, earliest first, bounded.
+impl QueueLimits {
+    /// Most packets one source may hold at once: an eighth of the queue, so that filling it
+    /// takes eight consensus nodes or eight address prefixes, not a handful of free identities
+    /// asking for long delays.
+    pub fn per_source(&self) -> usize {
+        (self.max_packets / 8).max(1)
+    }
+}
+
+/// Whose share of the delay queue a packet counts against: one consensus node (admitted by the
+/// authorities), or one address prefix clients send from (identities are free, prefixes are
+/// not). An opaque key; the caller hashes what it stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ShareKey(pub u64);
+
+/// One held packet, and whose share it counts against.
+#[derive(Debug)]
+struct Held<P> {
+    decision: Decision<P>,
+    share: Option<ShareKey>,
+}
+
+/// Packets held until their release time, earliest first, bounded in all and per source.
 #[derive(Debug)]
 pub struct DelayQueue<P> {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
-    items: HashMap<u64, Decision<P>>,
+    items: HashMap<u64, Held<P>>,
+    shares: HashMap<ShareKey, usize>,
     next_seq: u64,
     bytes: usize,
     limits: QueueLimits,
+}
+
+fn release_and_len<P>(decision: &Decision<P>) -> (Instant, usize) {
+    match decision {
+        Decision::Forward {
+            release, packet, ..
+        }
+        | Decision::Final {
+            release, packet, ..
+        } => (*release, packet.len()),
+    }
 }
 
 impl<P> DelayQueue<P> {
@@ -292,32 +384,49 @@ impl<P> DelayQueue<P> {
         DelayQueue {
             heap: BinaryHeap::new(),
             items: HashMap::new(),
+            shares: HashMap::new(),
             next_seq: 0,
             bytes: 0,
             limits,
         }
     }
 
-    /// Holds `decision` until its release time; refuses it when the queue is full.
+    /// The bounds in force.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Holds `decision` until its release time; refuses it when the queue is full. Counts
+    /// against no source's share (the node's own packets).
     pub fn push(&mut self, decision: Decision<P>) -> Result<(), DropReason> {
-        let (release, len) = match &decision {
-            Decision::Forward {
-                release, packet, ..
-            }
-            | Decision::Final {
-                release, packet, ..
-            } => (*release, packet.len()),
-        };
+        self.push_shared(None, decision)
+    }
+
+    /// Holds `decision`, counting it against `share` (see [`ShareKey`]); refuses it when the
+    /// queue is full or the source holds [`QueueLimits::per_source`] packets already.
+    pub fn push_shared(
+        &mut self,
+        share: Option<ShareKey>,
+        decision: Decision<P>,
+    ) -> Result<(), DropReason> {
+        let (release, len) = release_and_len(&decision);
         if self.items.len() >= self.limits.max_packets
             || self.bytes.saturating_add(len) > self.limits.max_bytes
         {
             return Err(DropReason::QueueFull);
         }
+        if let Some(key) = share {
+            let held = self.shares.entry(key).or_insert(0);
+            if *held >= self.limits.per_source() {
+                return Err(DropReason::QueueFull);
+            }
+            *held += 1;
+        }
         let seq = self.next_seq;
         self.next_seq += 1;
         self.bytes += len;
         self.heap.push(Reverse((release, seq)));
-        self.items.insert(seq, decision);
+        self.items.insert(seq, Held { decision, share });
         Ok(())
     }
 
@@ -333,11 +442,16 @@ impl<P> DelayQueue<P> {
             return None;
         }
         self.heap.pop();
-        let decision = self.items.remove(&seq)?;
-        let len = match &decision {
-            Decision::Forward { packet, .. } | Decision::Final { packet, .. } => packet.len(),
-        };
-        self.bytes -= len;
+        let Held { decision, share } = self.items.remove(&seq)?;
+        self.bytes -= release_and_len(&decision).1;
+        if let Some(key) = share
+            && let Some(held) = self.shares.get_mut(&key)
+        {
+            *held -= 1;
+            if *held == 0 {
+                self.shares.remove(&key);
+            }
+        }
         Some(decision)
     }
 
@@ -354,6 +468,11 @@ impl<P> DelayQueue<P> {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Packets held against `share`.
+    pub fn held_by(&self, share: ShareKey) -> usize {
+        self.shares.get(&share).copied().unwrap_or(0)
     }
 }
 
@@ -400,5 +519,34 @@ mod tests {
             Err(DropReason::QueueFull),
             "byte bound"
         );
+    }
+
+    #[test]
+    fn one_source_holds_at_most_its_share() {
+        let t0 = Instant::now();
+        let limits = QueueLimits {
+            max_packets: 80,
+            max_bytes: 1 << 20,
+        };
+        let mut q: DelayQueue<u8> = DelayQueue::new(limits);
+        let d = |ms| Decision::Forward {
+            to: 1u8,
+            packet: vec![0; 10],
+            release: t0 + Duration::from_millis(ms),
+            arrived: t0,
+        };
+        let attacker = ShareKey(1);
+        let accepted = (0..100)
+            .filter(|_| q.push_shared(Some(attacker), d(10_000)).is_ok())
+            .count();
+        assert_eq!(accepted, limits.per_source());
+        assert_eq!(q.held_by(attacker), 10);
+        // Others still get in, and the share frees as packets leave.
+        assert!(q.push_shared(Some(ShareKey(2)), d(1)).is_ok());
+        assert!(q.push(d(1)).is_ok());
+        assert!(q.poll_transmit(t0 + Duration::from_millis(1)).is_some());
+        while q.poll_transmit(t0 + Duration::from_secs(20)).is_some() {}
+        assert_eq!(q.held_by(attacker), 0);
+        assert!(q.push_shared(Some(attacker), d(1)).is_ok());
     }
 }

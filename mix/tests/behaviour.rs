@@ -19,6 +19,7 @@ use p2pmix_mix::{
     Relay, RelayConfig,
     behaviour::{Behaviour, Config, Event, Stats},
     build_packet, open_payload,
+    trace::{Direction, PacketTag, TraceSink, Truth},
 };
 use tokio::sync::mpsc;
 
@@ -107,6 +108,11 @@ struct Network {
 }
 
 async fn network(n: usize, config: Config) -> Network {
+    network_traced(n, config, &[]).await
+}
+
+/// A network whose node `i` records into `sinks[i]` (when given).
+async fn network_traced(n: usize, config: Config, sinks: &[Arc<dyn TraceSink>]) -> Network {
     let mut r = rng(900);
     let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
     let peers: Vec<PeerId> = keypairs.iter().map(|k| k.public().to_peer_id()).collect();
@@ -118,7 +124,7 @@ async fn network(n: usize, config: Config) -> Network {
     let (events_tx, events) = mpsc::channel(4096);
     let mut nodes: Vec<Node> = Vec::new();
     let mut keys = Vec::new();
-    for keypair in keypairs {
+    for (i, keypair) in keypairs.into_iter().enumerate() {
         let mut ring = KeyRing::new(EPOCH, Duration::from_secs(60), small_replay());
         let secret = NodeSecretKey::random(&mut r);
         keys.push(secret.public_key());
@@ -134,15 +140,11 @@ async fn network(n: usize, config: Config) -> Network {
         // Each node knows the addresses of those started before it; later ones it learns by
         // being told below.
         let known = nodes.iter().map(|n| (n.peer, n.addr.clone())).collect();
-        nodes.push(
-            start(
-                keypair,
-                Behaviour::new(relay, config),
-                known,
-                events_tx.clone(),
-            )
-            .await,
-        );
+        let mut behaviour = Behaviour::new(relay, config);
+        if let Some(sink) = sinks.get(i) {
+            behaviour.set_trace(sink.clone());
+        }
+        nodes.push(start(keypair, behaviour, known, events_tx.clone()).await);
     }
     // Everyone learns everyone's address (as the consensus would tell them).
     for a in &nodes {
@@ -425,4 +427,243 @@ async fn packets_broken_for_a_later_hop_do_not_get_honest_nodes_banned() {
         }
     }
     assert_eq!(net.nodes[1].stats.dropped(DropReason::BadMac), 100);
+}
+
+/// Identities are free: a dozen of them on one address, each asking for long delays, filled the
+/// whole delay queue before packets counted against their source's share (all clients of one
+/// address prefix share one eighth of the queue, each consensus node another). A node's packet
+/// then found the queue full and was lost; now it goes through while the attackers' packets wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn free_identities_on_one_address_cannot_fill_the_delay_queue() {
+    let config = Config {
+        workers: 1,
+        queue: p2pmix_mix::QueueLimits {
+            max_packets: 400,
+            max_bytes: 64 << 20,
+        },
+        ..Config::default()
+    };
+    let mut net = network(2, config).await;
+    let share = config.queue.per_source();
+    let mut r = rng(904);
+    // Node 1 holds each attacker packet 4 s, then node 0 delivers it.
+    let hold_long = [
+        Hop {
+            node: NodeId(1),
+            key: net.keys[1],
+            delay: Delay::from_duration(Duration::from_secs(4)),
+        },
+        Hop {
+            node: NodeId(0),
+            key: net.keys[0],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+    ];
+    let identities = 12;
+    let per_identity = 40;
+    let mut attackers = Vec::new();
+    for _ in 0..identities {
+        let relay = Arc::new(Relay::new(
+            Geometry::DEFAULT,
+            RelayConfig {
+                max_delay: Duration::from_secs(1),
+            },
+            KeyRing::new(EPOCH, Duration::from_secs(1), small_replay()),
+        ));
+        let attacker = start(
+            Keypair::generate_ed25519(),
+            Behaviour::new(
+                relay,
+                Config {
+                    workers: 1,
+                    ..config
+                },
+            ),
+            vec![],
+            net.events_tx.clone(),
+        )
+        .await;
+        attacker
+            .commands
+            .send(Command::Dial(net.nodes[1].peer, net.nodes[1].addr.clone()))
+            .await
+            .unwrap();
+        attackers.push(attacker);
+    }
+    for (a, attacker) in attackers.iter().enumerate() {
+        for i in 0..per_identity {
+            let destination = Destination::Deliver {
+                client: ClientId([9; 32]),
+                label: Label([a as u8, i as u8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            };
+            let packet = build_packet(
+                &Geometry::DEFAULT,
+                key_id(),
+                &hold_long,
+                &destination,
+                b"hold me",
+                &mut r,
+            )
+            .unwrap();
+            attacker
+                .commands
+                .send(Command::Send(net.nodes[1].peer, packet))
+                .await
+                .unwrap();
+        }
+    }
+    // Wait until node 1 has taken every attacker frame.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while net.nodes[1].stats.received() < (identities * per_identity) as u64 {
+        assert!(Instant::now() < deadline, "frames lost: {}", report(&net));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    // A node's packet through node 1, without delays.
+    let through = [
+        Hop {
+            node: NodeId(0),
+            key: net.keys[0],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+        Hop {
+            node: NodeId(1),
+            key: net.keys[1],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+        Hop {
+            node: NodeId(0),
+            key: net.keys[0],
+            delay: Delay::from_duration(Duration::ZERO),
+        },
+    ];
+    inject(&net, &through, 5, 77, b"honest", &mut r).await;
+    loop {
+        let left = Duration::from_millis(3_000).saturating_sub(started.elapsed());
+        let Ok(received) = tokio::time::timeout(left, net.events.recv()).await else {
+            panic!(
+                "the honest packet did not get through before the attackers' packets left: {}",
+                report(&net)
+            );
+        };
+        if let (_, Event::Delivered { client, .. }) = received.unwrap() {
+            assert_eq!(client, ClientId([5; 32]), "an attacker packet left early");
+            break;
+        }
+    }
+    let refused = net.nodes[1].stats.dropped(DropReason::QueueFull);
+    assert_eq!(
+        refused,
+        (identities * per_identity - share) as u64,
+        "the attackers' address holds its share and no more"
+    );
+}
+
+/// A sink that keeps what it is given, with the time of each link record.
+#[derive(Debug, Default)]
+struct Memory {
+    links: std::sync::Mutex<Vec<(Direction, PeerId, PacketTag, Instant)>>,
+    truth: std::sync::Mutex<Vec<Truth>>,
+}
+
+impl TraceSink for Memory {
+    fn link(&self, direction: Direction, peer: &PeerId, tag: PacketTag) {
+        self.links
+            .lock()
+            .unwrap()
+            .push((direction, *peer, tag, Instant::now()));
+    }
+    fn truth(&self, record: Truth) {
+        self.truth.lock().unwrap().push(record);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_follow_each_packet_hop_by_hop_and_the_links_agree_with_the_truth() {
+    let memories: Vec<Arc<Memory>> = (0..5).map(|_| Arc::new(Memory::default())).collect();
+    let sinks: Vec<Arc<dyn TraceSink>> = memories
+        .iter()
+        .map(|m| m.clone() as Arc<dyn TraceSink>)
+        .collect();
+    let config = Config {
+        workers: 1,
+        ..Config::default()
+    };
+    let mut net = network_traced(5, config, &sinks).await;
+    let delays = [0u64, 20, 20, 20, 0];
+    let hops = route(&net, &delays);
+    let mut r = rng(904);
+    let count = 20u8;
+    for i in 0..count {
+        inject(&net, &hops, 9, i, b"traced", &mut r).await;
+    }
+    let mut delivered = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while delivered < count {
+        let Ok(received) = tokio::time::timeout_at(deadline.into(), net.events.recv()).await else {
+            panic!("not delivered within 30 s: {}", report(&net));
+        };
+        if let (_, Event::Delivered { .. }) = received.unwrap() {
+            delivered += 1;
+        }
+    }
+    let truth: Vec<Vec<Truth>> = memories
+        .iter()
+        .map(|m| m.truth.lock().unwrap().clone())
+        .collect();
+    let links: Vec<_> = memories
+        .iter()
+        .map(|m| m.links.lock().unwrap().clone())
+        .collect();
+    // Node 0 took the packets by injection: no link record, but a forward for each.
+    assert!(links[0].iter().all(|l| l.0 == Direction::Out));
+    let mut finals = 0;
+    for first in truth[0].iter() {
+        let Truth::Forwarded { mut output, .. } = *first else {
+            panic!("node 0 recorded {first:?}");
+        };
+        for hop in 1..5 {
+            let (from, to) = (net.nodes[hop - 1].peer, net.nodes[hop].peer);
+            // What left the previous hop for this one is what arrived here, under one tag.
+            let out = links[hop - 1]
+                .iter()
+                .find(|l| l.0 == Direction::Out && l.2 == output)
+                .unwrap_or_else(|| panic!("hop {hop}: no departure of {output:?}"));
+            assert_eq!(out.1, to);
+            let arrival = links[hop]
+                .iter()
+                .find(|l| l.0 == Direction::In && l.2 == output)
+                .unwrap_or_else(|| panic!("hop {hop}: no arrival of {output:?}"));
+            assert_eq!(arrival.1, from);
+            assert!(arrival.3 >= out.3);
+            let record = truth[hop]
+                .iter()
+                .find(|t| match t {
+                    Truth::Forwarded { input, .. } | Truth::Delivered { input } => *input == output,
+                    _ => false,
+                })
+                .unwrap_or_else(|| panic!("hop {hop}: no truth for {output:?}"));
+            match *record {
+                Truth::Forwarded { output: next, .. } => {
+                    assert!(hop < 4, "the exit forwarded");
+                    // The hold is the sender's delay: the departure is at least that late.
+                    let left = links[hop]
+                        .iter()
+                        .find(|l| l.0 == Direction::Out && l.2 == next)
+                        .expect("departure recorded");
+                    assert!(left.3 - arrival.3 >= Duration::from_millis(delays[hop]));
+                    assert_ne!(next, output, "every hop changes the tag");
+                    output = next;
+                }
+                Truth::Delivered { .. } => {
+                    assert_eq!(hop, 4);
+                    finals += 1;
+                }
+                _ => unreachable!(),
+            }
+        }
+    }
+    assert_eq!(finals, usize::from(count));
+    drop(net.events_tx);
 }

@@ -1,5 +1,7 @@
-//! Known-answer vectors: packets built from fixed seeds must match `tests/vectors/sphinx-v1.txt`
-//! byte for byte, and so must every hop's output. An accidental format change fails here.
+//! Known-answer vectors: packets built from fixed seeds must match `tests/vectors/sphinx-v2.txt`
+//! byte for byte, and so must every hop's values: its shared secret, its 128 bytes of key
+//! material, its decision and its whole output packet, through both the single and the batched
+//! unwrap. An accidental format change fails here.
 //!
 //! After an intended format change (bump `FORMAT_VERSION`), regenerate with
 //! `P2PMIX_WRITE_VECTORS=1 cargo test -p p2pmix-mix --test vectors`.
@@ -10,12 +12,15 @@ mod common;
 use std::fmt::Write;
 
 use common::rng;
+use std::time::Duration;
+
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, Label, NodeId, NodeSecretKey, Processed,
-    ReplayCache, ReplayConfig, body, build_packet, create_surb, open_payload, unwrap_packet,
+    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
+    Processed, ReplayCache, ReplayConfig, body, build_packet, create_surb, fuzzing::hop_secrets,
+    open_payload, unwrap_batch, unwrap_packet,
 };
 
-const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sphinx-v1.txt");
+const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sphinx-v2.txt");
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -38,7 +43,9 @@ fn route(secrets: &[NodeSecretKey]) -> Vec<Hop> {
         .collect()
 }
 
-/// Unwraps `packet` along the route, recording each hop's decision and a digest of its output.
+/// Unwraps `packet` along the route, recording each hop's shared secret, key material, decision
+/// and output. Every hop runs through `unwrap_packet` and, on a copy, through `unwrap_batch` in a
+/// batch with a garbage packet; both must give the same.
 fn walk(
     out: &mut String,
     g: &Geometry,
@@ -47,8 +54,28 @@ fn walk(
     mut packet: Vec<u8>,
 ) -> Vec<u8> {
     for (i, secret) in secrets.iter().enumerate() {
+        let (shared, material) = hop_secrets(secret, &packet).unwrap();
+        writeln!(out, "hop.{i}.shared_secret = {}", hex(&shared)).unwrap();
+        writeln!(out, "hop.{i}.key_material = {}", hex(&material)).unwrap();
+        let epoch = u64::from(key_id.0);
+        let mut ring = KeyRing::new(epoch, Duration::from_secs(60), ReplayConfig::default());
+        ring.insert(epoch, NodeSecretKey::from_bytes(secret.to_bytes()).unwrap())
+            .unwrap();
+        let mut batched = packet.clone();
+        let mut garbage = vec![0xa5u8; g.packet_size()];
+        garbage[0] = key_id.0;
+
         let cache = ReplayCache::new(ReplayConfig::default(), [0; 32]);
         let processed = unwrap_packet(g, key_id, secret, &cache, &mut packet).unwrap();
+        let in_batch = unwrap_batch(g, &ring, &mut [&mut garbage[..], &mut batched[..]]);
+        assert!(in_batch[0].is_err());
+        assert_eq!(
+            in_batch[1],
+            Ok(processed),
+            "hop {i}: batch and single disagree"
+        );
+        assert_eq!(batched, packet, "hop {i}: batch and single outputs differ");
+
         let what = match processed {
             Processed::Forward { next, delay } => {
                 format!("forward to {} after {}us", next.0, delay.as_micros())
@@ -70,12 +97,7 @@ fn walk(
             }
         };
         writeln!(out, "hop.{i} = {what}").unwrap();
-        writeln!(
-            out,
-            "hop.{i}.output.blake3 = {}",
-            blake3::hash(&packet).to_hex()
-        )
-        .unwrap();
+        writeln!(out, "hop.{i}.output = {}", hex(&packet)).unwrap();
     }
     packet
 }
@@ -85,7 +107,7 @@ fn generate() -> String {
     let mut out = String::new();
     writeln!(
         out,
-        "# p2pmix Sphinx format v1 known-answer vectors (geometry: 5 hops, 2048-byte payload)."
+        "# p2pmix Sphinx format v2 known-answer vectors (geometry: 5 hops, 2048-byte payload)."
     )
     .unwrap();
     writeln!(

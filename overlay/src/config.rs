@@ -5,7 +5,11 @@
 //! [[authority]]
 //! public_key = "12D3KooW…"            # the authority's peer id, or the hex of its libp2p
 //!                                     # protobuf public key (both printed by `p2pmix keygen`)
-//! addresses = ["/ip4/127.0.0.1/tcp/4001"]
+//! addresses = ["/dns4/dir1.example.org/tcp/4001"]
+//! [network]                           # the epoch schedule nodes and clients follow
+//! genesis_unix_ms = 1764000000000
+//! epoch_ms = 3600000
+//! test_network = true                 # only for local test networks: loopback addresses, traces
 //! ```
 //!
 //! ```toml
@@ -13,12 +17,15 @@
 //! identity = "identity.key"           # paths are relative to this file
 //! data_dir = "data"
 //! authorities = "authorities.toml"
-//! listen = ["/ip4/127.0.0.1/tcp/0"]
+//! listen = ["/ip4/0.0.0.0/tcp/4001"]
+//! metrics = "127.0.0.1:9200"          # optional: Prometheus text at http://ADDR/metrics
 //! [network]
 //! genesis_unix_ms = 1764000000000
 //! epoch_ms = 3600000
+//! test_network = true                 # only for local test networks (published in the consensus)
 //! [network.parameters]                # optional overrides of the defaults
 //! mean_delay_us = 50000
+//! max_nodes_per_ipv4_24 = 4           # admission caps (0: none)
 //! ```
 
 use std::{
@@ -32,6 +39,9 @@ use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities, default_parameters};
 use p2pmix_proto::v1::{NetworkParameters, Role};
 use serde::Deserialize;
 use thiserror::Error;
+
+pub use crate::node::replay::ReplaySettings;
+pub use crate::runtime::trace::TraceConfig;
 
 /// Why a configuration file was refused.
 #[derive(Debug, Error)]
@@ -91,6 +101,8 @@ struct AuthoritiesFile {
 struct ScheduleSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    #[serde(default)]
+    test_network: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,6 +133,10 @@ pub struct Authorities {
     /// `genesis_unix_ms` and `epoch_ms`): nodes and clients need it to know when to upload
     /// descriptors and fetch the next consensus.
     pub schedule: Option<EpochSchedule>,
+    /// Whether the file declares a local test network (`test_network = true` in `[network]`):
+    /// only then do nodes announce loopback and private listen addresses. The file is the root
+    /// of trust every participant ships, so a production network's file never has it.
+    pub test_network: bool,
 }
 
 /// An authority's key as people have it: its peer id (`12D3KooW…`, which embeds an ed25519 key)
@@ -171,6 +187,7 @@ impl Authorities {
                 addresses,
             });
         }
+        let test_network = file.network.is_some_and(|n| n.test_network);
         let schedule = match file.network {
             Some(n) if n.epoch_ms < MIN_EPOCH_MS => {
                 return Err(invalid(format!(
@@ -180,7 +197,11 @@ impl Authorities {
             Some(n) => Some(EpochSchedule::new(n.genesis_unix_ms, n.epoch_ms)),
             None => None,
         };
-        Ok(Authorities { entries, schedule })
+        Ok(Authorities {
+            entries,
+            schedule,
+            test_network,
+        })
     }
 
     /// The authorities' peer ids (where the directory is fetched from).
@@ -235,13 +256,17 @@ struct AuthorityFile {
 struct NetworkSection {
     genesis_unix_ms: u64,
     epoch_ms: u64,
+    /// A local test network: published in the consensus (`test_network`), it lets loopback and
+    /// private addresses in.
+    #[serde(default)]
+    test_network: bool,
     #[serde(default)]
     parameters: ParameterOverrides,
 }
 
 /// The keys of `[network.parameters]` with what each means, in the order `p2pmix authority
 /// init` writes them (each is a field of the consensus's `NetworkParameters` of the same name).
-pub const PARAMETERS: [(&str, &str); 8] = [
+pub const PARAMETERS: [(&str, &str); 12] = [
     (
         "mean_delay_us",
         "Mean per-hop delay senders draw from (exponential), microseconds.",
@@ -271,6 +296,22 @@ pub const PARAMETERS: [(&str, &str); 8] = [
         "min_protocol_version",
         "Nodes below this protocol version are left out.",
     ),
+    (
+        "max_nodes_per_ipv4",
+        "Nodes admitted per public IPv4 address (0: no cap).",
+    ),
+    (
+        "max_nodes_per_ipv4_24",
+        "Nodes admitted per public IPv4 /24 (0: no cap).",
+    ),
+    (
+        "max_nodes_per_ipv6_48",
+        "Nodes admitted per public IPv6 /48 (0: no cap).",
+    ),
+    (
+        "max_nodes_per_family",
+        "Nodes admitted per declared operator family (0: no cap).",
+    ),
 ];
 
 /// The value of the parameter `key` (one of [`PARAMETERS`]) in `parameters`.
@@ -284,6 +325,10 @@ pub fn parameter_value(parameters: &NetworkParameters, key: &str) -> Option<u64>
         "mix_loop_interval_us" => parameters.mix_loop_interval_us,
         "layers" => u64::from(parameters.layers),
         "min_protocol_version" => u64::from(parameters.min_protocol_version),
+        "max_nodes_per_ipv4" => u64::from(parameters.max_nodes_per_ipv4),
+        "max_nodes_per_ipv4_24" => u64::from(parameters.max_nodes_per_ipv4_24),
+        "max_nodes_per_ipv6_48" => u64::from(parameters.max_nodes_per_ipv6_48),
+        "max_nodes_per_family" => u64::from(parameters.max_nodes_per_family),
         _ => return None,
     })
 }
@@ -291,25 +336,35 @@ pub fn parameter_value(parameters: &NetworkParameters, key: &str) -> Option<u64>
 /// Sets the parameter `key` (one of [`PARAMETERS`]) in `parameters`; false for an unknown key
 /// or a value out of the field's range.
 pub fn set_parameter(parameters: &mut NetworkParameters, key: &str, value: u64) -> bool {
-    let small = u32::try_from(value);
-    match key {
-        "mean_delay_us" => parameters.mean_delay_us = value,
-        "max_delay_us" => parameters.max_delay_us = value,
-        "client_send_interval_us" => parameters.client_send_interval_us = value,
-        "client_loop_interval_us" => parameters.client_loop_interval_us = value,
-        "client_drop_interval_us" => parameters.client_drop_interval_us = value,
-        "mix_loop_interval_us" => parameters.mix_loop_interval_us = value,
-        "layers" => match small {
-            Ok(v) => parameters.layers = v,
-            Err(_) => return false,
-        },
-        "min_protocol_version" => match small {
-            Ok(v) => parameters.min_protocol_version = v,
-            Err(_) => return false,
-        },
-        _ => return false,
+    let wide = match key {
+        "mean_delay_us" => Some(&mut parameters.mean_delay_us),
+        "max_delay_us" => Some(&mut parameters.max_delay_us),
+        "client_send_interval_us" => Some(&mut parameters.client_send_interval_us),
+        "client_loop_interval_us" => Some(&mut parameters.client_loop_interval_us),
+        "client_drop_interval_us" => Some(&mut parameters.client_drop_interval_us),
+        "mix_loop_interval_us" => Some(&mut parameters.mix_loop_interval_us),
+        _ => None,
+    };
+    if let Some(slot) = wide {
+        *slot = value;
+        return true;
     }
-    true
+    let slot = match key {
+        "layers" => &mut parameters.layers,
+        "min_protocol_version" => &mut parameters.min_protocol_version,
+        "max_nodes_per_ipv4" => &mut parameters.max_nodes_per_ipv4,
+        "max_nodes_per_ipv4_24" => &mut parameters.max_nodes_per_ipv4_24,
+        "max_nodes_per_ipv6_48" => &mut parameters.max_nodes_per_ipv6_48,
+        "max_nodes_per_family" => &mut parameters.max_nodes_per_family,
+        _ => return false,
+    };
+    match u32::try_from(value) {
+        Ok(v) => {
+            *slot = v;
+            true
+        }
+        Err(_) => false,
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +378,10 @@ struct ParameterOverrides {
     mix_loop_interval_us: Option<u64>,
     layers: Option<u32>,
     min_protocol_version: Option<u32>,
+    max_nodes_per_ipv4: Option<u32>,
+    max_nodes_per_ipv4_24: Option<u32>,
+    max_nodes_per_ipv6_48: Option<u32>,
+    max_nodes_per_family: Option<u32>,
 }
 
 /// An authority's configuration, resolved.
@@ -342,7 +401,7 @@ pub struct AuthorityConfigFile {
     pub metrics: Option<SocketAddr>,
     /// The epoch schedule.
     pub schedule: EpochSchedule,
-    /// Network parameters to publish.
+    /// Network parameters to publish (`test_network` among them).
     pub parameters: NetworkParameters,
 }
 
@@ -435,6 +494,22 @@ impl AuthorityConfigFile {
         if let Some(v) = o.min_protocol_version {
             parameters.min_protocol_version = v;
         }
+        let set32 = |slot: &mut u32, v: Option<u32>| {
+            if let Some(v) = v {
+                *slot = v;
+            }
+        };
+        set32(&mut parameters.max_nodes_per_ipv4, o.max_nodes_per_ipv4);
+        set32(
+            &mut parameters.max_nodes_per_ipv4_24,
+            o.max_nodes_per_ipv4_24,
+        );
+        set32(
+            &mut parameters.max_nodes_per_ipv6_48,
+            o.max_nodes_per_ipv6_48,
+        );
+        set32(&mut parameters.max_nodes_per_family, o.max_nodes_per_family);
+        parameters.test_network = file.network.test_network;
         let authorities_path = base.join(file.authorities);
         Ok(AuthorityConfigFile {
             identity: overrides
@@ -484,16 +559,19 @@ impl From<NodeRole> for Role {
 
 /// The keys of a node's configuration file, in the order `p2pmix node init` writes them (each is
 /// also the flag of the same name, `_` written `-`).
-pub const NODE_FILE_KEYS: [&str; 9] = [
+pub const NODE_FILE_KEYS: [&str; 12] = [
     "data_dir",
     "authorities",
     "identity",
     "listen",
+    "announce",
     "bootstrap",
     "role",
     "metrics",
     "family",
     "max_connections",
+    "replay_memory_mib",
+    "replay_min_rate",
 ];
 
 /// Incoming connections a node holds at most by default (clients and nodes that dialled it; its
@@ -511,10 +589,14 @@ struct NodeFile {
     listen: Vec<String>,
     #[serde(default)]
     bootstrap: Vec<String>,
+    #[serde(default)]
+    announce: Vec<String>,
     role: Option<NodeRole>,
     metrics: Option<String>,
     family: Option<String>,
     max_connections: Option<u32>,
+    replay_memory_mib: Option<u64>,
+    replay_min_rate: Option<f64>,
 }
 
 /// Command-line values that override a node's configuration file.
@@ -530,6 +612,8 @@ pub struct NodeOverrides {
     pub listen: Vec<Multiaddr>,
     /// `--bootstrap` (replaces the file's list when given).
     pub bootstrap: Vec<Multiaddr>,
+    /// `--announce` (replaces the file's list when given).
+    pub announce: Vec<Multiaddr>,
     /// `--role`.
     pub role: Option<NodeRole>,
     /// `--metrics`.
@@ -538,6 +622,12 @@ pub struct NodeOverrides {
     pub family: Option<String>,
     /// `--max-connections`.
     pub max_connections: Option<u32>,
+    /// `--replay-memory-mib`.
+    pub replay_memory_mib: Option<u64>,
+    /// `--replay-min-rate`.
+    pub replay_min_rate: Option<f64>,
+    /// `--trace-links` and `--trace-truth` (flags and environment only: never in a file).
+    pub trace: TraceConfig,
 }
 
 /// Where a process listens when nothing says: loopback, a port the OS picks.
@@ -552,13 +642,16 @@ pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
 /// authorities = "authorities.toml"        # pinned keys; its [network] gives the schedule
 /// # identity = "/run/credentials/p2pmix-node.service/identity.key"  # default DATA_DIR/identity.key
 /// listen = ["/ip4/0.0.0.0/tcp/4100"]
-/// bootstrap = ["/ip4/192.0.2.7/tcp/4100/p2p/12D3KooW…"]
+/// announce = ["/dns4/mix1.example.org/tcp/4100"]  # what the descriptor carries
+/// bootstrap = ["/dns4/boot.example.org/tcp/4100/p2p/12D3KooW…"]
 /// role = "mix"                            # or "gateway"
 /// metrics = "127.0.0.1:9100"              # /metrics, /health, /ready
 /// family = "operator-name"                # nodes of one operator share it
 /// max_connections = 8192                  # incoming connections held at most
+/// replay_memory_mib = 1024                # all replay filters together (docs/sphinx.md)
+/// replay_min_rate = 1000                  # packets/s a key's filter is sized for at least
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NodeSettings {
     /// Epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`, and the identity
     /// unless `identity` says otherwise.
@@ -572,6 +665,9 @@ pub struct NodeSettings {
     pub listen: Vec<Multiaddr>,
     /// Peers to join the DHT through.
     pub bootstrap: Vec<Multiaddr>,
+    /// The addresses the node's descriptor carries (what mixes and clients dial). Empty: its
+    /// public listen addresses (and, on a test network, its loopback and private ones).
+    pub announce: Vec<Multiaddr>,
     /// Mix or gateway.
     pub role: NodeRole,
     /// Where to serve metrics, `/health` and `/ready`, if anywhere.
@@ -580,6 +676,11 @@ pub struct NodeSettings {
     pub family: String,
     /// Incoming connections held at most (more are refused).
     pub max_connections: u32,
+    /// How the replay filters are sized and how much memory they may take.
+    pub replay: ReplaySettings,
+    /// Test-network traces to write (refused unless the authorities file declares a test
+    /// network). Flags and environment only: no file key, and `--print-config` leaves them out.
+    pub trace: TraceConfig,
 }
 
 impl NodeSettings {
@@ -633,6 +734,10 @@ impl NodeSettings {
         if bootstrap.is_empty() {
             bootstrap = addresses(&parsed.bootstrap, "bootstrap")?;
         }
+        let mut announce = overrides.announce;
+        if announce.is_empty() {
+            announce = addresses(&parsed.announce, "announce")?;
+        }
         let metrics = match (overrides.metrics, parsed.metrics) {
             (Some(m), _) => Some(m),
             (None, Some(m)) => Some(
@@ -641,12 +746,25 @@ impl NodeSettings {
             ),
             (None, None) => None,
         };
+        let defaults = ReplaySettings::default();
+        let replay = ReplaySettings {
+            min_rate: match overrides.replay_min_rate.or(parsed.replay_min_rate) {
+                Some(r) if r.is_finite() && r > 0.0 => r,
+                Some(r) => return Err(invalid(format!("replay_min_rate {r}: not a rate"))),
+                None => defaults.min_rate,
+            },
+            memory_bytes: overrides
+                .replay_memory_mib
+                .or(parsed.replay_memory_mib)
+                .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
+        };
         Ok(NodeSettings {
             data_dir,
             authorities,
             identity: overrides.identity.or(parsed.identity.map(|i| base.join(i))),
             listen,
             bootstrap,
+            announce,
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
@@ -654,6 +772,8 @@ impl NodeSettings {
                 .max_connections
                 .or(parsed.max_connections)
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            replay,
+            trace: overrides.trace,
         })
     }
 }
@@ -674,14 +794,22 @@ pub struct NodeConfig {
     pub listen: Vec<Multiaddr>,
     /// Peers to join the DHT through.
     pub bootstrap: Vec<Multiaddr>,
+    /// The addresses the node's descriptor carries (what mixes and clients dial). Empty: its
+    /// public listen addresses (and, on a test network, its loopback and private ones).
+    pub announce: Vec<Multiaddr>,
     /// Mix or gateway.
     pub role: NodeRole,
-    /// Where to serve metrics, if anywhere.
+    /// Where to serve metrics, `/health` and `/ready`, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
     /// Incoming connections held at most.
     pub max_connections: u32,
+    /// How the replay filters are sized and how much memory they may take.
+    pub replay: ReplaySettings,
+    /// Test-network traces to write (refused unless the authorities file declares a test
+    /// network).
+    pub trace: TraceConfig,
 }
 
 impl NodeConfig {
@@ -690,13 +818,31 @@ impl NodeConfig {
         Self::from_settings(NodeSettings::resolve(file, overrides)?)
     }
 
-    /// Reads the authorities file `settings` names.
+    /// Reads the authorities file `settings` names, and checks the announced addresses against
+    /// the network it declares (loopback and private ones only on a test network).
     pub fn from_settings(settings: NodeSettings) -> Result<Self, ConfigError> {
         let authorities = Authorities::load(&settings.authorities)?;
-        let schedule = authorities.schedule.ok_or_else(|| ConfigError::Invalid {
+        let invalid = |message: String| ConfigError::Invalid {
             path: settings.authorities.display().to_string(),
-            message: "no [network] section with genesis_unix_ms and epoch_ms".into(),
+            message,
+        };
+        let schedule = authorities.schedule.ok_or_else(|| {
+            invalid("no [network] section with genesis_unix_ms and epoch_ms".into())
         })?;
+        for a in &settings.announce {
+            p2pmix_bootstrap::address::check_address(
+                &a.to_string(),
+                None,
+                authorities.test_network,
+            )
+            .map_err(|e| {
+                invalid(format!(
+                    "announce address {a}: {e} (announce /ip4, /ip6 or /dns* with /tcp/PORT \
+                     or /udp/PORT/quic-v1; loopback and private addresses only on a test \
+                     network)"
+                ))
+            })?;
+        }
         Ok(NodeConfig {
             data_dir: settings.data_dir,
             identity: settings.identity,
@@ -704,10 +850,13 @@ impl NodeConfig {
             schedule,
             listen: settings.listen,
             bootstrap: settings.bootstrap,
+            announce: settings.announce,
             role: settings.role,
             metrics: settings.metrics,
             family: settings.family,
             max_connections: settings.max_connections,
+            replay: settings.replay,
+            trace: settings.trace,
         })
     }
 }

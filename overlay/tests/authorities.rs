@@ -67,7 +67,7 @@ impl Net {
         fs::write(
             dir.join("authority.toml"),
             format!(
-                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\n[network]\ngenesis_unix_ms = {}\nepoch_ms = {EPOCH_MS}\n",
+                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = {EPOCH_MS}\ntest_network = true\n",
                 self.genesis
             ),
         )
@@ -132,11 +132,18 @@ fn agreed(net: &Net, which: &[usize]) -> Vec<SignedConsensus> {
     let docs: Vec<SignedConsensus> = which
         .iter()
         .map(|&i| {
-            wait_for(
-                &format!("a consensus at authority {i}\n{}", net.log(i)),
-                limit,
-                || net.consensus(i, 1),
-            )
+            let deadline = std::time::Instant::now() + limit;
+            loop {
+                if let Some(c) = net.consensus(i, 1) {
+                    break c;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "timed out waiting for a consensus at authority {i}\n{}",
+                    net.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
         })
         .collect();
     for d in &docs {
@@ -249,7 +256,7 @@ fn consensus_tools_refuse_bad_input_clearly() {
     fs::write(&auth, "[[authority]]\npublic_key = \"zz\"\n").unwrap();
     let out = verify_cli(&bogus, &auth);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("public_key is not hex"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("public_key is neither a peer id"));
 
     // keygen refuses to overwrite an identity.
     let again = Command::new(BIN)
@@ -258,6 +265,33 @@ fn consensus_tools_refuse_bad_input_clearly() {
         .output()
         .unwrap();
     assert!(!again.status.success());
+}
+
+/// A node identity listening on 127.0.0.1 (a swarm with no protocols: enough for an
+/// authority's reachability check, which only needs the Noise handshake to prove the identity).
+fn listening_node(runtime: &tokio::runtime::Runtime) -> (libp2p::identity::Keypair, String) {
+    use futures::StreamExt;
+    let keypair = libp2p::identity::Keypair::generate_ed25519();
+    let _guard = runtime.enter();
+    let mut swarm =
+        p2pmix::build_swarm(keypair.clone(), |_| libp2p::swarm::dummy::Behaviour).unwrap();
+    swarm
+        .listen_on("/ip4/127.0.0.1/tcp/0".parse().unwrap())
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let mut tx = Some(tx);
+        loop {
+            if let libp2p::swarm::SwarmEvent::NewListenAddr { address, .. } =
+                swarm.select_next_some().await
+                && let Some(tx) = tx.take()
+            {
+                let _ = tx.send(address.to_string());
+            }
+        }
+    });
+    let address = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    (keypair, address)
 }
 
 #[test]
@@ -274,13 +308,25 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let mut rng = rand::rng();
-    let roles = [Role::Gateway, Role::Mix, Role::Mix, Role::Mix];
+    // Four nodes that listen where they say, and a fifth whose address nobody answers at (a
+    // port that was bound and closed again): the authorities' reachability checks leave it out.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let roles = [Role::Gateway, Role::Mix, Role::Mix, Role::Mix, Role::Mix];
+    let mut unreachable = None;
     for (n, role) in roles.iter().enumerate() {
-        let keypair = libp2p::identity::Keypair::generate_ed25519();
+        let (keypair, address) = if n < 4 {
+            listening_node(&runtime)
+        } else {
+            let keypair = libp2p::identity::Keypair::generate_ed25519();
+            unreachable = Some(keypair.public().encode_protobuf());
+            (keypair, format!("/ip4/127.0.0.1/tcp/{closed_port}"))
+        };
         let descriptor = NodeDescriptor {
             epoch: 1,
             identity: keypair.public().encode_protobuf(),
-            addresses: vec![format!("/ip4/127.0.0.1/tcp/{}", 20_000 + n)],
+            addresses: vec![address],
             role: *role as i32,
             sphinx_keys: vec![EpochKey {
                 epoch: 1,
@@ -307,7 +353,17 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
     }
     let docs = agreed(&net, &[0, 1, 2]);
     let consensus = Consensus::decode(&docs[0].consensus[..]).unwrap();
-    assert_eq!(consensus.nodes.len(), 4);
+    assert_eq!(
+        consensus.nodes.len(),
+        4,
+        "the four reachable nodes, not the fifth"
+    );
+    assert!(
+        consensus
+            .nodes
+            .iter()
+            .all(|n| Some(&n.identity) != unreachable.as_ref())
+    );
     assert_eq!(consensus.nodes.iter().filter(|n| n.layer > 0).count(), 3);
 
     let out = Command::new(BIN)
@@ -325,5 +381,85 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
     assert!(
         stdout.contains("nodes            4 (1 gateways)"),
         "{stdout}"
+    );
+}
+
+/// The outsider of issue 12: no key at all, only what the authorities serve. Early in every
+/// round (the upload phase, long before anyone signs) it replays, at every authority, the
+/// signatures of every earlier document it could fetch (at least four from the round of epoch
+/// 5 on, as many as an authority once kept per other authority and round). Every epoch still
+/// gets its consensus at every authority.
+#[test]
+fn replayed_signatures_of_earlier_documents_stall_no_round() {
+    use std::collections::BTreeMap;
+
+    use p2pmix::{
+        directory::fetch::{fetch_consensus, request_once},
+        proto::v1::{ConsensusSignature, DirectoryRequest, directory_request::Request},
+    };
+    const LAST: u64 = 6;
+    let mut net = Net::new("replay", 3);
+    for i in 0..3 {
+        net.start(i);
+    }
+    let addrs: Vec<libp2p::Multiaddr> = (0..3)
+        .map(|i| net.listen_addr(i).unwrap().parse().unwrap())
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    // Every signature fetched so far, per document digest.
+    let mut served: BTreeMap<Vec<u8>, Vec<ConsensusSignature>> = BTreeMap::new();
+    let mut replayed_documents = Vec::new();
+    for epoch in 1..=LAST {
+        // The round of `epoch` runs during `epoch - 1`: replay just after it starts.
+        sleep_until(net.epoch_start(epoch - 1) + 300);
+        runtime.block_on(async {
+            for addr in &addrs {
+                for earlier in 1..epoch {
+                    if let Ok(doc) =
+                        fetch_consensus(addr.clone(), Some(earlier), Duration::from_secs(2)).await
+                    {
+                        let digest = p2pmix::directory::consensus_digest(&doc.consensus).to_vec();
+                        let held = served.entry(digest).or_default();
+                        for s in doc.signatures {
+                            if !held.contains(&s) {
+                                held.push(s);
+                            }
+                        }
+                    }
+                }
+            }
+            let sends = addrs.iter().flat_map(|addr| {
+                served.values().flatten().map(move |s| {
+                    request_once(
+                        addr.clone(),
+                        DirectoryRequest {
+                            request: Some(Request::Signature(s.clone())),
+                        },
+                        Duration::from_secs(2),
+                    )
+                })
+            });
+            futures::future::join_all(sends).await;
+        });
+        replayed_documents.push(served.len());
+    }
+    for epoch in 1..=LAST {
+        for i in 0..3 {
+            let deadline = std::time::Instant::now() + Duration::from_millis(EPOCH_MS + 20_000);
+            while net.consensus(i, epoch).is_none() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no consensus for epoch {epoch} at authority {i} (documents replayed per \
+                     round: {replayed_documents:?})\n{}",
+                    net.log(i)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    assert!(
+        replayed_documents[4..].iter().all(|&n| n >= 4),
+        "the replays covered at least four earlier documents in the last rounds: \
+         {replayed_documents:?}"
     );
 }

@@ -2,7 +2,8 @@
 //! mixes. Nodes are given one bootstrap address and find each other through Kademlia, are
 //! admitted into the consensus and relay packets gateway -> 3 layers -> gateway, each hop holding
 //! a packet for the delay in its header; a flooding peer is cut off while other traffic flows; a
-//! restarted node keeps its peer id and relays again in the next epoch.
+//! mix killed mid-epoch keeps its peer id, relays again at once and refuses replays of what it
+//! unwrapped before.
 //!
 //! The tests run one at a time (11 processes each on a 2-core machine).
 #![allow(missing_docs, unreachable_pub)]
@@ -354,58 +355,122 @@ fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
     );
 }
 
+/// A packet whose route starts at `hops[0]` (as it arrives there from the hop before), each hop
+/// holding it for its delay, delivered by the last hop.
+fn packet_via(
+    consensus: &VerifiedConsensus,
+    hops: &[(&ConsensusNode, Duration)],
+    label: u16,
+) -> Vec<u8> {
+    let route: Vec<Hop> = hops
+        .iter()
+        .map(|(n, delay)| Hop {
+            node: NodeId(n.node_id as u16),
+            key: sphinx_key(n).expect("a valid key"),
+            delay: Delay::from_micros(delay.as_micros() as u32),
+        })
+        .collect();
+    let mut l = [0u8; 16];
+    l[..2].copy_from_slice(&label.to_be_bytes());
+    build_packet(
+        &Geometry::DEFAULT,
+        KeyId::for_epoch(consensus.epoch()),
+        &route,
+        &Destination::Deliver {
+            client: ClientId([7; 32]),
+            label: Label(l),
+        },
+        b"through a restarted mix",
+        &mut rand::rng(),
+    )
+    .unwrap()
+}
+
+/// A mix killed with SIGKILL in the middle of an epoch and started again on its data directory
+/// relays again within seconds under the same epoch key (before this change it retired the key
+/// of the epoch under way, and dropped everything as an unknown key for the rest of the epoch),
+/// and packets it unwrapped before the kill, replayed to it after, are dropped as replays: their
+/// tags were on disk before the packets left.
 #[test]
-fn a_restarted_node_keeps_its_peer_id_and_relays_in_the_next_epoch() {
+fn a_mix_killed_mid_epoch_relays_again_at_once_and_refuses_replays_of_what_it_unwrapped() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let mut net = Net::start("restart");
-    let first = net.consensus(1);
+    let consensus = net.consensus(1);
     sleep_until(net.epoch_start(1) + 300);
-    // Restart a layer-2 mix once its descriptor for epoch 2 is with all authorities.
-    let victim_peer = peer_id(layer(&first, 2)[0]).unwrap();
+    let victim_node = layer(&consensus, 2)[0];
+    let victim_peer = peer_id(victim_node).unwrap();
     let victim = net.index_of(victim_peer);
-    wait_for(
-        "the descriptor for epoch 2 to be accepted",
-        Duration::from_secs(20),
-        || {
-            (net.log(victim)
-                .matches("descriptor accepted epoch=2")
-                .count()
-                >= 3)
-                .then_some(())
-        },
-    );
-    net.nodes[victim].running = None; // killed
-    net.start_node(victim);
+    let exit = gateways(&consensus)[1];
+    let via_victim = |label| {
+        packet_via(
+            &consensus,
+            &[
+                (victim_node, MIX_DELAY),
+                (layer(&consensus, 3)[0], Duration::ZERO),
+                (exit, Duration::ZERO),
+            ],
+            label,
+        )
+    };
+    let client = TestClient::new();
+    let count = 10u16;
+    let before: Vec<Vec<u8>> = (0..count).map(via_victim).collect();
+    let address = net.listen_addr(victim);
+    for p in &before {
+        client.send(&address, victim_peer, p.clone());
+    }
+    let delivered = wait_for_delivery(&net, &consensus, f64::from(count));
+    assert_eq!(delivered, f64::from(count));
+
+    // SIGKILL, then the same data directory and port.
+    let listen = address.split("/p2p/").next().unwrap().to_string();
+    net.nodes[victim].running = None;
+    let restarted = std::time::Instant::now();
+    net.start_node_listening(victim, Some(&listen));
     assert_eq!(
         net.peer(victim),
         victim_peer,
         "same peer id after the restart"
     );
+    assert_eq!(net.listen_addr(victim), address);
+
+    // Fresh packets under the same epoch key go through again.
+    for label in count..2 * count {
+        client.send(&address, victim_peer, via_victim(label));
+    }
+    let delivered = wait_for_delivery(&net, &consensus, f64::from(2 * count));
+    assert_eq!(delivered, f64::from(2 * count));
+    eprintln!(
+        "relaying again {:?} after the restart began (epoch {} of 8 s epochs, now {})",
+        restarted.elapsed(),
+        consensus.epoch(),
+        (unix_ms() - net.genesis) / EPOCH_MS
+    );
     assert!(
         net.log(victim)
-            .contains("retired the keys of epochs that had begun")
+            .contains("epoch keys taken back with their replay filters"),
+        "{}",
+        net.log(victim)
     );
 
-    // In epoch 2 the node is admitted again and relays.
-    let second = net.consensus(2);
-    assert!(
-        second
-            .nodes()
-            .iter()
-            .any(|n| peer_id(n) == Some(victim_peer))
-    );
-    sleep_until(net.epoch_start(2) + 500);
-    let client = TestClient::new();
-    let count = 12;
-    let through = send_traffic(&net, &client, &second, count, 0);
-    assert!(through.get(&victim_peer).copied().unwrap_or(0) > 0);
-    let delivered = wait_for_delivery(&net, &second, count as f64);
-    assert_eq!(delivered, count as f64);
-    let m = net.metrics(victim);
+    // The packets it unwrapped before the kill, replayed: all dropped as replays.
+    for p in &before {
+        client.send(&address, victim_peer, p.clone());
+    }
+    let replays = wait_for("the replays to be dropped", Duration::from_secs(30), || {
+        let m = net.metrics(victim);
+        let r = m.get("p2pmix_packets_dropped_total{reason=\"replay\"}");
+        (r >= f64::from(count)).then_some(m)
+    });
     assert_eq!(
-        m.get("p2pmix_packets_forwarded_total"),
-        through[&victim_peer] as f64,
-        "the restarted node forwarded its share"
+        replays.get("p2pmix_packets_dropped_total{reason=\"unknown_key\"}"),
+        0.0
+    );
+    sleep(Duration::from_secs(1));
+    assert_eq!(
+        delivered_at_exit(&net, &consensus),
+        f64::from(2 * count),
+        "no replayed packet was delivered"
     );
 }
 
@@ -450,6 +515,47 @@ fn node_refuses_bad_flags_and_files_and_retries_an_unreachable_bootstrap_peer() 
         ),
     )
     .unwrap();
+    // Traces are refused on a network its authorities file does not declare a test network,
+    // by nodes and clients alike, before anything is recorded.
+    let refused = |out: std::process::Output| {
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("test_network = true"), "{stderr}");
+        assert!(!scratch.0.join("links.trace").exists());
+    };
+    refused(run(&[
+        "node",
+        "--authorities",
+        "authorities.toml",
+        "--data-dir",
+        "d",
+        "--trace-links",
+        "links.trace",
+    ]));
+    let gateway = format!("/ip4/127.0.0.1/tcp/1/p2p/{}", PeerId::random());
+    let address = run(&[
+        "client",
+        "address",
+        "--data-dir",
+        "c",
+        "--gateway",
+        &gateway,
+    ]);
+    let address = String::from_utf8_lossy(&address.stdout).trim().to_string();
+    refused(run(&[
+        "client",
+        "send",
+        "--data-dir",
+        "c",
+        "--authorities",
+        "authorities.toml",
+        "--to",
+        &address,
+        "--message",
+        "hi",
+        "--trace-links",
+        "links.trace",
+    ]));
     let node = spawn(
         &scratch.0,
         &[
@@ -470,4 +576,50 @@ fn node_refuses_bad_flags_and_files_and_retries_an_unreachable_bootstrap_peer() 
         || (log().matches("bootstrap peer unreachable").count() >= 2).then_some(()),
     );
     drop(node);
+}
+
+#[test]
+fn a_node_bootstraps_from_a_dns4_name() {
+    let scratch = Scratch::new("node-dns");
+    let key = keygen(&scratch.0.join("a"));
+    fs::write(
+        scratch.0.join("authorities.toml"),
+        format!(
+            "[[authority]]\npublic_key = \"{key}\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = 8000\ntest_network = true\n",
+            unix_ms()
+        ),
+    )
+    .unwrap();
+    let start = |name: &str, bootstrap: Option<&str>| {
+        let dir = scratch.0.join(name);
+        fs::create_dir_all(&dir).unwrap();
+        let mut args = vec![
+            "node",
+            "--authorities",
+            "../authorities.toml",
+            "--data-dir",
+            "data",
+        ];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        (spawn(&dir, &args, "info"), dir)
+    };
+    let (first, first_dir) = start("first", None);
+    let listen = wait_for("the first node to listen", Duration::from_secs(30), || {
+        fs::read_to_string(first_dir.join("data/listen-addrs"))
+            .ok()
+            .and_then(|s| s.lines().next().map(str::to_string))
+    });
+    // /ip4/127.0.0.1/tcp/PORT/p2p/ID -> /dns4/localhost/tcp/PORT/p2p/ID
+    let by_name = listen.replacen("/ip4/127.0.0.1/", "/dns4/localhost/", 1);
+    assert!(by_name.starts_with("/dns4/localhost/tcp/"), "{by_name}");
+    let (second, second_dir) = start("second", Some(&by_name));
+    let log = || fs::read_to_string(second_dir.join("log")).unwrap_or_default();
+    wait_for(
+        &format!("the second node to reach {by_name}"),
+        Duration::from_secs(30),
+        || log().contains("reached bootstrap peer").then_some(()),
+    );
+    drop((first, second));
 }

@@ -188,6 +188,7 @@ fn a_network_from_genconfig_comes_up_and_its_nodes_say_when_they_are_ready() {
             "genconfig",
             "--hosts",
             "127.0.0.1",
+            "--test-network",
             "--authorities",
             "3",
             "--gateways",

@@ -15,10 +15,23 @@
 //! [`AuthorityActor::start`]): a stopped authority runs no timers and drops what arrives, while
 //! its generator and its record of events live on, like a process that restarts on the same
 //! machine.
+//!
+//! The authority's reachability checks ([`Authority::poll_reach_check`]) are answered at once by
+//! the actor's [`Reachability`] (every node answers unless the test says otherwise), with the
+//! first literal IP address of the node as the address reached. Requests from other authorities
+//! come with [`Origin::Authority`]; from an actor given an address with
+//! [`AuthorityActor::set_source`] with that address; from any other with [`Origin::Local`].
 
-use std::time::Instant;
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::IpAddr,
+    time::Instant,
+};
 
-use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, Now, Rejection};
+use libp2p_identity::PeerId;
+use p2pmix_bootstrap::{
+    Authority, AuthorityConfig, Event, Now, Origin, ReachOutcome, Rejection, address::literal_ip,
+};
 use p2pmix_proto::v1::{
     Accepted, DirectoryRequest, DirectoryResponse, RefusalCode, Refused,
     directory_request::Request, directory_response::Response,
@@ -64,10 +77,19 @@ impl DirectoryMessage for AuthorityMessage {
     }
 }
 
-/// The answer an authority node gives to `request` at `now`: a document for `GetConsensus`
-/// (epoch 0 asks for the newest), [`Authority::handle_request`]'s verdict for anything else.
-pub fn answer(authority: &mut Authority, now: Now, request: DirectoryRequest) -> DirectoryResponse {
+/// The answer an authority node gives to `request` from `origin` at `now`: a document for
+/// `GetConsensus` (epoch 0 asks for the newest), the evidence held for `GetEvidence`,
+/// [`Authority::handle_request_from`]'s verdict for anything else.
+pub fn answer(
+    authority: &mut Authority,
+    now: Now,
+    origin: Origin,
+    request: DirectoryRequest,
+) -> DirectoryResponse {
     let response = match request.request {
+        Some(Request::GetEvidence(get)) => {
+            Response::Evidence(authority.evidence((get.epoch != 0).then_some(get.epoch)))
+        }
         Some(Request::GetConsensus(get)) => {
             let epoch = (get.epoch != 0).then_some(get.epoch);
             match authority.consensus(epoch) {
@@ -78,7 +100,7 @@ pub fn answer(authority: &mut Authority, now: Now, request: DirectoryRequest) ->
                 }),
             }
         }
-        _ => match authority.handle_request(now, request) {
+        _ => match authority.handle_request_from(now, origin, request) {
             Ok(()) => Response::Accepted(Accepted {}),
             Err(e) => Response::Refused(e.to_refused()),
         },
@@ -88,12 +110,38 @@ pub fn answer(authority: &mut Authority, now: Now, request: DirectoryRequest) ->
     }
 }
 
+/// Which nodes answer an authority's reachability dials in a simulation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reachability {
+    /// Every node answers.
+    #[default]
+    All,
+    /// Only these nodes answer.
+    Only(BTreeSet<PeerId>),
+    /// Every node but these answers.
+    AllBut(BTreeSet<PeerId>),
+}
+
+impl Reachability {
+    /// Whether `peer` answers.
+    pub fn answers(&self, peer: &PeerId) -> bool {
+        match self {
+            Reachability::All => true,
+            Reachability::Only(set) => set.contains(peer),
+            Reachability::AllBut(set) => !set.contains(peer),
+        }
+    }
+}
+
 /// One directory authority on the simulated network. See the module documentation.
 #[derive(Debug)]
 pub struct AuthorityActor {
     authority: Option<Authority>,
     rng: ChaCha20Rng,
     peers: Vec<ActorId>,
+    sources: HashMap<ActorId, IpAddr>,
+    /// Which nodes answer this authority's reachability dials.
+    pub reachability: Reachability,
     /// What the authority reported, and when: the record a test asserts on.
     pub events: Vec<(Now, Event)>,
 }
@@ -106,7 +154,24 @@ impl AuthorityActor {
             authority: Some(authority),
             rng,
             peers,
+            sources: HashMap::new(),
+            reachability: Reachability::All,
             events: Vec::new(),
+        }
+    }
+
+    /// Requests from `actor` come from `ip` (per-source limits apply to them).
+    pub fn set_source(&mut self, actor: ActorId, ip: IpAddr) {
+        self.sources.insert(actor, ip);
+    }
+
+    fn origin_of(&self, actor: ActorId) -> Origin {
+        if self.peers.contains(&actor) {
+            Origin::Authority
+        } else {
+            self.sources
+                .get(&actor)
+                .map_or(Origin::Local, |ip| Origin::Peer(*ip))
         }
     }
 
@@ -151,16 +216,42 @@ impl AuthorityActor {
         ctx: &mut Ctx<'_, M>,
         request: DirectoryRequest,
     ) -> Option<Result<(), Rejection>> {
-        let result = self.authority.as_mut()?.handle_request(ctx.now, request);
+        self.request_from(ctx, Origin::Local, request)
+    }
+
+    /// [`AuthorityActor::request`] from `origin`.
+    pub fn request_from<M: DirectoryMessage>(
+        &mut self,
+        ctx: &mut Ctx<'_, M>,
+        origin: Origin,
+        request: DirectoryRequest,
+    ) -> Option<Result<(), Rejection>> {
+        let result = self
+            .authority
+            .as_mut()?
+            .handle_request_from(ctx.now, origin, request);
         self.flush(ctx);
         Some(result)
     }
 
-    /// Sends what the authority queued to every peer and records what it reported.
+    /// Sends what the authority queued to every peer, answers its reachability checks and
+    /// records what it reported.
     fn flush<M: DirectoryMessage>(&mut self, ctx: &mut Ctx<'_, M>) {
         let Some(authority) = self.authority.as_mut() else {
             return;
         };
+        while let Some(check) = authority.poll_reach_check() {
+            let outcome = if self.reachability.answers(&check.peer) {
+                let observed = check
+                    .addresses
+                    .iter()
+                    .find_map(|a| literal_ip(&a.to_string()));
+                ReachOutcome::Reached { observed }
+            } else {
+                ReachOutcome::Unreachable
+            };
+            authority.handle_reach_result(ctx.now, &check.peer, outcome);
+        }
         while let Some(message) = authority.poll_transmit() {
             for peer in &self.peers {
                 ctx.send(*peer, M::request(message.clone()));
@@ -189,10 +280,11 @@ impl<M: DirectoryMessage> Actor<M> for AuthorityActor {
         let Ok(request) = message.into_request() else {
             return;
         };
+        let origin = self.origin_of(from);
         let Some(authority) = self.authority.as_mut() else {
             return;
         };
-        let response = answer(authority, ctx.now, request);
+        let response = answer(authority, ctx.now, origin, request);
         self.flush(ctx);
         ctx.send(from, M::response(response));
     }

@@ -17,43 +17,80 @@
 //! first seen, so that every authority that can reach any other ends up with the same set and
 //! computes the same document even when some direct links are down.
 //!
+//! Before voting for a node the authority has its announced address dialled
+//! ([`Authority::poll_reach_check`], `reach`); what outsiders may send is bounded per source
+//! (`sources`) and what the round holds is bounded in count, bytes and per prefix (`store`).
+//!
 //! Files: this one holds the type, its timers and the dispatch of requests; `round` the state of
-//! one round; `requests` what is taken from others; `phases` this authority's own steps;
-//! `persist` saving and restoring; `rejection` the refusals.
+//! one round; `store` its descriptors; `requests` what is taken from others; `phases` this
+//! authority's own steps; `reach` reachability; `sources` per-source limits; `evidence` the
+//! equivocations caught; `persist` saving and restoring; `rejection` the refusals.
 
+mod evidence;
 mod persist;
 mod phases;
+mod reach;
 mod rejection;
 mod requests;
 mod round;
+mod sources;
+mod store;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
-use libp2p_identity::Keypair;
+use libp2p_identity::{Keypair, PeerId};
 use p2pmix_proto::v1::{
-    DirectoryRequest, GetConsensus, NetworkParameters, SignedConsensus, directory_request::Request,
+    Consensus, DirectoryRequest, Evidence, GetConsensus, NetworkParameters, SignedConsensus,
+    directory_request::Request,
 };
+use prost::Message;
 use rand_core::CryptoRng;
 use thiserror::Error;
 
+pub use reach::{ReachCheck, ReachLimits, ReachOutcome, ReachStats};
 pub use rejection::{Rejection, SignatureError};
+pub use sources::{Origin, SourceLimits};
+pub use store::StoreLimits;
 
 use crate::{
     authorities::PinnedAuthorities,
     consensus::ComputeError,
+    rank::RankBasis,
     schedule::{EpochSchedule, Phase},
     time::Now,
+    vote::VoteError,
 };
+use evidence::EvidenceLog;
+use reach::Reachability;
 use round::Round;
+use sources::SourceLimiter;
 
 /// Consensus documents kept for serving and for layer stability.
 const KEPT_CONSENSUSES: usize = 4;
-/// Reveals or signatures kept per authority and round (different values are evidence of a
-/// buggy or malicious authority; more are refused).
+/// Reveals kept per authority and round (different values are evidence of a buggy or malicious
+/// authority; more are refused).
 const MAX_PER_AUTHORITY: usize = 4;
+
+/// What one round of an authority may hold in memory, as charged by
+/// [`Authority::memory_bytes`], with the default limits and up to 9 authorities: the store's
+/// bytes twice (signed and decoded) plus its per-entry overhead, own and others' votes (their
+/// descriptors shared with the store where they agree), and the documents kept. The bench
+/// (`cargo bench -p p2pmix-bootstrap --bench consensus`) measures the process as well.
+pub const MEMORY_BUDGET_BYTES: usize = 200 * 1024 * 1024;
+
+/// Bounds on what an authority takes and does; the defaults are a production network's.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct AuthorityLimits {
+    /// The round's descriptor store.
+    pub store: StoreLimits,
+    /// Reachability checks.
+    pub reach: ReachLimits,
+    /// Requests from outsiders, per source.
+    pub sources: SourceLimits,
+}
 
 /// What an authority needs to know.
 #[derive(Debug, Clone)]
@@ -66,6 +103,26 @@ pub struct AuthorityConfig {
     pub schedule: EpochSchedule,
     /// Parameters to publish (all authorities must agree on them, or their digests differ).
     pub parameters: NetworkParameters,
+    /// Bounds on what it takes and does (local: authorities may differ).
+    pub limits: AuthorityLimits,
+}
+
+impl AuthorityConfig {
+    /// A configuration with the default limits.
+    pub fn new(
+        keypair: Keypair,
+        authorities: PinnedAuthorities,
+        schedule: EpochSchedule,
+        parameters: NetworkParameters,
+    ) -> Self {
+        AuthorityConfig {
+            keypair,
+            authorities,
+            schedule,
+            parameters,
+            limits: AuthorityLimits::default(),
+        }
+    }
 }
 
 /// Why an epoch ended without a consensus from this authority.
@@ -75,7 +132,7 @@ pub enum RoundFailure {
     /// Not enough votes to compute one.
     #[error("cannot compute: {0}")]
     Compute(ComputeError),
-    /// Computed and signed, but too few authorities signed the same digest.
+    /// Computed and signed, but too few authorities signed the same digest (and nothing else).
     #[error("{got} signatures on our digest, {needed} needed")]
     NotEnoughSignatures {
         /// Matching signatures held (ours included).
@@ -83,6 +140,23 @@ pub enum RoundFailure {
         /// The threshold.
         needed: usize,
     },
+    /// This authority could not vote: its own vote does not check (its key is not pinned).
+    #[error("our own vote does not check: {0}")]
+    OwnVote(VoteError),
+    /// This authority already signed another digest this round (before a restart, from inputs
+    /// it no longer holds): it does not sign a second one.
+    #[error("we signed another digest for this epoch already")]
+    AlreadySigned,
+}
+
+/// What an authority was caught doing twice in one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EquivocationKind {
+    /// Two different votes.
+    Vote,
+    /// Signatures over two different digests.
+    Signature,
 }
 
 /// What the authority reports to its driver.
@@ -112,6 +186,38 @@ pub enum Event {
         /// Why.
         reason: RoundFailure,
     },
+    /// An authority was caught equivocating in the round of `epoch` (reported once per
+    /// authority, kind and round); the evidence is relayed to the other authorities and served
+    /// ([`Authority::evidence`]).
+    Equivocation {
+        /// The round.
+        epoch: u64,
+        /// The authority (protobuf encoding of its key).
+        authority: Vec<u8>,
+        /// What it did twice.
+        kind: EquivocationKind,
+    },
+}
+
+/// What an authority can tell its operator about the round under way and what it refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorityStats {
+    /// The epoch being prepared.
+    pub round: u64,
+    /// Descriptors held for it.
+    pub descriptors: usize,
+    /// Their bytes.
+    pub descriptor_bytes: usize,
+    /// Descriptors displaced from the round's store by better-ranked ones.
+    pub evicted: u64,
+    /// What the round holds, as charged against [`MEMORY_BUDGET_BYTES`].
+    pub memory_bytes: usize,
+    /// What this round's vote left out, by reason.
+    pub left_out: BTreeMap<&'static str, u64>,
+    /// Reachability checks so far.
+    pub reach: ReachStats,
+    /// Equivocations caught so far (every round).
+    pub equivocations: u64,
 }
 
 /// A directory authority. See the module documentation.
@@ -124,6 +230,9 @@ pub struct Authority {
     outbox: VecDeque<DirectoryRequest>,
     events: VecDeque<Event>,
     rejections: BTreeMap<&'static str, u64>,
+    reach: Reachability,
+    sources: SourceLimiter,
+    evidence: EvidenceLog,
     /// The last time given: maps the wall-clock deadlines onto the monotonic clock.
     now: Now,
 }
@@ -133,16 +242,29 @@ impl Authority {
     pub fn new(config: AuthorityConfig, now: Now) -> Self {
         let me = config.keypair.public().encode_protobuf();
         let epoch = config.schedule.epoch_at(now.unix_ms).saturating_add(1);
+        let period = Duration::from_millis(config.schedule.period_ms());
         Authority {
+            reach: Reachability::new(config.limits.reach),
+            sources: SourceLimiter::new(config.limits.sources, period),
+            evidence: EvidenceLog::default(),
             config,
             me,
-            round: Round::new(epoch),
+            round: Round::new(epoch, RankBasis::default()),
             consensuses: BTreeMap::new(),
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             rejections: BTreeMap::new(),
             now,
         }
+    }
+
+    /// The rank basis of round `epoch`: the previous consensus held.
+    fn basis_for(&self, epoch: u64) -> RankBasis {
+        let previous = self
+            .consensuses
+            .get(&epoch.saturating_sub(1))
+            .and_then(|s| Consensus::decode(&s.consensus[..]).ok());
+        RankBasis::new(previous.as_ref())
     }
 
     /// The epoch being prepared.
@@ -168,6 +290,71 @@ impl Authority {
         self.round.descriptors.len()
     }
 
+    /// What the authority holds in memory for the round and the documents it keeps, as charged
+    /// against [`MEMORY_BUDGET_BYTES`].
+    pub fn memory_bytes(&self) -> usize {
+        let documents: usize = self.consensuses.values().map(|c| c.encoded_len()).sum();
+        self.round.memory_bytes()
+            + documents
+            + self.reach.len() * 128
+            + self.sources.len() * 64
+            + self.evidence.memory_bytes()
+    }
+
+    /// The round under way and what was refused or left out, for operators.
+    pub fn stats(&self) -> AuthorityStats {
+        AuthorityStats {
+            round: self.round.epoch,
+            descriptors: self.round.descriptors.len(),
+            descriptor_bytes: self.round.descriptors.bytes(),
+            evicted: self.round.descriptors.evicted(),
+            memory_bytes: self.memory_bytes(),
+            left_out: self.round.left_out.clone(),
+            reach: self.reach.stats(),
+            equivocations: self.evidence.caught(),
+        }
+    }
+
+    /// The equivocations caught for `epoch` (every one kept, for `None`): what `GetEvidence`
+    /// is answered with.
+    pub fn evidence(&self, epoch: Option<u64>) -> Evidence {
+        Evidence {
+            equivocations: self.evidence.equivocations(epoch),
+            conflicts: Vec::new(),
+        }
+    }
+
+    /// The next reachability check to make: dial the node and report with
+    /// [`Authority::handle_reach_result`]. Drain it after every call, like
+    /// [`Authority::poll_transmit`]; checks are handed out only during the descriptor phase,
+    /// paced and bounded in number.
+    pub fn poll_reach_check(&mut self) -> Option<ReachCheck> {
+        if !self.in_descriptor_phase() {
+            return None;
+        }
+        let cap = Duration::from_millis(self.config.schedule.period_ms() / 8);
+        self.reach.poll_check(self.now.mono, cap)
+    }
+
+    /// How the check of `peer` ended, at `now`.
+    pub fn handle_reach_result(&mut self, now: Now, peer: &PeerId, outcome: ReachOutcome) {
+        self.now = now;
+        self.advance_round(now.unix_ms);
+        self.reach.handle_result(
+            peer,
+            outcome,
+            self.round.epoch,
+            self.config.parameters.test_network,
+        );
+    }
+
+    /// Whether the clock is in the descriptor phase of the round under way.
+    fn in_descriptor_phase(&self) -> bool {
+        let schedule = &self.config.schedule;
+        schedule.epoch_at(self.now.unix_ms).saturating_add(1) == self.round.epoch
+            && schedule.phase_at(self.now.unix_ms) == Phase::Descriptors
+    }
+
     /// The next message to send to every other authority.
     pub fn poll_transmit(&mut self) -> Option<DirectoryRequest> {
         self.outbox.pop_front()
@@ -184,7 +371,12 @@ impl Authority {
     /// next round.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let deadline = self.round.next_deadline_ms(&self.config.schedule);
-        Some(self.now.instant_at(deadline))
+        let round = self.now.instant_at(deadline);
+        let reach = self
+            .in_descriptor_phase()
+            .then(|| self.reach.next_deadline(self.now.mono))
+            .flatten();
+        Some(reach.map_or(round, |r| r.min(round)))
     }
 
     /// Advances the schedule to `now`: votes, reveals, computes and signs, publishes.
@@ -192,6 +384,7 @@ impl Authority {
         self.now = now;
         let now_ms = now.unix_ms;
         self.advance_round(now_ms);
+        self.reach.expire(now.mono);
         let phase = self.config.schedule.phase_at(now_ms);
         if phase >= Phase::Vote && !self.round.vote_done {
             // A vote sent after the vote phase would reach some authorities in time and others
@@ -212,22 +405,42 @@ impl Authority {
             self.compute_and_sign();
         }
         if phase >= Phase::Publish {
-            self.try_publish(true);
+            self.try_publish(now_ms, true);
         }
     }
 
-    /// Takes one request from a node or another authority at `now`. `GetConsensus` is
-    /// answered by [`Authority::consensus`], not here.
+    /// Takes one request at `now` from a caller that does not say where it came from (tests,
+    /// tools): [`Authority::handle_request_from`] with [`Origin::Local`].
     pub fn handle_request(&mut self, now: Now, request: DirectoryRequest) -> Result<(), Rejection> {
+        self.handle_request_from(now, Origin::Local, request)
+    }
+
+    /// Takes one request from a node or another authority at `now`; `origin` is where it came
+    /// from (outsiders are limited per source). `GetConsensus` and `GetEvidence` are answered
+    /// by [`Authority::consensus`] and [`Authority::evidence`], not here.
+    pub fn handle_request_from(
+        &mut self,
+        now: Now,
+        origin: Origin,
+        request: DirectoryRequest,
+    ) -> Result<(), Rejection> {
         self.now = now;
         let now_ms = now.unix_ms;
         self.advance_round(now_ms);
-        let result = match request.request {
-            Some(Request::Descriptor(d)) => self.handle_descriptor(now_ms, &d),
-            Some(Request::Vote(v)) => self.handle_vote(now_ms, &v),
-            Some(Request::Reveal(r)) => self.handle_reveal(now_ms, &r),
-            Some(Request::Signature(s)) => self.handle_signature(s),
-            Some(Request::GetConsensus(GetConsensus { .. })) | None => Err(Rejection::Unsupported),
+        let result = if !self
+            .sources
+            .allow(now.mono, origin, self.config.parameters.test_network)
+        {
+            Err(Rejection::RateLimited)
+        } else {
+            match request.request {
+                Some(Request::Descriptor(d)) => self.handle_descriptor(now_ms, &d),
+                Some(Request::Vote(v)) => self.handle_vote(now_ms, &v),
+                Some(Request::Reveal(r)) => self.handle_reveal(now_ms, &r),
+                Some(Request::Signature(s)) => self.handle_signature(now_ms, s),
+                Some(Request::GetConsensus(GetConsensus { .. }) | Request::GetEvidence(_))
+                | None => Err(Rejection::Unsupported),
+            }
         };
         if let Err(e) = &result {
             *self.rejections.entry(e.reason()).or_default() += 1;
@@ -246,7 +459,8 @@ impl Authority {
     fn advance_round(&mut self, now_ms: u64) {
         let target = self.config.schedule.epoch_at(now_ms).saturating_add(1);
         if target > self.round.epoch {
-            let previous = std::mem::replace(&mut self.round, Round::new(target));
+            let basis = self.basis_for(target);
+            let previous = std::mem::replace(&mut self.round, Round::new(target, basis));
             if !previous.published
                 && !previous.publish_failure_reported
                 && previous.computed.is_some()
@@ -256,6 +470,10 @@ impl Authority {
             while self.consensuses.len() > KEPT_CONSENSUSES {
                 self.consensuses.pop_first();
             }
+            self.reach.new_round(target);
+            self.sources.prune(self.now.mono);
+            self.evidence
+                .forget_before(target.saturating_sub(KEPT_CONSENSUSES as u64));
         }
     }
 }
@@ -280,12 +498,12 @@ mod tests {
     fn alone(now: Now) -> Authority {
         let keypair = Keypair::ed25519_from_bytes([7; 32]).expect("32 bytes");
         Authority::new(
-            AuthorityConfig {
-                authorities: PinnedAuthorities::new([keypair.public()]),
-                keypair,
-                schedule: schedule(),
-                parameters: default_parameters(),
-            },
+            AuthorityConfig::new(
+                keypair.clone(),
+                PinnedAuthorities::new([keypair.public()]),
+                schedule(),
+                default_parameters(),
+            ),
             now,
         )
     }

@@ -1,19 +1,22 @@
-//! Persistence: what an authority writes to disk after every call, and how it resumes from it.
+//! Persistence: what an authority's driver writes to disk, and how it resumes from it.
 //!
 //! A restart within an epoch must not cost the round: the saved state holds the round's
-//! descriptors, votes, reveals, own random value and signatures, plus the documents kept. On
-//! restore the round's inputs are verified again exactly as if they had just arrived (a state
-//! file is not trusted more than the network); the documents are the authority's own output and
-//! are only decoded.
+//! descriptors, votes (and second votes of equivocators), reveals, own random value, signatures,
+//! the nodes reached, the documents kept and the equivocations caught. On restore the round's
+//! inputs are verified again exactly as if they had just arrived (a state file is not trusted
+//! more than the network); the documents are the authority's own output and are only decoded.
+//! Which writes must be durable before the driver answers or sends: `docs/consensus.md`,
+//! "Restarts".
 
-use p2pmix_proto::v1::{AuthorityState, Consensus};
+use libp2p_identity::PeerId;
+use p2pmix_proto::v1::{AuthorityState, Consensus, Reached};
 use prost::Message;
 
-use super::{Authority, AuthorityConfig};
+use super::{Authority, AuthorityConfig, round::SIGNATURES_PER_AUTHORITY};
 use crate::{
     descriptor::verify_descriptor,
     time::Now,
-    vote::{verify_reveal, verify_vote},
+    vote::{verify_reveal, verify_vote_reusing},
 };
 
 impl Authority {
@@ -27,22 +30,64 @@ impl Authority {
                     .insert(consensus.epoch, signed.clone());
             }
         }
+        for e in &state.equivocations {
+            authority.evidence.restore(e, &authority.config.authorities);
+        }
+        authority.round.basis = authority.basis_for(authority.round.epoch);
         if state.epoch != authority.round.epoch {
+            for r in &state.reached {
+                if let Ok(peer) = PeerId::from_bytes(&r.peer_id)
+                    && r.epoch.saturating_add(1) >= authority.round.epoch
+                {
+                    authority.reach.restore(peer, r.epoch);
+                }
+            }
             return authority;
         }
         let epoch = state.epoch;
-        let min = authority.config.parameters.min_protocol_version;
+        let parameters = authority.config.parameters;
+        let caps = crate::address::GroupCaps::of(&parameters);
         for d in &state.descriptors {
-            if let Ok(v) = verify_descriptor(d, epoch, min) {
-                authority.round.descriptors.insert(v.peer_id, v);
+            if let Ok(v) = verify_descriptor(d, epoch, &parameters) {
+                let rank = authority.round.basis.rank(&v.descriptor.identity);
+                let _ = authority.round.descriptors.insert(
+                    v,
+                    rank,
+                    &authority.config.limits.store,
+                    &caps,
+                );
+            }
+        }
+        for r in &state.reached {
+            if let Ok(peer) = PeerId::from_bytes(&r.peer_id)
+                && r.epoch <= epoch
+                && r.epoch.saturating_add(1) >= epoch
+            {
+                authority.reach.restore(peer, r.epoch);
             }
         }
         for v in &state.votes {
-            if let Ok(v) = verify_vote(v, &authority.config.authorities, epoch, min) {
+            let store = &authority.round.descriptors;
+            let Ok(v) =
+                verify_vote_reusing(v, &authority.config.authorities, epoch, &parameters, |d| {
+                    store.known(d)
+                })
+            else {
+                continue;
+            };
+            let seen = *blake3::hash(&v.signed.vote).as_bytes();
+            if authority.round.seen_votes.contains(&seen) {
+                continue;
+            }
+            authority.round.seen_votes.insert(seen);
+            if authority.round.votes.contains_key(&v.authority) {
+                // The second vote of an equivocator, saved as evidence.
+                authority.round.equivocators.insert(v.authority.clone());
                 authority
                     .round
-                    .seen_votes
-                    .insert(*blake3::hash(&v.signed.vote).as_bytes());
+                    .second_votes
+                    .insert(v.authority.clone(), v.signed);
+            } else {
                 authority.round.votes.insert(v.authority.clone(), v);
             }
         }
@@ -56,11 +101,19 @@ impl Authority {
         }
         // Straight into the round: the published document (if any) already carries its own.
         for s in &state.signatures {
-            if authority.check_signature(s).is_ok() {
-                authority
-                    .round
-                    .signatures
-                    .insert((s.authority.clone(), s.digest.clone()), s.clone());
+            if s.epoch != epoch || authority.check_signature(s).is_err() {
+                continue;
+            }
+            let held = authority
+                .round
+                .signatures
+                .entry(s.authority.clone())
+                .or_default();
+            if held.len() < SIGNATURES_PER_AUTHORITY && !held.iter().any(|h| h.digest == s.digest) {
+                held.push(s.clone());
+            }
+            if held.len() > 1 {
+                authority.round.double_signers.insert(s.authority.clone());
             }
         }
         authority.round.own_random = <[u8; 32]>::try_from(state.own_random.as_slice()).ok();
@@ -71,14 +124,14 @@ impl Authority {
         authority
     }
 
-    /// What to persist after every call.
+    /// What to persist (the driver writes it, debounced, before answering what must survive).
     pub fn state(&self) -> AuthorityState {
         AuthorityState {
             epoch: self.round.epoch,
             descriptors: self
                 .round
                 .descriptors
-                .values()
+                .descriptors()
                 .map(|d| d.signed.clone())
                 .collect(),
             votes: self
@@ -86,6 +139,7 @@ impl Authority {
                 .votes
                 .values()
                 .map(|v| v.signed.clone())
+                .chain(self.round.second_votes.values().cloned())
                 .collect(),
             reveals: self
                 .round
@@ -98,8 +152,17 @@ impl Authority {
                 .own_random
                 .map(|r| r.to_vec())
                 .unwrap_or_default(),
-            signatures: self.round.signatures.values().cloned().collect(),
+            signatures: self.round.signatures.values().flatten().cloned().collect(),
             consensuses: self.consensuses.values().cloned().collect(),
+            reached: self
+                .reach
+                .records()
+                .map(|(peer, epoch)| Reached {
+                    peer_id: peer.to_bytes(),
+                    epoch,
+                })
+                .collect(),
+            equivocations: self.evidence.equivocations(None),
         }
     }
 }

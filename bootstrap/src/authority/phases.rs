@@ -3,6 +3,8 @@
 //! [`Authority::handle_timeout`](super::Authority::handle_timeout) decides when each runs; the
 //! steps here only do the work and queue what must be sent or reported.
 
+use std::{collections::BTreeMap, sync::Arc};
+
 use p2pmix_proto::v1::{
     Consensus, ConsensusSignature, SignedConsensus, directory_request::Request,
 };
@@ -11,24 +13,36 @@ use rand_core::CryptoRng;
 
 use super::{Authority, Event, RoundFailure, round::Round};
 use crate::{
+    address::{GroupCaps, ip_groups, within_caps},
     consensus::{ConsensusInputs, compute_consensus},
-    signing::{Context, consensus_digest, sign},
+    descriptor::VerifiedDescriptor,
+    schedule::Phase,
+    signing::{consensus_digest, sign_consensus},
     vote::{
-        VerifiedReveal, VerifiedVote, build_reveal, build_vote, commitment, verify_reveal,
-        verify_vote,
+        MAX_VOTE_BYTES, VOTE_HEADER_BYTES, VerifiedReveal, VerifiedVote, VoteError, build_reveal,
+        build_vote, commitment, open_vote, verify_reveal, vote_entry_bytes,
     },
 };
 
 impl Authority {
     /// Draws (once per round) the random value, commits to it and sends the vote.
     pub(super) fn vote<R: CryptoRng + ?Sized>(&mut self, rng: &mut R) {
+        if self.config.authorities.get(&self.me).is_none() {
+            self.round.compute_failed = true;
+            self.events.push_back(Event::Failed {
+                epoch: self.round.epoch,
+                reason: RoundFailure::OwnVote(VoteError::UnknownAuthority),
+            });
+            return;
+        }
         let value = *self.round.own_random.get_or_insert_with(|| {
             let mut v = [0u8; 32];
             rng.fill_bytes(&mut v);
             v
         });
         let commit = commitment(self.round.epoch, &self.me, &value);
-        let descriptors = self.round.descriptors.values().map(|d| d.signed.clone());
+        let (chosen, left_out) = self.vote_candidates();
+        self.round.left_out = left_out;
         let previous = self
             .consensuses
             .get(&self.round.epoch.saturating_sub(1))
@@ -36,28 +50,85 @@ impl Authority {
         let Some(signed) = build_vote(
             &self.config.keypair,
             self.round.epoch,
-            descriptors,
+            chosen.iter().map(|d| d.signed.clone()),
             commit,
             previous,
         ) else {
             return;
         };
-        match verify_vote(
-            &signed,
-            &self.config.authorities,
-            self.round.epoch,
-            self.config.parameters.min_protocol_version,
-        ) {
+        // The descriptors were checked when they arrived and the size was kept under the limit:
+        // only the outer signature is checked again, not every descriptor.
+        match open_vote(&signed, &self.config.authorities, self.round.epoch) {
             Ok(vote) => {
+                let mut descriptors = chosen;
+                descriptors.sort_by(|a, b| a.signed.descriptor.cmp(&b.signed.descriptor));
                 self.round
                     .seen_votes
                     .insert(*blake3::hash(&signed.vote).as_bytes());
-                self.round.votes.insert(self.me.clone(), vote);
+                self.round.votes.insert(
+                    self.me.clone(),
+                    VerifiedVote {
+                        signed: signed.clone(),
+                        authority: vote.authority,
+                        commit: vote.commit,
+                        previous: vote.previous,
+                        descriptors,
+                    },
+                );
                 self.relay(Request::Vote(signed));
             }
-            // Our own key is not pinned: we cannot take part.
-            Err(_) => self.round.compute_failed = true,
+            Err(e) => {
+                self.round.compute_failed = true;
+                self.events.push_back(Event::Failed {
+                    epoch: self.round.epoch,
+                    reason: RoundFailure::OwnVote(e),
+                });
+            }
         }
+    }
+
+    /// The descriptors this authority votes for, and what it left out by reason: of the
+    /// descriptors held, those whose node was reached this round or the previous one, in rank
+    /// order, within the admission caps (counting the address each node was reached at), as many
+    /// as fit in [`MAX_VOTE_BYTES`] (docs/consensus.md, "Admission").
+    fn vote_candidates(&self) -> (Vec<Arc<VerifiedDescriptor>>, BTreeMap<&'static str, u64>) {
+        let mut left_out = BTreeMap::new();
+        let epoch = self.round.epoch;
+        let mut reached = Vec::new();
+        for entry in self.round.descriptors.ranked() {
+            let peer = entry.descriptor.peer_id;
+            if !self.reach.eligible(&peer, epoch) {
+                *left_out.entry("unreached").or_default() += 1;
+                continue;
+            }
+            let mut groups = entry.groups.clone();
+            if let Some(ip) = self.reach.observed(&peer) {
+                groups.extend(ip_groups(ip));
+            }
+            reached.push((entry.descriptor.clone(), groups));
+        }
+        let (capped, by_cap) = within_caps(reached, &GroupCaps::of(&self.config.parameters));
+        for (kind, n) in by_cap {
+            *left_out.entry(kind).or_default() += n;
+        }
+        let mut room = MAX_VOTE_BYTES - VOTE_HEADER_BYTES;
+        let mut chosen = Vec::with_capacity(capped.len());
+        let mut over = 0u64;
+        for d in capped {
+            let size = vote_entry_bytes(&d.signed);
+            if over > 0 || size > room {
+                // The longest prefix of the ranking that fits: the same on every authority that
+                // holds the same candidates.
+                over += 1;
+                continue;
+            }
+            room -= size;
+            chosen.push(d);
+        }
+        if over > 0 {
+            left_out.insert("vote_size", over);
+        }
+        (chosen, left_out)
     }
 
     /// Reveals the value our vote committed to (nothing if we did not vote).
@@ -88,12 +159,11 @@ impl Authority {
                     .ok()
                     .map(|c| (digest, c))
             });
-        let votes: Vec<VerifiedVote> = self
+        let votes: Vec<&VerifiedVote> = self
             .round
             .votes
             .values()
             .filter(|v| !self.round.equivocators.contains(&v.authority))
-            .cloned()
             .collect();
         let reveals: Vec<VerifiedReveal> = self.round.reveals.values().cloned().collect();
         let computed = compute_consensus(ConsensusInputs {
@@ -109,15 +179,20 @@ impl Authority {
             Ok(consensus) => {
                 let bytes = consensus.encode_to_vec();
                 let digest = consensus_digest(&bytes);
-                if let Some(signature) = sign(&self.config.keypair, Context::Consensus, &digest) {
-                    let own = ConsensusSignature {
-                        authority: self.me.clone(),
-                        digest: digest.to_vec(),
-                        signature,
-                    };
+                let held = self.round.signatures.get(&self.me);
+                if held.is_some_and(|h| h.iter().any(|s| s.digest != digest)) {
+                    // Signed before a restart, over inputs we no longer hold: never a second.
+                    self.round.compute_failed = true;
+                    self.events.push_back(Event::Failed {
+                        epoch: self.round.epoch,
+                        reason: RoundFailure::AlreadySigned,
+                    });
+                    return;
+                }
+                if let Some(own) = sign_consensus(&self.config.keypair, self.round.epoch, &digest) {
                     self.round
                         .signatures
-                        .insert((self.me.clone(), own.digest.clone()), own.clone());
+                        .insert(self.me.clone(), vec![own.clone()]);
                     self.relay(Request::Signature(own));
                 }
                 self.round.computed = Some((bytes, digest));
@@ -132,11 +207,17 @@ impl Authority {
         }
     }
 
-    /// Publishes once a threshold of signatures over our digest is in. `deadline` marks the
-    /// publish deadline: a shortfall then is reported (once); later signatures can still
-    /// complete the document until the epoch turns.
-    pub(super) fn try_publish(&mut self, deadline: bool) {
+    /// Publishes, from the publish deadline on, once a threshold of signatures over our digest
+    /// is in (by authorities that signed nothing else this round). Waiting for the deadline
+    /// gives the relay time to carry a double signature to everyone before anyone publishes.
+    /// `deadline` marks the publish deadline itself: a shortfall then is reported (once); later
+    /// signatures can still complete the document until the epoch turns.
+    pub(super) fn try_publish(&mut self, now_ms: u64, deadline: bool) {
         if self.round.published {
+            return;
+        }
+        let current = self.round.epoch.saturating_sub(1);
+        if now_ms < self.config.schedule.phase_start(current, Phase::Publish) {
             return;
         }
         let Some((bytes, digest)) = &self.round.computed else {
@@ -144,6 +225,7 @@ impl Authority {
         };
         let mut signatures: Vec<ConsensusSignature> =
             self.round.signatures_over(digest).cloned().collect();
+        signatures.dedup_by(|a, b| a.authority == b.authority);
         let needed = self.config.authorities.threshold();
         if signatures.len() >= needed {
             signatures.sort_by(|a, b| a.authority.cmp(&b.authority));

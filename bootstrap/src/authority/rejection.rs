@@ -26,6 +26,18 @@ pub enum SignatureError {
     /// Malformed digest.
     #[error("malformed")]
     Malformed,
+    /// For another epoch than the round's (a replay of a published document's signature).
+    #[error("signature for epoch {got}, expected {expected}")]
+    WrongEpoch {
+        /// The signature's epoch.
+        got: u64,
+        /// The epoch being prepared.
+        expected: u64,
+    },
+    /// The authority signed another digest for this epoch: kept as proof of equivocation (the
+    /// first time) and never counted.
+    #[error("the authority signed another digest for this epoch")]
+    Equivocation,
 }
 
 /// Why a request was refused. Every refusal is counted by [`Rejection::reason`].
@@ -44,6 +56,9 @@ pub enum Rejection {
     /// The request is empty or not one an authority takes.
     #[error("unsupported request")]
     Unsupported,
+    /// The sender's address sent more requests than it may.
+    #[error("too many requests from this address")]
+    RateLimited,
 }
 
 impl Rejection {
@@ -59,16 +74,18 @@ impl Rejection {
                 DescriptorError::KeyTooFarAhead { .. }
                 | DescriptorError::BadSphinxKey(_)
                 | DescriptorError::VersionTooLow { .. }
-                | DescriptorError::BadAddresses => RefusalCode::Invalid,
+                | DescriptorError::BadAddresses
+                | DescriptorError::NotPublicAddress => RefusalCode::Invalid,
                 DescriptorError::Duplicate => RefusalCode::Duplicate,
                 DescriptorError::Late => RefusalCode::Late,
+                DescriptorError::Full | DescriptorError::GroupFull(_) => RefusalCode::Full,
             },
             Rejection::Vote(e) => match e {
                 VoteError::Malformed | VoteError::Unsorted => RefusalCode::Malformed,
                 VoteError::UnknownAuthority => RefusalCode::UnknownAuthority,
                 VoteError::BadSignature => RefusalCode::BadSignature,
                 VoteError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
-                VoteError::CommitMismatch => RefusalCode::Invalid,
+                VoteError::CommitMismatch | VoteError::Equivocator => RefusalCode::Invalid,
                 VoteError::Duplicate => RefusalCode::Duplicate,
                 VoteError::Late => RefusalCode::Late,
             },
@@ -77,8 +94,11 @@ impl Rejection {
                 SignatureError::BadSignature => RefusalCode::BadSignature,
                 SignatureError::Duplicate => RefusalCode::Duplicate,
                 SignatureError::Malformed => RefusalCode::Malformed,
+                SignatureError::WrongEpoch { .. } => RefusalCode::WrongEpoch,
+                SignatureError::Equivocation => RefusalCode::Invalid,
             },
             Rejection::Unsupported => RefusalCode::Unsupported,
+            Rejection::RateLimited => RefusalCode::RateLimited,
         }
     }
 
@@ -105,6 +125,12 @@ impl Rejection {
                 DescriptorError::BadAddresses => "descriptor_bad_addresses",
                 DescriptorError::Duplicate => "descriptor_duplicate",
                 DescriptorError::Late => "descriptor_late",
+                DescriptorError::NotPublicAddress => "descriptor_address_not_public",
+                DescriptorError::Full => "descriptor_round_full",
+                DescriptorError::GroupFull("ipv4") => "descriptor_full_ipv4",
+                DescriptorError::GroupFull("ipv4_24") => "descriptor_full_ipv4_24",
+                DescriptorError::GroupFull("ipv6_48") => "descriptor_full_ipv6_48",
+                DescriptorError::GroupFull(_) => "descriptor_full_family",
             },
             Rejection::Vote(e) => match e {
                 VoteError::Malformed => "vote_malformed",
@@ -115,14 +141,18 @@ impl Rejection {
                 VoteError::CommitMismatch => "vote_commit_mismatch",
                 VoteError::Duplicate => "vote_duplicate",
                 VoteError::Late => "vote_late",
+                VoteError::Equivocator => "vote_from_equivocator",
             },
             Rejection::Signature(e) => match e {
                 SignatureError::UnknownAuthority => "signature_unknown_authority",
                 SignatureError::BadSignature => "signature_bad",
                 SignatureError::Duplicate => "signature_duplicate",
                 SignatureError::Malformed => "signature_malformed",
+                SignatureError::WrongEpoch { .. } => "signature_wrong_epoch",
+                SignatureError::Equivocation => "signature_equivocation",
             },
             Rejection::Unsupported => "unsupported",
+            Rejection::RateLimited => "rate_limited",
         }
     }
 }

@@ -7,42 +7,59 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use libp2p_identity::PeerId;
-use p2pmix_proto::v1::ConsensusSignature;
+use p2pmix_proto::v1::{ConsensusSignature, SignedVote};
 
+use super::store::Store;
 use crate::{
-    descriptor::VerifiedDescriptor,
+    rank::RankBasis,
     schedule::{EpochSchedule, Phase},
     vote::{VerifiedReveal, VerifiedVote},
 };
+
+/// How many digests one authority's signatures are kept for in a round: an honest authority
+/// signs one; a second is the proof that it signed two documents; more prove nothing new.
+pub(super) const SIGNATURES_PER_AUTHORITY: usize = 2;
 
 /// The work on one upcoming epoch.
 #[derive(Debug, Default)]
 pub(super) struct Round {
     /// The epoch being prepared.
     pub(super) epoch: u64,
-    /// Accepted node descriptors, one per node.
-    pub(super) descriptors: BTreeMap<PeerId, VerifiedDescriptor>,
+    /// What the ranks of this round's candidates are computed from (the previous consensus).
+    pub(super) basis: RankBasis,
+    /// Accepted node descriptors, one per node, bounded ([`Store`]).
+    pub(super) descriptors: Store,
     /// The random value this authority committed to in its vote.
     pub(super) own_random: Option<[u8; 32]>,
     /// Votes by authority (the first one seen of each).
     pub(super) votes: BTreeMap<Vec<u8>, VerifiedVote>,
+    /// The second, different vote of each authority caught equivocating (kept as evidence and
+    /// for the state file; at most one per authority).
+    pub(super) second_votes: BTreeMap<Vec<u8>, SignedVote>,
     /// BLAKE3 of every vote already handled (accepted or used as evidence): replays of public
-    /// votes are answered without checking their signatures again.
+    /// votes are answered without checking their signatures again. At most two per pinned
+    /// authority: a third vote of an equivocator is refused before it is hashed in.
     pub(super) seen_votes: BTreeSet<[u8; 32]>,
-    /// Authorities caught sending two different votes: their votes do not count this round.
+    /// Authorities caught sending two different votes: their votes do not count this round, and
+    /// further votes of theirs are refused unchecked.
     pub(super) equivocators: BTreeSet<Vec<u8>>,
     /// Reveals by (authority, value); the one matching the voter's commitment counts.
     pub(super) reveals: BTreeMap<(Vec<u8>, Vec<u8>), VerifiedReveal>,
-    /// Signatures by (authority, digest); only those over our digest count.
-    pub(super) signatures: BTreeMap<(Vec<u8>, Vec<u8>), ConsensusSignature>,
+    /// Signatures for this round's epoch by authority, at most [`SIGNATURES_PER_AUTHORITY`]
+    /// digests each; only those over our digest by authorities that signed nothing else count.
+    pub(super) signatures: BTreeMap<Vec<u8>, Vec<ConsensusSignature>>,
+    /// Authorities caught signing two digests for this epoch: their signatures do not count.
+    pub(super) double_signers: BTreeSet<Vec<u8>>,
+    /// What the vote left out, by reason (a cap's group kind, `vote_size`, `unreached`).
+    pub(super) left_out: BTreeMap<&'static str, u64>,
     /// Our vote is sent, or it is too late to send one this round.
     pub(super) vote_done: bool,
     /// Our reveal is sent, or it is too late to send one this round.
     pub(super) reveal_done: bool,
     /// The document we computed (encoded) and its digest.
     pub(super) computed: Option<(Vec<u8>, [u8; 32])>,
-    /// Computing failed (too few votes, a missing previous document, our key not pinned).
+    /// Computing failed (too few votes, a missing previous document, our key not pinned, our
+    /// own signature of this round over another digest).
     pub(super) compute_failed: bool,
     /// A document with a threshold of signatures over our digest is published.
     pub(super) published: bool,
@@ -51,10 +68,11 @@ pub(super) struct Round {
 }
 
 impl Round {
-    /// A round with nothing gathered yet for `epoch`.
-    pub(super) fn new(epoch: u64) -> Self {
+    /// A round with nothing gathered yet for `epoch`, ranking candidates by `basis`.
+    pub(super) fn new(epoch: u64, basis: RankBasis) -> Self {
         Round {
             epoch,
+            basis,
             ..Round::default()
         }
     }
@@ -77,15 +95,41 @@ impl Round {
         }
     }
 
-    /// The signatures held over `digest`, one per authority (signatures are kept by authority
-    /// and digest).
+    /// The signatures that count for `digest`: one per authority that signed it and nothing
+    /// else this round.
     pub(super) fn signatures_over<'a>(
         &'a self,
         digest: &'a [u8; 32],
     ) -> impl Iterator<Item = &'a ConsensusSignature> + 'a {
         self.signatures
-            .values()
+            .iter()
+            .filter(|(a, _)| !self.double_signers.contains(*a))
+            .flat_map(|(_, s)| s.iter())
             .filter(move |s| s.digest.as_slice() == digest.as_slice())
+    }
+
+    /// What the round holds in memory, as charged: descriptors ([`Store::memory_bytes`]),
+    /// votes (their bytes, and their decoded descriptors where not shared with the store),
+    /// reveals and signatures.
+    pub(super) fn memory_bytes(&self) -> usize {
+        let votes: usize = self
+            .votes
+            .values()
+            .map(|v| {
+                let own: usize = v
+                    .descriptors
+                    .iter()
+                    .filter(|d| std::sync::Arc::strong_count(d) == 1)
+                    .map(|d| 2 * d.signed.descriptor.len() + super::store::ENTRY_OVERHEAD_BYTES)
+                    .sum();
+                v.signed.vote.len() + own + 64 * v.descriptors.len()
+            })
+            .sum();
+        let second: usize = self.second_votes.values().map(|v| v.vote.len()).sum();
+        self.descriptors.memory_bytes()
+            + votes
+            + second
+            + 256 * (self.reveals.len() + self.signatures.len() * SIGNATURES_PER_AUTHORITY)
     }
 
     /// How many entries of `map` (keyed by authority first) come from `authority`.
@@ -103,7 +147,7 @@ mod tests {
     #[test]
     fn the_next_deadline_is_that_of_the_first_phase_not_done() {
         let s = EpochSchedule::new(0, 8_000);
-        let mut r = Round::new(2);
+        let mut r = Round::new(2, RankBasis::default());
         assert_eq!(r.next_deadline_ms(&s), s.phase_start(1, Phase::Vote));
         r.vote_done = true;
         assert_eq!(r.next_deadline_ms(&s), s.phase_start(1, Phase::Reveal));
@@ -115,7 +159,7 @@ mod tests {
         assert_eq!(r.next_deadline_ms(&s), s.start_of(2));
 
         // A round that cannot compute waits for the next one, not for the publish deadline.
-        let mut failed = Round::new(2);
+        let mut failed = Round::new(2, RankBasis::default());
         failed.vote_done = true;
         failed.reveal_done = true;
         failed.compute_failed = true;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{
-    Authority, AuthorityConfig, EpochSchedule, Event, Now, PinnedAuthorities, Rejection,
-    default_parameters, sign_descriptor,
+    Authority, AuthorityConfig, AuthorityLimits, EpochSchedule, Event, Now, Origin,
+    PinnedAuthorities, Rejection, sign_descriptor, test_network_parameters,
 };
 use p2pmix_mix::NodeSecretKey;
 use p2pmix_proto::v1::{
@@ -21,7 +21,7 @@ use p2pmix_proto::v1::{
 };
 use p2pmix_sim::{
     Actor, ActorId, Ctx, Link,
-    authority::{AuthorityActor, AuthorityMessage, add_authorities},
+    authority::{AuthorityActor, AuthorityMessage, Reachability, add_authorities},
 };
 use rand_chacha::{
     ChaCha20Rng,
@@ -69,6 +69,10 @@ pub struct Node {
     pub keypair: Keypair,
     pub role: Role,
     pub index: u64,
+    /// What it announces (default: a loopback address, for test networks).
+    pub addresses: Vec<String>,
+    /// Its declared family (default: one of its own).
+    pub family: String,
 }
 
 impl Node {
@@ -77,7 +81,22 @@ impl Node {
             keypair: keypair(1000 + index),
             role,
             index,
+            addresses: vec![format!("/ip4/127.0.0.1/tcp/{}", 10_000 + index)],
+            family: format!("operator-{index}"),
         }
+    }
+
+    /// A node announcing `addresses` with `family`.
+    pub fn announcing(index: u64, role: Role, addresses: Vec<String>, family: &str) -> Self {
+        Node {
+            addresses,
+            family: family.to_string(),
+            ..Node::new(index, role)
+        }
+    }
+
+    pub fn peer_id(&self) -> libp2p_identity::PeerId {
+        self.keypair.public().to_peer_id()
     }
 
     pub fn descriptor(&self, epoch: u64) -> NodeDescriptor {
@@ -85,7 +104,7 @@ impl Node {
         NodeDescriptor {
             epoch,
             identity: self.keypair.public().encode_protobuf(),
-            addresses: vec![format!("/ip4/127.0.0.1/tcp/{}", 10_000 + self.index)],
+            addresses: self.addresses.clone(),
             role: self.role as i32,
             sphinx_keys: (epoch..epoch + 2)
                 .map(|e| EpochKey {
@@ -98,7 +117,7 @@ impl Node {
                 .collect(),
             software_version: "test".into(),
             protocol_version: 1,
-            family: format!("operator-{}", self.index),
+            family: self.family.clone(),
         }
     }
 
@@ -151,15 +170,23 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(n: usize, parameters: NetworkParameters, start_ms: u64) -> Self {
+        Self::with_limits(n, parameters, AuthorityLimits::default(), start_ms)
+    }
+
+    /// [`Sim::new`] with authorities bound by `limits`.
+    pub fn with_limits(
+        n: usize,
+        parameters: NetworkParameters,
+        limits: AuthorityLimits,
+        start_ms: u64,
+    ) -> Self {
         let keys: Vec<Keypair> = (0..n as u64).map(keypair).collect();
         let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));
         let mut net = p2pmix_sim::Sim::starting_at(NET_SEED, start_ms);
         net.set_default_link(Link::fixed(LATENCY));
         let configs = keys.iter().map(|k| AuthorityConfig {
-            keypair: k.clone(),
-            authorities: pinned.clone(),
-            schedule: schedule(),
-            parameters,
+            limits,
+            ..AuthorityConfig::new(k.clone(), pinned.clone(), schedule(), parameters)
         });
         let ids = add_authorities(&mut net, configs, AUTHORITY_SEED);
         Sim {
@@ -172,17 +199,18 @@ impl Sim {
         }
     }
 
+    /// `n` authorities of a local test network (the test nodes announce 127.0.0.1).
     pub fn default(n: usize, start_ms: u64) -> Self {
-        Self::new(n, default_parameters(), start_ms)
+        Self::new(n, test_network_parameters(), start_ms)
     }
 
     pub fn config(&self, i: usize) -> AuthorityConfig {
-        AuthorityConfig {
-            keypair: self.keys[i].clone(),
-            authorities: self.pinned.clone(),
-            schedule: schedule(),
-            parameters: self.parameters,
-        }
+        AuthorityConfig::new(
+            self.keys[i].clone(),
+            self.pinned.clone(),
+            schedule(),
+            self.parameters,
+        )
     }
 
     /// The virtual time, both clocks.
@@ -243,6 +271,30 @@ impl Sim {
                 a.request(ctx, request)
             })
             .unwrap_or_else(|| panic!("authority {i} is stopped"))
+    }
+
+    /// [`Sim::request`] from `origin` (per-source limits apply to [`Origin::Peer`]).
+    pub fn request_from(
+        &mut self,
+        i: usize,
+        origin: Origin,
+        request: Request,
+    ) -> Result<(), Rejection> {
+        let request = DirectoryRequest {
+            request: Some(request),
+        };
+        self.net
+            .with_actor(self.ids[i], |a: &mut AuthorityActor, ctx| {
+                a.request_from(ctx, origin, request)
+            })
+            .unwrap_or_else(|| panic!("authority {i} is stopped"))
+    }
+
+    /// Which nodes answer authority `i`'s reachability dials.
+    pub fn set_reachability(&mut self, i: usize, reachability: Reachability) {
+        self.net
+            .actor_mut::<AuthorityActor>(self.ids[i])
+            .reachability = reachability;
     }
 
     /// Every node uploads its descriptor for `epoch` to every running authority.

@@ -6,22 +6,28 @@
 //! The theory: a message waits for a tick of the sender's Poisson stream (exponential, mean the
 //! send interval), then each of the `layers` mixes holds it for an exponential delay (mean
 //! `mean-delay-ms`); gateways add no delay. Its distribution is drawn by sampling.
+//!
+//! `--sent` and `--received` may be given several times (one event log per client). With
+//! `--anonymity RUN_DIR` (a run with link traces) the report adds how anonymous each message
+//! was (`p2pmix_examples::anonymity`): more lines, an `anonymity` object in the JSON line, and
+//! three more panels in the PNG (entropy per message against the ideal, the adversary's success
+//! against chance, epsilon). `--cpu NAME=CORES` adds measured CPU use.
 
-use std::{
-    collections::HashMap,
-    fs,
-    io::BufWriter,
-    path::{Path, PathBuf},
-    process::ExitCode,
+use std::{collections::HashMap, fs, io::BufWriter, path::PathBuf, process::ExitCode};
+
+use p2pmix_examples::{
+    anonymity::{Analysis, analyse, score::quantile},
+    chart::{Bar, Marker, Series, bar_chart, density_chart, grid, histogram},
+    plot::Canvas,
 };
-
-use p2pmix_examples::plot::{Series, density_chart, histogram};
 use rand::RngExt;
 
 struct Args {
     expected: Option<usize>,
-    sent: PathBuf,
-    received: PathBuf,
+    sent: Vec<PathBuf>,
+    received: Vec<PathBuf>,
+    anonymity: Option<PathBuf>,
+    cpu: Vec<(String, f64)>,
     mean_delay_ms: f64,
     layers: u32,
     send_interval_ms: f64,
@@ -33,8 +39,10 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
         expected: None,
-        sent: PathBuf::new(),
-        received: PathBuf::new(),
+        sent: Vec::new(),
+        received: Vec::new(),
+        anonymity: None,
+        cpu: Vec::new(),
         mean_delay_ms: 50.0,
         layers: 3,
         send_interval_ms: 20.0,
@@ -48,8 +56,15 @@ fn parse_args() -> Result<Args, String> {
         let number = |v: String| v.parse::<f64>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
             "--expected" => args.expected = Some(number(value()?)? as usize),
-            "--sent" => args.sent = value()?.into(),
-            "--received" => args.received = value()?.into(),
+            "--sent" => args.sent.push(value()?.into()),
+            "--received" => args.received.push(value()?.into()),
+            "--anonymity" => args.anonymity = Some(value()?.into()),
+            "--cpu" => {
+                let v = value()?;
+                let (k, v) = v.split_once('=').ok_or("--cpu NAME=CORES")?;
+                let cores = v.parse::<f64>().map_err(|e| format!("--cpu {k}: {e}"))?;
+                args.cpu.push((k.into(), cores));
+            }
             "--mean-delay-ms" => args.mean_delay_ms = number(value()?)?,
             "--layers" => args.layers = number(value()?)? as u32,
             "--send-interval-ms" => args.send_interval_ms = number(value()?)?,
@@ -63,18 +78,23 @@ fn parse_args() -> Result<Args, String> {
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
-    if args.sent.as_os_str().is_empty() || args.received.as_os_str().is_empty() {
+    if args.sent.is_empty() || args.received.is_empty() {
         return Err("give --sent FILE and --received FILE".into());
     }
     Ok(args)
 }
 
-/// The JSON objects of a JSON-lines file (lines that do not parse are skipped).
-fn events(path: &Path) -> Vec<serde_json::Value> {
-    fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
+/// The JSON objects of JSON-lines files (lines that do not parse are skipped).
+fn events(paths: &[PathBuf]) -> Vec<serde_json::Value> {
+    paths
+        .iter()
+        .flat_map(|path: &PathBuf| {
+            fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
@@ -110,7 +130,8 @@ fn main() -> ExitCode {
     let mut latencies = Vec::new();
     let mut strangers = 0;
     for e in events(&args.received) {
-        if e["event"].as_str() != Some("received") {
+        // Replies (answers through SURBs) are not the messages sent.
+        if e["event"].as_str() != Some("received") || !e["in_reply_to"].is_null() {
             continue;
         }
         let id = e["id"].as_str().unwrap_or_default().to_string();
@@ -177,13 +198,39 @@ fn main() -> ExitCode {
         summary += &format!("drill {name:<13} {result}\n");
         drills_ok &= result != "fail";
     }
+    if !args.cpu.is_empty() {
+        let parts: Vec<String> = args
+            .cpu
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.2}"))
+            .collect();
+        summary += &format!("cpu (cores)         {}\n", parts.join("  "));
+    }
+    let mut anonymity_ok = true;
+    let anonymity = args.anonymity.as_ref().map(|dir| match analyse(dir) {
+        Ok(a) => {
+            for p in &a.problems {
+                eprintln!("warning: {p}");
+            }
+            summary += &a.summary().human();
+            summary += &a.timings.human();
+            anonymity_ok &= !a.messages.is_empty();
+            Some(a)
+        }
+        Err(e) => {
+            eprintln!("anonymity analysis failed: {e:#}");
+            anonymity_ok = false;
+            None
+        }
+    });
 
     if let Some(path) = &args.plot {
         // Retransmitted outliers (a killed mix) land in the last bin rather than squash the rest.
         let max = (percentile(&theory, 0.995).max(percentile(&latencies, 0.9)) * 1.3).max(1.0);
         let bins = 40;
-        let chart = density_chart(
+        let latency = density_chart(
             "P2PMIX TESTNET: LATENCY, MEASURED AND THEORY",
+            "END-TO-END LATENCY (MS)",
             max,
             &[
                 Series {
@@ -197,7 +244,12 @@ fn main() -> ExitCode {
                     density: histogram(&theory, max, bins),
                 },
             ],
+            &[],
         );
+        let chart = match &anonymity {
+            Some(Some(a)) => grid(&anonymity_panels(latency, a), 2),
+            _ => latency,
+        };
         match fs::File::create(path) {
             Ok(f) => {
                 if let Err(e) = chart.write_png(&mut BufWriter::new(f)) {
@@ -209,9 +261,23 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("could not write {}: {e}", path.display()),
         }
     }
-    let json = format!(
-        "{{\"sent\":{sent},\"delivered\":{delivered},\"duplicates\":{duplicates},\"lost\":{lost},\"latency_ms\":{{\"p50\":{p50:.1},\"p90\":{p90:.1},\"p99\":{p99:.1}}},\"expected_mean_ms\":{expected_mean:.1}}}"
+    let mut json = format!(
+        "{{\"sent\":{sent},\"delivered\":{delivered},\"duplicates\":{duplicates},\"lost\":{lost},\"latency_ms\":{{\"p50\":{p50:.1},\"p90\":{p90:.1},\"p99\":{p99:.1}}},\"expected_mean_ms\":{expected_mean:.1}"
     );
+    match &anonymity {
+        Some(Some(a)) => json += &format!(",\"anonymity\":{}", a.summary().json()),
+        Some(None) => json += ",\"anonymity\":null",
+        None => {}
+    }
+    if !args.cpu.is_empty() {
+        let parts: Vec<String> = args
+            .cpu
+            .iter()
+            .map(|(k, v)| format!("\"{k}\":{v:.3}"))
+            .collect();
+        json += &format!(",\"cpu_cores\":{{{}}}", parts.join(","));
+    }
+    json += "}";
     print!("{summary}");
     println!("{json}");
     if let Some(path) = &args.summary
@@ -219,9 +285,94 @@ fn main() -> ExitCode {
     {
         eprintln!("could not write {}: {e}", path.display());
     }
-    if lost == 0 && duplicates == 0 && sent > 0 && drills_ok {
+    if lost == 0 && duplicates == 0 && sent > 0 && drills_ok && anonymity_ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
+}
+
+/// The latency panel and the three anonymity panels: entropy per message against the ideal,
+/// the adversary's success against chance, epsilon.
+fn anonymity_panels(latency: Canvas, a: &Analysis) -> Vec<Canvas> {
+    let s = a.summary();
+    let entropies: Vec<f64> = a.messages.iter().map(|m| m.entropy_bits).collect();
+    let h_max = (s.ideal_bits.ceil() + 0.5).max(1.0);
+    let entropy = density_chart(
+        "SENDER ENTROPY PER MESSAGE",
+        "ENTROPY (BITS)",
+        h_max,
+        &[Series {
+            name: format!("MEASURED ({} MESSAGES)", s.messages),
+            colour: [200, 40, 40],
+            density: histogram(&entropies, h_max, 40),
+        }],
+        &[
+            Marker {
+                at: s.ideal_bits,
+                label: format!("IDEAL LOG2({}) = {:.2}", s.senders, s.ideal_bits),
+                colour: [40, 80, 200],
+            },
+            Marker {
+                at: 0.9 * s.ideal_bits,
+                label: "TARGET: 90% OF IDEAL".into(),
+                colour: [40, 160, 40],
+            },
+            Marker {
+                at: s.entropy_bits_p50,
+                label: format!("MEDIAN {:.2}", s.entropy_bits_p50),
+                colour: [120, 120, 120],
+            },
+        ],
+    );
+    let pct = |v: f64| 100.0 * v;
+    let success = bar_chart(
+        "ADVERSARY TOP-1 SUCCESS AGAINST CHANCE",
+        "%",
+        (pct(s.top1_success).max(pct(2.0 * s.chance)) * 1.25).max(1.0),
+        &[
+            Bar {
+                label: "TOP-1 SUCCESS".into(),
+                value: pct(s.top1_success),
+                colour: [200, 40, 40],
+            },
+            Bar {
+                label: format!("CHANCE 1/{}", s.senders),
+                value: pct(s.chance),
+                colour: [40, 80, 200],
+            },
+        ],
+        &[Marker {
+            at: pct(2.0 * s.chance),
+            label: "TARGET: AT MOST 2X CHANCE".into(),
+            colour: [40, 160, 40],
+        }],
+    );
+    let mut finite: Vec<f64> = a
+        .messages
+        .iter()
+        .map(|m| m.epsilon)
+        .filter(|e| e.is_finite())
+        .collect();
+    let e_max = (quantile(&mut finite, 0.95).unwrap_or(1.0) * 1.2).max(0.5);
+    let epsilon = density_chart(
+        "EPSILON PER MESSAGE: LN(MAX P / MIN P)",
+        "EPSILON",
+        e_max,
+        &[Series {
+            name: format!("FINITE: {:.0}% OF MESSAGES", 100.0 - 100.0 * s.ruled_out),
+            colour: [200, 40, 40],
+            density: histogram(&finite, e_max, 40),
+        }],
+        &[Marker {
+            at: s.epsilon_p50.min(e_max),
+            label: if s.epsilon_p50.is_finite() {
+                format!("MEDIAN {:.2}", s.epsilon_p50)
+            } else {
+                "MEDIAN INFINITE".into()
+            },
+            colour: [120, 120, 120],
+        }],
+    );
+    vec![latency, entropy, success, epsilon]
 }

@@ -2,17 +2,23 @@
 //! [`DelayQueue`].
 //!
 //! Frames from neighbours pass the per-peer [`Admission`] on the event loop, then go to worker
-//! threads (bounded channel) for the Sphinx work, so a slow packet never stalls the swarm. The
+//! threads (a bounded queue each; they unwrap what waits in batches) for the Sphinx work, so a
+//! slow packet never stalls the swarm. The
 //! workers' decisions come back (bounded channel, waking the behaviour) into the delay queue; at
 //! release time a packet is handed to the next hop's connection (dialled if needed) or, at the
 //! final hop, reported as [`Event::Delivered`]. Every drop is counted by reason in [`Stats`]; a
-//! peer that keeps sending invalid frames is disconnected and refused for a while.
+//! peer that keeps sending invalid frames is disconnected and refused for a while. Admission and
+//! the delay queue's shares are keyed on what is not free: consensus membership and the address
+//! prefix of the sender's connection. With a replay journal ([`crate::ReplayLog`]), a decided
+//! packet enters the delay queue only once its replay tag is on disk.
 
 use std::{
-    collections::VecDeque,
+    collections::{HashMap, VecDeque},
+    hash::{BuildHasher, RandomState},
+    net::IpAddr,
     sync::{
-        Arc, Mutex,
-        mpsc::{Receiver, SyncSender, TrySendError, sync_channel},
+        Arc,
+        mpsc::{Receiver, sync_channel},
     },
     task::{Context, Poll},
     time::{Duration, Instant},
@@ -23,22 +29,28 @@ use futures_timer::Delay as Timer;
 use libp2p::{
     Multiaddr, PeerId,
     core::{Endpoint, transport::PortUse},
+    multiaddr::Protocol,
     swarm::{
         CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
         THandlerInEvent, THandlerOutEvent, ToSwarm,
     },
 };
 
-pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, Stats, quantile_of};
+pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, MAX_BATCH, Stats, quantile_of};
 use crate::{
-    admission::{Admission, AdmissionConfig, Fault, Rate, Verdict},
+    admission::{AddressShare, Admission, AdmissionConfig, Fault, Origin, Prefix, Rate, Verdict},
     net::{
         handler::{Handler, HandlerEvent, HandlerIn},
         outbox::{Change, Outbox, Sent},
+        workers::{Job, Outcome, Workers},
     },
     pool::PacketPool,
-    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay},
-    sphinx::routing::{ClientId, Destination, Label},
+    relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, ShareKey},
+    sphinx::{
+        replay::log::ReplayLog,
+        routing::{ClientId, Destination, Label},
+    },
+    trace::{Direction, PacketTag, TraceSink, Truth},
 };
 
 /// How a mix behaviour runs.
@@ -55,12 +67,20 @@ pub struct Config {
     pub node_rate: f64,
     /// Packets another node may send in one burst.
     pub node_burst: f64,
-    /// Worker threads for Sphinx unwrapping.
+    /// Worker threads for Sphinx unwrapping (default: one per core the node may use, so that every
+    /// core can unwrap while the event loop, which needs little, shares them).
     pub workers: usize,
     /// Invalid frames (bad size, bad MAC, replay, over rate) after which a peer is cut off.
     pub max_peer_faults: u32,
     /// How long a cut-off peer is refused.
     pub ban: Duration,
+    /// Faults held against a peer halve this often.
+    pub fault_half_life: Duration,
+    /// What all clients behind one IP address may send together (in clients' rates) and how
+    /// many identities it may hold.
+    pub per_address: AddressShare,
+    /// The same for one address prefix (IPv4 /24, IPv6 /48).
+    pub per_prefix: AddressShare,
     /// Packets waiting for a connection to one next hop (more are dropped).
     pub max_pending_per_peer: usize,
 }
@@ -79,6 +99,9 @@ impl Config {
             },
             max_faults: self.max_peer_faults,
             ban: self.ban,
+            fault_half_life: self.fault_half_life,
+            per_address: self.per_address,
+            per_prefix: self.per_prefix,
         }
     }
 }
@@ -91,11 +114,20 @@ impl Default for Config {
             client_burst: 1_000.0,
             node_rate: 50_000.0,
             node_burst: 5_000.0,
-            workers: std::thread::available_parallelism()
-                .map(|n| n.get().saturating_sub(1).max(1))
-                .unwrap_or(1),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             max_peer_faults: 100,
             ban: Duration::from_secs(60),
+            fault_half_life: Duration::from_secs(60),
+            // A household or an office behind one address, a provider's customer behind a
+            // prefix.
+            per_address: AddressShare {
+                clients_rate: 32.0,
+                identities: 64,
+            },
+            per_prefix: AddressShare {
+                clients_rate: 256.0,
+                identities: 1024,
+            },
             max_pending_per_peer: 1024,
         }
     }
@@ -120,24 +152,20 @@ pub enum Event {
 
 /// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
 const POOLED_BUFFERS: usize = 4096;
-/// Jobs waiting for the workers, and outcomes waiting for the event loop (more jobs are dropped
-/// as [`DropReason::QueueFull`]).
+/// Jobs waiting for the workers (all queues together), and outcomes waiting for the event loop
+/// (more jobs are dropped as [`DropReason::QueueFull`]).
 const WORKER_CHANNEL: usize = 4096;
 
-/// A frame for the Sphinx workers.
-struct Job {
-    /// When it arrived (its delay counts from then).
-    arrived: Instant,
-    /// The neighbour that sent it (`None`: injected locally), for counting its faults.
+/// A decided packet whose replay tag is not yet on disk.
+struct Awaiting {
+    /// The journal's count of pushes when the event loop took it from the workers (its tag was
+    /// handed to the journal before).
+    mark: u64,
     from: Option<PeerId>,
-    packet: Vec<u8>,
-}
-
-/// What a worker decided for one [`Job`].
-struct Outcome {
-    /// The job's sender.
-    from: Option<PeerId>,
-    decision: Result<Decision<PeerId>, DropReason>,
+    share: Option<ShareKey>,
+    decision: Decision<PeerId>,
+    /// Its tag, when tracing.
+    tag: Option<PacketTag>,
 }
 
 /// The timer of the delay queue's next release.
@@ -152,16 +180,26 @@ pub struct Behaviour {
     relay: Arc<Relay<PeerId>>,
     queue: DelayQueue<PeerId>,
     timer: Option<ReleaseTimer>,
-    jobs: SyncSender<Job>,
+    workers: Workers,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
     admission: Admission<PeerId>,
+    /// The IP address of each connected peer's latest connection.
+    addresses: HashMap<PeerId, IpAddr>,
+    /// Keys the delay queue's shares (secretly, so nobody aims at another's share).
+    share_hasher: RandomState,
+    /// The replay journal, if the relay's keys have one: decisions wait in `awaiting` until
+    /// their tags are durable.
+    replay_log: Option<Arc<ReplayLog>>,
+    awaiting: VecDeque<Awaiting>,
     /// Connections to next hops, where they listen (from the consensus or other behaviours), and
     /// packets waiting for a connection.
     outbox: Outbox,
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Where link records and ground truth go (test networks only).
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -176,26 +214,30 @@ impl std::fmt::Debug for Behaviour {
 impl Behaviour {
     /// A mix behaviour around `relay`, with `config.workers` worker threads.
     pub fn new(relay: Arc<Relay<PeerId>>, config: Config) -> Self {
-        let (jobs, job_rx) = sync_channel::<Job>(WORKER_CHANNEL);
         let (outcome_tx, outcomes) = sync_channel::<Outcome>(WORKER_CHANNEL);
         let waker = Arc::new(AtomicWaker::new());
         let stats = Arc::new(Stats::default());
-        let workers = Workers {
-            relay: relay.clone(),
-            jobs: Mutex::new(job_rx),
-            outcomes: outcome_tx,
-            waker: waker.clone(),
-            stats: stats.clone(),
-        };
-        workers.spawn(config.workers.max(1));
+        let workers = Workers::start(
+            config.workers,
+            WORKER_CHANNEL,
+            &relay,
+            &outcome_tx,
+            &waker,
+            &stats,
+        );
+        let replay_log = relay.read_keys(|ring| ring.replay_log().cloned());
         Behaviour {
             relay: relay.clone(),
             queue: DelayQueue::new(config.queue),
             timer: None,
-            jobs,
+            workers,
             outcomes,
             waker,
             admission: Admission::new(config.admission()),
+            addresses: HashMap::new(),
+            share_hasher: RandomState::new(),
+            replay_log,
+            awaiting: VecDeque::new(),
             outbox: Outbox::new(config.max_pending_per_peer),
             events: VecDeque::new(),
             stats,
@@ -203,6 +245,20 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            trace: None,
+        }
+    }
+
+    /// Records every frame that arrives or leaves (the link view) and what became of each
+    /// (the ground truth) in `sink`. For test networks: the caller decides that it is one.
+    pub fn set_trace(&mut self, sink: Arc<dyn TraceSink>) {
+        self.trace = Some(sink);
+    }
+
+    /// Records ground truth, when tracing.
+    fn truth(&self, record: impl FnOnce() -> Truth) {
+        if let Some(t) = &self.trace {
+            t.truth(record());
         }
     }
 
@@ -219,6 +275,11 @@ impl Behaviour {
     /// Packets and bytes in the delay queue.
     pub fn queued(&self) -> (usize, usize) {
         (self.queue.len(), self.queue.bytes())
+    }
+
+    /// Decided packets waiting for their replay tags to be on disk.
+    pub fn awaiting_journal(&self) -> usize {
+        self.awaiting.len()
     }
 
     /// Records where `peer` listens, so that packets for it can dial it (at most 8 addresses per
@@ -247,42 +308,129 @@ impl Behaviour {
     /// packet, or a test injecting traffic).
     pub fn inject(&mut self, packet: Vec<u8>) {
         self.stats.count_received();
-        self.submit(None, packet);
+        let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
+        self.submit(None, packet, tag);
     }
 
-    /// Sends a ready packet straight to `peer` (a client to its entry gateway).
+    /// Sends a packet this node built (its loop cover) straight to `peer`.
     pub fn send(&mut self, peer: PeerId, packet: Vec<u8>) {
+        self.truth(|| Truth::Originated {
+            output: PacketTag::of(&packet),
+        });
         self.transmit(peer, packet);
     }
 
-    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>) {
+    fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>, tag: Option<PacketTag>) {
         let job = Job {
             arrived: Instant::now(),
             from,
             packet,
+            tag,
         };
-        match self.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
-            Err(TrySendError::Disconnected(_)) => self.stats.count_drops(DropReason::QueueFull, 1),
+        if !self.workers.submit(job) {
+            self.stats.count_drops(DropReason::QueueFull, 1);
+            if let Some(input) = tag {
+                self.truth(|| Truth::Dropped {
+                    input,
+                    reason: DropReason::QueueFull,
+                });
+            }
         }
     }
 
     fn transmit(&mut self, peer: PeerId, packet: Vec<u8>) {
         // Called from outside `poll` too (`send`): make sure the swarm polls us again.
         self.waker.wake();
+        let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
         if self.outbox.send(peer, packet, &mut self.events) == Sent::Dropped {
             self.stats.count_drops(DropReason::QueueFull, 1);
+        } else if let (Some(t), Some(tag)) = (&self.trace, tag) {
+            t.link(Direction::Out, &peer, tag);
         }
     }
 
     /// Holds a drop for `reason` against `peer` (if the rules say so) and cuts it off if that
     /// was one fault too many.
     fn fault(&mut self, peer: PeerId, reason: DropReason) {
-        let fault = self
-            .admission
-            .fault(Instant::now(), &peer, reason, |p| self.relay.is_node(p));
+        let node = self.relay.is_node(&peer);
+        let fault = self.admission.fault(Instant::now(), &peer, reason, node);
         self.on_fault(peer, fault);
+    }
+
+    /// What is known of `peer` for admission.
+    fn origin(&self, peer: &PeerId) -> Origin {
+        Origin {
+            node: self.relay.is_node(peer),
+            address: self.addresses.get(peer).copied(),
+        }
+    }
+
+    /// The delay-queue share a packet from `from` counts against: its node, or its client's
+    /// address prefix (or identity, if its address is unknown); none for the node's own.
+    fn share_of(&self, from: Option<&PeerId>) -> Option<ShareKey> {
+        let peer = from?;
+        let key = if self.relay.is_node(peer) {
+            self.share_hasher.hash_one((0u8, peer))
+        } else {
+            match self.addresses.get(peer) {
+                Some(ip) => self.share_hasher.hash_one((1u8, Prefix::of(*ip))),
+                None => self.share_hasher.hash_one((2u8, peer)),
+            }
+        };
+        Some(ShareKey(key))
+    }
+
+    /// Puts a decided packet into the delay queue, or, with a replay journal, behind the
+    /// packets waiting for it.
+    fn hold(
+        &mut self,
+        from: Option<PeerId>,
+        decision: Decision<PeerId>,
+        tag: Option<PacketTag>,
+    ) -> Result<(), DropReason> {
+        let share = self.share_of(from.as_ref());
+        let Some(log) = &self.replay_log else {
+            return self.queue.push_shared(share, decision);
+        };
+        if self.awaiting.len() + self.queue.len() >= self.queue.limits().max_packets {
+            return Err(DropReason::QueueFull);
+        }
+        self.awaiting.push_back(Awaiting {
+            mark: log.mark(),
+            from,
+            share,
+            decision,
+            tag,
+        });
+        Ok(())
+    }
+
+    /// Moves the packets whose replay tags are on disk into the delay queue; whether any moved.
+    fn release_durable(&mut self) -> bool {
+        let Some(log) = self.replay_log.clone() else {
+            return false;
+        };
+        let mut moved = false;
+        while self
+            .awaiting
+            .front()
+            .is_some_and(|a| log.is_durable(a.mark))
+        {
+            let Some(a) = self.awaiting.pop_front() else {
+                break;
+            };
+            moved = true;
+            if let Err(reason) = self.queue.push_shared(a.share, a.decision) {
+                self.stats.count_drops(reason, 1);
+                if let Some(input) = a.tag {
+                    self.truth(|| Truth::Dropped { input, reason });
+                }
+                if let Some(peer) = a.from {
+                    self.fault(peer, reason);
+                }
+            }
+        }
+        moved
     }
 
     /// Cuts `peer` off if the fault banned it.
@@ -309,54 +457,13 @@ impl Behaviour {
     }
 }
 
-/// What the Sphinx worker threads share: they take jobs, ask the relay, and hand the outcomes
-/// back, waking the behaviour.
-struct Workers {
-    relay: Arc<Relay<PeerId>>,
-    jobs: Mutex<Receiver<Job>>,
-    outcomes: SyncSender<Outcome>,
-    waker: Arc<AtomicWaker>,
-    stats: Arc<Stats>,
-}
-
-impl Workers {
-    /// Starts `count` threads; each ends when the behaviour (its channels) is gone.
-    fn spawn(self, count: usize) {
-        let workers = Arc::new(self);
-        for i in 0..count {
-            let workers = workers.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("p2pmix-sphinx-{i}"))
-                .spawn(move || workers.run());
-            if let Err(e) = spawned {
-                tracing::error!(%e, "could not start a Sphinx worker thread");
-            }
-        }
-    }
-
-    fn run(&self) {
-        loop {
-            let job = {
-                let rx = self.jobs.lock().unwrap_or_else(|e| e.into_inner());
-                rx.recv()
-            };
-            let Ok(Job {
-                arrived,
-                from,
-                packet,
-            }) = job
-            else {
-                return;
-            };
-            let started = Instant::now();
-            let decision = self.relay.process(arrived, packet);
-            self.stats.record_unwrap(started.elapsed());
-            if self.outcomes.send(Outcome { from, decision }).is_err() {
-                return;
-            }
-            self.waker.wake();
-        }
-    }
+/// The IP address a multiaddr starts with.
+fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
+        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        _ => None,
+    })
 }
 
 impl NetworkBehaviour for Behaviour {
@@ -401,8 +508,17 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        if let FromSwarm::NewExternalAddrOfPeer(e) = event {
-            self.add_address(e.peer_id, e.addr.clone());
+        match event {
+            FromSwarm::NewExternalAddrOfPeer(e) => self.add_address(e.peer_id, e.addr.clone()),
+            FromSwarm::ConnectionEstablished(e) => {
+                if let Some(ip) = ip_of(e.endpoint.get_remote_address()) {
+                    self.addresses.insert(e.peer_id, ip);
+                }
+            }
+            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
+                self.addresses.remove(&e.peer_id);
+            }
+            _ => {}
         }
         // Admission records survive reconnects (the outbox forgets only the connection), so
         // that reconnecting does not reset a peer's rate or its record.
@@ -423,11 +539,21 @@ impl NetworkBehaviour for Behaviour {
         match event {
             HandlerEvent::Frame(frame) => {
                 self.stats.count_received();
+                // What an observer of the link sees: every frame, admitted or not.
+                let tag = self.trace.as_ref().map(|t| {
+                    let tag = PacketTag::of(&frame);
+                    t.link(Direction::In, &peer, tag);
+                    tag
+                });
                 let now = Instant::now();
-                match self.admission.admit(now, &peer, |p| self.relay.is_node(p)) {
-                    Verdict::Admit => self.submit(Some(peer), frame),
+                let origin = self.origin(&peer);
+                match self.admission.admit(now, &peer, origin) {
+                    Verdict::Admit => self.submit(Some(peer), frame, tag),
                     Verdict::Refuse { reason, fault } => {
                         self.stats.count_drops(reason, 1);
+                        if let Some(input) = tag {
+                            self.truth(|| Truth::Dropped { input, reason });
+                        }
                         self.on_fault(peer, fault);
                     }
                 }
@@ -440,14 +566,25 @@ impl NetworkBehaviour for Behaviour {
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<Event, THandlerInEvent<Self>>> {
         self.waker.register(cx.waker());
+        if let Some(log) = &self.replay_log {
+            log.register(cx.waker());
+        }
         loop {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(event);
             }
             // Decisions from the workers go into the delay queue.
             let mut progressed = false;
-            while let Ok(Outcome { from, decision }) = self.outcomes.try_recv() {
+            while let Ok(Outcome {
+                from,
+                decision,
+                tag,
+            }) = self.outcomes.try_recv()
+            {
                 progressed = true;
+                if let (Some(t), Some(input)) = (&self.trace, tag) {
+                    t.truth(Truth::of_decision(input, &decision));
+                }
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -458,17 +595,23 @@ impl NetworkBehaviour for Behaviour {
                         self.pool.give(packet);
                         Ok(())
                     }
-                    d => self.queue.push(d),
+                    d => self.hold(from, d, tag),
                 }) {
                     Ok(()) => {}
                     Err(reason) => {
                         self.stats.count_drops(reason, 1);
+                        if let (Some(input), DropReason::QueueFull) = (tag, reason) {
+                            // The worker's decision was recorded; the queue refused it after.
+                            self.truth(|| Truth::Dropped { input, reason });
+                        }
                         if let Some(peer) = from {
                             self.fault(peer, reason);
                         }
                     }
                 }
             }
+            // Packets whose replay tags are on disk may be held for their delay.
+            progressed |= self.release_durable();
             // Packets whose delay is over leave.
             let now = Instant::now();
             while let Some(decision) = self.queue.poll_transmit(now) {

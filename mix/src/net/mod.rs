@@ -8,8 +8,10 @@
 //! - [`handler`]: the connection handler both use: one long-lived stream each way, fixed-size
 //!   frames, bounded queues.
 //! - `outbox`: what both write to the swarm: connections, addresses, packets waiting for a dial.
+//! - `workers`: the behaviour's Sphinx worker threads (one job queue each, batched unwrapping).
 
 pub mod behaviour;
 pub mod handler;
 pub mod link;
 mod outbox;
+mod workers;

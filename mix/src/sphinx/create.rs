@@ -2,12 +2,18 @@
 //!
 //! One fresh ephemeral scalar per hop (a KEM-style header, as in Outfox): hop `i` finds its
 //! element `E_i = e_i * G` in the clear at the head of the header and gets `E_{i+1}` from its own
-//! decrypted routing slot, so each hop costs the sender two fixed-base-or-variable multiplications
-//! and the node one, and the work grows linearly with the route (classic Sphinx: quadratically).
+//! decrypted routing slot, so each hop costs the sender one fixed-base and one variable-base
+//! multiplication and the node one, and the work grows linearly with the route (classic Sphinx:
+//! quadratically).
+//!
+//! The sender draws `h_i` and uses `e_i = 2·h_i` (uniform, as the group order is odd): it computes
+//! `h_i·G` and `h_i·X_i` and gets the encodings of `E_i = 2·(h_i·G)` and `s_i = enc(2·(h_i·X_i))`
+//! for all hops from one batched double-and-encode (one field inversion for the whole route
+//! instead of 2n inverse square roots).
 
 use curve25519_dalek::{ristretto::RistrettoPoint, scalar::Scalar};
 use rand_core::CryptoRng;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{
     crypto::HopKeys,
@@ -58,24 +64,29 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
     let routing_len = geometry.routing_size();
     let stream_len = routing_len + SLOT_SIZE;
 
-    // Ephemeral elements and shared secrets, one per hop.
+    // Ephemeral elements and shared secrets, one per hop: the halves `h·G` (elements) and
+    // `h·X` (secrets), then every encoding of their doubles in one batch.
+    let mut halves: Vec<RistrettoPoint> = Vec::with_capacity(2 * n);
+    for hop in route {
+        let mut h = Scalar::random(rng);
+        halves.push(mul_base(&h));
+        halves.push(hop.key.point() * h);
+        h.zeroize();
+    }
+    let encoded = Zeroizing::new(RistrettoPoint::double_and_compress_batch(&halves));
+    halves.zeroize();
     let mut elements = Vec::with_capacity(n);
     let mut secrets = HeaderSecrets(Vec::with_capacity(n));
-    for hop in route {
-        let mut e = Scalar::random(rng);
-        let element: RistrettoPoint = mul_base(&e);
-        let shared = (hop.key.point() * e).compress().to_bytes();
-        e.zeroize();
-        elements.push(element.compress().to_bytes());
-        secrets.0.push(shared);
+    for pair in encoded.chunks_exact(2) {
+        elements.push(pair[0].to_bytes());
+        secrets.0.push(pair[1].to_bytes());
     }
     let keys: Vec<HopKeys> = secrets.0.iter().map(HopKeys::derive).collect();
 
     // Keystreams of (r + 1) slots per hop.
     let mut streams = vec![0u8; n * stream_len];
     for (k, stream) in keys.iter().zip(streams.chunks_exact_mut(stream_len)) {
-        use chacha20::cipher::StreamCipher;
-        k.routing_cipher().apply_keystream(stream);
+        k.apply_routing_stream(stream);
     }
     let stream = |i: usize| &streams[i * stream_len..(i + 1) * stream_len];
 
@@ -161,7 +172,7 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
     let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
     seal_body(payload, body);
     for secret in secrets.0.iter().rev() {
-        HopKeys::derive(secret).payload.encrypt(body);
+        HopKeys::derive(secret).payload_layer().wrap(body);
     }
     Ok(packet)
 }

@@ -39,6 +39,11 @@ pub enum UnwrapError {
     /// The packet was seen before under this epoch key.
     #[error("replayed packet")]
     Replay,
+    /// The key's replay filter cannot record another tag (its memory budget is spent, or the
+    /// journal that makes it survive a restart is behind): the packet is refused rather than
+    /// accepted without replay protection.
+    #[error("replay filter full")]
+    ReplayFilterFull,
     /// The authenticated routing slot does not decode (a malicious or buggy sender).
     #[error("malformed routing information")]
     Routing,

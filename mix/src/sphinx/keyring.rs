@@ -3,9 +3,14 @@
 //! Senders build packets with the keys of the epoch they believe is current; around a boundary,
 //! clocks and in-flight delays disagree. So a node keeps the previous epoch's key for a grace
 //! period after the boundary and already accepts packets for the next epoch once its key is
-//! announced. Each key owns its replay cache; retiring the key frees the cache. Time is passed in.
+//! announced. Each key owns its replay cache; retiring the key frees the cache. The caches share
+//! one memory budget and, on nodes that persist their replay state, one journal hand-off
+//! ([`ReplayLog`]). Time is passed in.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use thiserror::Error;
 
@@ -14,7 +19,10 @@ use super::{
     geometry::Geometry,
     keys::{KeyId, NodePublicKey, NodeSecretKey},
     peel::{Processed, unwrap_packet},
-    replay::{ReplayCache, ReplayConfig},
+    replay::{
+        ReplayBudget, ReplayCache, ReplayConfig, bloom::MAX_SEGMENT_BYTES, index_key_for,
+        log::ReplayLog,
+    },
 };
 
 /// One epoch's key with its replay cache.
@@ -23,7 +31,7 @@ pub struct EpochKey {
     epoch: u64,
     secret: NodeSecretKey,
     public: NodePublicKey,
-    replay: ReplayCache,
+    replay: Arc<ReplayCache>,
 }
 
 impl EpochKey {
@@ -47,6 +55,16 @@ impl EpochKey {
         &self.replay
     }
 
+    /// The secret key, for batched unwrapping (`peel::unwrap_batch`).
+    pub(crate) fn secret(&self) -> &NodeSecretKey {
+        &self.secret
+    }
+
+    /// A handle on the replay cache that outlives the ring's lock (to snapshot it).
+    pub fn replay_handle(&self) -> Arc<ReplayCache> {
+        self.replay.clone()
+    }
+
     /// Unwraps one layer of `packet` with this key and its replay cache; see [`unwrap_packet`].
     pub fn process(
         &self,
@@ -61,7 +79,8 @@ impl EpochKey {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum KeyRingError {
-    /// Only keys for the current epoch and the next one can be added.
+    /// Only keys for the current epoch and the next one can be added (and, restored from disk,
+    /// the previous one within its grace period).
     #[error("epoch {epoch} is outside the ring's window around current epoch {current}")]
     OutsideWindow {
         /// The epoch of the key offered.
@@ -82,11 +101,13 @@ pub struct KeyRing {
     previous_retires_at: Option<Instant>,
     grace: Duration,
     replay: ReplayConfig,
+    budget: Arc<ReplayBudget>,
+    log: Option<Arc<ReplayLog>>,
 }
 
 impl KeyRing {
     /// An empty ring whose current epoch is `current`; the previous key is kept `grace` after each
-    /// boundary; each key gets a replay cache sized by `replay`.
+    /// boundary; each key gets a replay cache sized by `replay`, out of a budget of 4 GiB.
     pub fn new(current: u64, grace: Duration, replay: ReplayConfig) -> Self {
         KeyRing {
             keys: Vec::with_capacity(3),
@@ -94,7 +115,46 @@ impl KeyRing {
             previous_retires_at: None,
             grace,
             replay,
+            budget: ReplayBudget::new(MAX_SEGMENT_BYTES),
+            log: None,
         }
+    }
+
+    /// The same ring with its caches' memory out of `budget`.
+    pub fn with_replay_budget(mut self, budget: Arc<ReplayBudget>) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The same ring handing every fresh tag to `log` before accepting it (see [`ReplayLog`]).
+    pub fn with_replay_log(mut self, log: Arc<ReplayLog>) -> Self {
+        self.log = Some(log);
+        self
+    }
+
+    /// How the caches of keys added from now on are sized (a new consensus, a new load).
+    pub fn set_replay_config(&mut self, replay: ReplayConfig) {
+        self.replay = replay;
+    }
+
+    /// How new keys' caches are sized.
+    pub fn replay_config(&self) -> ReplayConfig {
+        self.replay
+    }
+
+    /// The memory budget of the caches.
+    pub fn replay_budget(&self) -> &Arc<ReplayBudget> {
+        &self.budget
+    }
+
+    /// The journal hand-off, if the ring has one.
+    pub fn replay_log(&self) -> Option<&Arc<ReplayLog>> {
+        self.log.as_ref()
+    }
+
+    /// How long the previous key stays after a boundary.
+    pub fn grace(&self) -> Duration {
+        self.grace
     }
 
     /// The current epoch.
@@ -110,21 +170,64 @@ impl KeyRing {
                 current: self.current,
             });
         }
+        let cache =
+            ReplayCache::with_budget(self.replay, index_key_for(&secret), self.budget.clone());
+        self.push(epoch, secret, cache)
+    }
+
+    /// Adds the key for `epoch` with `cache`, its replay cache read back from disk (with
+    /// [`ReplayCache::read_snapshot`] on this ring's budget). Besides the current and next
+    /// epoch, the previous one is accepted while its grace period lasts: `previous_until` says
+    /// when it ends.
+    pub fn insert_restored(
+        &mut self,
+        epoch: u64,
+        secret: NodeSecretKey,
+        cache: ReplayCache,
+        previous_until: Option<Instant>,
+    ) -> Result<(), KeyRingError> {
+        let previous = epoch.checked_add(1) == Some(self.current);
+        match previous_until {
+            Some(until) if previous => {
+                self.previous_retires_at =
+                    Some(self.previous_retires_at.map_or(until, |t| t.min(until)));
+            }
+            _ if epoch == self.current || Some(epoch) == self.current.checked_add(1) => {}
+            _ => {
+                return Err(KeyRingError::OutsideWindow {
+                    epoch,
+                    current: self.current,
+                });
+            }
+        }
+        self.push(epoch, secret, cache)
+    }
+
+    fn push(
+        &mut self,
+        epoch: u64,
+        secret: NodeSecretKey,
+        mut cache: ReplayCache,
+    ) -> Result<(), KeyRingError> {
         if self.keys.iter().any(|k| k.epoch == epoch) {
             return Err(KeyRingError::Duplicate(epoch));
         }
+        if let Some(log) = &self.log {
+            cache.attach_log(epoch, log.clone());
+        }
         let public = secret.public_key();
-        let index_key = blake3::derive_key(
-            "p2pmix 2026-11 sphinx v1 replay index",
-            &zeroize::Zeroizing::new(secret.to_bytes())[..],
-        );
         self.keys.push(EpochKey {
             epoch,
             secret,
             public,
-            replay: ReplayCache::new(self.replay, index_key),
+            replay: Arc::new(cache),
         });
         Ok(())
+    }
+
+    /// The live keys, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &EpochKey> {
+        self.keys.iter()
     }
 
     /// Moves to epoch `epoch` at `now`: the key of `epoch - 1` stays for the grace period, older

@@ -30,27 +30,39 @@ impl KeyId {
 
 /// A node's secret Sphinx key for one epoch. Zeroized on drop; never printed.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
-pub struct NodeSecretKey(Scalar);
+pub struct NodeSecretKey {
+    scalar: Scalar,
+    /// `scalar / 2`: batched unwrapping computes `(x/2)·E` and gets the encoding of `x·E` from
+    /// dalek's batch double-and-encode, which needs no square root (see `peel.rs`).
+    half: Scalar,
+}
 
 impl NodeSecretKey {
     /// A fresh random key.
     pub fn random<R: CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        NodeSecretKey(Scalar::random(rng))
+        Self::from_scalar(Scalar::random(rng))
     }
 
     /// Restores a key from its 32-byte encoding; `None` if it is not a canonical scalar.
     pub fn from_bytes(bytes: [u8; 32]) -> Option<Self> {
-        Option::from(Scalar::from_canonical_bytes(bytes)).map(NodeSecretKey)
+        Option::from(Scalar::from_canonical_bytes(bytes)).map(Self::from_scalar)
+    }
+
+    fn from_scalar(scalar: Scalar) -> Self {
+        NodeSecretKey {
+            half: scalar * half(),
+            scalar,
+        }
     }
 
     /// The 32-byte encoding, for the node's key store.
     pub fn to_bytes(&self) -> [u8; 32] {
-        self.0.to_bytes()
+        self.scalar.to_bytes()
     }
 
     /// The matching public key, to publish in the node's descriptor.
     pub fn public_key(&self) -> NodePublicKey {
-        let point = RistrettoPoint::mul_base(&self.0);
+        let point = RistrettoPoint::mul_base(&self.scalar);
         NodePublicKey {
             bytes: point.compress().to_bytes(),
             point,
@@ -58,8 +70,18 @@ impl NodeSecretKey {
     }
 
     pub(crate) fn scalar(&self) -> &Scalar {
-        &self.0
+        &self.scalar
     }
+
+    /// `x / 2` (mod the group order).
+    pub(crate) fn half(&self) -> &Scalar {
+        &self.half
+    }
+}
+
+/// `1/2` modulo the group order: the group has odd (prime) order, so halving is a bijection.
+pub(crate) fn half() -> Scalar {
+    Scalar::from(2u8).invert()
 }
 
 impl fmt::Debug for NodeSecretKey {
@@ -143,6 +165,12 @@ mod tests {
     fn debug_hides_the_secret() {
         let sk = NodeSecretKey::random(&mut ChaCha20Rng::from_seed([2; 32]));
         assert_eq!(format!("{sk:?}"), "NodeSecretKey(..)");
+    }
+
+    #[test]
+    fn half_doubles_back() {
+        let sk = NodeSecretKey::random(&mut ChaCha20Rng::from_seed([3; 32]));
+        assert_eq!(sk.half() + sk.half(), *sk.scalar());
     }
 
     #[test]

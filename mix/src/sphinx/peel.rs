@@ -1,20 +1,37 @@
-//! Unwrapping one layer of a packet (a node's side), in place and without heap allocation.
+//! Unwrapping one layer of a packet (a node's side), in place.
 //!
 //! Order of checks: size, key id, group element, shared secret, header MAC (constant time),
-//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache);
-//! then the routing information is decrypted, one Lioness layer comes off the body, and the
+//! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache; a
+//! full filter refuses rather than guess);
+//! then the routing information is decrypted, the payload layer comes off the body, and the
 //! routing slot is decoded.
+//!
+//! [`unwrap_batch`] does the same for the packets a worker took together and shares the key
+//! agreement's encoding step across them: it computes `(x/2)·E` per packet and gets every
+//! `enc(x·E)` from one batched double-and-encode (curve25519-dalek's
+//! `RistrettoPoint::double_and_compress_batch`: one field inversion for the batch instead of one
+//! inverse square root per packet). The shared secret is the same bytes as [`unwrap_packet`]'s.
+//! Decoding `E` still costs one inverse square root per packet: a square root cannot be shared
+//! by Montgomery's trick. Batching cannot let one packet spoil another's secret: Montgomery's
+//! trick would spread a zero denominator to the whole batch, but dalek's batch inversion skips
+//! zero inputs (in constant time), and no input here has one anyway (the denominator vanishes
+//! only for points of order dividing 8; every input is `(x/2)·E` with `E` a decoded,
+//! non-identity element of the prime-order group, and `x/2 ≠ 0`). `tests/batch.rs` checks that
+//! a batch gives every packet, honest or malformed, what unwrapping it alone gives.
 
-use chacha20::cipher::StreamCipher;
-use curve25519_dalek::ristretto::CompressedRistretto;
-use zeroize::Zeroizing;
+use curve25519_dalek::ristretto::{CompressedRistretto, RistrettoPoint};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{
     crypto::HopKeys,
     error::{OpenError, UnwrapError},
-    geometry::{ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, PAYLOAD_TAG_SIZE, SLOT_SIZE},
+    geometry::{
+        ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_ROUTING_SCRATCH, PAYLOAD_TAG_SIZE,
+        SLOT_SIZE,
+    },
+    keyring::KeyRing,
     keys::{KeyId, NodeSecretKey},
-    replay::ReplayCache,
+    replay::{ReplayCache, ReplayRefusal},
     routing::{Delay, Destination, NodeId, Slot},
 };
 
@@ -38,7 +55,7 @@ pub enum Processed {
     },
 }
 
-/// Removes one layer of `packet` with `secret`, the key named by `key_id`.
+/// Removes one layer of `packet` with `secret`, the key named by `key_id`. No heap allocation.
 ///
 /// On success the buffer holds the packet for the next hop (or the final body), and the replay
 /// tag is recorded in `replay`. On error the buffer's content is unspecified and must be dropped.
@@ -49,51 +66,136 @@ pub fn unwrap_packet(
     replay: &ReplayCache,
     packet: &mut [u8],
 ) -> Result<Processed, UnwrapError> {
+    check_size(geometry, packet)?;
+    if packet[0] != key_id.0 {
+        return Err(UnwrapError::UnknownKey(packet[0]));
+    }
+    let point = decode_element(packet)?;
+    let shared = Zeroizing::new((point * secret.scalar()).compress().to_bytes());
+    finish(geometry, &shared, replay, packet)
+}
+
+/// Removes one layer from each of `packets`, each with the key of `ring` its key id names; the
+/// result for `packets[i]` is `results[i]`, as [`unwrap_packet`] would give it (on error the
+/// buffer must be dropped). The encodings of the shared secrets are computed in one batch.
+pub fn unwrap_batch(
+    geometry: &Geometry,
+    ring: &KeyRing,
+    packets: &mut [&mut [u8]],
+) -> Vec<Result<Processed, UnwrapError>> {
+    // Decode every element and multiply by x/2; packets that fail keep their error, the others
+    // (`None`) wait for their secret.
+    let mut results: Vec<Option<Result<Processed, UnwrapError>>> =
+        Vec::with_capacity(packets.len());
+    let mut halves: Vec<RistrettoPoint> = Vec::with_capacity(packets.len());
+    for packet in packets.iter() {
+        let started = check_size(geometry, packet).and_then(|()| {
+            let key = ring
+                .get(KeyId(packet[0]))
+                .ok_or(UnwrapError::UnknownKey(packet[0]))?;
+            Ok(decode_element(packet)? * key.secret().half())
+        });
+        match started {
+            Ok(half) => {
+                halves.push(half);
+                results.push(None);
+            }
+            Err(e) => results.push(Some(Err(e))),
+        }
+    }
+    let mut secrets = Zeroizing::new(match halves.len() {
+        0 => Vec::new(),
+        // One packet: a plain encoding costs what the batch would, without its allocations.
+        1 => vec![(halves[0] + halves[0]).compress()],
+        _ => RistrettoPoint::double_and_compress_batch(&halves),
+    });
+    halves.zeroize();
+    let mut secrets = secrets.iter_mut();
+    for (packet, result) in packets.iter_mut().zip(results.iter_mut()) {
+        if result.is_some() {
+            continue;
+        }
+        // One secret per pending packet, in order; the ring did not change in between.
+        let finished = match (secrets.next(), ring.get(KeyId(packet[0]))) {
+            (Some(secret), Some(key)) => {
+                let done = finish(geometry, &secret.0, key.replay_cache(), packet);
+                secret.zeroize();
+                done
+            }
+            (_, None) => Err(UnwrapError::UnknownKey(packet[0])),
+            (None, _) => Err(UnwrapError::Mac),
+        };
+        *result = Some(finished);
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or(Err(UnwrapError::Mac)))
+        .collect()
+}
+
+fn check_size(geometry: &Geometry, packet: &[u8]) -> Result<(), UnwrapError> {
     if packet.len() != geometry.packet_size() {
         return Err(UnwrapError::WrongSize {
             expected: geometry.packet_size(),
             got: packet.len(),
         });
     }
-    let (header, body) = packet.split_at_mut(geometry.header_size());
-    let (id, rest) = header.split_at_mut(KEY_ID_SIZE);
-    let (element, rest) = rest.split_at_mut(ELEMENT_SIZE);
-    let (mac, routing) = rest.split_at_mut(MAC_SIZE);
-    if id[0] != key_id.0 {
-        return Err(UnwrapError::UnknownKey(id[0]));
-    }
+    Ok(())
+}
 
+/// The packet's group element `E`, decoded (one inverse square root).
+fn decode_element(packet: &[u8]) -> Result<RistrettoPoint, UnwrapError> {
+    let element = packet
+        .get(KEY_ID_SIZE..KEY_ID_SIZE + ELEMENT_SIZE)
+        .ok_or(UnwrapError::InvalidElement)?;
     // The identity (all-zero encoding) would give a shared secret everyone knows. E is public,
     // and the group has prime order, so checking E here is enough and costs nothing secret.
     if element.iter().all(|&b| b == 0) {
         return Err(UnwrapError::InvalidElement);
     }
-    let point = CompressedRistretto::from_slice(element)
+    CompressedRistretto::from_slice(element)
         .ok()
         .and_then(|c| c.decompress())
-        .ok_or(UnwrapError::InvalidElement)?;
-    let shared = Zeroizing::new((point * secret.scalar()).compress().to_bytes());
-    let keys = HopKeys::derive(&shared);
+        .ok_or(UnwrapError::InvalidElement)
+}
+
+/// Everything after the key agreement: keys, MAC, replay tag, routing, body, slot.
+fn finish(
+    geometry: &Geometry,
+    shared: &[u8; 32],
+    replay: &ReplayCache,
+    packet: &mut [u8],
+) -> Result<Processed, UnwrapError> {
+    let (header, body) = packet.split_at_mut(geometry.header_size());
+    let (id, rest) = header.split_at_mut(KEY_ID_SIZE);
+    let (element, rest) = rest.split_at_mut(ELEMENT_SIZE);
+    let (mac, routing) = rest.split_at_mut(MAC_SIZE);
+    let keys = HopKeys::derive(shared);
     if !keys.verify_mac(id[0], element, routing, mac) {
         return Err(UnwrapError::Mac);
     }
-    if !replay.check_and_insert(&keys.tag) {
-        return Err(UnwrapError::Replay);
-    }
+    replay
+        .check_and_insert(&keys.tag)
+        .map_err(|refusal| match refusal {
+            ReplayRefusal::Replay => UnwrapError::Replay,
+            ReplayRefusal::Full => UnwrapError::ReplayFilterFull,
+        })?;
 
-    // Decrypt the routing information and shift it one slot left; the keystream fills the tail.
-    let mut cipher = keys.routing_cipher();
-    cipher.apply_keystream(routing);
+    // Decrypt the routing information extended by one zero slot; the first slot is ours, the
+    // rest (shifted left one slot, its tail from the keystream) is the next hop's.
+    let mut scratch = Zeroizing::new([0u8; MAX_ROUTING_SCRATCH]);
+    let extended = &mut scratch[..routing.len() + SLOT_SIZE];
+    extended[..routing.len()].copy_from_slice(routing);
+    keys.apply_routing_stream(extended);
     let mut slot = [0u8; SLOT_SIZE];
-    slot.copy_from_slice(&routing[..SLOT_SIZE]);
-    let tail_start = routing.len() - SLOT_SIZE;
-    routing.copy_within(SLOT_SIZE.., 0);
-    routing[tail_start..].fill(0);
-    cipher.apply_keystream(&mut routing[tail_start..]);
+    slot.copy_from_slice(&extended[..SLOT_SIZE]);
+    routing.copy_from_slice(&extended[SLOT_SIZE..]);
 
-    keys.payload.decrypt(body);
+    keys.payload_layer().peel(body);
 
-    match Slot::decode(&slot).map_err(|_| UnwrapError::Routing)? {
+    let decoded = Slot::decode(&slot).map_err(|_| UnwrapError::Routing);
+    slot.zeroize();
+    match decoded? {
         Slot::Forward {
             delay,
             next,

@@ -16,7 +16,7 @@ use super::{
     error::{BuildError, OpenError, SurbError},
     geometry::Geometry,
     keys::KeyId,
-    lioness::Lioness,
+    payload::PayloadLayer,
     peel::open_payload,
     routing::{ClientId, Destination, Label, NodeId},
 };
@@ -156,7 +156,7 @@ impl Surb {
         let (header, body) = packet.split_at_mut(geometry.header_size());
         header.copy_from_slice(&self.header);
         seal_body(payload, body);
-        Lioness::from_seed(&self.reply_key).encrypt(body);
+        PayloadLayer::reply(&self.reply_key).wrap(body);
         Ok(packet)
     }
 }
@@ -181,9 +181,9 @@ impl SurbKeys {
             });
         }
         for secret in self.secrets.0.iter().rev() {
-            HopKeys::derive(secret).payload.encrypt(body);
+            HopKeys::derive(secret).payload_layer().wrap(body);
         }
-        Lioness::from_seed(&self.reply_key).decrypt(body);
+        PayloadLayer::reply(&self.reply_key).peel(body);
         open_payload(geometry, body)
     }
 }

@@ -1,33 +1,49 @@
-//! The authority's driver: the sans-IO [`Authority`] on a libp2p swarm and the clock.
+//! The authority's driver: the sans-IO [`Authority`] on a libp2p swarm, the clock and the disk.
 //!
 //! The swarm carries `/p2pmix/dir/1.0.0` (requests from nodes and from other authorities) and
-//! identify (so that authorities that dialed us can be dialed back). State is written to the
-//! data directory after every change; each published consensus is written as
-//! `consensus-<epoch>.pb` (the encoded `SignedConsensus`), and `listen-addrs` holds the
-//! addresses the swarm listens on. With a metrics address, `/metrics` has the authority's
-//! counters ([`metrics`]), `/health` says the loop turns and `/ready` that it holds this epoch's
-//! consensus.
+//! identify (so that authorities that dialed us can be dialed back). Each request is handed to
+//! the core with where it came from (a pinned authority, or the IP address of the connection:
+//! outsiders are limited per source); the core's reachability checks are dialled here
+//! ([`reach`]).
+//!
+//! State is written by a thread of its own ([`writer`]), at most once per [`DEBOUNCE`], and the
+//! answers and messages that must not go out before the state that accepted them is on disk
+//! wait for it (docs/consensus.md, "Restarts"): an accepted descriptor, vote, reveal or
+//! signature is answered, and this authority's own vote, reveal and signature (and its relays)
+//! are sent, only once durable. Each published consensus is written as `consensus-<epoch>.pb`
+//! (the encoded `SignedConsensus`); `listen-addrs` holds the addresses the swarm listens on, and
+//! with metrics on (`metrics = "ADDR"`), `metrics-addr` where they are served: `/metrics` has
+//! the authority's counters ([`metrics`]), `/health` says the loop turns and `/ready` that it
+//! holds this epoch's consensus.
 
-pub mod metrics;
+mod metrics;
+mod reach;
+mod writer;
 
 use std::{
-    collections::HashMap,
-    path::Path,
+    collections::{HashMap, HashSet, VecDeque},
+    net::IpAddr,
+    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use futures::StreamExt;
 use libp2p::{
-    Multiaddr, PeerId, Swarm, identify, identity::Keypair, request_response, swarm::SwarmEvent,
+    Multiaddr, PeerId, Swarm, identify,
+    identity::Keypair,
+    request_response,
+    swarm::{ConnectionId, SwarmEvent},
 };
-use p2pmix_bootstrap::{Authority, AuthorityConfig, Event, Now, directory_behaviour};
+use p2pmix_bootstrap::{
+    Authority, AuthorityConfig, EquivocationKind, Event, Now, Origin, directory_behaviour,
+};
 use p2pmix_proto::v1::{
     Accepted, AuthorityState, Consensus, DirectoryRequest, DirectoryResponse,
     directory_request::Request, directory_response::Response,
 };
 use prost::Message;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{
     config::AuthorityConfigFile,
@@ -40,6 +56,11 @@ use crate::{
         status::{Readiness, Status},
     },
 };
+use reach::{ReachDialer, ip_of};
+use writer::StateWriter;
+
+/// At most one state write per this long; what must be durable waits at most this plus a write.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
 /// Why an authority stopped.
 #[derive(Debug, Error)]
@@ -48,18 +69,25 @@ pub enum AuthorityNodeError {
     /// Reading or writing the data directory failed.
     #[error(transparent)]
     File(#[from] FileError),
+    /// The state could not be written (the authority stops rather than promise what it may
+    /// forget).
+    #[error("writing the state: {0}")]
+    StateWrite(String),
+    /// The writer thread could not start.
+    #[error("starting the writer thread: {0}")]
+    Thread(std::io::Error),
     /// The swarm could not be built.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
     /// The swarm could not listen on an address.
     #[error(transparent)]
     Listen(#[from] ListenError),
-    /// This authority's key is not in the pinned authorities file.
-    #[error("this authority ({0}) is not in the authorities file")]
-    NotPinned(PeerId),
     /// The metrics endpoint could not start.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// This authority's key is not in the pinned authorities file.
+    #[error("this authority ({0}) is not in the authorities file")]
+    NotPinned(PeerId),
 }
 
 pub use behaviour::{AuthorityBehaviour, AuthorityBehaviourEvent};
@@ -77,6 +105,53 @@ mod behaviour {
         /// Learns the listen addresses of peers.
         pub identify: identify::Behaviour,
     }
+}
+
+/// Something that waits for the state of `generation` to be on disk.
+enum Held {
+    /// An answer to a request the core accepted.
+    Answer {
+        generation: u64,
+        channel: request_response::ResponseChannel<DirectoryResponse>,
+        response: DirectoryResponse,
+    },
+    /// A message for the other authorities.
+    Send {
+        generation: u64,
+        message: DirectoryRequest,
+    },
+}
+
+impl Held {
+    fn generation(&self) -> u64 {
+        match self {
+            Held::Answer { generation, .. } | Held::Send { generation, .. } => *generation,
+        }
+    }
+}
+
+/// The running authority: the core, its swarm, and what waits for the disk.
+struct Driver {
+    authority: Authority,
+    swarm: Swarm<AuthorityBehaviour>,
+    data_dir: PathBuf,
+    /// The other authorities.
+    peers: Vec<PeerId>,
+    pinned_peers: HashSet<PeerId>,
+    writer: StateWriter,
+    /// Bumped on every change of the core's state.
+    generation: u64,
+    /// The newest generation handed to the writer, and when.
+    submitted: u64,
+    last_submit: Option<Instant>,
+    held: VecDeque<Held>,
+    /// Remote IP of every open connection (where requests come from).
+    remotes: HashMap<ConnectionId, IpAddr>,
+    dialer: ReachDialer,
+    /// What `/health` and `/ready` say.
+    status: Status,
+    /// The epoch of the newest consensus held (what readiness is judged on).
+    newest: Option<u64>,
 }
 
 /// Runs an authority until `shutdown` resolves.
@@ -104,16 +179,13 @@ pub async fn run_authority(
         info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
         metrics_task = Some(AbortOnDrop(task));
     }
+    // Aborted however this function returns.
     let _metrics_task = metrics_task;
     let state_path = config.data_dir.join("state.pb");
-    let core_config = AuthorityConfig {
-        keypair: keypair.clone(),
-        authorities: pinned,
-        schedule: config.schedule,
-        parameters: config.parameters,
-    };
+    let core_config =
+        AuthorityConfig::new(keypair.clone(), pinned, config.schedule, config.parameters);
     let now = Now::system();
-    let mut authority = match std::fs::read(&state_path) {
+    let authority = match std::fs::read(&state_path) {
         Ok(bytes) => match AuthorityState::decode(&bytes[..]) {
             Ok(state) => {
                 info!(epoch = state.epoch, "resuming from saved state");
@@ -150,139 +222,242 @@ pub async fn run_authority(
         }
     }
     info!(peer_id = %me, epoch = authority.round_epoch(), "authority started");
-
-    let mut rng = rand::rng();
-    let mut listen_addrs: Vec<Multiaddr> = Vec::new();
-    let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
-    let mut redial = tokio::time::interval(Duration::from_secs(2));
-    // Decoded again only when the core reported something (a consensus may have been published).
-    let mut newest = newest_epoch(&authority);
-    tokio::pin!(shutdown);
-    loop {
-        let now = Now::system();
-        status.turned(now.mono);
-        authority.handle_timeout(now, &mut rng);
-        if flush(
-            &mut authority,
-            &mut swarm,
-            &peers,
-            &config.data_dir,
-            &state_path,
-        )? {
-            newest = newest_epoch(&authority);
-        }
-        let epoch = config.schedule.epoch_at(now.unix_ms);
-        status.set_readiness(Readiness::of_authority(epoch, newest));
-        let connected = peers.iter().filter(|p| swarm.is_connected(p)).count();
-        metrics::export(&authority, epoch, connected);
-        let latest = now.mono + Duration::from_secs(60);
-        let wake = authority.poll_timeout().map_or(latest, |at| at.min(latest));
-        tokio::select! {
-            _ = &mut shutdown => {
-                info!("shutting down");
-                write_state(&state_path, &authority)?;
-                return Ok(());
-            }
-            _ = tokio::time::sleep_until(wake.into()) => {}
-            _ = redial.tick() => {
-                for peer in &peers {
-                    if !swarm.is_connected(peer) && (known.contains_key(peer) || config.authorities.entries.iter().any(|e| e.peer_id == *peer && !e.addresses.is_empty())) {
-                        let _ = swarm.dial(*peer);
-                    }
-                }
-            }
-            event = swarm.select_next_some() => match event {
-                SwarmEvent::NewListenAddr { address, .. } => {
-                    info!(%address, "listening");
-                    listen_addrs.push(address);
-                    let text: String = listen_addrs.iter().map(|a| format!("{a}\n")).collect();
-                    write_atomic(&config.data_dir.join("listen-addrs"), text.as_bytes())?;
-                }
-                SwarmEvent::Behaviour(AuthorityBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
-                    for addr in &info.listen_addrs {
-                        swarm.add_peer_address(peer_id, addr.clone());
-                    }
-                    known.insert(peer_id, info.listen_addrs);
-                }
-                SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
-                    peer,
-                    message: request_response::Message::Request { request, channel, .. },
-                    ..
-                })) => {
-                    // Read after the wait: the request is judged at the time it arrived.
-                    let response = answer(&mut authority, Now::system(), peer, request);
-                    if matches!(response.response, Some(Response::Accepted(_))) {
-                        write_state(&state_path, &authority)?;
-                    }
-                    let _ = swarm.behaviour_mut().directory.send_response(channel, response);
-                }
-                SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, error, .. })) => {
-                    debug!(%peer, %error, "request to peer failed");
-                }
-                SwarmEvent::ConnectionEstablished { peer_id, .. } => debug!(%peer_id, "connected"),
-                SwarmEvent::ConnectionClosed { peer_id, .. } => debug!(%peer_id, "disconnected"),
-                _ => {}
-            }
-        }
-    }
-}
-
-/// Answers one directory request.
-fn answer(
-    authority: &mut Authority,
-    now: Now,
-    peer: PeerId,
-    request: DirectoryRequest,
-) -> DirectoryResponse {
-    let response = match request.request {
-        Some(Request::GetConsensus(get)) => {
-            let epoch = (get.epoch != 0).then_some(get.epoch);
-            let held = authority.consensus(epoch);
-            metrics::count_consensus_request(held.is_some());
-            match held {
-                Some(c) => Response::Consensus(c.clone()),
-                None => not_held(),
-            }
-        }
-        _ => {
-            let kind = metrics::request_kind(&request);
-            let result = authority.handle_request(now, request);
-            metrics::count_request(kind, &result);
-            match result {
-                Ok(()) => Response::Accepted(Accepted {}),
-                Err(e) => {
-                    debug!(%peer, reason = e.reason(), "refused: {e}");
-                    Response::Refused(e.to_refused())
-                }
-            }
-        }
+    let writer = StateWriter::start(state_path).map_err(AuthorityNodeError::Thread)?;
+    let newest = newest_epoch(&authority);
+    let mut driver = Driver {
+        authority,
+        swarm,
+        data_dir: config.data_dir.clone(),
+        pinned_peers: peers.iter().copied().collect(),
+        peers,
+        writer,
+        generation: 0,
+        submitted: 0,
+        last_submit: None,
+        held: VecDeque::new(),
+        remotes: HashMap::new(),
+        dialer: ReachDialer::default(),
+        status,
+        newest,
     };
-    DirectoryResponse {
-        response: Some(response),
-    }
+    let result = driver.run(&config, shutdown).await;
+    let last = driver.authority.state().encode_to_vec();
+    driver.writer.finish(&last)?;
+    result
 }
 
-/// Sends what the core wants sent, reports its events, persists its state; says whether there
-/// was anything.
-fn flush(
-    authority: &mut Authority,
-    swarm: &mut Swarm<AuthorityBehaviour>,
-    peers: &[PeerId],
-    data_dir: &Path,
-    state_path: &Path,
-) -> Result<bool, AuthorityNodeError> {
-    let mut changed = false;
-    while let Some(message) = authority.poll_transmit() {
-        changed = true;
-        for peer in peers {
-            swarm
-                .behaviour_mut()
-                .directory
-                .send_request(peer, message.clone());
+impl Driver {
+    async fn run(
+        &mut self,
+        config: &AuthorityConfigFile,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AuthorityNodeError> {
+        let mut rng = rand::rng();
+        let mut listen_addrs: Vec<Multiaddr> = Vec::new();
+        let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        let mut redial = tokio::time::interval(Duration::from_secs(2));
+        let mut progress = self.writer.watch();
+        let mut export = metrics::ExportTimer::new(Instant::now());
+        tokio::pin!(shutdown);
+        loop {
+            let now = Now::system();
+            self.status.turned(now.mono);
+            self.authority.handle_timeout(now, &mut rng);
+            self.flush(now)?;
+            let epoch = config.schedule.epoch_at(now.unix_ms);
+            self.status
+                .set_readiness(Readiness::of_authority(epoch, self.newest));
+            if export.due(now.mono) {
+                let connected = self
+                    .peers
+                    .iter()
+                    .filter(|p| self.swarm.is_connected(p))
+                    .count();
+                metrics::export(&self.authority, epoch, connected, &self.writer.progress());
+            }
+            let latest = now.mono + Duration::from_secs(60);
+            let mut wake = self
+                .authority
+                .poll_timeout()
+                .map_or(latest, |at| at.min(latest))
+                .min(export.deadline());
+            if let Some(at) = self.submit_deadline(now.mono) {
+                wake = wake.min(at);
+            }
+            tokio::select! {
+                _ = &mut shutdown => {
+                    info!("shutting down");
+                    return Ok(());
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                changed = progress.changed() => {
+                    if changed.is_err() {
+                        return Err(AuthorityNodeError::StateWrite("the writer thread stopped".into()));
+                    }
+                }
+                _ = redial.tick() => {
+                    for peer in &self.peers {
+                        if !self.swarm.is_connected(peer) && (known.contains_key(peer) || config.authorities.entries.iter().any(|e| e.peer_id == *peer && !e.addresses.is_empty())) {
+                            let _ = self.swarm.dial(*peer);
+                        }
+                    }
+                }
+                event = self.swarm.select_next_some() => match event {
+                    SwarmEvent::NewListenAddr { address, .. } => {
+                        info!(%address, "listening");
+                        listen_addrs.push(address);
+                        let text: String = listen_addrs.iter().map(|a| format!("{a}\n")).collect();
+                        write_atomic(&config.data_dir.join("listen-addrs"), text.as_bytes())?;
+                    }
+                    // Only the other authorities' addresses are kept: a node's would be memory
+                    // anyone could fill.
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                        if self.pinned_peers.contains(&peer_id) =>
+                    {
+                        for addr in &info.listen_addrs {
+                            self.swarm.add_peer_address(peer_id, addr.clone());
+                        }
+                        known.insert(peer_id, info.listen_addrs);
+                    }
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
+                        peer,
+                        connection_id,
+                        message: request_response::Message::Request { request, channel, .. },
+                    })) => {
+                        // Read after the wait: the request is judged at the time it arrived.
+                        let now = Now::system();
+                        let origin = if self.pinned_peers.contains(&peer) {
+                            Origin::Authority
+                        } else {
+                            self.remotes.get(&connection_id).map_or(Origin::Local, |ip| Origin::Peer(*ip))
+                        };
+                        self.answer(now, peer, origin, request, channel);
+                        self.flush(now)?;
+                    }
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, error, .. })) => {
+                        debug!(%peer, %error, "request to peer failed");
+                    }
+                    SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                        debug!(%peer_id, "connected");
+                        if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                            self.remotes.insert(connection_id, ip);
+                        }
+                        if let Some((peer, outcome)) = self.dialer.established(&mut self.swarm, connection_id, peer_id, &endpoint) {
+                            debug!(%peer, ?outcome, "reachability check");
+                            self.authority.handle_reach_result(Now::system(), &peer, outcome);
+                        }
+                    }
+                    SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                        if let Some((peer, outcome)) = self.dialer.failed(connection_id) {
+                            debug!(%peer, %error, "reachability check: not reached");
+                            self.authority.handle_reach_result(Now::system(), &peer, outcome);
+                        }
+                    }
+                    SwarmEvent::ConnectionClosed { peer_id, connection_id, .. } => {
+                        self.remotes.remove(&connection_id);
+                        debug!(%peer_id, "disconnected");
+                    }
+                    _ => {}
+                }
+            }
+            let progress = self.writer.progress();
+            if let Some(e) = progress.failed {
+                return Err(AuthorityNodeError::StateWrite(e));
+            }
+            self.release(progress.durable);
         }
     }
-    while let Some(event) = authority.poll_event() {
-        changed = true;
+
+    /// Answers one directory request: documents and evidence at once, refusals at once, what the
+    /// core accepted once the state holding it is durable.
+    fn answer(
+        &mut self,
+        now: Now,
+        peer: PeerId,
+        origin: Origin,
+        request: DirectoryRequest,
+        channel: request_response::ResponseChannel<DirectoryResponse>,
+    ) {
+        let response = match request.request {
+            Some(Request::GetConsensus(get)) => {
+                let epoch = (get.epoch != 0).then_some(get.epoch);
+                let held = self.authority.consensus(epoch);
+                metrics::count_consensus_request(held.is_some());
+                match held {
+                    Some(c) => Response::Consensus(c.clone()),
+                    None => not_held(),
+                }
+            }
+            Some(Request::GetEvidence(get)) => Response::Evidence(
+                self.authority
+                    .evidence((get.epoch != 0).then_some(get.epoch)),
+            ),
+            _ => {
+                let kind = metrics::request_kind(&request);
+                let result = self.authority.handle_request_from(now, origin, request);
+                metrics::count_request(kind, &result);
+                // Even a refusal may have changed the state (a proof of equivocation kept).
+                self.generation += 1;
+                match result {
+                    Ok(()) => {
+                        self.held.push_back(Held::Answer {
+                            generation: self.generation,
+                            channel,
+                            response: DirectoryResponse {
+                                response: Some(Response::Accepted(Accepted {})),
+                            },
+                        });
+                        return;
+                    }
+                    Err(e) => {
+                        debug!(%peer, reason = e.reason(), "refused: {e}");
+                        Response::Refused(e.to_refused())
+                    }
+                }
+            }
+        };
+        let _ = self.swarm.behaviour_mut().directory.send_response(
+            channel,
+            DirectoryResponse {
+                response: Some(response),
+            },
+        );
+    }
+
+    /// Takes what the core wants sent (held for the disk), reports its events, starts its
+    /// reachability checks, and hands the state to the writer when due.
+    fn flush(&mut self, now: Now) -> Result<(), AuthorityNodeError> {
+        let mut changed = false;
+        while let Some(message) = self.authority.poll_transmit() {
+            changed = true;
+            self.held.push_back(Held::Send {
+                generation: self.generation + 1,
+                message,
+            });
+        }
+        while let Some(event) = self.authority.poll_event() {
+            changed = true;
+            self.report(event);
+        }
+        while let Some(check) = self.authority.poll_reach_check() {
+            if let Some((peer, outcome)) = self.dialer.start(&mut self.swarm, check) {
+                self.authority.handle_reach_result(now, &peer, outcome);
+            }
+        }
+        if changed {
+            self.generation += 1;
+        }
+        if self
+            .submit_deadline(now.mono)
+            .is_some_and(|at| at <= now.mono)
+        {
+            self.submit(now.mono);
+        }
+        self.release(self.writer.progress().durable);
+        Ok(())
+    }
+
+    fn report(&mut self, event: Event) {
         metrics::count_event(&event);
         match event {
             Event::Published {
@@ -291,51 +466,94 @@ fn flush(
                 signatures,
             } => {
                 info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "consensus published");
-                if let Some(signed) = authority.consensus(Some(epoch)) {
-                    write_atomic(
-                        &data_dir.join(format!("consensus-{epoch}.pb")),
-                        &signed.encode_to_vec(),
-                    )?;
-                }
+                self.newest = self.newest.max(Some(epoch));
+                self.save_consensus(epoch);
             }
             Event::SignaturesAdded { epoch, signatures } => {
                 debug!(
                     epoch,
                     signatures, "more signatures on the published consensus"
                 );
-                if let Some(signed) = authority.consensus(Some(epoch)) {
-                    write_atomic(
-                        &data_dir.join(format!("consensus-{epoch}.pb")),
-                        &signed.encode_to_vec(),
-                    )?;
-                }
+                self.save_consensus(epoch);
             }
             Event::Failed { epoch, reason } => {
                 warn!(epoch, "no consensus for epoch {epoch}: {reason}");
             }
+            Event::Equivocation {
+                epoch,
+                authority,
+                kind,
+            } => {
+                let who = libp2p::identity::PublicKey::try_decode_protobuf(&authority)
+                    .map(|k| k.to_peer_id().to_string())
+                    .unwrap_or_else(|_| hex::encode(&authority));
+                let what = match kind {
+                    EquivocationKind::Vote => "two different votes",
+                    EquivocationKind::Signature => "signatures over two different documents",
+                    _ => "something twice",
+                };
+                error!(epoch, authority = %who, "ALARM: authority equivocation: {what}");
+            }
             other => debug!(?other, "authority event"),
         }
     }
-    if changed {
-        write_state(state_path, authority)?;
+
+    fn save_consensus(&mut self, epoch: u64) {
+        if let Some(signed) = self.authority.consensus(Some(epoch)) {
+            self.writer.write_file(
+                self.data_dir.join(format!("consensus-{epoch}.pb")),
+                signed.encode_to_vec(),
+            );
+        }
     }
-    Ok(changed)
+
+    /// When the next state write may be handed over, if one is wanted.
+    /// (None while the thread has not started the last one: its progress wakes the loop.)
+    fn submit_deadline(&self, now: Instant) -> Option<Instant> {
+        (self.generation > self.submitted && !self.writer.has_waiting_snapshot())
+            .then(|| self.last_submit.map_or(now, |t| (t + DEBOUNCE).max(now)))
+    }
+
+    fn submit(&mut self, now: Instant) {
+        self.writer
+            .submit(self.generation, self.authority.state().encode_to_vec());
+        self.submitted = self.generation;
+        self.last_submit = Some(now);
+    }
+
+    /// Sends what waited for the state of `durable` or older.
+    fn release(&mut self, durable: u64) {
+        while self.held.front().is_some_and(|h| h.generation() <= durable) {
+            match self.held.pop_front() {
+                Some(Held::Answer {
+                    channel, response, ..
+                }) => {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .directory
+                        .send_response(channel, response);
+                }
+                Some(Held::Send { message, .. }) => {
+                    for peer in &self.peers {
+                        self.swarm
+                            .behaviour_mut()
+                            .directory
+                            .send_request(peer, message.clone());
+                    }
+                }
+                None => break,
+            }
+        }
+    }
 }
 
-/// The epoch of the newest consensus the authority holds.
+/// The epoch of the newest consensus `authority` holds (a restored state may hold one).
 fn newest_epoch(authority: &Authority) -> Option<u64> {
     let signed = authority.consensus(None)?;
     Consensus::decode(&signed.consensus[..])
         .ok()
         .map(|c| c.epoch)
-}
-
-/// Writes the authority's state (counted in the metrics).
-fn write_state(path: &Path, authority: &Authority) -> Result<(), FileError> {
-    let bytes = authority.state().encode_to_vec();
-    write_atomic(path, &bytes)?;
-    metrics::count_state_write(bytes.len());
-    Ok(())
 }
 
 /// Aborts the metrics task however the authority's loop ends.

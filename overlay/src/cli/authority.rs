@@ -59,6 +59,10 @@ enum AuthoritySubcommand {
         /// Epoch length, milliseconds.
         #[arg(long, default_value_t = 3_600_000)]
         epoch_ms: u64,
+        /// A local test network: loopback and private addresses admitted, traces allowed (never
+        /// for a production network; the pinned authorities file's [network] must say it too).
+        #[arg(long)]
+        test_network: bool,
     },
 }
 
@@ -92,6 +96,7 @@ pub(crate) fn run(command: AuthorityCommand) -> Result<ExitCode> {
             listen,
             genesis_unix_ms,
             epoch_ms,
+            test_network,
         }) => {
             let keypair = create_identity(&out)?;
             let file = AuthorityFile {
@@ -102,7 +107,10 @@ pub(crate) fn run(command: AuthorityCommand) -> Result<ExitCode> {
                 metrics: None,
                 genesis_unix_ms: genesis_unix_ms.unwrap_or_else(unix_ms),
                 epoch_ms,
-                parameters: default_parameters(),
+                parameters: NetworkParameters {
+                    test_network,
+                    ..default_parameters()
+                },
             };
             write_new(&out.join("authority.toml"), &file.render(false), false)?;
             println!("wrote {}", out.join("authority.toml").display());
@@ -238,6 +246,13 @@ impl AuthorityFile {
             "Epoch length, milliseconds: keys rotate and a new consensus is agreed every epoch.",
             Some(integer(self.epoch_ms)),
             integer(3_600_000),
+        );
+        t.entry(
+            "test_network",
+            "A local test network: loopback and private addresses are admitted and published \
+             in the consensus, and nodes may write traces. Never on a production network.",
+            Some(toml::Value::Boolean(self.parameters.test_network)),
+            toml::Value::Boolean(false),
         );
         t.section("network.parameters");
         t.comment("What the consensus fixes for every node and client; shown at the defaults.");

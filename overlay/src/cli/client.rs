@@ -1,8 +1,8 @@
 //! `p2pmix client …`: a mixnet client on the command line (the [`Client`] handle).
 //!
 //! With `--json`, every line on stdout is one JSON object (`sent`, `delivered`, `failed`,
-//! `received`, `ready`), with times in milliseconds since the UNIX epoch, so that scripts (the
-//! testnet) can measure what went through.
+//! `received`, `ready`, `done`), with times in milliseconds since the UNIX epoch, so that
+//! scripts (the testnet) can measure what went through.
 
 use std::{
     path::{Path, PathBuf},
@@ -14,10 +14,12 @@ use anyhow::{Context, Result, bail};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use p2pmix::{
     client::{Address, Client, ClientConfig, Config, Event, MessageId, ReceivedMessage},
-    config::Authorities,
+    config::{Authorities, TraceConfig},
     identity::{IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_identity, load_or_create_static_key},
     runtime::unix_ms,
 };
+use p2pmix_mix::trace::{TraceSink, Tracer};
+use rand::RngExt;
 use serde_json::json;
 
 /// Where the client keeps its keys and which gateway it uses.
@@ -35,6 +37,32 @@ pub(crate) struct ClientArgs {
     /// Print one JSON object per line.
     #[arg(long, env = "P2PMIX_CLIENT_JSON")]
     json: bool,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+/// The client's test-network traces (refused unless the authorities file says
+/// `test_network = true`).
+#[derive(clap::Args)]
+pub(crate) struct TraceArgs {
+    /// Record what a global passive observer sees, one line per packet per link end (time,
+    /// neighbour, packet tag), into FILE. Test networks only.
+    #[arg(long, value_name = "FILE", env = "P2PMIX_CLIENT_TRACE_LINKS")]
+    trace_links: Option<PathBuf>,
+    /// Record the ground truth only this client knows (which message went in which packet)
+    /// into FILE. Test networks only.
+    #[arg(long, value_name = "FILE", env = "P2PMIX_CLIENT_TRACE_TRUTH")]
+    trace_truth: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    fn config(&self) -> TraceConfig {
+        TraceConfig {
+            links: self.trace_links.clone(),
+            truth: self.trace_truth.clone(),
+            ..TraceConfig::default()
+        }
+    }
 }
 
 #[derive(clap::Subcommand)]
@@ -61,9 +89,10 @@ pub(crate) enum ClientCommand {
     Send {
         #[command(flatten)]
         args: ClientArgs,
-        /// The recipient's address (p2pmix1…; a typo is refused before anything is sent).
-        #[arg(long)]
-        to: String,
+        /// The recipient's address (p2pmix1…; a typo is refused before anything is sent); repeat
+        /// it to send each message to one of them chosen at random.
+        #[arg(long, required = true)]
+        to: Vec<String>,
         /// The message text.
         #[arg(long, conflicts_with = "file", required_unless_present = "file")]
         message: Option<String>,
@@ -76,12 +105,24 @@ pub(crate) enum ClientCommand {
         /// Pause between the copies, milliseconds.
         #[arg(long, default_value_t = 0)]
         interval_ms: u64,
+        /// Draw each pause from an exponential distribution with mean --interval-ms (messages as
+        /// a Poisson stream, as from an independent user) instead of a fixed pause.
+        #[arg(long)]
+        poisson: bool,
         /// SURBs to include, so that the recipient can answer; waits for one reply per message.
         #[arg(long, default_value_t = 0)]
         reply_surbs: usize,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 120)]
         timeout: u64,
+        /// Once the consensus is in use, wait until FILE exists before sending (so that many
+        /// clients can start together).
+        #[arg(long, value_name = "FILE")]
+        wait_for: Option<PathBuf>,
+        /// After every message is acknowledged, print `done` and keep receiving (and
+        /// acknowledging) until interrupted or the timeout.
+        #[arg(long)]
+        stay: bool,
     },
 }
 
@@ -104,7 +145,11 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
             count,
             timeout,
             reply,
-        } => runtime()?.block_on(listen(args, count, timeout, reply)),
+        } => runtime()?.block_on(async {
+            let (mut client, tracer) = start(&args)?;
+            let result = listen(&mut client, &args, count, timeout, reply).await;
+            finish(client, tracer, result)
+        }),
         ClientCommand::Send {
             args,
             to,
@@ -112,10 +157,16 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
             file,
             count,
             interval_ms,
+            poisson,
             reply_surbs,
             timeout,
+            wait_for,
+            stay,
         } => {
-            let to: Address = to.parse().context("--to")?;
+            let to: Vec<Address> = to
+                .iter()
+                .map(|a| a.parse().with_context(|| format!("--to {a}")))
+                .collect::<Result<_>>()?;
             let bytes = match (message, file) {
                 (Some(m), None) => m.into_bytes(),
                 (None, Some(f)) => {
@@ -123,17 +174,33 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
                 }
                 _ => bail!("give --message TEXT or --file FILE"),
             };
-            runtime()?.block_on(send(
-                args,
+            let plan = SendPlan {
                 to,
                 bytes,
                 count,
-                Duration::from_millis(interval_ms),
+                interval: Duration::from_millis(interval_ms),
+                poisson,
                 reply_surbs,
-                Duration::from_secs(timeout),
-            ))
+                timeout: Duration::from_secs(timeout),
+                wait_for,
+                stay,
+            };
+            runtime()?.block_on(async {
+                let (mut client, tracer) = start(&args)?;
+                let result = send(&mut client, &args, plan).await;
+                finish(client, tracer, result)
+            })
         }
     }
+}
+
+/// Stops the client, then closes its trace files: a failed trace write fails the command.
+fn finish(client: Client, tracer: Option<Tracer>, result: Result<ExitCode>) -> Result<ExitCode> {
+    drop(client);
+    if let Some(tracer) = tracer {
+        p2pmix::runtime::trace::finish(&tracer)?;
+    }
+    result
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -172,7 +239,7 @@ fn gateway(args: &ClientArgs) -> Result<(PeerId, Multiaddr)> {
     Ok((peer, address))
 }
 
-fn start(args: &ClientArgs) -> Result<Client> {
+fn start(args: &ClientArgs) -> Result<(Client, Option<Tracer>)> {
     let (gateway, address) = gateway(args)?;
     let authorities = args
         .authorities
@@ -180,7 +247,11 @@ fn start(args: &ClientArgs) -> Result<Client> {
         .context("give --authorities FILE")?;
     let authorities = Authorities::load(authorities)?;
     let (identity, key) = keys(&args.data_dir)?;
-    Ok(Client::start(
+    let tracer = args
+        .trace
+        .config()
+        .open(&authorities, identity.public().to_peer_id())?;
+    let client = Client::start_traced(
         identity,
         key,
         Config {
@@ -189,7 +260,11 @@ fn start(args: &ClientArgs) -> Result<Client> {
             authorities,
             client: ClientConfig::default(),
         },
-    )?)
+        tracer
+            .clone()
+            .map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn TraceSink>),
+    )?;
+    Ok((client, tracer))
 }
 
 fn print(json: bool, value: serde_json::Value, human: String) {
@@ -201,12 +276,12 @@ fn print(json: bool, value: serde_json::Value, human: String) {
 }
 
 async fn listen(
-    args: ClientArgs,
+    client: &mut Client,
+    args: &ClientArgs,
     count: Option<u64>,
     timeout: Option<u64>,
     reply: Option<String>,
 ) -> Result<ExitCode> {
-    let mut client = start(&args)?;
     let address = client.address();
     print(
         args.json,
@@ -228,7 +303,7 @@ async fn listen(
     }
     loop {
         if count.is_some_and(|c| received >= c) {
-            return leave(&mut client, args.json, ExitCode::SUCCESS).await;
+            return leave(client, args.json, ExitCode::SUCCESS).await;
         }
         let wait = deadline.map_or(Duration::from_secs(3600), |d| {
             d.saturating_duration_since(Instant::now())
@@ -237,12 +312,12 @@ async fn listen(
             e = client.next_event() => e,
             _ = tokio::time::sleep(wait) => {
                 if deadline.is_some() {
-                    return leave(&mut client, args.json, ExitCode::from(1)).await;
+                    return leave(client, args.json, ExitCode::from(1)).await;
                 }
                 continue;
             }
             _ = tokio::signal::ctrl_c() => {
-                return leave(&mut client, args.json, ExitCode::SUCCESS).await;
+                return leave(client, args.json, ExitCode::SUCCESS).await;
             }
         };
         match event {
@@ -304,16 +379,31 @@ fn print_received(
     );
 }
 
-async fn send(
-    args: ClientArgs,
-    to: Address,
+/// What `client send` sends, to whom, and how.
+struct SendPlan {
+    to: Vec<Address>,
     bytes: Vec<u8>,
     count: u64,
     interval: Duration,
+    poisson: bool,
     reply_surbs: usize,
     timeout: Duration,
-) -> Result<ExitCode> {
-    let mut client = start(&args)?;
+    wait_for: Option<PathBuf>,
+    stay: bool,
+}
+
+async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<ExitCode> {
+    let SendPlan {
+        to,
+        bytes,
+        count,
+        interval,
+        poisson,
+        reply_surbs,
+        timeout,
+        wait_for,
+        stay,
+    } = plan;
     let deadline = Instant::now() + timeout;
     // Messages would queue until a consensus is in force; wait for it so that the times
     // printed measure the network, not the start-up.
@@ -340,17 +430,54 @@ async fn send(
             }
         }
     }
+    if let Some(file) = &wait_for {
+        while !file.exists() {
+            if Instant::now() >= deadline {
+                eprintln!("timed out waiting for {}", file.display());
+                return Ok(ExitCode::from(1));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     let mut pending: std::collections::HashSet<MessageId> = Default::default();
     let mut awaiting_reply: std::collections::HashSet<MessageId> = Default::default();
     let mut failed = 0u64;
     let mut sent = 0u64;
-    let mut next_send = Instant::now();
+    let mut rng = rand::rng();
+    let pause = move |rng: &mut rand::rngs::ThreadRng| {
+        if poisson && !interval.is_zero() {
+            p2pmix_mix::sample_exponential(interval, rng).as_duration()
+        } else {
+            interval
+        }
+    };
+    let mut next_send = Instant::now()
+        + if poisson {
+            pause(&mut rng)
+        } else {
+            Duration::ZERO
+        };
+    let mut done = false;
+    let mut interrupt = Interrupt::new()?;
     loop {
-        if sent == count && pending.is_empty() && awaiting_reply.is_empty() {
-            break;
+        if !done && sent == count && pending.is_empty() && awaiting_reply.is_empty() {
+            done = true;
+            print(
+                args.json,
+                json!({"event": "done", "sent": sent, "failed": failed, "ms": unix_ms()}),
+                format!("done: {sent} sent, {failed} failed"),
+            );
+            if !stay {
+                break;
+            }
         }
         let now = Instant::now();
         if now >= deadline {
+            if done {
+                // Staying was asked for until the timeout: a normal end.
+                client.flush(Duration::from_secs(10)).await?;
+                break;
+            }
             eprintln!(
                 "timed out: {} of {count} not acknowledged, {} replies missing",
                 pending.len(),
@@ -359,9 +486,10 @@ async fn send(
             return Ok(ExitCode::from(1));
         }
         if sent < count && now >= next_send {
-            let id = client.send(&to, bytes.clone(), reply_surbs).await?;
+            let recipient = &to[rng.random_range(0..to.len())];
+            let id = client.send(recipient, bytes.clone(), reply_surbs).await?;
             sent += 1;
-            next_send = now + interval;
+            next_send = now + pause(&mut rng);
             pending.insert(id);
             if reply_surbs > 0 {
                 awaiting_reply.insert(id);
@@ -381,6 +509,15 @@ async fn send(
         let event = tokio::select! {
             e = client.next_event() => e,
             _ = tokio::time::sleep(until.saturating_duration_since(now)) => continue,
+            _ = interrupt.recv() => {
+                // Like `listen`: the last acknowledgements go out before leaving.
+                client.flush(Duration::from_secs(10)).await?;
+                if !done {
+                    eprintln!("interrupted: {} of {count} not acknowledged", pending.len());
+                    return Ok(ExitCode::from(1));
+                }
+                break;
+            }
         };
         match event {
             None => bail!("the client stopped"),
@@ -440,4 +577,43 @@ async fn send(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// SIGINT (Ctrl-C) and, on unix, SIGTERM, caught from the moment this is made (a signal that
+/// comes while the loop is busy is not lost).
+struct Interrupt {
+    #[cfg(unix)]
+    signals: [tokio::signal::unix::Signal; 2],
+}
+
+impl Interrupt {
+    fn new() -> Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Ok(Interrupt {
+                signals: [
+                    signal(SignalKind::interrupt()).context("catching SIGINT")?,
+                    signal(SignalKind::terminate()).context("catching SIGTERM")?,
+                ],
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Interrupt {})
+    }
+
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        {
+            let [int, term] = &mut self.signals;
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -1,5 +1,7 @@
 //! `p2pmix consensus show|verify`: read a consensus document, from a file or a peer, and check
-//! it against the pinned authorities.
+//! it against the pinned authorities. `show --from` also asks the peer for the evidence of
+//! equivocation it holds (double signatures an authority caught, conflicting documents a node
+//! was offered) and prints it, each proof checked when `--authorities` is given.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,8 +14,11 @@ use clap::Subcommand;
 use libp2p::Multiaddr;
 use p2pmix::{
     config::Authorities,
-    directory::{fetch_consensus, peer_id, verify_consensus},
-    proto::v1::{Consensus, Role, SignedConsensus},
+    directory::{
+        PinnedAuthorities, fetch_consensus, fetch_evidence, peer_id, verify_consensus,
+        verify_equivocation,
+    },
+    proto::v1::{Consensus, Evidence, Role, SignedConsensus},
     runtime::unix_ms,
 };
 use prost::Message;
@@ -32,6 +37,9 @@ pub(crate) enum ConsensusCommand {
         /// Which epoch to fetch (default: the newest the peer holds).
         #[arg(long)]
         epoch: Option<u64>,
+        /// The pinned authorities file: the evidence of equivocation is checked against it.
+        #[arg(long)]
+        authorities: Option<PathBuf>,
     },
     /// Verify a consensus against pinned authority keys: exit 0 if valid now, 1 with the reason.
     Verify {
@@ -52,15 +60,30 @@ pub(crate) enum ConsensusCommand {
 /// Runs one `consensus` command.
 pub(crate) fn run(command: ConsensusCommand) -> Result<ExitCode> {
     match command {
-        ConsensusCommand::Show { file, from, epoch } => {
-            let signed = match (file, from) {
-                (Some(file), None) => read_consensus(&file)?,
-                (None, Some(addr)) => {
-                    runtime()?.block_on(fetch_consensus(addr, epoch, Duration::from_secs(15)))?
-                }
+        ConsensusCommand::Show {
+            file,
+            from,
+            epoch,
+            authorities,
+        } => {
+            let pinned = authorities
+                .map(|a| Authorities::load(&a).map(|a| a.pinned()))
+                .transpose()?;
+            let (signed, evidence) = match (file, from) {
+                (Some(file), None) => (read_consensus(&file)?, None),
+                (None, Some(addr)) => runtime()?.block_on(async {
+                    let timeout = Duration::from_secs(15);
+                    let signed = fetch_consensus(addr.clone(), epoch, timeout).await?;
+                    // A peer too old to keep evidence refuses: nothing to show then.
+                    let evidence = fetch_evidence(addr, None, timeout).await.ok();
+                    anyhow::Ok((signed, evidence))
+                })?,
                 _ => bail!("give a FILE or --from MULTIADDR"),
             };
             show(&signed)?;
+            if let Some(evidence) = evidence {
+                show_evidence(&evidence, pinned.as_ref());
+            }
             Ok(ExitCode::SUCCESS)
         }
         ConsensusCommand::Verify {
@@ -89,6 +112,51 @@ pub(crate) fn run(command: ConsensusCommand) -> Result<ExitCode> {
                 }
             }
         }
+    }
+}
+
+fn who(key: &[u8]) -> String {
+    libp2p::identity::PublicKey::try_decode_protobuf(key)
+        .map(|k| k.to_peer_id().to_string())
+        .unwrap_or_else(|_| "(malformed key)".into())
+}
+
+fn short(digest: &[u8]) -> String {
+    hex::encode(&digest[..digest.len().min(8)])
+}
+
+/// Prints what a peer knows of equivocation (the lines scripts look for start with
+/// `equivocations` and `conflicts`).
+fn show_evidence(evidence: &Evidence, pinned: Option<&PinnedAuthorities>) {
+    println!("equivocations    {}", evidence.equivocations.len());
+    for e in &evidence.equivocations {
+        let (Some(a), Some(b)) = (&e.first, &e.second) else {
+            println!("  (incomplete)");
+            continue;
+        };
+        let checked = match pinned {
+            Some(p) if verify_equivocation(e, p) => "proof verified",
+            Some(_) => "PROOF DOES NOT VERIFY",
+            None => "unverified: give --authorities",
+        };
+        println!(
+            "  {} signed two documents for epoch {}: {} and {} ({checked})",
+            who(&a.authority),
+            a.epoch,
+            short(&a.digest),
+            short(&b.digest)
+        );
+    }
+    println!("conflicts        {}", evidence.conflicts.len());
+    for c in &evidence.conflicts {
+        println!(
+            "  epoch {}: held {} ({} signatures), refused {} ({} signatures)",
+            c.epoch,
+            short(&c.held_digest),
+            c.held_signatures.len(),
+            short(&c.refused_digest),
+            c.refused_signatures.len()
+        );
     }
 }
 
@@ -157,10 +225,7 @@ fn show(signed: &SignedConsensus) -> Result<()> {
     println!("shared random    {}", hex::encode(&c.shared_random));
     println!("signers          {}", signed.signatures.len());
     for s in &signed.signatures {
-        let who = libp2p::identity::PublicKey::try_decode_protobuf(&s.authority)
-            .map(|k| k.to_peer_id().to_string())
-            .unwrap_or_else(|_| "(malformed key)".into());
-        println!("  {who}");
+        println!("  {}", who(&s.authority));
     }
     for node in &c.nodes {
         let id = peer_id(node)

@@ -16,7 +16,7 @@ use libp2p::Multiaddr;
 use p2pmix::{
     config::{
         DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, NODE_FILE_KEYS, NodeConfig, NodeOverrides,
-        NodeRole, NodeSettings,
+        NodeRole, NodeSettings, ReplaySettings, TraceConfig,
     },
     node::run_node,
 };
@@ -73,6 +73,12 @@ pub(crate) struct NodeArgs {
     /// Where to listen (repeatable, or comma-separated in the environment).
     #[arg(long, env = "P2PMIX_NODE_LISTEN", value_delimiter = ',')]
     listen: Vec<Multiaddr>,
+    /// Where other nodes and clients reach this node (repeatable, or comma-separated in the
+    /// environment), e.g. /dns4/mix1.example.org/tcp/4100 or /ip4/203.0.113.7/tcp/4100: the
+    /// descriptor carries these (default: the public listen addresses). Behind NAT or in a
+    /// container, give the public one.
+    #[arg(long, env = "P2PMIX_NODE_ANNOUNCE", value_delimiter = ',')]
+    announce: Vec<Multiaddr>,
     /// Peers to join the network through (repeatable, or comma-separated in the environment),
     /// each ending in /p2p/PEER_ID.
     #[arg(long, env = "P2PMIX_NODE_BOOTSTRAP", value_delimiter = ',')]
@@ -93,6 +99,24 @@ pub(crate) struct NodeArgs {
     /// data directory.
     #[arg(long, env = "P2PMIX_NODE_MAX_CONNECTIONS")]
     max_connections: Option<u32>,
+    /// Memory all replay filters together may take, MiB (default 1024; docs/sphinx.md). A full
+    /// filter refuses fresh packets rather than forget a tag.
+    #[arg(long, env = "P2PMIX_NODE_REPLAY_MEMORY_MIB")]
+    replay_memory_mib: Option<u64>,
+    /// Packets per second an epoch key's replay filter is sized for at least (default 1000);
+    /// the node sizes for more when it measured more.
+    #[arg(long, env = "P2PMIX_NODE_REPLAY_MIN_RATE")]
+    replay_min_rate: Option<f64>,
+    /// Test networks only: record what a global passive observer sees, one line per packet per
+    /// link end (time, neighbour, packet tag), into FILE. Refused unless the authorities file
+    /// says `test_network = true`; never a file key.
+    #[arg(long, value_name = "FILE", env = "P2PMIX_NODE_TRACE_LINKS")]
+    trace_links: Option<PathBuf>,
+    /// Test networks only: record the ground truth only this node knows (which packet became
+    /// which) into FILE. Refused unless the authorities file says `test_network = true`; never
+    /// a file key.
+    #[arg(long, value_name = "FILE", env = "P2PMIX_NODE_TRACE_TRUTH")]
+    trace_truth: Option<PathBuf>,
     /// Print the configuration in effect (file, environment and flags) as TOML and exit.
     #[arg(long, env = "P2PMIX_NODE_PRINT_CONFIG")]
     print_config: bool,
@@ -108,10 +132,18 @@ impl NodeArgs {
                 identity: self.identity,
                 listen: self.listen,
                 bootstrap: self.bootstrap,
+                announce: self.announce,
                 role: self.role,
                 metrics: self.metrics,
                 family: self.family,
                 max_connections: self.max_connections,
+                replay_memory_mib: self.replay_memory_mib,
+                replay_min_rate: self.replay_min_rate,
+                trace: TraceConfig {
+                    links: self.trace_links,
+                    truth: self.trace_truth,
+                    ..TraceConfig::default()
+                },
             },
         )?)
     }
@@ -159,10 +191,13 @@ pub(crate) fn init_settings(role: NodeRole) -> NodeSettings {
         identity: None,
         listen: DEFAULT_LISTEN.parse().map(|a| vec![a]).unwrap_or_default(),
         bootstrap: Vec::new(),
+        announce: Vec::new(),
         role,
         metrics: None,
         family: String::new(),
         max_connections: DEFAULT_MAX_CONNECTIONS,
+        replay: ReplaySettings::default(),
+        trace: TraceConfig::default(),
     }
 }
 
@@ -214,9 +249,13 @@ fn value_of(s: &NodeSettings, key: &str) -> (Option<Value>, Value) {
             Some(strings(&s.listen)),
             strings(&["/ip4/0.0.0.0/tcp/4100"]),
         ),
+        "announce" => (
+            Some(strings(&s.announce)),
+            strings(&["/dns4/mix1.example.org/tcp/4100"]),
+        ),
         "bootstrap" => (
             Some(strings(&s.bootstrap)),
-            strings(&["/ip4/192.0.2.7/tcp/4100/p2p/12D3KooW…"]),
+            strings(&["/dns4/boot.example.org/tcp/4100/p2p/12D3KooW…"]),
         ),
         "role" => (Some(string(s.role.as_str())), string("mix")),
         "metrics" => (
@@ -227,6 +266,14 @@ fn value_of(s: &NodeSettings, key: &str) -> (Option<Value>, Value) {
         "max_connections" => (
             Some(integer(u64::from(s.max_connections))),
             integer(u64::from(DEFAULT_MAX_CONNECTIONS)),
+        ),
+        "replay_memory_mib" => (
+            Some(integer(s.replay.memory_bytes >> 20)),
+            integer(ReplaySettings::default().memory_bytes >> 20),
+        ),
+        "replay_min_rate" => (
+            Some(Value::Float(s.replay.min_rate)),
+            Value::Float(ReplaySettings::default().min_rate),
         ),
         _ => (None, string("")),
     }
@@ -242,7 +289,8 @@ pub(crate) fn render(s: &NodeSettings, header: Header) -> String {
         }
         Header::Effective => {
             "The configuration in effect (file, environment and flags), as `p2pmix node \
-             --print-config` prints it; it works as a configuration file."
+             --print-config` prints it; it works as a configuration file. (Test-network traces, \
+             --trace-links and --trace-truth, are flags only and not shown.)"
         }
     });
     for key in NODE_FILE_KEYS {
@@ -267,10 +315,16 @@ mod tests {
                     .parse()
                     .unwrap(),
             ],
+            announce: vec!["/dns4/mix1.example.org/tcp/4100".parse().unwrap()],
             role: NodeRole::Gateway,
             metrics: Some("127.0.0.1:9100".parse().unwrap()),
             family: "acme".into(),
             max_connections: 100,
+            replay: ReplaySettings {
+                min_rate: 2_500.5,
+                memory_bytes: 64 << 20,
+            },
+            trace: TraceConfig::default(),
         }
     }
 

@@ -13,6 +13,7 @@
 
 use std::{
     collections::{HashMap, VecDeque},
+    sync::Arc,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
 };
@@ -29,7 +30,10 @@ use libp2p::{
     },
 };
 use p2pmix_bootstrap::{default_parameters, directory_behaviour};
-use p2pmix_mix::link::Link;
+use p2pmix_mix::{
+    link::Link,
+    trace::{Direction, PacketTag, TraceSink, Truth},
+};
 use p2pmix_proto::v1::{
     DirectoryRequest, GetConsensus, directory_request::Request, directory_response::Response,
 };
@@ -40,7 +44,8 @@ use tracing::{debug, info, warn};
 use crate::{
     client::{
         Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
-        ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, client_id,
+        ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, Transmitted,
+        client_id,
     },
     config::Authorities,
     directory::{Action, DirectoryClient},
@@ -125,6 +130,8 @@ pub struct Behaviour {
     rng: StdRng,
     events: VecDeque<Event>,
     waker: Option<Waker>,
+    /// Where packets sent and what they carried are recorded (test networks only).
+    trace: Option<Arc<dyn TraceSink>>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -191,7 +198,40 @@ impl Behaviour {
             rng,
             events: VecDeque::new(),
             waker: None,
+            trace: None,
         })
+    }
+
+    /// Records every packet this client sends (the link to its gateway) and what it carried
+    /// (the ground truth) in `sink`. For test networks: the caller decides that it is one.
+    pub fn set_trace(&mut self, sink: Arc<dyn TraceSink>) {
+        self.trace = Some(sink);
+    }
+
+    /// Records `packet`, just built by the core, in the trace.
+    fn record(&self, packet: &[u8]) {
+        let (Some(trace), Some(kind)) = (&self.trace, self.core.last_transmitted()) else {
+            return;
+        };
+        let output = PacketTag::of(packet);
+        trace.link(Direction::Out, &self.gateway, output);
+        trace.truth(match kind {
+            Transmitted::Fragment {
+                message,
+                index,
+                count,
+                attempt,
+            } => Truth::Fragment {
+                output,
+                message: message.0,
+                index,
+                count,
+                attempt,
+            },
+            Transmitted::Reply => Truth::Reply { output },
+            Transmitted::LoopCover => Truth::LoopCover { output },
+            Transmitted::DropCover => Truth::DropCover { output },
+        });
     }
 
     /// This client's address: give it to those who should write to it.
@@ -250,7 +290,7 @@ impl Behaviour {
         let clock = Now::system();
         let (now, now_ms) = (clock.mono, clock.unix_ms);
         // Directory: fetch what is due, install what is in force.
-        if self.directory.poll_timeout().is_some_and(|t| t <= now) {
+        if self.directory.is_due(clock) {
             self.directory.handle_timeout(clock);
         }
         while let Some(action) = self.directory.poll_action() {
@@ -289,6 +329,7 @@ impl Behaviour {
             self.core.handle_timeout(now);
             if self.installed.is_some() {
                 while let Some(packet) = self.core.poll_transmit(now, &mut self.rng) {
+                    self.record(&packet);
                     self.inner.link.send(self.gateway, packet);
                 }
             }

@@ -6,8 +6,11 @@
 //! packets and senders retransmit, so nothing is lost, but cover traffic pauses too). Dropping
 //! the handle stops the task.
 
+use std::sync::Arc;
+
 use futures::StreamExt;
 use libp2p::{identity::Keypair, swarm::SwarmEvent};
+use p2pmix_mix::trace::TraceSink;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
@@ -74,7 +77,21 @@ impl Client {
     /// Starts a client with the swarm identity `identity` and the Noise key `key` (keep both to
     /// keep the address). Must be called within a tokio runtime.
     pub fn start(identity: Keypair, key: StaticKey, config: Config) -> Result<Self, ClientError> {
-        let behaviour = Behaviour::new(identity.public().to_peer_id(), key, config)?;
+        Self::start_traced(identity, key, config, None)
+    }
+
+    /// [`Client::start`], recording every packet sent in `trace` (test networks only; see
+    /// [`Behaviour::set_trace`]).
+    pub fn start_traced(
+        identity: Keypair,
+        key: StaticKey,
+        config: Config,
+        trace: Option<Arc<dyn TraceSink>>,
+    ) -> Result<Self, ClientError> {
+        let mut behaviour = Behaviour::new(identity.public().to_peer_id(), key, config)?;
+        if let Some(sink) = trace {
+            behaviour.set_trace(sink);
+        }
         let address = behaviour.address();
         let mut swarm = build_swarm(identity, |_| behaviour)?;
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);

@@ -16,7 +16,7 @@ pub use address::{Address, AddressError, client_id};
 pub use behaviour::{Behaviour, ClientSetupError, Config, Event};
 pub use core::{
     ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage, ReplyHandle,
-    SendError, fragment_capacity, reply_capacity,
+    SendError, Transmitted, fragment_capacity, reply_capacity,
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;

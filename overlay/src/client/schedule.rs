@@ -11,6 +11,12 @@
 //! process with or without real messages (tested below with a seeded source, and against the
 //! exponential distribution). Sans-IO: time is passed in, the driver builds and sends the
 //! packets.
+//!
+//! A mean interval of zero (a consensus parameter of 0) turns a stream off, for measuring what
+//! cover buys on a test network: loop or drop off sends none of that cover; send off sends real
+//! packets as soon as they are queued and nothing when none is, so the client's link then shows
+//! exactly when it sends. An off stream looks again every [`OFF_RECHECK`] in case new rates
+//! turned it on.
 
 use std::{
     collections::VecDeque,
@@ -20,7 +26,7 @@ use std::{
 use p2pmix_mix::sample_exponential;
 use rand::CryptoRng;
 
-/// Mean intervals of the three streams (from the consensus).
+/// Mean intervals of the three streams (from the consensus); zero turns a stream off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamRates {
     /// Mean interval of the send stream (real or drop cover).
@@ -32,9 +38,9 @@ pub struct StreamRates {
 }
 
 impl StreamRates {
-    /// The client rates a consensus fixes.
+    /// The client rates a consensus fixes (0: that stream is off).
     pub fn from_parameters(parameters: &p2pmix_proto::v1::NetworkParameters) -> Self {
-        let us = |v: u64| Duration::from_micros(v.max(1));
+        let us = Duration::from_micros;
         StreamRates {
             send: us(parameters.client_send_interval_us),
             loop_cover: us(parameters.client_loop_interval_us),
@@ -59,24 +65,46 @@ pub enum Emission<T> {
 #[error("the sending queue is full ({0} packets)")]
 pub struct QueueFull(pub usize);
 
+/// One stream's next tick.
+#[derive(Debug, Clone, Copy)]
+struct Tick {
+    at: Instant,
+    /// Drawn from an on rate (an emission is due at `at`); false: an off stream's recheck.
+    armed: bool,
+}
+
 /// The schedule. See the module documentation.
 #[derive(Debug)]
 pub struct SendingSchedule<T> {
     rates: StreamRates,
     queue: VecDeque<T>,
     max_queued: usize,
-    next_send: Instant,
-    next_loop: Instant,
-    next_drop: Instant,
+    next_send: Tick,
+    next_loop: Tick,
+    next_drop: Tick,
+    /// The latest time passed in: when an unpaced send stream's queued packets are due.
+    last: Instant,
 }
 
-/// Shortest mean interval accepted (a zero mean would emit without end).
+/// Shortest mean interval accepted for a stream that is on.
 const MIN_MEAN: Duration = Duration::from_millis(1);
 /// How far a stream may fall behind before its missed ticks are dropped instead of caught up.
 const MAX_LAG: Duration = Duration::from_secs(1);
+/// How often a stream that is off looks again.
+pub const OFF_RECHECK: Duration = Duration::from_secs(1);
 
-fn next<R: CryptoRng + ?Sized>(after: Instant, mean: Duration, rng: &mut R) -> Instant {
-    after + sample_exponential(mean.max(MIN_MEAN), rng).as_duration()
+/// The tick after `after` of a stream with mean interval `mean` (zero: off).
+fn next<R: CryptoRng + ?Sized>(after: Instant, mean: Duration, rng: &mut R) -> Tick {
+    if mean.is_zero() {
+        return Tick {
+            at: after + OFF_RECHECK,
+            armed: false,
+        };
+    }
+    Tick {
+        at: after + sample_exponential(mean.max(MIN_MEAN), rng).as_duration(),
+        armed: true,
+    }
 }
 
 impl<T> SendingSchedule<T> {
@@ -94,6 +122,7 @@ impl<T> SendingSchedule<T> {
             next_send: next(now, rates.send, rng),
             next_loop: next(now, rates.loop_cover, rng),
             next_drop: next(now, rates.drop_cover, rng),
+            last: now,
         }
     }
 
@@ -111,14 +140,28 @@ impl<T> SendingSchedule<T> {
         self.queue.len()
     }
 
-    /// Changes the rates (a new consensus); each stream's next tick is kept.
+    /// Changes the rates (a new consensus); each stream's next tick is kept (a stream turned
+    /// on from off starts at its next recheck).
     pub fn set_rates(&mut self, rates: StreamRates) {
         self.rates = rates;
     }
 
+    fn unpaced(&self) -> bool {
+        self.rates.send.is_zero() && !self.queue.is_empty()
+    }
+
     /// When the next emission is due.
     pub fn poll_timeout(&self) -> Instant {
-        self.next_send.min(self.next_loop).min(self.next_drop)
+        let streams = self
+            .next_send
+            .at
+            .min(self.next_loop.at)
+            .min(self.next_drop.at);
+        if self.unpaced() {
+            streams.min(self.last)
+        } else {
+            streams
+        }
     }
 
     /// The next emission due at `now`, if any (call until `None`). A stream that fell behind
@@ -129,36 +172,51 @@ impl<T> SendingSchedule<T> {
         now: Instant,
         rng: &mut R,
     ) -> Option<Emission<T>> {
+        self.last = self.last.max(now);
+        if self.unpaced() {
+            return self.queue.pop_front().map(Emission::Real);
+        }
         // After a long stall (a suspended laptop), emitting every missed tick back to back would
         // be a burst no Poisson process makes: start the late streams afresh from now.
         if let Some(horizon) = now.checked_sub(MAX_LAG) {
-            if self.next_send < horizon {
+            if self.next_send.at < horizon {
                 self.next_send = next(now, self.rates.send, rng);
             }
-            if self.next_loop < horizon {
+            if self.next_loop.at < horizon {
                 self.next_loop = next(now, self.rates.loop_cover, rng);
             }
-            if self.next_drop < horizon {
+            if self.next_drop.at < horizon {
                 self.next_drop = next(now, self.rates.drop_cover, rng);
             }
         }
-        let due = self.poll_timeout();
-        if due > now {
-            return None;
+        loop {
+            let due = self.poll_timeout();
+            if due > now {
+                return None;
+            }
+            if self.next_send.at == due {
+                let tick = self.next_send;
+                self.next_send = next(due, self.rates.send, rng);
+                if tick.armed && !self.rates.send.is_zero() {
+                    return Some(match self.queue.pop_front() {
+                        Some(packet) => Emission::Real(packet),
+                        None => Emission::DropCover,
+                    });
+                }
+            } else if self.next_loop.at == due {
+                let tick = self.next_loop;
+                self.next_loop = next(due, self.rates.loop_cover, rng);
+                if tick.armed && !self.rates.loop_cover.is_zero() {
+                    return Some(Emission::LoopCover);
+                }
+            } else {
+                let tick = self.next_drop;
+                self.next_drop = next(due, self.rates.drop_cover, rng);
+                if tick.armed && !self.rates.drop_cover.is_zero() {
+                    return Some(Emission::DropCover);
+                }
+            }
         }
-        if self.next_send == due {
-            self.next_send = next(due, self.rates.send, rng);
-            return Some(match self.queue.pop_front() {
-                Some(packet) => Emission::Real(packet),
-                None => Emission::DropCover,
-            });
-        }
-        if self.next_loop == due {
-            self.next_loop = next(due, self.rates.loop_cover, rng);
-            return Some(Emission::LoopCover);
-        }
-        self.next_drop = next(due, self.rates.drop_cover, rng);
-        Some(Emission::DropCover)
     }
 }
 
@@ -254,6 +312,74 @@ mod tests {
                 "KS distance {d} with {real} real packets"
             );
         }
+    }
+
+    /// Emissions (loop cover or not) at each due time over `span`.
+    fn emissions(
+        s: &mut SendingSchedule<usize>,
+        t0: Instant,
+        span: Duration,
+    ) -> Vec<Emission<usize>> {
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        let mut out = Vec::new();
+        loop {
+            let at = s.poll_timeout();
+            if at > t0 + span {
+                return out;
+            }
+            while let Some(e) = s.poll_emit(at, &mut rng) {
+                out.push(e);
+            }
+        }
+    }
+
+    #[test]
+    fn a_zero_interval_turns_a_stream_off() {
+        let mut rng = ChaCha20Rng::seed_from_u64(3);
+        let t0 = Instant::now();
+        let span = Duration::from_secs(100);
+        // Loop and drop off: only the send stream's ticks, about 50 a second.
+        let send_only = StreamRates {
+            send: RATES.send,
+            loop_cover: Duration::ZERO,
+            drop_cover: Duration::ZERO,
+        };
+        let mut s: SendingSchedule<usize> = SendingSchedule::new(t0, send_only, 10, &mut rng);
+        let out = emissions(&mut s, t0, span);
+        assert!(out.iter().all(|e| *e == Emission::DropCover));
+        assert!((4_500..5_500).contains(&out.len()), "{}", out.len());
+        // Everything off: nothing at all, and the schedule only looks again once a second.
+        let off = StreamRates {
+            send: Duration::ZERO,
+            loop_cover: Duration::ZERO,
+            drop_cover: Duration::ZERO,
+        };
+        let mut s: SendingSchedule<usize> = SendingSchedule::new(t0, off, 10, &mut rng);
+        assert!(emissions(&mut s, t0, span).is_empty());
+        assert!(s.poll_timeout() >= t0 + span);
+        // An unpaced send stream: a queued packet is due at once, and leaves alone.
+        let now = s.poll_timeout();
+        s.push(7).unwrap();
+        s.push(8).unwrap();
+        assert!(s.poll_timeout() <= now);
+        assert_eq!(s.poll_emit(now, &mut rng), Some(Emission::Real(7)));
+        assert_eq!(s.poll_emit(now, &mut rng), Some(Emission::Real(8)));
+        assert_eq!(s.poll_emit(now, &mut rng), None);
+        assert!(s.poll_timeout() > now);
+        // Turned on again: the loop stream starts within a recheck.
+        s.set_rates(RATES);
+        let later = now + OFF_RECHECK + Duration::from_secs(60);
+        let mut loops = 0;
+        while s.poll_timeout() <= later {
+            let at = s.poll_timeout();
+            while let Some(e) = s.poll_emit(at, &mut rng) {
+                loops += usize::from(e == Emission::LoopCover);
+            }
+        }
+        assert!(
+            (200..400).contains(&loops),
+            "about 300 loops in 60 s: {loops}"
+        );
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! `e` on, the consensus of `e + 1` is fetched, and the one of `e` whenever it is missing:
 //! authorities first, then any peer that serves the directory protocol, one source at a time, with
 //! a retry interval that doubles up to an eighth of the epoch.
+//!
+//! A document held for an epoch is never replaced by another one for that epoch, however valid:
+//! two documents with a threshold of signatures each mean that some authority signed both (two
+//! thresholds of more than half overlap), and a network whose members switch between them
+//! partitions and makes its clients fingerprintable by the document they use. The first one
+//! taken stays; the other is counted ([`DirectoryClient::conflicts`]), raised as an alarm in the
+//! log, and kept as evidence ([`DirectoryClient::evidence`]: both documents' signatures, and for
+//! each authority that signed both, the pair that proves it) for whoever asks.
 
 use std::{
     collections::{BTreeMap, BTreeSet, VecDeque},
@@ -19,7 +27,8 @@ use p2pmix_bootstrap::{
     EpochSchedule, Now, Phase, PinnedAuthorities, VerifiedConsensus, VerifyError,
     verify_signed_consensus,
 };
-use p2pmix_proto::v1::SignedConsensus;
+use p2pmix_proto::v1::{ConsensusConflict, Equivocation, Evidence, SignedConsensus};
+use tracing::error;
 
 /// Consensus documents kept (the current epoch's, the next one's and the previous one's).
 const KEPT: usize = 3;
@@ -81,6 +90,10 @@ pub struct DirectoryClient {
     /// Per epoch: the fetch's progress.
     fetches: BTreeMap<u64, Fetch>,
     consensus: BTreeMap<u64, VerifiedConsensus>,
+    /// Per epoch, the first other valid document offered (kept as evidence, never used).
+    conflicts: BTreeMap<u64, ConsensusConflict>,
+    /// Offers of a different valid document for an epoch already held.
+    conflicts_seen: u64,
     actions: VecDeque<Action>,
     /// Whether this client uploads a descriptor (nodes) or only fetches (mixnet clients).
     uploads_enabled: bool,
@@ -107,6 +120,8 @@ impl DirectoryClient {
             uploads: BTreeMap::new(),
             fetches: BTreeMap::new(),
             consensus: BTreeMap::new(),
+            conflicts: BTreeMap::new(),
+            conflicts_seen: 0,
             actions: VecDeque::new(),
             uploads_enabled: true,
         }
@@ -224,6 +239,13 @@ impl DirectoryClient {
         Some(self.last.instant_at(self.next_deadline_ms()))
     }
 
+    /// Whether [`DirectoryClient::handle_timeout`] has work at `now`, judged on the wall clock
+    /// the rules follow: unlike [`DirectoryClient::poll_timeout`] (an instant mapped from the
+    /// last reading), this notices a wall-clock step or a resume from suspend at once.
+    pub fn is_due(&self, now: Now) -> bool {
+        now.unix_ms >= self.next_deadline_ms()
+    }
+
     /// Whether [`DirectoryClient::handle_timeout`] would start something at `now_ms` that it
     /// has not started yet (a fetch or an upload it has no retry state for).
     fn has_unstarted_work(&self, now_ms: u64) -> bool {
@@ -335,7 +357,9 @@ impl DirectoryClient {
     }
 
     /// Takes a consensus from anywhere (a fetch, a file, a peer's push) after verifying it;
-    /// returns its epoch if it is new.
+    /// returns its epoch if it is new. A valid document for an epoch already held under another
+    /// digest is not taken (the held one stays): it is counted and kept as evidence, and
+    /// `Ok(None)` is returned.
     pub fn offer(
         &mut self,
         now_ms: u64,
@@ -357,16 +381,15 @@ impl DirectoryClient {
                 other => other?,
             };
         let epoch = verified.epoch();
-        if self
-            .consensus
-            .get(&epoch)
-            .is_some_and(|held| held.digest() == verified.digest())
-        {
-            // Keep whichever copy carries more signatures.
-            if let Some(held) = self.consensus.get_mut(&epoch)
-                && verified.signed().signatures.len() > held.signed().signatures.len()
-            {
-                *held = verified;
+        if let Some(held) = self.consensus.get_mut(&epoch) {
+            if held.digest() == verified.digest() {
+                // The same document: keep whichever copy carries more signatures.
+                if verified.signed().signatures.len() > held.signed().signatures.len() {
+                    *held = verified;
+                }
+            } else {
+                let conflict = conflict_of(held, &verified);
+                self.record_conflict(conflict);
             }
             return Ok(None);
         }
@@ -374,7 +397,44 @@ impl DirectoryClient {
         while self.consensus.len() > KEPT {
             self.consensus.pop_first();
         }
+        if let Some(&oldest) = self.consensus.keys().next() {
+            self.conflicts.retain(|e, _| *e >= oldest);
+        }
         Ok(Some(epoch))
+    }
+
+    fn record_conflict(&mut self, conflict: ConsensusConflict) {
+        self.conflicts_seen += 1;
+        let both = double_signers(&conflict);
+        error!(
+            epoch = conflict.epoch,
+            held = %hex::encode(&conflict.held_digest[..8.min(conflict.held_digest.len())]),
+            refused = %hex::encode(&conflict.refused_digest[..8.min(conflict.refused_digest.len())]),
+            double_signers = both.len(),
+            "ALARM: two valid consensus documents for one epoch; keeping the first (authorities \
+             that signed both are equivocating: see `p2pmix consensus show --from` this peer)"
+        );
+        self.conflicts.entry(conflict.epoch).or_insert(conflict);
+    }
+
+    /// How many times a different valid document was offered for an epoch already held.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts_seen
+    }
+
+    /// What this node or client knows of equivocation for `epoch` (every epoch kept, for
+    /// `None`): the conflicting documents it was offered, and the double signatures in them.
+    pub fn evidence(&self, epoch: Option<u64>) -> Evidence {
+        let conflicts: Vec<ConsensusConflict> = self
+            .conflicts
+            .iter()
+            .filter(|(e, _)| epoch.is_none_or(|want| **e == want))
+            .map(|(_, c)| c.clone())
+            .collect();
+        Evidence {
+            equivocations: conflicts.iter().flat_map(double_signers).collect(),
+            conflicts,
+        }
     }
 
     /// The verified consensus of `epoch`.
@@ -398,6 +458,36 @@ impl DirectoryClient {
             .map(|(_, c)| c)
             .find(|c| c.consensus().valid_until_ms > now_ms)
     }
+}
+
+/// The conflict between the document held and another valid one for its epoch.
+fn conflict_of(held: &VerifiedConsensus, refused: &VerifiedConsensus) -> ConsensusConflict {
+    ConsensusConflict {
+        epoch: held.epoch(),
+        held_digest: held.digest().to_vec(),
+        held_signatures: held.signed().signatures.clone(),
+        refused_digest: refused.digest().to_vec(),
+        refused_signatures: refused.signed().signatures.clone(),
+    }
+}
+
+/// For each authority that signed both documents of `conflict`, the pair of signatures that
+/// proves it.
+fn double_signers(conflict: &ConsensusConflict) -> Vec<Equivocation> {
+    conflict
+        .held_signatures
+        .iter()
+        .filter_map(|a| {
+            conflict
+                .refused_signatures
+                .iter()
+                .find(|b| b.authority == a.authority)
+                .map(|b| Equivocation {
+                    first: Some(a.clone()),
+                    second: Some(b.clone()),
+                })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -554,6 +644,23 @@ mod tests {
             drain(&mut lonely)[..],
             [Action::Fetch { epoch: 1, .. }]
         ));
+    }
+
+    #[test]
+    fn a_wall_clock_step_makes_the_client_due_at_once() {
+        let (mut c, _) = client(2);
+        c.handle_timeout(at(8_000));
+        drain(&mut c);
+        // One millisecond later on the monotonic clock, but the wall clock stepped into epoch 3:
+        // the fetch of its document is due now, whatever instant the last reading mapped.
+        let stepped = Now::new(at(8_000).mono + Duration::from_millis(1), 24_100);
+        assert!(c.poll_timeout().unwrap() > stepped.mono);
+        assert!(c.is_due(stepped));
+        c.handle_timeout(stepped);
+        assert!(drain(&mut c).contains(&Action::Fetch {
+            epoch: 3,
+            from: c.authorities[0]
+        }));
     }
 
     #[test]

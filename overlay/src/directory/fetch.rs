@@ -1,5 +1,5 @@
-//! One-shot directory requests to a peer that serves `/p2pmix/dir/1.0.0`: fetch a consensus,
-//! upload a descriptor.
+//! One-shot directory requests to a peer that serves `/p2pmix/dir/1.0.0`: fetch a consensus or
+//! the evidence of equivocation a peer holds, upload a descriptor.
 
 use std::time::Duration;
 
@@ -7,8 +7,8 @@ use futures::StreamExt;
 use libp2p::{Multiaddr, identity::Keypair, request_response, swarm::SwarmEvent};
 use p2pmix_bootstrap::directory_behaviour;
 use p2pmix_proto::v1::{
-    DirectoryRequest, DirectoryResponse, GetConsensus, RefusalCode, SignedConsensus,
-    SignedDescriptor, directory_request::Request, directory_response::Response,
+    DirectoryRequest, DirectoryResponse, Evidence, GetConsensus, GetEvidence, RefusalCode,
+    SignedConsensus, SignedDescriptor, directory_request::Request, directory_response::Response,
 };
 use thiserror::Error;
 
@@ -80,6 +80,26 @@ pub async fn fetch_consensus(
     };
     match request_once(address, request, timeout).await?.response {
         Some(Response::Consensus(c)) => Ok(c),
+        Some(Response::Refused(r)) => Err(refused(r)),
+        _ => Err(FetchError::Unexpected),
+    }
+}
+
+/// Dials `address` and asks for the evidence of equivocation it holds for `epoch` (`None`:
+/// every epoch it keeps), unverified (check each pair with
+/// [`p2pmix_bootstrap::verify_equivocation`]).
+pub async fn fetch_evidence(
+    address: Multiaddr,
+    epoch: Option<u64>,
+    timeout: Duration,
+) -> Result<Evidence, FetchError> {
+    let request = DirectoryRequest {
+        request: Some(Request::GetEvidence(GetEvidence {
+            epoch: epoch.unwrap_or(0),
+        })),
+    };
+    match request_once(address, request, timeout).await?.response {
+        Some(Response::Evidence(e)) => Ok(e),
         Some(Response::Refused(r)) => Err(refused(r)),
         _ => Err(FetchError::Unexpected),
     }

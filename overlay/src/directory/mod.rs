@@ -10,9 +10,9 @@ pub mod fetch;
 pub mod serve;
 
 pub use client::{Action, DirectoryClient, UploadOutcome};
-pub use fetch::{FetchError, fetch_consensus};
+pub use fetch::{FetchError, fetch_consensus, fetch_evidence};
 pub use p2pmix_bootstrap::{
     EpochSchedule, PinnedAuthorities, VerifiedConsensus, VerifyError, consensus_digest, peer_id,
-    sphinx_key, verify_consensus, verify_signed_consensus,
+    sphinx_key, verify_consensus, verify_equivocation, verify_signed_consensus,
 };
 pub use serve::{answer_held, not_held};

@@ -1,6 +1,6 @@
 //! Serving consensus documents: every node answers `GetConsensus` from the verified documents it
 //! holds, so that clients and nodes can fetch the next consensus from any peer, not only from
-//! the authorities.
+//! the authorities; and `GetEvidence` with the conflicting documents it was offered.
 
 use p2pmix_proto::v1::{
     DirectoryRequest, DirectoryResponse, RefusalCode, Refused, SignedConsensus,
@@ -28,6 +28,9 @@ pub fn answer_held(held: &DirectoryClient, request: DirectoryRequest) -> Directo
                 held.consensus(get.epoch).map(|c| c.signed())
             };
             document.map_or_else(not_held, |c| Response::Consensus(c.clone()))
+        }
+        Some(Request::GetEvidence(get)) => {
+            Response::Evidence(held.evidence((get.epoch != 0).then_some(get.epoch)))
         }
         _ => Response::Refused(Refused {
             reason: "this node is not an authority".into(),

@@ -9,7 +9,7 @@
 //! Time is passed in ([`Now`]: holds follow the monotonic clock, expiry the wall clock).
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -66,6 +66,9 @@ pub enum ServerEvent {
 pub struct MailboxServer<C> {
     store: MailboxStore,
     parked: HashMap<ClientId, Parked<C>>,
+    /// The held fetches by the end of their wait, so that the next deadline is found without
+    /// a scan (a gateway may hold a fetch for each of many thousands of clients).
+    deadlines: BTreeSet<(Instant, ClientId)>,
     answers: VecDeque<(C, MailboxResponse)>,
     events: VecDeque<ServerEvent>,
     next_expiry: Instant,
@@ -88,6 +91,7 @@ impl<C> MailboxServer<C> {
         MailboxServer {
             store,
             parked: HashMap::new(),
+            deadlines: BTreeSet::new(),
             answers: VecDeque::new(),
             events: VecDeque::new(),
             next_expiry: now.mono + EXPIRY_INTERVAL,
@@ -141,13 +145,15 @@ impl<C> MailboxServer<C> {
         );
         if empty && request.wait_ms > 0 {
             let wait = Duration::from_millis(request.wait_ms.into()).min(MAX_WAIT);
+            let until = now.mono + wait;
+            self.deadlines.insert((until, client));
             self.parked.insert(
                 client,
                 Parked {
                     channel,
                     ack_through: request.ack_through,
                     max,
-                    until: now.mono + wait,
+                    until,
                 },
             );
         } else {
@@ -208,19 +214,17 @@ impl<C> MailboxServer<C> {
 
     /// When a held fetch's wait is over or expiry is due.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let parked = self.parked.values().map(|p| p.until).min();
+        let parked = self.deadlines.first().map(|(until, _)| *until);
         Some(parked.map_or(self.next_expiry, |p| p.min(self.next_expiry)))
     }
 
     /// Answers held fetches whose wait is over and drops expired packets.
     pub fn handle_timeout(&mut self, now: Now) {
-        let due: Vec<ClientId> = self
-            .parked
-            .iter()
-            .filter(|(_, p)| p.until <= now.mono)
-            .map(|(c, _)| *c)
-            .collect();
-        for client in due {
+        while let Some(&(until, client)) = self.deadlines.first() {
+            if until > now.mono {
+                break;
+            }
+            self.deadlines.pop_first();
             self.answer_parked(&client);
         }
         if now.mono >= self.next_expiry {
@@ -236,6 +240,7 @@ impl<C> MailboxServer<C> {
     /// Answers `client`'s held fetch with what its mailbox holds (possibly nothing).
     fn answer_parked(&mut self, client: &ClientId) {
         if let Some(parked) = self.parked.remove(client) {
+            self.deadlines.remove(&(parked.until, *client));
             let answer = self.batch(client, parked.ack_through, parked.max);
             self.answers.push_back((parked.channel, answer));
         }
@@ -267,6 +272,8 @@ mod tests {
 
     use p2pmix_sim::{Actor, ActorId, Ctx, Link, Sim};
 
+    use std::collections::VecDeque;
+
     use super::*;
     use crate::mailbox::{
         MailboxConfig,
@@ -286,13 +293,33 @@ mod tests {
         ClientId([actor.0 as u8; 32])
     }
 
+    /// A disk that takes `write` for every save, and fails them all if `broken`.
+    struct SlowDisk {
+        write: Duration,
+        broken: bool,
+        writing: VecDeque<(Instant, SpoolOp)>,
+        written: Vec<Instant>,
+    }
+
     struct Gateway {
         server: MailboxServer<(ActorId, u64)>,
         refused: Vec<MailboxError>,
+        disk: Option<SlowDisk>,
     }
 
     impl Gateway {
         fn flush(&mut self, ctx: &mut Ctx<'_, Wire>) {
+            if let Some(disk) = &mut self.disk {
+                while let Some(op) = self.server.poll_spool() {
+                    disk.writing.push_back((ctx.mono() + disk.write, op));
+                }
+                while disk.writing.front().is_some_and(|(t, _)| *t <= ctx.mono()) {
+                    if let Some((t, SpoolOp::Save { client, packet })) = disk.writing.pop_front() {
+                        disk.written.push(t);
+                        self.server.spooled(&client, packet.seq, !disk.broken);
+                    }
+                }
+            }
             while let Some(((to, id), answer)) = self.server.poll_answer() {
                 ctx.send(to, Wire::Answer(id, answer));
             }
@@ -301,7 +328,14 @@ mod tests {
 
     impl Actor<Wire> for Gateway {
         fn poll_timeout(&self) -> Option<Instant> {
-            self.server.poll_timeout()
+            let disk = self
+                .disk
+                .as_ref()
+                .and_then(|d| d.writing.front().map(|(t, _)| *t));
+            [self.server.poll_timeout(), disk]
+                .into_iter()
+                .flatten()
+                .min()
         }
         fn handle_timeout(&mut self, ctx: &mut Ctx<'_, Wire>) {
             self.server.handle_timeout(ctx.now);
@@ -363,16 +397,24 @@ mod tests {
 
     /// A gateway (actor 0), its client (actor 1) and the network (actor 2, which only sends).
     fn network() -> (Sim<Wire>, ActorId, ActorId, ActorId) {
+        network_with(None)
+    }
+
+    /// A gateway (actor 0) with a memory store or, with `disk`, a spooled one, its client
+    /// (actor 1) and the network (actor 2, which only sends).
+    fn network_with(disk: Option<SlowDisk>) -> (Sim<Wire>, ActorId, ActorId, ActorId) {
         let mut sim = Sim::new(11);
         sim.set_default_link(Link::fixed(LATENCY));
-        let store = MailboxStore::new(
-            MailboxConfig::default(),
-            Persistence::Memory,
-            sim.now().unix_ms,
-        );
+        let persistence = if disk.is_some() {
+            Persistence::Spooled
+        } else {
+            Persistence::Memory
+        };
+        let store = MailboxStore::new(MailboxConfig::default(), persistence, sim.now().unix_ms);
         let gateway = sim.add(Gateway {
             server: MailboxServer::new(store, sim.now()),
             refused: Vec::new(),
+            disk,
         });
         let client = sim.add(Client {
             fetcher: MailboxFetcher::new(sim.now().mono),
@@ -423,6 +465,42 @@ mod tests {
         assert!(sim.actor::<Gateway>(gateway).server.store().is_empty());
         assert_eq!(sim.actor::<Gateway>(gateway).server.parked(), 1);
         assert_eq!(sim.actor::<Client>(client).got.len(), 1, "handed over once");
+    }
+
+    #[test]
+    fn a_packet_is_handed_over_only_once_it_is_on_disk_and_never_when_its_write_failed() {
+        let write = Duration::from_millis(7);
+        for broken in [false, true] {
+            let (mut sim, gateway, client, net) = network_with(Some(SlowDisk {
+                write,
+                broken,
+                writing: VecDeque::new(),
+                written: Vec::new(),
+            }));
+            sim.set_link(net, gateway, Link::fixed(Duration::from_millis(1)));
+            sim.run_for(Duration::from_secs(5));
+            sim.send(net, gateway, Wire::Deliver(3));
+            sim.run_for(Duration::from_secs(30));
+            let got = &sim.actor::<Client>(client).got;
+            let written = &sim.actor::<Gateway>(gateway).disk.as_ref().unwrap().written;
+            assert_eq!(written.len(), 1, "one save");
+            if broken {
+                assert!(
+                    got.is_empty(),
+                    "a packet that never reached the disk is never handed"
+                );
+                let stats = sim.actor::<Gateway>(gateway).server.stats();
+                assert_eq!(stats.refused[MailboxError::IO_INDEX], 1);
+                assert_eq!(stats.stored, 0);
+            } else {
+                assert_eq!(got.len(), 1);
+                assert_eq!(
+                    got[0].0 - written[0],
+                    LATENCY,
+                    "the held answer leaves when the write completes, not before"
+                );
+            }
+        }
     }
 
     #[test]

@@ -13,6 +13,8 @@ use libp2p::PeerId;
 use p2pmix_mix::{ClientId, Destination, Geometry, KeyId, Label, build_packet, sample_exponential};
 use rand::{CryptoRng, RngExt};
 
+use p2pmix_bootstrap::VerifiedConsensus;
+
 use crate::client::{RoutePolicy, Topology, choose_loop, client_id};
 
 /// How long the stream waits before looking again when it has no network to send into.
@@ -30,14 +32,32 @@ pub struct CoverStats {
     pub returned: u64,
 }
 
+/// Where loops go: the topology of the consensus in force and the stream's mean interval.
+#[derive(Debug)]
+struct LoopNetwork {
+    topology: Topology,
+    mean: Duration,
+}
+
+/// A loop packet ready to leave, and its first hop.
+#[derive(Debug)]
+pub struct LoopPacket {
+    /// The first hop (a mix of layer 1).
+    pub to: PeerId,
+    /// The packet.
+    pub packet: Vec<u8>,
+}
+
 /// The node's loop-cover stream. See the module documentation.
 #[derive(Debug)]
 pub struct LoopCover {
     me: PeerId,
     loop_id: ClientId,
-    network: Option<(Topology, Duration)>,
+    network: Option<LoopNetwork>,
+    /// The epoch of the consensus the stream last followed (also when it asked for no loops).
+    followed: Option<u64>,
     next: Instant,
-    outgoing: Option<(PeerId, Vec<u8>)>,
+    outgoing: Option<LoopPacket>,
     stats: CoverStats,
 }
 
@@ -48,6 +68,7 @@ impl LoopCover {
             me,
             loop_id: client_id(&me),
             network: None,
+            followed: None,
             next: now,
             outgoing: None,
             stats: CoverStats::default(),
@@ -59,20 +80,35 @@ impl LoopCover {
         self.loop_id
     }
 
-    /// The epoch of the topology loops are routed through.
+    /// The epoch of the consensus the stream follows.
     pub fn epoch(&self) -> Option<u64> {
-        self.network.as_ref().map(|(t, _)| t.epoch())
+        self.followed
+    }
+
+    /// Follows the consensus in force (`None`: none is, nothing is sent): its topology and its
+    /// `mix_loop_interval_us` (0: no node loop cover in this network). Only a new epoch costs
+    /// anything.
+    pub fn follow(&mut self, in_force: Option<&VerifiedConsensus>) {
+        let epoch = in_force.map(VerifiedConsensus::epoch);
+        if epoch == self.followed {
+            return;
+        }
+        self.followed = epoch;
+        self.set_network(in_force.map(|c| {
+            (
+                Topology::from_consensus(c),
+                c.parameters().mix_loop_interval_us,
+            )
+        }));
     }
 
     /// Routes loops through `topology` with a mean interval of `interval_us` (0: no node loop
-    /// cover in this network); `None`: no consensus in force, nothing is sent.
+    /// cover in this network); `None`: nothing is sent.
     pub fn set_network(&mut self, network: Option<(Topology, u64)>) {
         self.network = network.and_then(|(topology, interval_us)| {
-            (interval_us > 0).then(|| {
-                (
-                    topology,
-                    Duration::from_micros(interval_us).max(MIN_INTERVAL),
-                )
+            (interval_us > 0).then(|| LoopNetwork {
+                topology,
+                mean: Duration::from_micros(interval_us).max(MIN_INTERVAL),
             })
         });
     }
@@ -93,7 +129,7 @@ impl LoopCover {
         if now < self.next {
             return;
         }
-        let Some((topology, mean)) = &self.network else {
+        let Some(LoopNetwork { topology, mean }) = &self.network else {
             self.next = now + IDLE_RECHECK;
             return;
         };
@@ -113,7 +149,7 @@ impl LoopCover {
             client: self.loop_id,
             label: Label(rng.random()),
         };
-        if let Ok(packet) = build_packet(
+        match build_packet(
             &Geometry::DEFAULT,
             KeyId::for_epoch(topology.epoch()),
             &route,
@@ -121,13 +157,16 @@ impl LoopCover {
             &[],
             rng,
         ) {
-            self.stats.sent += 1;
-            self.outgoing = Some((first, packet));
+            Ok(packet) => {
+                self.stats.sent += 1;
+                self.outgoing = Some(LoopPacket { to: first, packet });
+            }
+            Err(e) => tracing::debug!(%e, "could not build a loop-cover packet"),
         }
     }
 
     /// The packet to send, and to whom.
-    pub fn poll_transmit(&mut self) -> Option<(PeerId, Vec<u8>)> {
+    pub fn poll_transmit(&mut self) -> Option<LoopPacket> {
         self.outgoing.take()
     }
 
@@ -168,7 +207,7 @@ mod tests {
         }
         fn handle_timeout(&mut self, ctx: &mut Ctx<'_, MixMessage>) {
             self.cover.handle_timeout(ctx.mono(), ctx.rng);
-            if let Some((peer, packet)) = self.cover.poll_transmit() {
+            if let Some(LoopPacket { to: peer, packet }) = self.cover.poll_transmit() {
                 let to = self.actors[&peer];
                 self.sent_at.push(ctx.mono());
                 self.first_hops.push(to);

@@ -4,10 +4,11 @@
 //!
 //! [`DirectoryClient`]: crate::directory::DirectoryClient
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use libp2p::request_response;
-use p2pmix_bootstrap::{MAX_ADDRESSES, PROTOCOL_VERSION, sign_descriptor};
+use metrics::counter;
+use p2pmix_bootstrap::{MAX_ADDRESSES, PROTOCOL_VERSION, address::is_usable, sign_descriptor};
 use p2pmix_proto::v1::{
     DirectoryRequest, DirectoryResponse, EpochKey, GetConsensus, NodeDescriptor, RefusalCode, Role,
     SignedConsensus, SignedDescriptor, directory_request::Request, directory_response::Response,
@@ -15,7 +16,11 @@ use p2pmix_proto::v1::{
 use prost::Message;
 use tracing::{debug, info, warn};
 
-use super::{Node, install::Installation};
+use super::{
+    Node,
+    install::Installation,
+    replay::{expected_rate, sizing},
+};
 use crate::{
     directory::{Action, UploadOutcome, answer_held},
     runtime::{Now, files::write_atomic},
@@ -24,7 +29,8 @@ use crate::{
 /// Why no descriptor could be made for an upload (it is retried).
 #[derive(Debug)]
 enum NotReady {
-    /// The swarm listens nowhere yet.
+    /// No address to announce: none given with `--announce`, and no public listen address
+    /// (loopback and private ones count only on a test network).
     NoAddress,
     /// The epoch key could not be created.
     Key(super::keys::EpochKeyError),
@@ -35,7 +41,10 @@ enum NotReady {
 impl std::fmt::Display for NotReady {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            NotReady::NoAddress => write!(f, "no listen address yet"),
+            NotReady::NoAddress => write!(
+                f,
+                "no address to announce: no public listen address (give --announce)"
+            ),
             NotReady::Key(e) => write!(f, "epoch key: {e}"),
             NotReady::Signing => write!(f, "signing failed"),
         }
@@ -65,7 +74,10 @@ impl Node {
             let offered = std::fs::read(&path)
                 .ok()
                 .and_then(|b| SignedConsensus::decode(&b[..]).ok());
-            match offered.map(|s| self.directory.offer(now.unix_ms, s, None)) {
+            let conflicts = self.directory.conflicts();
+            let outcome = offered.map(|s| self.directory.offer(now.unix_ms, s, None));
+            self.count_conflicts(conflicts);
+            match outcome {
                 Some(Ok(Some(epoch))) => {
                     debug!(epoch, "using the saved consensus");
                     self.apply_consensus(now, epoch);
@@ -117,12 +129,30 @@ impl Node {
         }
     }
 
-    /// This node's signed descriptor for `epoch` (creating and saving that epoch's key).
-    fn descriptor(&mut self, epoch: u64) -> Result<SignedDescriptor, NotReady> {
-        let mut addresses: Vec<String> = self.listen_addrs.iter().map(|a| a.to_string()).collect();
+    /// The addresses this node's descriptor carries: the announced ones, or else the listen
+    /// addresses that other nodes can dial (public ones; on a test network loopback and
+    /// private ones too). Never an unspecified, unsupported or (off a test network) local one.
+    pub(super) fn announced_addresses(&self) -> Vec<String> {
+        let test_network = self.config.authorities.test_network;
+        let source = if self.config.announce.is_empty() {
+            &self.listen_addrs
+        } else {
+            &self.config.announce
+        };
+        let mut addresses: Vec<String> = source
+            .iter()
+            .filter(|a| is_usable(a, test_network))
+            .map(|a| a.to_string())
+            .collect();
         addresses.sort();
         addresses.dedup();
         addresses.truncate(MAX_ADDRESSES);
+        addresses
+    }
+
+    /// This node's signed descriptor for `epoch` (creating and saving that epoch's key).
+    fn descriptor(&mut self, epoch: u64) -> Result<SignedDescriptor, NotReady> {
+        let addresses = self.announced_addresses();
         if addresses.is_empty() {
             return Err(NotReady::NoAddress);
         }
@@ -146,6 +176,14 @@ impl Node {
         sign_descriptor(&self.keypair, &descriptor).ok_or(NotReady::Signing)
     }
 
+    /// Exports the conflicts the directory client met since it counted `before`.
+    fn count_conflicts(&self, before: u64) {
+        let new = self.directory.conflicts().saturating_sub(before);
+        if new > 0 {
+            counter!("p2pmix_consensus_conflicts_total").increment(new);
+        }
+    }
+
     /// Installs the consensus of `epoch` (see [`Installation`]) and saves it.
     fn apply_consensus(&mut self, now: Now, epoch: u64) {
         let Some(consensus) = self.directory.consensus(epoch) else {
@@ -153,6 +191,13 @@ impl Node {
         };
         let newest = self.directory.newest().map(|c| c.epoch()) == Some(epoch);
         let installation = Installation::of(consensus, &self.me, newest);
+        let replay_rate = expected_rate(
+            &self.config.replay,
+            &consensus.parameters(),
+            installation.topology.len(),
+            installation.mixes,
+            self.observed_rate(now),
+        );
         let signed = consensus.signed().encode_to_vec();
         self.relay.set_topology(epoch, installation.topology);
         if self.installed.insert(epoch) {
@@ -176,6 +221,12 @@ impl Node {
             behaviour
                 .mix
                 .set_client_rate(limits.client_rate.rate, limits.client_rate.burst);
+            // Filters of keys made from now on carry what this consensus and this node's own
+            // traffic say a key will see.
+            let epoch_length = Duration::from_millis(self.config.schedule.period_ms());
+            self.relay
+                .with_keys(|ring| ring.set_replay_config(sizing(replay_rate, epoch_length)));
+            debug!(epoch, rate = replay_rate, "replay filters sized");
         }
         if let Err(e) = write_atomic(&self.consensus_path(epoch), &signed) {
             warn!(%e, "could not save the consensus");
@@ -184,6 +235,21 @@ impl Node {
         for old in current.saturating_sub(3)..epoch.saturating_sub(3) {
             let _ = std::fs::remove_file(self.consensus_path(old));
         }
+    }
+
+    /// Fresh packets per second under the current key so far this epoch, once a tenth of the
+    /// epoch has passed.
+    fn observed_rate(&self, now: Now) -> Option<f64> {
+        let schedule = &self.config.schedule;
+        let epoch = schedule.epoch_at(now.unix_ms);
+        let elapsed_ms = now.unix_ms.saturating_sub(schedule.start_of(epoch));
+        if elapsed_ms < schedule.period_ms() / 10 || elapsed_ms == 0 {
+            return None;
+        }
+        let tags = self
+            .relay
+            .read_keys(|ring| ring.for_epoch(epoch).map(|k| k.replay_cache().len()))?;
+        Some(tags as f64 / (elapsed_ms as f64 / 1e3))
     }
 
     /// Requests from peers (documents served from what this node holds) and answers to this
@@ -243,7 +309,10 @@ impl Node {
                         Some(Response::Consensus(c)) => Some(c),
                         _ => None,
                     };
-                    match self.directory.fetch_done(now.unix_ms, epoch, offered) {
+                    let conflicts = self.directory.conflicts();
+                    let outcome = self.directory.fetch_done(now.unix_ms, epoch, offered);
+                    self.count_conflicts(conflicts);
+                    match outcome {
                         Ok(Some(e)) => {
                             info!(epoch = e, from = %peer, "consensus fetched and verified");
                             self.apply_consensus(now, e);

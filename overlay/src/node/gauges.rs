@@ -40,8 +40,21 @@ pub struct MailboxGauges {
     pub stats: MailboxStats,
 }
 
-/// What the node looks like at one moment.
+/// One epoch key's replay filter.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct ReplayFilterGauge {
+    /// The key's epoch.
+    pub epoch: u64,
+    /// Tags in over tags its segments are sized for (1: it refuses fresh packets).
+    pub fill_ratio: f64,
+    /// Bytes of filter memory.
+    pub bytes: u64,
+    /// Fresh tags recorded.
+    pub tags: u64,
+}
+
+/// What the node looks like at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Snapshot {
     /// The epoch by the clock.
     pub epoch: u64,
@@ -57,6 +70,13 @@ pub struct Snapshot {
     pub mailbox: Option<MailboxGauges>,
     /// Whether the relay holds this epoch's Sphinx key (a restart retires it).
     pub has_epoch_key: bool,
+    /// The live keys' replay filters.
+    pub replay: Vec<ReplayFilterGauge>,
+    /// Bytes all replay filters hold, and the budget they share.
+    pub replay_memory: (u64, u64),
+    /// Fresh tags waiting for the journal writer, and packets waiting for their tags to be on
+    /// disk.
+    pub replay_backlog: (usize, usize),
 }
 
 impl Snapshot {
@@ -114,6 +134,16 @@ impl Gauges {
         } else {
             0.0
         });
+        for key in &snapshot.replay {
+            let epoch = key.epoch.to_string();
+            gauge!("p2pmix_replay_filter_fill_ratio", "epoch" => epoch.clone()).set(key.fill_ratio);
+            gauge!("p2pmix_replay_filter_bytes", "epoch" => epoch.clone()).set(key.bytes as f64);
+            gauge!("p2pmix_replay_filter_tags", "epoch" => epoch).set(key.tags as f64);
+        }
+        gauge!("p2pmix_replay_memory_bytes").set(snapshot.replay_memory.0 as f64);
+        gauge!("p2pmix_replay_memory_budget_bytes").set(snapshot.replay_memory.1 as f64);
+        gauge!("p2pmix_replay_journal_pending").set(snapshot.replay_backlog.0 as f64);
+        gauge!("p2pmix_replay_awaiting_disk_packets").set(snapshot.replay_backlog.1 as f64);
         counter!("p2pmix_loop_cover_sent_total").absolute(snapshot.cover.sent);
         counter!("p2pmix_loop_cover_returned_total").absolute(snapshot.cover.returned);
         if let Some(MailboxGauges {

@@ -2,11 +2,11 @@
 //! owner-only), and in the relay's key ring, rotated at epoch boundaries ([`KeyRotation`]).
 //!
 //! A key is written before the descriptor announcing it is uploaded, so a restarted node still
-//! holds the keys the consensus names for it. Replay caches live in memory only; a key that may
-//! already have unwrapped packets (its epoch had begun when the node stopped) would accept those
-//! packets again after a restart. So [`EpochKeyStore::open`] retires every key whose epoch has
-//! begun: a restarted node relays again from the next epoch on (Katzenpost keeps a replay
-//! database on disk instead; ours is the simpler trade of at most one epoch of service).
+//! holds the keys the consensus names for it. Each key's replay filter is on disk too
+//! ([`super::replay`]): before a key enters the ring its replay state is made durable, and a
+//! restarted node takes a key back (the previous epoch's too, while its grace period lasts) only
+//! with its filter. A key whose state is missing or damaged is retired if it may have unwrapped
+//! packets (its epoch had begun); the node then relays from the next key on.
 
 use std::{
     fs, io,
@@ -15,11 +15,12 @@ use std::{
 };
 
 use p2pmix_bootstrap::{EpochSchedule, Now};
-use p2pmix_mix::{KeyRing, NodePublicKey, NodeSecretKey};
+use p2pmix_mix::{KeyRing, NodePublicKey, NodeSecretKey, ReplayCache};
 use rand::CryptoRng;
 use thiserror::Error;
 use zeroize::Zeroizing;
 
+use super::replay::ReplayStore;
 use crate::runtime::files::{Access, FileError, write_atomic_with};
 
 /// Why a key could not be read or written.
@@ -45,14 +46,28 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> EpochKeyError + '_ {
 }
 
 impl EpochKeyStore {
-    /// Opens (creating) `data_dir/keys` and retires keys of epochs up to `current` (see the module
-    /// documentation); returns the store and the epochs retired.
+    /// Opens (creating) `data_dir/keys` and retires keys of epochs before `current - 1` (no ring
+    /// holds them any more); returns the store and the epochs retired. Keys of the previous,
+    /// current and next epoch are for [`KeyRotation`] to take back or retire.
     pub fn open(data_dir: &Path, current: u64) -> Result<(Self, Vec<u64>), EpochKeyError> {
         let dir = data_dir.join("keys");
         fs::create_dir_all(&dir).map_err(io_error(&dir))?;
         let store = EpochKeyStore { dir };
-        let retired = store.retire_through(current)?;
+        let retired = match current.checked_sub(2) {
+            Some(stale) => store.retire_through(stale)?,
+            None => Vec::new(),
+        };
         Ok((store, retired))
+    }
+
+    /// Deletes the key of `epoch`, if it is on disk.
+    pub fn retire(&self, epoch: u64) -> Result<(), EpochKeyError> {
+        let path = self.path(epoch);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(&path)(e)),
+        }
     }
 
     fn path(&self, epoch: u64) -> PathBuf {
@@ -126,40 +141,70 @@ impl EpochKeyStore {
     }
 }
 
+/// A key that could not be loaded this turn.
+#[derive(Debug)]
+pub struct UnusableKey {
+    /// Its epoch.
+    pub epoch: u64,
+    /// Why.
+    pub error: String,
+}
+
 /// What one turn of [`KeyRotation`] changed, for the driver's log.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub struct Rotated {
     /// The ring moved to this epoch.
     pub advanced_to: Option<u64>,
     /// Epochs whose key is no longer on disk.
     pub retired: Vec<u64>,
+    /// Keys taken back with their replay filter from disk (after a restart).
+    pub restored: Vec<u64>,
+    /// Keys retired because their replay state was missing or could not be read, and they may
+    /// have unwrapped packets.
+    pub lost: Vec<(u64, String)>,
     /// Keys that could not be loaded (a damaged file costs that epoch, not the node).
-    pub unusable: Vec<(u64, String)>,
+    pub unusable: Vec<UnusableKey>,
 }
 
-/// The key schedule, sans-IO but for the key files: at every epoch boundary the relay's ring
-/// advances (the previous key stays for its grace period), and the keys of the current and next
-/// epoch are loaded from the store as soon as they exist. Time is passed in.
+/// The key schedule, sans-IO but for the key and replay files: at every epoch boundary the
+/// relay's ring advances (the previous key stays for its grace period), and the keys of the
+/// current and next epoch (and, after a restart, the previous one) are loaded from the store as
+/// soon as they exist, each with its replay filter. Time is passed in.
 #[derive(Debug)]
 pub struct KeyRotation {
     store: EpochKeyStore,
+    replay: ReplayStore,
     schedule: EpochSchedule,
     last: Now,
     /// The ring's own next deadline (grace expiry), as of the last turn.
     ring_due: Option<Instant>,
     /// A key file appeared: load it on the next turn.
     load_due: bool,
+    /// A key could not be loaded: try again then (a transient read error must not cost the
+    /// rest of an epoch).
+    retry_at: Option<Instant>,
 }
 
+/// The wait before a key that could not be loaded is tried again.
+const LOAD_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl KeyRotation {
-    /// Rotation for the network of `schedule`, keys kept in `store`, starting at `now`.
-    pub fn new(store: EpochKeyStore, schedule: EpochSchedule, now: Now) -> Self {
+    /// Rotation for the network of `schedule`, keys kept in `store` and their replay state in
+    /// `replay`, starting at `now`.
+    pub fn new(
+        store: EpochKeyStore,
+        replay: ReplayStore,
+        schedule: EpochSchedule,
+        now: Now,
+    ) -> Self {
         KeyRotation {
             store,
+            replay,
             schedule,
             last: now,
             ring_due: None,
             load_due: true,
+            retry_at: None,
         }
     }
 
@@ -175,20 +220,33 @@ impl KeyRotation {
         Ok(key.public_key())
     }
 
-    /// The next epoch boundary, the ring's next grace expiry, or now if a key waits to load.
+    fn next_boundary_ms(&self) -> u64 {
+        let epoch = self.schedule.epoch_at(self.last.unix_ms);
+        self.schedule.start_of(epoch.saturating_add(1))
+    }
+
+    /// The next epoch boundary, the ring's next grace expiry, a load retry, or now if a key waits
+    /// to load.
     pub fn poll_timeout(&self) -> Option<Instant> {
         if self.load_due {
             return Some(self.last.mono);
         }
-        let epoch = self.schedule.epoch_at(self.last.unix_ms);
-        let boundary = self
-            .last
-            .instant_at(self.schedule.start_of(epoch.saturating_add(1)));
-        Some(self.ring_due.map_or(boundary, |r| r.min(boundary)))
+        let boundary = self.last.instant_at(self.next_boundary_ms());
+        [Some(boundary), self.ring_due, self.retry_at]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
-    /// Rotates `ring` to `now`: advances it at a boundary (retiring the old key's file), expires
-    /// grace keys, and loads the current and next epochs' keys it lacks.
+    /// Whether [`KeyRotation::handle_timeout`] has work at `now`: the monotonic timers, or an
+    /// epoch boundary on the wall clock (which a wall-clock step or a resume from suspend reaches
+    /// before the instant [`KeyRotation::poll_timeout`] mapped it to).
+    pub fn is_due(&self, now: Now) -> bool {
+        self.poll_timeout().is_some_and(|t| t <= now.mono) || now.unix_ms >= self.next_boundary_ms()
+    }
+
+    /// Rotates `ring` to `now`: advances it at a boundary, expires grace keys, loads the keys it
+    /// lacks (with their replay state), and deletes the files of keys no ring holds any more.
     pub fn handle_timeout(
         &mut self,
         now: Now,
@@ -203,49 +261,149 @@ impl KeyRotation {
             rotated.advanced_to = Some(epoch);
         }
         ring.handle_timeout(now.mono);
-        for e in [epoch, epoch + 1] {
+        // The previous key comes back (after a restart) only while its grace period lasts.
+        let grace_ends = self
+            .schedule
+            .start_of(epoch)
+            .saturating_add(u64::try_from(ring.grace().as_millis()).unwrap_or(u64::MAX));
+        let previous = epoch
+            .checked_sub(1)
+            .filter(|_| now.unix_ms < grace_ends && ring.current_epoch() == epoch);
+        for e in previous.into_iter().chain([epoch, epoch + 1]) {
             if ring.for_epoch(e).is_some() {
                 continue;
             }
             match self.store.load(e) {
-                // Only keys of the current and next epoch are offered: insert cannot fail on
-                // the window, and a duplicate was ruled out above.
                 Ok(Some(secret)) => {
-                    let _ = ring.insert(e, secret);
+                    let until = (Some(e) == previous).then(|| now.instant_at(grace_ends));
+                    self.admit(e, secret, epoch, until, ring, &mut rotated);
                 }
                 Ok(None) => {}
-                Err(error) => rotated.unusable.push((e, error.to_string())),
+                Err(error) => rotated.unusable.push(UnusableKey {
+                    epoch: e,
+                    error: error.to_string(),
+                }),
             }
         }
         self.ring_due = ring.poll_timeout();
-        if rotated.advanced_to.is_some() {
-            // The previous key stays in memory for its grace period; on disk it is no longer
-            // needed (a restart retires it anyway).
-            rotated.retired = self.store.retire_through(epoch.saturating_sub(1))?;
-        }
+        self.retry_at = (!rotated.unusable.is_empty()).then(|| now.mono + LOAD_RETRY);
+        rotated.retired = self.sweep(epoch, ring)?;
         Ok(rotated)
+    }
+
+    /// Puts the key of `e` into `ring` with its replay filter: read back from disk if it has a
+    /// state, new (and made durable first) if its epoch has not begun; otherwise it is retired.
+    fn admit(
+        &mut self,
+        e: u64,
+        secret: NodeSecretKey,
+        current: u64,
+        previous_until: Option<std::time::Instant>,
+        ring: &mut KeyRing,
+        rotated: &mut Rotated,
+    ) {
+        let budget = ring.replay_budget().clone();
+        let cache = if self.replay.has_state(e) {
+            match self
+                .replay
+                .restore(e, &secret, ring.replay_config(), budget)
+            {
+                Ok(cache) => {
+                    rotated.restored.push(e);
+                    cache
+                }
+                Err(error) => {
+                    rotated.lost.push((e, error.to_string()));
+                    return;
+                }
+            }
+        } else if e > current {
+            let cache = ReplayCache::for_key(ring.replay_config(), &secret, budget);
+            if let Err(error) = self.replay.prepare(e, &cache) {
+                // Tried again after LOAD_RETRY; the key is not used without its state.
+                rotated.unusable.push(UnusableKey {
+                    epoch: e,
+                    error: error.to_string(),
+                });
+                return;
+            }
+            cache
+        } else {
+            rotated
+                .lost
+                .push((e, "no replay state, and its epoch has begun".into()));
+            return;
+        };
+        // The window was checked above and a duplicate ruled out.
+        let _ = ring.insert_restored(e, secret, cache, previous_until);
+    }
+
+    /// Deletes the keys and replay states of epochs no ring holds any more (before the current
+    /// one, or lost); returns the epochs whose key was deleted.
+    fn sweep(&self, current: u64, ring: &KeyRing) -> Result<Vec<u64>, EpochKeyError> {
+        let mut retired = Vec::new();
+        for e in self.store.epochs()? {
+            if ring.for_epoch(e).is_none() && e <= current {
+                self.store.retire(e)?;
+                retired.push(e);
+            }
+        }
+        for e in self.replay.epochs() {
+            let keyless = !self.store.path(e).exists();
+            if ring.for_epoch(e).is_none() && (e <= current || keyless) {
+                self.replay.retire(e)?;
+            }
+        }
+        Ok(retired)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            let dir = std::env::temp_dir().join(format!(
+                "p2pmix-{name}-{}-{:?}",
+                std::process::id(),
+                Instant::now()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn ring(epoch: u64) -> KeyRing {
+        KeyRing::new(
+            epoch,
+            Duration::from_secs(5),
+            p2pmix_mix::ReplayConfig::default(),
+        )
+    }
+
+    fn rotation(dir: &Path, epoch: u64, now: Now) -> KeyRotation {
+        let (store, _) = EpochKeyStore::open(dir, epoch).unwrap();
+        let replay = ReplayStore::open(dir).unwrap();
+        KeyRotation::new(store, replay, EpochSchedule::new(0, 10_000), now)
+    }
 
     #[test]
     fn the_ring_advances_at_each_boundary_and_loads_keys_once_they_exist() {
-        use std::time::Duration;
-
-        let dir = std::env::temp_dir().join(format!("p2pmix-rotation-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        let schedule = EpochSchedule::new(0, 10_000);
+        let dir = Dir::new("rotation");
         let t0 = Now::new(Instant::now(), 40_000); // epoch 4 begins
-        let (store, _) = EpochKeyStore::open(&dir, 4).unwrap();
-        let mut rotation = KeyRotation::new(store, schedule, t0);
-        let mut ring = KeyRing::new(
-            4,
-            Duration::from_secs(10),
-            p2pmix_mix::ReplayConfig::default(),
-        );
+        let mut rotation = rotation(&dir.0, 4, t0);
+        let mut ring = ring(4);
         let mut rng = rand::rng();
         assert_eq!(rotation.poll_timeout(), Some(t0.mono), "loads at once");
         rotation.handle_timeout(t0, &mut ring).unwrap();
@@ -254,25 +412,104 @@ mod tests {
             Some(t0.mono + Duration::from_secs(10)),
             "next: the boundary of epoch 5"
         );
-        // The descriptor for epoch 5 creates its key: loaded on the next turn.
+        // The descriptor for epoch 5 creates its key: loaded on the next turn, with its replay
+        // state made durable first.
         let public = rotation.public_key_for(5, &mut rng).unwrap();
         assert_eq!(rotation.poll_timeout(), Some(t0.mono));
         rotation.handle_timeout(t0, &mut ring).unwrap();
         assert_eq!(ring.for_epoch(5).map(|k| k.public_key()), Some(public));
-        // At the boundary the ring advances, and the file of epoch 4 (none here) is retired.
+        assert!(rotation.replay.has_state(5));
+        // At the boundary the ring advances; the key of 5 is current, that of 4 (none here)
+        // would stay for its grace period (5 s).
         let t1 = t0.later(Duration::from_secs(10));
         let rotated = rotation.handle_timeout(t1, &mut ring).unwrap();
         assert_eq!(rotated.advanced_to, Some(5));
         assert_eq!(ring.current_epoch(), 5);
-        let _ = fs::remove_dir_all(&dir);
+        // Once the grace after the next boundary is over, the key of 5 and its state go.
+        let t3 = t1.later(Duration::from_secs(20));
+        let rotated = rotation.handle_timeout(t3, &mut ring).unwrap();
+        assert_eq!(rotated.retired, vec![5]);
+        assert!(!rotation.replay.has_state(5));
+        assert!(ring.for_epoch(5).is_none());
     }
 
     #[test]
-    fn keys_survive_reopening_until_their_epoch_begins() {
-        let dir = std::env::temp_dir().join(format!("p2pmix-keys-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+    fn a_wall_clock_step_is_noticed_at_once() {
+        let dir = Dir::new("wallstep");
+        let t0 = Now::new(Instant::now(), 40_000);
+        let mut rotation = rotation(&dir.0, 4, t0);
+        let mut ring = KeyRing::new(
+            4,
+            Duration::from_secs(10),
+            p2pmix_mix::ReplayConfig::default(),
+        );
+        rotation.handle_timeout(t0, &mut ring).unwrap();
+        // One second later by the monotonic clock, but the wall clock jumped into epoch 6 (an
+        // NTP step, or a resume from suspend, which the monotonic clock does not count).
+        let stepped = Now::new(t0.mono + Duration::from_secs(1), 61_000);
+        assert!(rotation.poll_timeout().unwrap() > stepped.mono);
+        assert!(
+            rotation.is_due(stepped),
+            "the boundary is past on the wall clock"
+        );
+        rotation.handle_timeout(stepped, &mut ring).unwrap();
+        assert_eq!(ring.current_epoch(), 6);
+        assert!(!rotation.is_due(stepped));
+    }
+
+    #[test]
+    fn a_restarted_node_takes_keys_back_with_their_replay_state_or_retires_them() {
+        let dir = Dir::new("restart");
         let mut rng = rand::rng();
-        let (store, retired) = EpochKeyStore::open(&dir, 4).unwrap();
+        let t0 = Now::new(Instant::now(), 40_000);
+        let mut first = rotation(&dir.0, 4, t0);
+        let mut ring4 = ring(4);
+        let k5 = first.public_key_for(5, &mut rng).unwrap();
+        first.handle_timeout(t0, &mut ring4).unwrap();
+        let t1 = t0.later(Duration::from_secs(10));
+        first.handle_timeout(t1, &mut ring4).unwrap();
+        let k6 = first.public_key_for(6, &mut rng).unwrap();
+        first.handle_timeout(t1, &mut ring4).unwrap();
+        drop(first);
+        // Restart in the middle of epoch 5 (the process died; the ring is gone).
+        let t = t1.later(Duration::from_secs(5));
+        let mut again = rotation(&dir.0, 5, t);
+        let mut ring5 = ring(5);
+        let rotated = again.handle_timeout(t, &mut ring5).unwrap();
+        assert_eq!(rotated.restored, vec![5, 6]);
+        assert!(rotated.lost.is_empty());
+        assert_eq!(ring5.for_epoch(5).map(|k| k.public_key()), Some(k5));
+        assert_eq!(ring5.for_epoch(6).map(|k| k.public_key()), Some(k6));
+        // Without its replay state, a key whose epoch has begun is retired: it may have
+        // unwrapped packets nobody remembers.
+        again.replay.retire(6).unwrap();
+        let t2 = t1.later(Duration::from_secs(11)); // epoch 6 begins
+        let mut later = rotation(&dir.0, 6, t2);
+        let mut ring6 = ring(6);
+        let rotated = later.handle_timeout(t2, &mut ring6).unwrap();
+        assert_eq!(
+            rotated.restored,
+            vec![5],
+            "the previous key, in its grace period"
+        );
+        assert_eq!(rotated.lost.len(), 1);
+        assert_eq!(rotated.lost[0].0, 6);
+        assert!(ring6.for_epoch(6).is_none());
+        assert!(later.store.load(6).unwrap().is_none(), "its file is gone");
+        // After the grace period the previous key is not taken back.
+        let t3 = t2.later(Duration::from_secs(5));
+        let mut last = rotation(&dir.0, 6, t3);
+        let mut ring6 = ring(6);
+        let rotated = last.handle_timeout(t3, &mut ring6).unwrap();
+        assert!(rotated.restored.is_empty());
+        assert!(ring6.for_epoch(5).is_none());
+    }
+
+    #[test]
+    fn keys_survive_reopening_until_they_are_stale() {
+        let dir = Dir::new("keys");
+        let mut rng = rand::rng();
+        let (store, retired) = EpochKeyStore::open(&dir.0, 4).unwrap();
         assert!(retired.is_empty());
         let k5 = store.load_or_create(5, &mut rng).unwrap();
         let k6 = store.load_or_create(6, &mut rng).unwrap();
@@ -280,13 +517,12 @@ mod tests {
             store.load_or_create(5, &mut rng).unwrap().to_bytes(),
             k5.to_bytes()
         );
-        // Reopened during epoch 5: the key of 5 may have seen packets and is retired.
-        let (store, retired) = EpochKeyStore::open(&dir, 5).unwrap();
+        // Reopened during epoch 7: the key of 5 can be in no ring any more.
+        let (store, retired) = EpochKeyStore::open(&dir.0, 7).unwrap();
         assert_eq!(retired, vec![5]);
         assert!(store.load(5).unwrap().is_none());
         assert_eq!(store.load(6).unwrap().unwrap().to_bytes(), k6.to_bytes());
         fs::write(store.path(7), b"short").unwrap();
         assert!(matches!(store.load(7), Err(EpochKeyError::Malformed(_))));
-        let _ = fs::remove_dir_all(&dir);
     }
 }

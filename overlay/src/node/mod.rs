@@ -10,6 +10,7 @@
 //! event, and hands each event to the machine it is for. The machines, one a file:
 //! - [`bootstrap`]: dials the bootstrap list with backoff until each address answered once;
 //! - [`keys`]: the epoch keys on disk and their rotation in the relay's key ring;
+//! - [`replay`]: each key's replay filter on disk (journal and snapshots), read back at a restart;
 //! - the [`DirectoryClient`] (in [`crate::directory`]): descriptor uploads, consensus fetches;
 //!   [`directory`] turns its actions into requests and serves held documents to peers;
 //! - [`install`]: what a verified consensus means for this node (a pure function);
@@ -17,7 +18,8 @@
 //! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/1.0.0`;
 //! - [`gauges`]: the metrics, exported on a timer.
 //!
-//! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`, `consensus-<epoch>.pb`
+//! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`,
+//! `replay/<epoch>/{journal,snapshot}-<generation>`, `consensus-<epoch>.pb`
 //! (verified documents, reused at restart), `listen-addrs` (full multiaddrs with `/p2p/`, usable
 //! as bootstrap addresses), on gateways `mailbox/` and, with metrics on, `metrics-addr`.
 
@@ -28,6 +30,7 @@ pub mod gateway;
 pub mod gauges;
 pub mod install;
 pub mod keys;
+pub mod replay;
 mod start;
 mod swarm;
 
@@ -59,11 +62,11 @@ use self::{
     bootstrap::BootstrapDialer,
     cover::LoopCover,
     gateway::Gateway,
-    gauges::{ConsensusGauges, Gauges, Snapshot},
+    gauges::{ConsensusGauges, Gauges, ReplayFilterGauge, Snapshot},
     keys::KeyRotation,
 };
 use crate::{
-    client::{Topology, client_id},
+    client::client_id,
     config::NodeConfig,
     directory::{Action, DirectoryClient},
     runtime::{Now, files::write_atomic, status::Status},
@@ -145,18 +148,31 @@ impl Node {
     /// Runs every machine whose timer is due at `now`.
     fn handle_timeouts(&mut self, now: Now) -> Result<(), NodeError> {
         let due = |t: Option<Instant>| t.is_some_and(|t| t <= now.mono);
-        if due(self.keys.poll_timeout()) {
+        // Machines that follow the wall clock say themselves whether they are due: their
+        // instants are mapped from the last reading, and a wall-clock step would make them late.
+        if self.keys.is_due(now) {
             let rotated = self
                 .relay
                 .with_keys(|ring| self.keys.handle_timeout(now, ring))?;
             if let Some(epoch) = rotated.advanced_to {
                 info!(epoch, "new epoch");
             }
-            for (epoch, error) in rotated.unusable {
-                warn!(epoch, %error, "epoch key unusable");
+            if !rotated.restored.is_empty() {
+                info!(epochs = ?rotated.restored, "epoch keys taken back with their replay filters");
+            }
+            for (epoch, error) in rotated.lost {
+                warn!(
+                    epoch,
+                    %error,
+                    "epoch key retired: its replay filter did not survive, and it may have \
+                     unwrapped packets; relaying resumes with the next key"
+                );
+            }
+            for key in rotated.unusable {
+                warn!(epoch = key.epoch, error = %key.error, "epoch key unusable");
             }
         }
-        if due(self.directory.poll_timeout()) {
+        if self.directory.is_due(now) {
             self.directory.handle_timeout(now);
         }
         self.send_directory_requests(now);
@@ -196,18 +212,13 @@ impl Node {
 
     /// Keeps the loop stream on the consensus in force, and sends what is due.
     fn send_loop_cover(&mut self, now: Now) {
-        let in_force = self.directory.in_force(now.unix_ms);
-        if in_force.map(|c| c.epoch()) != self.cover.epoch() {
-            self.cover.set_network(in_force.map(|c| {
-                (
-                    Topology::from_consensus(c),
-                    c.parameters().mix_loop_interval_us,
-                )
-            }));
-        }
+        self.cover.follow(self.directory.in_force(now.unix_ms));
         self.cover.handle_timeout(now.mono, &mut self.rng);
-        if let Some((first, packet)) = self.cover.poll_transmit() {
-            self.swarm.behaviour_mut().mix.send(first, packet);
+        if let Some(loop_packet) = self.cover.poll_transmit() {
+            self.swarm
+                .behaviour_mut()
+                .mix
+                .send(loop_packet.to, loop_packet.packet);
         }
     }
 
@@ -237,9 +248,31 @@ impl Node {
                         .map(|n| n.layer),
                 }
             }),
-            has_epoch_key: self.relay.with_keys(|ring| ring.for_epoch(epoch).is_some()),
+            has_epoch_key: self.relay.read_keys(|ring| ring.for_epoch(epoch).is_some()),
             cover: self.cover.stats(),
             mailbox: self.gateway.as_ref().map(Gateway::snapshot),
+            replay: self.relay.read_keys(|ring| {
+                ring.keys()
+                    .map(|k| {
+                        let cache = k.replay_cache();
+                        ReplayFilterGauge {
+                            epoch: k.epoch(),
+                            fill_ratio: cache.fill_ratio(),
+                            bytes: cache.memory_bytes(),
+                            tags: cache.len(),
+                        }
+                    })
+                    .collect()
+            }),
+            replay_memory: self.relay.read_keys(|ring| {
+                let budget = ring.replay_budget();
+                (budget.used(), budget.limit())
+            }),
+            replay_backlog: (
+                self.relay
+                    .read_keys(|ring| ring.replay_log().map_or(0, |l| l.pending())),
+                self.swarm.behaviour().mix.awaiting_journal(),
+            ),
         }
     }
 

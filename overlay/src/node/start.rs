@@ -9,7 +9,7 @@ use std::{
 
 use p2pmix_bootstrap::{MAX_NODES, default_parameters};
 use p2pmix_mix::{
-    Geometry, KeyRing, Relay, RelayConfig, ReplayConfig, behaviour::Config as MixConfig,
+    Geometry, KeyRing, Relay, RelayConfig, ReplayBudget, ReplayLog, behaviour::Config as MixConfig,
 };
 use thiserror::Error;
 use tracing::{info, warn};
@@ -22,6 +22,10 @@ use super::{
     gauges::Gauges,
     install::ClientRate,
     keys::{EpochKeyError, EpochKeyStore, KeyRotation},
+    replay::{
+        ReplayStore, sizing,
+        writer::{JournalWriter, SnapshotPolicy},
+    },
     swarm,
 };
 use crate::{
@@ -35,6 +39,7 @@ use crate::{
         limits, listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
         status::Status,
+        trace::{self, TraceSetupError},
     },
 };
 
@@ -57,6 +62,12 @@ pub enum NodeError {
     /// The swarm could not be built.
     #[error(transparent)]
     Swarm(#[from] SwarmError),
+    /// Tracing was asked for and could not start (not a test network, or a file).
+    #[error(transparent)]
+    Trace(#[from] TraceSetupError),
+    /// A trace file could not be written.
+    #[error(transparent)]
+    TraceWrite(#[from] p2pmix_mix::trace::TraceError),
     /// The swarm could not listen on an address.
     #[error(transparent)]
     Listen(#[from] ListenError),
@@ -68,6 +79,10 @@ pub enum NodeError {
 fn key_grace(period_ms: u64) -> Duration {
     Duration::from_millis(period_ms.max(1_000))
 }
+
+/// Fresh tags the Sphinx workers may hand over before the journal writer took them (8 MiB; at
+/// 20,000 packets a second, 13 s of a stalled disk before fresh packets are refused).
+const REPLAY_BACKLOG: usize = 1 << 18;
 
 /// Runs a node until `shutdown` resolves.
 pub async fn run_node(
@@ -111,32 +126,48 @@ pub async fn run_node(
     }
     let now = Now::system();
     let epoch = config.schedule.epoch_at(now.unix_ms);
-    let (store, retired) = EpochKeyStore::open(&config.data_dir, epoch)?;
-    if !retired.is_empty() {
-        info!(
-            ?retired,
-            "retired the keys of epochs that had begun (their replay caches did not survive the \
-             restart); relaying resumes with the next epoch's key"
-        );
-    }
+    let (store, _) = EpochKeyStore::open(&config.data_dir, epoch)?;
+    let replay_store = ReplayStore::open(&config.data_dir)?;
+    let replay_log = Arc::new(ReplayLog::new(REPLAY_BACKLOG));
+    let epoch_length = Duration::from_millis(config.schedule.period_ms());
     let defaults = default_parameters();
+    let ring = KeyRing::new(
+        epoch,
+        key_grace(config.schedule.period_ms()),
+        sizing(config.replay.min_rate, epoch_length),
+    )
+    .with_replay_budget(ReplayBudget::new(config.replay.memory_bytes))
+    .with_replay_log(replay_log.clone());
     let relay = Arc::new(Relay::new(
         Geometry::DEFAULT,
         RelayConfig {
             max_delay: Duration::from_micros(defaults.max_delay_us),
         },
-        KeyRing::new(
-            epoch,
-            key_grace(config.schedule.period_ms()),
-            ReplayConfig::default(),
-        ),
+        ring,
     ));
+    let journal = {
+        let relay = relay.clone();
+        JournalWriter::start(
+            replay_store.dir().to_path_buf(),
+            replay_log,
+            Box::new(move || {
+                relay.read_keys(|ring| {
+                    ring.keys()
+                        .map(|k| (k.epoch(), k.replay_handle()))
+                        .collect()
+                })
+            }),
+            SnapshotPolicy::default(),
+        )
+        .map_err(|e| FileError::on(replay_store.dir())(e))?
+    };
     let rate = ClientRate::from_parameters(&defaults);
     let mix_config = MixConfig {
         client_rate: rate.rate,
         client_burst: rate.burst,
         ..MixConfig::default()
     };
+    let tracer = config.trace.open(&config.authorities, me)?;
     let mut swarm = swarm::build_node_swarm(
         keypair.clone(),
         relay.clone(),
@@ -144,6 +175,12 @@ pub async fn run_node(
         config.role == NodeRole::Gateway,
         config.max_connections,
     )?;
+    if let Some(tracer) = &tracer {
+        swarm
+            .behaviour_mut()
+            .mix
+            .set_trace(Arc::new(tracer.clone()));
+    }
     listen_on_all(&mut swarm, &config.listen)?;
     for entry in &config.authorities.entries {
         for addr in &entry.addresses {
@@ -166,7 +203,7 @@ pub async fn run_node(
     };
     info!(peer_id = %me, role = ?config.role, epoch, "node started");
     let mut node = Node {
-        keys: KeyRotation::new(store, config.schedule, now),
+        keys: KeyRotation::new(store, replay_store, config.schedule, now),
         bootstrap: BootstrapDialer::new(config.bootstrap.iter().cloned(), now.mono),
         config,
         keypair,
@@ -185,8 +222,15 @@ pub async fn run_node(
     };
     node.load_cached_consensus(now);
     let result = node.run(now, shutdown).await;
+    // The last tags on disk and every key's filter in one snapshot, so that the next start reads
+    // little (a crash instead of a shutdown loses nothing either: see node/replay/).
+    journal.shutdown();
     if let Some(task) = metrics_task {
         task.abort();
     }
-    result
+    result?;
+    if let Some(tracer) = &tracer {
+        trace::finish(tracer)?;
+    }
+    Ok(())
 }

@@ -1,12 +1,13 @@
 //! What every p2pmix process runs on: the swarm, the clocks, files in the data directory, the
-//! metrics endpoint and the health status it serves. The drivers (node, authority, client
-//! behaviour) use these; the sans-IO cores never do.
+//! metrics endpoint and the health status it serves, and (test networks only) trace files. The
+//! drivers (node, authority, client behaviour) use these; the sans-IO cores never do.
 
 pub mod files;
 pub mod limits;
 pub mod metrics;
 pub mod status;
 mod swarm;
+pub mod trace;
 
 pub use p2pmix_bootstrap::{Now, unix_ms};
 pub use swarm::{ListenError, SwarmError, build_swarm, listen_on_all};

@@ -14,11 +14,15 @@ pub enum SwarmError {
     /// The Noise handshake could not be set up with this identity.
     #[error("noise: {0}")]
     Noise(#[from] noise::Error),
+    /// The system's DNS configuration could not be read.
+    #[error("dns resolver: {0}")]
+    Dns(#[from] std::io::Error),
 }
 
 /// Builds the swarm every p2pmix process uses: TCP with Noise and yamux (and QUIC with the
-/// `quic` feature; listen on `/udp/0/quic-v1` to use it). Connections stay open for an hour of
-/// idleness: mix links carry traffic in bursts and redialling costs a handshake.
+/// `quic` feature; listen on `/udp/0/quic-v1` to use it), and DNS multiaddrs (`/dns`, `/dns4`,
+/// `/dns6`) resolved with the system's resolver configuration. Connections stay open for an hour
+/// of idleness: mix links carry traffic in bursts and redialling costs a handshake.
 pub fn build_swarm<B: NetworkBehaviour>(
     keypair: Keypair,
     behaviour: impl FnOnce(&Keypair) -> B,
@@ -32,6 +36,7 @@ pub fn build_swarm<B: NetworkBehaviour>(
         )?;
     #[cfg(feature = "quic")]
     let builder = builder.with_quic();
+    let builder = builder.with_dns()?;
     let builder = match builder.with_behaviour(|key| behaviour(key)) {
         Ok(b) => b,
         Err(never) => match never {},

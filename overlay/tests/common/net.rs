@@ -58,7 +58,10 @@ impl Net {
         let keys: Vec<String> = (0..3)
             .map(|i| keygen(&scratch.0.join(format!("a{i}"))))
             .collect();
-        let network = format!("[network]\ngenesis_unix_ms = {genesis}\nepoch_ms = {EPOCH_MS}\n");
+        // A local test network: everything listens on 127.0.0.1.
+        let network = format!(
+            "[network]\ngenesis_unix_ms = {genesis}\nepoch_ms = {EPOCH_MS}\ntest_network = true\n"
+        );
         let mut authorities = Vec::new();
         let mut addrs: Vec<Option<String>> = vec![None; 3];
         for i in 0..3 {

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use p2pmix::{
-    bootstrap::{MAX_NODES, default_parameters},
+    bootstrap::{MAX_NODES, address::is_public_ip, default_parameters},
     config::{Authorities, MIN_EPOCH_MS, NodeRole, NodeSettings, PARAMETERS, set_parameter},
     identity::{IDENTITY_FILE, write_identity},
     proto::v1::NetworkParameters,
@@ -88,6 +88,11 @@ pub(crate) struct GenconfigArgs {
     /// Give the nodes of each host one operator family (no route then uses two of them).
     #[arg(long)]
     family_per_host: bool,
+    /// A local test network (`test_network = true` in both [network] sections): loopback and
+    /// private addresses admitted, traces allowed. Hosts given by a loopback or private address
+    /// need it; a production network never has it.
+    #[arg(long)]
+    test_network: bool,
 }
 
 fn parse_parameter(text: &str) -> Result<(String, u64), String> {
@@ -180,7 +185,7 @@ pub(crate) struct Addresses {
     /// What it binds.
     pub(crate) listen: Multiaddr,
     /// What the others dial: authorities' addresses in the pinned file, bootstrap addresses,
-    /// and (once nodes can announce an address) what a node announces.
+    /// and what a node announces in its descriptor.
     pub(crate) public: Multiaddr,
     /// Where its metrics endpoint binds.
     pub(crate) metrics: SocketAddr,
@@ -290,7 +295,10 @@ impl Spec {
                     .collect::<Result<_>>()?,
             ),
         };
-        let mut parameters = default_parameters();
+        let mut parameters = NetworkParameters {
+            test_network: args.test_network,
+            ..default_parameters()
+        };
         for (key, value) in &args.parameters {
             ensure!(
                 set_parameter(&mut parameters, key, *value),
@@ -334,6 +342,17 @@ impl Spec {
         );
         if let HostPlan::List(hosts) = &self.hosts {
             ensure!(!hosts.is_empty(), "--hosts: at least one host");
+            if !self.parameters.test_network {
+                for host in hosts {
+                    if let Host::Ip(ip) = host {
+                        ensure!(
+                            is_public_ip(*ip),
+                            "--hosts {ip}: not a public address, and only a test network \
+                             admits loopback and private ones (add --test-network)"
+                        );
+                    }
+                }
+            }
         }
         let names = (0..self.authorities)
             .map(|i| (Kind::Authority, i))
@@ -445,10 +464,13 @@ pub(crate) fn generate(spec: &Spec, out: &Path) -> Result<Network> {
         );
     }
     let processes = spec.processes()?;
-    let network_section = format!(
+    let mut network_section = format!(
         "[network]\ngenesis_unix_ms = {}\nepoch_ms = {}\n",
         spec.genesis_unix_ms, spec.epoch_ms
     );
+    if spec.parameters.test_network {
+        network_section.push_str("test_network = true\n");
+    }
     let mut pinned = String::from(
         "# The pinned authorities of this network, written by p2pmix testnet genconfig: every\n\
          # node, client and authority needs this file.\n\n",
@@ -504,6 +526,8 @@ pub(crate) fn generate(spec: &Spec, out: &Path) -> Result<Network> {
                 };
                 let settings = NodeSettings {
                     listen: vec![p.addresses.listen.clone()],
+                    // What the others reach, also when the node binds every interface.
+                    announce: vec![p.addresses.public.clone()],
                     bootstrap: gateways
                         .iter()
                         .filter(|g| g.name != p.name)
@@ -608,7 +632,10 @@ mod tests {
             metrics_loopback: false,
             genesis_unix_ms: 1,
             epoch_ms: 60_000,
-            parameters: default_parameters(),
+            parameters: NetworkParameters {
+                test_network: true,
+                ..default_parameters()
+            },
             family_per_host: false,
         }
     }
@@ -661,6 +688,15 @@ mod tests {
         let mut s = spec(&["127.0.0.1"]);
         s.epoch_ms = 10;
         assert!(s.processes().is_err(), "epoch too short");
+        let mut s = spec(&["127.0.0.1"]);
+        s.parameters.test_network = false;
+        assert!(s.processes().is_err(), "loopback without --test-network");
+        let mut s = spec(&["192.0.2.1"]);
+        s.parameters.test_network = false;
+        assert!(s.processes().is_err(), "documentation range is not public");
+        let mut s = spec(&["93.184.216.34", "mix.example.org"]);
+        s.parameters.test_network = false;
+        assert!(s.processes().is_ok(), "public addresses and names");
         assert!(parse_parameter("mean_delay_us=10").is_ok());
         assert!(parse_parameter("mean_delay=10").is_err());
         assert!(parse_parameter("mean_delay_us=ten").is_err());

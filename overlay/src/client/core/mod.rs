@@ -206,6 +206,29 @@ pub struct ClientStats {
     pub duplicates: u64,
 }
 
+/// What the last packet from [`ClientCore::poll_transmit`] carried: the ground truth a test
+/// network records (`p2pmix_mix::trace`); nothing else reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transmitted {
+    /// Fragment `index` of `count` of `message`, sent for the `attempt`-th time.
+    Fragment {
+        /// The message.
+        message: MessageId,
+        /// The fragment.
+        index: u16,
+        /// Fragments of the message.
+        count: u16,
+        /// Sends of this fragment, this one included.
+        attempt: u32,
+    },
+    /// An acknowledgement or a reply (through a SURB).
+    Reply,
+    /// Loop cover.
+    LoopCover,
+    /// Drop cover.
+    DropCover,
+}
+
 /// What waits for a tick of the send stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outgoing {
@@ -250,6 +273,7 @@ pub struct ClientCore {
     delivered: HashMap<MessageId, Instant>,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
+    last_transmitted: Option<Transmitted>,
 }
 
 impl std::fmt::Debug for ClientCore {
@@ -294,6 +318,7 @@ impl ClientCore {
             delivered: HashMap::new(),
             events: VecDeque::new(),
             stats: ClientStats::default(),
+            last_transmitted: None,
         }
     }
 
@@ -370,6 +395,11 @@ impl ClientCore {
             .retain(|_, t| now.saturating_duration_since(*t) < remember);
     }
 
+    /// What the last packet [`ClientCore::poll_transmit`] returned carried.
+    pub fn last_transmitted(&self) -> Option<Transmitted> {
+        self.last_transmitted
+    }
+
     /// The next packet to hand to the gateway, if the schedule says one is due at `now`.
     pub fn poll_transmit<R: CryptoRng + ?Sized>(
         &mut self,
@@ -377,26 +407,40 @@ impl ClientCore {
         rng: &mut R,
     ) -> Option<Vec<u8>> {
         while let Some(emission) = self.schedule.poll_emit(now, rng) {
-            let packet = match emission {
+            let (packet, kind) = match emission {
                 Emission::Real(Outgoing::Prebuilt(n)) => {
                     let p = self.prebuilt.remove(&n);
                     if p.is_some() {
                         self.stats.acks_and_replies_sent += 1;
                     }
-                    p
+                    (p, Transmitted::Reply)
                 }
                 Emission::Real(Outgoing::Fragment { message, index }) => {
                     match self.build_fragment(now, message, index, rng) {
-                        Some(packet) => Some(packet),
+                        Some(packet) => {
+                            let (count, attempt) =
+                                self.outbound.get(&message).map_or((0, 0), |o| {
+                                    let attempt = o.attempts(index);
+                                    (o.fragments(), attempt)
+                                });
+                            let kind = Transmitted::Fragment {
+                                message,
+                                index,
+                                count,
+                                attempt,
+                            };
+                            (Some(packet), kind)
+                        }
                         None => {
                             // The tick still sends a packet, or the stream would have a gap
                             // where real traffic was due.
-                            if self.retry_unroutable(now, message, index) {
+                            let p = if self.retry_unroutable(now, message, index) {
                                 self.stats.drop_cover_sent += 1;
                                 self.build_cover(false, now, rng)
                             } else {
                                 None
-                            }
+                            };
+                            (p, Transmitted::DropCover)
                         }
                     }
                 }
@@ -405,17 +449,18 @@ impl ClientCore {
                     if p.is_some() {
                         self.stats.drop_cover_sent += 1;
                     }
-                    p
+                    (p, Transmitted::DropCover)
                 }
                 Emission::LoopCover => {
                     let p = self.build_cover(true, now, rng);
                     if p.is_some() {
                         self.stats.loop_cover_sent += 1;
                     }
-                    p
+                    (p, Transmitted::LoopCover)
                 }
             };
             if packet.is_some() {
+                self.last_transmitted = Some(kind);
                 return packet;
             }
         }

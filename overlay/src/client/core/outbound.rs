@@ -39,6 +39,18 @@ pub(super) struct Outbound {
     remaining: usize,
 }
 
+impl Outbound {
+    /// Fragments of the message.
+    pub(super) fn fragments(&self) -> u16 {
+        self.parts.len() as u16
+    }
+
+    /// Sends of fragment `index` so far.
+    pub(super) fn attempts(&self, index: u16) -> u32 {
+        self.attempts.get(usize::from(index)).copied().unwrap_or(0)
+    }
+}
+
 /// When fragment `index` of `message`, sent for the `attempt`-th time, is given up as lost.
 /// Ordered by deadline first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

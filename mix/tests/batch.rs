@@ -1,0 +1,233 @@
+//! Batched unwrapping: a batch gives every packet exactly what unwrapping it alone gives, and no
+//! packet in a batch, however malformed, changes what another one gets.
+#![allow(missing_docs, unreachable_pub)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{EPOCH, deliver, rng, small_replay};
+use p2pmix_mix::{
+    Delay, Geometry, Hop, KeyId, KeyRing, NodeId, NodeSecretKey, Processed, UnwrapError,
+    build_packet, unwrap_batch,
+};
+use proptest::prelude::*;
+
+/// Two rings with the same keys (current and next epoch) and separate replay caches.
+fn twin_rings(seed: u64) -> (KeyRing, KeyRing) {
+    let mut r = rng(seed);
+    let keys: Vec<[u8; 32]> = (0..2)
+        .map(|_| NodeSecretKey::random(&mut r).to_bytes())
+        .collect();
+    let ring = || {
+        let mut ring = KeyRing::new(EPOCH, Duration::from_secs(60), small_replay());
+        for (epoch, key) in (EPOCH..).zip(&keys) {
+            ring.insert(epoch, NodeSecretKey::from_bytes(*key).unwrap())
+                .unwrap();
+        }
+        ring
+    };
+    (ring(), ring())
+}
+
+/// What one packet of the batch is.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    /// Built for the ring's key of epoch `EPOCH + next`.
+    Valid { next: bool },
+    /// A copy of an earlier packet of the batch (a replay inside the batch).
+    Copy(usize),
+    /// A valid packet with one header bit flipped.
+    FlippedHeader(usize),
+    /// Random bytes of packet size under a held key id.
+    Random,
+    /// The identity as its element (all-zero encoding).
+    IdentityElement,
+    /// Bytes that are not a Ristretto encoding.
+    NotAnElement,
+    /// A key id the ring does not hold.
+    UnknownKey,
+    /// One byte short.
+    Short,
+}
+
+fn any_kind() -> impl Strategy<Value = Kind> {
+    prop_oneof![
+        4 => any::<bool>().prop_map(|next| Kind::Valid { next }),
+        1 => (0usize..16).prop_map(Kind::Copy),
+        1 => (0usize..324 * 8).prop_map(Kind::FlippedHeader),
+        1 => Just(Kind::Random),
+        1 => Just(Kind::IdentityElement),
+        1 => Just(Kind::NotAnElement),
+        1 => Just(Kind::UnknownKey),
+        1 => Just(Kind::Short),
+    ]
+}
+
+fn make(kind: Kind, ring: &KeyRing, made: &[Vec<u8>], seed: u64) -> Vec<u8> {
+    let g = Geometry::DEFAULT;
+    let mut r = rng(seed);
+    let valid = |next: bool, r: &mut _| {
+        let epoch = EPOCH + u64::from(next);
+        let route = [Hop {
+            node: NodeId(1),
+            key: ring.for_epoch(epoch).unwrap().public_key(),
+            delay: Delay::from_micros(5),
+        }];
+        build_packet(
+            &g,
+            KeyId::for_epoch(epoch),
+            &route,
+            &deliver(1, 2),
+            b"batch",
+            r,
+        )
+        .unwrap()
+    };
+    match kind {
+        Kind::Valid { next } => valid(next, &mut r),
+        Kind::Copy(i) if !made.is_empty() => made[i % made.len()].clone(),
+        Kind::Copy(_) => valid(false, &mut r),
+        Kind::FlippedHeader(bit) => {
+            let mut p = valid(false, &mut r);
+            // Not the key id byte: that would only name another key.
+            let bit = 8 + bit % (g.header_size() * 8 - 8);
+            p[bit / 8] ^= 1 << (bit % 8);
+            p
+        }
+        Kind::Random => {
+            let mut p = vec![0u8; g.packet_size()];
+            rand::Rng::fill_bytes(&mut r, &mut p);
+            p[0] = KeyId::for_epoch(EPOCH).0;
+            p
+        }
+        Kind::IdentityElement => {
+            let mut p = valid(false, &mut r);
+            p[1..33].fill(0);
+            p
+        }
+        Kind::NotAnElement => {
+            let mut p = valid(false, &mut r);
+            p[1..33].fill(0xff);
+            p
+        }
+        Kind::UnknownKey => {
+            let mut p = valid(false, &mut r);
+            p[0] = KeyId::for_epoch(EPOCH + 5).0;
+            p
+        }
+        Kind::Short => {
+            let mut p = valid(false, &mut r);
+            p.pop();
+            p
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn a_batch_gives_each_packet_what_it_gets_alone(kinds in proptest::collection::vec(any_kind(), 1..24), seed in any::<u64>()) {
+        let g = Geometry::DEFAULT;
+        let (batch_ring, single_ring) = twin_rings(seed);
+        let mut packets: Vec<Vec<u8>> = Vec::new();
+        for (i, kind) in kinds.iter().enumerate() {
+            let p = make(*kind, &batch_ring, &packets, seed.wrapping_add(i as u64));
+            packets.push(p);
+        }
+        let mut alone = packets.clone();
+        let expected: Vec<Result<Processed, UnwrapError>> =
+            alone.iter_mut().map(|p| single_ring.process(&g, p)).collect();
+        let mut batched = packets.clone();
+        let mut views: Vec<&mut [u8]> = batched.iter_mut().map(Vec::as_mut_slice).collect();
+        let got = unwrap_batch(&g, &batch_ring, &mut views);
+        prop_assert_eq!(&got, &expected);
+        for (i, (kind, result)) in kinds.iter().zip(&got).enumerate() {
+            if result.is_ok() {
+                prop_assert_eq!(&batched[i], &alone[i], "packet {} ({:?}) differs", i, kind);
+            }
+            if let Kind::Valid { .. } = kind {
+                // Honest packets fail only as replays of an identical earlier copy.
+                prop_assert!(result.is_ok() || *result == Err(UnwrapError::Replay), "{i} {kind:?}: {result:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn empty_batch() {
+    let (ring, _) = twin_rings(1);
+    assert!(unwrap_batch(&Geometry::DEFAULT, &ring, &mut []).is_empty());
+}
+
+/// The relay's batch decides for every packet what it decides for it alone: forwards with the
+/// right peer, finals, unknown next hops, delays over the cap, bad packets.
+#[test]
+fn relay_batch_decides_as_one_by_one() {
+    use std::{collections::HashMap, time::Instant};
+
+    use p2pmix_mix::{Relay, RelayConfig};
+
+    let g = Geometry::DEFAULT;
+    let (batch_ring, single_ring) = twin_rings(9);
+    let public = batch_ring.for_epoch(EPOCH).unwrap().public_key();
+    let relay = |ring| {
+        let relay = Relay::new(
+            g,
+            RelayConfig {
+                max_delay: Duration::from_millis(10),
+            },
+            ring,
+        );
+        relay.set_topology(EPOCH, HashMap::from([(NodeId(2), "two")]));
+        relay
+    };
+    let (batched, single) = (relay(batch_ring), relay(single_ring));
+    let mut r = rng(10);
+    let mut packet = |next: u16, delay_us: u32, hops: usize| {
+        let mut route = vec![Hop {
+            node: NodeId(1),
+            key: public,
+            delay: Delay::from_micros(delay_us),
+        }];
+        if hops == 2 {
+            route.push(Hop {
+                node: NodeId(next),
+                key: public,
+                delay: Delay::ZERO,
+            });
+        }
+        build_packet(
+            &g,
+            KeyId::for_epoch(EPOCH),
+            &route,
+            &deliver(1, 2),
+            b"x",
+            &mut r,
+        )
+        .unwrap()
+    };
+    let now = Instant::now();
+    let packets = vec![
+        packet(2, 5, 2),      // forward to "two"
+        packet(3, 5, 2),      // next hop not in the topology
+        packet(2, 20_000, 2), // delay over the cap
+        packet(2, 5, 1),      // final
+        vec![0u8; 10],        // wrong size
+    ];
+    let expected: Vec<_> = packets
+        .iter()
+        .map(|p| single.process(now, p.clone()))
+        .collect();
+    let got = batched.process_batch(packets.into_iter().map(|p| (now, p)).collect());
+    assert_eq!(got, expected);
+    assert!(matches!(
+        got[0],
+        Ok(p2pmix_mix::Decision::Forward { to: "two", .. })
+    ));
+    assert_eq!(got[1], Err(p2pmix_mix::DropReason::UnknownNextHop));
+    assert_eq!(got[2], Err(p2pmix_mix::DropReason::DelayTooLong));
+    assert!(matches!(got[3], Ok(p2pmix_mix::Decision::Final { .. })));
+    assert_eq!(got[4], Err(p2pmix_mix::DropReason::WrongSize));
+}
