@@ -351,6 +351,14 @@ mod tests {
             assert!(doc.len() > 30, "{key} has no help: {doc}");
             assert!(value_of(&full(), key).0.is_some(), "{key} has no value");
         }
+        // The trace flags are no file keys, but have their variables too.
+        for (key, env) in [
+            ("trace_links", "P2PMIX_NODE_TRACE_LINKS"),
+            ("trace_truth", "P2PMIX_NODE_TRACE_TRUTH"),
+        ] {
+            assert!(flag_doc(key).contains(env), "{key}: {}", flag_doc(key));
+            assert!(!NODE_FILE_KEYS.contains(&key));
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
 use p2pmix::{
-    bootstrap::{MAX_NODES, address::is_public_ip, default_parameters},
+    bootstrap::{MAX_NODES, address::check_address, default_parameters},
     config::{Authorities, MIN_EPOCH_MS, NodeRole, NodeSettings, PARAMETERS, set_parameter},
     identity::{IDENTITY_FILE, write_identity},
     proto::v1::NetworkParameters,
@@ -50,7 +50,8 @@ pub(crate) struct GenconfigArgs {
     #[arg(long, value_delimiter = ',', required_unless_present = "host_pattern")]
     hosts: Vec<String>,
     /// Instead of --hosts: every process on its own host, named from this pattern with {name}
-    /// and {role}, e.g. {name}.{role}.p2pmix.svc.cluster.local (the Kubernetes manifests).
+    /// and {role}, e.g. {name}.{role}.p2pmix.example.org, or for a test network inside one
+    /// Kubernetes cluster {name}.{role}.p2pmix.svc.cluster.local with --test-network.
     #[arg(long, conflicts_with = "hosts")]
     host_pattern: Option<String>,
     /// Directory authorities (a consensus needs a majority of them).
@@ -342,17 +343,6 @@ impl Spec {
         );
         if let HostPlan::List(hosts) = &self.hosts {
             ensure!(!hosts.is_empty(), "--hosts: at least one host");
-            if !self.parameters.test_network {
-                for host in hosts {
-                    if let Host::Ip(ip) = host {
-                        ensure!(
-                            is_public_ip(*ip),
-                            "--hosts {ip}: not a public address, and only a test network \
-                             admits loopback and private ones (add --test-network)"
-                        );
-                    }
-                }
-            }
         }
         let names = (0..self.authorities)
             .map(|i| (Kind::Authority, i))
@@ -379,6 +369,18 @@ impl Spec {
                 port(self.metrics_port, "metrics")?,
                 self.metrics_loopback,
             );
+            // What the authorities would refuse in a descriptor (and the node at its start).
+            if let Err(e) = check_address(
+                &addresses.public.to_string(),
+                None,
+                self.parameters.test_network,
+            ) {
+                bail!(
+                    "{name} on {host}: {}: {e}; only a test network admits loopback, private \
+                     and local (.local, .internal, …) ones (add --test-network)",
+                    addresses.public
+                );
+            }
             *k += 1;
             processes.push(Process {
                 name,
@@ -697,6 +699,13 @@ mod tests {
         let mut s = spec(&["93.184.216.34", "mix.example.org"]);
         s.parameters.test_network = false;
         assert!(s.processes().is_ok(), "public addresses and names");
+        let mut s = spec(&[]);
+        s.hosts = HostPlan::Pattern("{name}.{role}.p2pmix.svc.cluster.local".into());
+        s.parameters.test_network = false;
+        assert!(
+            s.processes().is_err(),
+            "a .local name without --test-network"
+        );
         assert!(parse_parameter("mean_delay_us=10").is_ok());
         assert!(parse_parameter("mean_delay=10").is_err());
         assert!(parse_parameter("mean_delay_us=ten").is_err());
