@@ -30,8 +30,13 @@ async fn main() -> Result<()> {
     };
     let run_dir = PathBuf::from(run_dir);
     let gateway: usize = gateway.parse().context("GATEWAY_INDEX")?;
-    let (identity, noise) = keys(&run_dir.join(format!("examples/chat-{name}")))?;
-    let mut client = Client::start(identity, noise, testnet_config(&run_dir, gateway)?)?;
+    let k = keys(&run_dir.join(format!("examples/chat-{name}")))?;
+    let mut client = Client::start(
+        k.swarm,
+        k.client,
+        k.noise,
+        testnet_config(&run_dir, gateway)?,
+    )?;
     let me = client.address();
     println!("you are {name}, at {me}");
     println!("type /to ADDRESS, then lines to send; /quit leaves");

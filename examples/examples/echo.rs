@@ -40,17 +40,19 @@ async fn main() -> Result<()> {
     let gateways = (0..)
         .take_while(|i| run_dir.join(format!("gw{i}")).exists())
         .count();
-    let (identity, noise) = keys(&run_dir.join("examples/echo"))?;
+    let k = keys(&run_dir.join("examples/echo"))?;
     let mut service = Client::start(
-        identity,
-        noise,
+        k.swarm,
+        k.client,
+        k.noise,
         testnet_config(&run_dir, gateways.saturating_sub(1))?,
     )?;
     println!("echo service at {}", service.address());
     let asker = match &ask {
         Some(text) => {
-            let (identity, noise) = keys(&run_dir.join("examples/echo-asker"))?;
-            let mut asker = Client::start(identity, noise, testnet_config(&run_dir, 0)?)?;
+            let k = keys(&run_dir.join("examples/echo-asker"))?;
+            let mut asker =
+                Client::start(k.swarm, k.client, k.noise, testnet_config(&run_dir, 0)?)?;
             // Wait for a verified consensus so that the round trip measures the network.
             loop {
                 match asker.next_event().await {

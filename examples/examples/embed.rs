@@ -28,7 +28,7 @@ use p2pmix::{
     build_swarm,
     client::{self, ReceivedMessage},
 };
-use p2pmix_examples::{keys, testnet_config};
+use p2pmix_examples::{dapp_mixnet, testnet_config};
 
 /// The dApp's behaviours: the mixnet client and its own protocol.
 #[derive(NetworkBehaviour)]
@@ -44,8 +44,9 @@ async fn main() -> Result<()> {
         .context("usage: embed RUN_DIR (from ./testnet/run.sh --keep)")?
         .into();
     let config = testnet_config(&run_dir, 0)?;
-    let (identity, noise) = keys(&run_dir.join("examples/embed"))?;
-    let mixnet = client::Behaviour::new(identity.public().to_peer_id(), noise, config)?;
+    // The dApp's swarm identity is its public name; the mixnet client has a key of its own
+    // (`client.key`), so the address below does not say which peer owns it (`dapp_mixnet`).
+    let (identity, mixnet) = dapp_mixnet(&run_dir.join("examples/embed"), config)?;
     let mut swarm = build_swarm(identity, |_| DApp {
         mixnet,
         ping: ping::Behaviour::default(),

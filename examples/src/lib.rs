@@ -13,9 +13,12 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use libp2p::{Multiaddr, identity::Keypair, multiaddr::Protocol};
 use p2pmix::{
-    client::{ClientConfig, Config, StaticKey},
+    client::{self, ClientConfig, ClientIdentity, Config, StaticKey},
     config::Authorities,
-    identity::{IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_identity, load_or_create_static_key},
+    identity::{
+        CLIENT_KEY_FILE, IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_client_key,
+        load_or_create_identity, load_or_create_static_key,
+    },
 };
 
 /// The client configuration for gateway number `gateway` of the testnet in `run_dir`.
@@ -44,12 +47,36 @@ pub fn testnet_config(run_dir: &Path, gateway: usize) -> Result<Config> {
     })
 }
 
-/// The swarm identity and Noise key kept in `dir` (created on first use): the same directory
-/// gives the same address every run.
-pub fn keys(dir: &Path) -> Result<(Keypair, StaticKey)> {
+/// The keys kept in `dir` (created on first use): the swarm identity, the client's own mixnet
+/// key (its id at the gateway; kept apart from the swarm identity so that the address does not
+/// name the dApp's peer) and the Noise key. The same directory gives the same address every run.
+pub struct Keys {
+    /// The swarm's libp2p identity.
+    pub swarm: Keypair,
+    /// Who the client is at its gateway.
+    pub client: ClientIdentity,
+    /// The end-to-end key.
+    pub noise: StaticKey,
+}
+
+/// The mixnet client behaviour a dApp puts in its own swarm (what `examples/embed.rs` does),
+/// with the keys in `dir`: returns the swarm identity to build the swarm with and the
+/// behaviour. The dApp's swarm identity is its public name; the mixnet client has a key of its
+/// own, so the behaviour's address does not say which peer owns it (the gateway still sees
+/// which peer fetches the mailbox: a dApp that must hide that too runs
+/// `p2pmix::client::Client` on a swarm with an identity of its own).
+pub fn dapp_mixnet(dir: &Path, config: Config) -> Result<(Keypair, client::Behaviour)> {
+    let k = keys(dir)?;
+    let mixnet = client::Behaviour::new(k.swarm.public().to_peer_id(), k.client, k.noise, config)?;
+    Ok((k.swarm, mixnet))
+}
+
+/// Loads or creates the [`Keys`] in `dir`.
+pub fn keys(dir: &Path) -> Result<Keys> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok((
-        load_or_create_identity(&dir.join(IDENTITY_FILE))?,
-        load_or_create_static_key(&dir.join(NOISE_KEY_FILE))?,
-    ))
+    Ok(Keys {
+        swarm: load_or_create_identity(&dir.join(IDENTITY_FILE))?,
+        client: ClientIdentity::Key(load_or_create_client_key(&dir.join(CLIENT_KEY_FILE))?),
+        noise: load_or_create_static_key(&dir.join(NOISE_KEY_FILE))?,
+    })
 }

@@ -23,7 +23,8 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use curve25519_dalek::{ristretto::RistrettoPoint, scalar::Scalar};
 use p2pmix_mix::{
     ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
-    ReplayCache, ReplayConfig, build_packet, unwrap_batch, unwrap_packet,
+    RecipientKey, ReplayCache, ReplayConfig, build_cover_packet, build_packet, build_packet_to,
+    unwrap_batch, unwrap_packet,
 };
 use sphinx_packet::{
     SphinxPacket,
@@ -296,6 +297,70 @@ fn create(c: &mut Criterion) {
             )
             .unwrap()
         })
+    });
+    // The client's forward packets since issue 14: the recipient layer innermost (an
+    // Elligator-encoded ephemeral, one more multiplication, one more HCTR2 pass).
+    let recipient = RecipientKey::random(&mut rng);
+    let recipient_public = recipient.public_key();
+    let short_payload = &ours.payload[..ours.geometry.recipient_payload_size()];
+    group.bench_function("p2pmix-recipient-layer", |b| {
+        b.iter(|| {
+            build_packet_to(
+                &ours.geometry,
+                KeyId(1),
+                black_box(&ours.route),
+                &ours.destination,
+                &recipient_public,
+                black_box(short_payload),
+                &mut rng,
+            )
+            .unwrap()
+        })
+    });
+    group.bench_function("p2pmix-cover-random-body", |b| {
+        b.iter(|| {
+            build_cover_packet(
+                &ours.geometry,
+                KeyId(1),
+                black_box(&ours.route),
+                &ours.destination,
+                &mut rng,
+            )
+            .unwrap()
+        })
+    });
+    // What the recipient pays to take the layer off (decode, one multiplication, HCTR2): the
+    // body as a one-hop route's final hop delivers it.
+    let mut delivered = build_packet_to(
+        &ours.geometry,
+        KeyId(1),
+        &ours.route[..1],
+        &ours.destination,
+        &recipient_public,
+        short_payload,
+        &mut rng,
+    )
+    .unwrap();
+    unwrap_packet(
+        &ours.geometry,
+        KeyId(1),
+        &ours.secrets[0],
+        &ReplayCache::new(small_replay(), [1; 32]),
+        &mut delivered,
+    )
+    .unwrap();
+    let body = delivered[ours.geometry.header_size()..].to_vec();
+    group.bench_function("p2pmix-recipient-open", |b| {
+        b.iter_batched_ref(
+            || body.clone(),
+            |body| {
+                recipient
+                    .open(&ours.geometry, body)
+                    .map(|p| p.len())
+                    .unwrap()
+            },
+            BatchSize::SmallInput,
+        )
     });
     group.bench_function("sphinx-packet", |b| {
         b.iter(|| {

@@ -43,7 +43,7 @@ pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;
 pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfig, ShareKey};
 pub use sphinx::{
-    create::{Hop, build_packet},
+    create::{Hop, build_cover_packet, build_packet, build_packet_to},
     delay::sample_exponential,
     error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError},
     geometry::{
@@ -52,6 +52,7 @@ pub use sphinx::{
     keyring::{EpochKey, KeyRing, KeyRingError},
     keys::{KeyId, NodePublicKey, NodeSecretKey},
     peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet},
+    recipient::{REPRESENTATIVE_SIZE, RecipientKey, RecipientPublicKey},
     replay::{
         PersistError, ReplayBudget, ReplayCache, ReplayConfig, ReplayRefusal, TagIndex,
         log::{ReplayBatch, ReplayLog, ReplayRecord},

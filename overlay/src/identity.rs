@@ -21,6 +21,9 @@ pub const IDENTITY_FILE: &str = "identity.key";
 
 /// File name of a client's Noise static key inside its data directory.
 pub const NOISE_KEY_FILE: &str = "noise.key";
+/// File name of a client's own mixnet key (its id at the gateway) inside a data directory: kept
+/// apart from the swarm identity so that the client's address does not name its peer.
+pub const CLIENT_KEY_FILE: &str = "client.key";
 
 /// Why an identity could not be read or written.
 #[derive(Debug, Error)]
@@ -72,6 +75,15 @@ pub fn load_or_create_identity(path: &Path) -> Result<Keypair, IdentityError> {
         write_identity(path, &keypair)?;
         Ok(keypair)
     }
+}
+
+/// Reads the client's mixnet key at `path` (an ed25519 keypair in the identity file format), or
+/// creates one there if the file does not exist yet.
+pub fn load_or_create_client_key(path: &Path) -> Result<crate::client::ClientKey, IdentityError> {
+    let keypair = load_or_create_identity(path)?;
+    // `read_identity` accepts only ed25519 keypairs, and a new one is ed25519.
+    crate::client::ClientKey::from_keypair(keypair)
+        .ok_or_else(|| IdentityError::Malformed(path.display().to_string()))
 }
 
 /// Reads the client Noise key at `path`, or creates one there if the file does not exist yet.

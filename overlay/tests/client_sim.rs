@@ -31,6 +31,24 @@ struct ClientActor {
     core: ClientCore,
     gateway: ActorId,
     events: Vec<ClientEvent>,
+    /// When set, every body the gateway delivered, as it was delivered, with what it turned
+    /// out to be.
+    tap: Option<Vec<(Seen, Vec<u8>)>>,
+}
+
+/// What a delivered body was, found from what the core did with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Seen {
+    Loop,
+    /// A forward message: whether its sender was known (Noise X) and its length.
+    Forward {
+        known: bool,
+        len: usize,
+    },
+    Reply,
+    /// An acknowledgement (this client only sends one-fragment messages when tapped).
+    Ack,
+    Other,
 }
 
 impl ClientActor {
@@ -58,8 +76,29 @@ impl Actor<MixMessage> for ClientActor {
             label, mut body, ..
         } = m
         {
+            let as_delivered = self.tap.is_some().then(|| body.clone());
+            let (before, events) = (self.core.stats(), self.events.len());
             self.core.handle_delivery(ctx.mono(), label, &mut body);
             self.drain();
+            if let (Some(tap), Some(seen)) = (self.tap.as_mut(), as_delivered) {
+                let after = self.core.stats();
+                let kind = match self.events[events..].first() {
+                    _ if after.loop_cover_received > before.loop_cover_received => Seen::Loop,
+                    Some(ClientEvent::Received(ReceivedMessage {
+                        in_reply_to: Some(_),
+                        ..
+                    })) => Seen::Reply,
+                    Some(ClientEvent::Received(ReceivedMessage { from, bytes, .. })) => {
+                        Seen::Forward {
+                            known: from.is_some(),
+                            len: bytes.len(),
+                        }
+                    }
+                    _ if after == before => Seen::Ack,
+                    _ => Seen::Other,
+                };
+                tap.push((kind, seen));
+            }
         }
     }
 }
@@ -125,6 +164,7 @@ impl Net {
                 core,
                 gateway: relays[g].actor,
                 events: Vec::new(),
+                tap: None,
             });
             sim.actor_mut::<RelayActor>(relays[g].actor)
                 .serve_client(id, actor);
@@ -159,6 +199,19 @@ impl Net {
     /// Relay `n` flips a byte of every packet it forwards.
     fn tamper(&mut self, n: usize) {
         self.sim.actor_mut::<RelayActor>(self.relays[n]).tamper_from = Some(400);
+    }
+
+    /// Records what client `c`'s gateway delivers to it from now on.
+    fn tap(&mut self, c: usize) {
+        self.sim.actor_mut::<ClientActor>(self.clients[c]).tap = Some(Vec::new());
+    }
+
+    fn tapped(&mut self, c: usize) -> Vec<(Seen, Vec<u8>)> {
+        self.sim
+            .actor_mut::<ClientActor>(self.clients[c])
+            .tap
+            .take()
+            .unwrap_or_default()
     }
 
     fn client(&mut self, c: usize) -> &mut ClientCore {
@@ -401,4 +454,134 @@ fn a_message_that_cannot_be_routed_fails_and_the_stream_keeps_its_pace() {
         after.drop_cover_sent - before.drop_cover_sent
             >= ClientConfig::default().max_attempts as u64
     );
+}
+
+/// Why `bodies` do not look like uniformly random bytes, if they do not: a chi-square test of
+/// the byte histogram over all of them, and a balance test of every bit position across them
+/// (a constant field, such as a zero tag, a length or a pattern byte, is a bit that never
+/// changes). Thresholds at about six standard deviations.
+fn not_random(bodies: &[&[u8]]) -> Option<String> {
+    let n = bodies.len();
+    let size = bodies[0].len();
+    let mut histogram = [0u64; 256];
+    let mut ones = vec![0u32; 8 * size];
+    for body in bodies {
+        assert_eq!(body.len(), size, "every delivered body has the same size");
+        for (i, &b) in body.iter().enumerate() {
+            histogram[b as usize] += 1;
+            for bit in 0..8 {
+                ones[8 * i + bit] += u32::from((b >> bit) & 1);
+            }
+        }
+    }
+    let expected = (n * size) as f64 / 256.0;
+    let chi2: f64 = histogram
+        .iter()
+        .map(|&c| (c as f64 - expected).powi(2) / expected)
+        .sum();
+    // 255 degrees of freedom: mean 255, standard deviation 22.6.
+    if chi2 > 255.0 + 6.0 * 22.6 {
+        return Some(format!("byte histogram chi-square {chi2:.0}"));
+    }
+    let sd = (n as f64).sqrt() / 2.0;
+    if let Some((pos, &c)) = ones
+        .iter()
+        .enumerate()
+        .find(|(_, c)| (f64::from(**c) - n as f64 / 2.0).abs() > 6.0 * sd)
+    {
+        return Some(format!(
+            "bit {} of byte {} is one in {c} of {n} bodies",
+            pos % 8,
+            pos / 8
+        ));
+    }
+    None
+}
+
+/// What the exit gateway sees of a packet after its own layer: loop cover, forward messages
+/// (anonymous and known senders, short and long), acknowledgements and replies all have one
+/// size and pass the same byte statistics. Before the recipient layer, loop cover was all zeros
+/// and forward bodies showed their zero tag, length and Noise pattern byte.
+#[test]
+fn the_exit_gateway_sees_every_kind_of_packet_as_random_bytes() {
+    const SAMPLES: usize = 64;
+    let mut seen: HashMap<&str, Vec<Vec<u8>>> = HashMap::new();
+    for known_sender in [false, true] {
+        let config = ClientConfig {
+            known_sender,
+            ..ClientConfig::default()
+        };
+        let mut sim = Net::new(1, 21 + u64::from(known_sender), config);
+        let to_b = sim.address(1);
+        let long = p2pmix::client::fragment_capacity(0, known_sender);
+        let mut rng = ChaCha20Rng::seed_from_u64(5);
+        sim.tap(0);
+        sim.tap(1);
+        // Short messages carry a reply SURB (Bob answers each), long ones fill a fragment.
+        for i in 0..SAMPLES {
+            sim.client(0)
+                .send(to_b, &[i as u8; 10], 1, &mut rng)
+                .unwrap();
+            sim.client(0)
+                .send(to_b, &vec![i as u8; long], 0, &mut rng)
+                .unwrap();
+        }
+        sim.run(Duration::from_secs(600), |s| {
+            s.received_messages(1).len() == 2 * SAMPLES
+        });
+        let handles: Vec<_> = sim
+            .received(1)
+            .iter_mut()
+            .filter_map(|e| match e {
+                ClientEvent::Received(ReceivedMessage { reply, .. }) => reply.take(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(handles.len(), SAMPLES);
+        for handle in handles {
+            sim.client(1).reply(handle, b"re", &mut rng).unwrap();
+        }
+        sim.run(Duration::from_secs(600), |s| {
+            s.received_messages(0).len() == SAMPLES && s.delivered(0).len() == 2 * SAMPLES
+        });
+        for (kind, body) in sim.tapped(0).into_iter().chain(sim.tapped(1)) {
+            let name = match kind {
+                Seen::Loop => "loop",
+                Seen::Ack => "ack",
+                Seen::Reply => "reply",
+                Seen::Forward { known, len } => {
+                    assert_eq!(known, known_sender);
+                    match (known, len == long) {
+                        (false, false) => "forward N short",
+                        (false, true) => "forward N long",
+                        (true, false) => "forward X short",
+                        (true, true) => "forward X long",
+                    }
+                }
+                // A retransmitted duplicate, say: not one of the kinds counted.
+                Seen::Other => continue,
+            };
+            seen.entry(name).or_default().push(body);
+        }
+    }
+    let kinds = [
+        "loop",
+        "ack",
+        "reply",
+        "forward N short",
+        "forward N long",
+        "forward X short",
+        "forward X long",
+    ];
+    let size = seen["ack"][0].len();
+    let mut failures = Vec::new();
+    for kind in kinds {
+        let bodies: Vec<&[u8]> = seen[kind].iter().take(SAMPLES).map(Vec::as_slice).collect();
+        assert_eq!(bodies.len(), SAMPLES, "{kind}: enough samples");
+        assert!(bodies.iter().all(|b| b.len() == size), "{kind}: one size");
+        if let Some(why) = not_random(&bodies) {
+            failures.push(format!("{kind}: {why}"));
+        }
+    }
+    assert!(failures.is_empty(), "the gateway can tell: {failures:#?}");
 }

@@ -44,6 +44,7 @@ struct DApp {
 
 struct Identity {
     keypair: Keypair,
+    client: client::ClientKey,
     noise: StaticKey,
 }
 
@@ -51,6 +52,7 @@ impl Identity {
     fn new() -> Self {
         Identity {
             keypair: Keypair::generate_ed25519(),
+            client: client::ClientKey::generate(),
             noise: StaticKey::generate().unwrap(),
         }
     }
@@ -67,7 +69,13 @@ fn dapp(net: &Net, who: &Identity, gateway: usize) -> Swarm<DApp> {
         client: ClientConfig::default(),
     };
     build_swarm(who.keypair.clone(), |key| DApp {
-        mixnet: client::Behaviour::new(key.public().to_peer_id(), noise, config).unwrap(),
+        mixnet: client::Behaviour::new(
+            key.public().to_peer_id(),
+            client::ClientIdentity::Key(who.client.clone()),
+            noise,
+            config,
+        )
+        .unwrap(),
         ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(1))),
     })
     .unwrap()
@@ -334,6 +342,11 @@ fn a_mistyped_address_is_refused_before_anything_is_sent() {
         gateway: PeerId::random(),
         client: client::client_id(&PeerId::random()),
         noise_key: [7; 32],
+        recipient_key: StaticKey::generate()
+            .unwrap()
+            .recipient_key()
+            .public_key()
+            .to_bytes(),
     }
     .to_string();
     // One character changed in the middle (to another of the alphabet).

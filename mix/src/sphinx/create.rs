@@ -20,6 +20,7 @@ use super::{
     error::BuildError,
     geometry::{ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_ROUTING_SCRATCH, SLOT_SIZE},
     keys::{KeyId, NodePublicKey, mul_base},
+    recipient::{self, REPRESENTATIVE_SIZE, RecipientPublicKey},
     routing::{Delay, Destination, NodeId, Slot},
 };
 
@@ -171,6 +172,56 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
     let (header, body) = packet.split_at_mut(geometry.header_size());
     let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
     seal_body(payload, body);
+    for secret in secrets.0.iter().rev() {
+        HopKeys::derive(secret).payload_layer().wrap(body);
+    }
+    Ok(packet)
+}
+
+/// Builds a forward packet that carries `payload` along `route` to `destination`, with the
+/// recipient layer keyed to `recipient` innermost (`sphinx/recipient.rs`): the final hop sees
+/// uniformly random bytes. The payload holds at most [`Geometry::recipient_payload_size`]
+/// bytes; the recipient reads it with [`crate::RecipientKey::open`].
+pub fn build_packet_to<R: CryptoRng + ?Sized>(
+    geometry: &Geometry,
+    key_id: KeyId,
+    route: &[Hop],
+    destination: &Destination,
+    recipient: &RecipientPublicKey,
+    payload: &[u8],
+    rng: &mut R,
+) -> Result<Vec<u8>, BuildError> {
+    if payload.len() > geometry.recipient_payload_size() {
+        return Err(BuildError::PayloadTooLarge {
+            got: payload.len(),
+            max: geometry.recipient_payload_size(),
+        });
+    }
+    let mut packet = vec![0u8; geometry.packet_size()];
+    let (header, body) = packet.split_at_mut(geometry.header_size());
+    let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
+    seal_body(payload, &mut body[REPRESENTATIVE_SIZE..]);
+    recipient::seal(recipient, body, rng);
+    for secret in secrets.0.iter().rev() {
+        HopKeys::derive(secret).payload_layer().wrap(body);
+    }
+    Ok(packet)
+}
+
+/// Builds a cover packet along `route` to `destination` whose plaintext body is uniformly
+/// random bytes: what the final hop sees of it is what it sees of a forward packet under the
+/// recipient layer, or of a SURB reply. (Loop cover is recognised by its label on return.)
+pub fn build_cover_packet<R: CryptoRng + ?Sized>(
+    geometry: &Geometry,
+    key_id: KeyId,
+    route: &[Hop],
+    destination: &Destination,
+    rng: &mut R,
+) -> Result<Vec<u8>, BuildError> {
+    let mut packet = vec![0u8; geometry.packet_size()];
+    let (header, body) = packet.split_at_mut(geometry.header_size());
+    let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
+    rng.fill_bytes(body);
     for secret in secrets.0.iter().rev() {
         HopKeys::derive(secret).payload_layer().wrap(body);
     }

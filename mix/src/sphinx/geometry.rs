@@ -67,6 +67,12 @@ impl Geometry {
         self.payload_size
     }
 
+    /// Plaintext bytes a forward packet under the recipient layer carries (`build_packet_to`):
+    /// the payload less the layer's 32-byte representative.
+    pub const fn recipient_payload_size(&self) -> usize {
+        self.payload_size - crate::sphinx::recipient::REPRESENTATIVE_SIZE
+    }
+
     /// Bytes of the encrypted routing information (one slot per possible hop).
     pub const fn routing_size(&self) -> usize {
         self.max_hops * SLOT_SIZE

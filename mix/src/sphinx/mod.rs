@@ -19,6 +19,8 @@
 //!   body's layers (the one boundary a payload-layer change touches), over [`hctr2`], the
 //!   wide-block cipher;
 //! - [`routing`]: what a hop learns (the routing slot and its encoding), node and client names;
+//! - [`recipient`]: the recipient layer, the innermost layer of a forward packet, keyed to the
+//!   recipient client (what the exit gateway sees is uniformly random);
 //! - [`create`]: the sender's side; [`peel`]: a node's side (one layer off, in place; a batch of
 //!   packets sharing the key agreement's encoding step);
 //!   [`surb`]: single-use reply blocks;
@@ -35,6 +37,7 @@ pub(crate) mod keyring;
 pub(crate) mod keys;
 pub(crate) mod payload;
 pub(crate) mod peel;
+pub(crate) mod recipient;
 pub(crate) mod replay;
 pub(crate) mod routing;
 pub(crate) mod surb;

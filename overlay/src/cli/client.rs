@@ -15,7 +15,10 @@ use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use p2pmix::{
     client::{Address, Client, ClientConfig, Config, Event, MessageId, ReceivedMessage},
     config::{Authorities, TraceConfig},
-    identity::{IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_identity, load_or_create_static_key},
+    identity::{
+        CLIENT_KEY_FILE, IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_client_key,
+        load_or_create_identity, load_or_create_static_key,
+    },
     runtime::unix_ms,
 };
 use p2pmix_mix::trace::{TraceSink, Tracer};
@@ -131,11 +134,12 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
     match command {
         ClientCommand::Address(args) => {
             let (gateway, _) = gateway(&args)?;
-            let (identity, key) = keys(&args.data_dir)?;
+            let (_, client, key) = keys(&args.data_dir)?;
             let address = Address {
                 gateway,
-                client: p2pmix::client::client_id(&identity.public().to_peer_id()),
+                client: client.client_id(),
                 noise_key: key.public(),
+                recipient_key: key.recipient_key().public_key().to_bytes(),
             };
             println!("{address}");
             Ok(ExitCode::SUCCESS)
@@ -210,11 +214,20 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn keys(data_dir: &Path) -> Result<(libp2p::identity::Keypair, p2pmix::client::StaticKey)> {
+/// The swarm identity, the client's own mixnet key (its id at the gateway: not derived from the
+/// swarm identity) and the Noise key, kept in the data directory.
+fn keys(
+    data_dir: &Path,
+) -> Result<(
+    libp2p::identity::Keypair,
+    p2pmix::client::ClientKey,
+    p2pmix::client::StaticKey,
+)> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     Ok((
         load_or_create_identity(&data_dir.join(IDENTITY_FILE))?,
+        load_or_create_client_key(&data_dir.join(CLIENT_KEY_FILE))?,
         load_or_create_static_key(&data_dir.join(NOISE_KEY_FILE))?,
     ))
 }
@@ -246,13 +259,14 @@ fn start(args: &ClientArgs) -> Result<(Client, Option<Tracer>)> {
         .as_deref()
         .context("give --authorities FILE")?;
     let authorities = Authorities::load(authorities)?;
-    let (identity, key) = keys(&args.data_dir)?;
+    let (identity, client, key) = keys(&args.data_dir)?;
     let tracer = args
         .trace
         .config()
         .open(&authorities, identity.public().to_peer_id())?;
     let client = Client::start_traced(
         identity,
+        p2pmix::client::ClientIdentity::Key(client),
         key,
         Config {
             gateway,

@@ -1,13 +1,16 @@
 //! A client's address: one printable string naming its gateway, its client id (what the gateway
-//! files its packets under) and its static Noise key (what senders encrypt to).
+//! files its packets under), its static Noise key (what senders encrypt end to end to) and its
+//! recipient-layer key (what senders key the innermost Sphinx payload layer to, so that the
+//! gateway sees only random bytes; `p2pmix_mix::RecipientKey`).
 //!
 //! Form: bech32m (BIP-350) with the human-readable part `p2pmix`, so every address starts with
-//! `p2pmix1`; the data is a version byte (0), the gateway's peer id (length-prefixed), the client
-//! id (32 bytes) and the Noise key (32 bytes), about 180 characters in all. The checksum catches
-//! every typo of up to four characters at once and finds where a single one is, so a mistyped
-//! address is refused before anything is sent, with the position to look at
-//! ([`AddressError::Checksum`]). The first form, `p2pmix1:<peer id>:<64 hex>:<64 hex>` (no
-//! checksum), is still read for a while ([`Address::parse_any`] says which form it was).
+//! `p2pmix1`; the data is a version byte (1), the gateway's peer id (length-prefixed), the client
+//! id (32 bytes), the Noise key (32 bytes) and the recipient-layer key (32 bytes), about 230
+//! characters in all. The checksum catches every typo of up to four characters at once and finds
+//! where a single one is, so a mistyped address is refused before anything is sent, with the
+//! position to look at ([`AddressError::Checksum`]). Addresses from before the recipient layer
+//! (version 0, and the unchecked `p2pmix1:<peer id>:<hex>:<hex>` form) cannot be sent to safely
+//! and are refused with [`AddressError::Outdated`].
 
 use std::{fmt, str::FromStr};
 
@@ -19,15 +22,15 @@ use bech32::{
     },
 };
 use libp2p::PeerId;
-use p2pmix_mix::ClientId;
+use p2pmix_mix::{ClientId, RecipientPublicKey};
 use thiserror::Error;
 
 /// The human-readable part of every address.
 const HRP: &str = "p2pmix";
-/// The prefix of the first, unchecked form.
+/// The prefix of the first, unchecked form (refused: it has no recipient-layer key).
 const LEGACY_PREFIX: &str = "p2pmix1:";
 /// The version byte of the current form.
-const VERSION: u8 = 0;
+const VERSION: u8 = 1;
 
 /// Where and how to reach one client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,15 +41,8 @@ pub struct Address {
     pub client: ClientId,
     /// The client's static X25519 key for end-to-end encryption.
     pub noise_key: [u8; 32],
-}
-
-/// Which form a parsed address had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AddressForm {
-    /// The checksummed bech32m form.
-    Checked,
-    /// The first form, without a checksum (deprecated: a typo in it goes unnoticed).
-    Legacy,
+    /// The client's recipient-layer key (a Ristretto255 element; checked when parsed).
+    pub recipient_key: [u8; 32],
 }
 
 /// Why a string is not an address.
@@ -75,10 +71,17 @@ pub enum AddressError {
     /// A version this build does not know.
     #[error("address version {0} is not known to this build")]
     Version(u8),
+    /// An address from before the recipient layer: sending to it would show the recipient's
+    /// gateway what kind of packet it is.
+    #[error("an address from before p2pmix's recipient layer: ask its owner for its current form")]
+    Outdated,
+    /// The recipient-layer key is not a valid group element.
+    #[error("the recipient key is not a valid key")]
+    RecipientKey,
     /// The gateway part is not a peer id.
     #[error("the gateway is not a peer id: {0}")]
     Gateway(String),
-    /// A key part is not 64 hex digits (first form) or the data is too short or too long.
+    /// The data is too short or too long.
     #[error("the {0} is malformed")]
     Hex(&'static str),
 }
@@ -99,11 +102,6 @@ pub fn client_id(peer: &PeerId) -> ClientId {
     ))
 }
 
-fn hex32(s: &str, what: &'static str) -> Result<[u8; 32], AddressError> {
-    let bytes = hex::decode(s).map_err(|_| AddressError::Hex(what))?;
-    bytes.try_into().map_err(|_| AddressError::Hex(what))
-}
-
 /// The position (from 1) of the single wrong character in `s`, if the checksum can locate it.
 fn locate_typo(s: &str, error: &CheckedHrpstringError) -> Option<usize> {
     let corrector = error.correction_context::<Bech32m>()?;
@@ -116,26 +114,22 @@ fn locate_typo(s: &str, error: &CheckedHrpstringError) -> Option<usize> {
 }
 
 impl Address {
-    /// Parses either form, saying which it was (a program can warn about the legacy one).
-    pub fn parse_any(s: &str) -> Result<(Address, AddressForm), AddressError> {
-        let s = s.trim();
-        if s.len() >= LEGACY_PREFIX.len()
-            && s[..LEGACY_PREFIX.len()].eq_ignore_ascii_case(LEGACY_PREFIX)
-        {
-            return parse_legacy(s).map(|a| (a, AddressForm::Legacy));
-        }
-        parse_checked(s).map(|a| (a, AddressForm::Checked))
+    /// The recipient-layer key, decoded (parsing checked it; a hand-built address may hold
+    /// anything).
+    pub fn recipient_public_key(&self) -> Option<RecipientPublicKey> {
+        RecipientPublicKey::from_bytes(self.recipient_key)
     }
 
     fn data(&self) -> Vec<u8> {
         let gateway = self.gateway.to_bytes();
-        let mut data = Vec::with_capacity(2 + gateway.len() + 64);
+        let mut data = Vec::with_capacity(2 + gateway.len() + 96);
         data.push(VERSION);
         // Peer ids are multihashes of at most 64 bytes.
         data.push(gateway.len() as u8);
         data.extend_from_slice(&gateway);
         data.extend_from_slice(&self.client.0);
         data.extend_from_slice(&self.noise_key);
+        data.extend_from_slice(&self.recipient_key);
         data
     }
 }
@@ -169,12 +163,14 @@ fn parse_checked(s: &str) -> Result<Address, AddressError> {
     }
     let data: Vec<u8> = checked.byte_iter().collect();
     let (&version, rest) = data.split_first().ok_or(AddressError::Shape)?;
-    if version != VERSION {
-        return Err(AddressError::Version(version));
+    match version {
+        VERSION => {}
+        0 => return Err(AddressError::Outdated),
+        other => return Err(AddressError::Version(other)),
     }
     let (&len, rest) = rest.split_first().ok_or(AddressError::Hex("gateway"))?;
     let len = usize::from(len);
-    if rest.len() != len + 64 {
+    if rest.len() != len + 96 {
         return Err(AddressError::Hex("address data"));
     }
     let gateway =
@@ -182,41 +178,30 @@ fn parse_checked(s: &str) -> Result<Address, AddressError> {
     let mut client = [0u8; 32];
     client.copy_from_slice(&rest[len..len + 32]);
     let mut noise_key = [0u8; 32];
-    noise_key.copy_from_slice(&rest[len + 32..]);
+    noise_key.copy_from_slice(&rest[len + 32..len + 64]);
+    let mut recipient_key = [0u8; 32];
+    recipient_key.copy_from_slice(&rest[len + 64..]);
+    RecipientPublicKey::from_bytes(recipient_key).ok_or(AddressError::RecipientKey)?;
     Ok(Address {
         gateway,
         client: ClientId(client),
         noise_key,
-    })
-}
-
-fn parse_legacy(s: &str) -> Result<Address, AddressError> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let [_, gateway, client, key] = parts.as_slice() else {
-        return Err(AddressError::Shape);
-    };
-    Ok(Address {
-        gateway: gateway
-            .parse()
-            .map_err(|e: libp2p::identity::ParseError| AddressError::Gateway(e.to_string()))?,
-        client: ClientId(hex32(client, "client id")?),
-        noise_key: hex32(key, "noise key")?,
+        recipient_key,
     })
 }
 
 impl FromStr for Address {
     type Err = AddressError;
 
-    /// Either form; the legacy one with a deprecation warning in the log.
+    /// The checksummed form; the forms from before the recipient layer are refused.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (address, form) = Address::parse_any(s)?;
-        if form == AddressForm::Legacy {
-            tracing::warn!(
-                "an address in the old p2pmix1:… form (no checksum): ask for its new form, \
-                 which catches typos ({address})"
-            );
+        let s = s.trim();
+        if s.len() >= LEGACY_PREFIX.len()
+            && s[..LEGACY_PREFIX.len()].eq_ignore_ascii_case(LEGACY_PREFIX)
+        {
+            return Err(AddressError::Outdated);
         }
-        Ok(address)
+        parse_checked(s)
     }
 }
 
@@ -235,11 +220,18 @@ mod tests {
 
     use super::*;
 
+    fn recipient_key(seed: u8) -> [u8; 32] {
+        p2pmix_mix::RecipientKey::from_seed(&[seed; 32])
+            .public_key()
+            .to_bytes()
+    }
+
     fn sample() -> Address {
         Address {
             gateway: PeerId::random(),
             client: client_id(&PeerId::random()),
             noise_key: [9; 32],
+            recipient_key: recipient_key(9),
         }
     }
 
@@ -248,7 +240,7 @@ mod tests {
         let a = sample();
         let text = a.to_string();
         assert!(text.starts_with("p2pmix1"), "{text}");
-        assert!(text.len() < 200, "{} characters", text.len());
+        assert!(text.len() < 240, "{} characters", text.len());
         assert_eq!(text.parse::<Address>(), Ok(a));
         assert_eq!(text.to_uppercase().parse::<Address>(), Ok(a), "one case");
         assert_eq!("hello".parse::<Address>(), Err(AddressError::Shape));
@@ -258,10 +250,15 @@ mod tests {
         future[0] = 7;
         let future = bech32::encode::<Bech32m>(Hrp::parse(HRP).unwrap(), &future).unwrap();
         assert_eq!(future.parse::<Address>(), Err(AddressError::Version(7)));
+        let mut bad_key = a.data();
+        let n = bad_key.len();
+        bad_key[n - 32..].fill(0xff);
+        let bad_key = bech32::encode::<Bech32m>(Hrp::parse(HRP).unwrap(), &bad_key).unwrap();
+        assert_eq!(bad_key.parse::<Address>(), Err(AddressError::RecipientKey));
     }
 
     #[test]
-    fn the_legacy_form_is_still_read_and_said_to_be_legacy() {
+    fn addresses_from_before_the_recipient_layer_are_refused() {
         let a = sample();
         let legacy = format!(
             "p2pmix1:{}:{}:{}",
@@ -269,25 +266,13 @@ mod tests {
             hex::encode(a.client.0),
             hex::encode(a.noise_key)
         );
-        assert_eq!(Address::parse_any(&legacy), Ok((a, AddressForm::Legacy)));
-        assert_eq!(
-            Address::parse_any(&a.to_string()),
-            Ok((a, AddressForm::Checked))
-        );
-        assert!(matches!(
-            format!("p2pmix1:nope:{}:{}", "00".repeat(32), "00".repeat(32)).parse::<Address>(),
-            Err(AddressError::Gateway(_))
-        ));
-        assert_eq!(
-            format!(
-                "p2pmix1:{}:{}:{}",
-                a.gateway,
-                "0".repeat(63),
-                "00".repeat(32)
-            )
-            .parse::<Address>(),
-            Err(AddressError::Hex("client id"))
-        );
+        assert_eq!(legacy.parse::<Address>(), Err(AddressError::Outdated));
+        // Version 0: the same fields without the recipient key.
+        let mut v0 = a.data();
+        v0.truncate(v0.len() - 32);
+        v0[0] = 0;
+        let v0 = bech32::encode::<Bech32m>(Hrp::parse(HRP).unwrap(), &v0).unwrap();
+        assert_eq!(v0.parse::<Address>(), Err(AddressError::Outdated));
     }
 
     proptest! {
@@ -305,6 +290,7 @@ mod tests {
                 gateway: PeerId::random(),
                 client: ClientId(seed),
                 noise_key: seed,
+                recipient_key: recipient_key(seed[0]),
             };
             let text = a.to_string();
             // Any character after the "p2pmix1" prefix (a change in the prefix is a Shape error).

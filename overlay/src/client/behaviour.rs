@@ -49,7 +49,7 @@ use crate::{
     },
     config::Authorities,
     directory::{Action, DirectoryClient},
-    mailbox::{FetchFailure, MailboxFetcher, mailbox_behaviour},
+    mailbox::{ClientKey, FetchFailure, MailboxFetcher, mailbox_behaviour},
     runtime::Now,
 };
 
@@ -111,6 +111,17 @@ mod inner {
 }
 use inner::{Inner, InnerEvent};
 
+/// Who a client is at its gateway: the id its packets are filed under, which its address carries.
+#[derive(Debug, Clone)]
+pub enum ClientIdentity {
+    /// Its own mixnet key (keep it to keep the address): the address says nothing about the
+    /// swarm's peer id, and each mailbox fetch proves the key for its connection.
+    Key(ClientKey),
+    /// The id derived from the swarm's peer id, for an app that explicitly wants one identity:
+    /// anyone holding the address can then check which libp2p peer owns it.
+    SwarmPeer,
+}
+
 /// The client behaviour. See the module documentation.
 pub struct Behaviour {
     inner: Inner,
@@ -123,6 +134,8 @@ pub struct Behaviour {
     /// The gateway's configured addresses.
     gateway_addresses: Vec<Multiaddr>,
     installed: Option<u64>,
+    /// The client key and its signature every fetch carries (none for [`ClientIdentity::SwarmPeer`]).
+    proof: Option<(Vec<u8>, Vec<u8>)>,
     /// The mailbox fetch loop, and the request under way.
     fetcher: MailboxFetcher,
     fetch: Option<OutboundRequestId>,
@@ -145,10 +158,12 @@ impl std::fmt::Debug for Behaviour {
 }
 
 impl Behaviour {
-    /// A client for the swarm identity `local_peer` (its client id at the gateway is derived
-    /// from it), decrypting with `key`.
+    /// A client in the swarm whose identity is `local_peer`, known at its gateway as `identity`
+    /// (use [`ClientIdentity::Key`] with a key of its own unless the app wants its address
+    /// linked to its peer id), decrypting with `key`.
     pub fn new(
         local_peer: PeerId,
+        identity: ClientIdentity,
         key: StaticKey,
         config: Config,
     ) -> Result<Self, ClientSetupError> {
@@ -158,10 +173,14 @@ impl Behaviour {
             .ok_or(ClientSetupError::NoSchedule)?;
         let mut rng = StdRng::from_rng(&mut rand::rng());
         let now = Now::system();
+        let (me, proof) = match &identity {
+            ClientIdentity::Key(k) => (k.client_id(), Some(k.prove(&config.gateway, &local_peer))),
+            ClientIdentity::SwarmPeer => (client_id(&local_peer), None),
+        };
         let core = ClientCore::new(
             now.mono,
             config.client,
-            client_id(&local_peer),
+            me,
             config.gateway,
             key,
             StreamRates::from_parameters(&default_parameters()),
@@ -192,6 +211,7 @@ impl Behaviour {
             authorities: config.authorities,
             gateway_addresses: config.gateway_addresses,
             installed: None,
+            proof,
             fetcher: MailboxFetcher::new(now.mono),
             fetch: None,
             timer: None,
@@ -343,7 +363,11 @@ impl Behaviour {
         }
         // The mailbox: always one fetch under way (the gateway holds it until packets come).
         self.fetcher.handle_timeout(now);
-        if let Some(request) = self.fetcher.poll_request() {
+        if let Some(mut request) = self.fetcher.poll_request() {
+            if let Some((key, signature)) = &self.proof {
+                request.client_key.clone_from(key);
+                request.client_signature.clone_from(signature);
+            }
             self.fetch = Some(self.inner.mailbox.send_request(&self.gateway, request));
         }
     }

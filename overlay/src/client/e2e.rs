@@ -85,6 +85,14 @@ impl StaticKey {
     pub fn public(&self) -> [u8; 32] {
         self.public
     }
+
+    /// The client's recipient-layer key (the innermost Sphinx payload layer), derived from this
+    /// key's secret under its own context: one secret file keeps both, and the address.
+    pub fn recipient_key(&self) -> p2pmix_mix::RecipientKey {
+        let mut seed = Zeroizing::new([0u8; 32]);
+        seed.copy_from_slice(&self.secret[..32]);
+        p2pmix_mix::RecipientKey::from_seed(&seed)
+    }
 }
 
 fn x25519_public(secret: &[u8; 32]) -> Result<[u8; 32], E2eError> {

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{
     client::{
         Address, MessageId, ReplyHandle, SendError, StaticKey,
-        behaviour::{Behaviour, ClientSetupError, Config, Event},
+        behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event},
     },
     runtime::{SwarmError, build_swarm},
 };
@@ -74,24 +74,32 @@ impl Drop for Client {
 }
 
 impl Client {
-    /// Starts a client with the swarm identity `identity` and the Noise key `key` (keep both to
-    /// keep the address). Must be called within a tokio runtime.
-    pub fn start(identity: Keypair, key: StaticKey, config: Config) -> Result<Self, ClientError> {
-        Self::start_traced(identity, key, config, None)
+    /// Starts a client on its own swarm with the swarm identity `swarm`, known at its gateway
+    /// as `identity`, with the Noise key `key` (keep the client key and the Noise key to keep
+    /// the address). Must be called within a tokio runtime.
+    pub fn start(
+        swarm: Keypair,
+        identity: ClientIdentity,
+        key: StaticKey,
+        config: Config,
+    ) -> Result<Self, ClientError> {
+        Self::start_traced(swarm, identity, key, config, None)
     }
 
     /// [`Client::start`], recording every packet sent in `trace` (test networks only; see
     /// [`Behaviour::set_trace`]).
     pub fn start_traced(
-        identity: Keypair,
+        swarm: Keypair,
+        identity: ClientIdentity,
         key: StaticKey,
         config: Config,
         trace: Option<Arc<dyn TraceSink>>,
     ) -> Result<Self, ClientError> {
-        let mut behaviour = Behaviour::new(identity.public().to_peer_id(), key, config)?;
+        let mut behaviour = Behaviour::new(swarm.public().to_peer_id(), identity, key, config)?;
         if let Some(sink) = trace {
             behaviour.set_trace(sink);
         }
+        let identity = swarm;
         let address = behaviour.address();
         let mut swarm = build_swarm(identity, |_| behaviour)?;
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);

@@ -12,8 +12,9 @@ pub mod handle;
 pub mod route;
 pub mod schedule;
 
+pub use crate::mailbox::ClientKey;
 pub use address::{Address, AddressError, client_id};
-pub use behaviour::{Behaviour, ClientSetupError, Config, Event};
+pub use behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event};
 pub use core::{
     ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage, ReplyHandle,
     SendError, Transmitted, fragment_capacity, reply_capacity,

@@ -94,6 +94,8 @@ impl MailboxFetcher {
                 ack_through: self.ack_through,
                 max: FETCH_BATCH,
                 wait_ms: u32::try_from(MAX_WAIT.as_millis()).unwrap_or(u32::MAX),
+                // The client key's proof is the behaviour's to add.
+                ..MailboxRequest::default()
             });
         }
     }

@@ -11,9 +11,11 @@
 //! - [`spool`]: the disk under `DATA_DIR/mailbox/`, which applies those values and loads them
 //!   back after a restart (driven by the node);
 //! - [`fetcher`]: the client's side, sans-IO: one fetch under way at a time, acknowledgements,
-//!   backoff after failures.
+//!   backoff after failures;
+//! - [`registration`]: who a fetch registers (the client's own key, proved per connection).
 
 pub mod fetcher;
+pub mod registration;
 pub mod server;
 pub mod spool;
 pub mod store;
@@ -29,7 +31,8 @@ use p2pmix_proto::v1::{MailboxRequest, MailboxResponse, RefusalCode};
 use thiserror::Error;
 
 pub use fetcher::{FetchFailure, MailboxFetcher};
-pub use server::{MailboxServer, MailboxStats};
+pub use registration::{ClientKey, RegistrationError, registered_client};
+pub use server::{MailboxServer, MailboxStats, refusal};
 pub use spool::{DiskSpool, SpoolContents};
 pub use store::{MailboxStore, SpoolOp, StoredPacket};
 

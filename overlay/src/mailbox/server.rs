@@ -529,6 +529,7 @@ mod tests {
                     ack_through: 0,
                     max: 8,
                     wait_ms: 20_000,
+                    ..MailboxRequest::default()
                 },
             ),
         );

@@ -54,7 +54,7 @@ use libp2p::{
 use metrics::counter;
 use p2pmix_bootstrap::{DIRECTORY_PROTOCOL, peer_id};
 use p2pmix_mix::{Relay, behaviour::Event as MixEvent};
-use p2pmix_proto::v1::Role;
+use p2pmix_proto::v1::{RefusalCode, Role};
 use tracing::{debug, info, warn};
 
 pub use self::swarm::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeBehaviour, NodeBehaviourEvent};
@@ -66,9 +66,9 @@ use self::{
     keys::KeyRotation,
 };
 use crate::{
-    client::client_id,
     config::NodeConfig,
     directory::{Action, DirectoryClient},
+    mailbox::{refusal, registered_client},
     runtime::{Now, files::write_atomic, status::Status},
 };
 
@@ -400,13 +400,17 @@ impl Node {
                 ..
             }) => {
                 if let Some(gateway) = &mut self.gateway {
-                    gateway.handle_fetch(
-                        now,
-                        client_id(&peer),
-                        request,
-                        channel,
-                        &mut self.swarm.behaviour_mut().mailbox,
-                    );
+                    let mailbox = &mut self.swarm.behaviour_mut().mailbox;
+                    match registered_client(&self.me, &peer, &request) {
+                        Ok(client) => gateway.handle_fetch(now, client, request, channel, mailbox),
+                        Err(e) => {
+                            debug!(%peer, %e, "mailbox fetch refused");
+                            let _ = mailbox.send_response(
+                                channel,
+                                refusal(RefusalCode::BadSignature, &e.to_string()),
+                            );
+                        }
+                    }
                 }
             }
             NodeBehaviourEvent::Mix(MixEvent::PeerBanned(peer)) => {

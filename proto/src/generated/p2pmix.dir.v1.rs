@@ -348,10 +348,12 @@ pub struct Reached {
     pub epoch: u64,
 }
 /// The mailbox protocol, /p2pmix/mailbox/1.0.0: a client fetches from its gateway what arrived
-/// for it. The client is the libp2p peer of the connection (Noise-authenticated); its client id
-/// is derived from its peer id, so nobody can fetch another client's packets. The first fetch
-/// registers the client: from then on the gateway keeps its packets while it is away.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+/// for it. The client proves its own mixnet key for the connection (client_key, client_signature)
+/// and its client id is derived from that key, so nobody can fetch another client's packets and
+/// the id says nothing of the connection's peer id; a fetch without a key is filed under the id
+/// derived from the peer id. The first fetch registers the client: from then on the gateway keeps
+/// its packets while it is away.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MailboxRequest {
     /// Every packet with a sequence number up to this one was processed: the gateway deletes them.
     #[prost(uint64, tag = "1")]
@@ -362,6 +364,16 @@ pub struct MailboxRequest {
     /// How long the gateway may hold the request open when nothing is waiting, milliseconds.
     #[prost(uint32, tag = "3")]
     pub wait_ms: u32,
+    /// The client's own mixnet key (a protobuf-encoded libp2p ed25519 public key), separate from
+    /// the swarm identity of the connection; the client id is derived from it. Empty: the client id
+    /// is derived from the connection's peer id (the client asked for that explicitly).
+    #[prost(bytes = "vec", tag = "4")]
+    pub client_key: ::prost::alloc::vec::Vec<u8>,
+    /// The client key's signature over "p2pmix 2026-12 mailbox registration v1" ‖ u8 length ‖
+    /// gateway peer id ‖ u8 length ‖ connection peer id: it binds the key to this connection, so a
+    /// seen proof is no use to another peer.
+    #[prost(bytes = "vec", tag = "5")]
+    pub client_signature: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MailboxResponse {

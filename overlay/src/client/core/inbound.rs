@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use p2pmix_mix::{Surb, open_payload};
+use p2pmix_mix::Surb;
 
 use super::{ClientCore, ClientEvent, ReceivedMessage, ReplyHandle, fragment_capacity};
 use crate::client::{
@@ -92,7 +92,9 @@ impl ClientCore {
             self.stats.loop_cover_received += 1;
             return;
         }
-        let Some(sealed) = open_payload(&self.geometry, body)
+        let Some(sealed) = self
+            .recipient
+            .open(&self.geometry, body)
             .ok()
             .and_then(|p| from_payload(p).ok())
         else {

@@ -27,7 +27,7 @@ use std::{
 };
 
 use libp2p::PeerId;
-use p2pmix_mix::{ClientId, Geometry, Surb};
+use p2pmix_mix::{ClientId, Geometry, RecipientKey, Surb};
 use rand::CryptoRng;
 use thiserror::Error;
 
@@ -115,6 +115,9 @@ pub enum SendError {
     /// The sending queue cannot take the message's fragments now.
     #[error("the sending queue is full")]
     QueueFull,
+    /// The address's recipient-layer key is not a valid key (a hand-built address).
+    #[error("the address's recipient key is not a valid key")]
+    BadAddress,
     /// The reply does not fit in the SURBs the message carried.
     #[error("the reply needs {needed} packets but {surbs} SURBs came with the message")]
     ReplyTooLarge {
@@ -241,7 +244,7 @@ enum Outgoing {
 /// Bytes of message data one fragment carries, with `reply_surbs` SURBs in it.
 pub fn fragment_capacity(reply_surbs: usize, known_sender: bool) -> usize {
     Geometry::DEFAULT
-        .payload_size()
+        .recipient_payload_size()
         .saturating_sub(2 + e2e::overhead(known_sender) + fragment_overhead(reply_surbs))
 }
 
@@ -257,6 +260,9 @@ pub struct ClientCore {
     me: ClientId,
     gateway: PeerId,
     key: StaticKey,
+    /// The recipient-layer key (derived from `key`): forward packets for this client carry
+    /// their innermost layer under it.
+    recipient: RecipientKey,
     topology: Option<Topology>,
     schedule: SendingSchedule<Outgoing>,
     /// Packets built ahead (acknowledgements, replies), sent on send-stream ticks.
@@ -303,6 +309,7 @@ impl ClientCore {
             geometry: Geometry::DEFAULT,
             me,
             gateway,
+            recipient: key.recipient_key(),
             key,
             topology: None,
             prebuilt: HashMap::new(),
@@ -328,6 +335,7 @@ impl ClientCore {
             gateway: self.gateway,
             client: self.me,
             noise_key: self.key.public(),
+            recipient_key: self.recipient.public_key().to_bytes(),
         }
     }
 

@@ -8,7 +8,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use p2pmix_mix::{Destination, KeyId, Label, NodeId, Surb, SurbKeys, build_packet, create_surb};
+use p2pmix_mix::{
+    Destination, KeyId, Label, NodeId, Surb, SurbKeys, build_cover_packet, build_packet_to,
+    create_surb,
+};
 use rand::{CryptoRng, RngExt};
 
 use super::{
@@ -98,6 +101,9 @@ impl ClientCore {
                 len: bytes.len(),
                 max: self.config.max_message,
             });
+        }
+        if to.recipient_public_key().is_none() {
+            return Err(SendError::BadAddress);
         }
         if reply_surbs > self.config.max_reply_surbs {
             return Err(SendError::TooManySurbs {
@@ -309,11 +315,12 @@ impl ClientCore {
             client: to.client,
             label: random_label(rng),
         };
-        let packet = build_packet(
+        let packet = build_packet_to(
             &self.geometry,
             key_id,
             &forward,
             &destination,
+            &to.recipient_public_key()?,
             &to_payload(&sealed),
             rng,
         )
@@ -420,12 +427,12 @@ impl ClientCore {
             (g.peer, Destination::Drop)
         };
         let route = choose_route(topology, &self.gateway, &exit, &self.config.policy, rng).ok()?;
-        build_packet(
+        // A random body: at the exit gateway a loop looks like any other delivered packet.
+        build_cover_packet(
             &self.geometry,
             KeyId::for_epoch(topology.epoch()),
             &route,
             &destination,
-            &[],
             rng,
         )
         .ok()
