@@ -44,6 +44,8 @@ pub fn testnet_config(run_dir: &Path, gateway: usize) -> Result<Config> {
         gateway_addresses: vec![address],
         authorities,
         client: ClientConfig::default(),
+        // Examples keep their state in memory: each run starts afresh.
+        store: None,
     })
 }
 

@@ -27,6 +27,7 @@ fn the_embed_example_address_does_not_reveal_the_dapp_peer() {
             test_network: false,
         },
         client: ClientConfig::default(),
+        store: None,
     };
     let (identity, mixnet) = p2pmix_examples::dapp_mixnet(&dir, config.clone()).unwrap();
     let peer = identity.public().to_peer_id();

@@ -45,7 +45,7 @@ pub use relay::{Decision, DelayQueue, DropReason, QueueLimits, Relay, RelayConfi
 pub use sphinx::{
     create::{Hop, build_cover_packet, build_packet, build_packet_to},
     delay::sample_exponential,
-    error::{BuildError, GeometryError, OpenError, SurbError, UnwrapError},
+    error::{BuildError, GeometryError, OpenError, SurbError, SurbKeysError, UnwrapError},
     geometry::{
         ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
     },
@@ -59,7 +59,7 @@ pub use sphinx::{
         persist::{JOURNAL_HEADER_BYTES, JOURNAL_RECORD_BYTES, encode_records, journal_records},
     },
     routing::{ClientId, Delay, Destination, Label, NodeId},
-    surb::{Surb, SurbKeys, create_surb},
+    surb::{SURB_KEYS_VERSION, Surb, SurbKeys, create_surb},
 };
 
 /// Version of the packet format; part of [`Geometry::id`]. Every key-derivation context string

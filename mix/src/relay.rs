@@ -56,11 +56,14 @@ pub enum DropReason {
     QueueFull,
     /// The neighbour sent faster than its rate allows.
     RateLimited,
+    /// A packet for a client ended here but did not come from a last-layer mix (one-hop
+    /// packets straight to a gateway would fill its mailboxes without crossing the mixnet).
+    FinalFromNonMix,
 }
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 11] = [
         DropReason::WrongSize,
         DropReason::BadMac,
         DropReason::Replay,
@@ -71,6 +74,7 @@ impl DropReason {
         DropReason::DelayTooLong,
         DropReason::QueueFull,
         DropReason::RateLimited,
+        DropReason::FinalFromNonMix,
     ];
 
     /// This reason's position in [`DropReason::ALL`].
@@ -91,6 +95,7 @@ impl DropReason {
             DropReason::DelayTooLong => "delay_too_long",
             DropReason::QueueFull => "queue_full",
             DropReason::RateLimited => "rate_limited",
+            DropReason::FinalFromNonMix => "final_from_non_mix",
         }
     }
 
@@ -103,6 +108,8 @@ impl DropReason {
     /// A replay is not either: an honest sender's fresh packet is taken for one at the filter's
     /// false-positive rate, and a replayed packet costs the node no more than a fresh one (the
     /// rate limit bounds both); a full filter is the node's state, not the sender's doing.
+    /// Nor is a delivery from a non-last-layer peer: a mix listed in a consensus the gateway
+    /// has not installed yet sends those honestly (the drop is counted, the unwrap was paid).
     pub fn is_peer_fault(self) -> bool {
         matches!(
             self,

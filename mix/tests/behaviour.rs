@@ -108,11 +108,22 @@ struct Network {
 }
 
 async fn network(n: usize, config: Config) -> Network {
-    network_traced(n, config, &[]).await
+    network_with(n, config, |_, _, _| {}, &[]).await
 }
 
 /// A network whose node `i` records into `sinks[i]` (when given).
 async fn network_traced(n: usize, config: Config, sinks: &[Arc<dyn TraceSink>]) -> Network {
+    network_with(n, config, |_, _, _| {}, sinks).await
+}
+
+/// [`network`], with `setup(i, peers, behaviour)` run on each node's behaviour before it starts
+/// and node `i` recording into `sinks[i]` (when given).
+async fn network_with(
+    n: usize,
+    config: Config,
+    setup: impl Fn(usize, &[PeerId], &mut Behaviour),
+    sinks: &[Arc<dyn TraceSink>],
+) -> Network {
     let mut r = rng(900);
     let keypairs: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
     let peers: Vec<PeerId> = keypairs.iter().map(|k| k.public().to_peer_id()).collect();
@@ -141,6 +152,7 @@ async fn network_traced(n: usize, config: Config, sinks: &[Arc<dyn TraceSink>]) 
         // being told below.
         let known = nodes.iter().map(|n| (n.peer, n.addr.clone())).collect();
         let mut behaviour = Behaviour::new(relay, config);
+        setup(i, &peers, &mut behaviour);
         if let Some(sink) = sinks.get(i) {
             behaviour.set_trace(sink.clone());
         }
@@ -427,6 +439,60 @@ async fn packets_broken_for_a_later_hop_do_not_get_honest_nodes_banned() {
         }
     }
     assert_eq!(net.nodes[1].stats.dropped(DropReason::BadMac), 100);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_takes_deliveries_for_clients_only_from_last_layer_mixes() {
+    // Node 2 is the gateway; node 1 its only last-layer mix. A packet through node 1 is
+    // delivered; one sent from node 0 straight to the gateway (a one-hop packet that would fill
+    // mailboxes without crossing the mixnet) is dropped and counted.
+    let mut net = network_with(
+        3,
+        Config {
+            workers: 1,
+            ..Config::default()
+        },
+        |i, peers, behaviour| {
+            if i == 2 {
+                behaviour.set_final_senders(Some(HashSet::from([peers[1]])));
+            }
+        },
+        &[],
+    )
+    .await;
+    let mut r = rng(903);
+    let through_mix = route(&net, &[0, 0, 0]);
+    let one_hop: Vec<Hop> = [0usize, 2]
+        .iter()
+        .map(|&i| Hop {
+            node: NodeId(i as u16),
+            key: net.keys[i],
+            delay: Delay::from_duration(Duration::ZERO),
+        })
+        .collect();
+    for (i, hops) in [(1u8, &one_hop), (2, &through_mix), (3, &one_hop)] {
+        inject(&net, hops, 9, i, b"for a mailbox", &mut r).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut delivered = Vec::new();
+    while net.nodes[2].stats.dropped(DropReason::FinalFromNonMix) < 2 || delivered.is_empty() {
+        match tokio::time::timeout_at(deadline.into(), net.events.recv()).await {
+            Ok(Some((_, Event::Delivered { label, .. }))) => delivered.push(label.0[0]),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("within 30 s: {}", report(&net)),
+        }
+    }
+    // Nothing else arrives late.
+    while let Ok(Some((_, event))) =
+        tokio::time::timeout(Duration::from_millis(500), net.events.recv()).await
+    {
+        if let Event::Delivered { label, .. } = event {
+            delivered.push(label.0[0]);
+        }
+    }
+    assert_eq!(delivered, [2], "only the packet through the last layer");
+    assert_eq!(net.nodes[2].stats.dropped(DropReason::FinalFromNonMix), 2);
+    assert_eq!(net.nodes[2].stats.delivered(), 1);
 }
 
 /// Identities are free: a dozen of them on one address, each asking for long delays, filled the

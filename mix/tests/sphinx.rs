@@ -6,8 +6,8 @@ mod common;
 use common::{EPOCH, Network, deliver, key_id, rng, small_replay};
 use p2pmix_mix::{
     ClientId, Delay, Destination, Geometry, KeyId, KeyRing, Label, NodeSecretKey, OpenError,
-    Processed, ReplayCache, Surb, UnwrapError, body, build_packet, create_surb, open_payload,
-    unwrap_packet,
+    Processed, ReplayCache, Surb, SurbKeys, SurbKeysError, UnwrapError, body, build_packet,
+    create_surb, open_payload, unwrap_packet,
 };
 use proptest::prelude::*;
 
@@ -377,6 +377,65 @@ fn tampered_reply_is_detected_by_its_creator() {
     assert_eq!(
         keys.open_reply(&geometry, &mut out[header..]),
         Err(OpenError::Tampered)
+    );
+}
+
+#[test]
+fn surb_keys_survive_their_encoding_and_bad_encodings_are_errors() {
+    let net = Network::new(5, 15);
+    let geometry = net.geometry;
+    let back = net.route(&[4, 3, 2, 1, 0]);
+    let label = Label([9; 16]);
+    let (surb, keys) = create_surb(
+        &geometry,
+        key_id(),
+        &back,
+        ClientId([3; 32]),
+        label,
+        &mut rng(15),
+    )
+    .unwrap();
+    // The creator writes its keys to disk and restarts: the restored keys read the reply.
+    let stored = keys.to_bytes();
+    assert_eq!(stored.len(), SurbKeys::encoded_size(back.len()));
+    drop(keys);
+    let restored = SurbKeys::from_bytes(&stored).unwrap();
+    assert_eq!(restored.label(), label);
+    let reply = surb.into_reply(&geometry, b"after a restart").unwrap();
+    let (_, mut out) = net.walk(back[0].node, reply);
+    let header = geometry.header_size();
+    let payload = restored.open_reply(&geometry, &mut out[header..]).unwrap();
+    assert_eq!(&payload[..15], b"after a restart");
+    assert_eq!(
+        restored.to_bytes()[..],
+        stored[..],
+        "the encoding is canonical"
+    );
+
+    // Every cut, a foreign version and impossible hop counts are errors.
+    for len in 0..stored.len() {
+        assert!(
+            SurbKeys::from_bytes(&stored[..len]).is_err(),
+            "cut at {len}"
+        );
+    }
+    let mut longer = stored.to_vec();
+    longer.push(0);
+    assert_eq!(
+        SurbKeys::from_bytes(&longer).err(),
+        Some(SurbKeysError::Truncated)
+    );
+    let mut version = stored.to_vec();
+    version[0] = 2;
+    assert_eq!(
+        SurbKeys::from_bytes(&version).err(),
+        Some(SurbKeysError::Version(2))
+    );
+    let mut hops = stored.to_vec();
+    hops[49] = 0;
+    assert_eq!(
+        SurbKeys::from_bytes(&hops).err(),
+        Some(SurbKeysError::Hops(0))
     );
 }
 

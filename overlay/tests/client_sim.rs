@@ -1,281 +1,18 @@
-//! Client cores over a simulated mixnet (the shared virtual-time simulator, no sockets): real
-//! Sphinx relays for two gateways and three layers of mixes, links that lose packets, a dead
-//! mix, a mix that tampers. Every message arrives exactly once, fragments reassemble whatever
-//! their order, replies come back through SURBs, a tampered payload is never delivered, an
-//! oversized message is refused.
+//! Client cores over a simulated mixnet (the shared virtual-time simulator, no sockets, see
+//! `sim_net`): every message arrives exactly once over lossy links and past a dead mix,
+//! fragments reassemble whatever their order, replies come back through SURBs, a tampered
+//! payload is never delivered, an oversized message is refused.
 #![allow(missing_docs, unreachable_pub)]
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+mod sim_net;
+
+use std::{collections::HashMap, time::Duration};
 
 use libp2p::PeerId;
-use p2pmix::client::{
-    Address, ClientConfig, ClientCore, ClientEvent, MessageId, ReceivedMessage, RouteNode,
-    SendError, StaticKey, StreamRates, Topology, client_id,
-};
-use p2pmix_sim::{
-    Actor, ActorId, Ctx, Link, Sim,
-    mix::{MixMessage, RelayActor, RelaySetup, add_relays},
-};
+use p2pmix::client::{Address, ClientConfig, ClientEvent, MessageId, ReceivedMessage, SendError};
 use rand::{Rng, RngExt};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
-
-const EPOCH: u64 = 4;
-const LINK: Duration = Duration::from_millis(2);
-
-/// A client core on the simulated network: its packets go to its gateway's relay, which
-/// delivers the bodies for it back here.
-struct ClientActor {
-    core: ClientCore,
-    gateway: ActorId,
-    events: Vec<ClientEvent>,
-    /// When set, every body the gateway delivered, as it was delivered, with what it turned
-    /// out to be.
-    tap: Option<Vec<(Seen, Vec<u8>)>>,
-}
-
-/// What a delivered body was, found from what the core did with it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-enum Seen {
-    Loop,
-    /// A forward message: whether its sender was known (Noise X) and its length.
-    Forward {
-        known: bool,
-        len: usize,
-    },
-    Reply,
-    /// An acknowledgement (this client only sends one-fragment messages when tapped).
-    Ack,
-    Other,
-}
-
-impl ClientActor {
-    fn drain(&mut self) {
-        while let Some(e) = self.core.poll_event() {
-            self.events.push(e);
-        }
-    }
-}
-
-impl Actor<MixMessage> for ClientActor {
-    fn poll_timeout(&self) -> Option<Instant> {
-        self.core.poll_timeout()
-    }
-    fn handle_timeout(&mut self, ctx: &mut Ctx<'_, MixMessage>) {
-        let now = ctx.mono();
-        self.core.handle_timeout(now);
-        while let Some(packet) = self.core.poll_transmit(now, ctx.rng) {
-            ctx.send(self.gateway, MixMessage::Packet(packet));
-        }
-        self.drain();
-    }
-    fn handle_message(&mut self, ctx: &mut Ctx<'_, MixMessage>, _: ActorId, m: MixMessage) {
-        if let MixMessage::Delivery {
-            label, mut body, ..
-        } = m
-        {
-            let as_delivered = self.tap.is_some().then(|| body.clone());
-            let (before, events) = (self.core.stats(), self.events.len());
-            self.core.handle_delivery(ctx.mono(), label, &mut body);
-            self.drain();
-            if let (Some(tap), Some(seen)) = (self.tap.as_mut(), as_delivered) {
-                let after = self.core.stats();
-                let kind = match self.events[events..].first() {
-                    _ if after.loop_cover_received > before.loop_cover_received => Seen::Loop,
-                    Some(ClientEvent::Received(ReceivedMessage {
-                        in_reply_to: Some(_),
-                        ..
-                    })) => Seen::Reply,
-                    Some(ClientEvent::Received(ReceivedMessage { from, bytes, .. })) => {
-                        Seen::Forward {
-                            known: from.is_some(),
-                            len: bytes.len(),
-                        }
-                    }
-                    _ if after == before => Seen::Ack,
-                    _ => Seen::Other,
-                };
-                tap.push((kind, seen));
-            }
-        }
-    }
-}
-
-const RATES: StreamRates = StreamRates {
-    send: Duration::from_millis(10),
-    loop_cover: Duration::from_millis(100),
-    drop_cover: Duration::from_millis(100),
-};
-
-/// Two gateways (relays 0 and 1, each with one client) and `per_layer` mixes in each of three
-/// layers.
-struct Net {
-    sim: Sim<MixMessage>,
-    relays: Vec<ActorId>,
-    clients: Vec<ActorId>,
-}
-
-impl Net {
-    fn new(per_layer: usize, seed: u64, config: ClientConfig) -> Net {
-        let mut sim = Sim::new(seed + 1);
-        sim.set_default_link(Link::fixed(LINK));
-        let n = 2 + 3 * per_layer;
-        let relays = add_relays(
-            &mut sim,
-            n as u16,
-            RelaySetup {
-                epoch: EPOCH,
-                seed,
-                ..RelaySetup::default()
-            },
-        );
-        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
-        let route_nodes: Vec<RouteNode> = relays
-            .iter()
-            .zip(&peers)
-            .map(|(r, peer)| RouteNode::new(r.node, *peer, r.key, "", &[]))
-            .collect();
-        let layers = (0..3)
-            .map(|l| route_nodes[2 + l * per_layer..2 + (l + 1) * per_layer].to_vec())
-            .collect();
-        let topology = Topology::new(
-            EPOCH,
-            Duration::from_millis(20),
-            route_nodes[..2].to_vec(),
-            layers,
-        );
-        let mut rng = ChaCha20Rng::seed_from_u64(seed + 2);
-        let mut clients = Vec::new();
-        for g in 0..2 {
-            let id = client_id(&PeerId::random());
-            let mut core = ClientCore::new(
-                sim.now().mono,
-                config,
-                id,
-                peers[g],
-                StaticKey::generate().unwrap(),
-                RATES,
-                &mut rng,
-            );
-            core.set_topology(topology.clone(), RATES);
-            let actor = sim.add(ClientActor {
-                core,
-                gateway: relays[g].actor,
-                events: Vec::new(),
-                tap: None,
-            });
-            sim.actor_mut::<RelayActor>(relays[g].actor)
-                .serve_client(id, actor);
-            clients.push(actor);
-        }
-        Net {
-            sim,
-            relays: relays.iter().map(|r| r.actor).collect(),
-            clients,
-        }
-    }
-
-    /// Links between nodes lose `loss` of their packets (a client's link to its gateway
-    /// does not).
-    fn set_loss(&mut self, loss: f64) {
-        self.sim.set_default_link(Link {
-            latency: LINK,
-            jitter: Duration::ZERO,
-            loss,
-        });
-        for c in 0..2 {
-            let (client, gateway) = (self.clients[c], self.relays[c]);
-            self.sim.set_link(client, gateway, Link::fixed(LINK));
-        }
-    }
-
-    /// Relay `n` takes packets and drops them all.
-    fn kill(&mut self, n: usize) {
-        self.sim.actor_mut::<RelayActor>(self.relays[n]).dead = true;
-    }
-
-    /// Relay `n` flips a byte of every packet it forwards.
-    fn tamper(&mut self, n: usize) {
-        self.sim.actor_mut::<RelayActor>(self.relays[n]).tamper_from = Some(400);
-    }
-
-    /// Records what client `c`'s gateway delivers to it from now on.
-    fn tap(&mut self, c: usize) {
-        self.sim.actor_mut::<ClientActor>(self.clients[c]).tap = Some(Vec::new());
-    }
-
-    fn tapped(&mut self, c: usize) -> Vec<(Seen, Vec<u8>)> {
-        self.sim
-            .actor_mut::<ClientActor>(self.clients[c])
-            .tap
-            .take()
-            .unwrap_or_default()
-    }
-
-    fn client(&mut self, c: usize) -> &mut ClientCore {
-        &mut self.sim.actor_mut::<ClientActor>(self.clients[c]).core
-    }
-
-    fn address(&mut self, c: usize) -> Address {
-        self.client(c).address()
-    }
-
-    fn events(&self, c: usize) -> &[ClientEvent] {
-        &self.sim.actor::<ClientActor>(self.clients[c]).events
-    }
-
-    fn received(&mut self, c: usize) -> &mut Vec<ClientEvent> {
-        &mut self.sim.actor_mut::<ClientActor>(self.clients[c]).events
-    }
-
-    /// Runs until `done` holds or `limit` of virtual time passes.
-    fn run(&mut self, limit: Duration, done: impl Fn(&Net) -> bool) {
-        let deadline = self.sim.now().mono + limit;
-        for _ in 0..10_000_000u64 {
-            if done(self) {
-                return;
-            }
-            match self.sim.next_event() {
-                Some(t) if t <= deadline => {
-                    self.sim.step();
-                }
-                _ => return,
-            }
-        }
-        panic!("the simulation did not settle");
-    }
-
-    fn received_messages(&self, c: usize) -> Vec<(MessageId, Vec<u8>)> {
-        self.events(c)
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Received(ReceivedMessage { id, bytes, .. }) => {
-                    Some((*id, bytes.clone()))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn delivered(&self, c: usize) -> Vec<MessageId> {
-        self.events(c)
-            .iter()
-            .filter_map(|e| match e {
-                ClientEvent::Delivered(id) => Some(*id),
-                _ => None,
-            })
-            .collect()
-    }
-
-    fn failed(&self, c: usize) -> usize {
-        self.events(c)
-            .iter()
-            .filter(|e| matches!(e, ClientEvent::Failed(..)))
-            .count()
-    }
-}
+use sim_net::{Net, Seen};
 
 fn message(rng: &mut impl Rng, i: usize) -> Vec<u8> {
     let len = rng.random_range(1..6_000);
@@ -297,7 +34,7 @@ fn lossy_links_and_a_dead_mix_still_deliver_every_message_exactly_once() {
     let mut sent = HashMap::new();
     for i in 0..30 {
         let bytes = message(&mut rng, i);
-        let id = sim.client(0).send(to_b, &bytes, 0, &mut rng).unwrap();
+        let id = sim.send(0, to_b, &bytes, 0, &mut rng).unwrap();
         sent.insert(id, bytes);
     }
     sim.run(Duration::from_secs(3600), |s| {
@@ -341,7 +78,7 @@ fn replies_come_back_through_surbs_and_tampered_payloads_are_never_delivered() {
     let mut sent = Vec::new();
     for i in 0..20u8 {
         let bytes = vec![i; 100];
-        sim.client(0).send(to_b, &bytes, 0, &mut rng).unwrap();
+        sim.send(0, to_b, &bytes, 0, &mut rng).unwrap();
         sent.push(bytes);
     }
     sim.run(Duration::from_secs(600), |s| s.delivered(0).len() == 20);
@@ -355,7 +92,7 @@ fn replies_come_back_through_surbs_and_tampered_payloads_are_never_delivered() {
         "tampered fragments arrived and were refused"
     );
     let question = b"what time is it?".to_vec();
-    let id = sim.client(0).send(to_b, &question, 2, &mut rng).unwrap();
+    let id = sim.send(0, to_b, &question, 2, &mut rng).unwrap();
     sim.run(Duration::from_secs(600), |s| {
         s.received_messages(1).len() == 21
     });
@@ -418,13 +155,13 @@ fn fragments_reassemble_in_any_order_and_oversized_messages_are_refused() {
     // 40 fragments, each on its own route with its own exponential delays: they arrive in
     // another order than they were sent.
     let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
-    let id = sim.client(0).send(to_b, &big, 0, &mut rng).unwrap();
+    let id = sim.send(0, to_b, &big, 0, &mut rng).unwrap();
     sim.run(Duration::from_secs(600), |s| !s.delivered(0).is_empty());
     assert_eq!(sim.delivered(0), vec![id]);
     assert_eq!(sim.received_messages(1), vec![(id, big)]);
     let limit = ClientConfig::default().max_message;
     assert_eq!(
-        sim.client(0).send(to_b, &vec![0; limit + 1], 0, &mut rng),
+        sim.send(0, to_b, &vec![0; limit + 1], 0, &mut rng),
         Err(SendError::TooLarge {
             len: limit + 1,
             max: limit
@@ -434,7 +171,11 @@ fn fragments_reassemble_in_any_order_and_oversized_messages_are_refused() {
 
 #[test]
 fn a_message_that_cannot_be_routed_fails_and_the_stream_keeps_its_pace() {
-    let mut sim = Net::new(2, 9, ClientConfig::default());
+    let config = ClientConfig {
+        max_attempts: 8,
+        ..ClientConfig::default()
+    };
+    let mut sim = Net::new(2, 9, config);
     let mut rng = ChaCha20Rng::seed_from_u64(9);
     // An address naming a gateway the consensus does not have.
     let nowhere = Address {
@@ -442,18 +183,13 @@ fn a_message_that_cannot_be_routed_fails_and_the_stream_keeps_its_pace() {
         ..sim.address(1)
     };
     let before = sim.client(0).stats();
-    sim.client(0)
-        .send(nowhere, b"lost cause", 0, &mut rng)
-        .unwrap();
+    sim.send(0, nowhere, b"lost cause", 0, &mut rng).unwrap();
     sim.run(Duration::from_secs(120), |s| s.failed(0) > 0);
     assert_eq!(sim.failed(0), 1, "the message fails after its attempts");
     let after = sim.client(0).stats();
     assert_eq!(after.fragments_sent, before.fragments_sent);
     // Every send tick that carried the unroutable fragment sent drop cover instead.
-    assert!(
-        after.drop_cover_sent - before.drop_cover_sent
-            >= ClientConfig::default().max_attempts as u64
-    );
+    assert!(after.drop_cover_sent - before.drop_cover_sent >= config.max_attempts as u64);
 }
 
 /// Why `bodies` do not look like uniformly random bytes, if they do not: a chi-square test of
@@ -519,11 +255,8 @@ fn the_exit_gateway_sees_every_kind_of_packet_as_random_bytes() {
         sim.tap(1);
         // Short messages carry a reply SURB (Bob answers each), long ones fill a fragment.
         for i in 0..SAMPLES {
-            sim.client(0)
-                .send(to_b, &[i as u8; 10], 1, &mut rng)
-                .unwrap();
-            sim.client(0)
-                .send(to_b, &vec![i as u8; long], 0, &mut rng)
+            sim.send(0, to_b, &[i as u8; 10], 1, &mut rng).unwrap();
+            sim.send(0, to_b, &vec![i as u8; long], 0, &mut rng)
                 .unwrap();
         }
         sim.run(Duration::from_secs(600), |s| {

@@ -67,6 +67,7 @@ fn dapp(net: &Net, who: &Identity, gateway: usize) -> Swarm<DApp> {
         gateway_addresses: vec![address],
         authorities,
         client: ClientConfig::default(),
+        store: None,
     };
     build_swarm(who.keypair.clone(), |key| DApp {
         mixnet: client::Behaviour::new(

@@ -13,7 +13,7 @@
 //! packet enters the delay queue only once its replay tag is on disk.
 
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::{HashMap, HashSet, VecDeque},
     hash::{BuildHasher, RandomState},
     net::IpAddr,
     sync::{
@@ -198,6 +198,9 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<Event, HandlerIn>>,
     stats: Arc<Stats>,
     pool: Arc<PacketPool>,
+    /// Peers whose packets may end here as deliveries to clients (the last-layer mixes of the
+    /// held consensuses); `None`: from anyone.
+    final_senders: Option<HashSet<PeerId>>,
     /// Where link records and ground truth go (test networks only).
     trace: Option<Arc<dyn TraceSink>>,
 }
@@ -245,6 +248,7 @@ impl Behaviour {
                 relay.geometry().packet_size(),
                 POOLED_BUFFERS,
             )),
+            final_senders: None,
             trace: None,
         }
     }
@@ -260,6 +264,14 @@ impl Behaviour {
         if let Some(t) = &self.trace {
             t.truth(record());
         }
+    }
+
+    /// Accepts deliveries to clients only from `senders` (a gateway gives the last-layer mixes
+    /// of its held consensuses); others are dropped and counted as
+    /// [`DropReason::FinalFromNonMix`] (not as faults of their sender). `None` accepts them from
+    /// anyone.
+    pub fn set_final_senders(&mut self, senders: Option<HashSet<PeerId>>) {
+        self.final_senders = senders;
     }
 
     /// The relay (keys and topologies) this behaviour uses.
@@ -585,6 +597,18 @@ impl NetworkBehaviour for Behaviour {
                 if let (Some(t), Some(input)) = (&self.trace, tag) {
                     t.truth(Truth::of_decision(input, &decision));
                 }
+                let final_refused = decision.as_ref().is_ok_and(|d| {
+                    matches!(
+                        d,
+                        Decision::Final {
+                            destination: Destination::Deliver { .. },
+                            ..
+                        }
+                    ) && self
+                        .final_senders
+                        .as_ref()
+                        .is_some_and(|s| !from.is_some_and(|p| s.contains(&p)))
+                });
                 match decision.and_then(|d| match d {
                     Decision::Final {
                         destination: Destination::Drop,
@@ -595,13 +619,21 @@ impl NetworkBehaviour for Behaviour {
                         self.pool.give(packet);
                         Ok(())
                     }
+                    d if final_refused => {
+                        if let Decision::Final { packet, .. } = d {
+                            self.pool.give(packet);
+                        }
+                        Err(DropReason::FinalFromNonMix)
+                    }
                     d => self.hold(from, d, tag),
                 }) {
                     Ok(()) => {}
                     Err(reason) => {
                         self.stats.count_drops(reason, 1);
-                        if let (Some(input), DropReason::QueueFull) = (tag, reason) {
-                            // The worker's decision was recorded; the queue refused it after.
+                        if let (Some(input), DropReason::QueueFull | DropReason::FinalFromNonMix) =
+                            (tag, reason)
+                        {
+                            // The worker's decision was recorded; it was refused after.
                             self.truth(|| Truth::Dropped { input, reason });
                         }
                         if let Some(peer) = from {

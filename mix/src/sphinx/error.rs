@@ -109,3 +109,18 @@ pub enum SurbError {
         max: usize,
     },
 }
+
+/// Why stored [`crate::SurbKeys`] could not be decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum SurbKeysError {
+    /// Shorter or longer than its fields say.
+    #[error("truncated SURB keys")]
+    Truncated,
+    /// An encoding this version does not know.
+    #[error("unknown SURB keys version {0}")]
+    Version(u8),
+    /// A hop count outside 1..=MAX_HOPS_LIMIT.
+    #[error("SURB keys for {0} hops")]
+    Hops(usize),
+}

@@ -6,15 +6,20 @@
 //! header, so its first hop derives the same replay tag and drops the second copy.
 //!
 //! Encoding of a [`Surb`]: `first hop (u16 BE) | header (geometry.header_size()) | reply key (32)`.
+//!
+//! Encoding of [`SurbKeys`] (for the creator's own disk, so that a reply or an acknowledgement
+//! can still be read after a restart; never sent): `version (1) = 1 | label (16) | reply key
+//! (32) | hops (u8, 1..=MAX_HOPS_LIMIT) | hops x shared secret (32)`. The encoding is held in a
+//! [`Zeroizing`] buffer: it is as secret as the keys.
 
 use rand_core::CryptoRng;
-use zeroize::{Zeroize, ZeroizeOnDrop};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use super::{
     create::{HeaderSecrets, Hop, build_header, seal_body},
     crypto::HopKeys,
-    error::{BuildError, OpenError, SurbError},
-    geometry::Geometry,
+    error::{BuildError, OpenError, SurbError, SurbKeysError},
+    geometry::{Geometry, MAX_HOPS_LIMIT},
     keys::KeyId,
     payload::PayloadLayer,
     peel::open_payload,
@@ -161,7 +166,68 @@ impl Surb {
     }
 }
 
+/// Version byte of the [`SurbKeys`] encoding.
+pub const SURB_KEYS_VERSION: u8 = 1;
+
 impl SurbKeys {
+    /// Bytes of the encoding of keys for a route of `hops` hops.
+    pub const fn encoded_size(hops: usize) -> usize {
+        1 + 16 + 32 + 1 + 32 * hops
+    }
+
+    /// The encoding, for the creator's own store (see the module documentation). Zeroized when
+    /// dropped.
+    pub fn to_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let hops = self.secrets.0.len();
+        let mut out = Zeroizing::new(Vec::with_capacity(Self::encoded_size(hops)));
+        out.push(SURB_KEYS_VERSION);
+        out.extend_from_slice(&self.label.0);
+        out.extend_from_slice(&self.reply_key);
+        // Routes are at most MAX_HOPS_LIMIT hops (checked when the header was built).
+        out.push(hops.min(u8::MAX as usize) as u8);
+        for secret in &self.secrets.0 {
+            out.extend_from_slice(secret);
+        }
+        out
+    }
+
+    /// Decodes keys written by [`SurbKeys::to_bytes`]; every length is checked (a damaged store
+    /// is an error, never a panic). Intermediate copies of the secrets are zeroized.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SurbKeysError> {
+        let (&version, rest) = bytes.split_first().ok_or(SurbKeysError::Truncated)?;
+        if version != SURB_KEYS_VERSION {
+            return Err(SurbKeysError::Version(version));
+        }
+        if rest.len() < 16 + 32 + 1 {
+            return Err(SurbKeysError::Truncated);
+        }
+        let (label, rest) = rest.split_at(16);
+        let (key, rest) = rest.split_at(32);
+        let (&hops, rest) = rest.split_first().ok_or(SurbKeysError::Truncated)?;
+        let hops = usize::from(hops);
+        if hops == 0 || hops > MAX_HOPS_LIMIT {
+            return Err(SurbKeysError::Hops(hops));
+        }
+        if rest.len() != 32 * hops {
+            return Err(SurbKeysError::Truncated);
+        }
+        let mut secrets = HeaderSecrets(Vec::with_capacity(hops));
+        for chunk in rest.chunks_exact(32) {
+            let mut secret = [0u8; 32];
+            secret.copy_from_slice(chunk);
+            secrets.0.push(secret);
+        }
+        let mut label_bytes = [0u8; 16];
+        label_bytes.copy_from_slice(label);
+        let mut reply_key = [0u8; 32];
+        reply_key.copy_from_slice(key);
+        Ok(SurbKeys {
+            label: Label(label_bytes),
+            secrets,
+            reply_key,
+        })
+    }
+
     /// The label the reply arrives with; the creator looks these keys up by it.
     pub fn label(&self) -> Label {
         self.label

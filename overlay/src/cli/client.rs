@@ -1,8 +1,14 @@
 //! `p2pmix client …`: a mixnet client on the command line (the [`Client`] handle).
 //!
-//! With `--json`, every line on stdout is one JSON object (`sent`, `delivered`, `failed`,
-//! `received`, `ready`, `done`), with times in milliseconds since the UNIX epoch, so that
+//! With `--json`, every line on stdout is one JSON object (`sent`, `resumed`, `delivered`,
+//! `failed`, `received`, `ready`, `done`), with times in milliseconds since the UNIX epoch, so that
 //! scripts (the testnet) can measure what went through.
+//!
+//! The client's state lives in `DATA_DIR/client.redb`: every command started on a data
+//! directory whose outbox holds unfinished messages (a command that was killed) resumes them
+//! and reports their outcomes (`resumed`, then `delivered` or `failed`). A received message is
+//! acknowledged once it is printed: a command killed before that prints it again next time,
+//! never loses it.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +19,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
 use p2pmix::{
-    client::{Address, Client, ClientConfig, Config, Event, MessageId, ReceivedMessage},
+    client::{
+        Acknowledge, Address, CLIENT_STORE_FILE, Client, ClientConfig, Config, Event, MessageId,
+        ReceivedMessage,
+    },
     config::{Authorities, TraceConfig},
     identity::{
         CLIENT_KEY_FILE, IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_client_key,
@@ -272,13 +281,47 @@ fn start(args: &ClientArgs) -> Result<(Client, Option<Tracer>)> {
             gateway,
             gateway_addresses: vec![address],
             authorities,
-            client: ClientConfig::default(),
+            client: ClientConfig {
+                acknowledge: Acknowledge::WhenAccepted,
+                ..ClientConfig::default()
+            },
+            store: Some(args.data_dir.join(CLIENT_STORE_FILE)),
         },
         tracer
             .clone()
             .map(|t| std::sync::Arc::new(t) as std::sync::Arc<dyn TraceSink>),
     )?;
     Ok((client, tracer))
+}
+
+/// Reports the messages a killed command left in the outbox; their outcomes follow as events.
+async fn resumed(client: &Client, json: bool) -> Result<Vec<MessageId>> {
+    let outbox = client.outbox().await?;
+    for id in &outbox {
+        print(
+            json,
+            json!({"event": "resumed", "id": id.to_string(), "ms": unix_ms()}),
+            format!("resuming {id}"),
+        );
+    }
+    Ok(outbox)
+}
+
+/// Prints the outcome of a sent message.
+fn print_outcome(json: bool, event: &Event) {
+    match event {
+        Event::Delivered(id) => print(
+            json,
+            json!({"event": "delivered", "id": id.to_string(), "ms": unix_ms()}),
+            format!("delivered {id}"),
+        ),
+        Event::Failed(id, reason) => print(
+            json,
+            json!({"event": "failed", "id": id.to_string(), "reason": reason.to_string(), "ms": unix_ms()}),
+            format!("failed {id}: {reason}"),
+        ),
+        _ => {}
+    }
 }
 
 fn print(json: bool, value: serde_json::Value, human: String) {
@@ -307,14 +350,19 @@ async fn listen(
     // Before leaving: let the last acknowledgements go out (or their senders retransmit to
     // nobody), and print what had already arrived (its senders count it as delivered).
     async fn leave(client: &mut Client, json: bool, code: ExitCode) -> Result<ExitCode> {
-        client.flush(Duration::from_secs(10)).await?;
         while let Some(event) = client.try_next_event() {
-            if let Event::Received(ReceivedMessage { id, bytes, .. }) = event {
-                print_received(json, id, &bytes, None, None, 0);
+            match event {
+                Event::Received(ReceivedMessage { id, bytes, .. }) => {
+                    print_received(json, id, &bytes, None, None, 0);
+                    client.accept(id).await?;
+                }
+                other => print_outcome(json, &other),
             }
         }
+        client.flush(Duration::from_secs(10)).await?;
         Ok(code)
     }
+    resumed(client, args.json).await?;
     loop {
         if count.is_some_and(|c| received >= c) {
             return leave(client, args.json, ExitCode::SUCCESS).await;
@@ -357,13 +405,17 @@ async fn listen(
                     in_reply_to,
                     handle.as_ref().map_or(0, |h| h.surbs()),
                 );
+                // Printed: now it may be acknowledged (a kill before this prints it again).
+                client.accept(id).await?;
                 if let (Some(text), Some(handle)) = (&reply, handle)
                     && let Err(e) = client.reply(handle, text.clone().into_bytes()).await
                 {
                     eprintln!("could not reply to {id}: {e}");
                 }
             }
-            Some(Event::Delivered(_) | Event::Failed(..)) => {}
+            Some(event @ (Event::Delivered(_) | Event::Failed(..))) => {
+                print_outcome(args.json, &event)
+            }
         }
     }
 }
@@ -419,6 +471,8 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
         stay,
     } = plan;
     let deadline = Instant::now() + timeout;
+    let mut pending: std::collections::HashSet<MessageId> =
+        resumed(client, args.json).await?.into_iter().collect();
     // Messages would queue until a consensus is in force; wait for it so that the times
     // printed measure the network, not the start-up.
     loop {
@@ -436,7 +490,23 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
                 );
                 break;
             }
-            Ok(Some(_)) => {}
+            Ok(Some(event @ (Event::Delivered(_) | Event::Failed(..)))) => {
+                if let Event::Delivered(id) | Event::Failed(id, _) = &event {
+                    pending.remove(id);
+                }
+                print_outcome(args.json, &event);
+            }
+            Ok(Some(Event::Received(message))) => {
+                print_received(
+                    args.json,
+                    message.id,
+                    &message.bytes,
+                    message.from,
+                    message.in_reply_to,
+                    0,
+                );
+                client.accept(message.id).await?;
+            }
             Ok(None) => bail!("the client stopped"),
             Err(_) => {
                 eprintln!("timed out waiting for a verified consensus");
@@ -453,7 +523,6 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let mut pending: std::collections::HashSet<MessageId> = Default::default();
     let mut awaiting_reply: std::collections::HashSet<MessageId> = Default::default();
     let mut failed = 0u64;
     let mut sent = 0u64;
@@ -535,24 +604,20 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
         };
         match event {
             None => bail!("the client stopped"),
-            Some(Event::Delivered(id)) => {
-                if pending.remove(&id) {
-                    print(
-                        args.json,
-                        json!({"event": "delivered", "id": id.to_string(), "ms": unix_ms()}),
-                        format!("delivered {id}"),
-                    );
+            Some(event @ Event::Delivered(_)) => {
+                if let Event::Delivered(id) = &event
+                    && pending.remove(id)
+                {
+                    print_outcome(args.json, &event);
                 }
             }
-            Some(Event::Failed(id, reason)) => {
-                pending.remove(&id);
-                awaiting_reply.remove(&id);
+            Some(event @ Event::Failed(..)) => {
+                if let Event::Failed(id, _) = &event {
+                    pending.remove(id);
+                    awaiting_reply.remove(id);
+                }
                 failed += 1;
-                print(
-                    args.json,
-                    json!({"event": "failed", "id": id.to_string(), "reason": reason.to_string(), "ms": unix_ms()}),
-                    format!("failed {id}: {reason}"),
-                );
+                print_outcome(args.json, &event);
             }
             Some(Event::Received(ReceivedMessage {
                 id,
@@ -578,6 +643,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
                         None => format!("{id}: {text}"),
                     },
                 );
+                client.accept(id).await?;
             }
             Some(Event::Consensus { epoch }) => print(
                 args.json,
@@ -586,6 +652,8 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
             ),
         }
     }
+    // Acknowledgements of replies, and the store, before leaving.
+    client.flush(Duration::from_secs(5)).await?;
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

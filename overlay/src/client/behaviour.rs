@@ -10,9 +10,15 @@
 //!
 //! Until a verified consensus is in force nothing is sent; messages queue and go out once it
 //! is (see [`Event::Consensus`]).
+//!
+//! With [`Config::store`] the client's state lives in a [`ClientStore`]: the behaviour writes
+//! each batch of the core's changes in one transaction on its own turn (a `send` returns once
+//! its message is durable; a mailbox batch is acknowledged to the gateway once what its
+//! packets changed is durable), and a behaviour started on the same store resumes its outbox.
 
 use std::{
     collections::{HashMap, VecDeque},
+    path::PathBuf,
     sync::Arc,
     task::{Context, Poll, Waker},
     time::{Duration, Instant},
@@ -46,6 +52,8 @@ use crate::{
         Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
         ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, Transmitted,
         client_id,
+        core::StoreBatch,
+        store::{ClientStore, StoreError},
     },
     config::Authorities,
     directory::{Action, DirectoryClient},
@@ -64,6 +72,9 @@ pub struct Config {
     pub authorities: Authorities,
     /// Limits and choices of the client core.
     pub client: ClientConfig,
+    /// Where the client keeps its state (`DATA_DIR/client.redb`); `None`: in memory only, lost
+    /// with the process.
+    pub store: Option<PathBuf>,
 }
 
 /// Why a client could not be set up.
@@ -73,6 +84,9 @@ pub enum ClientSetupError {
     /// The authorities file has no `[network]` section.
     #[error("the authorities file gives no epoch schedule ([network] section)")]
     NoSchedule,
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// What the client behaviour reports.
@@ -84,7 +98,8 @@ pub enum Event {
         epoch: u64,
     },
     /// A message arrived (once per message); answer it with [`Behaviour::reply`] and its
-    /// `reply` handle, if the sender gave SURBs.
+    /// `reply` handle, if the sender gave SURBs. With `Acknowledge::WhenAccepted`, accept it
+    /// with [`Behaviour::accept`] and its id once the application has it.
     Received(ReceivedMessage),
     /// Every fragment of a sent message was acknowledged by the recipient.
     Delivered(MessageId),
@@ -140,6 +155,9 @@ pub struct Behaviour {
     fetcher: MailboxFetcher,
     fetch: Option<OutboundRequestId>,
     timer: Option<(Instant, Timer)>,
+    store: Option<ClientStore>,
+    /// A batch the store could not write yet (tried again on the next turn).
+    unstored: Option<StoreBatch>,
     rng: StdRng,
     events: VecDeque<Event>,
     waker: Option<Waker>,
@@ -177,7 +195,7 @@ impl Behaviour {
             ClientIdentity::Key(k) => (k.client_id(), Some(k.prove(&config.gateway, &local_peer))),
             ClientIdentity::SwarmPeer => (client_id(&local_peer), None),
         };
-        let core = ClientCore::new(
+        let mut core = ClientCore::new(
             now.mono,
             config.client,
             me,
@@ -186,6 +204,24 @@ impl Behaviour {
             StreamRates::from_parameters(&default_parameters()),
             &mut rng,
         );
+        let store = match &config.store {
+            Some(path) => {
+                let store = ClientStore::open(path)?;
+                let (saved, report) = store.load()?;
+                if report.damaged > 0 {
+                    warn!(damaged = report.damaged, "client store: entries skipped");
+                }
+                info!(
+                    outbox = saved.outbox.len(),
+                    partial_fragments = saved.fragments.len(),
+                    inbox = saved.inbox.len(),
+                    "client store opened"
+                );
+                core = core.restore(now.mono, now.unix_ms, saved);
+                Some(store)
+            }
+            None => None,
+        };
         let mut directory = DirectoryClient::fetch_only(
             now,
             schedule,
@@ -215,6 +251,8 @@ impl Behaviour {
             fetcher: MailboxFetcher::new(now.mono),
             fetch: None,
             timer: None,
+            store,
+            unstored: None,
             rng,
             events: VecDeque::new(),
             waker: None,
@@ -287,9 +325,54 @@ impl Behaviour {
         bytes: &[u8],
         reply_surbs: usize,
     ) -> Result<MessageId, SendError> {
-        let id = self.core.send(*to, bytes, reply_surbs, &mut self.rng)?;
+        let id = self
+            .core
+            .send(Instant::now(), *to, bytes, reply_surbs, &mut self.rng)?;
+        // The message is durable before its id is handed out (a crash after this resumes it).
+        self.flush_store();
         self.wake();
         Ok(id)
+    }
+
+    /// The application has the message it was handed as `id` (see [`Event::Received`]): with
+    /// `Acknowledge::WhenAccepted` its acknowledgements go out now and the store forgets it.
+    /// `false` when nothing waited for that.
+    pub fn accept(&mut self, id: MessageId) -> bool {
+        let accepted = self.core.accept(id);
+        self.flush_store();
+        self.wake();
+        accepted
+    }
+
+    /// Messages being sent (also those resumed from the store), not yet delivered or failed.
+    pub fn outbox(&self) -> Vec<MessageId> {
+        self.core.outbox()
+    }
+
+    /// Whether every change is durable and nothing waits for the store.
+    pub fn is_stored(&self) -> bool {
+        self.unstored.is_none() && self.core.is_stored()
+    }
+
+    /// Writes the core's changes, one transaction a batch, and reports them durable; a batch
+    /// that fails is tried again on the next turn (what waits for it waits too).
+    fn flush_store(&mut self) {
+        let Some(store) = &mut self.store else {
+            return;
+        };
+        loop {
+            let Some(batch) = self.unstored.take().or_else(|| self.core.poll_store()) else {
+                return;
+            };
+            match store.apply(&batch.ops) {
+                Ok(()) => self.core.handle_stored(batch.through),
+                Err(e) => {
+                    warn!(%e, ops = batch.ops.len(), "client store: write failed, will retry");
+                    self.unstored = Some(batch);
+                    return;
+                }
+            }
+        }
     }
 
     /// Answers a received message through the SURBs it carried.
@@ -347,13 +430,20 @@ impl Behaviour {
         // The core: retransmissions, then whatever the send schedule says is due.
         if self.core_due().is_some_and(|at| now >= at) {
             self.core.handle_timeout(now);
+            // Keys of the SURBs built below are written before their packets leave.
+            self.flush_store();
             if self.installed.is_some() {
-                while let Some(packet) = self.core.poll_transmit(now, &mut self.rng) {
+                let packets: Vec<Vec<u8>> =
+                    std::iter::from_fn(|| self.core.poll_transmit(now, &mut self.rng)).collect();
+                // One transaction for the keys of every SURB in them, before they leave.
+                self.flush_store();
+                for packet in packets {
                     self.record(&packet);
                     self.inner.link.send(self.gateway, packet);
                 }
             }
         }
+        self.flush_store();
         while let Some(event) = self.core.poll_event() {
             self.events.push_back(match event {
                 ClientEvent::Received(message) => Event::Received(message),
@@ -361,7 +451,9 @@ impl Behaviour {
                 ClientEvent::Failed(id, reason) => Event::Failed(id, reason),
             });
         }
-        // The mailbox: always one fetch under way (the gateway holds it until packets come).
+        // The mailbox: always one fetch under way (the gateway holds it until packets come),
+        // acknowledging what is processed and durable.
+        self.fetcher.processed(self.core.mailbox_ack());
         self.fetcher.handle_timeout(now);
         if let Some(mut request) = self.fetcher.poll_request() {
             if let Some((key, signature)) = &self.proof {
@@ -445,9 +537,14 @@ impl Behaviour {
                 let now = Instant::now();
                 match self.fetcher.handle_response(now, response) {
                     Ok(items) => {
+                        let through = items.iter().map(|i| i.seq).max();
                         for mut item in items {
                             self.core.handle_delivery(now, item.label, &mut item.body);
                         }
+                        if let Some(seq) = through {
+                            self.core.mailbox_processed(seq);
+                        }
+                        self.flush_store();
                     }
                     Err(FetchFailure::Refused { code, reason }) => {
                         warn!(gateway = %self.gateway, ?code, %reason, "the gateway refused");

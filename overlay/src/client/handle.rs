@@ -56,6 +56,8 @@ enum Command {
         done: oneshot::Sender<Result<MessageId, SendError>>,
     },
     Queued(oneshot::Sender<usize>),
+    Accept(MessageId, oneshot::Sender<bool>),
+    Outbox(oneshot::Sender<Vec<MessageId>>),
 }
 
 /// A running client. See the module documentation.
@@ -126,7 +128,15 @@ impl Client {
                             let _ = done.send(swarm.behaviour_mut().reply(handle, &bytes));
                         }
                         Some(Command::Queued(done)) => {
-                            let _ = done.send(swarm.behaviour().queued());
+                            let behaviour = swarm.behaviour();
+                            let busy = if behaviour.is_stored() { 0 } else { 1 };
+                            let _ = done.send(behaviour.queued() + busy);
+                        }
+                        Some(Command::Accept(id, done)) => {
+                            let _ = done.send(swarm.behaviour_mut().accept(id));
+                        }
+                        Some(Command::Outbox(done)) => {
+                            let _ = done.send(swarm.behaviour().outbox());
                         }
                         None => return,
                     },
@@ -187,6 +197,28 @@ impl Client {
             .await
             .map_err(|_| ClientError::Stopped)?;
         Ok(result.await.map_err(|_| ClientError::Stopped)??)
+    }
+
+    /// The application has the message it was handed as `id` (see
+    /// [`Behaviour::accept`]).
+    pub async fn accept(&self, id: MessageId) -> Result<bool, ClientError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Accept(id, done))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        result.await.map_err(|_| ClientError::Stopped)
+    }
+
+    /// Messages being sent, including those resumed from the store at start (their
+    /// `Delivered` or `Failed` events follow).
+    pub async fn outbox(&self) -> Result<Vec<MessageId>, ClientError> {
+        let (done, result) = oneshot::channel();
+        self.commands
+            .send(Command::Outbox(done))
+            .await
+            .map_err(|_| ClientError::Stopped)?;
+        result.await.map_err(|_| ClientError::Stopped)
     }
 
     /// Waits (up to `limit`) until every queued packet (acknowledgements, replies, fragments)

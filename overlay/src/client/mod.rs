@@ -11,13 +11,15 @@ pub mod frame;
 pub mod handle;
 pub mod route;
 pub mod schedule;
+pub mod store;
 
 pub use crate::mailbox::ClientKey;
 pub use address::{Address, AddressError, client_id};
 pub use behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event};
 pub use core::{
-    ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage, ReplyHandle,
-    SendError, Transmitted, fragment_capacity, reply_capacity,
+    Acknowledge, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage,
+    ReplyHandle, SavedState, SendError, StoreBatch, StoreOp, Transmitted, fragment_capacity,
+    reply_capacity,
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;
@@ -26,3 +28,4 @@ pub use route::{
     RouteError, RouteNode, RoutePolicy, Topology, choose_loop, choose_route, choose_route_avoiding,
 };
 pub use schedule::{Emission, QueueFull, SendingSchedule, StreamRates};
+pub use store::{CLIENT_STORE_FILE, ClientStore, StoreError};

@@ -1,6 +1,7 @@
 //! The client's side of the mailbox, sans-IO: always one fetch under way at its gateway (which
-//! holds it open until packets come), each acknowledging everything the client has taken so
-//! far; after a failure the next fetch waits, doubling up to [`MAX_FETCH_BACKOFF`].
+//! holds it open until packets come), each acknowledging everything the client has processed
+//! so far (the driver says so with [`MailboxFetcher::processed`], once what the packets changed
+//! is durable); after a failure the next fetch waits, doubling up to [`MAX_FETCH_BACKOFF`].
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub enum FetchFailure {
 /// A packet body the gateway handed over, under the label its creator chose.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// Its sequence number in the mailbox (acknowledge it with [`MailboxFetcher::processed`]).
+    pub seq: u64,
     /// The label (routes it to an acknowledgement, a reply or the message path).
     pub label: Label,
     /// The Sphinx body.
@@ -67,9 +70,14 @@ impl MailboxFetcher {
         }
     }
 
-    /// The highest sequence number taken (acknowledged with the next fetch).
+    /// The highest sequence number processed (acknowledged with the next fetch).
     pub fn ack_through(&self) -> u64 {
         self.ack_through
+    }
+
+    /// Every packet up to `seq` is processed: the next fetch lets the gateway delete them.
+    pub fn processed(&mut self, seq: u64) {
+        self.ack_through = self.ack_through.max(seq);
     }
 
     /// Items whose label was not a label.
@@ -108,7 +116,7 @@ impl MailboxFetcher {
     }
 
     /// The gateway's answer: the packets it handed over (the next fetch goes out at once and
-    /// acknowledges them), or why there are none.
+    /// acknowledges what [`MailboxFetcher::processed`] was told), or why there are none.
     pub fn handle_response(
         &mut self,
         now: Instant,
@@ -123,12 +131,16 @@ impl MailboxFetcher {
                 for item in batch.items {
                     match <[u8; 16]>::try_from(item.label.as_slice()) {
                         Ok(label) => out.push(Delivery {
+                            seq: item.seq,
                             label: Label(label),
                             body: item.body,
                         }),
-                        Err(_) => self.malformed += 1,
+                        // Nothing to process: acknowledged with the next fetch.
+                        Err(_) => {
+                            self.malformed += 1;
+                            self.ack_through = self.ack_through.max(item.seq);
+                        }
                     }
-                    self.ack_through = self.ack_through.max(item.seq);
                 }
                 Ok(out)
             }

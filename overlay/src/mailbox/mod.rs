@@ -8,13 +8,17 @@
 //!   arrives or their wait is over, and acknowledged cumulatively by the next fetch;
 //! - [`store`]: the mailboxes in memory, sans-IO: registration, quota, expiry, sequence numbers;
 //!   what must reach the disk leaves it as [`SpoolOp`] values;
-//! - [`spool`]: the disk under `DATA_DIR/mailbox/`, which applies those values and loads them
-//!   back after a restart (driven by the node);
+//! - [`limits`]: what is limited per address, prefix and mailbox, and the fair share of a full
+//!   gateway;
+//! - [`spool`]: the disk (`DATA_DIR/mailbox.redb`), which applies those values in batched
+//!   transactions on a thread of its own and loads them back after a restart (driven by the
+//!   node);
 //! - [`fetcher`]: the client's side, sans-IO: one fetch under way at a time, acknowledgements,
 //!   backoff after failures;
 //! - [`registration`]: who a fetch registers (the client's own key, proved per connection).
 
 pub mod fetcher;
+pub mod limits;
 pub mod registration;
 pub mod server;
 pub mod spool;
@@ -34,7 +38,7 @@ pub use fetcher::{FetchFailure, MailboxFetcher};
 pub use registration::{ClientKey, RegistrationError, registered_client};
 pub use server::{MailboxServer, MailboxStats, refusal};
 pub use spool::{DiskSpool, SpoolContents};
-pub use store::{MailboxStore, SpoolOp, StoredPacket};
+pub use store::{MailboxStore, Registration, SpoolOp, StoredPacket};
 
 /// The protocol name.
 pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pmix/mailbox/1.0.0");
@@ -79,9 +83,17 @@ pub struct MailboxConfig {
     pub ttl: Duration,
     /// Bytes held for all clients together (in memory and on disk).
     pub max_bytes: usize,
+    /// Bytes held for one client at most (well below `max_bytes`: a few identities cannot
+    /// fill the gateway; beyond that the fair share of [`limits`] holds).
+    pub max_client_bytes: usize,
     /// Registered clients at most.
     pub max_clients: usize,
-    /// A registration with an empty mailbox and no fetch for this long is forgotten.
+    /// Registrations held that were made from one IP address.
+    pub max_per_address: usize,
+    /// Registrations held that were made from one prefix (IPv4 /24, IPv6 /48).
+    pub max_per_prefix: usize,
+    /// A registration with an empty mailbox and no fetch for this long is forgotten (also
+    /// across restarts).
     pub idle_registration: Duration,
 }
 
@@ -91,8 +103,11 @@ impl Default for MailboxConfig {
             quota: 8_192,
             ttl: Duration::from_secs(24 * 3600),
             max_bytes: 512 << 20,
+            max_client_bytes: 8 << 20,
             max_clients: 100_000,
-            idle_registration: Duration::from_secs(30 * 24 * 3600),
+            max_per_address: 32,
+            max_per_prefix: 256,
+            idle_registration: Duration::from_secs(3600),
         }
     }
 }
@@ -113,11 +128,14 @@ pub enum MailboxError {
     /// The packet could not be written.
     #[error("mailbox storage: {0}")]
     Io(#[from] io::Error),
+    /// The address or prefix the registration comes from holds its share of registrations.
+    #[error("too many registrations from this address")]
+    AddressLimit,
 }
 
 impl MailboxError {
     /// Every reason, in the order of [`MailboxError::index`] (for counters).
-    pub const REASONS: [&'static str; 4] = ["not_registered", "quota", "full", "io"];
+    pub const REASONS: [&'static str; 5] = ["not_registered", "quota", "full", "io", "address"];
 
     /// [`MailboxError::index`] of [`MailboxError::Io`].
     pub const IO_INDEX: usize = 3;
@@ -128,6 +146,7 @@ impl MailboxError {
             MailboxError::NotRegistered => RefusalCode::NotRegistered,
             MailboxError::QuotaFull | MailboxError::Full => RefusalCode::Full,
             MailboxError::Io(_) => RefusalCode::Unspecified,
+            MailboxError::AddressLimit => RefusalCode::RateLimited,
         }
     }
 
@@ -138,6 +157,7 @@ impl MailboxError {
             MailboxError::QuotaFull => 1,
             MailboxError::Full => 2,
             MailboxError::Io(_) => Self::IO_INDEX,
+            MailboxError::AddressLimit => 4,
         }
     }
 

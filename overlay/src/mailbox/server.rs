@@ -10,6 +10,7 @@
 
 use std::{
     collections::{BTreeSet, HashMap, VecDeque},
+    net::IpAddr,
     time::{Duration, Instant},
 };
 
@@ -41,6 +42,10 @@ pub struct MailboxStats {
     pub handed: u64,
     /// Packets dropped because their time-to-live was over.
     pub expired: u64,
+    /// Registrations refused (the gateway is full, or the address holds its share).
+    pub registrations_refused: u64,
+    /// Packets evicted from the largest mailboxes to give room to smaller ones.
+    pub evicted: u64,
 }
 
 /// A fetch held open until a packet arrives for its client or its wait is over.
@@ -106,7 +111,10 @@ impl<C> MailboxServer<C> {
 
     /// Counters.
     pub fn stats(&self) -> MailboxStats {
-        self.stats
+        MailboxStats {
+            evicted: self.store.evicted(),
+            ..self.stats
+        }
     }
 
     /// Fetches held open.
@@ -114,24 +122,27 @@ impl<C> MailboxServer<C> {
         self.parked.len()
     }
 
-    /// A client's fetch: registers it, deletes what it acknowledged, and answers with what is
-    /// waiting, or holds the request until something arrives.
+    /// A client's fetch from `origin` (its connection's address): registers it, deletes what
+    /// it acknowledged, and answers with what is waiting, or holds the request until something
+    /// arrives.
     pub fn handle_fetch(
         &mut self,
         now: Now,
         client: ClientId,
+        origin: Option<IpAddr>,
         request: MailboxRequest,
         channel: C,
     ) {
         // A newer fetch replaces a held one (the client gave up on it, or reconnected).
         self.answer_parked(&client);
-        match self.store.register(client, now.unix_ms) {
+        match self.store.register(client, now.unix_ms, origin) {
             Ok(true) => {
                 self.stats.registered += 1;
                 self.events.push_back(ServerEvent::Registered(client));
             }
             Ok(false) => {}
             Err(e) => {
+                self.stats.registrations_refused += 1;
                 self.answers
                     .push_back((channel, refusal(e.code(), &e.to_string())));
                 return;
@@ -345,7 +356,7 @@ mod tests {
             match message {
                 Wire::Fetch(id, request) => {
                     self.server
-                        .handle_fetch(ctx.now, client_of(from), request, (from, id))
+                        .handle_fetch(ctx.now, client_of(from), None, request, (from, id))
                 }
                 // The network delivers for the client actor 1.
                 Wire::Deliver(n) => {
@@ -388,6 +399,9 @@ mod tests {
                 && let Ok(items) = self.fetcher.handle_response(ctx.mono(), answer)
             {
                 let now = ctx.mono();
+                if let Some(seq) = items.iter().map(|d| d.seq).max() {
+                    self.fetcher.processed(seq);
+                }
                 self.got.extend(items.into_iter().map(|d| (now, d)));
             }
         }

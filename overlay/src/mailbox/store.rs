@@ -4,7 +4,12 @@
 //!
 //! A client registers by fetching (the libp2p connection authenticates its peer id, from which
 //! its client id is derived); packets for clients that never registered are refused, so that
-//! nobody fills a gateway's disk for ids nobody will collect. Each packet gets a sequence number
+//! nobody fills a gateway's disk for ids nobody will collect. Registrations are limited per
+//! address and prefix, mailboxes per client in bytes, and a full gateway gives a client room
+//! by evicting from the largest mailbox ([`super::limits`]). A registration with an empty
+//! mailbox that nobody fetched for [`MailboxConfig::idle_registration`] is forgotten; when it
+//! was last seen is kept on disk (to within [`SEEN_GRANULARITY`]), so a restart does not give
+//! it a fresh lease. Each packet gets a sequence number
 //! that only grows (also across restarts: numbers start above `now_ms << 10`), and a fetch
 //! acknowledges everything up to the number the client has processed; what is not acknowledged
 //! is handed over again.
@@ -15,11 +20,30 @@
 //! ([`MailboxStore::spooled`]): a gateway restart loses nothing it handed over or acknowledged
 //! as stored. Time is passed in (milliseconds since the UNIX epoch: expiry survives restarts).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::IpAddr,
+};
 
 use p2pmix_mix::{ClientId, Label};
 
-use super::{MailboxConfig, MailboxError};
+use super::{
+    MailboxConfig, MailboxError,
+    limits::{BySize, OriginCounts},
+};
+
+/// How far the last-seen time of a registration on disk may lag behind the one in memory (a
+/// fetch every few seconds does not become a write every few seconds).
+pub const SEEN_GRANULARITY: u64 = 5 * 60 * 1000;
+
+/// A registration as the disk keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registration {
+    /// The address it was made from, when known.
+    pub origin: Option<IpAddr>,
+    /// When its client last fetched (milliseconds since the UNIX epoch).
+    pub seen_ms: u64,
+}
 
 /// One stored packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +65,15 @@ pub enum SpoolOp {
     Register {
         /// The client.
         client: ClientId,
+        /// From where, and when.
+        registration: Registration,
+    },
+    /// `client` fetched at `seen_ms` (written once it is [`SEEN_GRANULARITY`] past the last).
+    Seen {
+        /// The client.
+        client: ClientId,
+        /// When.
+        seen_ms: u64,
     },
     /// Write `packet` durably, then report with [`MailboxStore::spooled`].
     Save {
@@ -88,6 +121,9 @@ struct Mailbox {
     /// beyond it (from before a restart) delete nothing the client has not seen.
     handed_through: u64,
     last_seen_ms: u64,
+    /// The last-seen time the disk has.
+    seen_on_disk_ms: u64,
+    origin: Option<IpAddr>,
 }
 
 /// All mailboxes of a gateway. See the module documentation.
@@ -99,6 +135,9 @@ pub struct MailboxStore {
     bytes: usize,
     seq_floor: u64,
     spool: VecDeque<SpoolOp>,
+    origins: OriginCounts,
+    by_size: BySize,
+    evicted: u64,
 }
 
 /// A fetch's answer: packets oldest first, and how many more wait behind them.
@@ -120,21 +159,27 @@ impl MailboxStore {
             bytes: 0,
             seq_floor: now_ms << 10,
             spool: VecDeque::new(),
+            origins: OriginCounts::default(),
+            by_size: BySize::default(),
+            evicted: 0,
         }
     }
 
     /// Mailboxes loaded back from the disk at `now_ms` (see [`super::DiskSpool::load`]): every
-    /// registration, and the packets not yet expired (expired ones are removed).
+    /// registration (with where it came from and when it was last seen), and the packets not
+    /// yet expired (expired ones are removed).
     pub fn restore(
         config: MailboxConfig,
         now_ms: u64,
-        contents: impl IntoIterator<Item = (ClientId, Vec<StoredPacket>)>,
+        contents: impl IntoIterator<Item = (ClientId, Registration, Vec<StoredPacket>)>,
     ) -> Self {
         let mut store = MailboxStore::new(config, Persistence::Spooled, now_ms);
-        for (client, packets) in contents {
+        for (client, registration, packets) in contents {
             let mut mailbox = Mailbox {
                 next_seq: store.seq_floor,
-                last_seen_ms: now_ms,
+                last_seen_ms: registration.seen_ms,
+                seen_on_disk_ms: registration.seen_ms,
+                origin: registration.origin,
                 ..Mailbox::default()
             };
             for packet in packets {
@@ -156,6 +201,10 @@ impl MailboxStore {
                 );
             }
             store.bytes += mailbox.bytes;
+            store.by_size.update(client, 0, mailbox.bytes);
+            if let Some(ip) = mailbox.origin {
+                store.origins.add(ip);
+            }
             store.boxes.insert(client, mailbox);
         }
         store
@@ -172,26 +221,64 @@ impl MailboxStore {
         self.spool.pop_front()
     }
 
-    /// Registers `client` (idempotent; it also marks the client as seen at `now_ms`);
-    /// `Ok(true)` when it is new.
-    pub fn register(&mut self, client: ClientId, now_ms: u64) -> Result<bool, MailboxError> {
+    /// Registers `client` from `origin` (idempotent; it also marks the client as seen at
+    /// `now_ms`); `Ok(true)` when it is new. A new registration beyond the limits of its
+    /// address or prefix is refused ([`MailboxError::AddressLimit`]).
+    pub fn register(
+        &mut self,
+        client: ClientId,
+        now_ms: u64,
+        origin: Option<IpAddr>,
+    ) -> Result<bool, MailboxError> {
         if let Some(mailbox) = self.boxes.get_mut(&client) {
-            mailbox.last_seen_ms = now_ms;
+            mailbox.last_seen_ms = mailbox.last_seen_ms.max(now_ms);
+            if mailbox.last_seen_ms.saturating_sub(mailbox.seen_on_disk_ms) >= SEEN_GRANULARITY {
+                mailbox.seen_on_disk_ms = mailbox.last_seen_ms;
+                let seen_ms = mailbox.last_seen_ms;
+                self.emit(SpoolOp::Seen { client, seen_ms });
+            }
             return Ok(false);
         }
         if self.boxes.len() >= self.config.max_clients {
             return Err(MailboxError::Full);
+        }
+        if let Some(ip) = origin {
+            if !self
+                .origins
+                .admits(ip, self.config.max_per_address, self.config.max_per_prefix)
+            {
+                return Err(MailboxError::AddressLimit);
+            }
+            self.origins.add(ip);
         }
         self.boxes.insert(
             client,
             Mailbox {
                 next_seq: self.seq_floor,
                 last_seen_ms: now_ms,
+                seen_on_disk_ms: now_ms,
+                origin,
                 ..Mailbox::default()
             },
         );
-        self.emit(SpoolOp::Register { client });
+        self.emit(SpoolOp::Register {
+            client,
+            registration: Registration {
+                origin,
+                seen_ms: now_ms,
+            },
+        });
         Ok(true)
+    }
+
+    /// Registrations held that were made from `ip`.
+    pub fn registered_from(&self, ip: IpAddr) -> usize {
+        self.origins.registered_at(ip)
+    }
+
+    /// Packets evicted from the largest mailboxes to make room (see [`super::limits`]).
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 
     /// Whether `client` registered here.
@@ -225,7 +312,10 @@ impl MailboxStore {
     }
 
     /// Stores a packet for `client`; returns its sequence number. With
-    /// [`Persistence::Spooled`] it is handed over only after [`MailboxStore::spooled`].
+    /// [`Persistence::Spooled`] it is handed over only after [`MailboxStore::spooled`]. When
+    /// the gateway's bytes are all in use, room is made by evicting the newest packets of the
+    /// largest mailbox while that is larger than `client`'s would be; otherwise the packet is
+    /// refused.
     pub fn store(
         &mut self,
         client: &ClientId,
@@ -233,19 +323,26 @@ impl MailboxStore {
         body: &[u8],
         now_ms: u64,
     ) -> Result<u64, MailboxError> {
-        let over_bytes = self.bytes + body.len() > self.config.max_bytes;
         let ttl_ms = u64::try_from(self.config.ttl.as_millis()).unwrap_or(u64::MAX);
         let durable = self.persistence == Persistence::Memory;
-        let mailbox = self
-            .boxes
-            .get_mut(client)
-            .ok_or(MailboxError::NotRegistered)?;
-        if mailbox.packets.len() >= self.config.quota {
+        let mailbox = self.boxes.get(client).ok_or(MailboxError::NotRegistered)?;
+        if mailbox.packets.len() >= self.config.quota
+            || mailbox.bytes + body.len() > self.config.max_client_bytes
+        {
             return Err(MailboxError::QuotaFull);
         }
-        if over_bytes {
-            return Err(MailboxError::Full);
+        let mine = mailbox.bytes + body.len();
+        while self.bytes + body.len() > self.config.max_bytes {
+            match self.by_size.largest() {
+                Some((size, largest)) if size > mine && largest != *client => {
+                    self.evict_newest(&largest);
+                }
+                _ => return Err(MailboxError::Full),
+            }
         }
+        let Some(mailbox) = self.boxes.get_mut(client) else {
+            return Err(MailboxError::NotRegistered);
+        };
         let seq = mailbox.next_seq;
         let packet = StoredPacket {
             seq,
@@ -254,16 +351,45 @@ impl MailboxStore {
             expires_ms: now_ms.saturating_add(ttl_ms),
         };
         mailbox.next_seq += 1;
+        let old = mailbox.bytes;
         mailbox.bytes += body.len();
+        let new = mailbox.bytes;
+        mailbox.packets.insert(
+            seq,
+            Held {
+                packet: packet.clone(),
+                durable,
+            },
+        );
         self.bytes += body.len();
+        self.by_size.update(*client, old, new);
         if !durable {
             self.spool.push_back(SpoolOp::Save {
                 client: *client,
-                packet: packet.clone(),
+                packet,
             });
         }
-        mailbox.packets.insert(seq, Held { packet, durable });
         Ok(seq)
+    }
+
+    /// Drops the newest packet of `client`'s mailbox (to give room to a smaller one).
+    fn evict_newest(&mut self, client: &ClientId) {
+        let Some(mailbox) = self.boxes.get_mut(client) else {
+            return;
+        };
+        let Some((seq, held)) = mailbox.packets.pop_last() else {
+            return;
+        };
+        let old = mailbox.bytes;
+        mailbox.bytes -= held.packet.body.len();
+        let new = mailbox.bytes;
+        self.bytes -= held.packet.body.len();
+        self.by_size.update(*client, old, new);
+        self.evicted += 1;
+        self.emit(SpoolOp::Remove {
+            client: *client,
+            seq,
+        });
     }
 
     /// Whether packet `seq` of `client` is durable (may be handed over).
@@ -290,8 +416,10 @@ impl MailboxStore {
             };
         }
         if let Some(held) = mailbox.packets.remove(&seq) {
+            let old = mailbox.bytes;
             mailbox.bytes -= held.packet.body.len();
             self.bytes -= held.packet.body.len();
+            self.by_size.update(*client, old, mailbox.bytes);
         }
         false
     }
@@ -313,11 +441,13 @@ impl MailboxStore {
         let keep = mailbox.packets.split_off(&ack_through.saturating_add(1));
         let acked = std::mem::replace(&mut mailbox.packets, keep);
         let mut removed = Vec::new();
+        let old = mailbox.bytes;
         for held in acked.values() {
             mailbox.bytes -= held.packet.body.len();
             self.bytes -= held.packet.body.len();
             removed.push(held.packet.seq);
         }
+        self.by_size.update(*client, old, mailbox.bytes);
         let packets: Vec<StoredPacket> = mailbox
             .packets
             .values()
@@ -343,16 +473,21 @@ impl MailboxStore {
     pub fn expire(&mut self, now_ms: u64) -> usize {
         let idle = u64::try_from(self.config.idle_registration.as_millis()).unwrap_or(u64::MAX);
         let mut forgotten = Vec::new();
+        let origins = &mut self.origins;
         self.boxes.retain(|client, mailbox| {
             let keep =
                 !mailbox.packets.is_empty() || now_ms.saturating_sub(mailbox.last_seen_ms) < idle;
             if !keep {
                 forgotten.push(*client);
+                if let Some(ip) = mailbox.origin {
+                    origins.remove(ip);
+                }
             }
             keep
         });
         let mut removed = Vec::new();
         for (client, mailbox) in &mut self.boxes {
+            let old = mailbox.bytes;
             mailbox.packets.retain(|seq, held| {
                 let keep = held.packet.expires_ms > now_ms;
                 if !keep {
@@ -362,6 +497,7 @@ impl MailboxStore {
                 }
                 keep
             });
+            self.by_size.update(*client, old, mailbox.bytes);
         }
         for client in forgotten {
             self.emit(SpoolOp::Forget { client });
@@ -401,8 +537,8 @@ mod tests {
             store.store(&client(1), Label([0; 16]), b"x", T0),
             Err(MailboxError::NotRegistered)
         ));
-        assert!(store.register(client(1), T0).unwrap());
-        assert!(!store.register(client(1), T0).unwrap());
+        assert!(store.register(client(1), T0, None).unwrap());
+        assert!(!store.register(client(1), T0, None).unwrap());
         store.store(&client(1), Label([0; 16]), b"x", T0).unwrap();
         assert_eq!(store.pending(&client(1)), 1);
     }
@@ -410,7 +546,7 @@ mod tests {
     #[test]
     fn fetch_hands_over_until_acknowledged_in_order() {
         let mut store = memory(MailboxConfig::default());
-        store.register(client(1), T0).unwrap();
+        store.register(client(1), T0, None).unwrap();
         let seqs: Vec<u64> = (0..5u8)
             .map(|i| store.store(&client(1), Label([i; 16]), &[i], T0).unwrap())
             .collect();
@@ -438,10 +574,10 @@ mod tests {
             ..MailboxConfig::default()
         };
         let mut store = memory(config);
-        store.register(client(1), T0).unwrap();
-        store.register(client(2), T0).unwrap();
+        store.register(client(1), T0, None).unwrap();
+        store.register(client(2), T0, None).unwrap();
         assert!(matches!(
-            store.register(client(3), T0),
+            store.register(client(3), T0, None),
             Err(MailboxError::Full)
         ));
         store.store(&client(1), Label([0; 16]), b"ab", T0).unwrap();
@@ -450,11 +586,14 @@ mod tests {
             store.store(&client(1), Label([0; 16]), b"e", T0),
             Err(MailboxError::QuotaFull)
         ));
+        store.store(&client(2), Label([0; 16]), b"e", T0).unwrap();
+        // Full: a packet that would make client 2's mailbox as large as the largest gets no
+        // room (the fair share evicts only from a larger one).
         assert!(matches!(
-            store.store(&client(2), Label([0; 16]), b"efg", T0),
+            store.store(&client(2), Label([0; 16]), b"fgh", T0),
             Err(MailboxError::Full)
         ));
-        store.store(&client(2), Label([0; 16]), b"e", T0).unwrap();
+        assert_eq!(store.bytes(), 5);
     }
 
     #[test]
@@ -464,7 +603,7 @@ mod tests {
             ..MailboxConfig::default()
         };
         let mut store = memory(config);
-        store.register(client(1), T0).unwrap();
+        store.register(client(1), T0, None).unwrap();
         store.store(&client(1), Label([0; 16]), b"old", T0).unwrap();
         store
             .store(&client(1), Label([0; 16]), b"new", T0 + 5_000)
@@ -482,12 +621,12 @@ mod tests {
             ..MailboxConfig::default()
         };
         let mut store = MailboxStore::new(config, Persistence::Spooled, T0);
-        store.register(client(1), T0).unwrap();
-        store.register(client(2), T0).unwrap();
+        store.register(client(1), T0, None).unwrap();
+        store.register(client(2), T0, None).unwrap();
         let seq = store.store(&client(2), Label([1; 16]), b"x", T0).unwrap();
         store.spooled(&client(2), seq, true);
-        store.register(client(3), T0).unwrap();
-        store.register(client(3), T0 + 60_000).unwrap(); // seen again
+        store.register(client(3), T0, None).unwrap();
+        store.register(client(3), T0 + 60_000, None).unwrap(); // seen again
         while store.poll_spool().is_some() {}
         store.expire(T0 + 100_000);
         assert!(!store.is_registered(&client(1)));
@@ -502,10 +641,16 @@ mod tests {
     #[test]
     fn a_spooled_packet_is_handed_over_only_once_durable_and_a_failed_write_is_dropped() {
         let mut store = MailboxStore::new(MailboxConfig::default(), Persistence::Spooled, T0);
-        store.register(client(1), T0).unwrap();
+        store.register(client(1), T0, None).unwrap();
         assert_eq!(
             store.poll_spool(),
-            Some(SpoolOp::Register { client: client(1) })
+            Some(SpoolOp::Register {
+                client: client(1),
+                registration: Registration {
+                    origin: None,
+                    seen_ms: T0
+                }
+            })
         );
         let a = store.store(&client(1), Label([1; 16]), b"a", T0).unwrap();
         let b = store.store(&client(1), Label([2; 16]), b"b", T0).unwrap();
@@ -549,12 +694,16 @@ mod tests {
             body: vec![seq as u8],
             expires_ms,
         };
+        let seen = Registration {
+            origin: None,
+            seen_ms: T0,
+        };
         let mut store = MailboxStore::restore(
             config,
             T0,
             [
-                (client(1), vec![old(7, T0 + 5_000), old(3, T0 - 1)]),
-                (client(2), vec![]),
+                (client(1), seen, vec![old(7, T0 + 5_000), old(3, T0 - 1)]),
+                (client(2), seen, vec![]),
             ],
         );
         assert!(store.is_registered(&client(2)));

@@ -208,7 +208,17 @@ impl Node {
             }
         }
         self.installed.retain(|e| *e + 3 > epoch);
+        self.final_senders
+            .insert(epoch, installation.last_layer.clone());
+        let installed = &self.installed;
+        self.final_senders.retain(|e, _| installed.contains(e));
         let behaviour = self.swarm.behaviour_mut();
+        if self.gateway.is_some() {
+            // Deliveries to clients come from the last layer of a consensus in use, or not at
+            // all.
+            let senders = self.final_senders.values().flatten().copied().collect();
+            behaviour.mix.set_final_senders(Some(senders));
+        }
         // Addresses of peers that left every held consensus are no longer needed for relaying.
         let relay = self.relay.clone();
         behaviour.mix.retain_addresses(|p| relay.is_node(p));

@@ -1,27 +1,53 @@
-//! A gateway's mailboxes on the node: the sans-IO [`MailboxServer`] with its disk spool, the
-//! answers going out on the mailbox protocol.
+//! A gateway's mailboxes on the node: the sans-IO [`MailboxServer`], its database written by a
+//! thread of its own ([`SpoolWriter`], batched commits: the event loop never waits for the
+//! disk), the answers going out on the mailbox protocol, and the addresses of connected
+//! clients (a registration counts against the address it came from).
 
-use std::path::PathBuf;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
 
-use libp2p::request_response::ResponseChannel;
+use libp2p::{Multiaddr, PeerId, multiaddr::Protocol, request_response::ResponseChannel};
 use p2pmix_bootstrap::Now;
 use p2pmix_mix::{ClientId, Label};
 use p2pmix_proto::v1::{MailboxRequest, MailboxResponse};
+use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use crate::{
     mailbox::{
         DiskSpool, MailboxBehaviour, MailboxConfig, MailboxServer, MailboxStore, SpoolOp,
         server::ServerEvent,
+        spool::{Handoff, SpoolError, SpoolReport, SpoolWriter},
     },
     node::gauges::MailboxGauges,
-    runtime::files::FileError,
 };
+
+/// Why the mailboxes could not be opened.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    /// The database could not be opened or read.
+    #[error("mailboxes at {path}: {source}")]
+    Spool {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: SpoolError,
+    },
+    /// The writer thread could not start.
+    #[error("mailbox writer thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
 
 /// The gateway side of a node. See the module documentation.
 pub struct Gateway {
     server: MailboxServer<ResponseChannel<MailboxResponse>>,
-    spool: DiskSpool,
+    writer: SpoolWriter,
+    /// Where each connected peer's connection comes from (the latest one).
+    addresses: HashMap<PeerId, IpAddr>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -33,11 +59,28 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
+/// The IP address a multiaddr starts with.
+pub fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+    address.iter().find_map(|p| match p {
+        Protocol::Ip4(a) => Some(IpAddr::V4(a)),
+        Protocol::Ip6(a) => Some(IpAddr::V6(a)),
+        _ => None,
+    })
+}
+
 impl Gateway {
-    /// Opens the mailboxes kept in `dir` (created if missing) at `now`.
-    pub fn open(dir: PathBuf, config: MailboxConfig, now: Now) -> Result<Self, FileError> {
-        let spool = DiskSpool::open(dir.clone()).map_err(FileError::on(&dir))?;
-        let contents = spool.load().map_err(FileError::on(&dir))?;
+    /// Opens the mailboxes kept in the database at `path` (created if missing) at `now`, and
+    /// starts its writer.
+    pub fn open(path: &Path, config: MailboxConfig, now: Now) -> Result<Self, GatewayError> {
+        let spool_err = |source| GatewayError::Spool {
+            path: path.to_path_buf(),
+            source,
+        };
+        let spool = DiskSpool::open(path).map_err(spool_err)?;
+        let (contents, damaged) = spool.load().map_err(spool_err)?;
+        if damaged > 0 {
+            warn!(damaged, "mailbox database: entries skipped");
+        }
         let store = MailboxStore::restore(config, now.unix_ms, contents);
         info!(
             clients = store.clients(),
@@ -46,7 +89,8 @@ impl Gateway {
         );
         let mut gateway = Gateway {
             server: MailboxServer::new(store, now),
-            spool,
+            writer: SpoolWriter::start(spool)?,
+            addresses: HashMap::new(),
         };
         gateway.apply_spool();
         Ok(gateway)
@@ -68,16 +112,32 @@ impl Gateway {
         }
     }
 
-    /// A client's fetch (its client id comes from the authenticated connection).
+    /// A connection of `peer` from `remote` is up (its registrations count against that
+    /// address).
+    pub fn connected(&mut self, peer: PeerId, remote: &Multiaddr) {
+        if let Some(ip) = ip_of(remote) {
+            self.addresses.insert(peer, ip);
+        }
+    }
+
+    /// `peer` has no connection left.
+    pub fn disconnected(&mut self, peer: &PeerId) {
+        self.addresses.remove(peer);
+    }
+
+    /// A client's fetch (its client id comes from the authenticated connection of `peer`).
     pub fn handle_fetch(
         &mut self,
         now: Now,
+        peer: &PeerId,
         client: ClientId,
         request: MailboxRequest,
         channel: ResponseChannel<MailboxResponse>,
         mailbox: &mut MailboxBehaviour,
     ) {
-        self.server.handle_fetch(now, client, request, channel);
+        let origin = self.addresses.get(peer).copied();
+        self.server
+            .handle_fetch(now, client, origin, request, channel);
         self.flush(mailbox);
     }
 
@@ -102,8 +162,32 @@ impl Gateway {
         self.flush(mailbox);
     }
 
-    /// Writes what must reach the disk first, then sends the answers (a packet is handed over
-    /// only once it is on disk).
+    /// The writer's next report (for the node's loop to wait on).
+    pub async fn next_report(&mut self) -> Option<SpoolReport> {
+        self.writer.next_report().await
+    }
+
+    /// The writer made some saves durable (or could not): those packets may now be handed
+    /// over (or are dropped).
+    pub fn handle_report(&mut self, report: SpoolReport, mailbox: &mut MailboxBehaviour) {
+        let mut next = Some(report);
+        while let Some(report) = next {
+            if !report.written {
+                warn!(
+                    packets = report.saves.len(),
+                    "could not store mailbox packets"
+                );
+            }
+            for (client, seq) in report.saves {
+                self.server.spooled(&client, seq, report.written);
+            }
+            next = self.writer.try_report();
+        }
+        self.flush(mailbox);
+    }
+
+    /// Hands what must reach the disk to the writer, then sends the answers (a packet is
+    /// handed over only once the writer reported it durable).
     fn flush(&mut self, mailbox: &mut MailboxBehaviour) {
         self.apply_spool();
         while let Some((channel, answer)) = self.server.poll_answer() {
@@ -122,16 +206,17 @@ impl Gateway {
 
     fn apply_spool(&mut self) {
         while let Some(op) = self.server.poll_spool() {
-            let result = self.spool.apply(&op);
-            match (&op, result) {
-                (SpoolOp::Save { client, packet }, result) => {
-                    if let Err(e) = &result {
-                        warn!(%e, "could not store a mailbox packet");
-                    }
-                    self.server.spooled(client, packet.seq, result.is_ok());
+            let save = match &op {
+                SpoolOp::Save { client, packet } => Some((*client, packet.seq)),
+                _ => None,
+            };
+            match (self.writer.submit(op), save) {
+                (Handoff::Queued, _) => {}
+                (refused, Some((client, seq))) => {
+                    warn!(?refused, "mailbox writer cannot take a packet");
+                    self.server.spooled(&client, seq, false);
                 }
-                (_, Err(e)) => warn!(?op, %e, "mailbox storage"),
-                (_, Ok(())) => {}
+                (refused, None) => warn!(?refused, "mailbox writer cannot take a change"),
             }
         }
     }

@@ -160,6 +160,9 @@ impl Gauges {
             counter!("p2pmix_mailbox_stored_total").absolute(stats.stored);
             counter!("p2pmix_mailbox_handed_total").absolute(stats.handed);
             counter!("p2pmix_mailbox_expired_total").absolute(stats.expired);
+            counter!("p2pmix_mailbox_evicted_total").absolute(stats.evicted);
+            counter!("p2pmix_mailbox_registrations_refused_total")
+                .absolute(stats.registrations_refused);
             for (reason, count) in MailboxError::REASONS.iter().zip(stats.refused) {
                 if count > 0 {
                     counter!("p2pmix_mailbox_refused_total", "reason" => *reason).absolute(count);

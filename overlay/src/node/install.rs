@@ -7,7 +7,10 @@
 //! `/p2p/` of another peer), so that even a document signed by a faulty majority cannot turn the
 //! node into a reflector into its operator's private network.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use libp2p::{Multiaddr, PeerId};
 use p2pmix_bootstrap::{VerifiedConsensus, address::check_address, peer_id};
@@ -82,6 +85,9 @@ pub struct Installation {
     pub mixes: usize,
     /// Gateways in the consensus.
     pub gateways: usize,
+    /// The mixes of the last layer: the only peers from which a gateway takes deliveries to
+    /// its clients.
+    pub last_layer: HashSet<PeerId>,
     /// The limits, when this is the newest document held (older ones keep routing packets in
     /// flight but do not set limits).
     pub limits: Option<RelayLimits>,
@@ -122,6 +128,11 @@ impl Installation {
                 .filter(|n| n.role == Role::Mix as i32)
                 .count(),
             gateways: consensus.gateways().count(),
+            last_layer: consensus
+                .layer(consensus.parameters().layers)
+                .filter(|n| n.role == Role::Mix as i32)
+                .filter_map(peer_id)
+                .collect(),
             limits: newest.then(|| RelayLimits::from_parameters(&consensus.parameters())),
         }
     }

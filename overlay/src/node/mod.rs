@@ -21,7 +21,7 @@
 //! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`,
 //! `replay/<epoch>/{journal,snapshot}-<generation>`, `consensus-<epoch>.pb`
 //! (verified documents, reused at restart), `listen-addrs` (full multiaddrs with `/p2p/`, usable
-//! as bootstrap addresses), on gateways `mailbox/` and, with metrics on, `metrics-addr`.
+//! as bootstrap addresses), on gateways `mailbox.redb` and, with metrics on, `metrics-addr`.
 
 pub mod bootstrap;
 pub mod cover;
@@ -90,6 +90,8 @@ struct Node {
     bootstrap: BootstrapDialer,
     /// Epochs whose topology is installed.
     installed: HashSet<u64>,
+    /// Per installed epoch: its last-layer mixes (a gateway takes deliveries only from them).
+    final_senders: HashMap<u64, HashSet<PeerId>>,
     rng: rand::rngs::ThreadRng,
     /// Gateways: the mailboxes of registered clients.
     gateway: Option<Gateway>,
@@ -113,17 +115,31 @@ impl Node {
             let wake = self
                 .poll_timeout()
                 .map_or(now.mono + MAX_SLEEP, |t| t.min(now.mono + MAX_SLEEP));
+            let gateway = &mut self.gateway;
+            let spooled = async {
+                match gateway {
+                    Some(g) => g.next_report().await,
+                    None => std::future::pending().await,
+                }
+            };
             let event = tokio::select! {
                 _ = &mut shutdown => {
                     info!("shutting down");
                     return Ok(());
                 }
                 _ = tokio::time::sleep_until(wake.into()) => None,
-                event = self.swarm.select_next_some() => Some(event),
+                event = self.swarm.select_next_some() => Some(Ok(event)),
+                Some(report) = spooled => Some(Err(report)),
             };
             now = Now::system();
-            if let Some(event) = event {
-                self.handle_event(now, event)?;
+            match event {
+                Some(Ok(event)) => self.handle_event(now, event)?,
+                Some(Err(report)) => {
+                    if let Some(g) = &mut self.gateway {
+                        g.handle_report(report, &mut self.swarm.behaviour_mut().mailbox);
+                    }
+                }
+                None => {}
             }
         }
     }
@@ -302,6 +318,9 @@ impl Node {
                 ..
             } => {
                 debug!(%peer_id, "connected");
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.connected(peer_id, endpoint.get_remote_address());
+                }
                 if let Some(address) = self.bootstrap.handle_connected(connection_id) {
                     info!(%address, %peer_id, "reached bootstrap peer");
                     let kad = &mut self.swarm.behaviour_mut().kad;
@@ -328,7 +347,12 @@ impl Node {
                 peer_id,
                 num_established: 0,
                 ..
-            } => self.directory.remove_peer(&peer_id),
+            } => {
+                self.directory.remove_peer(&peer_id);
+                if let Some(gateway) = &mut self.gateway {
+                    gateway.disconnected(&peer_id);
+                }
+            }
             SwarmEvent::Behaviour(event) => self.handle_behaviour_event(now, event),
             _ => {}
         }
@@ -402,7 +426,9 @@ impl Node {
                 if let Some(gateway) = &mut self.gateway {
                     let mailbox = &mut self.swarm.behaviour_mut().mailbox;
                     match registered_client(&self.me, &peer, &request) {
-                        Ok(client) => gateway.handle_fetch(now, client, request, channel, mailbox),
+                        Ok(client) => {
+                            gateway.handle_fetch(now, &peer, client, request, channel, mailbox)
+                        }
                         Err(e) => {
                             debug!(%peer, %e, "mailbox fetch refused");
                             let _ = mailbox.send_response(

@@ -18,7 +18,7 @@ use super::{
     Node,
     bootstrap::BootstrapDialer,
     cover::LoopCover,
-    gateway::Gateway,
+    gateway::{Gateway, GatewayError},
     gauges::Gauges,
     install::ClientRate,
     keys::{EpochKeyError, EpochKeyStore, KeyRotation},
@@ -32,7 +32,7 @@ use crate::{
     config::{NodeConfig, NodeRole},
     directory::DirectoryClient,
     identity::{IDENTITY_FILE, IdentityError, load_or_create_identity, read_identity},
-    mailbox::MailboxConfig,
+    mailbox::{MailboxConfig, spool::MAILBOX_DB_FILE},
     runtime::{
         ListenError, Now, SwarmError,
         files::{FileError, create_dir, write_atomic},
@@ -71,6 +71,9 @@ pub enum NodeError {
     /// The swarm could not listen on an address.
     #[error(transparent)]
     Listen(#[from] ListenError),
+    /// A gateway's mailboxes could not be opened.
+    #[error(transparent)]
+    Gateway(#[from] GatewayError),
 }
 
 /// How long the previous epoch's key keeps working after a boundary: a whole epoch. Packets built
@@ -194,11 +197,23 @@ pub async fn run_node(
         config.authorities.peer_ids(),
     );
     let gateway = match config.role {
-        NodeRole::Gateway => Some(Gateway::open(
-            config.data_dir.join("mailbox"),
-            MailboxConfig::default(),
-            now,
-        )?),
+        NodeRole::Gateway => {
+            if config.data_dir.join("mailbox").is_dir() {
+                warn!(
+                    "DATA_DIR/mailbox/ (one file a packet) is no longer read: mailboxes live in mailbox.redb"
+                );
+            }
+            // No delivery to a client is taken before a consensus says who the last layer is.
+            swarm
+                .behaviour_mut()
+                .mix
+                .set_final_senders(Some(Default::default()));
+            Some(Gateway::open(
+                &config.data_dir.join(MAILBOX_DB_FILE),
+                MailboxConfig::default(),
+                now,
+            )?)
+        }
         NodeRole::Mix => None,
     };
     info!(peer_id = %me, role = ?config.role, epoch, "node started");
@@ -214,6 +229,7 @@ pub async fn run_node(
         requests: HashMap::new(),
         listen_addrs: Vec::new(),
         installed: HashSet::new(),
+        final_senders: HashMap::new(),
         rng: rand::rng(),
         gateway,
         cover: LoopCover::new(me, now.mono),

@@ -5,11 +5,19 @@
 //!   fragment waits for a tick of the Poisson send stream ([`SendingSchedule`]), and only then
 //!   gets a fresh route, a fresh SURB to acknowledge it, end-to-end encryption to the recipient
 //!   ([`e2e`]) and its Sphinx packet. A fragment whose acknowledgement does not come back within
-//!   its timeout (the expected round trip, doubling per attempt) goes out again over a new
-//!   route; after [`ClientConfig::max_attempts`] the message fails.
-//! - **Receiving**: fragments are decrypted, acknowledged (always, also duplicates: the first
-//!   acknowledgement may have been lost) and reassembled within bounded memory and time; a
-//!   message is handed to the application exactly once.
+//!   its timeout (measured round trips, see [`outbound`]) goes out again over a route that
+//!   avoids the mixes of the attempt that was lost; retransmissions back off (with jitter) up
+//!   to [`ClientConfig::max_backoff`] and cover [`ClientConfig::give_up_after`] (a mailbox's
+//!   lifetime: an absent recipient gets the message when it comes back), then the message
+//!   fails.
+//! - **Receiving**: fragments are decrypted, acknowledged (also duplicates: the first
+//!   acknowledgement may have been lost) once they are durable, or once the application
+//!   accepted the message ([`Acknowledge`]), and reassembled within bounded memory: a new
+//!   message that does not fit is refused and counted, one that was admitted is never
+//!   evicted. A message is handed to the application exactly once, also across restarts.
+//! - **Durability**: with a store ([`ClientCore::restore`]) every change that must survive a
+//!   restart leaves as a [`StoreOp`] ([`durable`]); what depends on it waits until the driver
+//!   reports it written.
 //! - **Replies**: a message may carry SURBs; the recipient answers through them without
 //!   learning who sent it. Acknowledgements and replies travel inside SURB replies, which only
 //!   the SURB's creator can open.
@@ -18,7 +26,9 @@
 //!
 //! The rooms: [`outbound`] (sending, acknowledgement timers, retransmission, cover), [`inbound`]
 //! (what the gateway delivers, reassembly), [`health`] (which mixes to route around),
-//! [`labels`] (what each handed-out label was for); this file holds the state and the timers.
+//! [`labels`] (what each handed-out label was for), [`durable`] (what the store must see, and
+//! what waits for it), [`restore`] (a core back from its store); this file holds the state and
+//! the timers.
 
 use std::{
     cmp::Reverse,
@@ -31,12 +41,21 @@ use p2pmix_mix::{ClientId, Geometry, RecipientKey, Surb};
 use rand::CryptoRng;
 use thiserror::Error;
 
-use self::{
-    health::RouteHealth,
-    inbound::Partial,
-    labels::{AckLabel, LabelTable, ReplyLabel},
-    outbound::{AckTimer, Outbound},
+pub use self::durable::{
+    SavedAckLabel, SavedFragment, SavedOutbound, SavedReceived, SavedReplyLabel, SavedState,
+    StoreBatch, StoreOp,
 };
+use self::{
+    durable::Durability,
+    health::RouteHealth,
+    inbound::{Inbox, Partial},
+    labels::{AckLabel, LOOP_LABEL_LIFETIME, LabelTable, ReplyLabel},
+    outbound::{AckTimer, Outbound, RttEstimate},
+};
+
+/// How much longer than a message is retransmitted its labels are kept (its last
+/// acknowledgement may still be on its way).
+const LABEL_SLACK: Duration = Duration::from_secs(3600);
 use super::{
     address::Address,
     e2e::{self, StaticKey},
@@ -45,11 +64,24 @@ use super::{
     schedule::{Emission, SendingSchedule, StreamRates},
 };
 
+pub mod durable;
 mod health;
 mod inbound;
 mod labels;
 mod outbound;
+mod restore;
 
+/// When a received fragment is acknowledged end to end (and so when its sender is told
+/// [`ClientEvent::Delivered`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acknowledge {
+    /// Once the fragment is durable (at once without a store); the message counts as accepted
+    /// when it is handed to the application.
+    WhenDurable,
+    /// Once the application accepted the whole message ([`ClientCore::accept`]); with a store,
+    /// a message not accepted yet is handed over again after a restart.
+    WhenAccepted,
+}
 /// Limits and choices of one client.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClientConfig {
@@ -59,15 +91,26 @@ pub struct ClientConfig {
     pub max_reply_surbs: usize,
     /// Sends per fragment before the message fails.
     pub max_attempts: u32,
-    /// Extra time allowed for an acknowledgement beyond the expected round trip.
+    /// How long a message is retransmitted before it fails (cover a mailbox's lifetime, so
+    /// that an absent recipient still gets it).
+    pub give_up_after: Duration,
+    /// Longest wait between two sends of one fragment.
+    pub max_backoff: Duration,
+    /// Extra time allowed for an acknowledgement beyond the expected round trip, before round
+    /// trips were measured.
     pub ack_slack: Duration,
+    /// When received fragments are acknowledged.
+    pub acknowledge: Acknowledge,
     /// Real packets that may wait for the send stream.
     pub max_queued: usize,
-    /// Bytes of incomplete incoming messages held at most.
+    /// Bytes of incomplete incoming messages held at most; a message is admitted with room for
+    /// all its fragments or refused.
     pub max_reassembly_bytes: usize,
-    /// How long an incomplete incoming message is kept.
+    /// How long an incomplete incoming message is kept (longer than senders retransmit: its
+    /// fragments were acknowledged).
     pub reassembly_timeout: Duration,
-    /// How long delivered message ids are remembered (to drop duplicates).
+    /// How long delivered message ids are remembered (to drop duplicates; longer than senders
+    /// retransmit).
     pub remember_delivered: Duration,
     /// Route independence rules.
     pub policy: RoutePolicy,
@@ -80,12 +123,15 @@ impl Default for ClientConfig {
         ClientConfig {
             max_message: 1 << 20,
             max_reply_surbs: 4,
-            max_attempts: 8,
+            max_attempts: 200,
+            give_up_after: Duration::from_secs(24 * 3600),
+            max_backoff: Duration::from_secs(1800),
             ack_slack: Duration::from_secs(2),
+            acknowledge: Acknowledge::WhenDurable,
             max_queued: 1 << 16,
             max_reassembly_bytes: 16 << 20,
-            reassembly_timeout: Duration::from_secs(600),
-            remember_delivered: Duration::from_secs(3600),
+            reassembly_timeout: Duration::from_secs(25 * 3600),
+            remember_delivered: Duration::from_secs(26 * 3600),
             policy: RoutePolicy::default(),
             known_sender: false,
         }
@@ -165,7 +211,7 @@ impl ReplyHandle {
 /// A message that arrived, whole.
 #[derive(Debug)]
 pub struct ReceivedMessage {
-    /// The message.
+    /// The message; also the token to accept it with ([`ClientCore::accept`]).
     pub id: MessageId,
     /// Its bytes.
     pub bytes: Vec<u8>,
@@ -207,6 +253,12 @@ pub struct ClientStats {
     pub undecodable: u64,
     /// Duplicate fragments of already delivered messages.
     pub duplicates: u64,
+    /// Fragments of new messages refused because reassembly memory was full (their senders
+    /// retransmit).
+    pub partials_refused: u64,
+    /// Acknowledgements waiting for the application that were dropped (their senders
+    /// retransmit, and the next copy is acknowledged).
+    pub held_acks_dropped: u64,
 }
 
 /// What the last packet from [`ClientCore::poll_transmit`] carried: the ground truth a test
@@ -273,10 +325,16 @@ pub struct ClientCore {
     replies: LabelTable<ReplyLabel>,
     loops: LabelTable<()>,
     health: RouteHealth,
+    rtt: RttEstimate,
     timers: BinaryHeap<Reverse<AckTimer>>,
     partials: HashMap<MessageId, Partial>,
+    /// Bytes reserved by the partials (each for all its fragments).
     partial_bytes: usize,
+    /// Whole messages not accepted yet, and acknowledgements held for them.
+    inbox: Inbox,
     delivered: HashMap<MessageId, Instant>,
+    durability: Durability,
+    mailbox_ack: u64,
     events: VecDeque<ClientEvent>,
     stats: ClientStats,
     last_transmitted: Option<Transmitted>,
@@ -315,14 +373,18 @@ impl ClientCore {
             prebuilt: HashMap::new(),
             next_prebuilt: 0,
             outbound: HashMap::new(),
-            acks: LabelTable::default(),
-            replies: LabelTable::default(),
-            loops: LabelTable::default(),
+            acks: LabelTable::new(config.give_up_after + LABEL_SLACK),
+            replies: LabelTable::new(config.give_up_after + LABEL_SLACK),
+            loops: LabelTable::new(LOOP_LABEL_LIFETIME),
             health: RouteHealth::default(),
+            rtt: RttEstimate::default(),
             timers: BinaryHeap::new(),
             partials: HashMap::new(),
             partial_bytes: 0,
+            inbox: Inbox::default(),
             delivered: HashMap::new(),
+            durability: Durability::memory(now),
+            mailbox_ack: 0,
             events: VecDeque::new(),
             stats: ClientStats::default(),
             last_transmitted: None,
@@ -385,22 +447,43 @@ impl ClientCore {
     /// forgets stale state.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.handle_ack_timers(now);
-        self.acks.expire(now);
-        self.replies.expire(now);
+        for (_, ack) in self.acks.expire(now) {
+            self.durability.push(StoreOp::ForgetAckKeys {
+                message: ack.message,
+                label: ack.keys.label(),
+            });
+        }
+        for (label, _) in self.replies.expire(now) {
+            self.durability.push(StoreOp::ForgetReplyKeys { label });
+        }
         self.loops.expire(now);
         let timeout = self.config.reassembly_timeout;
-        let mut freed = 0;
-        self.partials.retain(|_, p| {
-            let keep = now.saturating_duration_since(p.first_seen) < timeout;
-            if !keep {
-                freed += p.bytes;
+        let expired: Vec<MessageId> = self
+            .partials
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.first_seen) >= timeout)
+            .map(|(id, _)| *id)
+            .collect();
+        for message in expired {
+            if let Some(p) = self.partials.remove(&message) {
+                self.partial_bytes -= p.reserved;
+                self.drop_held_acks(&message);
+                self.durability.push(StoreOp::PartialExpired { message });
             }
-            keep
-        });
-        self.partial_bytes -= freed;
+        }
         let remember = self.config.remember_delivered;
-        self.delivered
-            .retain(|_, t| now.saturating_duration_since(*t) < remember);
+        let forgotten: Vec<MessageId> = self
+            .delivered
+            .iter()
+            .filter(|(id, t)| {
+                now.saturating_duration_since(**t) >= remember && !self.inbox.holds(id)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for message in forgotten {
+            self.delivered.remove(&message);
+            self.durability.push(StoreOp::ForgetDelivered { message });
+        }
     }
 
     /// What the last packet [`ClientCore::poll_transmit`] returned carried.

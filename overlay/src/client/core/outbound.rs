@@ -2,6 +2,18 @@
 //! on a tick of the send stream (fresh route, fresh acknowledgement SURB, end-to-end
 //! encryption), acknowledgement timers with retransmission over new routes, replies through
 //! SURBs, and cover packets.
+//!
+//! Retransmission: a fragment's acknowledgement is late after the measured round trip
+//! ([`RttEstimate`], the smoothed mean plus four deviations, as TCP does; before any
+//! measurement, the expected mixing delay three times over plus [`ClientConfig::ack_slack`]).
+//! The first [`FLAT_ATTEMPTS`] sends wait that long each (a lost packet is most often a dead
+//! mix, and the next route avoids it), the next ones twice as long each time up to 16 round
+//! trips, which [`LONG_AFTER`] more sends keep; after that (the recipient is away, or the
+//! network is cut) each wait doubles up to [`ClientConfig::max_backoff`]. Every wait is
+//! stretched by up to a quarter at random so that many senders do not retransmit in step. A retransmission avoids the mixes of the lost
+//! attempt's forward and acknowledgement routes where their layers have another choice. A
+//! message fails after [`ClientConfig::max_attempts`] sends of one fragment or once
+//! [`ClientConfig::give_up_after`] has passed since it was queued.
 
 use std::{
     cmp::Reverse,
@@ -14,8 +26,12 @@ use p2pmix_mix::{
 };
 use rand::{CryptoRng, RngExt};
 
+#[cfg(doc)]
+use super::ClientConfig;
 use super::{
-    ClientCore, ClientEvent, FailReason, Outgoing, ReplyHandle, SendError, fragment_capacity,
+    ClientCore, ClientEvent, FailReason, Outgoing, ReplyHandle, SendError,
+    durable::{Release, SavedAckLabel, SavedOutbound, SavedReplyLabel, StoreOp},
+    fragment_capacity,
     labels::{AckLabel, ReplyLabel},
     reply_capacity,
 };
@@ -28,18 +44,87 @@ use crate::client::{
 
 /// How long a fragment that could not be routed waits before it is queued again.
 const UNROUTABLE_RETRY: Duration = Duration::from_secs(1);
+/// Sends of a fragment that wait one round-trip timeout each before backing off.
+pub(super) const FLAT_ATTEMPTS: u32 = 3;
+/// Doublings of the timeout after the flat sends (up to 16 round trips).
+const SHORT_DOUBLINGS: u32 = 4;
+/// Sends at 16 round trips before the waits grow towards the maximum.
+const LONG_AFTER: u32 = 6;
+/// Added to the measured timeout: the send streams' ticks at both ends.
+const RTT_MARGIN: Duration = Duration::from_millis(200);
 
 /// A message being sent: its fragments and how each is doing.
 #[derive(Debug)]
 pub(super) struct Outbound {
-    to: Address,
-    parts: Vec<Vec<u8>>,
-    reply_surbs: usize,
-    acked: Vec<bool>,
-    attempts: Vec<u32>,
+    pub(super) to: Address,
+    pub(super) parts: Vec<Vec<u8>>,
+    pub(super) reply_surbs: usize,
+    pub(super) acked: Vec<bool>,
+    pub(super) attempts: Vec<u32>,
     /// Mixes of each fragment's latest attempt (forward route and acknowledgement route).
-    routes: Vec<Vec<NodeId>>,
-    remaining: usize,
+    pub(super) routes: Vec<Vec<NodeId>>,
+    /// Mixes of each fragment's latest forward route, and of its acknowledgement route: the
+    /// next attempt avoids them.
+    pub(super) forward: Vec<Vec<NodeId>>,
+    pub(super) back: Vec<Vec<NodeId>>,
+    pub(super) remaining: usize,
+    /// After this the message fails.
+    pub(super) deadline: Instant,
+}
+
+impl Outbound {
+    /// A message of `parts` for `to`, queued at `now`, to be given up at `deadline`.
+    pub(super) fn new(
+        to: Address,
+        parts: Vec<Vec<u8>>,
+        reply_surbs: usize,
+        deadline: Instant,
+    ) -> Self {
+        let count = parts.len();
+        Outbound {
+            to,
+            parts,
+            reply_surbs,
+            acked: vec![false; count],
+            attempts: vec![0; count],
+            routes: vec![Vec::new(); count],
+            forward: vec![Vec::new(); count],
+            back: vec![Vec::new(); count],
+            remaining: count,
+            deadline,
+        }
+    }
+}
+
+/// Measured acknowledgement round trips: a smoothed mean and mean deviation (RFC 6298's
+/// estimator). Every sample is exact: each attempt has its own label, so an acknowledgement
+/// says which send it answers.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct RttEstimate {
+    srtt: Option<Duration>,
+    rttvar: Duration,
+}
+
+impl RttEstimate {
+    /// One measured round trip.
+    pub(super) fn sample(&mut self, rtt: Duration) {
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+
+    /// The timeout the samples give: mean plus four deviations.
+    pub(super) fn timeout(&self) -> Option<Duration> {
+        self.srtt.map(|s| s + self.rttvar * 4)
+    }
 }
 
 impl Outbound {
@@ -62,6 +147,8 @@ pub(super) struct AckTimer {
     pub(super) message: MessageId,
     pub(super) index: u16,
     pub(super) attempt: u32,
+    /// When the attempt left.
+    pub(super) sent: Instant,
 }
 
 /// The mixes of a route (every hop but the two gateways).
@@ -91,6 +178,7 @@ impl ClientCore {
     /// Queues `bytes` for `to`, with `reply_surbs` SURBs the recipient may answer through.
     pub fn send<R: CryptoRng + ?Sized>(
         &mut self,
+        now: Instant,
         to: Address,
         bytes: &[u8],
         reply_surbs: usize,
@@ -132,18 +220,19 @@ impl ClientCore {
                 index: index as u16,
             });
         }
-        self.outbound.insert(
-            message,
-            Outbound {
+        if self.durability.enabled() {
+            self.durability.push(StoreOp::Outbox(SavedOutbound {
+                message,
                 to,
-                parts,
+                parts: parts.clone(),
                 reply_surbs,
-                acked: vec![false; count],
-                attempts: vec![0; count],
-                routes: vec![Vec::new(); count],
-                remaining: count,
-            },
-        );
+                created_ms: self.durability.ms(now),
+                acked: Vec::new(),
+            }));
+        }
+        let deadline = now + self.config.give_up_after;
+        self.outbound
+            .insert(message, Outbound::new(to, parts, reply_surbs, deadline));
         Ok(message)
     }
 
@@ -194,16 +283,37 @@ impl ClientCore {
         }
     }
 
-    /// Expected time for a fragment's acknowledgement: there and back through three mixes each
-    /// way, two send-stream waits, and the configured slack; doubled per attempt (up to 16x).
-    fn ack_timeout(&self, attempt: u32) -> Duration {
+    /// How long the `attempt`-th send of a fragment waits for its acknowledgement before the
+    /// jitter (see the module documentation).
+    pub(super) fn ack_timeout(&self, attempt: u32) -> Duration {
         let mean = self
             .topology
             .as_ref()
             .map_or(Duration::from_millis(50), |t| t.mean_delay());
         let layers = self.topology.as_ref().map_or(3, |t| t.layers());
-        let base = mean * (2 * layers) * 3 + self.config.ack_slack;
-        base * (1u32 << attempt.saturating_sub(1).min(4))
+        let mixing = mean * (2 * layers);
+        let expected = mixing * 3 + self.config.ack_slack;
+        let base = match self.rtt.timeout() {
+            Some(t) => (t + RTT_MARGIN).clamp(mixing * 2, expected),
+            None => expected,
+        };
+        // Lost round trips are mostly loss and dead mixes, not congestion (the send stream
+        // keeps its rate whatever it carries): up to 16 times the round trip for a while, then
+        // longer and longer (an absent recipient), up to the configured maximum.
+        let doublings = attempt.saturating_sub(FLAT_ATTEMPTS);
+        let short = doublings.min(SHORT_DOUBLINGS);
+        let long = attempt
+            .saturating_sub(FLAT_ATTEMPTS + SHORT_DOUBLINGS + LONG_AFTER)
+            .min(20);
+        base.saturating_mul(1u32 << short)
+            .saturating_mul(1u32 << long)
+            .min(self.config.max_backoff.max(base))
+    }
+
+    /// [`ClientCore::ack_timeout`] stretched by up to a quarter at random.
+    fn jittered_timeout<R: CryptoRng + ?Sized>(&self, attempt: u32, rng: &mut R) -> Duration {
+        let t = self.ack_timeout(attempt);
+        t + t.mul_f64(rng.random_range(0.0..0.25))
     }
 
     /// Fragments whose acknowledgement is late go back to the queue (or fail their message).
@@ -217,11 +327,13 @@ impl ClientCore {
                 message,
                 index,
                 attempt,
+                sent,
                 ..
             } = timer;
             let Some(out) = self.outbound.get(&message) else {
                 continue;
             };
+            let out_deadline = out.deadline;
             let i = index as usize;
             if out.acked.get(i).copied().unwrap_or(true)
                 || out.attempts.get(i).copied() != Some(attempt)
@@ -230,17 +342,18 @@ impl ClientCore {
             }
             // Every mix of the lost round trip counts one loss.
             let route = out.routes.get(i).cloned().unwrap_or_default();
-            self.health.record(now, &route, false);
-            if attempt >= self.config.max_attempts {
+            self.health.record(now, &route, false, sent);
+            if attempt >= self.config.max_attempts || now >= out_deadline {
                 self.outbound.remove(&message);
                 self.acks.retain(|a| a.message != message);
-                self.events.push_back(ClientEvent::Failed(
+                self.durability.push(StoreOp::OutboxDone { message });
+                self.release_when_durable(Release::Event(ClientEvent::Failed(
                     message,
                     FailReason::Unacknowledged {
                         index,
                         attempts: attempt,
                     },
-                ));
+                )));
             } else if self
                 .schedule
                 .push(Outgoing::Fragment { message, index })
@@ -274,22 +387,38 @@ impl ClientCore {
         let key_id = KeyId::for_epoch(topology.epoch());
         let policy = self.config.policy;
         let health = &self.health;
-        let avoid = |n: NodeId| health.suspect(n, now);
-        let forward =
-            choose_route_avoiding(topology, &self.gateway, &to.gateway, &policy, &avoid, rng)
-                .ok()?;
+        // The lost attempt's mixes are avoided too, where their layer has another choice.
+        let (last_forward, last_back) = (out.forward.get(i)?, out.back.get(i)?);
+        let avoid_forward = |n: NodeId| health.suspect(n, now) || last_forward.contains(&n);
+        let avoid_back = |n: NodeId| health.suspect(n, now) || last_back.contains(&n);
+        let forward = choose_route_avoiding(
+            topology,
+            &self.gateway,
+            &to.gateway,
+            &policy,
+            &avoid_forward,
+            rng,
+        )
+        .ok()?;
         let surb_for = |rng: &mut R| -> Option<(Surb, SurbKeys, Label, Vec<NodeId>)> {
-            let back =
-                choose_route_avoiding(topology, &to.gateway, &self.gateway, &policy, &avoid, rng)
-                    .ok()?;
+            let back = choose_route_avoiding(
+                topology,
+                &to.gateway,
+                &self.gateway,
+                &policy,
+                &avoid_back,
+                rng,
+            )
+            .ok()?;
             let label = random_label(rng);
             let (surb, keys) =
                 create_surb(&self.geometry, key_id, &back, self.me, label, rng).ok()?;
             Some((surb, keys, label, mixes_of(&back)))
         };
         let (ack_surb, ack_keys, ack_label, back_mixes) = surb_for(rng)?;
-        let mut round_trip = mixes_of(&forward);
-        round_trip.extend(back_mixes);
+        let forward_mixes = mixes_of(&forward);
+        let mut round_trip = forward_mixes.clone();
+        round_trip.extend(back_mixes.iter().copied());
         let mut reply_surbs = Vec::new();
         let mut reply_keys = Vec::new();
         if index == 0 {
@@ -326,29 +455,61 @@ impl ClientCore {
         )
         .ok()?;
         // Bookkeeping only once the packet exists.
-        self.acks.insert(
+        if self.durability.enabled() {
+            self.durability.push(StoreOp::AckKeys(SavedAckLabel {
+                label: ack_label,
+                message,
+                index,
+                issued_ms: self.durability.ms(now),
+                keys: ack_keys.to_bytes(),
+            }));
+        }
+        let evicted = self.acks.insert(
             ack_label,
             AckLabel {
                 message,
                 index,
+                sent: now,
                 keys: ack_keys,
             },
             now,
         );
+        if let Some((label, old)) = evicted {
+            self.durability.push(StoreOp::ForgetAckKeys {
+                message: old.message,
+                label,
+            });
+        }
         for (label, keys) in reply_keys {
-            self.replies.insert(
+            if self.durability.enabled() {
+                self.durability.push(StoreOp::ReplyKeys(SavedReplyLabel {
+                    label,
+                    answered: message,
+                    issued_ms: self.durability.ms(now),
+                    keys: keys.to_bytes(),
+                }));
+            }
+            if let Some((label, _)) = self.replies.insert(
                 label,
                 ReplyLabel {
                     answered: message,
                     keys,
                 },
                 now,
-            );
+            ) {
+                self.durability.push(StoreOp::ForgetReplyKeys { label });
+            }
         }
         let attempt = {
             let out = self.outbound.get_mut(&message)?;
             if let Some(r) = out.routes.get_mut(i) {
                 *r = round_trip;
+            }
+            if let Some(r) = out.forward.get_mut(i) {
+                *r = forward_mixes;
+            }
+            if let Some(r) = out.back.get_mut(i) {
+                *r = back_mixes;
             }
             let a = out.attempts.get_mut(i)?;
             *a += 1;
@@ -358,11 +519,13 @@ impl ClientCore {
         if attempt > 1 {
             self.stats.retransmissions += 1;
         }
+        let wait = self.jittered_timeout(attempt, rng);
         self.timers.push(Reverse(AckTimer {
-            deadline: now + self.ack_timeout(attempt),
+            deadline: now + wait,
             message,
             index,
             attempt,
+            sent: now,
         }));
         Some(packet)
     }
@@ -398,6 +561,7 @@ impl ClientCore {
             message,
             index,
             attempt,
+            sent: now,
         }));
         true
     }
@@ -438,14 +602,24 @@ impl ClientCore {
         .ok()
     }
 
-    /// Fragment `index` of `message` was acknowledged: its round trip worked.
-    pub(super) fn acked(&mut self, now: Instant, message: MessageId, index: u16) {
+    /// Fragment `index` of `message` was acknowledged: its round trip (the attempt sent at
+    /// `sent`, when known) worked.
+    pub(super) fn acked(
+        &mut self,
+        now: Instant,
+        message: MessageId,
+        index: u16,
+        sent: Option<Instant>,
+    ) {
         let Some(out) = self.outbound.get_mut(&message) else {
             return;
         };
+        if let Some(sent) = sent {
+            self.rtt.sample(now.saturating_duration_since(sent));
+        }
         // The round trip worked: each of its mixes counts one success.
         let route = out.routes.get(index as usize).cloned().unwrap_or_default();
-        self.health.record(now, &route, true);
+        self.health.record(now, &route, true, sent.unwrap_or(now));
         let Some(out) = self.outbound.get_mut(&message) else {
             return;
         };
@@ -457,7 +631,11 @@ impl ClientCore {
             if out.remaining == 0 {
                 self.outbound.remove(&message);
                 self.acks.retain(|a| a.message != message);
-                self.events.push_back(ClientEvent::Delivered(message));
+                self.durability.push(StoreOp::OutboxDone { message });
+                self.release_when_durable(Release::Event(ClientEvent::Delivered(message)));
+            } else {
+                self.durability
+                    .push(StoreOp::FragmentAcked { message, index });
             }
         }
     }
