@@ -337,6 +337,15 @@ impl Behaviour {
         Ok(id)
     }
 
+    /// Whether the application is behind on this behaviour's events (an app that queues them
+    /// says so; [`crate::client::Client`] does). While it is, nothing new is taken from the
+    /// mailbox, but the send schedule and the fetch pace go on unchanged: the links do not show
+    /// that the application is slow, and the gateway keeps what waits.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.fetcher.set_backlogged(backlogged);
+        self.wake();
+    }
+
     /// The application has the message it was handed as `id` (see [`Event::Received`]): with
     /// `Acknowledge::WhenAccepted` its acknowledgements go out now and the store forgets it.
     /// `false` when nothing waited for that.

@@ -113,6 +113,8 @@ pub struct MailboxFetcher {
     /// When the last constant-rate fetch was due (the next is one interval later, whatever
     /// the answers did).
     last_due: Option<Instant>,
+    /// The application is behind: fetch nothing real (see [`MailboxFetcher::set_backlogged`]).
+    backlogged: bool,
 }
 
 impl MailboxFetcher {
@@ -127,7 +129,16 @@ impl MailboxFetcher {
             malformed: 0,
             rate,
             last_due: None,
+            backlogged: false,
         }
+    }
+
+    /// Whether the application is behind on the client's events. While it is, constant-rate
+    /// fetches go on at their pace but ask for nothing real (the answers are all dummies, which
+    /// the link does not tell from any other), and the long poll stops fetching; the gateway
+    /// keeps what arrives, and senders' retransmissions wait for the acknowledgements.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
     }
 
     /// The pace changes (a new consensus): it applies from the next fetch.
@@ -160,9 +171,11 @@ impl MailboxFetcher {
         self.in_flight || self.ready.is_some()
     }
 
-    /// When the next fetch is due (none while one is under way).
+    /// When the next fetch is due (none while one is under way, or while a backlogged long
+    /// poll waits for the application).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.in_flight()).then_some(self.next_at)
+        let waiting = self.backlogged && self.rate == PullRate::LongPoll;
+        (!self.in_flight() && !waiting).then_some(self.next_at)
     }
 
     /// Prepares the next fetch when it is due.
@@ -187,9 +200,11 @@ impl MailboxFetcher {
                     max: items,
                     wait_ms: 0,
                     padded: true,
+                    hold: self.backlogged,
                     ..MailboxRequest::default()
                 }
             }
+            PullRate::LongPoll if self.backlogged => return,
             PullRate::LongPoll => MailboxRequest {
                 ack_through,
                 max: FETCH_BATCH,

@@ -166,7 +166,8 @@ impl<C> MailboxServer<C> {
         let ack_through = request.ack_through.unwrap_or(0);
         if request.padded {
             let items = (request.max as usize).clamp(1, MAX_PADDED_ITEMS);
-            let answer = self.padded_batch(&client, ack_through, items);
+            let real = if request.hold { 0 } else { items };
+            let answer = self.padded_batch(&client, ack_through, real, items);
             self.answers.push_back((channel, answer));
             return;
         }
@@ -298,14 +299,15 @@ impl<C> MailboxServer<C> {
         }
     }
 
-    /// Exactly `items` items: what waits (up to that many), then dummies of the same size.
+    /// Exactly `items` items: what waits (up to `real` of them), then dummies of the same size.
     fn padded_batch(
         &mut self,
         client: &ClientId,
         ack_through: u64,
+        real: usize,
         items: usize,
     ) -> MailboxResponse {
-        let mut answer = self.batch(client, ack_through, items);
+        let mut answer = self.batch(client, ack_through, real.min(items));
         if let Some(MailboxAnswer::Batch(batch)) = &mut answer.response {
             // A stored body of another size (a gateway whose geometry changed) keeps its size:
             // it is the packet; the dummies are what is made to match.
@@ -429,6 +431,8 @@ mod tests {
         /// What someone watching the link sees of each answer: when it came, and its size on
         /// the wire (the codec's length prefix is a function of it).
         seen: Vec<(Instant, usize)>,
+        /// While the application is behind.
+        backlog: Option<(Instant, Instant)>,
     }
 
     impl Actor<Wire> for Client {
@@ -436,7 +440,12 @@ mod tests {
             self.fetcher.poll_timeout()
         }
         fn handle_timeout(&mut self, ctx: &mut Ctx<'_, Wire>) {
-            self.fetcher.handle_timeout(ctx.mono());
+            let now = ctx.mono();
+            self.fetcher.set_backlogged(
+                self.backlog
+                    .is_some_and(|(from, to)| from <= now && now < to),
+            );
+            self.fetcher.handle_timeout(now);
             if let Some(request) = self.fetcher.poll_request() {
                 self.fetches += 1;
                 ctx.send(self.gateway, Wire::Fetch(self.fetches.into(), request));
@@ -501,6 +510,7 @@ mod tests {
             fetches: 0,
             got: Vec::new(),
             seen: Vec::new(),
+            backlog: None,
         });
         let net = sim.add(Client {
             fetcher: MailboxFetcher::new(
@@ -511,6 +521,7 @@ mod tests {
             fetches: 0,
             got: Vec::new(),
             seen: Vec::new(),
+            backlog: None,
         });
         (sim, gateway, client, net)
     }
@@ -638,8 +649,22 @@ mod tests {
         pattern: &[(Duration, u8)],
         run: Duration,
     ) -> (Vec<(Duration, usize)>, Vec<Delivery>) {
+        watch_backlogged_link(rate, pattern, run, None).0
+    }
+
+    /// [`watch_link`], the application behind for `backlog` (from, to after the start); also
+    /// when each packet was handed over.
+    #[allow(clippy::type_complexity)]
+    fn watch_backlogged_link(
+        rate: PullRate,
+        pattern: &[(Duration, u8)],
+        run: Duration,
+        backlog: Option<(Duration, Duration)>,
+    ) -> ((Vec<(Duration, usize)>, Vec<Delivery>), Vec<Duration>) {
         let (mut sim, gateway, client, net) = network_paced(None, rate, 1_000);
         let start = sim.now().mono;
+        sim.actor_mut::<Client>(client).backlog =
+            backlog.map(|(from, to)| (start + from, start + to));
         // Let the client register before anything is delivered.
         sim.run_for(Duration::from_millis(500));
         let mut n = 0u8;
@@ -656,8 +681,11 @@ mod tests {
         sim.run_for(left);
         let c = sim.actor::<Client>(client);
         (
-            c.seen.iter().map(|(t, size)| (*t - start, *size)).collect(),
-            c.got.iter().map(|(_, d)| d.clone()).collect(),
+            (
+                c.seen.iter().map(|(t, size)| (*t - start, *size)).collect(),
+                c.got.iter().map(|(_, d)| d.clone()).collect(),
+            ),
+            c.got.iter().map(|(t, _)| *t - start).collect(),
         )
     }
 
@@ -724,6 +752,26 @@ mod tests {
         assert!(
             largest <= one / 4 * MAX_PADDED_ITEMS + 64,
             "{largest} bytes for one fetch (a 4-item answer is {one})"
+        );
+    }
+
+    /// An application that falls behind does not show on the link: the client keeps pulling at
+    /// its pace, the answers are all dummies while it is behind, and what waited comes after.
+    #[test]
+    fn a_backlogged_client_pulls_at_the_same_pace_and_gets_everything_after() {
+        let run = Duration::from_secs(30);
+        let (quiet, _) = watch_link(PULL, &[], run);
+        let pattern = on_off();
+        let sent: usize = pattern.iter().map(|(_, n)| usize::from(*n)).sum();
+        let backlog = (Duration::from_secs(3), Duration::from_secs(12));
+        let ((busy, got), handed) = watch_backlogged_link(PULL, &pattern, run, Some(backlog));
+        assert_eq!(quiet, busy, "the link shows the backlog");
+        assert_eq!(got.len(), sent, "every packet arrives once");
+        // Answers to fetches sent before the backlog began may still carry packets.
+        let held = (backlog.0 + Duration::from_millis(200), backlog.1);
+        assert!(
+            !handed.iter().any(|t| held.0 <= *t && *t < held.1),
+            "packets handed over while the application was behind"
         );
     }
 }

@@ -387,6 +387,10 @@ pub struct MailboxRequest {
     /// not waiting, all of one size (the constant-rate inbound link). Gateways cap `max` for it.
     #[prost(bool, tag = "6")]
     pub padded: bool,
+    /// Hand over nothing this time (the client's application is behind): a padded answer is all
+    /// dummies, so that the link does not show it; what waits stays for a later fetch.
+    #[prost(bool, tag = "7")]
+    pub hold: bool,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MailboxResponse {
