@@ -112,7 +112,7 @@ fn main() {
     let full_cost = started.elapsed() / rounds;
     println!(
         "gateway CPU per padded answer: {idle_cost:?} all dummies, {full_cost:?} with {items} \
-         packets stored and handed over ({:.2}% of one core per client at {:.0} pulls/s, idle)",
+         packets stored and handed over ({:.4}% of one core per idle client at {:.0} pulls/s)",
         idle_cost.as_secs_f64() * per_second * 100.0,
         per_second
     );

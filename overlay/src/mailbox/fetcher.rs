@@ -200,7 +200,7 @@ impl MailboxFetcher {
                     max: items,
                     wait_ms: 0,
                     padded: true,
-                    hold: self.backlogged,
+                    hold: Some(self.backlogged),
                     ..MailboxRequest::default()
                 }
             }

@@ -166,7 +166,7 @@ impl<C> MailboxServer<C> {
         let ack_through = request.ack_through.unwrap_or(0);
         if request.padded {
             let items = (request.max as usize).clamp(1, MAX_PADDED_ITEMS);
-            let real = if request.hold { 0 } else { items };
+            let real = if request.hold == Some(true) { 0 } else { items };
             let answer = self.padded_batch(&client, ack_through, real, items);
             self.answers.push_back((channel, answer));
             return;
@@ -433,6 +433,8 @@ mod tests {
         seen: Vec<(Instant, usize)>,
         /// While the application is behind.
         backlog: Option<(Instant, Instant)>,
+        /// The size of each fetch sent.
+        fetch_sizes: Vec<usize>,
     }
 
     impl Actor<Wire> for Client {
@@ -447,6 +449,8 @@ mod tests {
             );
             self.fetcher.handle_timeout(now);
             if let Some(request) = self.fetcher.poll_request() {
+                self.fetch_sizes
+                    .push(prost::Message::encoded_len(&request));
                 self.fetches += 1;
                 ctx.send(self.gateway, Wire::Fetch(self.fetches.into(), request));
             }
@@ -511,6 +515,7 @@ mod tests {
             got: Vec::new(),
             seen: Vec::new(),
             backlog: None,
+            fetch_sizes: Vec::new(),
         });
         let net = sim.add(Client {
             fetcher: MailboxFetcher::new(
@@ -522,6 +527,7 @@ mod tests {
             got: Vec::new(),
             seen: Vec::new(),
             backlog: None,
+            fetch_sizes: Vec::new(),
         });
         (sim, gateway, client, net)
     }
@@ -680,6 +686,10 @@ mod tests {
         let left = (start + run).saturating_duration_since(sim.now().mono);
         sim.run_for(left);
         let c = sim.actor::<Client>(client);
+        let sizes: std::collections::BTreeSet<usize> = c.fetch_sizes.iter().copied().collect();
+        if rate != PullRate::LongPoll {
+            assert_eq!(sizes.len(), 1, "every fetch has one size: {sizes:?}");
+        }
         (
             (
                 c.seen.iter().map(|(t, size)| (*t - start, *size)).collect(),
