@@ -389,8 +389,10 @@ pub struct MailboxRequest {
     pub padded: bool,
     /// Hand over nothing this time (the client's application is behind): a padded answer is all
     /// dummies, so that the link does not show it; what waits stays for a later fetch.
-    #[prost(bool, tag = "7")]
-    pub hold: bool,
+    /// Always present in a padded fetch (explicit presence), so that holding does not change the
+    /// fetch's size.
+    #[prost(bool, optional, tag = "7")]
+    pub hold: ::core::option::Option<bool>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MailboxResponse {
