@@ -449,8 +449,7 @@ mod tests {
             );
             self.fetcher.handle_timeout(now);
             if let Some(request) = self.fetcher.poll_request() {
-                self.fetch_sizes
-                    .push(prost::Message::encoded_len(&request));
+                self.fetch_sizes.push(prost::Message::encoded_len(&request));
                 self.fetches += 1;
                 ctx.send(self.gateway, Wire::Fetch(self.fetches.into(), request));
             }
