@@ -15,7 +15,7 @@
 //!   [`directory`] turns its actions into requests and serves held documents to peers;
 //! - [`install`]: what a verified consensus means for this node (a pure function);
 //! - [`cover`]: the node's own loop cover;
-//! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/1.0.0`;
+//! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/2.0.0`;
 //! - [`gauges`]: the metrics, exported on a timer.
 //!
 //! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`,

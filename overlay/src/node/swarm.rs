@@ -49,7 +49,7 @@ mod behaviour {
         pub ping: ping::Behaviour,
         /// `/p2pmix/dir/1.0.0`: descriptors up, consensus documents down and served.
         pub directory: DirectoryBehaviour,
-        /// `/p2pmix/mailbox/1.0.0`: clients fetch what arrived for them (gateways serve it).
+        /// `/p2pmix/mailbox/2.0.0`: clients fetch what arrived for them (gateways serve it).
         pub mailbox: MailboxBehaviour,
     }
 }

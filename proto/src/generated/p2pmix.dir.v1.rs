@@ -137,6 +137,14 @@ pub struct NetworkParameters {
     /// Production networks never set it.
     #[prost(bool, tag = "14")]
     pub test_network: bool,
+    /// The clients' inbound link (fields 30 and up): every client fetches from its gateway once per
+    /// this interval (microseconds), and every answer holds exactly `mailbox_pull_items` packets,
+    /// dummies filling what is not waiting, so that the link's timing and volume show nothing of
+    /// what arrives (0: the long poll, answered as packets come).
+    #[prost(uint64, tag = "30")]
+    pub mailbox_pull_interval_us: u64,
+    #[prost(uint32, tag = "31")]
+    pub mailbox_pull_items: u32,
 }
 /// One admitted node.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -351,7 +359,7 @@ pub struct Reached {
     #[prost(bytes = "vec", tag = "3")]
     pub ip: ::prost::alloc::vec::Vec<u8>,
 }
-/// The mailbox protocol, /p2pmix/mailbox/1.0.0: a client fetches from its gateway what arrived
+/// The mailbox protocol, /p2pmix/mailbox/2.0.0: a client fetches from its gateway what arrived
 /// for it. The client proves its own mixnet key for the connection (client_key, client_signature)
 /// and its client id is derived from that key, so nobody can fetch another client's packets and
 /// the id says nothing of the connection's peer id; a fetch without a key is filed under the id
@@ -360,8 +368,9 @@ pub struct Reached {
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MailboxRequest {
     /// Every packet with a sequence number up to this one was processed: the gateway deletes them.
-    #[prost(uint64, tag = "1")]
-    pub ack_through: u64,
+    /// Fixed-width and always present, so that a fetch's size does not count what was received.
+    #[prost(fixed64, optional, tag = "1")]
+    pub ack_through: ::core::option::Option<u64>,
     /// Most packets wanted in the answer.
     #[prost(uint32, tag = "2")]
     pub max: u32,
@@ -378,6 +387,16 @@ pub struct MailboxRequest {
     /// seen proof is no use to another peer.
     #[prost(bytes = "vec", tag = "5")]
     pub client_signature: ::prost::alloc::vec::Vec<u8>,
+    /// Answer at once with exactly `max` items, dummies (sequence number DUMMY_SEQ) filling what is
+    /// not waiting, all of one size (the constant-rate inbound link). Gateways cap `max` for it.
+    #[prost(bool, tag = "6")]
+    pub padded: bool,
+    /// Hand over nothing this time (the client's application is behind): a padded answer is all
+    /// dummies, so that the link does not show it; what waits stays for a later fetch.
+    /// Always present in a padded fetch (explicit presence), so that holding does not change the
+    /// fetch's size.
+    #[prost(bool, optional, tag = "7")]
+    pub hold: ::core::option::Option<bool>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct MailboxResponse {
@@ -399,14 +418,15 @@ pub mod mailbox_response {
 pub struct MailboxBatch {
     #[prost(message, repeated, tag = "1")]
     pub items: ::prost::alloc::vec::Vec<MailboxItem>,
-    /// Packets still waiting after these.
-    #[prost(uint64, tag = "2")]
-    pub remaining: u64,
+    /// Packets still waiting after these (fixed-width and always present: one size).
+    #[prost(fixed64, optional, tag = "2")]
+    pub remaining: ::core::option::Option<u64>,
 }
 /// One packet delivered to the client: its SURB or routing label and the Sphinx body.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct MailboxItem {
-    #[prost(uint64, tag = "1")]
+    /// Fixed-width, so that every item of a padded answer has one size; u64::MAX marks a dummy.
+    #[prost(fixed64, tag = "1")]
     pub seq: u64,
     #[prost(bytes = "vec", tag = "2")]
     pub label: ::prost::alloc::vec::Vec<u8>,
