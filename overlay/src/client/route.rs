@@ -236,13 +236,18 @@ fn choose_mixes<'a, R: CryptoRng + ?Sized>(
     for l in 1..=topology.layers() {
         let mix = choose_mix(topology, l, &chosen, policy, avoid, rng)?;
         chosen.push(mix);
-        hops.push(Hop {
-            node: mix.id,
-            key: mix.key,
-            delay: sample_exponential(topology.mean_delay, rng),
-        });
+        hops.push(held_at(mix, topology, rng));
     }
     Ok(hops)
+}
+
+/// A hop at `mix` with an exponential hold (the consensus mean).
+fn held_at<R: CryptoRng + ?Sized>(mix: &RouteNode, topology: &Topology, rng: &mut R) -> Hop {
+    Hop {
+        node: mix.id,
+        key: mix.key,
+        delay: sample_exponential(topology.mean_delay, rng),
+    }
 }
 
 /// One mix of layer `l`, independent of the `chosen` nodes, preferring those `avoid` is false
@@ -305,11 +310,7 @@ pub fn choose_loop<R: CryptoRng + ?Sized>(
     for l in own + 1..=topology.layers() {
         let mix = choose_mix(topology, l, &chosen, policy, &|_| false, rng)?;
         chosen.push(mix);
-        hops.push(Hop {
-            node: mix.id,
-            key: mix.key,
-            delay: sample_exponential(topology.mean_delay, rng),
-        });
+        hops.push(held_at(mix, topology, rng));
     }
     let gateways: Vec<&RouteNode> = topology
         .gateways()
@@ -329,11 +330,7 @@ pub fn choose_loop<R: CryptoRng + ?Sized>(
     for l in 1..own {
         let mix = choose_mix(topology, l, &chosen, policy, &|_| false, rng)?;
         chosen.push(mix);
-        hops.push(Hop {
-            node: mix.id,
-            key: mix.key,
-            delay: sample_exponential(topology.mean_delay, rng),
-        });
+        hops.push(held_at(mix, topology, rng));
     }
     hops.push(Hop {
         node: node.id,
