@@ -43,8 +43,9 @@ pub use directory::{
 };
 pub use health::MAX_HOLD_EPOCHS;
 pub use params::{
-    DEFAULT_MAX_PER_FAMILY, DEFAULT_MAX_PER_IPV4, DEFAULT_MAX_PER_IPV4_24, DEFAULT_MAX_PER_IPV6_48,
-    default_parameters, mean_delay, test_network_parameters,
+    DEFAULT_MAILBOX_PULL_INTERVAL_US, DEFAULT_MAILBOX_PULL_ITEMS, DEFAULT_MAX_PER_FAMILY,
+    DEFAULT_MAX_PER_IPV4, DEFAULT_MAX_PER_IPV4_24, DEFAULT_MAX_PER_IPV6_48, default_parameters,
+    mean_delay, test_network_parameters,
 };
 pub use rank::{Rank, RankBasis};
 pub use schedule::{EpochSchedule, Phase};

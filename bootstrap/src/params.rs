@@ -40,8 +40,18 @@ pub fn default_parameters() -> NetworkParameters {
         health_min_delivery_permille: 900,
         health_max_delay_p90_ms: 1_000,
         health_good_delivery_permille: 950,
+        mailbox_pull_interval_us: DEFAULT_MAILBOX_PULL_INTERVAL_US,
+        mailbox_pull_items: DEFAULT_MAILBOX_PULL_ITEMS,
     }
 }
+
+/// A client pulls from its gateway every 100 ms ...
+pub const DEFAULT_MAILBOX_PULL_INTERVAL_US: u64 = 100_000;
+/// ... six packets each time: 60 packets a second, what the client sends (50/s on the send
+/// stream, 5/s loop cover, 5/s drop cover), so that everything it sends could come back: the
+/// loop cover and the acknowledgements of a client sending real packets at its whole send rate
+/// (55/s), with room for what it receives. More waits at the gateway for the next pull.
+pub const DEFAULT_MAILBOX_PULL_ITEMS: u32 = 6;
 
 /// [`default_parameters`] for a local test network: loopback and private addresses admitted.
 pub fn test_network_parameters() -> NetworkParameters {

@@ -264,6 +264,139 @@ struct NetworkSection {
     parameters: ParameterOverrides,
 }
 
+/// The keys of `[network.parameters]` with what each means, in the order `p2pmix authority
+/// init` writes them (each is a field of the consensus's `NetworkParameters` of the same name).
+pub const PARAMETERS: [(&str, &str); 17] = [
+    (
+        "mean_delay_us",
+        "Mean per-hop delay senders draw from (exponential), microseconds.",
+    ),
+    (
+        "max_delay_us",
+        "Largest per-hop delay a node accepts, microseconds.",
+    ),
+    (
+        "client_send_interval_us",
+        "A client's Poisson stream of real or drop-cover packets: mean interval, microseconds.",
+    ),
+    (
+        "client_loop_interval_us",
+        "A client's loop cover: mean interval, microseconds.",
+    ),
+    (
+        "client_drop_interval_us",
+        "A client's extra drop cover: mean interval, microseconds.",
+    ),
+    (
+        "mix_loop_interval_us",
+        "A node's own loop cover: mean interval, microseconds (0: none).",
+    ),
+    ("layers", "Mix layers of every route (1..=16)."),
+    (
+        "min_protocol_version",
+        "Nodes below this protocol version are left out.",
+    ),
+    (
+        "max_nodes_per_ipv4",
+        "Nodes admitted per public IPv4 address (0: no cap).",
+    ),
+    (
+        "max_nodes_per_ipv4_24",
+        "Nodes admitted per public IPv4 /24 (0: no cap).",
+    ),
+    (
+        "max_nodes_per_ipv6_48",
+        "Nodes admitted per public IPv6 /48 (0: no cap).",
+    ),
+    (
+        "max_nodes_per_family",
+        "Nodes admitted per declared operator family (0: no cap).",
+    ),
+    (
+        "health_probes_per_node",
+        "Health measurement: probes each authority sends per node and epoch (0: none, nobody is left out for health).",
+    ),
+    (
+        "health_min_probes",
+        "Health: probes a node needs in an authority's window before that authority reports it.",
+    ),
+    (
+        "health_min_delivery_permille",
+        "Health: a node measured below this delivery (per mille of its layer's best quarter) is left out.",
+    ),
+    (
+        "health_max_delay_p90_ms",
+        "Health: a node whose added delay's 90th percentile is above this (milliseconds) is left out.",
+    ),
+    (
+        "health_good_delivery_permille",
+        "Health: a node at or above this delivery earns back one strike.",
+    ),
+];
+
+/// The value of the parameter `key` (one of [`PARAMETERS`]) in `parameters`.
+pub fn parameter_value(parameters: &NetworkParameters, key: &str) -> Option<u64> {
+    Some(match key {
+        "mean_delay_us" => parameters.mean_delay_us,
+        "max_delay_us" => parameters.max_delay_us,
+        "client_send_interval_us" => parameters.client_send_interval_us,
+        "client_loop_interval_us" => parameters.client_loop_interval_us,
+        "client_drop_interval_us" => parameters.client_drop_interval_us,
+        "mix_loop_interval_us" => parameters.mix_loop_interval_us,
+        "layers" => u64::from(parameters.layers),
+        "min_protocol_version" => u64::from(parameters.min_protocol_version),
+        "max_nodes_per_ipv4" => u64::from(parameters.max_nodes_per_ipv4),
+        "max_nodes_per_ipv4_24" => u64::from(parameters.max_nodes_per_ipv4_24),
+        "max_nodes_per_ipv6_48" => u64::from(parameters.max_nodes_per_ipv6_48),
+        "max_nodes_per_family" => u64::from(parameters.max_nodes_per_family),
+        "health_probes_per_node" => u64::from(parameters.health_probes_per_node),
+        "health_min_probes" => u64::from(parameters.health_min_probes),
+        "health_min_delivery_permille" => u64::from(parameters.health_min_delivery_permille),
+        "health_max_delay_p90_ms" => u64::from(parameters.health_max_delay_p90_ms),
+        "health_good_delivery_permille" => u64::from(parameters.health_good_delivery_permille),
+        _ => return None,
+    })
+}
+
+/// Sets the parameter `key` (one of [`PARAMETERS`]) in `parameters`; false for an unknown key
+/// or a value out of the field's range.
+pub fn set_parameter(parameters: &mut NetworkParameters, key: &str, value: u64) -> bool {
+    let wide = match key {
+        "mean_delay_us" => Some(&mut parameters.mean_delay_us),
+        "max_delay_us" => Some(&mut parameters.max_delay_us),
+        "client_send_interval_us" => Some(&mut parameters.client_send_interval_us),
+        "client_loop_interval_us" => Some(&mut parameters.client_loop_interval_us),
+        "client_drop_interval_us" => Some(&mut parameters.client_drop_interval_us),
+        "mix_loop_interval_us" => Some(&mut parameters.mix_loop_interval_us),
+        _ => None,
+    };
+    if let Some(slot) = wide {
+        *slot = value;
+        return true;
+    }
+    let slot = match key {
+        "layers" => &mut parameters.layers,
+        "min_protocol_version" => &mut parameters.min_protocol_version,
+        "max_nodes_per_ipv4" => &mut parameters.max_nodes_per_ipv4,
+        "max_nodes_per_ipv4_24" => &mut parameters.max_nodes_per_ipv4_24,
+        "max_nodes_per_ipv6_48" => &mut parameters.max_nodes_per_ipv6_48,
+        "max_nodes_per_family" => &mut parameters.max_nodes_per_family,
+        "health_probes_per_node" => &mut parameters.health_probes_per_node,
+        "health_min_probes" => &mut parameters.health_min_probes,
+        "health_min_delivery_permille" => &mut parameters.health_min_delivery_permille,
+        "health_max_delay_p90_ms" => &mut parameters.health_max_delay_p90_ms,
+        "health_good_delivery_permille" => &mut parameters.health_good_delivery_permille,
+        _ => return false,
+    };
+    match u32::try_from(value) {
+        Ok(v) => {
+            *slot = v;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ParameterOverrides {
@@ -293,24 +426,44 @@ pub struct AuthorityConfigFile {
     pub identity: PathBuf,
     /// Where state and published documents go.
     pub data_dir: PathBuf,
+    /// The pinned authorities file.
+    pub authorities_path: PathBuf,
     /// The pinned authorities (this one included).
     pub authorities: Authorities,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
+    /// Where to serve metrics, `/health` and `/ready`, if anywhere.
+    pub metrics: Option<SocketAddr>,
     /// The epoch schedule.
     pub schedule: EpochSchedule,
-    /// Network parameters to publish.
+    /// Network parameters to publish (`test_network` among them).
     pub parameters: NetworkParameters,
-    /// Where to serve metrics, if anywhere.
-    pub metrics: Option<SocketAddr>,
 }
 
 /// Shortest epoch accepted: each phase needs time for messages to cross the network.
 pub const MIN_EPOCH_MS: u64 = 800;
 
+/// Command-line (or environment) values that override an authority's configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct AuthorityOverrides {
+    /// `--identity`.
+    pub identity: Option<PathBuf>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--listen` (replaces the file's list when given).
+    pub listen: Vec<Multiaddr>,
+    /// `--metrics`.
+    pub metrics: Option<SocketAddr>,
+}
+
 impl AuthorityConfigFile {
     /// Reads an authority configuration; relative paths are relative to the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with(path, AuthorityOverrides::default())
+    }
+
+    /// Reads an authority configuration and applies `overrides`.
+    pub fn load_with(path: &Path, overrides: AuthorityOverrides) -> Result<Self, ConfigError> {
         let file: AuthorityFile = parse(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         let invalid = |message: String| ConfigError::Invalid {
@@ -323,17 +476,28 @@ impl AuthorityConfigFile {
             )));
         }
         let listen = if file.listen.is_empty() {
-            vec!["/ip4/127.0.0.1/tcp/0".to_string()]
+            vec![DEFAULT_LISTEN.to_string()]
         } else {
             file.listen
         };
-        let listen = listen
+        let mut listen: Vec<Multiaddr> = listen
             .iter()
             .map(|a| {
                 a.parse()
                     .map_err(|e| invalid(format!("listen address {a}: {e}")))
             })
             .collect::<Result<_, _>>()?;
+        if !overrides.listen.is_empty() {
+            listen = overrides.listen;
+        }
+        let metrics = match (overrides.metrics, file.metrics) {
+            (Some(m), _) => Some(m),
+            (None, Some(m)) => Some(
+                m.parse()
+                    .map_err(|e| invalid(format!("metrics address {m}: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         let mut parameters = default_parameters();
         let o = &file.network.parameters;
         let set = |slot: &mut u64, v: Option<u64>| {
@@ -398,21 +562,20 @@ impl AuthorityConfigFile {
             o.health_good_delivery_permille,
         );
         parameters.test_network = file.network.test_network;
-        let metrics = file
-            .metrics
-            .map(|m| {
-                m.parse()
-                    .map_err(|e| invalid(format!("metrics address {m}: {e}")))
-            })
-            .transpose()?;
+        let authorities_path = base.join(file.authorities);
         Ok(AuthorityConfigFile {
-            identity: base.join(file.identity),
-            data_dir: base.join(file.data_dir),
-            authorities: Authorities::load(&base.join(file.authorities))?,
+            identity: overrides
+                .identity
+                .unwrap_or_else(|| base.join(file.identity)),
+            data_dir: overrides
+                .data_dir
+                .unwrap_or_else(|| base.join(file.data_dir)),
+            authorities: Authorities::load(&authorities_path)?,
+            authorities_path,
             listen,
+            metrics,
             schedule: EpochSchedule::new(file.network.genesis_unix_ms, file.network.epoch_ms),
             parameters,
-            metrics,
         })
     }
 }
@@ -427,6 +590,16 @@ pub enum NodeRole {
     Gateway,
 }
 
+impl NodeRole {
+    /// The name the configuration file and `--role` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Mix => "mix",
+            NodeRole::Gateway => "gateway",
+        }
+    }
+}
+
 impl From<NodeRole> for Role {
     fn from(role: NodeRole) -> Self {
         match role {
@@ -436,11 +609,34 @@ impl From<NodeRole> for Role {
     }
 }
 
+/// The keys of a node's configuration file, in the order `p2pmix node init` writes them (each is
+/// also the flag of the same name, `_` written `-`).
+pub const NODE_FILE_KEYS: [&str; 12] = [
+    "data_dir",
+    "authorities",
+    "identity",
+    "listen",
+    "announce",
+    "bootstrap",
+    "role",
+    "metrics",
+    "family",
+    "max_connections",
+    "replay_memory_mib",
+    "replay_min_rate",
+];
+
+/// Incoming connections a node holds at most by default (clients and nodes that dialled it; its
+/// own dials to the consensus's nodes come on top). Each is one open file: the systemd unit's
+/// `LimitNOFILE` leaves room for this, the consensus's nodes and the node's files.
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 8192;
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
     data_dir: Option<PathBuf>,
     authorities: Option<PathBuf>,
+    identity: Option<PathBuf>,
     #[serde(default)]
     listen: Vec<String>,
     #[serde(default)]
@@ -450,6 +646,7 @@ struct NodeFile {
     role: Option<NodeRole>,
     metrics: Option<String>,
     family: Option<String>,
+    max_connections: Option<u32>,
     replay_memory_mib: Option<u64>,
     replay_min_rate: Option<f64>,
 }
@@ -461,6 +658,8 @@ pub struct NodeOverrides {
     pub data_dir: Option<PathBuf>,
     /// `--authorities`.
     pub authorities: Option<PathBuf>,
+    /// `--identity`.
+    pub identity: Option<PathBuf>,
     /// `--listen` (replaces the file's list when given).
     pub listen: Vec<Multiaddr>,
     /// `--bootstrap` (replaces the file's list when given).
@@ -473,33 +672,47 @@ pub struct NodeOverrides {
     pub metrics: Option<SocketAddr>,
     /// `--family`.
     pub family: Option<String>,
-    /// `--trace-links` and `--trace-truth` (command line only).
+    /// `--max-connections`.
+    pub max_connections: Option<u32>,
+    /// `--replay-memory-mib`.
+    pub replay_memory_mib: Option<u64>,
+    /// `--replay-min-rate`.
+    pub replay_min_rate: Option<f64>,
+    /// `--trace-links` and `--trace-truth` (flags and environment only: never in a file).
     pub trace: TraceConfig,
 }
 
-/// A node's configuration, resolved from its file (optional) and the command line.
+/// Where a process listens when nothing says: loopback, a port the OS picks.
+pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
+
+/// A node's settings as its file, the environment and the command line give them, before any
+/// file they name is read: what `p2pmix node --print-config` prints.
 ///
 /// ```toml
-/// # node.toml (paths are relative to this file)
-/// data_dir = "data"                       # identity.key, epoch keys, consensus cache
+/// # node.toml (paths are relative to this file; `p2pmix node init` writes one with every default)
+/// data_dir = "data"                       # epoch keys, consensus cache (and identity.key)
 /// authorities = "authorities.toml"        # pinned keys; its [network] gives the schedule
+/// # identity = "/run/credentials/p2pmix-node.service/identity.key"  # default DATA_DIR/identity.key
 /// listen = ["/ip4/0.0.0.0/tcp/4100"]
 /// announce = ["/dns4/mix1.example.org/tcp/4100"]  # what the descriptor carries
 /// bootstrap = ["/dns4/boot.example.org/tcp/4100/p2p/12D3KooW…"]
 /// role = "mix"                            # or "gateway"
-/// metrics = "127.0.0.1:9100"              # Prometheus text at http://ADDR/metrics
+/// metrics = "127.0.0.1:9100"              # /metrics, /health, /ready
 /// family = "operator-name"                # nodes of one operator share it
+/// max_connections = 8192                  # incoming connections held at most
 /// replay_memory_mib = 1024                # all replay filters together (docs/sphinx.md)
 /// replay_min_rate = 1000                  # packets/s a key's filter is sized for at least
 /// ```
-#[derive(Debug, Clone)]
-pub struct NodeConfig {
-    /// Identity, epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSettings {
+    /// Epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`, and the identity
+    /// unless `identity` says otherwise.
     pub data_dir: PathBuf,
-    /// The pinned authorities.
-    pub authorities: Authorities,
-    /// The epoch schedule (from the authorities file).
-    pub schedule: EpochSchedule,
+    /// The pinned authorities file.
+    pub authorities: PathBuf,
+    /// The identity key file, when not `DATA_DIR/identity.key` (it must then exist: a node
+    /// creates only its default identity).
+    pub identity: Option<PathBuf>,
     /// Listen addresses.
     pub listen: Vec<Multiaddr>,
     /// Peers to join the DHT through.
@@ -509,21 +722,23 @@ pub struct NodeConfig {
     pub announce: Vec<Multiaddr>,
     /// Mix or gateway.
     pub role: NodeRole,
-    /// Where to serve metrics, if anywhere.
+    /// Where to serve metrics, `/health` and `/ready`, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// Operator family.
     pub family: String,
+    /// Incoming connections held at most (more are refused).
+    pub max_connections: u32,
     /// How the replay filters are sized and how much memory they may take.
     pub replay: ReplaySettings,
     /// Test-network traces to write (refused unless the authorities file declares a test
-    /// network).
+    /// network). Flags and environment only: no file key, and `--print-config` leaves them out.
     pub trace: TraceConfig,
 }
 
-impl NodeConfig {
+impl NodeSettings {
     /// Reads `file` (if any) and applies `overrides`; every missing or malformed value is a
-    /// clear error naming its source.
-    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
+    /// clear error naming its source. Relative paths in the file are relative to the file.
+    pub fn resolve(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
         let (parsed, base, source) = match file {
             Some(path) => (
                 parse::<NodeFile>(path)?,
@@ -552,22 +767,17 @@ impl NodeConfig {
             .data_dir
             .or(parsed.data_dir.map(|d| base.join(d)))
             .ok_or_else(|| invalid("no data directory (data_dir or --data-dir)".into()))?;
-        let authorities_path = overrides
+        let authorities = overrides
             .authorities
             .or(parsed.authorities.map(|a| base.join(a)))
             .ok_or_else(|| invalid("no authorities file (authorities or --authorities)".into()))?;
-        let authorities = Authorities::load(&authorities_path)?;
-        let schedule = authorities.schedule.ok_or_else(|| ConfigError::Invalid {
-            path: authorities_path.display().to_string(),
-            message: "no [network] section with genesis_unix_ms and epoch_ms".into(),
-        })?;
         let mut listen = overrides.listen;
         if listen.is_empty() {
             listen = addresses(&parsed.listen, "listen")?;
         }
         if listen.is_empty() {
             listen.push(
-                "/ip4/127.0.0.1/tcp/0"
+                DEFAULT_LISTEN
                     .parse()
                     .map_err(|e| invalid(format!("default listen address: {e}")))?,
             );
@@ -580,20 +790,6 @@ impl NodeConfig {
         if announce.is_empty() {
             announce = addresses(&parsed.announce, "announce")?;
         }
-        for a in &announce {
-            p2pmix_bootstrap::address::check_address(
-                &a.to_string(),
-                None,
-                authorities.test_network,
-            )
-            .map_err(|e| {
-                invalid(format!(
-                    "announce address {a}: {e} (announce /ip4, /ip6 or /dns* with /tcp/PORT \
-                         or /udp/PORT/quic-v1; loopback and private addresses only on a test \
-                         network)"
-                ))
-            })?;
-        }
         let metrics = match (overrides.metrics, parsed.metrics) {
             (Some(m), _) => Some(m),
             (None, Some(m)) => Some(
@@ -602,30 +798,117 @@ impl NodeConfig {
             ),
             (None, None) => None,
         };
-        Ok(NodeConfig {
+        let defaults = ReplaySettings::default();
+        let replay = ReplaySettings {
+            min_rate: match overrides.replay_min_rate.or(parsed.replay_min_rate) {
+                Some(r) if r.is_finite() && r > 0.0 => r,
+                Some(r) => return Err(invalid(format!("replay_min_rate {r}: not a rate"))),
+                None => defaults.min_rate,
+            },
+            memory_bytes: overrides
+                .replay_memory_mib
+                .or(parsed.replay_memory_mib)
+                .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
+        };
+        Ok(NodeSettings {
             data_dir,
             authorities,
-            schedule,
+            identity: overrides.identity.or(parsed.identity.map(|i| base.join(i))),
             listen,
             bootstrap,
             announce,
             role: overrides.role.or(parsed.role).unwrap_or(NodeRole::Mix),
             metrics,
             family: overrides.family.or(parsed.family).unwrap_or_default(),
-            replay: {
-                let defaults = ReplaySettings::default();
-                ReplaySettings {
-                    min_rate: match parsed.replay_min_rate {
-                        Some(r) if r.is_finite() && r > 0.0 => r,
-                        Some(r) => return Err(invalid(format!("replay_min_rate {r}: not a rate"))),
-                        None => defaults.min_rate,
-                    },
-                    memory_bytes: parsed
-                        .replay_memory_mib
-                        .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
-                }
-            },
+            max_connections: overrides
+                .max_connections
+                .or(parsed.max_connections)
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            replay,
             trace: overrides.trace,
+        })
+    }
+}
+
+/// A node's configuration, resolved from its file (optional) and the command line, with the
+/// authorities file read. See [`NodeSettings`] for the file.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Identity, epoch keys, cached consensus documents, `listen-addrs`, `metrics-addr`.
+    pub data_dir: PathBuf,
+    /// The identity key file, when not `DATA_DIR/identity.key` (then it must exist).
+    pub identity: Option<PathBuf>,
+    /// The pinned authorities.
+    pub authorities: Authorities,
+    /// The epoch schedule (from the authorities file).
+    pub schedule: EpochSchedule,
+    /// Listen addresses.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to join the DHT through.
+    pub bootstrap: Vec<Multiaddr>,
+    /// The addresses the node's descriptor carries (what mixes and clients dial). Empty: its
+    /// public listen addresses (and, on a test network, its loopback and private ones).
+    pub announce: Vec<Multiaddr>,
+    /// Mix or gateway.
+    pub role: NodeRole,
+    /// Where to serve metrics, `/health` and `/ready`, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// Operator family.
+    pub family: String,
+    /// Incoming connections held at most.
+    pub max_connections: u32,
+    /// How the replay filters are sized and how much memory they may take.
+    pub replay: ReplaySettings,
+    /// Test-network traces to write (refused unless the authorities file declares a test
+    /// network).
+    pub trace: TraceConfig,
+}
+
+impl NodeConfig {
+    /// Reads `file` (if any), applies `overrides` and reads the authorities file.
+    pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
+        Self::from_settings(NodeSettings::resolve(file, overrides)?)
+    }
+
+    /// Reads the authorities file `settings` names, and checks the announced addresses against
+    /// the network it declares (loopback and private ones only on a test network).
+    pub fn from_settings(settings: NodeSettings) -> Result<Self, ConfigError> {
+        let authorities = Authorities::load(&settings.authorities)?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: settings.authorities.display().to_string(),
+            message,
+        };
+        let schedule = authorities.schedule.ok_or_else(|| {
+            invalid("no [network] section with genesis_unix_ms and epoch_ms".into())
+        })?;
+        for a in &settings.announce {
+            p2pmix_bootstrap::address::check_address(
+                &a.to_string(),
+                None,
+                authorities.test_network,
+            )
+            .map_err(|e| {
+                invalid(format!(
+                    "announce address {a}: {e} (announce /ip4, /ip6 or /dns* with /tcp/PORT \
+                     or /udp/PORT/quic-v1; loopback and private addresses only on a test \
+                     network)"
+                ))
+            })?;
+        }
+        Ok(NodeConfig {
+            data_dir: settings.data_dir,
+            identity: settings.identity,
+            authorities,
+            schedule,
+            listen: settings.listen,
+            bootstrap: settings.bootstrap,
+            announce: settings.announce,
+            role: settings.role,
+            metrics: settings.metrics,
+            family: settings.family,
+            max_connections: settings.max_connections,
+            replay: settings.replay,
+            trace: settings.trace,
         })
     }
 }
@@ -648,6 +931,47 @@ mod tests {
         let loaded = Authorities::load(&path);
         let _ = fs::remove_dir_all(&dir);
         loaded
+    }
+
+    /// The fields a `deny_unknown_fields` struct takes, from serde's refusal of an unknown one
+    /// ("expected one of `a`, `b`"): the key lists cannot fall behind the structs.
+    fn fields_of<T: for<'de> Deserialize<'de> + std::fmt::Debug>() -> Vec<String> {
+        let err = toml::from_str::<T>("not_a_key_of_anything = 1").unwrap_err();
+        let message = err.to_string();
+        let list = message
+            .split("expected one of ")
+            .nth(1)
+            .unwrap_or_else(|| panic!("serde lists the fields: {message}"));
+        list.split(',')
+            .filter_map(|f| f.split('`').nth(1).map(str::to_string))
+            .collect()
+    }
+
+    #[test]
+    fn the_key_lists_name_every_field_of_the_files() {
+        let mut node = fields_of::<NodeFile>();
+        node.sort();
+        let mut listed: Vec<String> = NODE_FILE_KEYS.iter().map(|k| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(node, listed, "NODE_FILE_KEYS and NodeFile differ");
+        let mut parameters = fields_of::<ParameterOverrides>();
+        parameters.sort();
+        let mut listed: Vec<String> = PARAMETERS.iter().map(|(k, _)| k.to_string()).collect();
+        listed.sort();
+        assert_eq!(
+            parameters, listed,
+            "PARAMETERS and ParameterOverrides differ"
+        );
+        let defaults = default_parameters();
+        for (i, (key, _)) in PARAMETERS.iter().enumerate() {
+            assert!(parameter_value(&defaults, key).is_some(), "{key}");
+            let mut p = defaults;
+            assert!(set_parameter(&mut p, key, 7 + i as u64), "{key}");
+            assert_eq!(parameter_value(&p, key), Some(7 + i as u64), "{key}");
+        }
+        let mut p = defaults;
+        assert!(!set_parameter(&mut p, "layers", u64::MAX));
+        assert!(!set_parameter(&mut p, "no_such_parameter", 1));
     }
 
     #[test]

@@ -39,7 +39,7 @@ impl Authority {
                 if let Ok(peer) = PeerId::from_bytes(&r.peer_id)
                     && r.epoch.saturating_add(1) >= authority.round.epoch
                 {
-                    authority.reach.restore(peer, r.epoch);
+                    authority.reach.restore(peer, r.epoch, ip_from_bytes(&r.ip));
                 }
             }
             return authority;
@@ -63,7 +63,7 @@ impl Authority {
                 && r.epoch <= epoch
                 && r.epoch.saturating_add(1) >= epoch
             {
-                authority.reach.restore(peer, r.epoch);
+                authority.reach.restore(peer, r.epoch, ip_from_bytes(&r.ip));
             }
         }
         for v in &state.votes {
@@ -157,12 +157,29 @@ impl Authority {
             reached: self
                 .reach
                 .records()
-                .map(|(peer, epoch)| Reached {
+                .map(|(peer, epoch, ip)| Reached {
                     peer_id: peer.to_bytes(),
                     epoch,
+                    ip: ip.map(ip_to_bytes).unwrap_or_default(),
                 })
                 .collect(),
             equivocations: self.evidence.equivocations(None),
         }
     }
+}
+
+/// An IP address as 4 or 16 bytes (the state file's form).
+fn ip_to_bytes(ip: std::net::IpAddr) -> Vec<u8> {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+        std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// The IP address of 4 or 16 bytes; anything else is none.
+fn ip_from_bytes(bytes: &[u8]) -> Option<std::net::IpAddr> {
+    if let Ok(v4) = <[u8; 4]>::try_from(bytes) {
+        return Some(std::net::IpAddr::from(v4));
+    }
+    <[u8; 16]>::try_from(bytes).ok().map(std::net::IpAddr::from)
 }

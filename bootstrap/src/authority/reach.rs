@@ -157,10 +157,13 @@ impl Reachability {
     }
 
     /// Whether `peer` was reached in round `epoch` or the one before.
+    /// A check that reached no IP address (a dial by name that the driver did not resolve, or a
+    /// record from before addresses were kept) does not count: the admission caps count that
+    /// address, and a node that had none would escape every one of them.
     pub(super) fn eligible(&self, peer: &PeerId, epoch: u64) -> bool {
         self.reached
             .get(peer)
-            .is_some_and(|(e, _)| e.saturating_add(1) >= epoch)
+            .is_some_and(|(e, ip)| ip.is_some() && e.saturating_add(1) >= epoch)
     }
 
     /// The IP address the last check of `peer` reached.
@@ -261,13 +264,13 @@ impl Reachability {
     }
 
     /// Nodes reached, for the state file: (peer, round, address reached).
-    pub(super) fn records(&self) -> impl Iterator<Item = (&PeerId, u64)> {
-        self.reached.iter().map(|(p, (e, _))| (p, *e))
+    pub(super) fn records(&self) -> impl Iterator<Item = (&PeerId, u64, Option<IpAddr>)> {
+        self.reached.iter().map(|(p, (e, ip))| (p, *e, *ip))
     }
 
     /// A record from the state file.
-    pub(super) fn restore(&mut self, peer: PeerId, epoch: u64) {
-        self.reached.insert(peer, (epoch, None));
+    pub(super) fn restore(&mut self, peer: PeerId, epoch: u64, ip: Option<IpAddr>) {
+        self.reached.insert(peer, (epoch, ip));
     }
 
     /// Entries held (for the memory charge).
@@ -299,7 +302,8 @@ mod tests {
         let a = check(&mut r, t0).unwrap();
         let b = check(&mut r, t0).unwrap();
         assert!(check(&mut r, t0).is_none(), "two at most at once");
-        r.handle_result(&a, ReachOutcome::Reached { observed: None }, 2, true);
+        let here = Some("127.0.0.1".parse().unwrap());
+        r.handle_result(&a, ReachOutcome::Reached { observed: here }, 2, true);
         assert!(r.eligible(&a, 2) && r.eligible(&a, 3) && !r.eligible(&a, 4));
         // The third waits for its token only if the burst is spent; the burst is 10 here.
         assert!(check(&mut r, t0).is_some());
@@ -308,8 +312,27 @@ mod tests {
         assert!(!r.eligible(&b, 2));
         assert_eq!(r.stats().timed_out, 2);
         // A late answer for a check given up on is ignored.
-        r.handle_result(&b, ReachOutcome::Reached { observed: None }, 2, true);
+        r.handle_result(&b, ReachOutcome::Reached { observed: here }, 2, true);
         assert!(!r.eligible(&b, 2));
+    }
+
+    /// A node announcing only a name was reached at an address nobody counted: the dial
+    /// reported the name, and the admission caps (per address and prefix) never saw the IP, so
+    /// any number of nodes behind one address got in. A reach without an address is no reach.
+    #[test]
+    fn a_reach_without_an_address_does_not_make_a_node_eligible() {
+        let mut r = Reachability::new(ReachLimits::default());
+        let p = PeerId::random();
+        r.enqueue(p, Vec::new(), 2);
+        check(&mut r, Instant::now()).unwrap();
+        r.handle_result(&p, ReachOutcome::Reached { observed: None }, 2, false);
+        assert!(!r.eligible(&p, 2));
+        // A record from a state file of before addresses were kept is the same.
+        r.restore(p, 2, None);
+        assert!(!r.eligible(&p, 2));
+        r.restore(p, 2, Some("203.0.113.7".parse().unwrap()));
+        assert!(r.eligible(&p, 2));
+        assert_eq!(r.observed(&p), Some("203.0.113.7".parse().unwrap()));
     }
 
     #[test]

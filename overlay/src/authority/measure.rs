@@ -36,7 +36,7 @@ use super::AuthorityNodeError;
 use crate::{
     config::AuthorityConfigFile,
     identity::{load_or_create_client_key, load_or_create_identity},
-    mailbox::{ClientKey, MailboxFetcher, mailbox_behaviour},
+    mailbox::{ClientKey, MailboxFetcher, PullRate, mailbox_behaviour},
     measure::{MeasureConfig, MeasureStats, MeasuredNetwork, Measurer, NodeReport},
     runtime::{SwarmError, build_swarm},
 };
@@ -149,11 +149,17 @@ impl MeasureDriver {
             }
         }
         self.mailboxes.retain(|peer, _| gateways.contains(peer));
+        // Pulled at the pace clients pull at (the consensus's constant rate, or the long poll).
+        let rate = PullRate::from_parameters(&consensus.parameters());
         for g in &gateways {
-            self.mailboxes.entry(*g).or_insert_with(|| GatewayMailbox {
-                fetcher: MailboxFetcher::new(now),
-                request: None,
-            });
+            self.mailboxes
+                .entry(*g)
+                .or_insert_with(|| GatewayMailbox {
+                    fetcher: MailboxFetcher::new(now, rate),
+                    request: None,
+                })
+                .fetcher
+                .set_rate(rate);
         }
         self.measurer.set_network(Some(network));
         self.installed = Some(consensus.epoch());

@@ -12,16 +12,17 @@
 //! signature is answered, and this authority's own vote, reveal and signature (and its relays)
 //! are sent, only once durable. Each published consensus is written as `consensus-<epoch>.pb`
 //! (the encoded `SignedConsensus`); `listen-addrs` holds the addresses the swarm listens on, and
-//! with metrics on (`metrics = "ADDR"`), `metrics-addr` where they are served ([`gauges`]).
+//! with metrics on (`metrics = "ADDR"`), `metrics-addr` where they are served: `/metrics` has
+//! the authority's counters ([`metrics`]), `/health` says the loop turns and `/ready` that it
+//! holds this epoch's consensus.
 //!
 //! When the network parameters ask for health measurement, the authority also runs a
 //! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in
 //! `measure-identity`, with a client key of its own in `measure-client.key`) on the consensus in
-//! force, and hands what it measured to the core before
-//! each vote.
+//! force, and hands what it measured to the core before each vote.
 
-mod gauges;
 mod measure;
+mod metrics;
 mod reach;
 mod writer;
 
@@ -45,8 +46,8 @@ use p2pmix_bootstrap::{
     Authority, AuthorityConfig, EquivocationKind, Event, Now, Origin, directory_behaviour,
 };
 use p2pmix_proto::v1::{
-    Accepted, AuthorityState, DirectoryRequest, DirectoryResponse, directory_request::Request,
-    directory_response::Response,
+    Accepted, AuthorityState, Consensus, DirectoryRequest, DirectoryResponse,
+    directory_request::Request, directory_response::Response,
 };
 use prost::Message;
 use thiserror::Error;
@@ -61,11 +62,15 @@ use crate::{
         files::{FileError, create_dir, write_atomic},
         listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
+        status::{Readiness, Status},
     },
 };
 use measure::{Measuring, next_measure_event};
 use reach::{ReachDialer, ip_of};
 use writer::StateWriter;
+
+/// Where requests on connections without an IP address are counted (one source for all).
+const UNKNOWN_ORIGIN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
 /// At most one state write per this long; what must be durable waits at most this plus a write.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -161,6 +166,10 @@ struct Driver {
     dialer: ReachDialer,
     /// The health measurement, when the parameters ask for it.
     measuring: Option<Measuring>,
+    /// What `/health` and `/ready` say.
+    status: Status,
+    /// The epoch of the newest consensus held (what readiness is judged on).
+    newest: Option<u64>,
 }
 
 /// Runs an authority until `shutdown` resolves.
@@ -175,17 +184,21 @@ pub async fn run_authority(
         return Err(AuthorityNodeError::NotPinned(me));
     }
     create_dir(&config.data_dir)?;
+    let status = Status::new(Instant::now());
     let mut metrics_task = None;
     if let Some(addr) = config.metrics {
         let handle = metrics_endpoint::install_recorder()?;
-        let (bound, task) = metrics_endpoint::serve(addr, handle).await?;
+        metrics_endpoint::export_build_info();
+        let (bound, task) = metrics_endpoint::serve(addr, handle, status.clone()).await?;
         write_atomic(
             &config.data_dir.join("metrics-addr"),
             format!("{bound}\n").as_bytes(),
         )?;
-        info!(%bound, "metrics at http://{bound}/metrics");
-        metrics_task = Some(task);
+        info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
+        metrics_task = Some(AbortOnDrop(task));
     }
+    // Aborted however this function returns.
+    let _metrics_task = metrics_task;
     let state_path = config.data_dir.join("state.pb");
     let core_config = AuthorityConfig::new(
         keypair.clone(),
@@ -233,6 +246,7 @@ pub async fn run_authority(
     info!(peer_id = %me, epoch = authority.round_epoch(), "authority started");
     let measuring = Measuring::start(&config, pinned, now.mono)?;
     let writer = StateWriter::start(state_path).map_err(AuthorityNodeError::Thread)?;
+    let newest = newest_epoch(&authority);
     let mut driver = Driver {
         authority,
         swarm,
@@ -247,11 +261,10 @@ pub async fn run_authority(
         remotes: HashMap::new(),
         dialer: ReachDialer::default(),
         measuring,
+        status,
+        newest,
     };
     let result = driver.run(&config, shutdown).await;
-    if let Some(task) = metrics_task {
-        task.abort();
-    }
     let last = driver.authority.state().encode_to_vec();
     driver.writer.finish(&last)?;
     result
@@ -268,17 +281,26 @@ impl Driver {
         let mut known: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
         let mut redial = tokio::time::interval(Duration::from_secs(2));
         let mut progress = self.writer.watch();
-        let mut export = gauges::ExportTimer::new(Instant::now());
+        let mut export = metrics::ExportTimer::new(Instant::now());
         tokio::pin!(shutdown);
         loop {
             let now = Now::system();
             if let Some(measuring) = self.measuring.as_mut() {
                 measuring.turn(&mut self.authority, now);
             }
+            self.status.turned(now.mono);
             self.authority.handle_timeout(now, &mut rng);
             self.flush(now)?;
+            let epoch = config.schedule.epoch_at(now.unix_ms);
+            self.status
+                .set_readiness(Readiness::of_authority(epoch, self.newest));
             if export.due(now.mono) {
-                gauges::export(&self.authority);
+                let connected = self
+                    .peers
+                    .iter()
+                    .filter(|p| self.swarm.is_connected(p))
+                    .count();
+                metrics::export(&self.authority, epoch, connected, &self.writer.progress());
             }
             let latest = now.mono + Duration::from_secs(60);
             let mut wake = self
@@ -301,6 +323,11 @@ impl Driver {
                 event = next_measure_event(&mut self.measuring) => {
                     if let Some(measuring) = self.measuring.as_mut() {
                         measuring.handle_event(event, Instant::now());
+                    }
+                }
+                (peer, addresses) = self.dialer.next_resolved() => {
+                    if let Some((peer, outcome)) = self.dialer.dial(&mut self.swarm, peer, addresses) {
+                        self.authority.handle_reach_result(Now::system(), &peer, outcome);
                     }
                 }
                 changed = progress.changed() => {
@@ -342,7 +369,9 @@ impl Driver {
                         let origin = if self.pinned_peers.contains(&peer) {
                             Origin::Authority
                         } else {
-                            self.remotes.get(&connection_id).map_or(Origin::Local, |ip| Origin::Peer(*ip))
+                            // A connection whose address is not an IP address (one this authority
+                            // dialled by name) shares one limit with every other such connection.
+                            Origin::Peer(self.remotes.get(&connection_id).copied().unwrap_or(UNKNOWN_ORIGIN))
                         };
                         self.answer(now, peer, origin, request, channel);
                         self.flush(now)?;
@@ -394,7 +423,9 @@ impl Driver {
         let response = match request.request {
             Some(Request::GetConsensus(get)) => {
                 let epoch = (get.epoch != 0).then_some(get.epoch);
-                match self.authority.consensus(epoch) {
+                let held = self.authority.consensus(epoch);
+                metrics::count_consensus_request(held.is_some());
+                match held {
                     Some(c) => Response::Consensus(c.clone()),
                     None => not_held(),
                 }
@@ -404,7 +435,9 @@ impl Driver {
                     .evidence((get.epoch != 0).then_some(get.epoch)),
             ),
             _ => {
+                let kind = metrics::request_kind(&request);
                 let result = self.authority.handle_request_from(now, origin, request);
+                metrics::count_request(kind, &result);
                 // Even a refusal may have changed the state (a proof of equivocation kept).
                 self.generation += 1;
                 match result {
@@ -467,6 +500,7 @@ impl Driver {
     }
 
     fn report(&mut self, event: Event) {
+        metrics::count_event(&event);
         match event {
             Event::Published {
                 epoch,
@@ -474,6 +508,7 @@ impl Driver {
                 signatures,
             } => {
                 info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "consensus published");
+                self.newest = self.newest.max(Some(epoch));
                 self.save_consensus(epoch);
             }
             Event::SignaturesAdded { epoch, signatures } => {
@@ -552,5 +587,22 @@ impl Driver {
                 None => break,
             }
         }
+    }
+}
+
+/// The epoch of the newest consensus `authority` holds (a restored state may hold one).
+fn newest_epoch(authority: &Authority) -> Option<u64> {
+    let signed = authority.consensus(None)?;
+    Consensus::decode(&signed.consensus[..])
+        .ok()
+        .map(|c| c.epoch)
+}
+
+/// Aborts the metrics task however the authority's loop ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -38,6 +38,10 @@ struct Pending {
 pub(super) struct Progress {
     /// The newest generation on disk.
     pub(super) durable: u64,
+    /// State files written so far.
+    pub(super) writes: u64,
+    /// The size of the last one.
+    pub(super) last_bytes: usize,
     /// The first write that failed, if one did (the authority stops: a state it cannot save is a
     /// state it cannot promise).
     pub(super) failed: Option<String>,
@@ -160,7 +164,7 @@ fn run(
         let mut written = None;
         if let Some((generation, bytes)) = &state {
             match write_atomic(state_path, bytes) {
-                Ok(()) => written = Some(*generation),
+                Ok(()) => written = Some((*generation, bytes.len())),
                 Err(e) => failed = Some(e.to_string()),
             }
         }
@@ -168,8 +172,10 @@ fn run(
             error!(%e, "authority state could not be written");
         }
         tx.send_modify(|p| {
-            if let Some(g) = written {
+            if let Some((g, bytes)) = written {
                 p.durable = p.durable.max(g);
+                p.writes += 1;
+                p.last_bytes = bytes;
             }
             if p.failed.is_none() {
                 p.failed = failed;
@@ -201,6 +207,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(5));
         }
         assert_eq!(std::fs::read(&path).unwrap(), 100u64.to_le_bytes());
+        let writes = writer.progress().writes;
+        assert!((1..=100).contains(&writes), "{writes} writes counted");
+        assert_eq!(writer.progress().last_bytes, 8);
         assert_eq!(std::fs::read(dir.join("consensus-1.pb")).unwrap(), b"doc");
         writer.finish(b"last").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"last");

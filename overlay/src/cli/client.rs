@@ -23,7 +23,7 @@ use p2pmix::{
         Acknowledge, Address, CLIENT_STORE_FILE, Client, ClientConfig, Config, Event, MessageId,
         ReceivedMessage,
     },
-    config::Authorities,
+    config::{Authorities, TraceConfig},
     identity::{
         CLIENT_KEY_FILE, IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_client_key,
         load_or_create_identity, load_or_create_static_key,
@@ -38,19 +38,43 @@ use serde_json::json;
 #[derive(clap::Args)]
 pub(crate) struct ClientArgs {
     /// Identity, Noise key and the chosen gateway live here (created if missing).
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_DATA_DIR")]
     data_dir: PathBuf,
     /// The gateway, as a multiaddr ending in /p2p/PEER_ID (remembered in DATA_DIR/gateway).
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_GATEWAY")]
     gateway: Option<Multiaddr>,
     /// The pinned authorities file (with a [network] section).
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_AUTHORITIES")]
     authorities: Option<PathBuf>,
     /// Print one JSON object per line.
-    #[arg(long)]
+    #[arg(long, env = "P2PMIX_CLIENT_JSON")]
     json: bool,
     #[command(flatten)]
-    trace: super::TraceArgs,
+    trace: TraceArgs,
+}
+
+/// The client's test-network traces (refused unless the authorities file says
+/// `test_network = true`).
+#[derive(clap::Args)]
+pub(crate) struct TraceArgs {
+    /// Record what a global passive observer sees, one line per packet per link end (time,
+    /// neighbour, packet tag), into FILE. Test networks only.
+    #[arg(long, value_name = "FILE", env = "P2PMIX_CLIENT_TRACE_LINKS")]
+    trace_links: Option<PathBuf>,
+    /// Record the ground truth only this client knows (which message went in which packet)
+    /// into FILE. Test networks only.
+    #[arg(long, value_name = "FILE", env = "P2PMIX_CLIENT_TRACE_TRUTH")]
+    trace_truth: Option<PathBuf>,
+}
+
+impl TraceArgs {
+    fn config(&self) -> TraceConfig {
+        TraceConfig {
+            links: self.trace_links.clone(),
+            truth: self.trace_truth.clone(),
+            ..TraceConfig::default()
+        }
+    }
 }
 
 #[derive(clap::Subcommand)]

@@ -1,23 +1,29 @@
-//! The `p2pmix` command line: keys, authorities, mix nodes, clients and consensus tools. The
-//! library does not export this module; it is the binary's own.
+//! The `p2pmix` command line: keys, authorities, mix nodes, clients, consensus tools, health
+//! checks and test networks. The library does not export this module; it is the binary's own.
+//!
+//! Every flag of the long-running commands (`node`, `authority`, the client's common flags) and
+//! the global `--log-format` can also be given as a `P2PMIX_*` environment variable (shown in
+//! `--help`); a flag wins over its variable, which wins over the configuration file.
 
+mod authority;
 mod client;
 mod consensus;
+mod health;
+mod node;
+mod template;
+mod testnet;
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::ExitCode,
 };
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use libp2p::{Multiaddr, identity::Keypair};
+use clap::{Parser, Subcommand, ValueEnum};
+use libp2p::identity::Keypair;
 use p2pmix::{
-    authority::run_authority,
-    config::{Authorities, AuthorityConfigFile, NodeConfig, NodeOverrides, NodeRole, TraceConfig},
-    identity::{IDENTITY_FILE, read_identity, write_identity},
-    node::run_node,
+    config::Authorities,
+    identity::{IDENTITY_FILE, write_identity},
 };
 
 #[derive(Parser)]
@@ -27,8 +33,27 @@ use p2pmix::{
     about = "p2pmix: a peer-to-peer mixnet overlay on libp2p"
 )]
 pub(crate) struct Cli {
+    /// How log lines are written to stderr: text for people, or one JSON object a line for a
+    /// log collector. The level comes from RUST_LOG (default info).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value_t = LogFormat::Text,
+        env = "P2PMIX_LOG_FORMAT"
+    )]
+    pub(crate) log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line (timestamp, level, target, fields).
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -39,15 +64,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
-    /// Run a directory authority.
-    Authority {
-        /// The authority's configuration file (TOML).
-        #[arg(long)]
-        config: PathBuf,
-    },
+    /// Run a directory authority (or `authority init`: create one).
+    Authority(authority::AuthorityCommand),
     /// Run a mix node or gateway: join the DHT through the bootstrap peers, get admitted through
-    /// the consensus, relay Sphinx packets. Flags override the configuration file.
-    Node(NodeArgs),
+    /// the consensus, relay Sphinx packets (or `node init`: write a configuration file).
+    Node(node::NodeCommand),
     /// Send and receive messages through the mixnet.
     Client {
         #[command(subcommand)]
@@ -58,98 +79,25 @@ enum Command {
         #[command(subcommand)]
         command: consensus::ConsensusCommand,
     },
-}
-
-#[derive(clap::Args)]
-struct NodeArgs {
-    /// The node's configuration file (TOML; see `p2pmix::config::NodeConfig`).
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// Where to listen (repeatable; default /ip4/127.0.0.1/tcp/0).
-    #[arg(long)]
-    listen: Vec<Multiaddr>,
-    /// A peer to join the network through (repeatable), e.g. /dns4/boot.example.org/tcp/4100/p2p/12D3…
-    #[arg(long)]
-    bootstrap: Vec<Multiaddr>,
-    /// An address other nodes and clients can reach this node at (repeatable), e.g.
-    /// /dns4/mix1.example.org/tcp/4100 or /ip4/203.0.113.7/tcp/4100: the descriptor carries
-    /// these (default: the public listen addresses). Behind NAT or in a container, give the
-    /// public one.
-    #[arg(long)]
-    announce: Vec<Multiaddr>,
-    /// The pinned authorities file (with a [network] section giving the epoch schedule).
-    #[arg(long)]
-    authorities: Option<PathBuf>,
-    /// What this node does.
-    #[arg(long, value_enum)]
-    role: Option<NodeRole>,
-    /// Identity, epoch keys and cached consensus documents live here.
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Serve Prometheus metrics at http://ADDR/metrics (port 0 picks one; see DATA_DIR/metrics-addr).
-    #[arg(long)]
-    metrics: Option<SocketAddr>,
-    /// Operator family: no route uses two nodes of one family.
-    #[arg(long)]
-    family: Option<String>,
-    #[command(flatten)]
-    trace: TraceArgs,
-}
-
-/// Test-network traces (refused unless the authorities file says `test_network = true`).
-#[derive(clap::Args)]
-pub(crate) struct TraceArgs {
-    /// Record what a global passive observer sees, one line per packet per link end (time,
-    /// neighbour, packet tag), into FILE. Test networks only.
-    #[arg(long, value_name = "FILE")]
-    trace_links: Option<PathBuf>,
-    /// Record the ground truth only this process knows (which packet became which, which
-    /// message went in which packet) into FILE. Test networks only.
-    #[arg(long, value_name = "FILE")]
-    trace_truth: Option<PathBuf>,
-}
-
-impl TraceArgs {
-    pub(crate) fn config(&self) -> TraceConfig {
-        TraceConfig {
-            links: self.trace_links.clone(),
-            truth: self.trace_truth.clone(),
-            ..TraceConfig::default()
-        }
-    }
+    /// Ask a running node or authority whether it is healthy (or ready): exit 0 if so.
+    Health(health::HealthArgs),
+    /// Test networks: configuration for a whole network on real hosts.
+    Testnet {
+        #[command(subcommand)]
+        command: testnet::TestnetCommand,
+    },
 }
 
 /// Runs one command.
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Keygen { out } => keygen(&out).map(|()| ExitCode::SUCCESS),
-        Command::Authority { config } => {
-            let config = AuthorityConfigFile::load(&config)?;
-            let keypair = read_identity(&config.identity)?;
-            runtime()?
-                .block_on(async { run_authority(config, keypair, shutdown_signal()).await })?;
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Node(args) => {
-            let config = NodeConfig::load(
-                args.config.as_deref(),
-                NodeOverrides {
-                    data_dir: args.data_dir,
-                    authorities: args.authorities,
-                    listen: args.listen,
-                    bootstrap: args.bootstrap,
-                    announce: args.announce,
-                    role: args.role,
-                    metrics: args.metrics,
-                    family: args.family,
-                    trace: args.trace.config(),
-                },
-            )?;
-            runtime()?.block_on(async { run_node(config, shutdown_signal()).await })?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Authority(command) => authority::run(command),
+        Command::Node(command) => node::run(command),
         Command::Client { command } => client::run(command),
         Command::Consensus { command } => consensus::run(command),
+        Command::Health(args) => health::run(args),
+        Command::Testnet { command } => testnet::run(command),
     }
 }
 

@@ -4,8 +4,8 @@
 //! A thin adapter around three sans-IO parts: the [`ClientCore`] (messages, routes, the Poisson
 //! schedule, acknowledgements), a fetch-only [`DirectoryClient`] (which consensus to fetch from
 //! whom, verified against the pinned authority keys) and the gateway's mailbox (fetched over
-//! `/p2pmix/mailbox/1.0.0`, one request at a time, held open by the gateway until something
-//! arrives). Packets leave through a send-only Sphinx [`Link`] to the client's gateway. The
+//! `/p2pmix/mailbox/2.0.0` at the constant rate the consensus sets, each answer of one size
+//! whatever arrived: [`crate::mailbox::fetcher`]). Packets leave through a send-only Sphinx [`Link`] to the client's gateway. The
 //! behaviour reads the clock and the operating system's randomness; nothing else here does.
 //!
 //! Until a verified consensus is in force nothing is sent; messages queue and go out once it
@@ -57,7 +57,7 @@ use crate::{
     },
     config::Authorities,
     directory::{Action, DirectoryClient},
-    mailbox::{ClientKey, FetchFailure, MailboxFetcher, mailbox_behaviour},
+    mailbox::{ClientKey, FetchFailure, MailboxFetcher, PullRate, mailbox_behaviour},
     runtime::Now,
 };
 
@@ -248,7 +248,10 @@ impl Behaviour {
             gateway_addresses: config.gateway_addresses,
             installed: None,
             proof,
-            fetcher: MailboxFetcher::new(now.mono),
+            fetcher: MailboxFetcher::new(
+                now.mono,
+                PullRate::from_parameters(&default_parameters()),
+            ),
             fetch: None,
             timer: None,
             store,
@@ -332,6 +335,15 @@ impl Behaviour {
         self.flush_store();
         self.wake();
         Ok(id)
+    }
+
+    /// Whether the application is behind on this behaviour's events (an app that queues them
+    /// says so; [`crate::client::Client`] does). While it is, nothing new is taken from the
+    /// mailbox, but the send schedule and the fetch pace go on unchanged: the links do not show
+    /// that the application is slow, and the gateway keeps what waits.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.fetcher.set_backlogged(backlogged);
+        self.wake();
     }
 
     /// The application has the message it was handed as `id` (see [`Event::Received`]): with
@@ -423,6 +435,8 @@ impl Behaviour {
                 warn!(gateway = %self.gateway, epoch, "the gateway is not in the consensus");
             }
             self.core.set_topology(topology, rates);
+            self.fetcher
+                .set_rate(PullRate::from_parameters(&consensus.parameters()));
             self.installed = Some(epoch);
             info!(epoch, "client: consensus installed");
             self.events.push_back(Event::Consensus { epoch });

@@ -1,10 +1,12 @@
 //! [`Client`]: the client behaviour on a swarm of its own, for programs that do not run one.
 //!
 //! The swarm runs on a tokio task; the handle sends commands to it and receives its events.
-//! Up to [`MAX_UNREAD_EVENTS`] events wait for the program; beyond that the swarm pauses until
-//! the program reads again (no mailbox fetches, no acknowledgements: the gateway keeps the
-//! packets and senders retransmit, so nothing is lost, but cover traffic pauses too). Dropping
-//! the handle stops the task.
+//! Up to [`MAX_UNREAD_EVENTS`] events wait for the program; beyond that the client is
+//! backlogged ([`Behaviour::set_backlogged`]): it takes nothing new from its mailbox (the gateway
+//! keeps the packets, senders retransmit, nothing is lost) while its send schedule, cover
+//! traffic and fetch pace go on unchanged, so that neither link shows that the program is slow.
+//! Only at [`MAX_HELD_EVENTS`] (acknowledgements of its own sends, which the outbox bounds)
+//! does the swarm pause. Dropping the handle stops the task.
 
 use std::sync::Arc;
 
@@ -40,8 +42,12 @@ pub enum ClientError {
     Stopped,
 }
 
-/// Events that may wait for the program before the swarm pauses.
+/// Events that may wait for the program before the client stops taking from its mailbox.
 pub const MAX_UNREAD_EVENTS: usize = 1024;
+
+/// Events held at most before the swarm pauses (a last resort: past [`MAX_UNREAD_EVENTS`] only
+/// the outcomes of the program's own sends arrive, which the outbox bounds).
+pub const MAX_HELD_EVENTS: usize = 4 * MAX_UNREAD_EVENTS;
 
 enum Command {
     Send {
@@ -115,6 +121,9 @@ impl Client {
                             if let Some(event) = unread.pop_front() {
                                 permit.send(event);
                             }
+                            if unread.len() + 1 == MAX_UNREAD_EVENTS {
+                                swarm.behaviour_mut().set_backlogged(false);
+                            }
                         }
                         Err(_) => return,
                     },
@@ -140,9 +149,12 @@ impl Client {
                         }
                         None => return,
                     },
-                    event = swarm.select_next_some(), if unread.len() < MAX_UNREAD_EVENTS => {
+                    event = swarm.select_next_some(), if unread.len() < MAX_HELD_EVENTS => {
                         if let SwarmEvent::Behaviour(event) = event {
                             unread.push_back(event);
+                            if unread.len() == MAX_UNREAD_EVENTS {
+                                swarm.behaviour_mut().set_backlogged(true);
+                            }
                         }
                     }
                 }

@@ -29,6 +29,9 @@ pub enum RouteError {
     /// Every mix of a layer shares a family or a /16 with another hop of the route.
     #[error("no mix in layer {0} is independent of the other hops")]
     NoIndependentMix(u32),
+    /// Every gateway shares a family or a /16 with another hop of a node's loop.
+    #[error("no gateway is independent of the other hops")]
+    NoIndependentGateway,
 }
 
 /// Which independence rules routes follow.
@@ -194,6 +197,14 @@ impl Topology {
             .find(|n| n.peer == *peer)
     }
 
+    /// The gateway or mix with this node id.
+    pub fn by_id(&self, id: NodeId) -> Option<&RouteNode> {
+        self.gateways
+            .iter()
+            .chain(self.layers.iter().flatten())
+            .find(|n| n.id == id)
+    }
+
     /// The gateway with this peer id.
     pub fn gateway(&self, peer: &PeerId) -> Option<&RouteNode> {
         self.gateways.iter().find(|g| g.peer == *peer)
@@ -223,34 +234,59 @@ fn choose_mixes<'a, R: CryptoRng + ?Sized>(
 ) -> Result<Vec<Hop>, RouteError> {
     let mut hops = Vec::new();
     for l in 1..=topology.layers() {
-        let layer = topology.layer(l);
-        if layer.is_empty() {
-            return Err(RouteError::EmptyLayer(l));
-        }
-        let mut candidates: Vec<&RouteNode> = layer
-            .iter()
-            .filter(|m| !chosen.iter().any(|c| m.conflicts(c, policy)))
-            .collect();
-        if candidates.is_empty() {
-            return Err(RouteError::NoIndependentMix(l));
-        }
-        if candidates.iter().any(|m| !avoid(m.id)) {
-            candidates.retain(|m| !avoid(m.id));
-        }
-        let mix = candidates[rng.random_range(0..candidates.len())];
+        let mix = choose_mix(topology, l, &chosen, policy, avoid, rng)?;
         chosen.push(mix);
-        hops.push(Hop {
-            node: mix.id,
-            key: mix.key,
-            delay: sample_exponential(topology.mean_delay, rng),
-        });
+        hops.push(held_at(mix, topology, rng));
     }
     Ok(hops)
 }
 
-/// A node's loop-cover route: one mix per layer (none of them `me` or of its family or /16),
-/// then back to `me` with no delay. The node sees its own packets return, which tells it the
-/// network carries traffic, and they look like anyone else's to the mixes.
+/// A hop at `mix` with an exponential hold (the consensus mean).
+fn held_at<R: CryptoRng + ?Sized>(mix: &RouteNode, topology: &Topology, rng: &mut R) -> Hop {
+    Hop {
+        node: mix.id,
+        key: mix.key,
+        delay: sample_exponential(topology.mean_delay, rng),
+    }
+}
+
+/// One mix of layer `l`, independent of the `chosen` nodes, preferring those `avoid` is false
+/// for.
+fn choose_mix<'a, R: CryptoRng + ?Sized>(
+    topology: &'a Topology,
+    l: u32,
+    chosen: &[&RouteNode],
+    policy: &RoutePolicy,
+    avoid: &dyn Fn(NodeId) -> bool,
+    rng: &mut R,
+) -> Result<&'a RouteNode, RouteError> {
+    let layer = topology.layer(l);
+    if layer.is_empty() {
+        return Err(RouteError::EmptyLayer(l));
+    }
+    let mut candidates: Vec<&RouteNode> = layer
+        .iter()
+        .filter(|m| !chosen.iter().any(|c| m.conflicts(c, policy)))
+        .collect();
+    if candidates.is_empty() {
+        return Err(RouteError::NoIndependentMix(l));
+    }
+    if candidates.iter().any(|m| !avoid(m.id)) {
+        candidates.retain(|m| !avoid(m.id));
+    }
+    Ok(candidates[rng.random_range(0..candidates.len())])
+}
+
+/// A node's loop-cover route, shaped so that every hop sees what client traffic shows it: from
+/// the node's own layer `L` onwards through one mix of each later layer, out through a gateway
+/// (as a layer-3 mix sends), back in through layer 1 (as a gateway sends) and up to layer `L-1`,
+/// then to `me` with no delay. So `me`'s first hop gets the packet from a mix of the layer
+/// before its own (a gateway for `me` in the last layer), and its last hop sends to a mix of the
+/// next layer (a gateway sends to layer 1), as for anyone's packets. A gateway's loop is one
+/// mix per layer and back. Every node on the route is independent of `me` and of each other
+/// (family, /16). The gateway in the middle of a mix's loop sees a packet come from layer 3 and
+/// go on to layer 1, which client traffic never does (as in Loopix): it learns that this is a
+/// mix's loop, not whose, unless `me` is in layer 1, when `me` is its next hop.
 pub fn choose_loop<R: CryptoRng + ?Sized>(
     topology: &Topology,
     me: &PeerId,
@@ -258,7 +294,44 @@ pub fn choose_loop<R: CryptoRng + ?Sized>(
     rng: &mut R,
 ) -> Result<Vec<Hop>, RouteError> {
     let node = topology.node(me).ok_or(RouteError::UnknownNode(*me))?;
-    let mut hops = choose_mixes(topology, vec![node], policy, &|_| false, rng)?;
+    let own = (1..=topology.layers()).find(|&l| topology.layer(l).iter().any(|m| m.peer == *me));
+    let mut chosen = vec![node];
+    let Some(own) = own else {
+        // A gateway: one mix per layer and back.
+        let mut hops = choose_mixes(topology, chosen, policy, &|_| false, rng)?;
+        hops.push(Hop {
+            node: node.id,
+            key: node.key,
+            delay: Delay::ZERO,
+        });
+        return Ok(hops);
+    };
+    let mut hops = Vec::new();
+    for l in own + 1..=topology.layers() {
+        let mix = choose_mix(topology, l, &chosen, policy, &|_| false, rng)?;
+        chosen.push(mix);
+        hops.push(held_at(mix, topology, rng));
+    }
+    let gateways: Vec<&RouteNode> = topology
+        .gateways()
+        .iter()
+        .filter(|g| !chosen.iter().any(|c| g.conflicts(c, policy)))
+        .collect();
+    if gateways.is_empty() {
+        return Err(RouteError::NoIndependentGateway);
+    }
+    let gateway = gateways[rng.random_range(0..gateways.len())];
+    chosen.push(gateway);
+    hops.push(Hop {
+        node: gateway.id,
+        key: gateway.key,
+        delay: Delay::ZERO,
+    });
+    for l in 1..own {
+        let mix = choose_mix(topology, l, &chosen, policy, &|_| false, rng)?;
+        chosen.push(mix);
+        hops.push(held_at(mix, topology, rng));
+    }
     hops.push(Hop {
         node: node.id,
         key: node.key,
@@ -467,10 +540,12 @@ mod tests {
             let route =
                 choose_loop(&t, &me.peer, &RoutePolicy::default(), &mut rand::rng()).unwrap();
             let ids: Vec<u16> = route.iter().map(|h| h.node.0).collect();
+            // Out through a gateway (no later layer), in through layer 1, back home.
             assert_eq!(ids.len(), 3);
-            assert!([2, 3].contains(&ids[0]));
-            // Its own layer is crossed through the other mix, then the packet comes back.
-            assert_eq!(&ids[1..], &[5, 4]);
+            assert!([0, 1].contains(&ids[0]));
+            assert!([2, 3].contains(&ids[1]));
+            assert_eq!(ids[2], 4);
+            assert_eq!(route[0].delay, Delay::ZERO, "no hold at the gateway");
             assert_eq!(route[2].delay, Delay::ZERO);
         }
         assert!(matches!(
@@ -482,5 +557,83 @@ mod tests {
             ),
             Err(RouteError::UnknownNode(_))
         ));
+    }
+
+    /// The layer a node id is in (0: a gateway).
+    fn layer_of(t: &Topology, id: NodeId) -> u32 {
+        (1..=t.layers())
+            .find(|&l| t.layer(l).iter().any(|m| m.id == id))
+            .unwrap_or(0)
+    }
+
+    /// What each mix on a route sees of it: the layer the packet came from, its own and the
+    /// layer it goes to (0: a gateway), for every mix hop but the last, with `from` as the
+    /// sender of the first.
+    fn seen_by_mixes(t: &Topology, from: NodeId, route: &[Hop]) -> Vec<(u32, u32, u32)> {
+        let mut ids = vec![from];
+        ids.extend(route.iter().map(|h| h.node));
+        ids.windows(3)
+            .map(|w| (layer_of(t, w[0]), layer_of(t, w[1]), layer_of(t, w[2])))
+            .filter(|(_, at, _)| *at != 0)
+            .collect()
+    }
+
+    /// A node's loop looks like client traffic to every mix on it, its first and last hops
+    /// included: each sees the packet come from the layer before its own (a gateway before
+    /// layer 1) and go to the layer after (a gateway after the last). The loops of the first
+    /// round went from any node straight into layer 1 and from layer 3 straight back to the
+    /// node, which client traffic never does: a layer-1 mix receiving from a layer-2 mix, say,
+    /// knew it held that mix's loop.
+    #[test]
+    fn every_mix_on_a_nodes_loop_sees_what_client_traffic_shows_it() {
+        let t = topology(vec![
+            vec![node(2, "a", [11, 0, 0, 1]), node(3, "b", [12, 0, 0, 1])],
+            vec![node(4, "c", [13, 0, 0, 1]), node(5, "d", [14, 0, 0, 1])],
+            vec![node(6, "e", [15, 0, 0, 1]), node(7, "f", [16, 0, 0, 1])],
+        ]);
+        let client_view = |(from, at, to): (u32, u32, u32)| {
+            let before = if at == 1 { 0 } else { at - 1 };
+            let after = if at == t.layers() { 0 } else { at + 1 };
+            from == before && to == after
+        };
+        let mut rng = rand::rng();
+        // Client routes, for the check itself.
+        for _ in 0..20 {
+            let g = &t.gateways[0];
+            let route = choose_route(
+                &t,
+                &g.peer,
+                &t.gateways[1].peer,
+                &RoutePolicy::default(),
+                &mut rng,
+            )
+            .unwrap();
+            assert!(seen_by_mixes(&t, g.id, &route).into_iter().all(client_view));
+        }
+        let nodes: Vec<RouteNode> = t
+            .layers
+            .iter()
+            .flatten()
+            .chain(&t.gateways)
+            .cloned()
+            .collect();
+        for me in &nodes {
+            for _ in 0..20 {
+                let route = choose_loop(&t, &me.peer, &RoutePolicy::default(), &mut rng).unwrap();
+                assert_eq!(route.last().map(|h| h.node), Some(me.id), "it comes back");
+                // Every hop but `me` at both ends, gateways left out (see `choose_loop`).
+                let seen = seen_by_mixes(&t, me.id, &route);
+                assert!(!seen.is_empty());
+                for view in seen {
+                    assert!(
+                        client_view(view),
+                        "node {} (layer {}): a mix saw {view:?} on {:?}",
+                        me.id.0,
+                        layer_of(&t, me.id),
+                        route.iter().map(|h| h.node.0).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
     }
 }

@@ -1,7 +1,14 @@
-//! The client's side of the mailbox, sans-IO: always one fetch under way at its gateway (which
-//! holds it open until packets come), each acknowledging everything the client has processed
-//! so far (the driver says so with [`MailboxFetcher::processed`], once what the packets changed
-//! is durable); after a failure the next fetch waits, doubling up to [`MAX_FETCH_BACKOFF`].
+//! The client's side of the mailbox, sans-IO. Each fetch acknowledges everything the client has
+//! processed so far (the driver says so with [`MailboxFetcher::processed`], once what the
+//! packets changed is durable); after a failure the next fetch waits, doubling up to
+//! [`MAX_FETCH_BACKOFF`].
+//!
+//! Two paces ([`PullRate`], from the consensus): the constant-rate link, where a fetch leaves
+//! once per interval whatever came back, and is answered at once with a fixed number of items
+//! of one size (dummies fill: see [`DUMMY_SEQ`]), so that someone watching the client's link
+//! sees the same sizes at the same times whether or not anything arrives; or the long poll,
+//! always one fetch under way, held by the gateway until packets come (answers follow
+//! arrivals: only for networks that turned the constant rate off).
 
 use std::time::{Duration, Instant};
 
@@ -10,7 +17,9 @@ use p2pmix_proto::v1::{
     MailboxRequest, MailboxResponse, RefusalCode, mailbox_response::Response as MailboxAnswer,
 };
 
-use super::MAX_WAIT;
+use p2pmix_proto::v1::NetworkParameters;
+
+use super::{DUMMY_SEQ, MAX_PADDED_ITEMS, MAX_WAIT};
 
 /// Packets asked for per fetch.
 pub const FETCH_BATCH: u32 = 64;
@@ -18,6 +27,51 @@ pub const FETCH_BATCH: u32 = 64;
 pub const MAX_FETCH_BACKOFF: Duration = Duration::from_secs(15);
 /// The pause after a first failure.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// How the client pulls from its gateway, from the consensus parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PullRate {
+    /// One fetch per `interval`, each answered with exactly `items` packets (dummies fill).
+    Constant {
+        /// Time between fetches.
+        interval: Duration,
+        /// Packets in every answer (at most [`MAX_PADDED_ITEMS`]).
+        items: u32,
+    },
+    /// Always one fetch under way, held until packets come.
+    LongPoll,
+}
+
+/// The shortest pull interval a consensus may set (a client would flood its gateway).
+pub const MIN_PULL_INTERVAL: Duration = Duration::from_millis(10);
+
+impl PullRate {
+    /// The pace `parameters` set: the constant rate when both its fields are set, the long
+    /// poll otherwise; the interval is at least [`MIN_PULL_INTERVAL`], the items at most
+    /// [`MAX_PADDED_ITEMS`].
+    pub fn from_parameters(parameters: &NetworkParameters) -> Self {
+        match (
+            parameters.mailbox_pull_interval_us,
+            parameters.mailbox_pull_items,
+        ) {
+            (0, _) | (_, 0) => PullRate::LongPoll,
+            (us, items) => PullRate::Constant {
+                interval: Duration::from_micros(us).max(MIN_PULL_INTERVAL),
+                items: items.min(MAX_PADDED_ITEMS as u32),
+            },
+        }
+    }
+
+    /// Packets per second the link carries (constant rate), for the bandwidth budget.
+    pub fn packets_per_second(&self) -> Option<f64> {
+        match self {
+            PullRate::Constant { interval, items } => {
+                Some(f64::from(*items) / interval.as_secs_f64())
+            }
+            PullRate::LongPoll => None,
+        }
+    }
+}
 
 /// Why a fetch brought nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,11 +109,17 @@ pub struct MailboxFetcher {
     next_at: Instant,
     backoff: Duration,
     malformed: u64,
+    rate: PullRate,
+    /// When the last constant-rate fetch was due (the next is one interval later, whatever
+    /// the answers did).
+    last_due: Option<Instant>,
+    /// The application is behind: fetch nothing real (see [`MailboxFetcher::set_backlogged`]).
+    backlogged: bool,
 }
 
 impl MailboxFetcher {
-    /// A fetcher that fetches at once.
-    pub fn new(now: Instant) -> Self {
+    /// A fetcher that fetches at once, at `rate`.
+    pub fn new(now: Instant, rate: PullRate) -> Self {
         MailboxFetcher {
             in_flight: false,
             ready: None,
@@ -67,7 +127,28 @@ impl MailboxFetcher {
             next_at: now,
             backoff: FIRST_BACKOFF,
             malformed: 0,
+            rate,
+            last_due: None,
+            backlogged: false,
         }
+    }
+
+    /// Whether the application is behind on the client's events. While it is, constant-rate
+    /// fetches go on at their pace but ask for nothing real (the answers are all dummies, which
+    /// the link does not tell from any other), and the long poll stops fetching; the gateway
+    /// keeps what arrives, and senders' retransmissions wait for the acknowledgements.
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
+    }
+
+    /// The pace changes (a new consensus): it applies from the next fetch.
+    pub fn set_rate(&mut self, rate: PullRate) {
+        self.rate = rate;
+    }
+
+    /// The pace in force.
+    pub fn rate(&self) -> PullRate {
+        self.rate
     }
 
     /// The highest sequence number processed (acknowledged with the next fetch).
@@ -90,22 +171,47 @@ impl MailboxFetcher {
         self.in_flight || self.ready.is_some()
     }
 
-    /// When the next fetch is due (none while one is under way).
+    /// When the next fetch is due (none while one is under way, or while a backlogged long
+    /// poll waits for the application).
     pub fn poll_timeout(&self) -> Option<Instant> {
-        (!self.in_flight()).then_some(self.next_at)
+        let waiting = self.backlogged && self.rate == PullRate::LongPoll;
+        (!self.in_flight() && !waiting).then_some(self.next_at)
     }
 
     /// Prepares the next fetch when it is due.
     pub fn handle_timeout(&mut self, now: Instant) {
-        if !self.in_flight() && now >= self.next_at {
-            self.ready = Some(MailboxRequest {
-                ack_through: self.ack_through,
+        if self.in_flight() || now < self.next_at {
+            return;
+        }
+        let ack_through = Some(self.ack_through);
+        // The client key's proof is the behaviour's to add.
+        self.ready = Some(match self.rate {
+            PullRate::Constant { interval, items } => {
+                // On the grid of due times, not when the last answer came (a slow answer does
+                // not shift the next fetch; one later than a whole interval skips a slot).
+                let due = match self.last_due {
+                    Some(last) if now < last + 2 * interval => last + interval,
+                    _ => now,
+                };
+                self.last_due = Some(due);
+                self.next_at = due + interval;
+                MailboxRequest {
+                    ack_through,
+                    max: items,
+                    wait_ms: 0,
+                    padded: true,
+                    hold: Some(self.backlogged),
+                    ..MailboxRequest::default()
+                }
+            }
+            PullRate::LongPoll if self.backlogged => return,
+            PullRate::LongPoll => MailboxRequest {
+                ack_through,
                 max: FETCH_BATCH,
                 wait_ms: u32::try_from(MAX_WAIT.as_millis()).unwrap_or(u32::MAX),
-                // The client key's proof is the behaviour's to add.
                 ..MailboxRequest::default()
-            });
-        }
+            },
+        });
     }
 
     /// The fetch to send now; it is under way until its answer or failure is reported.
@@ -126,9 +232,14 @@ impl MailboxFetcher {
             Some(MailboxAnswer::Batch(batch)) => {
                 self.in_flight = false;
                 self.backoff = FIRST_BACKOFF;
-                self.next_at = now;
+                if self.rate == PullRate::LongPoll {
+                    self.next_at = now;
+                }
                 let mut out = Vec::with_capacity(batch.items.len());
                 for item in batch.items {
+                    if item.seq == DUMMY_SEQ {
+                        continue;
+                    }
                     match <[u8; 16]>::try_from(item.label.as_slice()) {
                         Ok(label) => out.push(Delivery {
                             seq: item.seq,
@@ -162,6 +273,7 @@ impl MailboxFetcher {
     /// The fetch got no answer: the next one waits for the backoff.
     pub fn handle_failure(&mut self, now: Instant) {
         self.in_flight = false;
+        self.last_due = None;
         self.next_at = now + self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_FETCH_BACKOFF);
     }

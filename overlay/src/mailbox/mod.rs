@@ -1,4 +1,4 @@
-//! Gateway mailboxes on `/p2pmix/mailbox/1.0.0`: packets the network delivers for a gateway's
+//! Gateway mailboxes on `/p2pmix/mailbox/2.0.0`: packets the network delivers for a gateway's
 //! registered clients wait there until the client fetches and acknowledges them.
 //!
 //! The rooms, from the wire inwards:
@@ -34,14 +34,23 @@ use p2pmix_bootstrap::ProtoCodec;
 use p2pmix_proto::v1::{MailboxRequest, MailboxResponse, RefusalCode};
 use thiserror::Error;
 
-pub use fetcher::{FetchFailure, MailboxFetcher};
+pub use fetcher::{FetchFailure, MailboxFetcher, PullRate};
 pub use registration::{ClientKey, RegistrationError, registered_client};
 pub use server::{MailboxServer, MailboxStats, refusal};
 pub use spool::{DiskSpool, SpoolContents};
 pub use store::{MailboxStore, Registration, SpoolOp, StoredPacket};
 
-/// The protocol name.
-pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pmix/mailbox/1.0.0");
+/// The protocol name (2: fixed-width sequence numbers and padded answers, for the
+/// constant-rate inbound link).
+pub const MAILBOX_PROTOCOL: StreamProtocol = StreamProtocol::new("/p2pmix/mailbox/2.0.0");
+
+/// The sequence number of a dummy item in a padded answer (no stored packet has it: sequence
+/// numbers start from the gateway's clock and count up by one).
+pub const DUMMY_SEQ: u64 = u64::MAX;
+
+/// Most items in a padded answer: what a client may make its gateway send per fetch (dummies
+/// included) whatever it asks.
+pub const MAX_PADDED_ITEMS: usize = 32;
 
 /// Largest mailbox message either side reads: a batch of [`MAX_BATCH`] packets fits easily.
 pub const MAX_MAILBOX_MESSAGE: usize = 1 << 20;

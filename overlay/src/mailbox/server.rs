@@ -5,7 +5,10 @@
 //! id), deletes what it acknowledges and is answered at once with what is waiting; when nothing
 //! waits and the client asked to wait, it is held (one per client: a newer fetch replaces an
 //! older one, which is answered empty) until a packet for the client becomes durable or its wait
-//! is over ([`MAX_WAIT`] at most). The answer channel is the driver's type `C`, opaque here.
+//! is over ([`MAX_WAIT`] at most). A padded fetch (the constant-rate link) is answered at once
+//! with exactly the items it asked for (at most [`MAX_PADDED_ITEMS`]), dummies filling what is
+//! not waiting, each of one size: what does not fit waits for the next fetch. The answer channel
+//! is the driver's type `C`, opaque here.
 //! Time is passed in ([`Now`]: holds follow the monotonic clock, expiry the wall clock).
 
 use std::{
@@ -15,14 +18,14 @@ use std::{
 };
 
 use p2pmix_bootstrap::Now;
-use p2pmix_mix::{ClientId, Label};
+use p2pmix_mix::{ClientId, Geometry, Label};
 use p2pmix_proto::v1::{
     MailboxBatch, MailboxItem, MailboxRequest, MailboxResponse, RefusalCode, Refused,
     mailbox_response::Response as MailboxAnswer,
 };
 
 use super::{
-    MAX_BATCH, MAX_WAIT, MailboxError,
+    DUMMY_SEQ, MAX_BATCH, MAX_PADDED_ITEMS, MAX_WAIT, MailboxError,
     store::{MailboxStore, SpoolOp},
 };
 
@@ -46,6 +49,8 @@ pub struct MailboxStats {
     pub registrations_refused: u64,
     /// Packets evicted from the largest mailboxes to give room to smaller ones.
     pub evicted: u64,
+    /// Dummy items sent in padded answers.
+    pub dummies: u64,
 }
 
 /// A fetch held open until a packet arrives for its client or its wait is over.
@@ -78,6 +83,8 @@ pub struct MailboxServer<C> {
     events: VecDeque<ServerEvent>,
     next_expiry: Instant,
     stats: MailboxStats,
+    /// The size of every body a padded answer carries (the Sphinx body of the network).
+    body_size: usize,
 }
 
 /// A refusal answer.
@@ -101,7 +108,15 @@ impl<C> MailboxServer<C> {
             events: VecDeque::new(),
             next_expiry: now.mono + EXPIRY_INTERVAL,
             stats: MailboxStats::default(),
+            body_size: Geometry::DEFAULT.body_size(),
         }
+    }
+
+    /// Padded answers carry bodies of `size` bytes (the network's Sphinx body size; the
+    /// default geometry's unless told).
+    pub fn with_body_size(mut self, size: usize) -> Self {
+        self.body_size = size;
+        self
     }
 
     /// The mailboxes.
@@ -148,8 +163,16 @@ impl<C> MailboxServer<C> {
                 return;
             }
         }
+        let ack_through = request.ack_through.unwrap_or(0);
+        if request.padded {
+            let items = (request.max as usize).clamp(1, MAX_PADDED_ITEMS);
+            let real = if request.hold == Some(true) { 0 } else { items };
+            let answer = self.padded_batch(&client, ack_through, real, items);
+            self.answers.push_back((channel, answer));
+            return;
+        }
         let max = (request.max as usize).clamp(1, MAX_BATCH);
-        let answer = self.batch(&client, request.ack_through, max);
+        let answer = self.batch(&client, ack_through, max);
         let empty = matches!(
             &answer.response,
             Some(MailboxAnswer::Batch(b)) if b.items.is_empty()
@@ -162,7 +185,7 @@ impl<C> MailboxServer<C> {
                 client,
                 Parked {
                     channel,
-                    ack_through: request.ack_through,
+                    ack_through,
                     max,
                     until,
                 },
@@ -271,9 +294,32 @@ impl<C> MailboxServer<C> {
                         body: p.body,
                     })
                     .collect(),
-                remaining: fetched.remaining as u64,
+                remaining: Some(fetched.remaining as u64),
             })),
         }
+    }
+
+    /// Exactly `items` items: what waits (up to `real` of them), then dummies of the same size.
+    fn padded_batch(
+        &mut self,
+        client: &ClientId,
+        ack_through: u64,
+        real: usize,
+        items: usize,
+    ) -> MailboxResponse {
+        let mut answer = self.batch(client, ack_through, real.min(items));
+        if let Some(MailboxAnswer::Batch(batch)) = &mut answer.response {
+            // A stored body of another size (a gateway whose geometry changed) keeps its size:
+            // it is the packet; the dummies are what is made to match.
+            let dummies = items - batch.items.len();
+            self.stats.dummies += dummies as u64;
+            batch.items.extend((0..dummies).map(|_| MailboxItem {
+                seq: DUMMY_SEQ,
+                label: vec![0; 16],
+                body: vec![0; self.body_size],
+            }));
+        }
+        answer
     }
 }
 
@@ -288,7 +334,7 @@ mod tests {
     use super::*;
     use crate::mailbox::{
         MailboxConfig,
-        fetcher::{Delivery, MailboxFetcher},
+        fetcher::{Delivery, MailboxFetcher, PullRate},
         store::Persistence,
     };
 
@@ -316,6 +362,8 @@ mod tests {
         server: MailboxServer<(ActorId, u64)>,
         refused: Vec<MailboxError>,
         disk: Option<SlowDisk>,
+        /// The size of the bodies the network delivers.
+        body: usize,
     }
 
     impl Gateway {
@@ -361,9 +409,10 @@ mod tests {
                 // The network delivers for the client actor 1.
                 Wire::Deliver(n) => {
                     let to = client_of(ActorId(1));
+                    let body = vec![n; self.body];
                     if let Err(e) = self
                         .server
-                        .handle_delivery(ctx.now, &to, Label([n; 16]), &[n])
+                        .handle_delivery(ctx.now, &to, Label([n; 16]), &body)
                     {
                         self.refused.push(e);
                     }
@@ -379,6 +428,13 @@ mod tests {
         gateway: ActorId,
         fetches: u32,
         got: Vec<(Instant, Delivery)>,
+        /// What someone watching the link sees of each answer: when it came, and its size on
+        /// the wire (the codec's length prefix is a function of it).
+        seen: Vec<(Instant, usize)>,
+        /// While the application is behind.
+        backlog: Option<(Instant, Instant)>,
+        /// The size of each fetch sent.
+        fetch_sizes: Vec<usize>,
     }
 
     impl Actor<Wire> for Client {
@@ -386,13 +442,23 @@ mod tests {
             self.fetcher.poll_timeout()
         }
         fn handle_timeout(&mut self, ctx: &mut Ctx<'_, Wire>) {
-            self.fetcher.handle_timeout(ctx.mono());
+            let now = ctx.mono();
+            self.fetcher.set_backlogged(
+                self.backlog
+                    .is_some_and(|(from, to)| from <= now && now < to),
+            );
+            self.fetcher.handle_timeout(now);
             if let Some(request) = self.fetcher.poll_request() {
+                self.fetch_sizes.push(prost::Message::encoded_len(&request));
                 self.fetches += 1;
                 ctx.send(self.gateway, Wire::Fetch(self.fetches.into(), request));
             }
         }
         fn handle_message(&mut self, ctx: &mut Ctx<'_, Wire>, _: ActorId, message: Wire) {
+            if let Wire::Answer(_, answer) = &message {
+                self.seen
+                    .push((ctx.mono(), prost::Message::encoded_len(answer)));
+            }
             // Only the answer to the fetch under way counts (request-response correlates them).
             if let Wire::Answer(id, answer) = message
                 && id == u64::from(self.fetches)
@@ -417,6 +483,16 @@ mod tests {
     /// A gateway (actor 0) with a memory store or, with `disk`, a spooled one, its client
     /// (actor 1) and the network (actor 2, which only sends).
     fn network_with(disk: Option<SlowDisk>) -> (Sim<Wire>, ActorId, ActorId, ActorId) {
+        network_paced(disk, PullRate::LongPoll, 1)
+    }
+
+    /// [`network_with`], the client pulling at `rate`, the network delivering `body`-byte
+    /// bodies.
+    fn network_paced(
+        disk: Option<SlowDisk>,
+        rate: PullRate,
+        body: usize,
+    ) -> (Sim<Wire>, ActorId, ActorId, ActorId) {
         let mut sim = Sim::new(11);
         sim.set_default_link(Link::fixed(LATENCY));
         let persistence = if disk.is_some() {
@@ -426,21 +502,31 @@ mod tests {
         };
         let store = MailboxStore::new(MailboxConfig::default(), persistence, sim.now().unix_ms);
         let gateway = sim.add(Gateway {
-            server: MailboxServer::new(store, sim.now()),
+            server: MailboxServer::new(store, sim.now()).with_body_size(body),
             refused: Vec::new(),
             disk,
+            body,
         });
         let client = sim.add(Client {
-            fetcher: MailboxFetcher::new(sim.now().mono),
+            fetcher: MailboxFetcher::new(sim.now().mono, rate),
             gateway,
             fetches: 0,
             got: Vec::new(),
+            seen: Vec::new(),
+            backlog: None,
+            fetch_sizes: Vec::new(),
         });
         let net = sim.add(Client {
-            fetcher: MailboxFetcher::new(sim.now().mono + Duration::from_secs(1 << 30)),
+            fetcher: MailboxFetcher::new(
+                sim.now().mono + Duration::from_secs(1 << 30),
+                PullRate::LongPoll,
+            ),
             gateway,
             fetches: 0,
             got: Vec::new(),
+            seen: Vec::new(),
+            backlog: None,
+            fetch_sizes: Vec::new(),
         });
         (sim, gateway, client, net)
     }
@@ -540,7 +626,7 @@ mod tests {
             Wire::Fetch(
                 999,
                 MailboxRequest {
-                    ack_through: 0,
+                    ack_through: Some(0),
                     max: 8,
                     wait_ms: 20_000,
                     ..MailboxRequest::default()
@@ -554,5 +640,147 @@ mod tests {
         let got = &sim.actor::<Client>(client).got;
         assert_eq!(got.len(), 1, "one answer carries the packet, once");
         assert_eq!(got[0].1.body, [5]);
+    }
+
+    const PULL: PullRate = PullRate::Constant {
+        interval: Duration::from_millis(100),
+        items: 4,
+    };
+
+    /// What the client's link shows over `run` when the network delivers by `pattern` (a list
+    /// of (time from start, packets)), and what the client got.
+    fn watch_link(
+        rate: PullRate,
+        pattern: &[(Duration, u8)],
+        run: Duration,
+    ) -> (Vec<(Duration, usize)>, Vec<Delivery>) {
+        watch_backlogged_link(rate, pattern, run, None).0
+    }
+
+    /// [`watch_link`], the application behind for `backlog` (from, to after the start); also
+    /// when each packet was handed over.
+    #[allow(clippy::type_complexity)]
+    fn watch_backlogged_link(
+        rate: PullRate,
+        pattern: &[(Duration, u8)],
+        run: Duration,
+        backlog: Option<(Duration, Duration)>,
+    ) -> ((Vec<(Duration, usize)>, Vec<Delivery>), Vec<Duration>) {
+        let (mut sim, gateway, client, net) = network_paced(None, rate, 1_000);
+        let start = sim.now().mono;
+        sim.actor_mut::<Client>(client).backlog =
+            backlog.map(|(from, to)| (start + from, start + to));
+        // Let the client register before anything is delivered.
+        sim.run_for(Duration::from_millis(500));
+        let mut n = 0u8;
+        for &(at, packets) in pattern {
+            let wait =
+                (start + Duration::from_millis(500) + at).saturating_duration_since(sim.now().mono);
+            sim.run_for(wait);
+            for _ in 0..packets {
+                n = n.wrapping_add(1);
+                sim.send(net, gateway, Wire::Deliver(n));
+            }
+        }
+        let left = (start + run).saturating_duration_since(sim.now().mono);
+        sim.run_for(left);
+        let c = sim.actor::<Client>(client);
+        let sizes: std::collections::BTreeSet<usize> = c.fetch_sizes.iter().copied().collect();
+        if rate != PullRate::LongPoll {
+            assert_eq!(sizes.len(), 1, "every fetch has one size: {sizes:?}");
+        }
+        (
+            (
+                c.seen.iter().map(|(t, size)| (*t - start, *size)).collect(),
+                c.got.iter().map(|(_, d)| d.clone()).collect(),
+            ),
+            c.got.iter().map(|(t, _)| *t - start).collect(),
+        )
+    }
+
+    /// A recipient releasing its senders' acknowledgement SURBs on and off: bursts of packets
+    /// in the "on" seconds, nothing in the "off" ones.
+    fn on_off() -> Vec<(Duration, u8)> {
+        (0..20u64)
+            .filter(|s| s % 4 < 2)
+            .flat_map(|s| (0..10u64).map(move |k| (Duration::from_millis(s * 1_000 + k * 97), 3)))
+            .collect()
+    }
+
+    /// The constant-rate link: what someone watching the client's link sees (when each answer
+    /// comes and how large it is) is the same, answer for answer, whether nothing arrives or a
+    /// recipient releases packets on and off; and nothing is lost (what does not fit waits for
+    /// the next pull). With the long poll, the attack works: answers follow arrivals.
+    #[test]
+    fn the_inbound_link_shows_the_same_sizes_at_the_same_times_with_and_without_traffic() {
+        let run = Duration::from_secs(30);
+        let (quiet, nothing) = watch_link(PULL, &[], run);
+        let pattern = on_off();
+        let sent: usize = pattern.iter().map(|(_, n)| usize::from(*n)).sum();
+        let (busy, got) = watch_link(PULL, &pattern, run);
+        assert!(nothing.is_empty());
+        assert_eq!(got.len(), sent, "every packet arrives, none twice");
+        assert!(got.windows(2).all(|w| w[0].seq < w[1].seq), "in order");
+        assert_eq!(quiet.len(), busy.len(), "as many answers");
+        assert!(quiet.len() >= 290, "one answer per 100 ms: {}", quiet.len());
+        assert_eq!(quiet, busy, "the link shows the traffic");
+        let sizes: std::collections::BTreeSet<usize> = busy.iter().map(|(_, s)| *s).collect();
+        assert_eq!(sizes.len(), 1, "one answer size: {sizes:?}");
+        // The attack, against the long poll: the same traffic changes what the link shows.
+        let (quiet, _) = watch_link(PullRate::LongPoll, &[], run);
+        let (busy, got) = watch_link(PullRate::LongPoll, &pattern, run);
+        assert_eq!(got.len(), sent);
+        assert_ne!(
+            quiet, busy,
+            "the long poll hides nothing (or the test sees nothing)"
+        );
+    }
+
+    /// A client cannot make its gateway send more than [`MAX_PADDED_ITEMS`] items per fetch.
+    #[test]
+    fn a_padded_fetch_is_capped() {
+        let (mut sim, gateway, client, _) = network_paced(None, PULL, 100);
+        sim.run_for(Duration::from_secs(1));
+        sim.send(
+            client,
+            gateway,
+            Wire::Fetch(
+                7,
+                MailboxRequest {
+                    max: u32::MAX,
+                    padded: true,
+                    ..MailboxRequest::default()
+                },
+            ),
+        );
+        sim.run_for(Duration::from_secs(1));
+        let c = sim.actor::<Client>(client);
+        let largest = c.seen.iter().map(|(_, s)| *s).max().unwrap();
+        let one = c.seen[0].1;
+        assert!(largest > one, "the oversized fetch was answered");
+        assert!(
+            largest <= one / 4 * MAX_PADDED_ITEMS + 64,
+            "{largest} bytes for one fetch (a 4-item answer is {one})"
+        );
+    }
+
+    /// An application that falls behind does not show on the link: the client keeps pulling at
+    /// its pace, the answers are all dummies while it is behind, and what waited comes after.
+    #[test]
+    fn a_backlogged_client_pulls_at_the_same_pace_and_gets_everything_after() {
+        let run = Duration::from_secs(30);
+        let (quiet, _) = watch_link(PULL, &[], run);
+        let pattern = on_off();
+        let sent: usize = pattern.iter().map(|(_, n)| usize::from(*n)).sum();
+        let backlog = (Duration::from_secs(3), Duration::from_secs(12));
+        let ((busy, got), handed) = watch_backlogged_link(PULL, &pattern, run, Some(backlog));
+        assert_eq!(quiet, busy, "the link shows the backlog");
+        assert_eq!(got.len(), sent, "every packet arrives once");
+        // Answers to fetches sent before the backlog began may still carry packets.
+        let held = (backlog.0 + Duration::from_millis(200), backlog.1);
+        assert!(
+            !handed.iter().any(|t| held.0 <= *t && *t < held.1),
+            "packets handed over while the application was behind"
+        );
     }
 }

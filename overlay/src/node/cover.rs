@@ -1,7 +1,9 @@
 //! A node's own loop cover, sans-IO: a Poisson stream of packets (mean interval from the
-//! consensus's `mix_loop_interval_us`) through one mix per layer and back to the node, which
-//! counts what returns. It tells the node that the network carries traffic, and it is traffic
-//! in every mix like anyone else's.
+//! consensus's `mix_loop_interval_us`) around the layers and back to the node, which counts
+//! what returns. It tells the node that the network carries traffic, and it is traffic in every
+//! mix like anyone else's: a mix's loop starts at the next layer and wraps around through a
+//! gateway ([`choose_loop`]), so that its first and last hops see a packet come from the layer
+//! before them and go to the layer after, as for client packets.
 //!
 //! The driver installs the topology of the consensus in force ([`LoopCover::set_network`]) and
 //! sends what [`LoopCover::poll_transmit`] gives it to the first hop; packets that come back are
@@ -42,7 +44,8 @@ struct LoopNetwork {
 /// A loop packet ready to leave, and its first hop.
 #[derive(Debug)]
 pub struct LoopPacket {
-    /// The first hop (a mix of layer 1).
+    /// The first hop (a mix of the next layer, or a gateway for a last-layer mix; a layer-1 mix
+    /// for a gateway).
     pub to: PeerId,
     /// The packet.
     pub packet: Vec<u8>,
@@ -140,7 +143,7 @@ impl LoopCover {
         };
         let Some(first) = route
             .first()
-            .and_then(|h| topology.layer(1).iter().find(|n| n.id == h.node))
+            .and_then(|h| topology.by_id(h.node))
             .map(|n| n.peer)
         else {
             return;

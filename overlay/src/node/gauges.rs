@@ -8,6 +8,7 @@ use metrics::{counter, gauge};
 use crate::{
     mailbox::{MailboxError, MailboxStats},
     node::cover::CoverStats,
+    runtime::status::{Admitted, InForce, Readiness},
 };
 
 /// How often the gauges are brought up to date.
@@ -22,6 +23,8 @@ pub struct ConsensusGauges {
     pub age_seconds: f64,
     /// Whether it admits this node.
     pub admitted: bool,
+    /// This node's layer in it, if it admits this node as a mix.
+    pub layer: Option<u32>,
 }
 
 /// A gateway's mailboxes, as the gauges show them.
@@ -65,6 +68,8 @@ pub struct Snapshot {
     pub cover: CoverStats,
     /// A gateway's mailboxes.
     pub mailbox: Option<MailboxGauges>,
+    /// Whether the relay holds this epoch's Sphinx key (a restart retires it).
+    pub has_epoch_key: bool,
     /// The live keys' replay filters.
     pub replay: Vec<ReplayFilterGauge>,
     /// Bytes all replay filters hold, and the budget they share.
@@ -72,6 +77,17 @@ pub struct Snapshot {
     /// Fresh tags waiting for the journal writer, and packets waiting for their tags to be on
     /// disk.
     pub replay_backlog: (usize, usize),
+}
+
+impl Snapshot {
+    /// What `/ready` says of the node at this moment.
+    pub fn readiness(&self) -> Readiness {
+        let in_force = self.consensus.map(|c| InForce {
+            epoch: c.epoch,
+            admitted: c.admitted.then_some(Admitted { layer: c.layer }),
+        });
+        Readiness::of_node(self.epoch, in_force, self.has_epoch_key)
+    }
 }
 
 /// The export timer. See the module documentation.
@@ -113,6 +129,11 @@ impl Gauges {
             }
             None => gauge!("p2pmix_admitted").set(0.0),
         }
+        gauge!("p2pmix_ready").set(if snapshot.readiness().is_ready() {
+            1.0
+        } else {
+            0.0
+        });
         for key in &snapshot.replay {
             let epoch = key.epoch.to_string();
             gauge!("p2pmix_replay_filter_fill_ratio", "epoch" => epoch.clone()).set(key.fill_ratio);

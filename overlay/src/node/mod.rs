@@ -15,7 +15,7 @@
 //!   [`directory`] turns its actions into requests and serves held documents to peers;
 //! - [`install`]: what a verified consensus means for this node (a pure function);
 //! - [`cover`]: the node's own loop cover;
-//! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/1.0.0`;
+//! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/2.0.0`;
 //! - [`gauges`]: the metrics, exported on a timer.
 //!
 //! Files in the data directory: `identity.key`, `keys/sphinx-<epoch>.key`,
@@ -56,7 +56,7 @@ use libp2p::{
 use metrics::counter;
 use p2pmix_bootstrap::{DIRECTORY_PROTOCOL, peer_id};
 use p2pmix_mix::{Relay, behaviour::Event as MixEvent};
-use p2pmix_proto::v1::RefusalCode;
+use p2pmix_proto::v1::{RefusalCode, Role};
 use tracing::{debug, info, warn};
 
 pub use self::swarm::{IDENTIFY_PROTOCOL, KAD_PROTOCOL, NodeBehaviour, NodeBehaviourEvent};
@@ -71,7 +71,7 @@ use crate::{
     config::NodeConfig,
     directory::{Action, DirectoryClient},
     mailbox::{refusal, registered_client},
-    runtime::{Now, files::write_atomic},
+    runtime::{Now, files::write_atomic, status::Status},
 };
 
 /// Longest the loop sleeps without looking at the clock (a wall-clock step is noticed within it).
@@ -102,6 +102,8 @@ struct Node {
     /// Misbehaviour to start (tests and drills only).
     #[cfg(feature = "chaos")]
     chaos: Option<chaos::ChaosPlan>,
+    /// What `/health` and `/ready` answer.
+    status: Status,
 }
 
 impl Node {
@@ -113,6 +115,7 @@ impl Node {
     ) -> Result<(), NodeError> {
         tokio::pin!(shutdown);
         loop {
+            self.status.turned(now.mono);
             self.handle_timeouts(now)?;
             let wake = self
                 .poll_timeout()
@@ -214,6 +217,7 @@ impl Node {
         if self.gauges.handle_timeout(now.mono) {
             let snapshot = self.snapshot(now);
             self.gauges.export(&snapshot);
+            self.status.set_readiness(snapshot.readiness());
         }
         Ok(())
     }
@@ -253,19 +257,24 @@ impl Node {
             .map(|b| b.num_entries())
             .sum();
         let me = self.me;
+        let epoch = self.config.schedule.epoch_at(now.unix_ms);
         Snapshot {
-            epoch: self.config.schedule.epoch_at(now.unix_ms),
+            epoch,
             connected_peers: self.swarm.connected_peers().count(),
             kad_peers,
-            consensus: self
-                .directory
-                .in_force(now.unix_ms)
-                .map(|c| ConsensusGauges {
+            consensus: self.directory.in_force(now.unix_ms).map(|c| {
+                let entry = c.nodes().iter().find(|n| peer_id(n) == Some(me));
+                ConsensusGauges {
                     epoch: c.epoch(),
                     age_seconds: now.unix_ms.saturating_sub(c.consensus().valid_after_ms) as f64
                         / 1e3,
-                    admitted: c.nodes().iter().any(|n| peer_id(n) == Some(me)),
-                }),
+                    admitted: entry.is_some(),
+                    layer: entry
+                        .filter(|n| n.role == Role::Mix as i32)
+                        .map(|n| n.layer),
+                }
+            }),
+            has_epoch_key: self.relay.read_keys(|ring| ring.for_epoch(epoch).is_some()),
             cover: self.cover.stats(),
             mailbox: self.gateway.as_ref().map(Gateway::snapshot),
             replay: self.relay.read_keys(|ring| {

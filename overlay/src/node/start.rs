@@ -7,7 +7,7 @@ use std::{
     time::Duration,
 };
 
-use p2pmix_bootstrap::default_parameters;
+use p2pmix_bootstrap::{MAX_NODES, default_parameters};
 use p2pmix_mix::{
     Geometry, KeyRing, Relay, RelayConfig, ReplayBudget, ReplayLog, behaviour::Config as MixConfig,
 };
@@ -31,13 +31,14 @@ use super::{
 use crate::{
     config::{NodeConfig, NodeRole},
     directory::DirectoryClient,
-    identity::{IDENTITY_FILE, IdentityError, load_or_create_identity},
+    identity::{IDENTITY_FILE, IdentityError, load_or_create_identity, read_identity},
     mailbox::{MailboxConfig, spool::MAILBOX_DB_FILE},
     runtime::{
         ListenError, Now, SwarmError,
         files::{FileError, create_dir, write_atomic},
-        listen_on_all,
+        limits, listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
+        status::Status,
         trace::{self, TraceSetupError},
     },
 };
@@ -96,22 +97,40 @@ pub async fn run_node(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), NodeError> {
     create_dir(&config.data_dir)?;
-    let keypair = load_or_create_identity(&config.data_dir.join(IDENTITY_FILE))?;
+    // An identity configured elsewhere (a credential, a secret volume) must exist; only the
+    // default one in the data directory is created at the first start.
+    let keypair = match &config.identity {
+        Some(path) => read_identity(path)?,
+        None => load_or_create_identity(&config.data_dir.join(IDENTITY_FILE))?,
+    };
     let me = keypair.public().to_peer_id();
 
     // The recorder goes in before the mix behaviour takes its metric handles.
+    let status = Status::new(std::time::Instant::now());
     let mut metrics_task = None;
     if let Some(addr) = config.metrics {
         let handle = metrics_endpoint::install_recorder()?;
-        let (bound, task) = metrics_endpoint::serve(addr, handle).await?;
+        metrics_endpoint::export_build_info();
+        let (bound, task) = metrics_endpoint::serve(addr, handle, status.clone()).await?;
         write_atomic(
             &config.data_dir.join("metrics-addr"),
             format!("{bound}\n").as_bytes(),
         )?;
-        info!(%bound, "metrics at http://{bound}/metrics");
+        info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
         metrics_task = Some(task);
     }
 
+    // Each connection is an open file: say so now rather than when accept starts failing.
+    let needed = u64::from(config.max_connections) + MAX_NODES as u64 + limits::RESERVED_FILES;
+    if let Some(limit) = limits::open_files_limit().filter(|l| *l < needed) {
+        warn!(
+            limit,
+            needed,
+            max_connections = config.max_connections,
+            "the open-files limit is below what max_connections and a full consensus need: raise \
+             it (LimitNOFILE=, ulimit -n) or lower max_connections"
+        );
+    }
     let now = Now::system();
     let epoch = config.schedule.epoch_at(now.unix_ms);
     let (store, _) = EpochKeyStore::open(&config.data_dir, epoch)?;
@@ -161,6 +180,7 @@ pub async fn run_node(
         relay.clone(),
         mix_config,
         config.role == NodeRole::Gateway,
+        config.max_connections,
     )?;
     if let Some(tracer) = &tracer {
         swarm
@@ -220,6 +240,7 @@ pub async fn run_node(
         gauges: Gauges::new(now.mono),
         #[cfg(feature = "chaos")]
         chaos: super::chaos::ChaosPlan::from_env().map_err(NodeError::Chaos)?,
+        status,
     };
     node.load_cached_consensus(now);
     let result = node.run(now, shutdown).await;

@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, identify,
+    PeerId, StreamProtocol, Swarm, connection_limits, identify,
     identity::Keypair,
     kad::{self, store::MemoryStore},
     ping,
@@ -28,7 +28,7 @@ pub use behaviour::{NodeBehaviour, NodeBehaviourEvent};
 
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
-    use libp2p::{identify, kad, ping, swarm::NetworkBehaviour};
+    use libp2p::{connection_limits, identify, kad, ping, swarm::NetworkBehaviour};
     use p2pmix_bootstrap::DirectoryBehaviour;
     use p2pmix_mix::behaviour::Behaviour as MixBehaviour;
 
@@ -37,6 +37,8 @@ mod behaviour {
     /// Behaviours of a node's swarm.
     #[derive(NetworkBehaviour)]
     pub struct NodeBehaviour {
+        /// Refuses incoming connections beyond the configured number (each is an open file).
+        pub limits: connection_limits::Behaviour,
         /// `/p2pmix/sphinx/1.0.0`: the packets.
         pub mix: MixBehaviour,
         /// `/p2pmix/kad/1.0.0`: peers and their addresses.
@@ -47,17 +49,23 @@ mod behaviour {
         pub ping: ping::Behaviour,
         /// `/p2pmix/dir/1.0.0`: descriptors up, consensus documents down and served.
         pub directory: DirectoryBehaviour,
-        /// `/p2pmix/mailbox/1.0.0`: clients fetch what arrived for them (gateways serve it).
+        /// `/p2pmix/mailbox/2.0.0`: clients fetch what arrived for them (gateways serve it).
         pub mailbox: MailboxBehaviour,
     }
 }
 
-/// Builds a node's swarm around `relay`; `gateway` nodes also serve mailboxes.
+/// Incoming connections that may be in their handshake at once.
+const MAX_PENDING_INCOMING: u32 = 256;
+
+/// Builds a node's swarm around `relay`; `gateway` nodes also serve mailboxes. At most
+/// `max_incoming` incoming connections are held (the node's own dials to other nodes are not
+/// limited: they follow the consensus).
 pub(crate) fn build_node_swarm(
     keypair: Keypair,
     relay: Arc<Relay<PeerId>>,
     mix_config: MixConfig,
     gateway: bool,
+    max_incoming: u32,
 ) -> Result<Swarm<NodeBehaviour>, SwarmError> {
     let me = keypair.public().to_peer_id();
     build_swarm(keypair, |key| {
@@ -72,6 +80,11 @@ pub(crate) fn build_node_swarm(
         // client; nodes are servers by definition.
         kad.set_mode(Some(kad::Mode::Server));
         NodeBehaviour {
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_incoming(Some(max_incoming))
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+            ),
             mix: MixBehaviour::new(relay, mix_config),
             kad,
             identify: identify::Behaviour::new(

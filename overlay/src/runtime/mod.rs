@@ -1,9 +1,11 @@
 //! What every p2pmix process runs on: the swarm, the clocks, files in the data directory, the
-//! metrics endpoint and (test networks only) trace files. The drivers (node, authority, client behaviour) use these; the sans-IO cores
-//! never do.
+//! metrics endpoint and the health status it serves, and (test networks only) trace files. The
+//! drivers (node, authority, client behaviour) use these; the sans-IO cores never do.
 
 pub mod files;
+pub mod limits;
 pub mod metrics;
+pub mod status;
 mod swarm;
 pub mod trace;
 
