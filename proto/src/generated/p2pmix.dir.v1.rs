@@ -61,10 +61,31 @@ pub struct Vote {
     pub commit: ::prost::alloc::vec::Vec<u8>,
     /// Digest of the previous epoch's consensus this authority holds (empty if none). The layer
     /// assignment builds on the previous document only if a threshold of votes names it.
-    ///
-    /// Field 6 is kept for the voter's per-node measurement scores (issue 13): not used yet.
     #[prost(bytes = "vec", tag = "5")]
     pub previous: ::prost::alloc::vec::Vec<u8>,
+    /// Health (docs/consensus.md, "Health"): what this authority's measurement traffic found of
+    /// each node over the last two epochs; sorted by identity, unique; nodes with too few probes
+    /// are left out. Signed with the rest of the vote, and bounded: at most MAX_MEASUREMENT_BYTES
+    /// of the vote's MAX_VOTE_BYTES (the least healthy nodes are kept when more were measured).
+    #[prost(message, repeated, tag = "6")]
+    pub measurements: ::prost::alloc::vec::Vec<NodeMeasurement>,
+}
+/// One authority's measurement of one node (docs/consensus.md, "Health").
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeMeasurement {
+    /// The node's identity key encoding, as in its descriptor.
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity: ::prost::alloc::vec::Vec<u8>,
+    /// Measurement packets whose route crossed the node and whose fate is known.
+    #[prost(uint32, tag = "2")]
+    pub probes: u32,
+    /// Share of them that came back, relative to the best quarter of the node's layer, per mille
+    /// (at most 1000).
+    #[prost(uint32, tag = "3")]
+    pub delivery_permille: u32,
+    /// The 90th percentile of the delay the node added beyond what the headers asked, milliseconds.
+    #[prost(uint32, tag = "4")]
+    pub delay_p90_ms: u32,
 }
 /// Signed by the authority over "p2pmix-vote-v1" || vote.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -137,6 +158,24 @@ pub struct NetworkParameters {
     /// Production networks never set it.
     #[prost(bool, tag = "14")]
     pub test_network: bool,
+    /// Health (docs/consensus.md, "Health"). Measurement packets each authority
+    /// sends per node and epoch (0: no measurement, nobody is left out for health).
+    #[prost(uint32, tag = "20")]
+    pub health_probes_per_node: u32,
+    /// Probes a node needs in an authority's window before that authority reports it.
+    #[prost(uint32, tag = "21")]
+    pub health_min_probes: u32,
+    /// A node whose delivery (per mille of the best quarter of its layer) a threshold of
+    /// authorities puts below this is left out.
+    #[prost(uint32, tag = "22")]
+    pub health_min_delivery_permille: u32,
+    /// A node whose added-delay 90th percentile a threshold of authorities puts above this
+    /// (milliseconds) is left out.
+    #[prost(uint32, tag = "23")]
+    pub health_max_delay_p90_ms: u32,
+    /// A node at or above this delivery (and within the delay bound) earns back one strike.
+    #[prost(uint32, tag = "24")]
+    pub health_good_delivery_permille: u32,
     /// The clients' inbound link (fields 30 and up): every client fetches from its gateway once per
     /// this interval (microseconds), and every answer holds exactly `mailbox_pull_items` packets,
     /// dummies filling what is not waiting, so that the link's timing and volume show nothing of
@@ -168,9 +207,48 @@ pub struct ConsensusNode {
     pub family: ::prost::alloc::string::String,
     #[prost(uint32, tag = "8")]
     pub protocol_version: u32,
-    /// Field 10 is kept for the node's measurement score agreed from the votes (issue 13).
     #[prost(string, tag = "9")]
     pub software_version: ::prost::alloc::string::String,
+    /// What the authorities' measurements say of this node (docs/consensus.md, "Health").
+    #[prost(message, optional, tag = "10")]
+    pub health: ::core::option::Option<NodeHealth>,
+}
+/// A node's health in one consensus.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct NodeHealth {
+    #[prost(enumeration = "HealthStatus", tag = "1")]
+    pub status: i32,
+    /// The median over the authorities that reported (see docs/consensus.md).
+    #[prost(uint32, tag = "2")]
+    pub delivery_permille: u32,
+    #[prost(uint32, tag = "3")]
+    pub delay_p90_ms: u32,
+    /// Authorities that reported the node.
+    #[prost(uint32, tag = "4")]
+    pub reports: u32,
+    /// Times the node was left out for health, less those it earned back.
+    #[prost(uint32, tag = "5")]
+    pub strikes: u32,
+}
+/// A node that uploaded a descriptor a threshold of authorities carried, left out for health.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ExcludedNode {
+    #[prost(bytes = "vec", tag = "1")]
+    pub identity: ::prost::alloc::vec::Vec<u8>,
+    #[prost(enumeration = "ExclusionReason", tag = "2")]
+    pub reason: i32,
+    /// The scores that left it out (medians, as in NodeHealth).
+    #[prost(uint32, tag = "3")]
+    pub delivery_permille: u32,
+    #[prost(uint32, tag = "4")]
+    pub delay_p90_ms: u32,
+    #[prost(uint32, tag = "5")]
+    pub strikes: u32,
+    /// The first epoch it was left out in, and the first epoch it may come back in (on probation).
+    #[prost(uint64, tag = "6")]
+    pub since_epoch: u64,
+    #[prost(uint64, tag = "7")]
+    pub until_epoch: u64,
 }
 /// The network's state for one epoch. Every honest authority computes the same one, byte for byte.
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -195,6 +273,9 @@ pub struct Consensus {
     /// Authorities whose votes went into this document, sorted.
     #[prost(bytes = "vec", repeated, tag = "8")]
     pub voters: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
+    /// Health: nodes left out of this epoch for health, sorted by identity.
+    #[prost(message, repeated, tag = "20")]
+    pub excluded: ::prost::alloc::vec::Vec<ExcludedNode>,
 }
 /// One authority's signature over "p2pmix-consensus-v2" || epoch (8 bytes, little endian) ||
 /// digest, where digest = BLAKE3 of the encoded Consensus and epoch is the document's epoch. The
@@ -459,6 +540,72 @@ impl Role {
             "ROLE_UNSPECIFIED" => Some(Self::Unspecified),
             "ROLE_MIX" => Some(Self::Mix),
             "ROLE_GATEWAY" => Some(Self::Gateway),
+            _ => None,
+        }
+    }
+}
+/// Whether and how a node has been measured.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum HealthStatus {
+    /// No measurement rules in this network.
+    Unspecified = 0,
+    /// Fewer than a threshold of authorities reported it: newly admitted (or back after being left
+    /// out), it carries traffic and is measured like any other node.
+    Probation = 1,
+    /// A threshold of authorities reported it; the scores are their medians.
+    Measured = 2,
+}
+impl HealthStatus {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "HEALTH_STATUS_UNSPECIFIED",
+            Self::Probation => "HEALTH_STATUS_PROBATION",
+            Self::Measured => "HEALTH_STATUS_MEASURED",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "HEALTH_STATUS_UNSPECIFIED" => Some(Self::Unspecified),
+            "HEALTH_STATUS_PROBATION" => Some(Self::Probation),
+            "HEALTH_STATUS_MEASURED" => Some(Self::Measured),
+            _ => None,
+        }
+    }
+}
+/// Why a node was left out for health.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, ::prost::Enumeration)]
+#[repr(i32)]
+pub enum ExclusionReason {
+    Unspecified = 0,
+    /// A threshold of authorities measured its delivery below the minimum.
+    LowDelivery = 1,
+    /// A threshold of authorities measured its added delay above the bound.
+    Slow = 2,
+}
+impl ExclusionReason {
+    /// String value of the enum field names used in the ProtoBuf definition.
+    ///
+    /// The values are not transformed in any way and thus are considered stable
+    /// (if the ProtoBuf definition does not change) and safe for programmatic use.
+    pub fn as_str_name(&self) -> &'static str {
+        match self {
+            Self::Unspecified => "EXCLUSION_REASON_UNSPECIFIED",
+            Self::LowDelivery => "EXCLUSION_REASON_LOW_DELIVERY",
+            Self::Slow => "EXCLUSION_REASON_SLOW",
+        }
+    }
+    /// Creates an enum from field names used in the ProtoBuf definition.
+    pub fn from_str_name(value: &str) -> ::core::option::Option<Self> {
+        match value {
+            "EXCLUSION_REASON_UNSPECIFIED" => Some(Self::Unspecified),
+            "EXCLUSION_REASON_LOW_DELIVERY" => Some(Self::LowDelivery),
+            "EXCLUSION_REASON_SLOW" => Some(Self::Slow),
             _ => None,
         }
     }
