@@ -14,6 +14,9 @@
 //! - `p2pmix_authority_equivocations_total`: authorities caught voting or signing twice;
 //! - `p2pmix_authority_reach_total{result}`: reachability checks by outcome;
 //! - `p2pmix_authority_left_out{reason}`: candidates this round's vote left out;
+//! - `p2pmix_authority_excluded_health{reason}`: nodes the newest consensus the authority holds
+//!   leaves out for health (`low_delivery`, `slow`; docs/consensus.md, "Health"), set when it
+//!   publishes one and at start from a restored state;
 //! - `p2pmix_authority_state_writes_total`, `p2pmix_authority_state_bytes`: state files the
 //!   writer thread put on disk, and the size of the last;
 //! - `p2pmix_authority_round`, `p2pmix_authority_descriptors`,
@@ -27,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use metrics::{counter, gauge};
 use p2pmix_bootstrap::{Authority, Event, Rejection, RoundFailure};
-use p2pmix_proto::v1::{DirectoryRequest, directory_request::Request};
+use p2pmix_proto::v1::{Consensus, DirectoryRequest, ExclusionReason, directory_request::Request};
 
 use super::writer::Progress;
 
@@ -90,6 +93,34 @@ pub(super) fn count_event(event: &Event) {
     }
 }
 
+/// The `reason` labels of exclusions for health, every one exported (0 when none).
+const EXCLUSION_REASONS: [(ExclusionReason, &str); 3] = [
+    (ExclusionReason::LowDelivery, "low_delivery"),
+    (ExclusionReason::Slow, "slow"),
+    (ExclusionReason::Unspecified, "unspecified"),
+];
+
+/// How many nodes `consensus` leaves out for health, per `reason` label (every label, in
+/// [`EXCLUSION_REASONS`] order; a reason this build does not know counts as `unspecified`).
+fn excluded_by_reason(consensus: &Consensus) -> [(&'static str, usize); 3] {
+    let mut counts = EXCLUSION_REASONS.map(|(_, label)| (label, 0));
+    for e in &consensus.excluded {
+        let reason = ExclusionReason::try_from(e.reason).unwrap_or(ExclusionReason::Unspecified);
+        if let Some(i) = EXCLUSION_REASONS.iter().position(|(r, _)| *r == reason) {
+            counts[i].1 += 1;
+        }
+    }
+    counts
+}
+
+/// Sets `p2pmix_authority_excluded_health{reason}` from `consensus`, the newest the authority
+/// holds.
+pub(super) fn set_excluded(consensus: &Consensus) {
+    for (reason, n) in excluded_by_reason(consensus) {
+        gauge!("p2pmix_authority_excluded_health", "reason" => reason).set(n as f64);
+    }
+}
+
 /// Exports what `authority` counts, the round under way, the links to the other authorities
 /// (`authorities_connected`) and the writer thread's `progress`.
 pub(super) fn export(
@@ -148,5 +179,37 @@ impl ExportTimer {
         }
         self.next = now + EXPORT_INTERVAL;
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use p2pmix_proto::v1::ExcludedNode;
+
+    use super::*;
+
+    #[test]
+    fn exclusions_are_counted_per_reason_every_reason_exported() {
+        let out = |reason: i32| ExcludedNode {
+            reason,
+            ..Default::default()
+        };
+        let c = Consensus {
+            excluded: vec![
+                out(ExclusionReason::LowDelivery as i32),
+                out(ExclusionReason::Slow as i32),
+                out(ExclusionReason::LowDelivery as i32),
+                out(99),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            excluded_by_reason(&c),
+            [("low_delivery", 2), ("slow", 1), ("unspecified", 1)]
+        );
+        assert_eq!(
+            excluded_by_reason(&Consensus::default()),
+            [("low_delivery", 0), ("slow", 0), ("unspecified", 0)]
+        );
     }
 }

@@ -508,7 +508,12 @@ impl Driver {
                 signatures,
             } => {
                 info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "consensus published");
-                self.newest = self.newest.max(Some(epoch));
+                if self.newest < Some(epoch) {
+                    self.newest = Some(epoch);
+                    if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
+                        metrics::set_excluded(&c);
+                    }
+                }
                 self.save_consensus(epoch);
             }
             Event::SignaturesAdded { epoch, signatures } => {
@@ -590,12 +595,18 @@ impl Driver {
     }
 }
 
-/// The epoch of the newest consensus `authority` holds (a restored state may hold one).
+/// The consensus `authority` holds for `epoch` (the newest for `None`), decoded.
+fn held_consensus(authority: &Authority, epoch: Option<u64>) -> Option<Consensus> {
+    let signed = authority.consensus(epoch)?;
+    Consensus::decode(&signed.consensus[..]).ok()
+}
+
+/// The epoch of the newest consensus `authority` holds (a restored state may hold one), its
+/// exclusions exported.
 fn newest_epoch(authority: &Authority) -> Option<u64> {
-    let signed = authority.consensus(None)?;
-    Consensus::decode(&signed.consensus[..])
-        .ok()
-        .map(|c| c.epoch)
+    let c = held_consensus(authority, None)?;
+    metrics::set_excluded(&c);
+    Some(c.epoch)
 }
 
 /// Aborts the metrics task however the authority's loop ends.

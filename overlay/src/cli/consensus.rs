@@ -1,5 +1,5 @@
 //! `p2pmix consensus show|verify`: read a consensus document, from a file or a peer, and check
-//! it against the pinned authorities. `show --from` also asks the peer for the evidence of
+//! it against the pinned authorities (what `show` prints: `consensus_view`). `show --from` also asks the peer for the evidence of
 //! equivocation it holds (double signatures an authority caught, conflicting documents a node
 //! was offered) and prints it, each proof checked when `--authorities` is given.
 
@@ -15,15 +15,14 @@ use libp2p::Multiaddr;
 use p2pmix::{
     config::Authorities,
     directory::{
-        PinnedAuthorities, fetch_consensus, fetch_evidence, peer_id, verify_consensus,
-        verify_equivocation,
+        PinnedAuthorities, fetch_consensus, fetch_evidence, verify_consensus, verify_equivocation,
     },
-    proto::v1::{Consensus, Evidence, Role, SignedConsensus},
+    proto::v1::{Evidence, SignedConsensus},
     runtime::unix_ms,
 };
 use prost::Message;
 
-use super::runtime;
+use super::{consensus_view, consensus_view::who, runtime};
 
 #[derive(Subcommand)]
 pub(crate) enum ConsensusCommand {
@@ -40,6 +39,10 @@ pub(crate) enum ConsensusCommand {
         /// The pinned authorities file: the evidence of equivocation is checked against it.
         #[arg(long)]
         authorities: Option<PathBuf>,
+        /// Print one JSON object instead (nodes with their health, the nodes left out for
+        /// health, the evidence counts when fetched): for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Verify a consensus against pinned authority keys: exit 0 if valid now, 1 with the reason.
     Verify {
@@ -65,6 +68,7 @@ pub(crate) fn run(command: ConsensusCommand) -> Result<ExitCode> {
             from,
             epoch,
             authorities,
+            json,
         } => {
             let pinned = authorities
                 .map(|a| Authorities::load(&a).map(|a| a.pinned()))
@@ -80,9 +84,18 @@ pub(crate) fn run(command: ConsensusCommand) -> Result<ExitCode> {
                 })?,
                 _ => bail!("give a FILE or --from MULTIADDR"),
             };
-            show(&signed)?;
-            if let Some(evidence) = evidence {
-                show_evidence(&evidence, pinned.as_ref());
+            if json {
+                let mut v = consensus_view::json(&signed)?;
+                if let Some(e) = &evidence {
+                    v["equivocations"] = e.equivocations.len().into();
+                    v["conflicts"] = e.conflicts.len().into();
+                }
+                println!("{v}");
+            } else {
+                print!("{}", consensus_view::text(&signed, unix_ms())?);
+                if let Some(evidence) = evidence {
+                    show_evidence(&evidence, pinned.as_ref());
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -113,12 +126,6 @@ pub(crate) fn run(command: ConsensusCommand) -> Result<ExitCode> {
             }
         }
     }
-}
-
-fn who(key: &[u8]) -> String {
-    libp2p::identity::PublicKey::try_decode_protobuf(key)
-        .map(|k| k.to_peer_id().to_string())
-        .unwrap_or_else(|_| "(malformed key)".into())
 }
 
 fn short(digest: &[u8]) -> String {
@@ -164,81 +171,4 @@ fn read_consensus(path: &Path) -> Result<SignedConsensus> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     SignedConsensus::decode(&bytes[..])
         .with_context(|| format!("{}: not a signed consensus", path.display()))
-}
-
-fn show(signed: &SignedConsensus) -> Result<()> {
-    let c =
-        Consensus::decode(&signed.consensus[..]).context("the document inside does not decode")?;
-    let now = unix_ms() as i128;
-    let rel = |t: u64| {
-        let secs = (t as i128 - now) as f64 / 1000.0;
-        if secs >= 0.0 {
-            format!("in {secs:.1} s")
-        } else {
-            format!("{:.1} s ago", -secs)
-        }
-    };
-    println!("epoch            {}", c.epoch);
-    println!(
-        "valid after      {} ({})",
-        c.valid_after_ms,
-        rel(c.valid_after_ms)
-    );
-    println!(
-        "fresh until      {} ({})",
-        c.fresh_until_ms,
-        rel(c.fresh_until_ms)
-    );
-    println!(
-        "valid until      {} ({})",
-        c.valid_until_ms,
-        rel(c.valid_until_ms)
-    );
-    println!(
-        "digest           {}",
-        hex::encode(p2pmix::directory::consensus_digest(&signed.consensus))
-    );
-    let p = c.parameters.unwrap_or_default();
-    let gateways = c.nodes.iter().filter(|n| n.role() == Role::Gateway).count();
-    println!("nodes            {} ({} gateways)", c.nodes.len(), gateways);
-    // The document may come unverified from any peer: bound the loop.
-    for layer in 1..=p.layers.min(64) {
-        let n = c
-            .nodes
-            .iter()
-            .filter(|n| n.role() == Role::Mix && n.layer == layer)
-            .count();
-        println!("  layer {layer}        {n} mixes");
-    }
-    println!(
-        "parameters       mean delay {} us (max {} us), client send every {} us, loop every {} us, drop every {} us, mix loop every {} us, {} layers, min protocol {}, geometry {:#x}",
-        p.mean_delay_us,
-        p.max_delay_us,
-        p.client_send_interval_us,
-        p.client_loop_interval_us,
-        p.client_drop_interval_us,
-        p.mix_loop_interval_us,
-        p.layers,
-        p.min_protocol_version,
-        p.geometry_id
-    );
-    println!("shared random    {}", hex::encode(&c.shared_random));
-    println!("signers          {}", signed.signatures.len());
-    for s in &signed.signatures {
-        println!("  {}", who(&s.authority));
-    }
-    for node in &c.nodes {
-        let id = peer_id(node)
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "(malformed)".into());
-        println!(
-            "  node {:>5} {:?} layer {} {} {}",
-            node.node_id,
-            node.role(),
-            node.layer,
-            id,
-            node.addresses.join(",")
-        );
-    }
-    Ok(())
 }

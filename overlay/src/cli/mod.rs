@@ -8,6 +8,7 @@
 mod authority;
 mod client;
 mod consensus;
+mod consensus_view;
 mod health;
 mod node;
 mod template;
