@@ -16,6 +16,17 @@ fn scratch(name: &str) -> PathBuf {
 /// Runs the report on `sent` ids (sent at 1000 ms) and `received` (id, ms) lines; returns the
 /// exit code and the last line.
 fn report(name: &str, expected: usize, sent: &[&str], received: &[(&str, u64)]) -> (i32, String) {
+    report_with(name, expected, sent, received, &[])
+}
+
+/// [`report`] with more flags.
+fn report_with(
+    name: &str,
+    expected: usize,
+    sent: &[&str],
+    received: &[(&str, u64)],
+    flags: &[&str],
+) -> (i32, String) {
     let dir = scratch(name);
     let sent_log: String = sent
         .iter()
@@ -34,6 +45,7 @@ fn report(name: &str, expected: usize, sent: &[&str], received: &[(&str, u64)]) 
         .arg(dir.join("received.jsonl"))
         .arg("--plot")
         .arg(dir.join("report.png"))
+        .args(flags)
         .output()
         .unwrap();
     let png = fs::read(dir.join("report.png")).unwrap();
@@ -122,4 +134,36 @@ fn several_event_logs_add_up_and_a_failed_anonymity_analysis_fails_the_run() {
     assert_eq!(code, 1);
     assert!(json.contains("\"anonymity\":null"), "{json}");
     let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_nodes_left_out_for_health_are_listed_beside_the_counts() {
+    let sent = ["a", "b"];
+    let received = [("a", 1100), ("b", 1200)];
+    let (code, json) = report_with(
+        "excluded",
+        2,
+        &sent,
+        &received,
+        &["--excluded", "mix1,mix4", "--drill", "blackhole=ok"],
+    );
+    assert_eq!(code, 0, "{json}");
+    assert!(
+        json.starts_with(
+            "{\"sent\":2,\"delivered\":2,\"duplicates\":0,\"lost\":0,\"excluded\":[\"mix1\",\"mix4\"],\"latency_ms\":"
+        ),
+        "{json}"
+    );
+    // Asked for and none left out: an empty list, not a missing field.
+    let (_, json) = report_with("none", 2, &sent, &received, &["--excluded", ""]);
+    assert!(json.contains("\"lost\":0,\"excluded\":[],"), "{json}");
+    // A failed black-hole drill fails the run although every message arrived.
+    let (code, _) = report_with(
+        "drill",
+        2,
+        &sent,
+        &received,
+        &["--excluded", "", "--drill", "blackhole=fail"],
+    );
+    assert_eq!(code, 1);
 }

@@ -11,7 +11,9 @@
 //! `--anonymity RUN_DIR` (a run with link traces) the report adds how anonymous each message
 //! was (`p2pmix_examples::anonymity`): more lines, an `anonymity` object in the JSON line, and
 //! three more panels in the PNG (entropy per message against the ideal, the adversary's success
-//! against chance, epsilon). `--cpu NAME=CORES` adds measured CPU use.
+//! against chance, epsilon). `--cpu NAME=CORES` adds measured CPU use. `--excluded NAMES` (comma
+//! separated, possibly empty) names the nodes the consensus left out for health in a drill: an
+//! `excluded` list in the JSON line, beside the delivery counts.
 
 use std::{collections::HashMap, fs, io::BufWriter, path::PathBuf, process::ExitCode};
 
@@ -34,6 +36,7 @@ struct Args {
     plot: Option<PathBuf>,
     summary: Option<PathBuf>,
     drills: Vec<(String, String)>,
+    excluded: Option<Vec<String>>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -49,6 +52,7 @@ fn parse_args() -> Result<Args, String> {
         plot: None,
         summary: None,
         drills: Vec::new(),
+        excluded: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -74,6 +78,11 @@ fn parse_args() -> Result<Args, String> {
                 let v = value()?;
                 let (k, v) = v.split_once('=').ok_or("--drill NAME=RESULT")?;
                 args.drills.push((k.into(), v.into()));
+            }
+            "--excluded" => {
+                let v = value()?;
+                let names = v.split(',').map(str::trim).filter(|n| !n.is_empty());
+                args.excluded = Some(names.map(String::from).collect());
             }
             _ => return Err(format!("unknown flag {flag}")),
         }
@@ -193,6 +202,14 @@ fn main() -> ExitCode {
         args.mean_delay_ms,
         args.send_interval_ms
     );
+    if let Some(names) = &args.excluded {
+        let names = if names.is_empty() {
+            "none".to_string()
+        } else {
+            names.join(" ")
+        };
+        summary += &format!("left out (health)   {names}\n");
+    }
     let mut drills_ok = true;
     for (name, result) in &args.drills {
         summary += &format!("drill {name:<13} {result}\n");
@@ -261,8 +278,11 @@ fn main() -> ExitCode {
             Err(e) => eprintln!("could not write {}: {e}", path.display()),
         }
     }
+    let excluded = args.excluded.as_ref().map_or(String::new(), |names| {
+        format!("\"excluded\":{},", serde_json::Value::from(names.clone()))
+    });
     let mut json = format!(
-        "{{\"sent\":{sent},\"delivered\":{delivered},\"duplicates\":{duplicates},\"lost\":{lost},\"latency_ms\":{{\"p50\":{p50:.1},\"p90\":{p90:.1},\"p99\":{p99:.1}}},\"expected_mean_ms\":{expected_mean:.1}"
+        "{{\"sent\":{sent},\"delivered\":{delivered},\"duplicates\":{duplicates},\"lost\":{lost},{excluded}\"latency_ms\":{{\"p50\":{p50:.1},\"p90\":{p90:.1},\"p99\":{p99:.1}}},\"expected_mean_ms\":{expected_mean:.1}"
     );
     match &anonymity {
         Some(Some(a)) => json += &format!(",\"anonymity\":{}", a.summary().json()),
