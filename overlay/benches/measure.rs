@@ -19,11 +19,9 @@ use std::{
 use libp2p::PeerId;
 use p2pmix::{
     bootstrap::default_parameters,
-    client::{RoutePolicy, RouteNode, Topology, choose_route, client_id},
+    client::{RouteNode, RoutePolicy, Topology, choose_route, client_id},
     measure::{MeasureConfig, MeasuredNetwork, Measurer},
-    sphinx::{
-        Destination, Geometry, KeyId, Label, NodeId, NodeSecretKey, build_cover_packet,
-    },
+    sphinx::{Destination, Geometry, KeyId, Label, NodeId, NodeSecretKey, build_cover_packet},
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
@@ -89,7 +87,10 @@ fn main() {
                 *per_gateway.entry(gateway).or_default() += 1;
                 packets += 1;
             }
-            now = measurer.poll_timeout().unwrap().max(now + Duration::from_micros(1));
+            now = measurer
+                .poll_timeout()
+                .unwrap()
+                .max(now + Duration::from_micros(1));
         }
         let cpu = cpu.elapsed();
         let per_probe = cpu / packets.max(1) as u32;
@@ -99,9 +100,14 @@ fn main() {
         let me = client_id(&PeerId::random());
         let peer = Instant::now();
         for _ in 0..packets {
-            let route =
-                choose_route(&topology, &gateway, &gateway, &RoutePolicy::default(), &mut rng)
-                    .unwrap();
+            let route = choose_route(
+                &topology,
+                &gateway,
+                &gateway,
+                &RoutePolicy::default(),
+                &mut rng,
+            )
+            .unwrap();
             let mut label = [0u8; 16];
             rand::Rng::fill_bytes(&mut rng, &mut label);
             let packet = build_cover_packet(

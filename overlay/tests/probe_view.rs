@@ -238,10 +238,7 @@ fn sample(views: &Views, relay: usize) -> Sample {
     let name = |a: &ActorId| views.index.get(a).copied().unwrap_or(FINAL - 1);
     let mut at: Vec<_> = seen.iter().map(|s| s.at).collect();
     at.sort();
-    let gaps: Vec<f64> = at
-        .windows(2)
-        .map(|w| (w[1] - w[0]).as_secs_f64())
-        .collect();
+    let gaps: Vec<f64> = at.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
     let mean = gaps.iter().sum::<f64>() / gaps.len().max(1) as f64;
     Sample {
         sizes: seen.iter().map(|s| s.size).collect(),
@@ -296,15 +293,30 @@ fn a_mix_sees_the_same_of_measurement_probes_as_of_client_loop_cover() {
     let one_gateway = run(Traffic::Probes { gateways: 1 }, 42);
     for views in [&cover, &probes, &one_gateway] {
         assert!(views.sent > 2_000, "sent {}", views.sent);
-        assert!(views.returned * 10 > views.sent * 9, "{} of {} back", views.returned, views.sent);
+        assert!(
+            views.returned * 10 > views.sent * 9,
+            "{} of {} back",
+            views.returned,
+            views.sent
+        );
     }
     for relay in cover.seen.keys().copied() {
         let (a, b) = (sample(&cover, relay), sample(&probes, relay));
-        assert!(a.sizes.len() > 500 && b.sizes.len() > 500, "mix {relay}: too few packets");
+        assert!(
+            a.sizes.len() > 500 && b.sizes.len() > 500,
+            "mix {relay}: too few packets"
+        );
         let found = differences(&a, &b);
-        assert!(found.is_empty(), "mix {relay} tells probes from loop cover: {found:?}");
+        assert!(
+            found.is_empty(),
+            "mix {relay} tells probes from loop cover: {found:?}"
+        );
 
-        eprintln!("mix {relay}: {} loops, {} probes", a.sizes.len(), b.sizes.len());
+        eprintln!(
+            "mix {relay}: {} loops, {} probes",
+            a.sizes.len(),
+            b.sizes.len()
+        );
         // The comparisons have the power to see a difference: the same probes with header
         // delays half as long again are told apart at every mix.
         let longer = Sample {
