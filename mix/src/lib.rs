@@ -37,7 +37,7 @@ pub mod trace;
 // the overlay uses.
 pub use admission::{
     AddressShare, Admission, AdmissionConfig, Fault, MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS,
-    Origin, Prefix, Rate, TokenBucket, Verdict,
+    Origin, Prefix, Rate, TokenBucket, Verdict, canonical_ip,
 };
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;

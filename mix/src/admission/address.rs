@@ -22,7 +22,7 @@ pub enum Prefix {
 impl Prefix {
     /// The prefix of `ip`.
     pub fn of(ip: IpAddr) -> Prefix {
-        match canonical(ip) {
+        match canonical_ip(ip) {
             IpAddr::V4(v4) => {
                 let o = v4.octets();
                 Prefix::V4([o[0], o[1], o[2]])
@@ -36,7 +36,7 @@ impl Prefix {
 }
 
 /// `ip`, with an IPv4-mapped IPv6 address turned back into IPv4.
-pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,
@@ -117,7 +117,7 @@ impl AddressLimits {
 
     /// Takes a token from `ip` and from its prefix.
     pub(crate) fn take(&mut self, now: Instant, ip: IpAddr) -> Result<(), AddressRefusal> {
-        let ip = canonical(ip);
+        let ip = canonical_ip(ip);
         if !self.ips.entry(now, ip).bucket.try_take(now) {
             return Err(AddressRefusal::Rate);
         }
@@ -135,7 +135,7 @@ impl AddressLimits {
 
     /// Counts one more identity at `ip` (a new record), if the address and its prefix allow it.
     pub(crate) fn add_identity(&mut self, now: Instant, ip: IpAddr) -> Result<(), AddressRefusal> {
-        let ip = canonical(ip);
+        let ip = canonical_ip(ip);
         let (ip_max, prefix_max) = (self.ips.rules.identities, self.prefixes.rules.identities);
         if self.ips.entry(now, ip).identities >= ip_max
             || self.prefixes.entry(now, Prefix::of(ip)).identities >= prefix_max
@@ -149,7 +149,7 @@ impl AddressLimits {
 
     /// Counts one identity less at `ip` (its record was dropped).
     pub(crate) fn remove_identity(&mut self, ip: IpAddr) {
-        let ip = canonical(ip);
+        let ip = canonical_ip(ip);
         if let Some(e) = self.ips.entries.get_mut(&ip) {
             e.identities = e.identities.saturating_sub(1);
         }

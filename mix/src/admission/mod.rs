@@ -32,7 +32,7 @@ use self::{
     bucket::FaultScore,
 };
 pub use self::{
-    address::{MAX_TRACKED_ADDRESSES, Prefix},
+    address::{MAX_TRACKED_ADDRESSES, Prefix, canonical_ip},
     bucket::{Rate, TokenBucket},
 };
 use crate::relay::DropReason;

@@ -20,35 +20,14 @@ use std::{
 use p2pmix_mix::ClientId;
 
 /// The prefix an address belongs to (an IPv4 /24, an IPv6 /48; IPv4-mapped IPv6 addresses
-/// count as IPv4).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Prefix {
-    /// The first three octets.
-    V4([u8; 3]),
-    /// The first six octets.
-    V6([u8; 6]),
-}
-
+/// count as IPv4): the one the mix's admission counts by.
+pub use p2pmix_mix::Prefix;
 /// The address as it is counted (IPv4-mapped IPv6 as IPv4).
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
-}
+pub use p2pmix_mix::canonical_ip as canonical;
 
 /// The prefix of `ip`.
 pub fn prefix_of(ip: IpAddr) -> Prefix {
-    match canonical(ip) {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            Prefix::V4([o[0], o[1], o[2]])
-        }
-        IpAddr::V6(v6) => {
-            let o = v6.octets();
-            Prefix::V6([o[0], o[1], o[2], o[3], o[4], o[5]])
-        }
-    }
+    Prefix::of(ip)
 }
 
 /// Registrations held per address and per prefix.
