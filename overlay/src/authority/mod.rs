@@ -185,20 +185,13 @@ pub async fn run_authority(
     }
     create_dir(&config.data_dir)?;
     let status = Status::new(Instant::now());
-    let mut metrics_task = None;
-    if let Some(addr) = config.metrics {
-        let handle = metrics_endpoint::install_recorder()?;
-        metrics_endpoint::export_build_info();
-        let (bound, task) = metrics_endpoint::serve(addr, handle, status.clone()).await?;
-        write_atomic(
-            &config.data_dir.join("metrics-addr"),
-            format!("{bound}\n").as_bytes(),
-        )?;
-        info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
-        metrics_task = Some(AbortOnDrop(task));
-    }
     // Aborted however this function returns.
-    let _metrics_task = metrics_task;
+    let _metrics_task = match config.metrics {
+        Some(addr) => Some(AbortOnDrop(
+            metrics_endpoint::start(addr, status.clone(), &config.data_dir).await?,
+        )),
+        None => None,
+    };
     let state_path = config.data_dir.join("state.pb");
     let core_config = AuthorityConfig::new(
         keypair.clone(),

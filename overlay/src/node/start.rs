@@ -35,7 +35,7 @@ use crate::{
     mailbox::{MailboxConfig, spool::MAILBOX_DB_FILE},
     runtime::{
         ListenError, Now, SwarmError,
-        files::{FileError, create_dir, write_atomic},
+        files::{FileError, create_dir},
         limits, listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
         status::Status,
@@ -107,18 +107,10 @@ pub async fn run_node(
 
     // The recorder goes in before the mix behaviour takes its metric handles.
     let status = Status::new(std::time::Instant::now());
-    let mut metrics_task = None;
-    if let Some(addr) = config.metrics {
-        let handle = metrics_endpoint::install_recorder()?;
-        metrics_endpoint::export_build_info();
-        let (bound, task) = metrics_endpoint::serve(addr, handle, status.clone()).await?;
-        write_atomic(
-            &config.data_dir.join("metrics-addr"),
-            format!("{bound}\n").as_bytes(),
-        )?;
-        info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
-        metrics_task = Some(task);
-    }
+    let metrics_task = match config.metrics {
+        Some(addr) => Some(metrics_endpoint::start(addr, status.clone(), &config.data_dir).await?),
+        None => None,
+    };
 
     // Each connection is an open file: say so now rather than when accept starts failing.
     let needed = u64::from(config.max_connections) + MAX_NODES as u64 + limits::RESERVED_FILES;

@@ -21,9 +21,12 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::Semaphore,
 };
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::status::Status;
+use super::{
+    files::{FileError, write_atomic},
+    status::Status,
+};
 
 /// Why the endpoint could not start.
 #[derive(Debug, Error)]
@@ -40,6 +43,9 @@ pub enum MetricsError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The bound address could not be written to the data directory.
+    #[error("writing the metrics address: {0}")]
+    AddrFile(#[from] FileError),
 }
 
 /// Histogram bucket edges (seconds) for every `*_seconds` metric: from 50 µs (an unwrap) to 10 s
@@ -116,6 +122,28 @@ pub async fn serve(
         }
     });
     Ok((bound, task))
+}
+
+/// Starts the endpoint of a node or an authority: installs the recorder, exports the build
+/// info, serves at `addr` and writes the bound address to `data_dir/metrics-addr` (testnets
+/// and tests find the port there). The task runs until aborted.
+pub async fn start(
+    addr: SocketAddr,
+    status: Status,
+    data_dir: &std::path::Path,
+) -> Result<tokio::task::JoinHandle<()>, MetricsError> {
+    let handle = install_recorder()?;
+    export_build_info();
+    let (bound, task) = serve(addr, handle, status).await?;
+    if let Err(e) = write_atomic(
+        &data_dir.join("metrics-addr"),
+        format!("{bound}\n").as_bytes(),
+    ) {
+        task.abort();
+        return Err(e.into());
+    }
+    info!(%bound, "metrics at http://{bound}/metrics, status at /health and /ready");
+    Ok(task)
 }
 
 /// What a request asks for.
