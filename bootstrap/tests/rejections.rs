@@ -268,3 +268,38 @@ fn votes_from_strangers_and_forged_votes_are_refused() {
         Err(Rejection::Vote(VoteError::Duplicate))
     );
 }
+
+/// A flood past the rate limit leaves the persisted state byte for byte as it was, which is what
+/// lets the driver skip the state write for such refusals (`Rejection::left_state_alone`):
+/// before, each refused request scheduled a write of the whole state.
+#[test]
+fn a_flood_past_the_rate_limit_leaves_the_state_alone() {
+    let sim = Sim::default(3, schedule().start_of(1));
+    let now = sim.now();
+    let mut authority = p2pmix_bootstrap::Authority::new(sim.config(0), now);
+    // A public address (test networks do not limit private ones); nothing is sent to it.
+    let origin = p2pmix_bootstrap::Origin::Peer("9.9.9.9".parse().unwrap());
+    let node = Node::new(1, Role::Mix);
+    let request = || p2pmix_proto::v1::DirectoryRequest {
+        request: Some(Request::Descriptor(node.signed(2))),
+    };
+    let mut limited = None;
+    for i in 0..10_000 {
+        if let Err(Rejection::RateLimited) = authority.handle_request_from(now, origin, request()) {
+            limited = Some(i);
+            break;
+        }
+    }
+    assert!(limited.is_some(), "never rate limited");
+    let before = authority.state().encode_to_vec();
+    for _ in 0..1_000 {
+        let refused = authority
+            .handle_request_from(now, origin, request())
+            .unwrap_err();
+        assert_eq!(refused, Rejection::RateLimited);
+        assert!(refused.left_state_alone());
+    }
+    assert_eq!(authority.state().encode_to_vec(), before);
+    // A refusal that may have kept something is never taken as leaving the state alone.
+    assert!(!Rejection::Descriptor(DescriptorError::Duplicate).left_state_alone());
+}

@@ -104,6 +104,14 @@ impl Rejection {
         }
     }
 
+    /// Whether the refusal was decided before the request could touch anything the authority
+    /// persists (over the rate limit, or not a request it takes): its driver need not write
+    /// the state for it, so a flood past the rate limit costs no disk writes. Every other
+    /// refusal may have kept something (a proof of equivocation, say) and counts as a change.
+    pub fn left_state_alone(&self) -> bool {
+        matches!(self, Rejection::RateLimited | Rejection::Unsupported)
+    }
+
     /// The refusal as it goes on the wire: the code, and the text for people.
     pub fn to_refused(&self) -> Refused {
         Refused {

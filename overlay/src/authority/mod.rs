@@ -429,10 +429,18 @@ impl Driver {
             ),
             _ => {
                 let kind = metrics::request_kind(&request);
+                let round = self.authority.round_epoch();
                 let result = self.authority.handle_request_from(now, origin, request);
                 metrics::count_request(kind, &result);
-                // Even a refusal may have changed the state (a proof of equivocation kept).
-                self.generation += 1;
+                // Even a refusal may have changed the state (a proof of equivocation kept), but
+                // not one past the rate limit: a flood of those must not make the driver write
+                // the whole state ten times a second. A request may also have started the
+                // next round.
+                let unchanged = matches!(&result, Err(e) if e.left_state_alone())
+                    && self.authority.round_epoch() == round;
+                if !unchanged {
+                    self.generation += 1;
+                }
                 match result {
                     Ok(()) => {
                         self.held.push_back(Held::Answer {
