@@ -6,6 +6,7 @@
 #   ./testnet/run.sh                       # 100 messages through 2 gateways and 6 mixes
 #   ./testnet/run.sh --kill-mixes 2        # two mixes die while messages are in flight
 #   ./testnet/run.sh --kill-authority 1    # one authority stops; the next consensus still comes
+#   ./testnet/run.sh --blackhole-mix 1     # a mix drops everything; the consensus leaves it out
 #   ./testnet/run.sh --keep                # leave it running; stop it with testnet/stop.sh DIR
 #   ./testnet/run.sh --clients 20          # 20 clients send to each other; anonymity measured
 #   ./testnet/run.sh --clients 20 --cover off   # the same without any cover traffic
@@ -28,6 +29,13 @@ usage: testnet/run.sh [options]
   --size BYTES          message size (default: a short text)
   --kill-mixes N        kill N mixes (at most one per layer) while messages are in flight
   --kill-authority N    stop N authorities (at most 1) and wait for the next consensus
+  --blackhole-mix N     N mixes (at most one per layer; at most 3) drop everything they carry
+                        from just after the first messages leave; health measurement is on, and
+                        the run waits until the consensus leaves them out (and fails if it does
+                        not, or if it leaves out an honest node). The binaries are built with
+                        the test-only cargo feature `chaos` for it (release builds never have
+                        it; with --bin-dir, give binaries built with --features p2pmix/chaos);
+                        not with --kill-mixes
   --clients N           N clients (at least 2) instead of alice and bob, each sending --messages
                         messages (default 20) to random others, one every --interval-ms on average
                         (default 500, Poisson); every node and client records link traces and
@@ -47,7 +55,7 @@ EOF
 }
 
 GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES="" INTERVAL_MS="" SIZE=""
-KILL_MIXES=0 KILL_AUTHORITY=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
+KILL_MIXES=0 KILL_AUTHORITY=0 BLACKHOLE_MIX=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
 SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -60,6 +68,7 @@ while [ $# -gt 0 ]; do
         --size) SIZE=$2; shift 2 ;;
         --kill-mixes) KILL_MIXES=$2; shift 2 ;;
         --kill-authority) KILL_AUTHORITY=$2; shift 2 ;;
+        --blackhole-mix) BLACKHOLE_MIX=$2; shift 2 ;;
         --clients) CLIENTS=$2; shift 2 ;;
         --cover) COVER=$2; shift 2 ;;
         --send-interval-ms) SEND_INTERVAL_MS=$2; shift 2 ;;
@@ -86,7 +95,7 @@ case "$COVER" in
     *) echo "--cover: on, stream or off" >&2; exit 2 ;;
 esac
 : "${SEND_INTERVAL_MS:=$COVER_SEND}" "${LOOP_INTERVAL_MS:=$COVER_LOOP}" "${DROP_INTERVAL_MS:=$COVER_DROP}" "${MIX_LOOP_INTERVAL_MS:=$COVER_MIX}"
-for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY TIMEOUT CLIENTS \
+for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY BLACKHOLE_MIX TIMEOUT CLIENTS \
     SEND_INTERVAL_MS LOOP_INTERVAL_MS DROP_INTERVAL_MS MIX_LOOP_INTERVAL_MS; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "--${v,,}: not a number: ${!v}" >&2; exit 2; fi
 done
@@ -99,17 +108,38 @@ if [ -n "$SIZE" ] && ! [[ $SIZE =~ ^[0-9]+$ ]]; then echo "--size: not a number"
 if [ "$KILL_MIXES" -gt 0 ] && [ "$MIXES" -lt $((3 + KILL_MIXES)) ]; then
     echo "--kill-mixes $KILL_MIXES needs at least $((3 + KILL_MIXES)) mixes" >&2; exit 2
 fi
+[ "$BLACKHOLE_MIX" -le 3 ] || { echo "--blackhole-mix: at most 3 (one per layer)" >&2; exit 2; }
+if [ "$BLACKHOLE_MIX" -gt 0 ]; then
+    # A killed mix is measured dead and left out too: the drills would blur into each other.
+    [ "$KILL_MIXES" = 0 ] || { echo "--blackhole-mix and --kill-mixes do not combine" >&2; exit 2; }
+    # The consensus leaves out at most a third of the mixes and keeps a mix in every layer.
+    NEED=$(( 3 * BLACKHOLE_MIX > 3 + BLACKHOLE_MIX ? 3 * BLACKHOLE_MIX : 3 + BLACKHOLE_MIX ))
+    if [ "$MIXES" -lt "$NEED" ]; then
+        echo "--blackhole-mix $BLACKHOLE_MIX needs at least $NEED mixes (the consensus leaves out at most a third of them)" >&2; exit 2
+    fi
+fi
 
 [ -z "$BIN_DIR" ] || BIN_DIR=$(cd "$BIN_DIR" && pwd) || exit 2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STARTED=$(date +%s)
 cd "$ROOT"
+BINARIES=(--bin p2pmix --bin p2pmix-testnet-report --bin p2pmix-anonymity)
 if [ -n "$BIN_DIR" ]; then
     echo "==> using the binaries in $BIN_DIR"
+elif [ "$BLACKHOLE_MIX" -gt 0 ]; then
+    # The drill's misbehaving mixes need the test-only feature `chaos` (P2PMIX_CHAOS). The test
+    # profile in debug, as `cargo test` builds: only the crates the feature touches are built
+    # again. The binaries are linked into the run directory below, so that what stays in the
+    # target directory is the next ordinary build's.
+    echo "==> building ($PROFILE, with the test-only feature chaos)"
+    if [ "$PROFILE" = release ]; then
+        cargo build --locked -q --release -p p2pmix -p p2pmix-examples --features p2pmix/chaos "${BINARIES[@]}"
+    else
+        cargo build --locked -q --profile test -p p2pmix -p p2pmix-examples --features p2pmix/chaos "${BINARIES[@]}"
+    fi
 elif [ "$PROFILE" = release ]; then
     echo "==> building ($PROFILE)"
-    cargo build --locked -q --release -p p2pmix -p p2pmix-examples \
-        --bin p2pmix --bin p2pmix-testnet-report --bin p2pmix-anonymity
+    cargo build --locked -q --release -p p2pmix -p p2pmix-examples "${BINARIES[@]}"
 else
     echo "==> building ($PROFILE)"
     # Exactly what `cargo test --locked --workspace` builds (the same features, the same
@@ -118,8 +148,6 @@ else
 fi
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
 [ -z "$BIN_DIR" ] || TARGET=$BIN_DIR
-BIN="$TARGET/p2pmix"
-REPORT="$TARGET/p2pmix-testnet-report"
 
 [ -n "$DIR" ] || DIR="$ROOT/target/testnet/run-$(date +%Y%m%d-%H%M%S)-$$"
 if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
@@ -129,6 +157,17 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 : > "$DIR/pids"
 echo "==> run directory: $DIR"
+if [ "$BLACKHOLE_MIX" -gt 0 ] && [ -z "$BIN_DIR" ]; then
+    # Hard links (a copy on another file system): the next ordinary build replaces the target
+    # directory's binaries, the run keeps the ones with chaos.
+    mkdir -p "$DIR/bin"
+    for b in p2pmix p2pmix-testnet-report p2pmix-anonymity; do
+        ln -f "$TARGET/$b" "$DIR/bin/$b" 2>/dev/null || cp "$TARGET/$b" "$DIR/bin/$b"
+    done
+    TARGET="$DIR/bin"
+fi
+BIN="$TARGET/p2pmix"
+REPORT="$TARGET/p2pmix-testnet-report"
 
 now_ms() { date +%s%3N; }
 # Progress on one line: rewritten in place on a terminal, printed when it changes otherwise.
@@ -192,6 +231,21 @@ genesis_unix_ms = $GENESIS
 epoch_ms = $EPOCH_MS
 test_network = true
 "
+# Health measurement (docs/consensus.md, "Health") only for the black-hole drill: each authority
+# sends 100 probes per node and epoch (20 a second with the default 6 mixes), and a node is
+# scored from 40 known probes. A vote (at a quarter of the epoch) judges the last 20 s and their
+# recent half, about 80 known probes through each node: a black hole's upper bound is then near
+# 8% (under 90%: out), a mix dropping a quarter of its probes already 85%, while an honest one
+# stays near 100%. So a black hole that opens in epoch e is out of the consensus of e + 1 or, if
+# it opens late in e, of e + 2.
+if [ "$BLACKHOLE_MIX" -gt 0 ]; then
+    HEALTH="health_probes_per_node = 100
+health_min_probes = 40
+"
+else
+    HEALTH="health_probes_per_node = 0
+"
+fi
 # Only authorities read the parameters; they publish them in the consensus.
 PARAMETERS="
 [network.parameters]
@@ -200,10 +254,7 @@ client_send_interval_us = $((SEND_INTERVAL_MS * 1000))
 client_loop_interval_us = $((LOOP_INTERVAL_MS * 1000))
 client_drop_interval_us = $((DROP_INTERVAL_MS * 1000))
 mix_loop_interval_us = $((MIX_LOOP_INTERVAL_MS * 1000))
-# Health measurement off until the drill (--blackhole-mix, issue 13) is built and its load
-# timed against CI's budget; overlay/tests/health.rs runs it on real processes.
-health_probes_per_node = 0
-"
+$HEALTH"
 authorities_file() { # $1: how many authorities' addresses are known
     local i
     for i in 0 1 2; do
@@ -225,14 +276,18 @@ done
 echo "==> 3 authorities up"
 
 # --- nodes ----------------------------------------------------------------------------------
-start_node() { # $1: dir name, $2: role, $3: bootstrap address (may be empty)
+start_node() { # $1: dir name, $2: role, $3: bootstrap address (may be empty), $4: listen address
+    # (default: a free port), $5: a misbehaviour plan for P2PMIX_CHAOS (feature chaos)
     local d="$DIR/$1"
     mkdir -p "$d"
     rm -f "$d/data/listen-addrs"
     local args=(node --authorities "$DIR/authorities.toml" --data-dir data --role "$2" --metrics 127.0.0.1:0)
     [ -n "$3" ] && args+=(--bootstrap "$3")
+    [ -n "${4:-}" ] && args+=(--listen "$4")
     [ "$CLIENTS" -gt 0 ] && args+=(--trace-links links.trace --trace-truth truth.trace)
-    (cd "$d" && exec env RUST_LOG=info "$BIN" "${args[@]}" >> log 2>&1) &
+    local envs=(RUST_LOG=info)
+    [ -n "${5:-}" ] && envs+=(P2PMIX_CHAOS="$5")
+    (cd "$d" && exec env "${envs[@]}" "$BIN" "${args[@]}" >> log 2>&1) &
     started $! "$1"
     wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "$1 did not start" "$d/log"
 }
@@ -259,6 +314,49 @@ while [ "$(admitted)" -lt "$NODES" ]; do
 done
 end_progress
 echo "==> consensus in force: $NODES/$NODES nodes admitted, $(( $(date +%s) - STARTED ))s after the start"
+
+# --- the black-hole drill: which mixes, from when ------------------------------------------------
+# Every node's name by its peer id (a restarted node keeps its id).
+declare -A NAME_OF
+for d in "$DIR"/gw* "$DIR"/mix*; do
+    p=$(sed -n 's|.*/p2p/||p' "$d/data/listen-addrs" | head -n1)
+    [ -z "$p" ] || NAME_OF[$p]=$(basename "$d")
+done
+BLACKHOLES=() FROM_MS=""
+# Restarts one mix of each of the first N layers with the plan "drop everything from FROM_MS"
+# (on its old port, so that the consensus's address stays right), then waits until half a
+# second before FROM_MS: the senders start then, so the first messages are in flight when the
+# mixes turn. Layers come from the consensus, so the mixes can only be chosen once it is out.
+blackhole_start() {
+    [ "$BLACKHOLE_MIX" -gt 0 ] || return 0
+    local show layer peer name pid i
+    show=$("$BIN" consensus show "$(ls -t "$DIR"/gw0/data/consensus-*.pb | head -n1)")
+    for layer in $(seq 1 "$BLACKHOLE_MIX"); do
+        peer=$(echo "$show" | awk -v l="$layer" '$1 == "node" && $3 == "Mix" && $5 == l { print $6; exit }')
+        name=${NAME_OF[$peer]:-}
+        [ -n "$name" ] || fail_with_log "no mix of layer $layer in the consensus to turn into a black hole"
+        BLACKHOLES+=("$name")
+    done
+    FROM_MS=$(( $(now_ms) + 2500 + 1000 * BLACKHOLE_MIX ))
+    local addrs=()
+    for name in "${BLACKHOLES[@]}"; do
+        addrs+=("$(head -n1 "$DIR/$name/data/listen-addrs" | sed 's|/p2p/.*||')")
+        pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
+        kill "$pid" 2>/dev/null || true
+    done
+    for name in "${BLACKHOLES[@]}"; do
+        pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
+        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        awk -v n="$name" '$2 != n' "$DIR/pids" > "$DIR/pids.new" && mv "$DIR/pids.new" "$DIR/pids"
+    done
+    for i in "${!BLACKHOLES[@]}"; do
+        name=${BLACKHOLES[$i]}
+        start_node "$name" mix "$BOOT" "${addrs[$i]}" "drop=1,from_unix_ms=$FROM_MS"
+        echo "==> $name (layer $((i + 1))) restarted to drop everything from epoch $(( (FROM_MS - GENESIS) / EPOCH_MS )) + $(( (FROM_MS - GENESIS) % EPOCH_MS )) ms"
+    done
+    while [ "$(now_ms)" -lt $((FROM_MS - 500)) ]; do sleep 0.05; done
+}
 
 # --- clients ----------------------------------------------------------------------------------
 LAST_GW=$((GATEWAYS - 1))
@@ -297,6 +395,7 @@ if [ "$CLIENTS" -gt 0 ]; then
         sleep 0.1; t=$((t + 1))
     done
     end_progress
+    blackhole_start
     touch "$DIR/go"
     echo "==> $CLIENTS clients (on $GATEWAYS gateways) send $MESSAGES messages each to random others, one every ${INTERVAL_MS}ms on average (cover: $COVER)"
 else
@@ -319,12 +418,24 @@ else
     else
         echo -n "hello through the mixnet" > "$DIR/alice/message"
     fi
+    # In the black-hole drill Alice waits for the go file (the mixes are chosen meanwhile).
+    GO=()
+    [ "$BLACKHOLE_MIX" = 0 ] || GO=(--wait-for "$DIR/go")
     (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
         --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
-        --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" \
+        --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" "${GO[@]}" \
         > "$DIR/alice/events.jsonl" 2> "$DIR/alice/log") &
     ALICE_PID=$!
     started $ALICE_PID alice
+    if [ "$BLACKHOLE_MIX" -gt 0 ]; then
+        t=0
+        until grep -q '"event":"ready"' "$DIR/alice/events.jsonl" 2>/dev/null; do
+            [ $t -ge 600 ] && fail_with_log "alice got no consensus within 60 s" "$DIR/alice/log"
+            sleep 0.1; t=$((t + 1))
+        done
+        blackhole_start
+        touch "$DIR/go"
+    fi
     echo "==> alice (gateway gw0) sends $MESSAGES messages to bob, one every ${INTERVAL_MS}ms"
     sent() { grep -c '"event":"sent"' "$DIR/alice/events.jsonl" 2>/dev/null || true; }
     received() { grep -c '"event":"received"' "$DIR/bob/events.jsonl" 2>/dev/null || true; }
@@ -435,6 +546,61 @@ if [ -n "$FIRST_MS" ]; then
     echo "==> first message arrived $(( FIRST_MS / 1000 - STARTED ))s after the command started"
 fi
 
+# --- the black-hole drill: left out? -------------------------------------------------------------
+# Every consensus auth0 published, in epoch order: who was left out for health, first in which
+# epoch, and why. A black hole that opens in epoch e must be out by the consensus of e + 2 (see
+# the parameters); one epoch more for a loaded machine.
+declare -A OUT_SINCE OUT_WHY
+NEXT_EPOCH=0
+scan_consensuses() {
+    local e peer reason name
+    for e in $(ls "$DIR/auth0/data" | sed -n 's/^consensus-\([0-9]*\)\.pb$/\1/p' | sort -n); do
+        [ "$e" -ge "$NEXT_EPOCH" ] || continue
+        while read -r peer reason; do
+            [ -n "$peer" ] || continue
+            name=${NAME_OF[$peer]:-$peer}
+            if [ -z "${OUT_SINCE[$name]:-}" ]; then OUT_SINCE[$name]=$e; OUT_WHY[$name]=${reason%:}; fi
+        done < <("$BIN" consensus show "$DIR/auth0/data/consensus-$e.pb" | awk '/^excluded/ { x = 1; next } x && /^  / { print $1, $2 }')
+        NEXT_EPOCH=$((e + 1))
+    done
+}
+EXCLUDED=() BLACKHOLE_DRILL=""
+if [ "$BLACKHOLE_MIX" -gt 0 ]; then
+    FROM_EPOCH=$(( (FROM_MS - GENESIS) / EPOCH_MS ))
+    BY_EPOCH=$((FROM_EPOCH + 3))
+    DEADLINE_MS=$(( GENESIS + BY_EPOCH * EPOCH_MS + 5000 ))
+    while :; do
+        scan_consensuses
+        missing=0
+        for name in "${BLACKHOLES[@]}"; do [ -n "${OUT_SINCE[$name]:-}" ] || missing=$((missing + 1)); done
+        [ "$missing" = 0 ] && break
+        [ "$(now_ms)" -ge "$DEADLINE_MS" ] && break
+        progress "waiting for the consensus to leave out the black holes: $missing of ${#BLACKHOLES[@]} still in (consensus of epoch $((NEXT_EPOCH - 1)))"
+        sleep 0.5
+    done
+    end_progress
+    BLACKHOLE_DRILL=ok
+    for name in "${BLACKHOLES[@]}"; do
+        if ! grep -q "chaos: misbehaving" "$DIR/$name/log"; then
+            echo "==> $name never started to misbehave: were the binaries built with --features p2pmix/chaos?"
+            BLACKHOLE_DRILL=fail
+        fi
+        e=${OUT_SINCE[$name]:-}
+        if [ -n "$e" ] && [ "$e" -le "$BY_EPOCH" ]; then
+            echo "==> black hole $name (dropping from epoch $FROM_EPOCH) left out of the consensus of epoch $e (${OUT_WHY[$name]})"
+        else
+            echo "==> black hole $name (dropping from epoch $FROM_EPOCH) still in the consensus of epoch $((NEXT_EPOCH - 1))${e:+ (left out only in epoch $e)}"
+            BLACKHOLE_DRILL=fail
+        fi
+    done
+    for name in "${!OUT_SINCE[@]}"; do
+        [[ " ${BLACKHOLES[*]} " == *" $name "* ]] && continue
+        echo "==> honest $name left out of the consensus of epoch ${OUT_SINCE[$name]} (${OUT_WHY[$name]})"
+        BLACKHOLE_DRILL=fail
+    done
+    mapfile -t EXCLUDED < <(printf '%s\n' "${!OUT_SINCE[@]}" | sort)
+fi
+
 # --- report ---------------------------------------------------------------------------------------
 for d in "$DIR"/gw* "$DIR"/mix*; do
     name=$(basename "$d")
@@ -457,6 +623,7 @@ fi
     --mean-delay-ms "$MEAN_DELAY_MS" --layers 3 --send-interval-ms "$SEND_INTERVAL_MS" \
     --plot "$DIR/report.png" --summary "$DIR/summary.txt" \
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
+    ${BLACKHOLE_DRILL:+--drill "blackhole=$BLACKHOLE_DRILL" --excluded "$(IFS=,; echo "${EXCLUDED[*]}")"} \
     ${KILLED[@]:+--drill "killed=${KILLED[*]}"} "${ANONYMITY[@]}" "${CPU_ARGS[@]}"
 CODE=$?
 set -e
