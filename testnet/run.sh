@@ -16,6 +16,9 @@
 # metrics snapshot, the clients' event logs and report.png (measured latency against theory;
 # with --clients, also entropy, the adversary's success and epsilon per message).
 set -euo pipefail
+# Only the drill's black holes misbehave: a plan left in the caller's environment must not reach
+# every node (binaries built with the feature chaos read it).
+unset P2PMIX_CHAOS
 
 usage() {
     cat <<'EOF'
