@@ -622,12 +622,13 @@ else
     [ "$ALICE_CODE" = 0 ] || echo "==> the sending client exited with status $ALICE_CODE (see $DIR/alice/log)"
     EVENTS=(--sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl")
 fi
+# A failed run is the report's verdict, not a script error (the ERR trap stays quiet).
+CODE=0
 "$REPORT" --expected "$TOTAL" "${EVENTS[@]}" \
     --mean-delay-ms "$MEAN_DELAY_MS" --layers 3 --send-interval-ms "$SEND_INTERVAL_MS" \
     --plot "$DIR/report.png" --summary "$DIR/summary.txt" \
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
     ${BLACKHOLE_DRILL:+--drill "blackhole=$BLACKHOLE_DRILL" --excluded "$(IFS=,; echo "${EXCLUDED[*]}")"} \
-    ${KILLED[@]:+--drill "killed=${KILLED[*]}"} "${ANONYMITY[@]}" "${CPU_ARGS[@]}"
-CODE=$?
+    ${KILLED[@]:+--drill "killed=${KILLED[*]}"} "${ANONYMITY[@]}" "${CPU_ARGS[@]}" || CODE=$?
 set -e
 exit $CODE
