@@ -367,7 +367,11 @@ impl Behaviour {
         // Called from outside `poll` too (`send`): make sure the swarm polls us again.
         self.waker.wake();
         let tag = self.trace.as_ref().map(|_| PacketTag::of(&packet));
-        if self.outbox.send(peer, packet, &mut self.events) == Sent::Dropped {
+        if self
+            .outbox
+            .send(peer, packet, Instant::now(), &mut self.events)
+            == Sent::Dropped
+        {
             self.stats.count_drops(DropReason::QueueFull, 1);
         } else if let (Some(t), Some(tag)) = (&self.trace, tag) {
             t.link(Direction::Out, &peer, tag);
@@ -548,7 +552,8 @@ impl NetworkBehaviour for Behaviour {
         // Admission records survive reconnects (the outbox forgets only the connection), so
         // that reconnecting does not reset a peer's rate or its record.
         if let Change::DialFailed { packets, .. } =
-            self.outbox.on_swarm_event(event, &mut self.events)
+            self.outbox
+                .on_swarm_event(event, Instant::now(), &mut self.events)
         {
             self.stats
                 .count_drops(DropReason::UnknownNextHop, packets as u64);
@@ -706,13 +711,25 @@ impl NetworkBehaviour for Behaviour {
                     }
                 }
             }
+            // Packets that waited for a dial leave at the gaps they were released at.
+            let events = self.events.len();
+            let dropped = self.outbox.handle_timeout(now, &mut self.events);
+            if dropped > 0 {
+                self.stats
+                    .count_drops(DropReason::QueueFull, dropped as u64);
+            }
+            progressed |= self.events.len() != events;
             if progressed {
                 self.stats
                     .record_queue(self.queue.len(), self.queue.bytes());
                 continue;
             }
-            // Sleep until the next release.
-            match self.queue.poll_timeout() {
+            // Sleep until the next release (of the delay queue or of a paced packet).
+            let next = [self.queue.poll_timeout(), self.outbox.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
                 Some(at) => {
                     let mut timer = match self.timer.take() {
                         Some(t) if t.at == at => t.timer,

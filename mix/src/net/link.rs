@@ -10,7 +10,11 @@ use std::{
     collections::VecDeque,
     sync::Arc,
     task::{Context, Poll, Waker},
+    time::Instant,
 };
+
+use futures::FutureExt;
+use futures_timer::Delay as Timer;
 
 use libp2p::{
     Multiaddr, PeerId,
@@ -51,6 +55,8 @@ pub struct Link {
     events: VecDeque<ToSwarm<(), HandlerIn>>,
     stats: LinkStats,
     waker: Option<Waker>,
+    /// The timer of the next paced packet (one that waited for a dial) and when it fires.
+    timer: Option<(Instant, Timer)>,
 }
 
 impl std::fmt::Debug for Link {
@@ -77,6 +83,7 @@ impl Link {
             events: VecDeque::new(),
             stats: LinkStats::default(),
             waker: None,
+            timer: None,
         }
     }
 
@@ -101,7 +108,10 @@ impl Link {
         if let Some(w) = self.waker.take() {
             w.wake();
         }
-        match self.outbox.send(peer, packet, &mut self.events) {
+        match self
+            .outbox
+            .send(peer, packet, Instant::now(), &mut self.events)
+        {
             Sent::Handed => self.stats.sent += 1,
             Sent::Waiting => {}
             Sent::Dropped => self.stats.dropped += 1,
@@ -145,7 +155,10 @@ impl NetworkBehaviour for Link {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        match self.outbox.on_swarm_event(event, &mut self.events) {
+        match self
+            .outbox
+            .on_swarm_event(event, Instant::now(), &mut self.events)
+        {
             Change::Nothing => {}
             Change::Flushed { packets, .. } => self.stats.sent += packets as u64,
             Change::DialFailed { peer, packets } => {
@@ -171,12 +184,29 @@ impl NetworkBehaviour for Link {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<(), THandlerInEvent<Self>>> {
-        match self.events.pop_front() {
-            Some(event) => Poll::Ready(event),
-            None => {
-                self.waker = Some(cx.waker().clone());
-                Poll::Pending
+        loop {
+            // Packets that waited for a dial leave at the gaps they were queued at (counted as
+            // sent when their connection came up; one dropped after that counts as both).
+            let now = Instant::now();
+            self.stats.dropped += self.outbox.handle_timeout(now, &mut self.events) as u64;
+            if let Some(event) = self.events.pop_front() {
+                return Poll::Ready(event);
             }
+            self.waker = Some(cx.waker().clone());
+            match self.outbox.poll_timeout() {
+                Some(at) => {
+                    let mut timer = match self.timer.take() {
+                        Some((t, timer)) if t == at => timer,
+                        _ => Timer::new(at.saturating_duration_since(now)),
+                    };
+                    if timer.poll_unpin(cx).is_ready() {
+                        continue;
+                    }
+                    self.timer = Some((at, timer));
+                }
+                None => self.timer = None,
+            }
+            return Poll::Pending;
         }
     }
 }
