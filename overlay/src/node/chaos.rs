@@ -56,6 +56,17 @@ impl ChaosPlan {
     }
 }
 
+/// `plan`, if the network is a test network (its authorities file says `test_network`): a
+/// build with the feature that found itself on a real network must not misbehave on command.
+pub fn allowed(plan: Option<ChaosPlan>, test_network: bool) -> Result<Option<ChaosPlan>, String> {
+    match plan {
+        Some(_) if !test_network => Err(format!(
+            "{CHAOS_ENV} is set but the network is not a test network: refusing to misbehave"
+        )),
+        plan => Ok(plan),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +80,13 @@ mod tests {
         for bad in ["drop=2", "drop=x", "speed=1", "delay_ms", "from_unix_ms=-1"] {
             assert!(ChaosPlan::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_plan_is_refused_on_a_network_that_is_not_a_test_network() {
+        let plan = ChaosPlan::parse("drop=1").ok();
+        assert!(allowed(plan, false).is_err());
+        assert_eq!(allowed(plan, true).unwrap(), plan);
+        assert_eq!(allowed(None, false).unwrap(), None);
     }
 }

@@ -213,6 +213,8 @@ pub async fn run_node(
         NodeRole::Mix => None,
     };
     info!(peer_id = %me, role = ?config.role, epoch, "node started");
+    #[cfg(feature = "chaos")]
+    let test_network = config.authorities.test_network;
     let mut node = Node {
         keys: KeyRotation::new(store, replay_store, config.schedule, now),
         bootstrap: BootstrapDialer::new(config.bootstrap.iter().cloned(), now.mono),
@@ -231,7 +233,9 @@ pub async fn run_node(
         cover: LoopCover::new(me, now.mono),
         gauges: Gauges::new(now.mono),
         #[cfg(feature = "chaos")]
-        chaos: super::chaos::ChaosPlan::from_env().map_err(NodeError::Chaos)?,
+        chaos: super::chaos::ChaosPlan::from_env()
+            .and_then(|plan| super::chaos::allowed(plan, test_network))
+            .map_err(NodeError::Chaos)?,
         status,
     };
     node.load_cached_consensus(now);

@@ -73,10 +73,13 @@ pub const GIT_COMMIT: Option<&str> = option_env!("P2PMIX_GIT_COMMIT");
 /// Sets `p2pmix_build_info{version, git_commit, features} 1`: which build runs where, for
 /// dashboards and for alerts on a network running mixed versions.
 pub fn export_build_info() {
-    let features: Vec<&str> = [("quic", cfg!(feature = "quic"))]
-        .into_iter()
-        .filter_map(|(name, on)| on.then_some(name))
-        .collect();
+    let features: Vec<&str> = [
+        ("quic", cfg!(feature = "quic")),
+        ("chaos", cfg!(feature = "chaos")),
+    ]
+    .into_iter()
+    .filter_map(|(name, on)| on.then_some(name))
+    .collect();
     gauge!(
         "p2pmix_build_info",
         "version" => env!("CARGO_PKG_VERSION"),
