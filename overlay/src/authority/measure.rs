@@ -257,9 +257,11 @@ impl MeasureDriver {
             return;
         }
         mailbox.request = None;
+        // A gateway whose fetch failed or was refused stays probed: the returns it does not
+        // hand over are lost and count against it. Taking it out of the probe routes instead let
+        // a gateway that refuses the measurer go unmeasured, on probation for ever.
         let Some(response) = response else {
             mailbox.fetcher.handle_failure(now);
-            self.measurer.set_gateway_ready(gateway, false);
             return;
         };
         match mailbox.fetcher.handle_response(now, response) {
@@ -278,7 +280,6 @@ impl MeasureDriver {
             }
             Err(failure) => {
                 debug!(%gateway, ?failure, "measurer: the gateway did not answer the fetch");
-                self.measurer.set_gateway_ready(gateway, false);
             }
         }
     }

@@ -2,9 +2,9 @@
 //! of what came back, and per-node reports over a sliding window.
 //!
 //! The driver installs the network of the consensus in force ([`Measurer::set_network`]), says
-//! at which gateways the measurer's mailbox is registered ([`Measurer::set_gateway_ready`]:
-//! probes go only through those, or their returns would be refused there and counted against
-//! the gateway), sends what [`Measurer::poll_transmit`] gives it to the named gateway, hands
+//! at which gateways the measurer has asked to register its mailbox ([`Measurer::set_gateway_ready`]:
+//! probes go only through those, so that none is sent before its return could be taken; a
+//! gateway that then refuses or fails stays probed and its lost returns count against it), sends what [`Measurer::poll_transmit`] gives it to the named gateway, hands
 //! back what that gateway's mailbox returns ([`Measurer::handle_delivery`]) and asks for
 //! [`Measurer::report`] when the authority votes. Time and randomness are passed in.
 //!
