@@ -11,7 +11,7 @@
 use std::time::{Duration, Instant};
 
 use p2pmix::sphinx::{
-    ClientId, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey, Processed,
+    ClientId, Destination, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey, Processed,
     ReplayConfig, body, build_packet, create_surb, open_payload, sample_exponential,
 };
 
@@ -62,7 +62,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let started = Instant::now();
     let mut packet = build_packet(
         &geometry,
-        KeyId::for_epoch(EPOCH),
         &route,
         &Destination::Deliver {
             client: recipient,
@@ -130,7 +129,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .collect::<Result<Vec<_>, _>>()?;
     let (surb, keys) = create_surb(
         &geometry,
-        KeyId::for_epoch(EPOCH),
         &back,
         ClientId([0xcd; 32]),
         Label([2; 16]),

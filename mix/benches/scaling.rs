@@ -13,7 +13,7 @@ use std::{
 };
 
 use p2pmix_mix::{
-    Delay, Destination, Geometry, Hop, KeyId, KeyRing, NodeId, NodeSecretKey, Relay, RelayConfig,
+    Delay, Destination, Geometry, Hop, KeyRing, NodeId, NodeSecretKey, Relay, RelayConfig,
     ReplayConfig, behaviour::MAX_BATCH, build_packet,
 };
 
@@ -36,17 +36,7 @@ fn main() {
         },
     ];
     let packets: Vec<Vec<u8>> = (0..2 * PACKETS_PER_THREAD)
-        .map(|_| {
-            build_packet(
-                &g,
-                KeyId::for_epoch(1),
-                &route,
-                &Destination::Drop,
-                &[1; 2048],
-                &mut rng,
-            )
-            .unwrap()
-        })
+        .map(|_| build_packet(&g, &route, &Destination::Drop, &[1; 2048], &mut rng).unwrap())
         .collect();
     let mut rates = Vec::new();
     for threads in [1usize, 2] {

@@ -22,7 +22,7 @@ use std::{hint::black_box, time::Duration};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use curve25519_dalek::{ristretto::RistrettoPoint, scalar::Scalar};
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
+    ClientId, Delay, Destination, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey,
     RecipientKey, ReplayCache, ReplayConfig, build_cover_packet, build_packet, build_packet_to,
     unwrap_batch, unwrap_packet,
 };
@@ -91,7 +91,6 @@ impl Ours {
     fn packet(&self) -> Vec<u8> {
         build_packet(
             &self.geometry,
-            KeyId(1),
             &self.route,
             &self.destination,
             &self.payload,
@@ -204,14 +203,7 @@ fn unwrap(c: &mut Criterion) {
         b.iter_batched_ref(
             || (packet.clone(), small_cache()),
             |(p, cache)| {
-                unwrap_packet(
-                    &ours.geometry,
-                    KeyId(1),
-                    &ours.secrets[0],
-                    cache,
-                    black_box(p),
-                )
-                .unwrap()
+                unwrap_packet(&ours.geometry, &ours.secrets[0], cache, black_box(p)).unwrap()
             },
             BatchSize::SmallInput,
         )
@@ -279,6 +271,57 @@ fn unwrap(c: &mut Criterion) {
     parts.finish();
 }
 
+/// What trial decryption costs (the header names no epoch key since issue 14): a ring holding
+/// the previous (in its grace period), current and next epoch's keys opens packets under each,
+/// and refuses a forgery, which tries all three. The peer is the current key's packet, which
+/// nearly every packet is.
+fn trial(c: &mut Criterion) {
+    let ours = ours();
+    let mut rng = rand::rng();
+    let keys: Vec<NodeSecretKey> = (0..3).map(|_| NodeSecretKey::random(&mut rng)).collect();
+    let ring = || {
+        let mut ring = KeyRing::new(1, Duration::from_secs(3600), small_replay());
+        let copy = |k: &NodeSecretKey| NodeSecretKey::from_bytes(k.to_bytes()).unwrap();
+        ring.insert(1, copy(&keys[0])).unwrap();
+        ring.insert(2, copy(&keys[1])).unwrap();
+        ring.advance(2, std::time::Instant::now());
+        ring.insert(3, copy(&keys[2])).unwrap();
+        ring
+    };
+    let under = |key: &NodeSecretKey| {
+        let mut route = ours.route.clone();
+        route[0].key = key.public_key();
+        build_packet(
+            &ours.geometry,
+            &route,
+            &ours.destination,
+            &ours.payload,
+            &mut rand::rng(),
+        )
+        .unwrap()
+    };
+    let forged = under(&NodeSecretKey::random(&mut rng));
+    let mut group = c.benchmark_group("trial");
+    for (name, packet, ok) in [
+        ("current-key", under(&keys[1]), true),
+        ("next-key", under(&keys[2]), true),
+        ("previous-key", under(&keys[0]), true),
+        ("forgery-3-keys", forged, false),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || (packet.clone(), ring()),
+                |(p, ring)| {
+                    let result = ring.process(&ours.geometry, black_box(p));
+                    assert_eq!(result.is_ok(), ok);
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
 fn create(c: &mut Criterion) {
     let ours = ours();
     let theirs = theirs();
@@ -289,7 +332,6 @@ fn create(c: &mut Criterion) {
         b.iter(|| {
             build_packet(
                 &ours.geometry,
-                KeyId(1),
                 black_box(&ours.route),
                 &ours.destination,
                 black_box(&ours.payload),
@@ -307,7 +349,6 @@ fn create(c: &mut Criterion) {
         b.iter(|| {
             build_packet_to(
                 &ours.geometry,
-                KeyId(1),
                 black_box(&ours.route),
                 &ours.destination,
                 &recipient_public,
@@ -321,7 +362,6 @@ fn create(c: &mut Criterion) {
         b.iter(|| {
             build_cover_packet(
                 &ours.geometry,
-                KeyId(1),
                 black_box(&ours.route),
                 &ours.destination,
                 &mut rng,
@@ -333,7 +373,6 @@ fn create(c: &mut Criterion) {
     // body as a one-hop route's final hop delivers it.
     let mut delivered = build_packet_to(
         &ours.geometry,
-        KeyId(1),
         &ours.route[..1],
         &ours.destination,
         &recipient_public,
@@ -343,7 +382,6 @@ fn create(c: &mut Criterion) {
     .unwrap();
     unwrap_packet(
         &ours.geometry,
-        KeyId(1),
         &ours.secrets[0],
         &ReplayCache::new(small_replay(), [1; 32]),
         &mut delivered,
@@ -379,7 +417,6 @@ fn create(c: &mut Criterion) {
         b.iter(|| {
             build_packet(
                 &ours.geometry,
-                KeyId(1),
                 black_box(&ours.route[..NOX_HOPS]),
                 &ours.destination,
                 black_box(&ours.payload),
@@ -412,6 +449,6 @@ fn create(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(60).measurement_time(Duration::from_secs(4));
-    targets = unwrap, create
+    targets = unwrap, trial, create
 }
 criterion_main!(benches);

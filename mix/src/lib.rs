@@ -47,11 +47,12 @@ pub use sphinx::{
     delay::sample_exponential,
     error::{BuildError, GeometryError, OpenError, SurbError, SurbKeysError, UnwrapError},
     geometry::{
-        ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE, SLOT_SIZE,
+        ELEMENT_SIZE, Geometry, HEADER_VERSION, MAC_SIZE, MAX_HOPS_LIMIT, PAYLOAD_TAG_SIZE,
+        SLOT_SIZE, VERSION_SIZE,
     },
     keyring::{EpochKey, KeyRing, KeyRingError},
-    keys::{KeyId, NodePublicKey, NodeSecretKey},
-    peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet},
+    keys::{NodePublicKey, NodeSecretKey},
+    peel::{Processed, body, open_payload, unwrap_batch, unwrap_packet, unwrap_with_ring},
     recipient::{REPRESENTATIVE_SIZE, RecipientKey, RecipientPublicKey},
     replay::{
         PersistError, ReplayBudget, ReplayCache, ReplayConfig, ReplayRefusal, TagIndex,
@@ -66,8 +67,10 @@ pub use sphinx::{
 /// of the packet names it too ("... sphinx v2 ..."): a new version must change them.
 ///
 /// v2: HCTR2-AES-256 payload layers, an AES-256-CTR routing stream and a one-time POLYVAL header
-/// MAC (v1: Lioness over ChaCha20 and BLAKE3, ChaCha20, keyed BLAKE3). Not yet released: a
-/// payload-layer change (issue 14, `sphinx/payload.rs`) may still join v2 without another bump.
+/// MAC (v1: Lioness over ChaCha20 and BLAKE3, ChaCha20, keyed BLAKE3), and this version as the
+/// header's first byte where v1 had a key id (nodes find the epoch key by trial, so the header
+/// does not show which consensus its sender used). Not yet released, so issue 14's changes
+/// (the recipient layer, the version byte) joined v2 without another bump.
 pub const FORMAT_VERSION: u8 = 2;
 
 /// Entry points for the fuzz targets in `mix/fuzz/` and the benches (not a stable API).
@@ -89,7 +92,7 @@ pub mod fuzzing {
         secret: &crate::NodeSecretKey,
         packet: &[u8],
     ) -> Option<([u8; 32], [u8; 128])> {
-        let element = packet.get(crate::KEY_ID_SIZE..crate::KEY_ID_SIZE + crate::ELEMENT_SIZE)?;
+        let element = packet.get(crate::VERSION_SIZE..crate::VERSION_SIZE + crate::ELEMENT_SIZE)?;
         let point = curve25519_dalek::ristretto::CompressedRistretto::from_slice(element)
             .ok()?
             .decompress()?;

@@ -26,7 +26,6 @@ use crate::sphinx::{
     error::UnwrapError,
     geometry::Geometry,
     keyring::KeyRing,
-    keys::KeyId,
     peel::{Processed, unwrap_batch},
     routing::{Destination, NodeId},
 };
@@ -44,8 +43,11 @@ pub enum DropReason {
     /// The key's replay filter could record no more tags (memory budget spent, or its journal
     /// behind): refused rather than relayed without replay protection.
     ReplayFilterFull,
-    /// The packet names an epoch key this node does not hold.
+    /// No live key opens the packet and the node holds no key for the current epoch (see
+    /// [`UnwrapError::UnknownKey`]).
     UnknownKey,
+    /// The header's format version is not this node's.
+    UnknownVersion,
     /// The authenticated routing slot does not decode.
     BadRouting,
     /// The next hop is not in the packet's epoch topology.
@@ -63,12 +65,13 @@ pub enum DropReason {
 
 impl DropReason {
     /// Every reason, for exporting counters.
-    pub const ALL: [DropReason; 11] = [
+    pub const ALL: [DropReason; 12] = [
         DropReason::WrongSize,
         DropReason::BadMac,
         DropReason::Replay,
         DropReason::ReplayFilterFull,
         DropReason::UnknownKey,
+        DropReason::UnknownVersion,
         DropReason::BadRouting,
         DropReason::UnknownNextHop,
         DropReason::DelayTooLong,
@@ -90,6 +93,7 @@ impl DropReason {
             DropReason::Replay => "replay",
             DropReason::ReplayFilterFull => "replay_filter_full",
             DropReason::UnknownKey => "unknown_key",
+            DropReason::UnknownVersion => "unknown_version",
             DropReason::BadRouting => "bad_routing",
             DropReason::UnknownNextHop => "unknown_next_hop",
             DropReason::DelayTooLong => "delay_too_long",
@@ -103,8 +107,9 @@ impl DropReason {
     /// nodes cut off peers that send many of these.
     ///
     /// An unknown key is not: it is what every honest client sends to a node that restarted and
-    /// retired the key of the epoch under way, or whose clock is a little off at an epoch
-    /// boundary, and refusing it costs one byte comparison (the rate limit bounds a flood).
+    /// retired the key of the epoch under way (the rate limit bounds a flood). Nor is an unknown
+    /// version: a peer on another format is not attacking, and refusing it costs one byte
+    /// comparison.
     /// A replay is not either: an honest sender's fresh packet is taken for one at the filter's
     /// false-positive rate, and a replayed packet costs the node no more than a fresh one (the
     /// rate limit bounds both); a full filter is the node's state, not the sender's doing.
@@ -122,7 +127,8 @@ impl From<UnwrapError> for DropReason {
     fn from(e: UnwrapError) -> Self {
         match e {
             UnwrapError::WrongSize { .. } => DropReason::WrongSize,
-            UnwrapError::UnknownKey(_) => DropReason::UnknownKey,
+            UnwrapError::UnknownKey => DropReason::UnknownKey,
+            UnwrapError::UnknownVersion(_) => DropReason::UnknownVersion,
             UnwrapError::InvalidElement | UnwrapError::Mac => DropReason::BadMac,
             UnwrapError::Replay => DropReason::Replay,
             UnwrapError::ReplayFilterFull => DropReason::ReplayFilterFull,
@@ -245,11 +251,11 @@ impl<P: Clone + Eq + Hash> Relay<P> {
     /// Unwraps `packet` received at `now` and decides what to do with it.
     pub fn process(&self, now: Instant, mut packet: Vec<u8>) -> Result<Decision<P>, DropReason> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
-        let processed = keys.process(&self.geometry, &mut packet);
-        let epoch = epoch_of(&keys, &packet);
+        let processed = keys.process_keyed(&self.geometry, &mut packet);
         drop(keys);
+        let (epoch, processed) = processed?;
         let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
-        self.decide(&topologies, now, packet, epoch, processed?)
+        self.decide(&topologies, now, packet, epoch, processed)
     }
 
     /// Unwraps the packets of `batch` (each with its arrival time) together and decides for
@@ -263,15 +269,15 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         let keys = self.keys.read().unwrap_or_else(|e| e.into_inner());
         let mut views: Vec<&mut [u8]> = packets.iter_mut().map(Vec::as_mut_slice).collect();
         let processed = unwrap_batch(&self.geometry, &keys, &mut views);
-        let epochs: Vec<Option<u64>> = packets.iter().map(|p| epoch_of(&keys, p)).collect();
         drop(keys);
         let topologies = self.topologies.read().unwrap_or_else(|e| e.into_inner());
         arrivals
             .into_iter()
             .zip(packets)
-            .zip(epochs.into_iter().zip(processed))
-            .map(|((now, packet), (epoch, processed))| {
-                self.decide(&topologies, now, packet, epoch, processed?)
+            .zip(processed)
+            .map(|((now, packet), processed)| {
+                let (epoch, processed) = processed?;
+                self.decide(&topologies, now, packet, epoch, processed)
             })
             .collect()
     }
@@ -282,7 +288,7 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         topologies: &HashMap<u64, HashMap<NodeId, P>>,
         now: Instant,
         packet: Vec<u8>,
-        epoch: Option<u64>,
+        epoch: u64,
         processed: Processed,
     ) -> Result<Decision<P>, DropReason> {
         let delay = match processed {
@@ -294,8 +300,8 @@ impl<P: Clone + Eq + Hash> Relay<P> {
         let release = now.checked_add(delay.as_duration()).unwrap_or(now);
         match processed {
             Processed::Forward { next, .. } => {
-                let to = epoch
-                    .and_then(|e| topologies.get(&e))
+                let to = topologies
+                    .get(&epoch)
                     .and_then(|t| t.get(&next))
                     .cloned()
                     .ok_or(DropReason::UnknownNextHop)?;
@@ -314,12 +320,6 @@ impl<P: Clone + Eq + Hash> Relay<P> {
             }),
         }
     }
-}
-
-/// The epoch of the key a packet's key id names.
-fn epoch_of(keys: &KeyRing, packet: &[u8]) -> Option<u64> {
-    let id = packet.first().copied().map(KeyId)?;
-    keys.get(id).map(|k| k.epoch())
 }
 
 /// Bounds of a [`DelayQueue`].

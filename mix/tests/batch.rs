@@ -8,23 +8,26 @@ use std::time::Duration;
 
 use common::{EPOCH, deliver, rng, small_replay};
 use p2pmix_mix::{
-    Delay, Geometry, Hop, KeyId, KeyRing, NodeId, NodeSecretKey, Processed, UnwrapError,
-    build_packet, unwrap_batch,
+    Delay, Geometry, Hop, KeyRing, NodeId, NodeSecretKey, Processed, UnwrapError, build_packet,
+    unwrap_batch,
 };
 use proptest::prelude::*;
 
-/// Two rings with the same keys (current and next epoch) and separate replay caches.
+/// Two rings with the same keys (previous in its grace period, current and next epoch) and
+/// separate replay caches.
 fn twin_rings(seed: u64) -> (KeyRing, KeyRing) {
     let mut r = rng(seed);
-    let keys: Vec<[u8; 32]> = (0..2)
+    let keys: Vec<[u8; 32]> = (0..3)
         .map(|_| NodeSecretKey::random(&mut r).to_bytes())
         .collect();
+    let now = std::time::Instant::now();
     let ring = || {
-        let mut ring = KeyRing::new(EPOCH, Duration::from_secs(60), small_replay());
-        for (epoch, key) in (EPOCH..).zip(&keys) {
-            ring.insert(epoch, NodeSecretKey::from_bytes(*key).unwrap())
-                .unwrap();
-        }
+        let mut ring = KeyRing::new(EPOCH - 1, Duration::from_secs(60), small_replay());
+        let key = |i: usize| NodeSecretKey::from_bytes(keys[i]).unwrap();
+        ring.insert(EPOCH - 1, key(0)).unwrap();
+        ring.insert(EPOCH, key(1)).unwrap();
+        ring.advance(EPOCH, now);
+        ring.insert(EPOCH + 1, key(2)).unwrap();
         ring
     };
     (ring(), ring())
@@ -33,33 +36,36 @@ fn twin_rings(seed: u64) -> (KeyRing, KeyRing) {
 /// What one packet of the batch is.
 #[derive(Debug, Clone, Copy)]
 enum Kind {
-    /// Built for the ring's key of epoch `EPOCH + next`.
-    Valid { next: bool },
+    /// Built for the ring's key of epoch `EPOCH - 1 + offset` (previous, current, next).
+    Valid { offset: u64 },
     /// A copy of an earlier packet of the batch (a replay inside the batch).
     Copy(usize),
     /// A valid packet with one header bit flipped.
     FlippedHeader(usize),
-    /// Random bytes of packet size under a held key id.
+    /// Random bytes of packet size with this format's version byte.
     Random,
     /// The identity as its element (all-zero encoding).
     IdentityElement,
     /// Bytes that are not a Ristretto encoding.
     NotAnElement,
-    /// A key id the ring does not hold.
+    /// Built for a key the ring does not hold (a retired or foreign one).
     UnknownKey,
+    /// Another format version.
+    UnknownVersion,
     /// One byte short.
     Short,
 }
 
 fn any_kind() -> impl Strategy<Value = Kind> {
     prop_oneof![
-        4 => any::<bool>().prop_map(|next| Kind::Valid { next }),
+        4 => (0u64..3).prop_map(|offset| Kind::Valid { offset }),
         1 => (0usize..16).prop_map(Kind::Copy),
         1 => (0usize..324 * 8).prop_map(Kind::FlippedHeader),
         1 => Just(Kind::Random),
         1 => Just(Kind::IdentityElement),
         1 => Just(Kind::NotAnElement),
         1 => Just(Kind::UnknownKey),
+        1 => Just(Kind::UnknownVersion),
         1 => Just(Kind::Short),
     ]
 }
@@ -67,57 +73,59 @@ fn any_kind() -> impl Strategy<Value = Kind> {
 fn make(kind: Kind, ring: &KeyRing, made: &[Vec<u8>], seed: u64) -> Vec<u8> {
     let g = Geometry::DEFAULT;
     let mut r = rng(seed);
-    let valid = |next: bool, r: &mut _| {
-        let epoch = EPOCH + u64::from(next);
+    let build = |key: p2pmix_mix::NodePublicKey, r: &mut _| {
         let route = [Hop {
             node: NodeId(1),
-            key: ring.for_epoch(epoch).unwrap().public_key(),
+            key,
             delay: Delay::from_micros(5),
         }];
-        build_packet(
-            &g,
-            KeyId::for_epoch(epoch),
-            &route,
-            &deliver(1, 2),
-            b"batch",
-            r,
-        )
-        .unwrap()
+        build_packet(&g, &route, &deliver(1, 2), b"batch", r).unwrap()
     };
+    let valid =
+        |offset: u64, r: &mut _| build(ring.for_epoch(EPOCH - 1 + offset).unwrap().public_key(), r);
     match kind {
-        Kind::Valid { next } => valid(next, &mut r),
+        Kind::Valid { offset } => valid(offset, &mut r),
         Kind::Copy(i) if !made.is_empty() => made[i % made.len()].clone(),
-        Kind::Copy(_) => valid(false, &mut r),
+        Kind::Copy(_) => valid(1, &mut r),
         Kind::FlippedHeader(bit) => {
-            let mut p = valid(false, &mut r);
-            // Not the key id byte: that would only name another key.
-            let bit = 8 + bit % (g.header_size() * 8 - 8);
+            let mut p = valid(1, &mut r);
+            // The version byte included: that gives an unknown version.
+            let bit = bit % (g.header_size() * 8);
             p[bit / 8] ^= 1 << (bit % 8);
             p
         }
         Kind::Random => {
             let mut p = vec![0u8; g.packet_size()];
             rand::Rng::fill_bytes(&mut r, &mut p);
-            p[0] = KeyId::for_epoch(EPOCH).0;
+            p[0] = p2pmix_mix::HEADER_VERSION;
             p
         }
         Kind::IdentityElement => {
-            let mut p = valid(false, &mut r);
+            let mut p = valid(1, &mut r);
             p[1..33].fill(0);
             p
         }
         Kind::NotAnElement => {
-            let mut p = valid(false, &mut r);
+            let mut p = valid(1, &mut r);
             p[1..33].fill(0xff);
             p
         }
         Kind::UnknownKey => {
-            let mut p = valid(false, &mut r);
-            p[0] = KeyId::for_epoch(EPOCH + 5).0;
+            // A key from a stream no ring key comes from (a seed byte `rng` leaves zero).
+            use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
+            let mut domain = [0u8; 32];
+            domain[..8].copy_from_slice(&seed.to_le_bytes());
+            domain[31] = 0xaa;
+            let foreign = NodeSecretKey::random(&mut ChaCha20Rng::from_seed(domain));
+            build(foreign.public_key(), &mut r)
+        }
+        Kind::UnknownVersion => {
+            let mut p = valid(1, &mut r);
+            p[0] = p2pmix_mix::HEADER_VERSION.wrapping_add(1);
             p
         }
         Kind::Short => {
-            let mut p = valid(false, &mut r);
+            let mut p = valid(1, &mut r);
             p.pop();
             p
         }
@@ -137,8 +145,8 @@ proptest! {
             packets.push(p);
         }
         let mut alone = packets.clone();
-        let expected: Vec<Result<Processed, UnwrapError>> =
-            alone.iter_mut().map(|p| single_ring.process(&g, p)).collect();
+        let expected: Vec<Result<(u64, Processed), UnwrapError>> =
+            alone.iter_mut().map(|p| single_ring.process_keyed(&g, p)).collect();
         let mut batched = packets.clone();
         let mut views: Vec<&mut [u8]> = batched.iter_mut().map(Vec::as_mut_slice).collect();
         let got = unwrap_batch(&g, &batch_ring, &mut views);
@@ -147,9 +155,21 @@ proptest! {
             if result.is_ok() {
                 prop_assert_eq!(&batched[i], &alone[i], "packet {} ({:?}) differs", i, kind);
             }
-            if let Kind::Valid { .. } = kind {
-                // Honest packets fail only as replays of an identical earlier copy.
-                prop_assert!(result.is_ok() || *result == Err(UnwrapError::Replay), "{i} {kind:?}: {result:?}");
+            match kind {
+                Kind::Valid { offset } => {
+                    // Honest packets open under the key they were built for (found by trial:
+                    // nothing in the header names it), or fail as replays of an earlier copy.
+                    match result {
+                        Ok((epoch, _)) => prop_assert_eq!(*epoch, EPOCH - 1 + offset),
+                        Err(e) => prop_assert_eq!(*e, UnwrapError::Replay, "{} {:?}", i, kind),
+                    }
+                }
+                Kind::UnknownKey => prop_assert_eq!(result, &Err(UnwrapError::Mac)),
+                Kind::UnknownVersion => prop_assert_eq!(
+                    result,
+                    &Err(UnwrapError::UnknownVersion(p2pmix_mix::HEADER_VERSION.wrapping_add(1)))
+                ),
+                _ => {}
             }
         }
     }
@@ -198,15 +218,7 @@ fn relay_batch_decides_as_one_by_one() {
                 delay: Delay::ZERO,
             });
         }
-        build_packet(
-            &g,
-            KeyId::for_epoch(EPOCH),
-            &route,
-            &deliver(1, 2),
-            b"x",
-            &mut r,
-        )
-        .unwrap()
+        build_packet(&g, &route, &deliver(1, 2), b"x", &mut r).unwrap()
     };
     let now = Instant::now();
     let packets = vec![
@@ -230,4 +242,56 @@ fn relay_batch_decides_as_one_by_one() {
     assert_eq!(got[2], Err(p2pmix_mix::DropReason::DelayTooLong));
     assert!(matches!(got[3], Ok(p2pmix_mix::Decision::Final { .. })));
     assert_eq!(got[4], Err(p2pmix_mix::DropReason::WrongSize));
+}
+
+/// The next hop is looked up in the topology of the epoch whose key opened the packet (found
+/// by trial): a packet built from the next epoch's consensus goes to that epoch's peer for the
+/// node id, one from the current consensus to the current one's, alone and in a batch.
+#[test]
+fn the_key_that_opens_a_packet_picks_the_topology_of_its_next_hop() {
+    use std::{collections::HashMap, time::Instant};
+
+    use p2pmix_mix::{Decision, Relay, RelayConfig};
+
+    let g = Geometry::DEFAULT;
+    let (ring, _) = twin_rings(21);
+    let key_of = |epoch| ring.for_epoch(epoch).unwrap().public_key();
+    let (current, next) = (key_of(EPOCH), key_of(EPOCH + 1));
+    let relay = Relay::new(
+        g,
+        RelayConfig {
+            max_delay: Duration::from_secs(1),
+        },
+        ring,
+    );
+    relay.set_topology(EPOCH, HashMap::from([(NodeId(2), "current")]));
+    relay.set_topology(EPOCH + 1, HashMap::from([(NodeId(2), "next")]));
+    let mut r = rng(22);
+    let mut packet = |key| {
+        let hop = |node, key| Hop {
+            node: NodeId(node),
+            key,
+            delay: Delay::ZERO,
+        };
+        build_packet(
+            &g,
+            &[hop(1, key), hop(2, key)],
+            &deliver(1, 2),
+            b"x",
+            &mut r,
+        )
+        .unwrap()
+    };
+    let to = |d: &Result<Decision<&'static str>, p2pmix_mix::DropReason>| match d {
+        Ok(Decision::Forward { to, .. }) => Some(*to),
+        _ => None,
+    };
+    let now = Instant::now();
+    assert_eq!(to(&relay.process(now, packet(next))), Some("next"));
+    assert_eq!(to(&relay.process(now, packet(current))), Some("current"));
+    let batch = relay.process_batch(vec![(now, packet(current)), (now, packet(next))]);
+    assert_eq!(
+        batch.iter().map(to).collect::<Vec<_>>(),
+        vec![Some("current"), Some("next")]
+    );
 }

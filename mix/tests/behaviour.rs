@@ -11,12 +11,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{EPOCH, key_id, rng, small_replay};
+use common::{EPOCH, rng, small_replay};
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, Swarm, identity::Keypair, noise, swarm::SwarmEvent, tcp, yamux};
 use p2pmix_mix::{
-    ClientId, Delay, Destination, DropReason, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey,
-    Relay, RelayConfig,
+    ClientId, Delay, Destination, DropReason, Geometry, HEADER_VERSION, Hop, KeyRing, Label,
+    NodeId, NodeSecretKey, Relay, RelayConfig,
     behaviour::{Behaviour, Config, Event, Stats},
     build_packet, open_payload,
     trace::{Direction, PacketTag, TraceSink, Truth},
@@ -214,8 +214,7 @@ async fn inject(
         client: ClientId([client; 32]),
         label: Label([i; 16]),
     };
-    let packet =
-        build_packet(&Geometry::DEFAULT, key_id(), hops, &destination, payload, r).unwrap();
+    let packet = build_packet(&Geometry::DEFAULT, hops, &destination, payload, r).unwrap();
     net.nodes[0]
         .commands
         .send(Command::Inject(packet))
@@ -256,15 +255,8 @@ async fn five_hops_deliver_every_packet_once_after_the_chosen_delays() {
             client: ClientId([7; 32]),
             label: Label([i; 16]),
         };
-        let packet = build_packet(
-            &Geometry::DEFAULT,
-            key_id(),
-            &hops,
-            &destination,
-            &[i; 100],
-            &mut r,
-        )
-        .unwrap();
+        let packet =
+            build_packet(&Geometry::DEFAULT, &hops, &destination, &[i; 100], &mut r).unwrap();
         sent_at.insert(i, Instant::now());
         net.nodes[0]
             .commands
@@ -348,7 +340,7 @@ async fn a_flooding_peer_is_counted_and_cut_off_while_traffic_flows() {
     let size = Geometry::DEFAULT.packet_size();
     for i in 0..200u32 {
         let mut garbage = vec![(i % 251) as u8; size];
-        garbage[0] = key_id().0;
+        garbage[0] = HEADER_VERSION;
         attacker
             .commands
             .send(Command::Send(net.nodes[1].peer, garbage))
@@ -363,15 +355,7 @@ async fn a_flooding_peer_is_counted_and_cut_off_while_traffic_flows() {
             client: ClientId([1; 32]),
             label: Label([i; 16]),
         };
-        let packet = build_packet(
-            &Geometry::DEFAULT,
-            key_id(),
-            &hops,
-            &destination,
-            b"ok",
-            &mut r,
-        )
-        .unwrap();
+        let packet = build_packet(&Geometry::DEFAULT, &hops, &destination, b"ok", &mut r).unwrap();
         net.nodes[0]
             .commands
             .send(Command::Inject(packet))
@@ -564,7 +548,6 @@ async fn free_identities_on_one_address_cannot_fill_the_delay_queue() {
             };
             let packet = build_packet(
                 &Geometry::DEFAULT,
-                key_id(),
                 &hold_long,
                 &destination,
                 b"hold me",

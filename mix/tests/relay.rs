@@ -6,9 +6,10 @@ mod common;
 
 use std::{collections::BTreeMap, time::Duration};
 
-use common::{EPOCH, deliver, key_id, rng, small_replay};
+use common::{EPOCH, deliver, rng, small_replay};
 use p2pmix_mix::{
-    Delay, Destination, DropReason, Geometry, Hop, NodeId, QueueLimits, build_packet, open_payload,
+    Delay, Destination, DropReason, Geometry, HEADER_VERSION, Hop, NodeId, QueueLimits,
+    build_packet, open_payload,
 };
 use p2pmix_sim::{
     Link, Sim,
@@ -96,15 +97,8 @@ fn each_hop_holds_the_packet_for_exactly_its_delay() {
     let delays = [3u64, 40, 7, 120, 0];
     let route = net.route(&delays);
     for i in 0..50u8 {
-        let packet = build_packet(
-            &Geometry::DEFAULT,
-            key_id(),
-            &route,
-            &deliver(1, i),
-            &[i; 64],
-            &mut r,
-        )
-        .unwrap();
+        let packet =
+            build_packet(&Geometry::DEFAULT, &route, &deliver(1, i), &[i; 64], &mut r).unwrap();
         net.receive(0, packet);
     }
     net.run();
@@ -144,24 +138,24 @@ fn drops_are_counted_by_reason() {
     let g = Geometry::DEFAULT;
     // Garbage of the wrong size, and of the right size.
     net.receive(0, vec![1; 100]);
-    net.receive(0, vec![key_id().0; g.packet_size()]);
+    net.receive(0, vec![HEADER_VERSION; g.packet_size()]);
     // A replay.
     let route = net.route(&[1, 1, 1]);
-    let packet = build_packet(&g, key_id(), &route, &deliver(1, 1), b"x", &mut r).unwrap();
+    let packet = build_packet(&g, &route, &deliver(1, 1), b"x", &mut r).unwrap();
     net.receive(0, packet.clone());
     net.receive(0, packet);
     // A next hop outside the topology.
     let mut stranger = net.route(&[1, 1]);
     stranger[1].node = NodeId(999);
-    let packet = build_packet(&g, key_id(), &stranger, &deliver(1, 1), b"x", &mut r).unwrap();
+    let packet = build_packet(&g, &stranger, &deliver(1, 1), b"x", &mut r).unwrap();
     net.receive(0, packet);
     // A delay above the cap.
     let slow = net.route(&[501, 1]);
-    let packet = build_packet(&g, key_id(), &slow, &deliver(1, 1), b"x", &mut r).unwrap();
+    let packet = build_packet(&g, &slow, &deliver(1, 1), b"x", &mut r).unwrap();
     net.receive(0, packet);
     // A full queue (4 packets): one is already queued at node 0, three more fit, the fourth not.
     for _ in 0..4 {
-        let packet = build_packet(&g, key_id(), &route, &deliver(1, 1), b"x", &mut r).unwrap();
+        let packet = build_packet(&g, &route, &deliver(1, 1), b"x", &mut r).unwrap();
         net.receive(0, packet);
     }
     let expected: BTreeMap<DropReason, u64> = [

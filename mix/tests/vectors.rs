@@ -15,9 +15,9 @@ use common::rng;
 use std::time::Duration;
 
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
-    Processed, ReplayCache, ReplayConfig, body, build_packet, create_surb, fuzzing::hop_secrets,
-    open_payload, unwrap_batch, unwrap_packet,
+    ClientId, Delay, Destination, Geometry, HEADER_VERSION, Hop, KeyRing, Label, NodeId,
+    NodeSecretKey, Processed, ReplayCache, ReplayConfig, body, build_packet, create_surb,
+    fuzzing::hop_secrets, open_payload, unwrap_batch, unwrap_packet,
 };
 
 const PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors/sphinx-v2.txt");
@@ -46,32 +46,26 @@ fn route(secrets: &[NodeSecretKey]) -> Vec<Hop> {
 /// Unwraps `packet` along the route, recording each hop's shared secret, key material, decision
 /// and output. Every hop runs through `unwrap_packet` and, on a copy, through `unwrap_batch` in a
 /// batch with a garbage packet; both must give the same.
-fn walk(
-    out: &mut String,
-    g: &Geometry,
-    key_id: KeyId,
-    secrets: &[NodeSecretKey],
-    mut packet: Vec<u8>,
-) -> Vec<u8> {
+fn walk(out: &mut String, g: &Geometry, secrets: &[NodeSecretKey], mut packet: Vec<u8>) -> Vec<u8> {
     for (i, secret) in secrets.iter().enumerate() {
         let (shared, material) = hop_secrets(secret, &packet).unwrap();
         writeln!(out, "hop.{i}.shared_secret = {}", hex(&shared)).unwrap();
         writeln!(out, "hop.{i}.key_material = {}", hex(&material)).unwrap();
-        let epoch = u64::from(key_id.0);
+        let epoch = 42;
         let mut ring = KeyRing::new(epoch, Duration::from_secs(60), ReplayConfig::default());
         ring.insert(epoch, NodeSecretKey::from_bytes(secret.to_bytes()).unwrap())
             .unwrap();
         let mut batched = packet.clone();
         let mut garbage = vec![0xa5u8; g.packet_size()];
-        garbage[0] = key_id.0;
+        garbage[0] = HEADER_VERSION;
 
         let cache = ReplayCache::new(ReplayConfig::default(), [0; 32]);
-        let processed = unwrap_packet(g, key_id, secret, &cache, &mut packet).unwrap();
+        let processed = unwrap_packet(g, secret, &cache, &mut packet).unwrap();
         let in_batch = unwrap_batch(g, &ring, &mut [&mut garbage[..], &mut batched[..]]);
         assert!(in_batch[0].is_err());
         assert_eq!(
             in_batch[1],
-            Ok(processed),
+            Ok((epoch, processed)),
             "hop {i}: batch and single disagree"
         );
         assert_eq!(batched, packet, "hop {i}: batch and single outputs differ");
@@ -137,7 +131,6 @@ fn generate() -> String {
         ("drop-1-hop", 3, 1, Destination::Drop),
     ] {
         let secrets = nodes(seed, hops);
-        let key_id = KeyId(42);
         let payload = format!("known answer {name}").into_bytes();
         writeln!(out, "\n[{name}]").unwrap();
         for (i, s) in secrets.iter().enumerate() {
@@ -147,7 +140,6 @@ fn generate() -> String {
         writeln!(out, "payload = {}", hex(&payload)).unwrap();
         let packet = build_packet(
             &g,
-            key_id,
             &route(&secrets),
             &destination,
             &payload,
@@ -155,7 +147,7 @@ fn generate() -> String {
         )
         .unwrap();
         writeln!(out, "packet = {}", hex(&packet)).unwrap();
-        let last = walk(&mut out, &g, key_id, &secrets, packet);
+        let last = walk(&mut out, &g, &secrets, packet);
         if destination != Destination::Drop {
             let opened = open_payload(&g, body(&g, &last).unwrap()).unwrap();
             assert_eq!(&opened[..payload.len()], &payload[..]);
@@ -166,7 +158,6 @@ fn generate() -> String {
     let secrets = nodes(4, 4);
     let (surb, keys) = create_surb(
         &g,
-        KeyId(43),
         &route(&secrets),
         ClientId([0xc4; 32]),
         Label([0x4a; 16]),
@@ -180,7 +171,7 @@ fn generate() -> String {
     writeln!(out, "surb = {}", hex(&surb.to_bytes())).unwrap();
     let reply = surb.into_reply(&g, b"known answer reply").unwrap();
     writeln!(out, "reply.blake3 = {}", blake3::hash(&reply).to_hex()).unwrap();
-    let mut last = walk(&mut out, &g, KeyId(43), &secrets, reply);
+    let mut last = walk(&mut out, &g, &secrets, reply);
     let header = g.header_size();
     let opened = keys.open_reply(&g, &mut last[header..]).unwrap();
     assert_eq!(&opened[..18], b"known answer reply");

@@ -21,7 +21,7 @@ use p2pmix::{
     bootstrap::default_parameters,
     client::{RouteNode, RoutePolicy, Topology, choose_route, client_id},
     measure::{MeasureConfig, MeasuredNetwork, Measurer},
-    sphinx::{Destination, Geometry, KeyId, Label, NodeId, NodeSecretKey, build_cover_packet},
+    sphinx::{Destination, Geometry, Label, NodeId, NodeSecretKey, build_cover_packet},
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
@@ -112,7 +112,6 @@ fn main() {
             rand::Rng::fill_bytes(&mut rng, &mut label);
             let packet = build_cover_packet(
                 &Geometry::DEFAULT,
-                KeyId::for_epoch(topology.epoch()),
                 &route,
                 &Destination::Deliver {
                     client: me,

@@ -42,8 +42,8 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, swarm::SwarmEvent};
 use p2pmix::{
     build_swarm,
     sphinx::{
-        Delay, Destination, Geometry, Hop, KeyId, KeyRing, NodeId, NodeSecretKey, Relay,
-        RelayConfig, ReplayCache, ReplayConfig,
+        Delay, Destination, Geometry, Hop, KeyRing, NodeId, NodeSecretKey, Relay, RelayConfig,
+        ReplayCache, ReplayConfig,
         behaviour::{Behaviour, Config, HISTOGRAM_BUCKETS, MAX_BATCH, Stats, quantile_of},
         build_packet, unwrap_batch, unwrap_packet,
     },
@@ -361,15 +361,7 @@ fn measure_unwrap(
 ) -> Unwrap {
     let g = geometry();
     let build = |rng: &mut rand::rngs::ThreadRng| {
-        build_packet(
-            &g,
-            KeyId::for_epoch(EPOCH),
-            route,
-            &Destination::Drop,
-            &[0; 2048],
-            rng,
-        )
-        .unwrap()
+        build_packet(&g, route, &Destination::Drop, &[0; 2048], rng).unwrap()
     };
     let samples: Vec<Vec<u8>> = (0..1024).map(|_| build(rng)).collect();
     let cache = ReplayCache::new(
@@ -382,7 +374,7 @@ fn measure_unwrap(
     let mut alone = samples.clone();
     let t = Instant::now();
     for p in &mut alone {
-        unwrap_packet(&g, KeyId::for_epoch(EPOCH), secret, &cache, p).unwrap();
+        unwrap_packet(&g, secret, &cache, p).unwrap();
     }
     let alone = t.elapsed() / 1024;
     let mut ring = KeyRing::new(EPOCH, Duration::from_secs(60), ReplayConfig::default());
@@ -475,15 +467,7 @@ async fn run() {
         )
         .await;
         let build = |rng: &mut rand::rngs::ThreadRng| {
-            build_packet(
-                &g,
-                KeyId::for_epoch(EPOCH),
-                &route,
-                &Destination::Drop,
-                &[7; 2048],
-                rng,
-            )
-            .unwrap()
+            build_packet(&g, &route, &Destination::Drop, &[7; 2048], rng).unwrap()
         };
 
         // Warm up the connections.

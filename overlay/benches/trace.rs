@@ -22,8 +22,8 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, swarm::SwarmEvent};
 use p2pmix::{
     build_swarm,
     sphinx::{
-        ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
-        Relay, RelayConfig, ReplayCache, ReplayConfig,
+        ClientId, Delay, Destination, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey, Relay,
+        RelayConfig, ReplayCache, ReplayConfig,
         behaviour::{Behaviour, Config, Event, Stats, quantile_of},
         build_packet,
         trace::{Direction, PacketTag, TraceLimits, TraceSink, Tracer},
@@ -190,28 +190,10 @@ async fn run(tracer: Option<Tracer>) -> f64 {
     ];
 
     // One unwrap, for the crypto bound.
-    let sample = build_packet(
-        &geometry,
-        KeyId::for_epoch(EPOCH),
-        &route,
-        &Destination::Drop,
-        &[0; 2048],
-        &mut rng,
-    )
-    .unwrap();
+    let sample = build_packet(&geometry, &route, &Destination::Drop, &[0; 2048], &mut rng).unwrap();
     let _ = sample;
     let samples: Vec<Vec<u8>> = (0..1000)
-        .map(|_| {
-            build_packet(
-                &geometry,
-                KeyId::for_epoch(EPOCH),
-                &route,
-                &Destination::Drop,
-                &[0; 2048],
-                &mut rng,
-            )
-            .unwrap()
-        })
+        .map(|_| build_packet(&geometry, &route, &Destination::Drop, &[0; 2048], &mut rng).unwrap())
         .collect();
     let cache = ReplayCache::new(
         ReplayConfig {
@@ -222,14 +204,7 @@ async fn run(tracer: Option<Tracer>) -> f64 {
     );
     let t = Instant::now();
     for mut p in samples {
-        unwrap_packet(
-            &geometry,
-            KeyId::for_epoch(EPOCH),
-            &relay_secret,
-            &cache,
-            &mut p,
-        )
-        .unwrap();
+        unwrap_packet(&geometry, &relay_secret, &cache, &mut p).unwrap();
     }
     let unwrap = t.elapsed() / 1000;
 
@@ -306,15 +281,7 @@ async fn run(tracer: Option<Tracer>) -> f64 {
             client: ClientId([1; 32]),
             label: Label(label),
         };
-        build_packet(
-            &geometry,
-            KeyId::for_epoch(EPOCH),
-            &route,
-            &destination,
-            &[7; 2048],
-            rng,
-        )
-        .unwrap()
+        build_packet(&geometry, &route, &destination, &[7; 2048], rng).unwrap()
     };
     // Warm up the connections.
     for seq in 0..100 {

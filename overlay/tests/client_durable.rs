@@ -16,11 +16,11 @@ use p2pmix::client::{
     Address, ClientConfig, MessageId, RoutePolicy, choose_route, e2e, fragment_capacity,
     frame::{Frame, to_payload},
 };
-use p2pmix_mix::{Destination, Geometry, KeyId, Label, build_packet_to};
+use p2pmix_mix::{Destination, Geometry, Label, build_packet_to};
 use p2pmix_sim::mix::MixMessage;
 use rand::RngExt;
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
-use sim_net::{EPOCH, Net};
+use sim_net::Net;
 
 /// A store file removed on drop.
 struct Scratch(PathBuf);
@@ -186,7 +186,6 @@ fn junk(net: &Net, to: &Address, rng: &mut ChaCha20Rng) -> Vec<u8> {
     let label = Label(rng.random());
     build_packet_to(
         &Geometry::DEFAULT,
-        KeyId::for_epoch(EPOCH),
         &route,
         &Destination::Deliver {
             client: to.client,

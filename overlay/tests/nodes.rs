@@ -17,7 +17,7 @@ use p2pmix::{
     directory::{VerifiedConsensus, peer_id, sphinx_key},
     proto::v1::{ConsensusNode, Role},
     sphinx::{
-        ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, Relay,
+        ClientId, Delay, Destination, Geometry, HEADER_VERSION, Hop, KeyRing, Label, NodeId, Relay,
         RelayConfig, ReplayConfig,
         behaviour::{Behaviour, Config},
         build_packet,
@@ -103,7 +103,6 @@ impl TestClient {
 /// A packet from gateway `entry` through one mix per layer to gateway `exit`, every mix hop
 /// holding it for [`MIX_DELAY`]. Returns the packet and the peers of its three mixes.
 fn packet_through(
-    consensus: &VerifiedConsensus,
     entry: &ConsensusNode,
     mixes: [&ConsensusNode; 3],
     exit: &ConsensusNode,
@@ -125,7 +124,6 @@ fn packet_through(
     l[..2].copy_from_slice(&label.to_be_bytes());
     build_packet(
         &Geometry::DEFAULT,
-        KeyId::for_epoch(consensus.epoch()),
         &route,
         &Destination::Deliver {
             client: ClientId([7; 32]),
@@ -173,7 +171,7 @@ fn send_traffic(
         for m in mixes {
             *through.entry(peer_id(m).unwrap()).or_default() += 1;
         }
-        let packet = packet_through(consensus, entry, mixes, exit, first_label + i);
+        let packet = packet_through(entry, mixes, exit, first_label + i);
         client.send(&entry_addr, entry_peer, packet);
     }
     through
@@ -303,13 +301,7 @@ fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
             layer(&consensus, 2),
             layer(&consensus, 3),
         ];
-        packet_through(
-            &consensus,
-            gws[0],
-            [l[0][0], l[1][0], l[2][0]],
-            gws[1],
-            9_999,
-        )
+        packet_through(gws[0], [l[0][0], l[1][0], l[2][0]], gws[1], 9_999)
     };
     for _ in 0..60 {
         attacker.send(&entry_addr, entry, replayed.clone());
@@ -317,7 +309,7 @@ fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
     let size = Geometry::DEFAULT.packet_size();
     for i in 0..150u32 {
         let mut garbage = vec![(i % 251) as u8; size];
-        garbage[0] = KeyId::for_epoch(1).0;
+        garbage[0] = HEADER_VERSION;
         attacker.send(&entry_addr, entry, garbage);
     }
     // Honest traffic at the same time, from another peer.
@@ -357,11 +349,7 @@ fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
 
 /// A packet whose route starts at `hops[0]` (as it arrives there from the hop before), each hop
 /// holding it for its delay, delivered by the last hop.
-fn packet_via(
-    consensus: &VerifiedConsensus,
-    hops: &[(&ConsensusNode, Duration)],
-    label: u16,
-) -> Vec<u8> {
+fn packet_via(hops: &[(&ConsensusNode, Duration)], label: u16) -> Vec<u8> {
     let route: Vec<Hop> = hops
         .iter()
         .map(|(n, delay)| Hop {
@@ -374,7 +362,6 @@ fn packet_via(
     l[..2].copy_from_slice(&label.to_be_bytes());
     build_packet(
         &Geometry::DEFAULT,
-        KeyId::for_epoch(consensus.epoch()),
         &route,
         &Destination::Deliver {
             client: ClientId([7; 32]),
@@ -403,7 +390,6 @@ fn a_mix_killed_mid_epoch_relays_again_at_once_and_refuses_replays_of_what_it_un
     let exit = gateways(&consensus)[1];
     let via_victim = |label| {
         packet_via(
-            &consensus,
             &[
                 (victim_node, MIX_DELAY),
                 (layer(&consensus, 3)[0], Duration::ZERO),

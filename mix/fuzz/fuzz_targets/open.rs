@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use p2pmix_mix::{
-    ClientId, Delay, Geometry, Hop, KeyId, Label, NodeId, NodeSecretKey, SurbKeys, create_surb,
+    ClientId, Delay, Geometry, Hop, Label, NodeId, NodeSecretKey, SurbKeys, create_surb,
     open_payload,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
@@ -22,7 +22,7 @@ fn keys() -> Option<&'static SurbKeys> {
                 delay: Delay::ZERO,
             })
             .collect();
-        create_surb(&Geometry::DEFAULT, KeyId(0), &route, ClientId([0; 32]), Label([0; 16]), &mut rng)
+        create_surb(&Geometry::DEFAULT, &route, ClientId([0; 32]), Label([0; 16]), &mut rng)
             .ok()
             .map(|(_, keys)| keys)
     })

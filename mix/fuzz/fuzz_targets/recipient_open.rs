@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, Label, NodeId, NodeSecretKey, OpenError,
+    ClientId, Delay, Destination, Geometry, Hop, Label, NodeId, NodeSecretKey, OpenError,
     RecipientKey, ReplayCache, ReplayConfig, build_packet_to, unwrap_packet,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
@@ -44,12 +44,12 @@ fuzz_target!(|data: &[u8]| {
     let payload = rest.get(32..).unwrap_or(&[]);
     let payload = &payload[..payload.len().min(G.recipient_payload_size())];
     let Ok(mut packet) =
-        build_packet_to(&G, KeyId(0), &[hop], &destination, &key().public_key(), payload, &mut rng)
+        build_packet_to(&G, &[hop], &destination, &key().public_key(), payload, &mut rng)
     else {
         panic!("a payload within the size builds");
     };
     let cache = ReplayCache::new(ReplayConfig { expected_packets: 16, false_positive_rate: 1e-6 }, [0; 32]);
-    unwrap_packet(&G, KeyId(0), &node, &cache, &mut packet).expect("the one hop unwraps");
+    unwrap_packet(&G, &node, &cache, &mut packet).expect("the one hop unwraps");
     let body = packet[G.header_size()..].to_vec();
     let opened = key().open(&G, &mut body.clone()).expect("a sealed body opens");
     assert_eq!(&opened[..payload.len()], payload);

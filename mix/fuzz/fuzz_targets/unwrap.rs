@@ -4,7 +4,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
-use p2pmix_mix::{Geometry, KeyRing, NodeSecretKey, ReplayConfig};
+use p2pmix_mix::{Geometry, HEADER_VERSION, KeyRing, NodeSecretKey, ReplayConfig};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
 fn ring() -> &'static KeyRing {
@@ -22,11 +22,11 @@ fn ring() -> &'static KeyRing {
 fuzz_target!(|data: &[u8]| {
     let geometry = Geometry::DEFAULT;
     let mut packet = data.to_vec();
-    // Half the inputs are stretched to the packet size so that they reach the crypto; their
-    // first byte becomes a held key id.
+    // Half the inputs are stretched to the packet size so that they reach the crypto (tried
+    // under both live keys); most of them get the format's version byte.
     if let Some(first) = data.first().copied().filter(|b| b & 1 == 1) {
         packet.resize(geometry.packet_size(), 0);
-        packet[0] = (first >> 1) & 1;
+        packet[0] = if first & 2 == 0 { HEADER_VERSION } else { first >> 2 };
     }
     assert!(ring().process(&geometry, &mut packet).is_err());
 });

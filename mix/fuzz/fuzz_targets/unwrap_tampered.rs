@@ -6,7 +6,7 @@ use std::{sync::OnceLock, time::Duration};
 
 use libfuzzer_sys::fuzz_target;
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
+    ClientId, Delay, Destination, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey,
     Processed, ReplayConfig, body, build_packet, open_payload,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
@@ -51,7 +51,7 @@ fn fixture() -> &'static Fixture {
             client: ClientId([1; 32]),
             label: Label([2; 16]),
         };
-        let packet = build_packet(&Geometry::DEFAULT, KeyId(0), &route, &destination, b"fuzz", &mut rng)
+        let packet = build_packet(&Geometry::DEFAULT, &route, &destination, b"fuzz", &mut rng)
             .expect("fixture packet");
         Fixture { secrets, packet }
     })

@@ -18,8 +18,11 @@ use zeroize::{Zeroize, Zeroizing};
 use super::{
     crypto::HopKeys,
     error::BuildError,
-    geometry::{ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_ROUTING_SCRATCH, SLOT_SIZE},
-    keys::{KeyId, NodePublicKey, mul_base},
+    geometry::{
+        ELEMENT_SIZE, Geometry, HEADER_VERSION, MAC_SIZE, MAX_ROUTING_SCRATCH, SLOT_SIZE,
+        VERSION_SIZE,
+    },
+    keys::{NodePublicKey, mul_base},
     recipient::{self, REPRESENTATIVE_SIZE, RecipientPublicKey},
     routing::{Delay, Destination, NodeId, Slot},
 };
@@ -30,7 +33,7 @@ use super::{
 pub struct Hop {
     /// The node's compact id in the epoch's topology.
     pub node: NodeId,
-    /// The node's public Sphinx key for the epoch named by the packet's key id.
+    /// The node's public Sphinx key for the epoch of the sender's consensus.
     pub key: NodePublicKey,
     /// How long this hop holds the packet before passing it on.
     pub delay: Delay,
@@ -50,7 +53,6 @@ impl Drop for HeaderSecrets {
 /// the per-hop shared secrets.
 pub(crate) fn build_header<R: CryptoRng + ?Sized>(
     geometry: &Geometry,
-    key_id: KeyId,
     route: &[Hop],
     destination: &Destination,
     rng: &mut R,
@@ -118,7 +120,7 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
         *b ^= s;
     }
     routing[pad_end..].copy_from_slice(&filler);
-    let mut mac = keys[last].mac(key_id.0, &elements[last], routing);
+    let mut mac = keys[last].mac(HEADER_VERSION, &elements[last], routing);
 
     // Every earlier hop: its slot names the next hop, then the next hop's routing information
     // minus its last slot, all under this hop's keystream.
@@ -135,13 +137,13 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
         for (b, s) in routing.iter_mut().zip(stream(i)) {
             *b ^= s;
         }
-        mac = keys[i].mac(key_id.0, &elements[i], routing);
+        mac = keys[i].mac(HEADER_VERSION, &elements[i], routing);
     }
 
-    let (id, rest) = out.split_at_mut(KEY_ID_SIZE);
+    let (version, rest) = out.split_at_mut(VERSION_SIZE);
     let (element, rest) = rest.split_at_mut(ELEMENT_SIZE);
     let (mac_out, routing_out) = rest.split_at_mut(MAC_SIZE);
-    id[0] = key_id.0;
+    version[0] = HEADER_VERSION;
     element.copy_from_slice(&elements[0]);
     mac_out.copy_from_slice(&mac);
     routing_out.copy_from_slice(routing);
@@ -156,7 +158,6 @@ pub(crate) fn build_header<R: CryptoRng + ?Sized>(
 /// payload is padded with zeros to the geometry's payload size; framing is the caller's.
 pub fn build_packet<R: CryptoRng + ?Sized>(
     geometry: &Geometry,
-    key_id: KeyId,
     route: &[Hop],
     destination: &Destination,
     payload: &[u8],
@@ -170,7 +171,7 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
     }
     let mut packet = vec![0u8; geometry.packet_size()];
     let (header, body) = packet.split_at_mut(geometry.header_size());
-    let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
+    let secrets = build_header(geometry, route, destination, rng, header)?;
     seal_body(payload, body);
     for secret in secrets.0.iter().rev() {
         HopKeys::derive(secret).payload_layer().wrap(body);
@@ -184,7 +185,6 @@ pub fn build_packet<R: CryptoRng + ?Sized>(
 /// bytes; the recipient reads it with [`crate::RecipientKey::open`].
 pub fn build_packet_to<R: CryptoRng + ?Sized>(
     geometry: &Geometry,
-    key_id: KeyId,
     route: &[Hop],
     destination: &Destination,
     recipient: &RecipientPublicKey,
@@ -199,7 +199,7 @@ pub fn build_packet_to<R: CryptoRng + ?Sized>(
     }
     let mut packet = vec![0u8; geometry.packet_size()];
     let (header, body) = packet.split_at_mut(geometry.header_size());
-    let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
+    let secrets = build_header(geometry, route, destination, rng, header)?;
     seal_body(payload, &mut body[REPRESENTATIVE_SIZE..]);
     recipient::seal(recipient, body, rng);
     for secret in secrets.0.iter().rev() {
@@ -213,14 +213,13 @@ pub fn build_packet_to<R: CryptoRng + ?Sized>(
 /// recipient layer, or of a SURB reply. (Loop cover is recognised by its label on return.)
 pub fn build_cover_packet<R: CryptoRng + ?Sized>(
     geometry: &Geometry,
-    key_id: KeyId,
     route: &[Hop],
     destination: &Destination,
     rng: &mut R,
 ) -> Result<Vec<u8>, BuildError> {
     let mut packet = vec![0u8; geometry.packet_size()];
     let (header, body) = packet.split_at_mut(geometry.header_size());
-    let secrets = build_header(geometry, key_id, route, destination, rng, header)?;
+    let secrets = build_header(geometry, route, destination, rng, header)?;
     rng.fill_bytes(body);
     for secret in secrets.0.iter().rev() {
         HopKeys::derive(secret).payload_layer().wrap(body);

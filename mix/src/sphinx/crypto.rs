@@ -77,15 +77,15 @@ impl HopKeys {
     }
 
     /// Header MAC: a one-time POLYVAL authenticator,
-    /// `POLYVAL(h; E ‖ pad(routing) ‖ key id ‖ 0^7 ‖ le64(8·|routing|)) ⊕ pad`.
-    pub(crate) fn mac(&self, key_id: u8, element: &[u8], routing: &[u8]) -> [u8; MAC_SIZE] {
+    /// `POLYVAL(h; E ‖ pad(routing) ‖ version ‖ 0^7 ‖ le64(8·|routing|)) ⊕ pad`.
+    pub(crate) fn mac(&self, version: u8, element: &[u8], routing: &[u8]) -> [u8; MAC_SIZE] {
         let mut poly = Polyval::new(&self.mac_hash.into());
         // The element is two whole blocks; a short slice (never the case) is padded.
         debug_assert_eq!(element.len(), ELEMENT_SIZE);
         poly.update_padded(element);
         poly.update_padded(routing);
         let mut last = [0u8; 16];
-        last[0] = key_id;
+        last[0] = version;
         last[8..].copy_from_slice(&((routing.len() as u64) * 8).to_le_bytes());
         poly.update(&[last.into()]);
         let mut tag: [u8; MAC_SIZE] = poly.finalize().into();
@@ -98,12 +98,12 @@ impl HopKeys {
     /// Constant-time check of a received MAC.
     pub(crate) fn verify_mac(
         &self,
-        key_id: u8,
+        version: u8,
         element: &[u8],
         routing: &[u8],
         received: &[u8],
     ) -> bool {
-        let expected = self.mac(key_id, element, routing);
+        let expected = self.mac(version, element, routing);
         expected.ct_eq(received).into()
     }
 
@@ -135,7 +135,7 @@ mod tests {
         let element = [9u8; 32];
         let mac = k.mac(3, &element, b"routing");
         assert!(k.verify_mac(3, &element, b"routing", &mac));
-        assert!(!k.verify_mac(4, &element, b"routing", &mac), "key id");
+        assert!(!k.verify_mac(4, &element, b"routing", &mac), "version");
         assert!(!k.verify_mac(3, &[8; 32], b"routing", &mac), "element");
         assert!(!k.verify_mac(3, &element, b"routinh", &mac), "routing");
         assert!(

@@ -27,13 +27,19 @@ pub enum UnwrapError {
         /// What arrived.
         got: usize,
     },
-    /// The packet names an epoch key this node does not hold (retired, or never announced).
-    #[error("no epoch key with id {0}")]
-    UnknownKey(u8),
+    /// The header does not carry this format's version byte ([`crate::HEADER_VERSION`]).
+    #[error("header format version {0} is not supported")]
+    UnknownVersion(u8),
+    /// No live key's MAC verifies and the node holds no key for the current epoch (its key was
+    /// retired at a restart, or none installed yet): the packet may well be honest, built for a
+    /// key this node lost, so it is not told apart as a forgery ([`UnwrapError::Mac`]).
+    #[error("no epoch key for the current epoch")]
+    UnknownKey,
     /// The group element is not a valid encoding, or yields the identity.
     #[error("invalid group element")]
     InvalidElement,
-    /// The header MAC does not verify: the header was tampered with, or built for another key.
+    /// The header MAC does not verify under any live key: the header was tampered with, or built
+    /// for a key this node does not hold.
     #[error("header MAC mismatch")]
     Mac,
     /// The packet was seen before under this epoch key.

@@ -10,8 +10,12 @@ use super::error::GeometryError;
 pub const ELEMENT_SIZE: usize = 32;
 /// Bytes of a header MAC (128-bit security).
 pub const MAC_SIZE: usize = 16;
-/// Bytes of the key id that names the epoch key a packet was built for.
-pub const KEY_ID_SIZE: usize = 1;
+/// Bytes of the format version at the head of every header.
+pub const VERSION_SIZE: usize = 1;
+/// The header format version every packet carries in clear, the same for every packet and every
+/// epoch: a node finds the epoch key by trying its live keys ([`crate::KeyRing`]), so nothing
+/// in a header says which consensus its sender used. Covered by every hop's MAC.
+pub const HEADER_VERSION: u8 = crate::FORMAT_VERSION;
 /// Bytes of one hop's routing slot inside the encrypted routing information.
 pub const SLOT_SIZE: usize = 55;
 /// Bytes of the all-zero integrity tag in front of the plaintext payload.
@@ -78,9 +82,9 @@ impl Geometry {
         self.max_hops * SLOT_SIZE
     }
 
-    /// Bytes of a header: key id, group element, MAC, routing information.
+    /// Bytes of a header: version, group element, MAC, routing information.
     pub const fn header_size(&self) -> usize {
-        KEY_ID_SIZE + ELEMENT_SIZE + MAC_SIZE + self.routing_size()
+        VERSION_SIZE + ELEMENT_SIZE + MAC_SIZE + self.routing_size()
     }
 
     /// Bytes of the body: zero tag plus payload, encrypted as one wide block.

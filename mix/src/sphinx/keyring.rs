@@ -17,8 +17,8 @@ use thiserror::Error;
 use super::{
     error::UnwrapError,
     geometry::Geometry,
-    keys::{KeyId, NodePublicKey, NodeSecretKey},
-    peel::{Processed, unwrap_packet},
+    keys::{NodePublicKey, NodeSecretKey},
+    peel::{Processed, unwrap_packet, unwrap_with_ring},
     replay::{
         ReplayBudget, ReplayCache, ReplayConfig, bloom::MAX_SEGMENT_BYTES, index_key_for,
         log::ReplayLog,
@@ -38,11 +38,6 @@ impl EpochKey {
     /// The epoch this key serves.
     pub fn epoch(&self) -> u64 {
         self.epoch
-    }
-
-    /// The key id packets for this epoch carry.
-    pub fn key_id(&self) -> KeyId {
-        KeyId::for_epoch(self.epoch)
     }
 
     /// The public key published for this epoch.
@@ -71,7 +66,7 @@ impl EpochKey {
         geometry: &Geometry,
         packet: &mut [u8],
     ) -> Result<Processed, UnwrapError> {
-        unwrap_packet(geometry, self.key_id(), &self.secret, &self.replay, packet)
+        unwrap_packet(geometry, &self.secret, &self.replay, packet)
     }
 }
 
@@ -265,9 +260,22 @@ impl KeyRing {
         self.previous_retires_at
     }
 
-    /// The key that packets with `key_id` were built for.
-    pub fn get(&self, key_id: KeyId) -> Option<&EpochKey> {
-        self.keys.iter().find(|k| k.key_id() == key_id)
+    /// The live keys in the order a packet tries them: the current epoch's (nearly every
+    /// packet's), then the next one's (senders whose clock is a little ahead at a boundary),
+    /// then the previous one's (packets in flight or built from the last consensus during the
+    /// grace period).
+    pub fn trial_order(&self) -> impl Iterator<Item = &EpochKey> {
+        let current = self.current;
+        let rank = move |k: &EpochKey| {
+            if k.epoch == current {
+                0
+            } else if Some(k.epoch) == current.checked_add(1) {
+                1
+            } else {
+                2
+            }
+        };
+        (0..3).flat_map(move |r| self.keys.iter().filter(move |k| rank(k) == r))
     }
 
     /// The key held for `epoch`.
@@ -282,25 +290,25 @@ impl KeyRing {
         epochs
     }
 
-    /// Unwraps one layer of `packet` with the key its key id names.
+    /// Unwraps one layer of `packet` with the first live key whose MAC verifies (see
+    /// [`unwrap_with_ring`]).
     pub fn process(
         &self,
         geometry: &Geometry,
         packet: &mut [u8],
     ) -> Result<Processed, UnwrapError> {
-        let id = packet.first().copied().ok_or(UnwrapError::WrongSize {
-            expected: geometry.packet_size(),
-            got: 0,
-        })?;
-        if packet.len() != geometry.packet_size() {
-            return Err(UnwrapError::WrongSize {
-                expected: geometry.packet_size(),
-                got: packet.len(),
-            });
-        }
-        self.get(KeyId(id))
-            .ok_or(UnwrapError::UnknownKey(id))?
-            .process(geometry, packet)
+        self.process_keyed(geometry, packet)
+            .map(|(_, processed)| processed)
+    }
+
+    /// [`KeyRing::process`], with the epoch of the key that opened the packet (whose topology
+    /// names its next hop).
+    pub fn process_keyed(
+        &self,
+        geometry: &Geometry,
+        packet: &mut [u8],
+    ) -> Result<(u64, Processed), UnwrapError> {
+        unwrap_with_ring(geometry, self, packet)
     }
 
     fn retire(&mut self, condition: impl Fn(&EpochKey) -> bool) -> Vec<u64> {

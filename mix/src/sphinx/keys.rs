@@ -14,20 +14,6 @@ use curve25519_dalek::{
 use rand_core::CryptoRng;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-/// One byte that names the epoch a key belongs to: the epoch number modulo 256.
-///
-/// It travels in clear in every header so that a node tries exactly one key per packet. At most
-/// three epochs are live at once, so the id is unambiguous.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct KeyId(pub u8);
-
-impl KeyId {
-    /// The key id of epoch `epoch`.
-    pub const fn for_epoch(epoch: u64) -> Self {
-        KeyId((epoch % 256) as u8)
-    }
-}
-
 /// A node's secret Sphinx key for one epoch. Zeroized on drop; never printed.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct NodeSecretKey {
@@ -171,10 +157,5 @@ mod tests {
     fn half_doubles_back() {
         let sk = NodeSecretKey::random(&mut ChaCha20Rng::from_seed([3; 32]));
         assert_eq!(sk.half() + sk.half(), *sk.scalar());
-    }
-
-    #[test]
-    fn key_id_wraps() {
-        assert_eq!(KeyId::for_epoch(257), KeyId(1));
     }
 }

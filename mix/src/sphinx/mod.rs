@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! packet  = header ‖ body                                    2388 B at the default geometry
-//! header  = key id (1) ‖ E (32) ‖ MAC (16) ‖ routing (max_hops · 55)
+//! header  = version (1) ‖ E (32) ‖ MAC (16) ‖ routing (max_hops · 55)
 //! body    = payload layers (HCTR2-AES-256) over: tag (16 zero bytes) ‖ payload, zero-padded
 //! ```
 //! Every hop finds its own ephemeral element `E` in the clear, derives its keys from `x · E`,
@@ -13,7 +13,7 @@
 //!
 //! What lives where, one concern a file:
 //! - [`geometry`]: the sizes (hops, payload) every node and client agree on;
-//! - [`keys`]: node key pairs (Ristretto255) and key ids; [`keyring`]: a node's keys across epoch
+//! - [`keys`]: node key pairs (Ristretto255); [`keyring`]: a node's keys across epoch
 //!   boundaries, each with its replay cache;
 //! - [`crypto`]: per-hop key derivation, routing stream cipher, header MAC; [`payload`]: the
 //!   body's layers (the one boundary a payload-layer change touches), over [`hctr2`], the

@@ -1,6 +1,7 @@
 //! Unwrapping one layer of a packet (a node's side), in place.
 //!
-//! Order of checks: size, key id, group element, shared secret, header MAC (constant time),
+//! Order of checks: size, format version, group element, then per live key (current epoch
+//! first, see [`KeyRing::trial_order`]) shared secret and header MAC (constant time),
 //! replay tag (recorded only for authentic packets, so forged packets cannot poison the cache; a
 //! full filter refuses rather than guess);
 //! then the routing information is decrypted, the payload layer comes off the body, and the
@@ -26,11 +27,11 @@ use super::{
     crypto::HopKeys,
     error::{OpenError, UnwrapError},
     geometry::{
-        ELEMENT_SIZE, Geometry, KEY_ID_SIZE, MAC_SIZE, MAX_ROUTING_SCRATCH, PAYLOAD_TAG_SIZE,
-        SLOT_SIZE,
+        ELEMENT_SIZE, Geometry, HEADER_VERSION, MAC_SIZE, MAX_ROUTING_SCRATCH, PAYLOAD_TAG_SIZE,
+        SLOT_SIZE, VERSION_SIZE,
     },
-    keyring::KeyRing,
-    keys::{KeyId, NodeSecretKey},
+    keyring::{EpochKey, KeyRing},
+    keys::NodeSecretKey,
     replay::{ReplayCache, ReplayRefusal},
     routing::{Delay, Destination, NodeId, Slot},
 };
@@ -55,52 +56,113 @@ pub enum Processed {
     },
 }
 
-/// Removes one layer of `packet` with `secret`, the key named by `key_id`. No heap allocation.
+/// Removes one layer of `packet` with `secret`. No heap allocation.
 ///
 /// On success the buffer holds the packet for the next hop (or the final body), and the replay
-/// tag is recorded in `replay`. On error the buffer's content is unspecified and must be dropped.
+/// tag is recorded in `replay`. A failed MAC ([`UnwrapError::Mac`]) leaves the buffer as it was
+/// (so another key may be tried); on any other error its content is unspecified and it must be
+/// dropped.
 pub fn unwrap_packet(
     geometry: &Geometry,
-    key_id: KeyId,
     secret: &NodeSecretKey,
     replay: &ReplayCache,
     packet: &mut [u8],
 ) -> Result<Processed, UnwrapError> {
-    check_size(geometry, packet)?;
-    if packet[0] != key_id.0 {
-        return Err(UnwrapError::UnknownKey(packet[0]));
-    }
+    check_header(geometry, packet)?;
     let point = decode_element(packet)?;
+    unwrap_with(geometry, &point, secret, replay, packet)
+}
+
+/// The key agreement with one key, then [`finish`].
+fn unwrap_with(
+    geometry: &Geometry,
+    point: &RistrettoPoint,
+    secret: &NodeSecretKey,
+    replay: &ReplayCache,
+    packet: &mut [u8],
+) -> Result<Processed, UnwrapError> {
     let shared = Zeroizing::new((point * secret.scalar()).compress().to_bytes());
     finish(geometry, &shared, replay, packet)
 }
 
-/// Removes one layer from each of `packets`, each with the key of `ring` its key id names; the
-/// result for `packets[i]` is `results[i]`, as [`unwrap_packet`] would give it (on error the
-/// buffer must be dropped). The encodings of the shared secrets are computed in one batch.
+/// Removes one layer of `packet` with the first of `ring`'s live keys whose MAC verifies, in
+/// the ring's trial order (current epoch first); returns that key's epoch with the result.
+///
+/// Nothing in the header names the key, so that a packet built from an older (or newer)
+/// consensus looks like any other to every observer; the price is one more key agreement per
+/// key tried, paid only by packets not under the current key (and by forgeries: at most
+/// three). A MAC that fails leaves the buffer untouched, so each try sees the packet as sent.
+pub fn unwrap_with_ring(
+    geometry: &Geometry,
+    ring: &KeyRing,
+    packet: &mut [u8],
+) -> Result<(u64, Processed), UnwrapError> {
+    check_header(geometry, packet)?;
+    let point = decode_element(packet)?;
+    try_keys(geometry, ring, &point, ring.trial_order(), packet)
+}
+
+/// Tries `keys` in order on `packet` (size, version and element already checked).
+fn try_keys<'r>(
+    geometry: &Geometry,
+    ring: &KeyRing,
+    point: &RistrettoPoint,
+    keys: impl Iterator<Item = &'r EpochKey>,
+    packet: &mut [u8],
+) -> Result<(u64, Processed), UnwrapError> {
+    for key in keys {
+        match unwrap_with(geometry, point, key.secret(), key.replay_cache(), packet) {
+            Err(UnwrapError::Mac) => continue,
+            done => return done.map(|processed| (key.epoch(), processed)),
+        }
+    }
+    Err(no_key_verified(ring))
+}
+
+/// What a packet no live key opens is: a forgery (or a packet for a key long retired) while the
+/// ring holds the current epoch's key; possibly honest when it does not (see
+/// [`UnwrapError::UnknownKey`]).
+fn no_key_verified(ring: &KeyRing) -> UnwrapError {
+    if ring.for_epoch(ring.current_epoch()).is_some() {
+        UnwrapError::Mac
+    } else {
+        UnwrapError::UnknownKey
+    }
+}
+
+/// Removes one layer from each of `packets` as [`unwrap_with_ring`] would (the result for
+/// `packets[i]` is `results[i]`; on error the buffer must be dropped). The key agreement with
+/// the ring's first key (the current epoch's) is batched: the encodings of the shared secrets
+/// are computed together. A packet that key does not open tries the others alone.
 pub fn unwrap_batch(
     geometry: &Geometry,
     ring: &KeyRing,
     packets: &mut [&mut [u8]],
-) -> Vec<Result<Processed, UnwrapError>> {
+) -> Vec<Result<(u64, Processed), UnwrapError>> {
+    let mut order = ring.trial_order();
+    let Some(first) = order.next() else {
+        return packets
+            .iter()
+            .map(|p| check_header(geometry, p).and(Err(no_key_verified(ring))))
+            .collect();
+    };
     // Decode every element and multiply by x/2; packets that fail keep their error, the others
     // (`None`) wait for their secret.
-    let mut results: Vec<Option<Result<Processed, UnwrapError>>> =
+    let mut results: Vec<Option<Result<(u64, Processed), UnwrapError>>> =
         Vec::with_capacity(packets.len());
+    let mut points: Vec<Option<RistrettoPoint>> = Vec::with_capacity(packets.len());
     let mut halves: Vec<RistrettoPoint> = Vec::with_capacity(packets.len());
     for packet in packets.iter() {
-        let started = check_size(geometry, packet).and_then(|()| {
-            let key = ring
-                .get(KeyId(packet[0]))
-                .ok_or(UnwrapError::UnknownKey(packet[0]))?;
-            Ok(decode_element(packet)? * key.secret().half())
-        });
-        match started {
-            Ok(half) => {
-                halves.push(half);
+        match check_header(geometry, packet).and_then(|()| decode_element(packet)) {
+            Ok(point) => {
+                halves.push(point * first.secret().half());
+                points.push(Some(point));
                 results.push(None);
             }
-            Err(e) => results.push(Some(Err(e))),
+            Err(e) => {
+                points.push(None);
+                results.push(Some(Err(e)));
+            }
         }
     }
     let mut secrets = Zeroizing::new(match halves.len() {
@@ -111,26 +173,41 @@ pub fn unwrap_batch(
     });
     halves.zeroize();
     let mut secrets = secrets.iter_mut();
-    for (packet, result) in packets.iter_mut().zip(results.iter_mut()) {
+    for ((packet, result), point) in packets.iter_mut().zip(results.iter_mut()).zip(&points) {
         if result.is_some() {
             continue;
         }
         // One secret per pending packet, in order; the ring did not change in between.
-        let finished = match (secrets.next(), ring.get(KeyId(packet[0]))) {
-            (Some(secret), Some(key)) => {
-                let done = finish(geometry, &secret.0, key.replay_cache(), packet);
-                secret.zeroize();
-                done
-            }
-            (_, None) => Err(UnwrapError::UnknownKey(packet[0])),
-            (None, _) => Err(UnwrapError::Mac),
+        let Some(secret) = secrets.next() else {
+            *result = Some(Err(UnwrapError::Mac));
+            continue;
         };
-        *result = Some(finished);
+        let done = finish(geometry, &secret.0, first.replay_cache(), packet);
+        secret.zeroize();
+        *result = Some(match (done, point) {
+            (Err(UnwrapError::Mac), Some(point)) => {
+                try_keys(geometry, ring, point, ring.trial_order().skip(1), packet)
+            }
+            (done, _) => done.map(|processed| (first.epoch(), processed)),
+        });
     }
     results
         .into_iter()
         .map(|r| r.unwrap_or(Err(UnwrapError::Mac)))
         .collect()
+}
+
+/// Size and format version: what is checked before any crypto.
+fn check_header(geometry: &Geometry, packet: &[u8]) -> Result<(), UnwrapError> {
+    check_size(geometry, packet)?;
+    match packet.first() {
+        Some(&HEADER_VERSION) => Ok(()),
+        Some(&other) => Err(UnwrapError::UnknownVersion(other)),
+        None => Err(UnwrapError::WrongSize {
+            expected: geometry.packet_size(),
+            got: 0,
+        }),
+    }
 }
 
 fn check_size(geometry: &Geometry, packet: &[u8]) -> Result<(), UnwrapError> {
@@ -146,7 +223,7 @@ fn check_size(geometry: &Geometry, packet: &[u8]) -> Result<(), UnwrapError> {
 /// The packet's group element `E`, decoded (one inverse square root).
 fn decode_element(packet: &[u8]) -> Result<RistrettoPoint, UnwrapError> {
     let element = packet
-        .get(KEY_ID_SIZE..KEY_ID_SIZE + ELEMENT_SIZE)
+        .get(VERSION_SIZE..VERSION_SIZE + ELEMENT_SIZE)
         .ok_or(UnwrapError::InvalidElement)?;
     // The identity (all-zero encoding) would give a shared secret everyone knows. E is public,
     // and the group has prime order, so checking E here is enough and costs nothing secret.
@@ -167,11 +244,11 @@ fn finish(
     packet: &mut [u8],
 ) -> Result<Processed, UnwrapError> {
     let (header, body) = packet.split_at_mut(geometry.header_size());
-    let (id, rest) = header.split_at_mut(KEY_ID_SIZE);
+    let (version, rest) = header.split_at_mut(VERSION_SIZE);
     let (element, rest) = rest.split_at_mut(ELEMENT_SIZE);
     let (mac, routing) = rest.split_at_mut(MAC_SIZE);
     let keys = HopKeys::derive(shared);
-    if !keys.verify_mac(id[0], element, routing, mac) {
+    if !keys.verify_mac(version[0], element, routing, mac) {
         return Err(UnwrapError::Mac);
     }
     replay

@@ -20,7 +20,6 @@ use super::{
     crypto::HopKeys,
     error::{BuildError, OpenError, SurbError, SurbKeysError},
     geometry::{Geometry, MAX_HOPS_LIMIT},
-    keys::KeyId,
     payload::PayloadLayer,
     peel::open_payload,
     routing::{ClientId, Destination, Label, NodeId},
@@ -69,7 +68,6 @@ impl std::fmt::Debug for SurbKeys {
 /// `route[0]` is where the replier sends the reply; the last hop is the creator's gateway.
 pub fn create_surb<R: CryptoRng + ?Sized>(
     geometry: &Geometry,
-    key_id: KeyId,
     route: &[Hop],
     client: ClientId,
     label: Label,
@@ -84,7 +82,7 @@ pub fn create_surb<R: CryptoRng + ?Sized>(
         .node;
     let mut header = vec![0u8; geometry.header_size()];
     let destination = Destination::Deliver { client, label };
-    let secrets = build_header(geometry, key_id, route, &destination, rng, &mut header)?;
+    let secrets = build_header(geometry, route, &destination, rng, &mut header)?;
     let mut reply_key = [0u8; 32];
     rng.fill_bytes(&mut reply_key);
     Ok((

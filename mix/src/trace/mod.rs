@@ -30,7 +30,7 @@ use crate::{
     sphinx::routing::Destination,
 };
 
-/// Bytes of a packet that its tag covers: the key id, the hop's fresh group element and more of
+/// Bytes of a packet that its tag covers: the version byte, the hop's fresh group element and more of
 /// the header, which no two packets (and no two hops of one packet) share.
 const TAGGED_BYTES: usize = 64;
 

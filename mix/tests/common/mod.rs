@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use p2pmix_mix::{
-    ClientId, Delay, Destination, Geometry, Hop, KeyId, KeyRing, Label, NodeId, NodeSecretKey,
-    Processed, ReplayConfig, UnwrapError,
+    ClientId, Delay, Destination, Geometry, Hop, KeyRing, Label, NodeId, NodeSecretKey, Processed,
+    ReplayConfig, UnwrapError,
 };
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 
@@ -106,10 +106,6 @@ pub fn deliver(client: u8, label: u8) -> Destination {
         client: ClientId([client; 32]),
         label: Label([label; 16]),
     }
-}
-
-pub fn key_id() -> KeyId {
-    KeyId::for_epoch(EPOCH)
 }
 
 pub fn now() -> Instant {

@@ -174,7 +174,7 @@ impl Topology {
         }
     }
 
-    /// The consensus epoch (packets carry its key id).
+    /// The consensus epoch (whose keys build the packets).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }

@@ -20,7 +20,7 @@ use std::{
 use libp2p::PeerId;
 use p2pmix_bootstrap::{VerifiedConsensus, peer_id};
 use p2pmix_mix::{
-    ClientId, Destination, Geometry, KeyId, Label, NodeId, build_cover_packet, sample_exponential,
+    ClientId, Destination, Geometry, Label, NodeId, build_cover_packet, sample_exponential,
 };
 use p2pmix_proto::v1::{NetworkParameters, NodeMeasurement};
 use rand::CryptoRng;
@@ -382,13 +382,7 @@ impl Measurer {
         };
         // Built as a client's loop cover is: a random body, so that at the gateway it comes back
         // to a probe looks like any other delivered packet.
-        let Ok(packet) = build_cover_packet(
-            &Geometry::DEFAULT,
-            KeyId::for_epoch(topology.epoch()),
-            &route,
-            &destination,
-            rng,
-        ) else {
+        let Ok(packet) = build_cover_packet(&Geometry::DEFAULT, &route, &destination, rng) else {
             return false;
         };
         let mut nodes: Vec<u32> = Vec::with_capacity(route.len());

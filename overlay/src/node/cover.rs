@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
-use p2pmix_mix::{ClientId, Destination, Geometry, KeyId, Label, build_packet, sample_exponential};
+use p2pmix_mix::{ClientId, Destination, Geometry, Label, build_packet, sample_exponential};
 use rand::{CryptoRng, RngExt};
 
 use p2pmix_bootstrap::VerifiedConsensus;
@@ -152,14 +152,7 @@ impl LoopCover {
             client: self.loop_id,
             label: Label(rng.random()),
         };
-        match build_packet(
-            &Geometry::DEFAULT,
-            KeyId::for_epoch(topology.epoch()),
-            &route,
-            &destination,
-            &[],
-            rng,
-        ) {
+        match build_packet(&Geometry::DEFAULT, &route, &destination, &[], rng) {
             Ok(packet) => {
                 self.stats.sent += 1;
                 self.outgoing = Some(LoopPacket { to: first, packet });

@@ -21,8 +21,7 @@ use std::{
 };
 
 use p2pmix_mix::{
-    Destination, KeyId, Label, NodeId, Surb, SurbKeys, build_cover_packet, build_packet_to,
-    create_surb,
+    Destination, Label, NodeId, Surb, SurbKeys, build_cover_packet, build_packet_to, create_surb,
 };
 use rand::{CryptoRng, RngExt};
 
@@ -384,7 +383,6 @@ impl ClientCore {
             return None;
         }
         let to = out.to;
-        let key_id = KeyId::for_epoch(topology.epoch());
         let policy = self.config.policy;
         let health = &self.health;
         // The lost attempt's mixes are avoided too, where their layer has another choice.
@@ -411,8 +409,7 @@ impl ClientCore {
             )
             .ok()?;
             let label = random_label(rng);
-            let (surb, keys) =
-                create_surb(&self.geometry, key_id, &back, self.me, label, rng).ok()?;
+            let (surb, keys) = create_surb(&self.geometry, &back, self.me, label, rng).ok()?;
             Some((surb, keys, label, mixes_of(&back)))
         };
         let (ack_surb, ack_keys, ack_label, back_mixes) = surb_for(rng)?;
@@ -446,7 +443,6 @@ impl ClientCore {
         };
         let packet = build_packet_to(
             &self.geometry,
-            key_id,
             &forward,
             &destination,
             &to.recipient_public_key()?,
@@ -592,14 +588,7 @@ impl ClientCore {
         };
         let route = choose_route(topology, &self.gateway, &exit, &self.config.policy, rng).ok()?;
         // A random body: at the exit gateway a loop looks like any other delivered packet.
-        build_cover_packet(
-            &self.geometry,
-            KeyId::for_epoch(topology.epoch()),
-            &route,
-            &destination,
-            rng,
-        )
-        .ok()
+        build_cover_packet(&self.geometry, &route, &destination, rng).ok()
     }
 
     /// Fragment `index` of `message` was acknowledged: its round trip (the attempt sent at
