@@ -104,7 +104,16 @@ impl DropReason {
     }
 
     /// Whether a neighbour that keeps causing this drop is misbehaving (rather than unlucky):
-    /// nodes cut off peers that send many of these.
+    /// nodes cut off peers that send many of these. Only framing (a frame not of packet size)
+    /// and sending past the rate are.
+    ///
+    /// A bad MAC is not, from anyone. From a node it may be a client's doing further up the
+    /// route (a packet valid for one hop can be broken for the next). From a client it may be
+    /// honest: the header names no epoch key, so a packet built for a key the node has retired
+    /// (an acknowledgement SURB that waited in a mailbox past its key's life, a client on an
+    /// expired consensus) fails the MAC just as a forgery does, and counting it got honest
+    /// recipients banned by their own gateway. What bounds forgeries is the per-peer and
+    /// per-address rate (a ban per identity never did: identities are free).
     ///
     /// An unknown key is not: it is what every honest client sends to a node that restarted and
     /// retired the key of the epoch under way (the rate limit bounds a flood). Nor is an unknown
@@ -116,10 +125,7 @@ impl DropReason {
     /// Nor is a delivery from a non-last-layer peer: a mix listed in a consensus the gateway
     /// has not installed yet sends those honestly (the drop is counted, the unwrap was paid).
     pub fn is_peer_fault(self) -> bool {
-        matches!(
-            self,
-            DropReason::WrongSize | DropReason::BadMac | DropReason::RateLimited
-        )
+        matches!(self, DropReason::WrongSize | DropReason::RateLimited)
     }
 }
 

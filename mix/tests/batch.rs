@@ -16,21 +16,38 @@ use proptest::prelude::*;
 /// Two rings with the same keys (previous in its grace period, current and next epoch) and
 /// separate replay caches.
 fn twin_rings(seed: u64) -> (KeyRing, KeyRing) {
+    let (batch, single, _) = twin_rings_holding(seed, 0b111);
+    (batch, single)
+}
+
+/// The public keys of the previous, current and next epoch of [`twin_rings_holding`].
+type Publics = [p2pmix_mix::NodePublicKey; 3];
+
+/// Two rings holding those of the previous, current and next epoch's keys that bits 0, 1 and 2
+/// of `held` name (none, some, all: a ring may lack its current key after a restart), with
+/// separate replay caches; and the public keys of all three.
+fn twin_rings_holding(seed: u64, held: u8) -> (KeyRing, KeyRing, Publics) {
     let mut r = rng(seed);
     let keys: Vec<[u8; 32]> = (0..3)
         .map(|_| NodeSecretKey::random(&mut r).to_bytes())
         .collect();
+    let key = |i: usize| NodeSecretKey::from_bytes(keys[i]).unwrap();
     let now = std::time::Instant::now();
     let ring = || {
         let mut ring = KeyRing::new(EPOCH - 1, Duration::from_secs(60), small_replay());
-        let key = |i: usize| NodeSecretKey::from_bytes(keys[i]).unwrap();
-        ring.insert(EPOCH - 1, key(0)).unwrap();
-        ring.insert(EPOCH, key(1)).unwrap();
+        for i in 0..2 {
+            if held & (1 << i) != 0 {
+                ring.insert(EPOCH - 1 + i as u64, key(i)).unwrap();
+            }
+        }
         ring.advance(EPOCH, now);
-        ring.insert(EPOCH + 1, key(2)).unwrap();
+        if held & 0b100 != 0 {
+            ring.insert(EPOCH + 1, key(2)).unwrap();
+        }
         ring
     };
-    (ring(), ring())
+    let publics = [0, 1, 2].map(|i| key(i).public_key());
+    (ring(), ring(), publics)
 }
 
 /// What one packet of the batch is.
@@ -70,7 +87,7 @@ fn any_kind() -> impl Strategy<Value = Kind> {
     ]
 }
 
-fn make(kind: Kind, ring: &KeyRing, made: &[Vec<u8>], seed: u64) -> Vec<u8> {
+fn make(kind: Kind, publics: &Publics, made: &[Vec<u8>], seed: u64) -> Vec<u8> {
     let g = Geometry::DEFAULT;
     let mut r = rng(seed);
     let build = |key: p2pmix_mix::NodePublicKey, r: &mut _| {
@@ -81,8 +98,7 @@ fn make(kind: Kind, ring: &KeyRing, made: &[Vec<u8>], seed: u64) -> Vec<u8> {
         }];
         build_packet(&g, &route, &deliver(1, 2), b"batch", r).unwrap()
     };
-    let valid =
-        |offset: u64, r: &mut _| build(ring.for_epoch(EPOCH - 1 + offset).unwrap().public_key(), r);
+    let valid = |offset: u64, r: &mut _| build(publics[offset as usize], r);
     match kind {
         Kind::Valid { offset } => valid(offset, &mut r),
         Kind::Copy(i) if !made.is_empty() => made[i % made.len()].clone(),
@@ -136,12 +152,13 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
 
     #[test]
-    fn a_batch_gives_each_packet_what_it_gets_alone(kinds in proptest::collection::vec(any_kind(), 1..24), seed in any::<u64>()) {
+    fn a_batch_gives_each_packet_what_it_gets_alone(kinds in proptest::collection::vec(any_kind(), 1..24), seed in any::<u64>(), held in prop_oneof![3 => Just(0b111u8), 1 => 0u8..8]) {
         let g = Geometry::DEFAULT;
-        let (batch_ring, single_ring) = twin_rings(seed);
+        let (batch_ring, single_ring, publics) = twin_rings_holding(seed, held);
+        let no_key = if held & 0b010 != 0 { UnwrapError::Mac } else { UnwrapError::UnknownKey };
         let mut packets: Vec<Vec<u8>> = Vec::new();
         for (i, kind) in kinds.iter().enumerate() {
-            let p = make(*kind, &batch_ring, &packets, seed.wrapping_add(i as u64));
+            let p = make(*kind, &publics, &packets, seed.wrapping_add(i as u64));
             packets.push(p);
         }
         let mut alone = packets.clone();
@@ -158,13 +175,15 @@ proptest! {
             match kind {
                 Kind::Valid { offset } => {
                     // Honest packets open under the key they were built for (found by trial:
-                    // nothing in the header names it), or fail as replays of an earlier copy.
+                    // nothing in the header names it), or fail as replays of an earlier copy;
+                    // under a key the ring lacks, as no key at all.
                     match result {
                         Ok((epoch, _)) => prop_assert_eq!(*epoch, EPOCH - 1 + offset),
+                        Err(e) if held & (1 << offset) == 0 => prop_assert_eq!(*e, no_key),
                         Err(e) => prop_assert_eq!(*e, UnwrapError::Replay, "{} {:?}", i, kind),
                     }
                 }
-                Kind::UnknownKey => prop_assert_eq!(result, &Err(UnwrapError::Mac)),
+                Kind::UnknownKey => prop_assert_eq!(result, &Err(no_key)),
                 Kind::UnknownVersion => prop_assert_eq!(
                     result,
                     &Err(UnwrapError::UnknownVersion(p2pmix_mix::HEADER_VERSION.wrapping_add(1)))

@@ -51,7 +51,8 @@ fuzz_target!(|data: &[u8]| {
     let cache = ReplayCache::new(ReplayConfig { expected_packets: 16, false_positive_rate: 1e-6 }, [0; 32]);
     unwrap_packet(&G, &node, &cache, &mut packet).expect("the one hop unwraps");
     let body = packet[G.header_size()..].to_vec();
-    let opened = key().open(&G, &mut body.clone()).expect("a sealed body opens");
+    let mut sealed = body.clone();
+    let opened = key().open(&G, &mut sealed).expect("a sealed body opens");
     assert_eq!(&opened[..payload.len()], payload);
     let bit = usize::from(mode >> 1) * 131 % (8 * body.len());
     let mut flipped = body;

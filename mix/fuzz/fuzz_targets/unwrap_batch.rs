@@ -50,7 +50,7 @@ fuzz_target!(|data: &[u8]| {
     packets.push(valid(2, 1));
     let mut alone = packets.clone();
     let single = ring();
-    let expected: Vec<_> = alone.iter_mut().map(|p| single.process(&geometry, p)).collect();
+    let expected: Vec<_> = alone.iter_mut().map(|p| single.process_keyed(&geometry, p)).collect();
     let batch_ring = ring();
     let mut views: Vec<&mut [u8]> = packets.iter_mut().map(Vec::as_mut_slice).collect();
     let got = unwrap_batch(&geometry, &batch_ring, &mut views);

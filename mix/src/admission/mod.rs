@@ -10,8 +10,8 @@
 //!   bucket, all behind one prefix (IPv4 /24, IPv6 /48) another, and an address (a prefix) may
 //!   hold records for only so many identities at once; nodes, admitted by the authorities, are
 //!   exempt;
-//! - only [`DropReason::is_peer_fault`] reasons count against a peer, and a bad MAC does not
-//!   count against a consensus node (it may be a client's doing further up the route); faults
+//! - only [`DropReason::is_peer_fault`] reasons (framing, rate) count against a peer, a bad MAC
+//!   against nobody (see there: an honest packet for a retired key fails the MAC too); faults
 //!   halve every [`AdmissionConfig::fault_half_life`];
 //! - a peer with more than `max_faults` faults is refused for `ban`, then starts afresh;
 //! - at most [`MAX_TRACKED_PEERS`] records and bans are held, whatever the peers do: idle
@@ -193,7 +193,7 @@ impl<P: Eq + Hash + Clone> Admission<P> {
         };
         record.last_seen = now;
         if !record.bucket.try_take(now) {
-            let fault = self.fault(now, peer, DropReason::RateLimited, origin.node);
+            let fault = self.fault(now, peer, DropReason::RateLimited);
             return refuse(fault);
         }
         if let Some(ip) = client_address
@@ -209,16 +209,10 @@ impl<P: Eq + Hash + Clone> Admission<P> {
         Verdict::Admit
     }
 
-    /// Holds a drop for `reason` of a frame from `peer` against it, if the rules say so; `node`
-    /// says whether the peer is a consensus node.
-    pub fn fault(&mut self, now: Instant, peer: &P, reason: DropReason, node: bool) -> Fault {
+    /// Holds a drop for `reason` of a frame from `peer` against it, if the rules say so (the
+    /// same for nodes and clients).
+    pub fn fault(&mut self, now: Instant, peer: &P, reason: DropReason) -> Fault {
         if !reason.is_peer_fault() {
-            return Fault::NotCounted;
-        }
-        // A bad MAC from a consensus node may be a client's doing further up the route (a packet
-        // valid for one hop can be broken for the next): only direct faults (framing, rate)
-        // count against nodes, or one client could make honest mixes ban each other.
-        if reason == DropReason::BadMac && node {
             return Fault::NotCounted;
         }
         let half_life = self.config.fault_half_life;

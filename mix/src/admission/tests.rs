@@ -88,13 +88,13 @@ fn a_peer_is_banned_after_max_faults_and_admitted_after_the_ban() {
     assert_eq!(a.admit(t0, &500, origin(500)), Verdict::Admit);
     for faults in 1..=3 {
         assert_eq!(
-            a.fault(t0, &500, DropReason::BadMac, false),
+            a.fault(t0, &500, DropReason::WrongSize),
             Fault::Counted { faults }
         );
     }
     let until = t0 + CONFIG.ban;
     assert_eq!(
-        a.fault(t0, &500, DropReason::WrongSize, false),
+        a.fault(t0, &500, DropReason::WrongSize),
         Fault::Banned { until }
     );
     assert_eq!(a.faults(t0, &500), None, "the record goes with the ban");
@@ -141,35 +141,32 @@ fn replays_never_count_and_bad_macs_from_nodes_do_not() {
     // An honest client whose packets the filter takes for replays (its false positives) is
     // never banned for them, however many.
     for _ in 0..1_000 {
-        assert_eq!(
-            a.fault(t0, &700, DropReason::Replay, false),
-            Fault::NotCounted
-        );
+        assert_eq!(a.fault(t0, &700, DropReason::Replay), Fault::NotCounted);
     }
     assert_eq!(
-        a.fault(t0, &700, DropReason::ReplayFilterFull, false),
+        a.fault(t0, &700, DropReason::ReplayFilterFull),
         Fault::NotCounted
     );
-    assert_eq!(a.fault(t0, &7, DropReason::BadMac, true), Fault::NotCounted);
+    assert_eq!(a.fault(t0, &7, DropReason::BadMac), Fault::NotCounted);
     assert_eq!(
-        a.fault(t0, &7, DropReason::WrongSize, true),
+        a.fault(t0, &7, DropReason::WrongSize),
         Fault::Counted { faults: 1 },
         "framing counts against nodes too"
     );
     assert_eq!(
-        a.fault(t0, &700, DropReason::BadMac, false),
-        Fault::Counted { faults: 1 },
-        "but a client's bad MAC counts"
+        a.fault(t0, &700, DropReason::BadMac),
+        Fault::NotCounted,
+        "nor a client's bad MAC: an honest packet for a retired key fails it too"
     );
     for reason in [
         DropReason::UnknownKey,
         DropReason::UnknownNextHop,
         DropReason::QueueFull,
     ] {
-        assert_eq!(a.fault(t0, &700, reason, false), Fault::NotCounted);
+        assert_eq!(a.fault(t0, &700, reason), Fault::NotCounted);
     }
     assert_eq!(
-        a.fault(t0, &701, DropReason::BadMac, false),
+        a.fault(t0, &701, DropReason::WrongSize),
         Fault::NotCounted,
         "no record, nothing to count"
     );
@@ -190,14 +187,14 @@ fn faults_decay_so_a_long_honest_life_is_not_a_ban() {
         let now = t0 + Duration::from_secs(10 * i);
         a.admit(now, &500, origin(500));
         assert!(matches!(
-            a.fault(now, &500, DropReason::BadMac, false),
+            a.fault(now, &500, DropReason::WrongSize),
             Fault::Counted { faults: 1..=2 }
         ));
     }
     // Four in one instant still ban.
     let now = t0 + Duration::from_secs(100_000);
     let last = (0..4)
-        .map(|_| a.fault(now, &500, DropReason::BadMac, false))
+        .map(|_| a.fault(now, &500, DropReason::WrongSize))
         .last();
     assert!(matches!(last, Some(Fault::Banned { .. })));
 }
@@ -209,7 +206,7 @@ fn the_tracking_bound_holds_even_when_every_record_has_faults() {
     let clients = 1_000..1_000 + MAX_TRACKED_PEERS as u32;
     for peer in clients.clone() {
         assert_eq!(a.admit(t0, &peer, origin(peer)), Verdict::Admit);
-        a.fault(t0, &peer, DropReason::BadMac, false);
+        a.fault(t0, &peer, DropReason::WrongSize);
     }
     assert_eq!(a.tracked(), MAX_TRACKED_PEERS);
     // A peer already tracked does not make room.

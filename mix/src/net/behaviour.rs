@@ -381,8 +381,7 @@ impl Behaviour {
     /// Holds a drop for `reason` against `peer` (if the rules say so) and cuts it off if that
     /// was one fault too many.
     fn fault(&mut self, peer: PeerId, reason: DropReason) {
-        let node = self.relay.is_node(&peer);
-        let fault = self.admission.fault(Instant::now(), &peer, reason, node);
+        let fault = self.admission.fault(Instant::now(), &peer, reason);
         self.on_fault(peer, fault);
     }
 

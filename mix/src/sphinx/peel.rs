@@ -141,9 +141,14 @@ pub fn unwrap_batch(
 ) -> Vec<Result<(u64, Processed), UnwrapError>> {
     let mut order = ring.trial_order();
     let Some(first) = order.next() else {
+        // No key: each packet fails as it would alone (bad input first, then no key).
         return packets
             .iter()
-            .map(|p| check_header(geometry, p).and(Err(no_key_verified(ring))))
+            .map(|p| {
+                check_header(geometry, p)?;
+                decode_element(p)?;
+                Err(no_key_verified(ring))
+            })
             .collect();
     };
     // Decode every element and multiply by x/2; packets that fail keep their error, the others
