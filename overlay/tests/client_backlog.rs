@@ -140,7 +140,12 @@ fn a_program_that_reads_nothing_leaves_its_clients_links_unchanged_and_loses_not
     let bob_swarm = Keypair::generate_ed25519();
     let bob_peer = bob_swarm.public().to_peer_id();
     runtime.block_on(async {
-        let mut alice = start_client(&net, 0, Keypair::generate_ed25519(), HandleConfig::default());
+        let mut alice = start_client(
+            &net,
+            0,
+            Keypair::generate_ed25519(),
+            HandleConfig::default(),
+        );
         let mut bob = start_client(
             &net,
             BOB_GATEWAY,
@@ -246,9 +251,8 @@ fn a_program_that_reads_nothing_leaves_its_clients_links_unchanged_and_loses_not
         // least; the delivery phase above took longer than that.
         let trace = fs::read_to_string(net.nodes[BOB_GATEWAY].dir.join(TRACE)).unwrap();
         let arrivals = arrivals_from(&trace, bob_peer);
-        let per_second = |n: f64, from: &Seen, to: &Seen| {
-            n * 1000.0 / (to.at_ms - from.at_ms) as f64
-        };
+        let per_second =
+            |n: f64, from: &Seen, to: &Seen| n * 1000.0 / (to.at_ms - from.at_ms) as f64;
         let packets = [
             per_second(
                 count_between(&arrivals, &reading_from, &reading_to) as f64,
