@@ -1,12 +1,13 @@
 //! [`Client`]: the client behaviour on a swarm of its own, for programs that do not run one.
 //!
 //! The swarm runs on a tokio task; the handle sends commands to it and receives its events.
-//! Up to [`MAX_UNREAD_EVENTS`] events wait for the program; beyond that the client is
-//! backlogged ([`Behaviour::set_backlogged`]): it takes nothing new from its mailbox (the gateway
-//! keeps the packets, senders retransmit, nothing is lost) while its send schedule, cover
-//! traffic and fetch pace go on unchanged, so that neither link shows that the program is slow.
-//! Only at [`MAX_HELD_EVENTS`] (acknowledgements of its own sends, which the outbox bounds)
-//! does the swarm pause. Dropping the handle stops the task.
+//! Up to [`HandleConfig::max_unread_events`] ([`MAX_UNREAD_EVENTS`] by default) events wait for
+//! the program; beyond that the client is backlogged ([`Behaviour::set_backlogged`]): it takes
+//! nothing new from its mailbox (the gateway keeps the packets, senders retransmit, nothing is
+//! lost) while its send schedule, cover traffic and fetch pace go on unchanged, so that neither
+//! link shows that the program is slow. Only at four times that many ([`MAX_HELD_EVENTS`] by
+//! default; past the limit only the outcomes of the program's own sends arrive, which the
+//! outbox bounds) does the swarm pause. Dropping the handle stops the task.
 
 use std::sync::Arc;
 
@@ -42,12 +43,31 @@ pub enum ClientError {
     Stopped,
 }
 
-/// Events that may wait for the program before the client stops taking from its mailbox.
+/// Events that may wait for the program before the client stops taking from its mailbox (the
+/// default of [`HandleConfig::max_unread_events`]).
 pub const MAX_UNREAD_EVENTS: usize = 1024;
 
-/// Events held at most before the swarm pauses (a last resort: past [`MAX_UNREAD_EVENTS`] only
-/// the outcomes of the program's own sends arrive, which the outbox bounds).
+/// Events held at most before the swarm pauses, at the default limit (a last resort: past
+/// [`MAX_UNREAD_EVENTS`] only the outcomes of the program's own sends arrive, which the outbox
+/// bounds).
 pub const MAX_HELD_EVENTS: usize = 4 * MAX_UNREAD_EVENTS;
+
+/// Settings of the handle itself (the behaviour's are in [`Config`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HandleConfig {
+    /// Events that may wait for the program before the client is backlogged (at least 1): a
+    /// program that must hold less while it is busy sets fewer; the swarm pauses at four times
+    /// as many.
+    pub max_unread_events: usize,
+}
+
+impl Default for HandleConfig {
+    fn default() -> Self {
+        HandleConfig {
+            max_unread_events: MAX_UNREAD_EVENTS,
+        }
+    }
+}
 
 enum Command {
     Send {
@@ -103,6 +123,22 @@ impl Client {
         config: Config,
         trace: Option<Arc<dyn TraceSink>>,
     ) -> Result<Self, ClientError> {
+        Self::start_with(swarm, identity, key, config, HandleConfig::default(), trace)
+    }
+
+    /// [`Client::start_traced`] with the handle's own settings `handle`.
+    pub fn start_with(
+        swarm: Keypair,
+        identity: ClientIdentity,
+        key: StaticKey,
+        config: Config,
+        handle: HandleConfig,
+        trace: Option<Arc<dyn TraceSink>>,
+    ) -> Result<Self, ClientError> {
+        // Events in the channel wait for the program; those the channel has no room for wait
+        // here, and while any do, the client is backlogged.
+        let max_unread = handle.max_unread_events.max(1);
+        let max_held = 3 * max_unread;
         let mut behaviour = Behaviour::new(swarm.public().to_peer_id(), identity, key, config)?;
         if let Some(sink) = trace {
             behaviour.set_trace(sink);
@@ -111,7 +147,7 @@ impl Client {
         let address = behaviour.address();
         let mut swarm = build_swarm(identity, |_| behaviour)?;
         let (commands, mut command_rx) = mpsc::channel::<Command>(64);
-        let (event_tx, events) = mpsc::channel(MAX_UNREAD_EVENTS);
+        let (event_tx, events) = mpsc::channel(max_unread);
         let task = tokio::spawn(async move {
             let mut unread = std::collections::VecDeque::new();
             loop {
@@ -121,7 +157,7 @@ impl Client {
                             if let Some(event) = unread.pop_front() {
                                 permit.send(event);
                             }
-                            if unread.len() + 1 == MAX_UNREAD_EVENTS {
+                            if unread.is_empty() {
                                 swarm.behaviour_mut().set_backlogged(false);
                             }
                         }
@@ -149,11 +185,19 @@ impl Client {
                         }
                         None => return,
                     },
-                    event = swarm.select_next_some(), if unread.len() < MAX_HELD_EVENTS => {
+                    event = swarm.select_next_some(), if unread.len() < max_held => {
                         if let SwarmEvent::Behaviour(event) = event {
-                            unread.push_back(event);
-                            if unread.len() == MAX_UNREAD_EVENTS {
-                                swarm.behaviour_mut().set_backlogged(true);
+                            if !unread.is_empty() {
+                                unread.push_back(event);
+                                continue;
+                            }
+                            match event_tx.try_send(event) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(event)) => {
+                                    unread.push_back(event);
+                                    swarm.behaviour_mut().set_backlogged(true);
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => return,
                             }
                         }
                     }

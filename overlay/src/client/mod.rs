@@ -23,7 +23,7 @@ pub use core::{
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;
-pub use handle::{Client, ClientError};
+pub use handle::{Client, ClientError, HandleConfig};
 pub use route::{
     RouteError, RouteNode, RoutePolicy, Topology, choose_loop, choose_route, choose_route_avoiding,
 };

@@ -51,6 +51,8 @@ pub struct MailboxStats {
     pub evicted: u64,
     /// Dummy items sent in padded answers.
     pub dummies: u64,
+    /// Fetches that arrived (answered, held or refused): the pace a link observer sees.
+    pub fetches: u64,
 }
 
 /// A fetch held open until a packet arrives for its client or its wait is over.
@@ -148,6 +150,7 @@ impl<C> MailboxServer<C> {
         request: MailboxRequest,
         channel: C,
     ) {
+        self.stats.fetches += 1;
         // A newer fetch replaces a held one (the client gave up on it, or reconnected).
         self.answer_parked(&client);
         match self.store.register(client, now.unix_ms, origin) {

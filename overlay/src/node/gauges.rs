@@ -159,6 +159,7 @@ impl Gauges {
             counter!("p2pmix_mailbox_registered_total").absolute(stats.registered);
             counter!("p2pmix_mailbox_stored_total").absolute(stats.stored);
             counter!("p2pmix_mailbox_handed_total").absolute(stats.handed);
+            counter!("p2pmix_mailbox_fetches_total").absolute(stats.fetches);
             counter!("p2pmix_mailbox_expired_total").absolute(stats.expired);
             counter!("p2pmix_mailbox_evicted_total").absolute(stats.evicted);
             counter!("p2pmix_mailbox_registrations_refused_total")
