@@ -39,7 +39,8 @@ pub enum UnwrapError {
     #[error("invalid group element")]
     InvalidElement,
     /// The header MAC does not verify under any live key: the header was tampered with, or built
-    /// for a key this node does not hold.
+    /// for a key this node does not hold (a forgery, or an honest packet for a retired key: the
+    /// two look the same).
     #[error("header MAC mismatch")]
     Mac,
     /// The packet was seen before under this epoch key.
