@@ -119,9 +119,10 @@ fn try_keys<'r>(
     Err(no_key_verified(ring))
 }
 
-/// What a packet no live key opens is: a forgery (or a packet for a key long retired) while the
-/// ring holds the current epoch's key; possibly honest when it does not (see
-/// [`UnwrapError::UnknownKey`]).
+/// What a packet no live key opens is called: [`UnwrapError::Mac`] while the ring holds the
+/// current epoch's key, [`UnwrapError::UnknownKey`] when it lost it (operators see the node's
+/// own trouble apart). Either may be a forgery or an honest packet for a retired key; neither is
+/// a peer fault.
 fn no_key_verified(ring: &KeyRing) -> UnwrapError {
     if ring.for_epoch(ring.current_epoch()).is_some() {
         UnwrapError::Mac
