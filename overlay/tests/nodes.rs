@@ -308,6 +308,11 @@ fn a_flooding_peer_is_cut_off_while_other_traffic_flows() {
     for _ in 0..60 {
         attacker.send(&entry_addr, entry, replayed.clone());
     }
+    // The replays first, within the attacker's rate, before the flood spends its bucket.
+    wait_for("the replays to be dropped", Duration::from_secs(30), || {
+        let m = net.metrics(entry_index);
+        (m.get("p2pmix_packets_dropped_total{reason=\"replay\"}") >= 59.0).then_some(())
+    });
     let size = Geometry::DEFAULT.packet_size();
     for i in 0..3_000u32 {
         let mut garbage = vec![(i % 251) as u8; size];
