@@ -23,6 +23,11 @@ struct Net {
     keys: Vec<String>,
     genesis: u64,
     running: Vec<Option<Running>>,
+    /// The epoch length every authority is configured with.
+    epoch_ms: u64,
+    /// More lines at the end of every authority's config, after `[network]` (for example a
+    /// `[network.parameters]` table).
+    network: String,
 }
 
 impl Net {
@@ -37,6 +42,8 @@ impl Net {
             // Every authority starts before epoch 0 and prepares epoch 1 from its start.
             genesis: unix_ms() + 4_000,
             running: (0..n).map(|_| None).collect(),
+            network: String::new(),
+            epoch_ms: EPOCH_MS,
         }
     }
 
@@ -67,8 +74,8 @@ impl Net {
         fs::write(
             dir.join("authority.toml"),
             format!(
-                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = {EPOCH_MS}\ntest_network = true\n",
-                self.genesis
+                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = {}\ntest_network = true\n{}",
+                self.genesis, self.epoch_ms, self.network
             ),
         )
         .unwrap();
@@ -106,7 +113,7 @@ impl Net {
     }
 
     fn epoch_start(&self, epoch: u64) -> u64 {
-        self.genesis + epoch * EPOCH_MS
+        self.genesis + epoch * self.epoch_ms
     }
 
     fn verify(&self, i: usize, epoch: u64, now_ms: u64) -> (bool, String) {
@@ -294,20 +301,58 @@ fn listening_node(runtime: &tokio::runtime::Runtime) -> (libp2p::identity::Keypa
     (keypair, address)
 }
 
-#[test]
-fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fetch() {
+/// Signs a descriptor of `keypair` for `epoch` announcing `address` (family `op{n}`) and
+/// uploads it to every authority of `net`.
+fn upload_to_all(
+    net: &Net,
+    runtime: &tokio::runtime::Runtime,
+    keypair: &libp2p::identity::Keypair,
+    (address, role, n): (String, p2pmix::proto::v1::Role, usize),
+    epoch: u64,
+) {
     use p2pmix::{
         bootstrap::sign_descriptor,
         directory::fetch::upload_descriptor,
-        proto::v1::{EpochKey, NodeDescriptor, Role},
+        proto::v1::{EpochKey, NodeDescriptor},
         sphinx::NodeSecretKey,
     };
+    let descriptor = NodeDescriptor {
+        epoch,
+        identity: keypair.public().encode_protobuf(),
+        addresses: vec![address],
+        role: role as i32,
+        sphinx_keys: vec![EpochKey {
+            epoch,
+            sphinx_public_key: NodeSecretKey::random(&mut rand::rng())
+                .public_key()
+                .to_bytes()
+                .to_vec(),
+        }],
+        software_version: "test".into(),
+        protocol_version: 1,
+        family: format!("op{n}"),
+    };
+    let signed = sign_descriptor(keypair, &descriptor).unwrap();
+    for i in 0..net.keys.len() {
+        let addr = net.listen_addr(i).unwrap().parse().unwrap();
+        runtime
+            .block_on(upload_descriptor(
+                addr,
+                signed.clone(),
+                Duration::from_secs(10),
+            ))
+            .unwrap_or_else(|e| panic!("upload to authority {i}: {e}"));
+    }
+}
+
+#[test]
+fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fetch() {
+    use p2pmix::proto::v1::Role;
     let mut net = Net::new("upload", 3);
     for i in 0..3 {
         net.start(i);
     }
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut rng = rand::rng();
     // Four nodes that listen where they say, and a fifth whose address nobody answers at (a
     // port that was bound and closed again): the authorities' reachability checks leave it out.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -323,33 +368,7 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
             unreachable = Some(keypair.public().encode_protobuf());
             (keypair, format!("/ip4/127.0.0.1/tcp/{closed_port}"))
         };
-        let descriptor = NodeDescriptor {
-            epoch: 1,
-            identity: keypair.public().encode_protobuf(),
-            addresses: vec![address],
-            role: *role as i32,
-            sphinx_keys: vec![EpochKey {
-                epoch: 1,
-                sphinx_public_key: NodeSecretKey::random(&mut rng)
-                    .public_key()
-                    .to_bytes()
-                    .to_vec(),
-            }],
-            software_version: "test".into(),
-            protocol_version: 1,
-            family: format!("op{n}"),
-        };
-        let signed = sign_descriptor(&keypair, &descriptor).unwrap();
-        for i in 0..3 {
-            let addr = net.listen_addr(i).unwrap().parse().unwrap();
-            runtime
-                .block_on(upload_descriptor(
-                    addr,
-                    signed.clone(),
-                    Duration::from_secs(10),
-                ))
-                .unwrap_or_else(|e| panic!("upload to authority {i}: {e}"));
-        }
+        upload_to_all(&net, &runtime, &keypair, (address, *role, n), 1);
     }
     let docs = agreed(&net, &[0, 1, 2]);
     let consensus = Consensus::decode(&docs[0].consensus[..]).unwrap();
@@ -382,6 +401,327 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
         stdout.contains("nodes            4 (1 gateways)"),
         "{stdout}"
     );
+}
+
+/// Nodes that announce names (`/dns4/localhost`, `/dns/localhost`) are reached at the address
+/// the name resolves to and admitted with the name they announced; a node announcing a name that
+/// resolves to nothing is not. (The authority resolves names itself and dials the addresses, so
+/// the caps count the address a name stands for: `names_are_resolved_to_the_addresses_the_caps_count`
+/// in the bootstrap crate. Loopback addresses are in no cap's group, so the caps themselves
+/// cannot be shown on 127.0.0.1.)
+#[test]
+fn nodes_announcing_names_are_reached_at_what_the_names_resolve_to() {
+    use p2pmix::proto::v1::Role;
+    let mut net = Net::new("dns-announce", 3);
+    for i in 0..3 {
+        net.start(i);
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let announce = [
+        (Role::Gateway, "/ip4/127.0.0.1/"),
+        (Role::Mix, "/dns4/localhost/"),
+        (Role::Mix, "/dns/localhost/"),
+        (Role::Mix, "/dns4/localhost/"),
+        (Role::Mix, "/dns4/nothing-here.invalid/"),
+    ];
+    let mut announced = Vec::new();
+    for (n, (role, prefix)) in announce.into_iter().enumerate() {
+        let (keypair, address) = listening_node(&runtime);
+        // /ip4/127.0.0.1/tcp/PORT -> PREFIX tcp/PORT
+        let address = address.replacen("/ip4/127.0.0.1/", prefix, 1);
+        announced.push((keypair.public().encode_protobuf(), address.clone()));
+        upload_to_all(&net, &runtime, &keypair, (address, role, n), 1);
+    }
+    let docs = agreed(&net, &[0, 1, 2]);
+    let consensus = Consensus::decode(&docs[0].consensus[..]).unwrap();
+    for (n, (identity, address)) in announced.iter().enumerate() {
+        let admitted = consensus.nodes.iter().find(|c| &c.identity == identity);
+        if n < 4 {
+            let admitted = admitted.unwrap_or_else(|| panic!("{address} was not admitted"));
+            assert_eq!(admitted.addresses, vec![address.clone()]);
+        } else {
+            assert!(
+                admitted.is_none(),
+                "{address} resolves to nothing, yet was admitted"
+            );
+        }
+    }
+    assert_eq!(consensus.nodes.len(), 4);
+}
+
+/// The authority's `/metrics` page (its address is in `data/metrics-addr`), if it answers.
+fn metrics(net: &Net, i: usize) -> Option<String> {
+    use std::io::{Read, Write};
+    let addr = fs::read_to_string(net.dir(i).join("data/metrics-addr")).ok()?;
+    let mut stream = std::net::TcpStream::connect(addr.trim()).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    Some(page)
+}
+
+/// The value of the metric line that starts with `name` (labels included) on `page`.
+fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Sends `requests` to the authority at `address` over one connection, 96 at a time (the
+/// authority answers an upload once the state that holds it is on disk, so a window keeps it
+/// busy), and counts
+/// the answers: `accepted`, the refusal codes, `failed` (no answer).
+fn flood(
+    runtime: &tokio::runtime::Runtime,
+    address: libp2p::Multiaddr,
+    requests: Vec<p2pmix::proto::v1::DirectoryRequest>,
+) -> std::collections::BTreeMap<String, u64> {
+    use futures::StreamExt;
+    use libp2p::{request_response, swarm::SwarmEvent};
+    use p2pmix::proto::v1::directory_response::Response;
+    runtime.block_on(async move {
+        let mut swarm = p2pmix::build_swarm(libp2p::identity::Keypair::generate_ed25519(), |_| {
+            p2pmix::bootstrap::directory_behaviour(false, Duration::from_secs(60))
+        })
+        .unwrap();
+        swarm.dial(address).unwrap();
+        let total = requests.len() as u64;
+        let mut pending = requests.into_iter();
+        let (mut peer, mut in_flight, mut answered) = (None, 0, 0u64);
+        let mut outcomes = std::collections::BTreeMap::new();
+        while answered < total {
+            if let Some(p) = peer {
+                while in_flight < 96 {
+                    let Some(r) = pending.next() else { break };
+                    swarm.behaviour_mut().send_request(&p, r);
+                    in_flight += 1;
+                }
+            }
+            let event = tokio::time::timeout(Duration::from_secs(60), swarm.select_next_some())
+                .await
+                .unwrap_or_else(|_| panic!("the flood stalled after {answered} answers"));
+            let outcome = match event {
+                SwarmEvent::ConnectionEstablished { peer_id, .. } => {
+                    peer = Some(peer_id);
+                    continue;
+                }
+                SwarmEvent::ConnectionClosed { cause, .. } => {
+                    panic!("the authority closed the flood's connection: {cause:?}")
+                }
+                SwarmEvent::Behaviour(request_response::Event::Message {
+                    message: request_response::Message::Response { response, .. },
+                    ..
+                }) => match response.response {
+                    Some(Response::Accepted(_)) => "accepted".to_string(),
+                    Some(Response::Refused(r)) => format!("{:?}", r.code()),
+                    other => format!("unexpected {other:?}"),
+                },
+                SwarmEvent::Behaviour(request_response::Event::OutboundFailure {
+                    error, ..
+                }) => format!("failed {error}"),
+                _ => continue,
+            };
+            in_flight -= 1;
+            answered += 1;
+            *outcomes.entry(outcome).or_default() += 1;
+        }
+        outcomes
+    })
+}
+
+/// The outsider of issue 12 with many identities, against a real authority process: 10 000
+/// descriptors of fresh identities (7 KB each, 70 MB against a store of 16 MiB) over one
+/// connection in one round. Every request is answered, the store's bound is counted, the honest
+/// nodes of the last consensus are in the next one, and the process stays within the stated
+/// memory budget (`MEMORY_BUDGET_BYTES`, 200 MiB), by its own peak resident memory.
+#[test]
+fn ten_thousand_fresh_identities_leave_a_real_authority_within_its_budget() {
+    use p2pmix::{
+        bootstrap::{MEMORY_BUDGET_BYTES, sign_descriptor},
+        proto::v1::{DirectoryRequest, EpochKey, NodeDescriptor, Role, directory_request::Request},
+        sphinx::NodeSecretKey,
+    };
+    const FLOOD: usize = 10_000;
+    let mut net = Net::new("flood", 1);
+    // A descriptor phase (a quarter of the epoch) of 10 s for the flood.
+    net.epoch_ms = 40_000;
+    net.start(0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let roles = [Role::Gateway, Role::Mix, Role::Mix, Role::Mix];
+    let honest: Vec<_> = roles
+        .iter()
+        .map(|role| (listening_node(&runtime), *role))
+        .collect();
+    for (n, ((keypair, address), role)) in honest.iter().enumerate() {
+        upload_to_all(&net, &runtime, keypair, (address.clone(), *role, n), 1);
+    }
+    // Made while round 1 runs: the flood for round 2, every one signed by its own identity and
+    // announcing a port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let sphinx = NodeSecretKey::random(&mut rand::rng())
+        .public_key()
+        .to_bytes()
+        .to_vec();
+    let requests: Vec<_> = (0..FLOOD)
+        .map(|_| {
+            let key = libp2p::identity::Keypair::generate_ed25519();
+            let d = NodeDescriptor {
+                epoch: 2,
+                identity: key.public().encode_protobuf(),
+                addresses: vec![format!("/ip4/127.0.0.1/tcp/{closed_port}")],
+                role: Role::Mix as i32,
+                sphinx_keys: vec![EpochKey {
+                    epoch: 2,
+                    sphinx_public_key: sphinx.clone(),
+                }],
+                software_version: "x".repeat(7_000),
+                protocol_version: 1,
+                family: String::new(),
+            };
+            DirectoryRequest {
+                request: Some(Request::Descriptor(sign_descriptor(&key, &d).unwrap())),
+            }
+        })
+        .collect();
+    let first = &agreed(&net, &[0])[0];
+    assert_eq!(
+        Consensus::decode(&first.consensus[..]).unwrap().nodes.len(),
+        4
+    );
+
+    // Round 2 (during epoch 1): the honest nodes again, then the flood.
+    sleep_until(net.epoch_start(1) + 200);
+    for (n, ((keypair, address), role)) in honest.iter().enumerate() {
+        upload_to_all(&net, &runtime, keypair, (address.clone(), *role, n), 2);
+    }
+    let address = net.listen_addr(0).unwrap().parse().unwrap();
+    let outcomes = flood(&runtime, address, requests);
+    assert_eq!(outcomes.values().sum::<u64>(), FLOOD as u64);
+    assert!(
+        outcomes
+            .keys()
+            .all(|k| !k.starts_with("failed") && !k.starts_with("unexpected")),
+        "every request gets an answer: {outcomes:?}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_millis(net.epoch_ms + 20_000);
+    let second = loop {
+        if let Some(c) = net.consensus(0, 2) {
+            break Consensus::decode(&c.consensus[..]).unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no consensus for epoch 2 after the flood ({outcomes:?})\n{}",
+            net.log(0)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for ((keypair, address), _) in &honest {
+        let id = keypair.public().encode_protobuf();
+        assert!(
+            second.nodes.iter().any(|n| n.identity == id),
+            "honest node {address} left out after the flood"
+        );
+    }
+    let page = metrics(&net, 0).unwrap_or_default();
+    let full = metric(
+        &page,
+        "p2pmix_authority_rejections_total{reason=\"descriptor_round_full\"}",
+    );
+    assert!(
+        full.unwrap_or(0.0) > 0.0,
+        "the store's bound is counted: {outcomes:?}\n{}",
+        page.lines()
+            .filter(|l| l.contains("rejections"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let accounted = metric(&page, "p2pmix_authority_memory_bytes").unwrap_or(0.0);
+    assert!(accounted <= MEMORY_BUDGET_BYTES as f64, "{accounted} bytes");
+    let pid = net.running[0].as_ref().unwrap().child.id();
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    assert!(
+        peak_kib * 1024 <= MEMORY_BUDGET_BYTES as u64,
+        "the authority peaked at {peak_kib} KiB resident"
+    );
+    eprintln!(
+        "flood: {outcomes:?}; store full {full:?}; accounted {accounted} bytes; peak RSS \
+         {peak_kib} KiB; state writes {:?}",
+        metric(&page, "p2pmix_authority_state_writes_total")
+    );
+}
+
+/// One malicious authority (the test holds its key) signs the round's document, as its honest
+/// process does, and then a second document: the authority that gets the second signature
+/// catches the double signature, relays it, and both others count it in
+/// `p2pmix_authority_equivocations_total` and serve the proof, which `p2pmix consensus show`
+/// prints and checks against the pinned keys. (Sent before the real one, the forged signature
+/// is relayed to authority 2 too, which then refuses to sign a second digest itself.)
+#[test]
+fn a_double_signing_authority_shows_in_consensus_show_and_the_metric() {
+    use p2pmix::proto::v1::{
+        DirectoryRequest, directory_request::Request, directory_response::Response,
+    };
+    let mut net = Net::new("equivocation", 3);
+    // The round's last three eighths (after publication) are 6 s: time to sign twice.
+    net.epoch_ms = 16_000;
+    for i in 0..3 {
+        net.start(i);
+    }
+    let liar = p2pmix::identity::read_identity(&net.dir(2).join("identity.key")).unwrap();
+    let liar_key = liar.public().encode_protobuf();
+    // Authority 2's real signature on the document authority 0 published.
+    wait_for(
+        "authority 2's signature on the document",
+        Duration::from_millis(net.epoch_start(1) - unix_ms().min(net.epoch_start(1))),
+        || {
+            net.consensus(0, 1)
+                .filter(|d| d.signatures.iter().any(|s| s.authority == liar_key))
+                .map(|_| ())
+        },
+    );
+    let forged = p2pmix::bootstrap::sign_consensus(&liar, 1, &[7; 32]).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let answer = runtime.block_on(p2pmix::directory::fetch::request_once(
+        net.listen_addr(0).unwrap().parse().unwrap(),
+        DirectoryRequest {
+            request: Some(Request::Signature(forged)),
+        },
+        Duration::from_secs(10),
+    ));
+    assert!(
+        matches!(&answer, Ok(r) if matches!(&r.response, Some(Response::Refused(_)))),
+        "the second signature is refused as an equivocation: {answer:?}"
+    );
+    for i in 0..2 {
+        wait_for("the equivocation metric", Duration::from_secs(20), || {
+            let page = metrics(&net, i)?;
+            (metric(&page, "p2pmix_authority_equivocations_total") == Some(1.0)).then_some(())
+        });
+        let out = Command::new(BIN)
+            .args(["consensus", "show", "--epoch", "1", "--from"])
+            .arg(net.listen_addr(i).unwrap())
+            .arg("--authorities")
+            .arg(net.dir(i).join("authorities.toml"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("equivocations    1"), "{stdout}");
+        assert!(stdout.contains("proof verified"), "{stdout}");
+    }
 }
 
 /// The outsider of issue 12: no key at all, only what the authorities serve. Early in every
