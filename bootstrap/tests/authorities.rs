@@ -5,7 +5,7 @@ mod common;
 
 use common::{PERIOD, Sim, nodes, rng, schedule};
 use p2pmix_bootstrap::{
-    Authority, ComputeError, Event, RoundFailure, VerifyError, verify_consensus,
+    AdoptError, Authority, ComputeError, Event, RoundFailure, VerifyError, verify_consensus,
 };
 use p2pmix_proto::v1::{Consensus, Role};
 use proptest::prelude::*;
@@ -319,33 +319,82 @@ fn an_early_non_matching_reveal_does_not_change_the_document() {
     assert_eq!(agreed(&sim, 2), expected);
 }
 
+/// An authority that lost the previous document (a disk replaced; the same as one that was
+/// down while it was published, or refused to sign it) would fail every later round: each
+/// builds on the one before. It asks the others for it, adopts it on a threshold of pinned
+/// signatures, and computes and signs the same document as they do. (Before it asked, it sat
+/// out with `MissingPrevious`, round after round.)
 #[test]
-fn an_authority_missing_the_agreed_previous_consensus_sits_out_and_says_why() {
+fn an_authority_missing_the_agreed_previous_consensus_fetches_it_and_signs_again() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 1, 3);
-    // Authority 0 loses its documents (say, a disk replaced) but keeps running.
+    let previous = sim.authority(1).consensus(Some(2)).unwrap().clone();
+    // Authority 0 loses its documents but keeps running.
     let mut state = sim.authority(0).state();
     state.consensuses.clear();
     sim.start(0, Authority::restore(sim.config(0), &state, sim.now()));
     sim.clear_events();
     sim.upload(&nodes(1, 3), 3);
     sim.run_until(schedule().start_of(3));
+    let events = sim.events();
     assert!(
-        sim.events().iter().any(|(i, e)| *i == 0
-            && matches!(
-                e,
-                Event::Failed {
-                    epoch: 3,
-                    reason: RoundFailure::Compute(ComputeError::MissingPrevious(_))
-                }
-            )),
-        "{:?}",
-        sim.events()
+        events
+            .iter()
+            .any(|(i, e)| *i == 0 && matches!(e, Event::Adopted { epoch: 2, .. })),
+        "{events:?}"
     );
-    // The other two still agree and publish, with the layers of the agreed previous document.
-    let docs = sim.documents(3);
-    assert!(docs[0].is_none());
-    assert!(docs[1].is_some() && docs[1] == docs[2]);
+    assert!(
+        !events
+            .iter()
+            .any(|(i, e)| *i == 0 && matches!(e, Event::Failed { .. })),
+        "{events:?}"
+    );
+    assert_eq!(sim.authority(0).consensus(Some(2)), Some(&previous));
+    agreed(&sim, 3);
+    // And the next round too.
+    sim.upload(&nodes(1, 3), 4);
+    sim.run_until(schedule().start_of(4));
+    agreed(&sim, 4);
+}
+
+/// What an authority is offered as the previous document is adopted only if it is the missing
+/// one and a threshold of pinned keys signed it; a held one is never replaced.
+#[test]
+fn only_the_missing_previous_document_with_a_threshold_is_adopted() {
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    one_round(&mut sim, 1, 3);
+    sim.run_until(schedule().start_of(2) + PERIOD / 8);
+    let held = sim.authority(1).consensus(Some(2)).unwrap().clone();
+    let mut state = sim.authority(0).state();
+    state.consensuses.clear();
+    let mut lost = Authority::restore(sim.config(0), &state, sim.now());
+    let now = sim.now();
+    let mut one_signature = held.clone();
+    one_signature.signatures.truncate(1);
+    assert!(matches!(
+        lost.handle_consensus(now, one_signature),
+        Err(AdoptError::Invalid(VerifyError::BelowThreshold { .. }))
+    ));
+    let mut other = held.clone();
+    other.consensus.push(0);
+    assert!(matches!(
+        lost.handle_consensus(now, other),
+        Err(AdoptError::Invalid(_))
+    ));
+    assert!(lost.consensus(Some(2)).is_none());
+    assert_eq!(lost.handle_consensus(now, held.clone()), Ok(()));
+    assert_eq!(lost.consensus(Some(2)), Some(&held));
+    // Held now: nothing more is taken, the same or another.
+    assert_eq!(
+        lost.handle_consensus(now, held.clone()),
+        Err(AdoptError::NotWanted(2))
+    );
+    // An authority that holds it takes nothing either.
+    let mut holder = sim.stop(1).unwrap();
+    assert_eq!(
+        holder.handle_consensus(now, held),
+        Err(AdoptError::NotWanted(2))
+    );
 }
 
 #[test]

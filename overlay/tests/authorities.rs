@@ -659,6 +659,51 @@ fn ten_thousand_fresh_identities_leave_a_real_authority_within_its_budget() {
     );
 }
 
+/// An authority down for a whole round missed that round's document, which the next round
+/// builds on: started again, it fetches the document from the others, adopts it (threshold of
+/// pinned signatures), and signs the next document with them. (Before it asked, it sat out
+/// every later round: "the votes build on previous consensus …, which this authority does not
+/// hold".)
+#[test]
+fn an_authority_down_for_a_round_fetches_the_document_it_missed_and_signs_again() {
+    let mut net = Net::new("catch-up", 3);
+    for i in 0..3 {
+        net.start(i);
+    }
+    agreed(&net, &[0, 1, 2]);
+    // Down for the round of epoch 2 (it runs during epoch 1), back for the round of epoch 3.
+    net.stop(2);
+    sleep_until(net.epoch_start(2) + 200);
+    assert!(net.consensus(2, 2).is_none());
+    net.start(2);
+    for epoch in [3, 4] {
+        let deadline = std::time::Instant::now()
+            + Duration::from_millis(
+                net.epoch_start(epoch) - unix_ms().min(net.epoch_start(epoch)) + 20_000,
+            );
+        let doc = loop {
+            if let Some(d) = net.consensus(2, epoch) {
+                break d;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the restarted authority published no consensus for epoch {epoch}\n{}",
+                net.log(2)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let theirs = wait_for("the others' document", Duration::from_secs(20), || {
+            net.consensus(0, epoch)
+        });
+        assert_eq!(doc.consensus, theirs.consensus, "epoch {epoch}");
+    }
+    assert!(
+        net.consensus(2, 2).is_some(),
+        "the missed document is held and served"
+    );
+    assert!(net.log(2).contains("adopted"), "{}", net.log(2));
+}
+
 /// One malicious authority (the test holds its key) signs the round's document, as its honest
 /// process does, and then a second document: the authority that gets the second signature
 /// catches the double signature, relays it, and both others count it in

@@ -82,6 +82,12 @@ impl DirectoryMessage for Msg {
             other => Err(other),
         }
     }
+    fn into_response(self) -> Option<DirectoryResponse> {
+        match self {
+            Msg::Response(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 fn schedule() -> EpochSchedule {

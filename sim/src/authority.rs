@@ -6,7 +6,8 @@
 //! `/p2pmix/dir/1.0.0` (`GetConsensus` from the documents held, anything else by
 //! [`Authority::handle_request`]); whatever the authority wants sent to the other authorities
 //! ([`Authority::poll_transmit`]) goes to each of its peers, and what it reports
-//! ([`Authority::poll_event`]) is kept with the time. The message type is the test's: anything
+//! ([`Authority::poll_event`]) is kept with the time; documents that come back in answer are
+//! offered to it ([`Authority::handle_consensus`]), as the node offers them. The message type is the test's: anything
 //! that implements [`DirectoryMessage`] ([`AuthorityMessage`] is the plain one), so that nodes,
 //! clients or a test's own actors can upload descriptors and fetch documents over the same
 //! links as the authorities' votes, next to relays carrying packets.
@@ -50,6 +51,8 @@ pub trait DirectoryMessage: Sized + 'static {
     fn response(response: DirectoryResponse) -> Self;
     /// The request, if this message is one.
     fn into_request(self) -> Result<DirectoryRequest, Self>;
+    /// The answer, if this message is one.
+    fn into_response(self) -> Option<DirectoryResponse>;
 }
 
 /// Directory requests and their answers: what crosses `/p2pmix/dir/1.0.0`.
@@ -73,6 +76,12 @@ impl DirectoryMessage for AuthorityMessage {
         match self {
             AuthorityMessage::Request(r) => Ok(r),
             other => Err(other),
+        }
+    }
+    fn into_response(self) -> Option<DirectoryResponse> {
+        match self {
+            AuthorityMessage::Response(r) => Some(r),
+            AuthorityMessage::Request(_) => None,
         }
     }
 }
@@ -276,9 +285,20 @@ impl<M: DirectoryMessage> Actor<M> for AuthorityActor {
     }
 
     fn handle_message(&mut self, ctx: &mut Ctx<'_, M>, from: ActorId, message: M) {
-        // Answers to our own broadcasts: the node does nothing with them either.
-        let Ok(request) = message.into_request() else {
-            return;
+        let request = match message.into_request() {
+            Ok(request) => request,
+            Err(answer) => {
+                // Answers to our own broadcasts: a document is offered, as the node offers it
+                // (the one missed, if that is what it is); the rest the node ignores too.
+                if let (Some(Response::Consensus(signed)), Some(authority)) = (
+                    answer.into_response().and_then(|r| r.response),
+                    self.authority.as_mut(),
+                ) {
+                    let _ = authority.handle_consensus(ctx.now, signed);
+                    self.flush(ctx);
+                }
+                return;
+            }
         };
         let origin = self.origin_of(from);
         let Some(authority) = self.authority.as_mut() else {

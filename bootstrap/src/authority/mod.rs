@@ -27,6 +27,7 @@
 //! equivocations caught; `measurements` the health measurements the driver hands in for the
 //! vote; `persist` saving and restoring; `rejection` the refusals.
 
+mod catch_up;
 mod evidence;
 mod measurements;
 mod persist;
@@ -52,6 +53,7 @@ use prost::Message;
 use rand_core::CryptoRng;
 use thiserror::Error;
 
+pub use catch_up::AdoptError;
 pub use reach::{ReachCheck, ReachLimits, ReachOutcome, ReachStats};
 pub use rejection::{Rejection, SignatureError};
 pub use sources::{Origin, SourceLimits};
@@ -198,6 +200,16 @@ pub enum Event {
         authority: Vec<u8>,
         /// What it did twice.
         kind: EquivocationKind,
+    },
+    /// The previous consensus, missed, was fetched from another authority and adopted
+    /// ([`Authority::handle_consensus`]): store it, this round builds on it.
+    Adopted {
+        /// Its epoch.
+        epoch: u64,
+        /// Its digest.
+        digest: [u8; 32],
+        /// Signatures attached.
+        signatures: usize,
     },
 }
 
@@ -394,6 +406,7 @@ impl Authority {
         self.now = now;
         let now_ms = now.unix_ms;
         self.advance_round(now_ms);
+        self.ask_for_previous(false);
         self.reach.expire(now.mono);
         let phase = self.config.schedule.phase_at(now_ms);
         if phase >= Phase::Vote && !self.round.vote_done {

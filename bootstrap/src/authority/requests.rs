@@ -107,8 +107,12 @@ impl Authority {
             |d| store.known(d),
         )?;
         self.round.seen_votes.insert(seen);
+        let names_previous = !vote.previous.is_empty();
         self.round.votes.insert(vote.authority.clone(), vote);
         self.relay(Request::Vote(signed.clone()));
+        if names_previous {
+            self.ask_for_previous(true);
+        }
         Ok(())
     }
 

@@ -33,6 +33,8 @@ pub(super) struct Round {
     pub(super) descriptors: Store,
     /// The random value this authority committed to in its vote.
     pub(super) own_random: Option<[u8; 32]>,
+    /// How often this round asked the other authorities for a missing previous document.
+    pub(super) previous_asked: u8,
     /// Votes by authority (the first one seen of each).
     pub(super) votes: BTreeMap<Vec<u8>, VerifiedVote>,
     /// The second, different vote of each authority caught equivocating (kept as evidence and

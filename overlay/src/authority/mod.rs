@@ -369,6 +369,19 @@ impl Driver {
                         self.answer(now, peer, origin, request, channel);
                         self.flush(now)?;
                     }
+                    // Answers to what this authority sent the others: a document it asked for
+                    // because it missed it is offered to the core; the rest needs nothing.
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
+                        peer,
+                        message: request_response::Message::Response { response: DirectoryResponse { response: Some(Response::Consensus(signed)) }, .. },
+                        ..
+                    })) if self.pinned_peers.contains(&peer) => {
+                        let now = Now::system();
+                        if let Err(e) = self.authority.handle_consensus(now, signed) {
+                            debug!(%peer, %e, "document from an authority not adopted");
+                        }
+                        self.flush(now)?;
+                    }
                     SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, error, .. })) => {
                         debug!(%peer, %error, "request to peer failed");
                     }
@@ -522,6 +535,20 @@ impl Driver {
                     epoch,
                     signatures, "more signatures on the published consensus"
                 );
+                self.save_consensus(epoch);
+            }
+            Event::Adopted {
+                epoch,
+                digest,
+                signatures,
+            } => {
+                info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "missed consensus fetched from the other authorities and adopted");
+                if self.newest < Some(epoch) {
+                    self.newest = Some(epoch);
+                    if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
+                        metrics::set_excluded(&c);
+                    }
+                }
                 self.save_consensus(epoch);
             }
             Event::Failed { epoch, reason } => {
