@@ -6,6 +6,9 @@
 #   ./testnet/run.sh                       # 100 messages through 2 gateways and 6 mixes
 #   ./testnet/run.sh --kill-mixes 2        # two mixes die while messages are in flight
 #   ./testnet/run.sh --kill-authority 1    # one authority stops; the next consensus still comes
+#   ./testnet/run.sh --kill9 --kill-mixes 1 --restart-gateways 1 --restart-clients
+#                                          # SIGKILL for every drill; a gateway and both clients
+#                                          # killed and started again on their data dirs
 #   ./testnet/run.sh --blackhole-mix 1     # a mix drops everything; the consensus leaves it out
 #   ./testnet/run.sh --keep                # leave it running; stop it with testnet/stop.sh DIR
 #   ./testnet/run.sh --clients 20          # 20 clients send to each other; anonymity measured
@@ -32,6 +35,12 @@ usage: testnet/run.sh [options]
   --size BYTES          message size (default: a short text)
   --kill-mixes N        kill N mixes (at most one per layer) while messages are in flight
   --kill-authority N    stop N authorities (at most 1) and wait for the next consensus
+  --kill9               every drill kills with SIGKILL (default SIGTERM: a clean stop)
+  --restart-gateways N  kill N gateways (bob's first) once a third of the messages left, and
+                        start them again on their data dirs and addresses a second later
+  --restart-clients     kill alice and bob once a third of the messages left and start them
+                        again on their data dirs: alice resumes her outbox and sends the rest;
+                        every message must still arrive exactly once (not with --clients)
   --blackhole-mix N     N mixes (at most one per layer; at most 3) drop everything they carry
                         from just after the first messages leave; health measurement is on, and
                         the run waits until the consensus leaves them out (and fails if it does
@@ -58,7 +67,7 @@ EOF
 }
 
 GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES="" INTERVAL_MS="" SIZE=""
-KILL_MIXES=0 KILL_AUTHORITY=0 BLACKHOLE_MIX=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
+KILL_MIXES=0 KILL_AUTHORITY=0 KILL9=0 RESTART_GATEWAYS=0 RESTART_CLIENTS=0 BLACKHOLE_MIX=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
 SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -71,6 +80,9 @@ while [ $# -gt 0 ]; do
         --size) SIZE=$2; shift 2 ;;
         --kill-mixes) KILL_MIXES=$2; shift 2 ;;
         --kill-authority) KILL_AUTHORITY=$2; shift 2 ;;
+        --kill9) KILL9=1; shift ;;
+        --restart-gateways) RESTART_GATEWAYS=$2; shift 2 ;;
+        --restart-clients) RESTART_CLIENTS=1; shift ;;
         --blackhole-mix) BLACKHOLE_MIX=$2; shift 2 ;;
         --clients) CLIENTS=$2; shift 2 ;;
         --cover) COVER=$2; shift 2 ;;
@@ -98,7 +110,7 @@ case "$COVER" in
     *) echo "--cover: on, stream or off" >&2; exit 2 ;;
 esac
 : "${SEND_INTERVAL_MS:=$COVER_SEND}" "${LOOP_INTERVAL_MS:=$COVER_LOOP}" "${DROP_INTERVAL_MS:=$COVER_DROP}" "${MIX_LOOP_INTERVAL_MS:=$COVER_MIX}"
-for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY BLACKHOLE_MIX TIMEOUT CLIENTS \
+for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES KILL_AUTHORITY RESTART_GATEWAYS BLACKHOLE_MIX TIMEOUT CLIENTS \
     SEND_INTERVAL_MS LOOP_INTERVAL_MS DROP_INTERVAL_MS MIX_LOOP_INTERVAL_MS; do
     if ! [[ ${!v} =~ ^[0-9]+$ ]]; then echo "--${v,,}: not a number: ${!v}" >&2; exit 2; fi
 done
@@ -107,6 +119,8 @@ if [ -n "$SIZE" ] && ! [[ $SIZE =~ ^[0-9]+$ ]]; then echo "--size: not a number"
 [ "$GATEWAYS" -ge 1 ] || { echo "--gateways: at least 1" >&2; exit 2; }
 [ "$MIXES" -ge 3 ] || { echo "--mixes: at least 3 (one per layer)" >&2; exit 2; }
 [ "$KILL_AUTHORITY" -le 1 ] || { echo "--kill-authority: at most 1 of 3 (2 must sign)" >&2; exit 2; }
+[ "$RESTART_GATEWAYS" -le "$GATEWAYS" ] || { echo "--restart-gateways: at most --gateways ($GATEWAYS)" >&2; exit 2; }
+[ "$RESTART_CLIENTS" = 0 ] || [ "$CLIENTS" = 0 ] || { echo "--restart-clients: with alice and bob only, not with --clients" >&2; exit 2; }
 [ "$KILL_MIXES" -le 3 ] || { echo "--kill-mixes: at most 3 (one per layer)" >&2; exit 2; }
 if [ "$KILL_MIXES" -gt 0 ] && [ "$MIXES" -lt $((3 + KILL_MIXES)) ]; then
     echo "--kill-mixes $KILL_MIXES needs at least $((3 + KILL_MIXES)) mixes" >&2; exit 2
@@ -410,11 +424,15 @@ else
     BOB=$("$BIN" client address --data-dir "$DIR/bob" --gateway "$BOB_GW")
     echo "==> bob (gateway gw$LAST_GW) is $BOB"
     # Bob listens until Alice is done (he acknowledges every copy she retransmits), then is stopped.
-    (exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
-        --authorities "$DIR/authorities.toml" --timeout $((TIMEOUT + 60)) \
-        > "$DIR/bob/events.jsonl" 2> "$DIR/bob/log") &
-    BOB_PID=$!
-    started $BOB_PID bob
+    # (Events and logs are appended: the client drill starts both again on their data dirs.)
+    start_bob() {
+        (exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
+            --authorities "$DIR/authorities.toml" --timeout $((TIMEOUT + 60)) \
+            >> "$DIR/bob/events.jsonl" 2>> "$DIR/bob/log") &
+        BOB_PID=$!
+        started $BOB_PID bob
+    }
+    start_bob
     if [ -n "$SIZE" ]; then
         # Printable random text; head closes the pipe early, which is fine here.
         (set +o pipefail; head -c "$SIZE" /dev/urandom | base64 -w0 | head -c "$SIZE") > "$DIR/alice/message"
@@ -424,12 +442,15 @@ else
     # In the black-hole drill Alice waits for the go file (the mixes are chosen meanwhile).
     GO=()
     [ "$BLACKHOLE_MIX" = 0 ] || GO=(--wait-for "$DIR/go")
-    (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
-        --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
-        --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" "${GO[@]}" \
-        > "$DIR/alice/events.jsonl" 2> "$DIR/alice/log") &
-    ALICE_PID=$!
-    started $ALICE_PID alice
+    start_alice() { # $1: how many messages to send
+        (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
+            --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
+            --count "$1" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" "${GO[@]}" \
+            >> "$DIR/alice/events.jsonl" 2>> "$DIR/alice/log") &
+        ALICE_PID=$!
+        started $ALICE_PID alice
+    }
+    start_alice "$MESSAGES"
     if [ "$BLACKHOLE_MIX" -gt 0 ]; then
         t=0
         until grep -q '"event":"ready"' "$DIR/alice/events.jsonl" 2>/dev/null; do
@@ -445,11 +466,57 @@ else
 fi
 
 # --- drills ---------------------------------------------------------------------------------------
-KILLED=()
-if [ "$KILL_MIXES" -gt 0 ]; then
-    # Wait until a third of the messages left, then kill one mix in each of the first N layers.
-    t=0
+SIG=TERM
+[ "$KILL9" = 0 ] || SIG=KILL
+# Waits (bounded) until a third of the messages left: the drills strike then.
+a_third_sent() {
+    local t=0
     while [ "$(sent)" -lt $(( (TOTAL + 2) / 3 )) ] && [ $t -lt $((TIMEOUT * 10)) ]; do sleep 0.1; t=$((t + 1)); done
+}
+# Stops process $1 (by name) with the drill's signal, waits until it is gone (SIGKILL after
+# 10 s) and forgets it.
+stop_process() {
+    local pid
+    pid=$(awk -v n="$1" '$2 == n { print $1 }' "$DIR/pids" | tail -n1)
+    [ -n "$pid" ] || return 0
+    kill -"$SIG" "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+    awk -v n="$1" '$2 != n' "$DIR/pids" > "$DIR/pids.new" && mv "$DIR/pids.new" "$DIR/pids"
+}
+KILLED=()
+RESTARTED=()
+if [ "$KILL_MIXES" -gt 0 ] || [ "$RESTART_GATEWAYS" -gt 0 ] || [ "$RESTART_CLIENTS" = 1 ]; then
+    a_third_sent
+fi
+if [ "$RESTART_CLIENTS" = 1 ]; then
+    stop_process alice
+    stop_process bob
+    SENT_BEFORE=$(sent)
+    echo "==> killed alice and bob (SIG$SIG) with $SENT_BEFORE of $TOTAL messages sent"
+    sleep 1
+    start_bob
+    # What alice had sent is in her outbox (resumed); she sends the rest.
+    start_alice $((MESSAGES - SENT_BEFORE))
+    RESTARTED+=(alice bob)
+    echo "==> alice and bob started again on their data dirs; alice sends the other $((MESSAGES - SENT_BEFORE))"
+fi
+if [ "$RESTART_GATEWAYS" -gt 0 ]; then
+    for i in $(seq 0 $((RESTART_GATEWAYS - 1))); do
+        name="gw$((LAST_GW - i))"
+        addr=$(head -n1 "$DIR/$name/data/listen-addrs" | sed 's|/p2p/.*||')
+        stop_process "$name"
+        echo "==> killed $name (SIG$SIG) with $(sent) of $TOTAL messages sent"
+        sleep 1
+        boot=$BOOT
+        [ "$name" != gw0 ] || boot=""
+        start_node "$name" gateway "$boot" "$addr"
+        RESTARTED+=("$name")
+        echo "==> $name started again on its data dir and address"
+    done
+fi
+if [ "$KILL_MIXES" -gt 0 ]; then
+    # Kill one mix in each of the first N layers.
     CONSENSUS=$(ls -t "$DIR"/gw0/data/consensus-*.pb | head -n1)
     SHOW=$("$BIN" consensus show "$CONSENSUS")
     for layer in $(seq 1 "$KILL_MIXES"); do
@@ -459,9 +526,9 @@ if [ "$KILL_MIXES" -gt 0 ]; then
             if grep -q "$peer" "$m/data/listen-addrs" 2>/dev/null; then
                 name=$(basename "$m")
                 pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
-                kill "$pid" 2>/dev/null || true
+                kill -"$SIG" "$pid" 2>/dev/null || true
                 KILLED+=("$name")
-                echo "==> killed $name (layer $layer) with $(sent) of $TOTAL messages sent"
+                echo "==> killed $name (layer $layer, SIG$SIG) with $(sent) of $TOTAL messages sent"
             fi
         done
     done
@@ -469,7 +536,7 @@ fi
 AUTHORITY_DRILL=""
 if [ "$KILL_AUTHORITY" -gt 0 ]; then
     pid=$(awk '$2 == "auth2" { print $1 }' "$DIR/pids")
-    kill "$pid" 2>/dev/null || true
+    kill -"$SIG" "$pid" 2>/dev/null || true
     NOW=$(now_ms)
     EPOCH_NOW=$(( (NOW - GENESIS) / EPOCH_MS ))
     WANT=$((EPOCH_NOW + 2))
@@ -629,6 +696,7 @@ CODE=0
     --plot "$DIR/report.png" --summary "$DIR/summary.txt" \
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
     ${BLACKHOLE_DRILL:+--drill "blackhole=$BLACKHOLE_DRILL" --excluded "$(IFS=,; echo "${EXCLUDED[*]}")"} \
-    ${KILLED[@]:+--drill "killed=${KILLED[*]}"} "${ANONYMITY[@]}" "${CPU_ARGS[@]}" || CODE=$?
+    ${KILLED[@]:+--drill "killed=${KILLED[*]}"} ${RESTARTED[@]:+--drill "restarted=${RESTARTED[*]}"} \
+    --drill "signal=SIG$SIG" "${ANONYMITY[@]}" "${CPU_ARGS[@]}" || CODE=$?
 set -e
 exit $CODE

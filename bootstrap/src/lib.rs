@@ -28,9 +28,9 @@ mod vote;
 
 pub use authorities::PinnedAuthorities;
 pub use authority::{
-    AdoptError, Authority, AuthorityConfig, AuthorityLimits, AuthorityStats, EquivocationKind,
-    Event, MEMORY_BUDGET_BYTES, Origin, ReachCheck, ReachLimits, ReachOutcome, ReachStats,
-    Rejection, RoundFailure, SignatureError, SourceLimits, StoreLimits,
+    AdoptError, Adoption, Authority, AuthorityConfig, AuthorityLimits, AuthorityStats,
+    EquivocationKind, Event, MEMORY_BUDGET_BYTES, Origin, ReachCheck, ReachLimits, ReachOutcome,
+    ReachStats, Rejection, RoundFailure, SignatureError, SourceLimits, StoreLimits,
 };
 pub use consensus::{ComputeError, ConsensusInputs, MAX_NODES, compute_consensus};
 pub use descriptor::{

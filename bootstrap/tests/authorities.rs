@@ -5,7 +5,8 @@ mod common;
 
 use common::{PERIOD, Sim, nodes, rng, schedule};
 use p2pmix_bootstrap::{
-    AdoptError, Authority, ComputeError, Event, RoundFailure, VerifyError, verify_consensus,
+    AdoptError, Adoption, Authority, ComputeError, Event, RoundFailure, VerifyError,
+    verify_consensus,
 };
 use p2pmix_proto::v1::{Consensus, Role};
 use proptest::prelude::*;
@@ -357,10 +358,11 @@ fn an_authority_missing_the_agreed_previous_consensus_fetches_it_and_signs_again
     agreed(&sim, 4);
 }
 
-/// What an authority is offered as the previous document is adopted only if it is the missing
-/// one and a threshold of pinned keys signed it; a held one is never replaced.
+/// What an authority is offered as the previous document before the votes name one waits, and
+/// only if it is the missing one and a threshold of pinned keys signed it; nothing is adopted
+/// before the votes, and a holder takes nothing.
 #[test]
-fn only_the_missing_previous_document_with_a_threshold_is_adopted() {
+fn an_offered_previous_document_waits_for_the_votes_and_bad_ones_are_refused() {
     let mut sim = Sim::default(3, schedule().start_of(1));
     one_round(&mut sim, 1, 3);
     sim.run_until(schedule().start_of(2) + PERIOD / 8);
@@ -381,20 +383,60 @@ fn only_the_missing_previous_document_with_a_threshold_is_adopted() {
         lost.handle_consensus(now, other),
         Err(AdoptError::Invalid(_))
     ));
-    assert!(lost.consensus(Some(2)).is_none());
-    assert_eq!(lost.handle_consensus(now, held.clone()), Ok(()));
-    assert_eq!(lost.consensus(Some(2)), Some(&held));
-    // Held now: nothing more is taken, the same or another.
     assert_eq!(
         lost.handle_consensus(now, held.clone()),
-        Err(AdoptError::NotWanted(2))
+        Ok(Adoption::Waiting)
     );
-    // An authority that holds it takes nothing either.
+    assert_eq!(
+        lost.handle_consensus(now, held.clone()),
+        Ok(Adoption::Waiting)
+    );
+    assert!(lost.consensus(Some(2)).is_none(), "no vote names it yet");
     let mut holder = sim.stop(1).unwrap();
     assert_eq!(
         holder.handle_consensus(now, held),
         Err(AdoptError::NotWanted(2))
     );
+}
+
+/// The attack of one malicious authority that signed a second document for an epoch (here
+/// with a second key, so that the document even has a threshold of valid signatures): handed
+/// to an authority that lost the real one, it waits, and the document the round's votes build
+/// on is the one adopted. Without the rule that the votes name it, the first valid answer was
+/// taken, and that authority would serve another document than everyone else for the epoch.
+#[test]
+fn a_validly_signed_previous_document_the_votes_do_not_name_is_not_adopted() {
+    use p2pmix_bootstrap::{consensus_digest, sign_consensus};
+    use p2pmix_proto::v1::SignedConsensus;
+    let mut sim = Sim::default(3, schedule().start_of(1));
+    one_round(&mut sim, 1, 3);
+    let real = sim.authority(1).consensus(Some(2)).unwrap().clone();
+    let mut forged = Consensus::decode(&real.consensus[..]).unwrap();
+    forged.shared_random = vec![9; 32];
+    let bytes = forged.encode_to_vec();
+    let digest = consensus_digest(&bytes);
+    let mut signatures: Vec<_> = sim.keys[1..]
+        .iter()
+        .map(|k| sign_consensus(k, 2, &digest).unwrap())
+        .collect();
+    signatures.sort_by(|a, b| a.authority.cmp(&b.authority));
+    let forged = SignedConsensus {
+        consensus: bytes,
+        signatures,
+    };
+    let mut state = sim.authority(0).state();
+    state.consensuses.clear();
+    let mut lost = Authority::restore(sim.config(0), &state, sim.now());
+    assert_eq!(
+        lost.handle_consensus(sim.now(), forged.clone()),
+        Ok(Adoption::Waiting),
+        "valid signatures, so it waits for the votes"
+    );
+    sim.start(0, lost);
+    sim.upload(&nodes(1, 3), 3);
+    sim.run_until(schedule().start_of(3));
+    assert_eq!(sim.authority(0).consensus(Some(2)), Some(&real));
+    agreed(&sim, 3);
 }
 
 #[test]

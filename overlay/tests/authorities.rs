@@ -19,10 +19,11 @@ use common::{BIN, Running, Scratch, keygen, sleep_until, unix_ms, wait_for};
 const EPOCH_MS: u64 = 8_000;
 
 struct Net {
+    /// First, so that the processes are stopped before their directories are removed.
+    running: Vec<Option<Running>>,
     scratch: Scratch,
     keys: Vec<String>,
     genesis: u64,
-    running: Vec<Option<Running>>,
     /// The epoch length every authority is configured with.
     epoch_ms: u64,
     /// More lines at the end of every authority's config, after `[network]` (for example a
@@ -671,8 +672,16 @@ fn an_authority_down_for_a_round_fetches_the_document_it_missed_and_signs_again(
         net.start(i);
     }
     agreed(&net, &[0, 1, 2]);
+    let own_key = p2pmix::identity::read_identity(&net.dir(2).join("identity.key"))
+        .unwrap()
+        .public()
+        .encode_protobuf();
     // Down for the round of epoch 2 (it runs during epoch 1), back for the round of epoch 3.
     net.stop(2);
+    assert!(
+        unix_ms() < net.epoch_start(1),
+        "stopped before the round of epoch 2 began"
+    );
     sleep_until(net.epoch_start(2) + 200);
     assert!(net.consensus(2, 2).is_none());
     net.start(2);
@@ -696,6 +705,18 @@ fn an_authority_down_for_a_round_fetches_the_document_it_missed_and_signs_again(
             net.consensus(0, epoch)
         });
         assert_eq!(doc.consensus, theirs.consensus, "epoch {epoch}");
+        // Computed and signed by the restarted authority itself, not only adopted late.
+        assert!(
+            doc.signatures.iter().any(|s| s.authority == own_key),
+            "authority 2 did not sign the document of epoch {epoch}\n{}",
+            net.log(2)
+        );
+        assert!(
+            net.log(2)
+                .contains(&format!("consensus published epoch={epoch} ")),
+            "{}",
+            net.log(2)
+        );
     }
     assert!(
         net.consensus(2, 2).is_some(),
@@ -713,7 +734,7 @@ fn an_authority_down_for_a_round_fetches_the_document_it_missed_and_signs_again(
 #[test]
 fn a_double_signing_authority_shows_in_consensus_show_and_the_metric() {
     use p2pmix::proto::v1::{
-        DirectoryRequest, directory_request::Request, directory_response::Response,
+        DirectoryRequest, RefusalCode, directory_request::Request, directory_response::Response,
     };
     let mut net = Net::new("equivocation", 3);
     // The round's last three eighths (after publication) are 6 s: time to sign twice.
@@ -743,8 +764,10 @@ fn a_double_signing_authority_shows_in_consensus_show_and_the_metric() {
         Duration::from_secs(10),
     ));
     assert!(
-        matches!(&answer, Ok(r) if matches!(&r.response, Some(Response::Refused(_)))),
-        "the second signature is refused as an equivocation: {answer:?}"
+        matches!(&answer, Ok(r) if matches!(&r.response, Some(Response::Refused(x)) if x.code() == RefusalCode::Invalid)),
+        "the second signature is refused as an equivocation (not as late: {} ms before the round \
+         ended): {answer:?}",
+        net.epoch_start(1) as i64 - unix_ms() as i64
     );
     for i in 0..2 {
         wait_for("the equivocation metric", Duration::from_secs(20), || {

@@ -53,7 +53,7 @@ use prost::Message;
 use rand_core::CryptoRng;
 use thiserror::Error;
 
-pub use catch_up::AdoptError;
+pub use catch_up::{AdoptError, Adoption};
 pub use reach::{ReachCheck, ReachLimits, ReachOutcome, ReachStats};
 pub use rejection::{Rejection, SignatureError};
 pub use sources::{Origin, SourceLimits};
@@ -406,7 +406,6 @@ impl Authority {
         self.now = now;
         let now_ms = now.unix_ms;
         self.advance_round(now_ms);
-        self.ask_for_previous(false);
         self.reach.expire(now.mono);
         let phase = self.config.schedule.phase_at(now_ms);
         if phase >= Phase::Vote && !self.round.vote_done {

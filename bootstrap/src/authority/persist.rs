@@ -4,7 +4,9 @@
 //! descriptors, votes (and second votes of equivocators), reveals, own random value, signatures,
 //! the nodes reached, the documents kept and the equivocations caught. On restore the round's
 //! inputs are verified again exactly as if they had just arrived (a state file is not trusted
-//! more than the network); the documents are the authority's own output and are only decoded.
+//! more than the network); the documents are the authority's own output, or ones it adopted
+//! after checking them against the pinned keys and the votes (`catch_up.rs`), and are only
+//! decoded.
 //! Which writes must be durable before the driver answers or sends: `docs/consensus.md`,
 //! "Restarts".
 

@@ -111,7 +111,8 @@ impl Authority {
         self.round.votes.insert(vote.authority.clone(), vote);
         self.relay(Request::Vote(signed.clone()));
         if names_previous {
-            self.ask_for_previous(true);
+            self.adopt_named_waiting();
+            self.ask_for_previous();
         }
         Ok(())
     }

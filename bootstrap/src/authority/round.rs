@@ -35,6 +35,9 @@ pub(super) struct Round {
     pub(super) own_random: Option<[u8; 32]>,
     /// How often this round asked the other authorities for a missing previous document.
     pub(super) previous_asked: u8,
+    /// Valid answers to that request not yet named by a threshold of votes, by digest (at most
+    /// one per pinned authority).
+    pub(super) previous_waiting: Vec<([u8; 32], p2pmix_proto::v1::SignedConsensus)>,
     /// Votes by authority (the first one seen of each).
     pub(super) votes: BTreeMap<Vec<u8>, VerifiedVote>,
     /// The second, different vote of each authority caught equivocating (kept as evidence and

@@ -195,6 +195,30 @@ impl Store {
         }
     }
 
+    /// The same descriptors ranked by `basis` (the round's previous document came late): a
+    /// new store they are taken into again, best newly ranked first, within the same bounds.
+    pub(super) fn reranked(
+        &self,
+        basis: &crate::rank::RankBasis,
+        limits: &StoreLimits,
+        caps: &GroupCaps,
+    ) -> Store {
+        let mut entries: Vec<_> = self
+            .by_peer
+            .values()
+            .map(|e| (basis.rank(&e.descriptor.descriptor.identity), e))
+            .collect();
+        entries.sort_by_key(|(rank, e)| (*rank, e.descriptor.peer_id));
+        let mut store = Store {
+            evicted: self.evicted,
+            ..Store::default()
+        };
+        for (rank, e) in entries {
+            let _ = store.insert(VerifiedDescriptor::clone(&e.descriptor), rank, limits, caps);
+        }
+        store
+    }
+
     /// Holders displaced by better-ranked newcomers this round.
     pub(super) fn evicted(&self) -> u64 {
         self.evicted

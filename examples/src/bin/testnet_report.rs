@@ -13,7 +13,10 @@
 //! three more panels in the PNG (entropy per message against the ideal, the adversary's success
 //! against chance, epsilon). `--cpu NAME=CORES` adds measured CPU use. `--excluded NAMES` (comma
 //! separated, possibly empty) names the nodes the consensus left out for health in a drill: an
-//! `excluded` list in the JSON line, beside the delivery counts.
+//! `excluded` list in the JSON line, beside the delivery counts. `--drill NAME=RESULT` lines
+//! go into a `drills` object at the end of the JSON line (`fail` fails the run). A sender's
+//! `resumed` events (it was started again on its data dir) count as sent, with the time of the
+//! first line that names the message.
 
 use std::{collections::HashMap, fs, io::BufWriter, path::PathBuf, process::ExitCode};
 
@@ -130,6 +133,13 @@ fn main() -> ExitCode {
         match e["event"].as_str() {
             Some("sent") => {
                 sent_at.insert(id, e["ms"].as_f64().unwrap_or(0.0));
+            }
+            // A sender started again on its data dir resumes what its outbox held; one killed
+            // after the message was durable but before it printed `sent` has only this line.
+            Some("resumed") => {
+                sent_at
+                    .entry(id)
+                    .or_insert_with(|| e["ms"].as_f64().unwrap_or(0.0));
             }
             Some("failed") => failed += 1,
             _ => {}
@@ -296,6 +306,14 @@ fn main() -> ExitCode {
             .map(|(k, v)| format!("\"{k}\":{v:.3}"))
             .collect();
         json += &format!(",\"cpu_cores\":{{{}}}", parts.join(","));
+    }
+    if !args.drills.is_empty() {
+        let drills: serde_json::Map<String, serde_json::Value> = args
+            .drills
+            .iter()
+            .map(|(k, v)| (k.clone(), serde_json::Value::from(v.clone())))
+            .collect();
+        json += &format!(",\"drills\":{}", serde_json::Value::Object(drills));
     }
     json += "}";
     print!("{summary}");

@@ -163,6 +163,10 @@ struct Driver {
     held: VecDeque<Held>,
     /// Remote IP of every open connection (where requests come from).
     remotes: HashMap<ConnectionId, IpAddr>,
+    /// Requests for a missed document sent to the other authorities: only their answers are
+    /// offered to the core (at most two asks a round, each to every other authority; an id
+    /// goes with its answer or its failure).
+    asked_documents: HashSet<request_response::OutboundRequestId>,
     dialer: ReachDialer,
     /// The health measurement, when the parameters ask for it.
     measuring: Option<Measuring>,
@@ -252,6 +256,7 @@ pub async fn run_authority(
         last_submit: None,
         held: VecDeque::new(),
         remotes: HashMap::new(),
+        asked_documents: HashSet::new(),
         dialer: ReachDialer::default(),
         measuring,
         status,
@@ -373,16 +378,20 @@ impl Driver {
                     // because it missed it is offered to the core; the rest needs nothing.
                     SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
                         peer,
-                        message: request_response::Message::Response { response: DirectoryResponse { response: Some(Response::Consensus(signed)) }, .. },
+                        message: request_response::Message::Response { request_id, response },
                         ..
-                    })) if self.pinned_peers.contains(&peer) => {
-                        let now = Now::system();
-                        if let Err(e) = self.authority.handle_consensus(now, signed) {
-                            debug!(%peer, %e, "document from an authority not adopted");
+                    })) if self.asked_documents.remove(&request_id) => {
+                        if let Some(Response::Consensus(signed)) = response.response {
+                            let now = Now::system();
+                            match self.authority.handle_consensus(now, signed) {
+                                Ok(outcome) => debug!(%peer, ?outcome, "missed document offered"),
+                                Err(e) => debug!(%peer, %e, "document from an authority not adopted"),
+                            }
+                            self.flush(now)?;
                         }
-                        self.flush(now)?;
                     }
-                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, error, .. })) => {
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
+                        self.asked_documents.remove(&request_id);
                         debug!(%peer, %error, "request to peer failed");
                     }
                     SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
@@ -610,11 +619,16 @@ impl Driver {
                         .send_response(channel, response);
                 }
                 Some(Held::Send { message, .. }) => {
+                    let asks = matches!(message.request, Some(Request::GetConsensus(_)));
                     for peer in &self.peers {
-                        self.swarm
+                        let id = self
+                            .swarm
                             .behaviour_mut()
                             .directory
                             .send_request(peer, message.clone());
+                        if asks {
+                            self.asked_documents.insert(id);
+                        }
                     }
                 }
                 None => break,
