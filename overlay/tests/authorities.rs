@@ -302,6 +302,22 @@ fn listening_node(runtime: &tokio::runtime::Runtime) -> (libp2p::identity::Keypa
     (keypair, address)
 }
 
+/// What `p2pmix consensus show --from ADDR ARGS..` prints; it must succeed.
+fn consensus_show(addr: &str, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(["consensus", "show", "--from", addr])
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Signs a descriptor of `keypair` for `epoch` announcing `address` (family `op{n}`) and
 /// uploads it to every authority of `net`.
 fn upload_to_all(
@@ -386,17 +402,7 @@ fn descriptors_uploaded_over_the_network_enter_the_consensus_which_peers_can_fet
     );
     assert_eq!(consensus.nodes.iter().filter(|n| n.layer > 0).count(), 3);
 
-    let out = Command::new(BIN)
-        .args(["consensus", "show", "--from"])
-        .arg(net.listen_addr(1).unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = consensus_show(&net.listen_addr(1).unwrap(), &[]);
     assert!(stdout.contains("epoch            1"), "{stdout}");
     assert!(
         stdout.contains("nodes            4 (1 gateways)"),
@@ -774,18 +780,15 @@ fn a_double_signing_authority_shows_in_consensus_show_and_the_metric() {
             let page = metrics(&net, i)?;
             (metric(&page, "p2pmix_authority_equivocations_total") == Some(1.0)).then_some(())
         });
-        let out = Command::new(BIN)
-            .args(["consensus", "show", "--epoch", "1", "--from"])
-            .arg(net.listen_addr(i).unwrap())
-            .arg("--authorities")
-            .arg(net.dir(i).join("authorities.toml"))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
+        let authorities = net.dir(i).join("authorities.toml");
+        let stdout = consensus_show(
+            &net.listen_addr(i).unwrap(),
+            &[
+                "--epoch",
+                "1",
+                "--authorities",
+                authorities.to_str().unwrap(),
+            ],
         );
         assert!(stdout.contains("equivocations    1"), "{stdout}");
         assert!(stdout.contains("proof verified"), "{stdout}");
