@@ -12,7 +12,7 @@ use std::{
 
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
-use crate::relay::DropReason;
+use crate::{admission::ConnectionRefusal, relay::DropReason};
 
 /// Most packets a Sphinx worker unwraps together. A worker takes what is waiting, up to this, and
 /// never waits for more: 32 brings the shared encoding step to about 1/32 of an inversion per
@@ -114,6 +114,7 @@ struct Exported {
     delivered: Counter,
     cover_dropped: Counter,
     banned: Counter,
+    connections_refused: [Counter; ConnectionRefusal::LABELS.len()],
     dropped: [Counter; DropReason::ALL.len()],
     unwrap_time: Histogram,
     batch_size: Histogram,
@@ -131,6 +132,8 @@ impl Exported {
             delivered: counter!("p2pmix_packets_delivered_total"),
             cover_dropped: counter!("p2pmix_packets_cover_ended_total"),
             banned: counter!("p2pmix_peers_banned_total"),
+            connections_refused: ConnectionRefusal::LABELS
+                .map(|r| counter!("p2pmix_connections_refused_total", "reason" => r)),
             dropped: DropReason::ALL
                 .map(|r| counter!("p2pmix_packets_dropped_total", "reason" => r.label())),
             unwrap_time: histogram!("p2pmix_unwrap_seconds"),
@@ -164,6 +167,7 @@ pub struct Stats {
     delivered: AtomicU64,
     cover_dropped: AtomicU64,
     banned: AtomicU64,
+    connections_refused: [AtomicU64; ConnectionRefusal::LABELS.len()],
     dropped: [AtomicU64; DropReason::ALL.len()],
     exported: Exported,
 }
@@ -180,6 +184,7 @@ impl Default for Stats {
             delivered: AtomicU64::new(0),
             cover_dropped: AtomicU64::new(0),
             banned: AtomicU64::new(0),
+            connections_refused: std::array::from_fn(|_| AtomicU64::new(0)),
             dropped: std::array::from_fn(|_| AtomicU64::new(0)),
             exported: Exported::new(),
         }
@@ -237,6 +242,27 @@ impl Stats {
     pub(crate) fn count_cover_dropped(&self) {
         self.cover_dropped.fetch_add(1, Ordering::Relaxed);
         self.exported.cover_dropped.increment(1);
+    }
+
+    /// Inbound connections refused for the reason `label` (one of [`ConnectionRefusal::LABELS`]).
+    pub fn connections_refused(&self, label: &str) -> u64 {
+        ConnectionRefusal::LABELS
+            .iter()
+            .position(|l| *l == label)
+            .and_then(|i| self.connections_refused.get(i))
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn count_connection_refused(&self, refusal: &ConnectionRefusal) {
+        let i = ConnectionRefusal::LABELS
+            .iter()
+            .position(|l| *l == refusal.label());
+        if let Some(c) = i.and_then(|i| self.connections_refused.get(i)) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(c) = i.and_then(|i| self.exported.connections_refused.get(i)) {
+            c.increment(1);
+        }
     }
 
     pub(crate) fn count_banned(&self) {

@@ -699,7 +699,8 @@ pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
 /// role = "mix"                            # or "gateway"
 /// metrics = "127.0.0.1:9100"              # /metrics, /health, /ready
 /// family = "operator-name"                # nodes of one operator share it
-/// max_connections = 8192                  # incoming connections held at most
+/// max_connections = 8192                  # incoming connections held at most (besides: 4 per
+///                                         # peer; 64 per client address, 1024 per /24 or /48)
 /// replay_memory_mib = 1024                # all replay filters together (docs/sphinx.md)
 /// replay_min_rate = 1000                  # packets/s a key's filter is sized for at least
 /// ```

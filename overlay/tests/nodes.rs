@@ -29,6 +29,7 @@ mod common;
 use common::{
     BIN, Scratch, keygen,
     net::{EPOCH_MS, Net, spawn},
+    netns::Namespace,
     sleep_until, unix_ms, wait_for,
 };
 
@@ -153,7 +154,18 @@ fn send_traffic(
     first_label: u16,
 ) -> HashMap<PeerId, u64> {
     let gws = gateways(consensus);
-    let (entry, exit) = (gws[0], gws[1]);
+    send_traffic_via(net, client, consensus, [gws[0], gws[1]], count, first_label)
+}
+
+/// [`send_traffic`] from gateway `ends[0]` to gateway `ends[1]`.
+fn send_traffic_via(
+    net: &Net,
+    client: &TestClient,
+    consensus: &VerifiedConsensus,
+    [entry, exit]: [&ConsensusNode; 2],
+    count: u16,
+    first_label: u16,
+) -> HashMap<PeerId, u64> {
     let entry_peer = peer_id(entry).unwrap();
     let entry_addr = net.listen_addr(net.index_of(entry_peer));
     let layers = [
@@ -180,7 +192,11 @@ fn send_traffic(
 /// Packets the test sent that the exit gateway delivered (its own loop cover, which also ends
 /// there, left out).
 fn delivered_at_exit(net: &Net, consensus: &VerifiedConsensus) -> f64 {
-    let exit = peer_id(gateways(consensus)[1]).unwrap();
+    delivered_at(net, peer_id(gateways(consensus)[1]).unwrap())
+}
+
+/// Packets delivered at gateway `exit`, loop cover left out.
+fn delivered_at(net: &Net, exit: PeerId) -> f64 {
     let m = net.metrics(net.index_of(exit));
     m.get("p2pmix_packets_delivered_total") - m.get("p2pmix_loop_cover_returned_total")
 }
@@ -614,4 +630,188 @@ fn a_node_bootstraps_from_a_dns4_name() {
         || log().contains("reached bootstrap peer").then_some(()),
     );
     drop((first, second));
+}
+
+/// Makes the test binary the flooder of
+/// `a_thousand_identities_from_one_address_hold_one_addresss_share_of_a_gateways_connections`.
+const FLOOD_ENV: &str = "P2PMIX_TEST_FLOOD_TARGET";
+/// Fresh identities the flooder makes.
+const FLOOD_IDENTITIES: usize = 1_000;
+/// Connections one address may hold at a node (the mix behaviour's default).
+const PER_ADDRESS: usize = 64;
+
+/// The flooder, run in a namespace of its own: [`FLOOD_IDENTITIES`] fresh identities dial
+/// `target`, 50 at a time (under the gateway's limit on pending connections), and hold what
+/// they get; every 200 ms it prints `held <connections open now> tried <dials so far>`.
+fn flood_child(target: &str) -> ! {
+    let addr: Multiaddr = target.parse().expect("a multiaddr");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let report = {
+            let held = held.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    println!("held {}", held.load(std::sync::atomic::Ordering::Relaxed));
+                }
+            })
+        };
+        for i in 0..FLOOD_IDENTITIES {
+            let (addr, held) = (addr.clone(), held.clone());
+            tokio::spawn(async move {
+                let mut swarm = build_swarm(Keypair::generate_ed25519(), |_| {
+                    libp2p::swarm::dummy::Behaviour
+                })
+                .unwrap();
+                if swarm.dial(addr).is_err() {
+                    return;
+                }
+                loop {
+                    let change = match swarm.select_next_some().await {
+                        SwarmEvent::ConnectionEstablished { .. } => 1,
+                        SwarmEvent::ConnectionClosed { .. } => -1,
+                        _ => continue,
+                    };
+                    held.fetch_add(change, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+            if i % 50 == 49 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let _ = report.await;
+    });
+    std::process::exit(0)
+}
+
+/// Identities are free: 1 000 of them from one address (a namespace of the test's own) dial the
+/// entry gateway and try to hold its connections (each also costing it a Noise handshake).
+/// The gateway holds 64 of them, refuses the rest as `address` and counts them; honest packets
+/// from another address still go through it. Before the per-address connection limit, all
+/// 1 000 were held (up to the node's 8 192 incoming connections).
+#[test]
+fn a_thousand_identities_from_one_address_hold_one_addresss_share_of_a_gateways_connections() {
+    const NAME: &str =
+        "a_thousand_identities_from_one_address_hold_one_addresss_share_of_a_gateways_connections";
+    if let Ok(target) = std::env::var(FLOOD_ENV) {
+        flood_child(&target);
+    }
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = match Namespace::create("flood") {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipped: this test needs root and network namespaces ({why})");
+            return;
+        }
+    };
+    let host = ns.host;
+    let net = Net::start_listening("connflood", |i| {
+        if i == 0 {
+            vec![format!("/ip4/{host}/tcp/0")]
+        } else {
+            Vec::new()
+        }
+    });
+    let consensus = net.consensus(1);
+    sleep_until(net.epoch_start(1) + 500);
+    let entry = net.peer(0);
+    let gws = gateways(&consensus);
+    let (entry_node, exit_node) = if peer_id(gws[0]).unwrap() == entry {
+        (gws[0], gws[1])
+    } else {
+        (gws[1], gws[0])
+    };
+    let flood_addr = net
+        .listen_addrs(0)
+        .into_iter()
+        .find(|a| a.starts_with(&format!("/ip4/{host}/")))
+        .expect("the gateway listens on the link to the namespace");
+
+    let mut child = ns
+        .command(&std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(FLOOD_ENV, format!("{flood_addr}/p2p/{entry}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let flooder = common::Running { child };
+    let held = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(-1));
+    {
+        let held = held.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if let Some(n) = line.strip_prefix("held ").and_then(|n| n.parse().ok()) {
+                    held.store(n, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let refused = |net: &Net| {
+        net.metrics(0)
+            .get("p2pmix_connections_refused_total{reason=\"address\"}")
+    };
+    let got = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "the gateway to refuse the flood's connections past its share",
+            Duration::from_secs(90),
+            || (refused(&net) >= (FLOOD_IDENTITIES - PER_ADDRESS) as f64 * 0.9).then_some(()),
+        )
+    }));
+    if let Err(e) = got {
+        net.dump_logs();
+        std::panic::resume_unwind(e);
+    }
+    // Let the last refusals reach the flooder's count.
+    sleep(Duration::from_secs(2));
+    let held_now = held.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        (1..=PER_ADDRESS as i64).contains(&held_now),
+        "the flood holds {held_now} connections (at most {PER_ADDRESS}; at least one, or the test tried nothing)"
+    );
+    let refused_now = refused(&net);
+    eprintln!("the flood holds {held_now} connections; {refused_now} refused");
+    assert!(
+        refused_now <= (FLOOD_IDENTITIES - held_now as usize) as f64,
+        "{refused_now} refused for {FLOOD_IDENTITIES} identities, {held_now} held"
+    );
+
+    // Honest packets from 127.0.0.1 go through the flooded gateway.
+    let honest = TestClient::new();
+    let count = 20;
+    let exit = peer_id(exit_node).unwrap();
+    let before = delivered_at(&net, exit);
+    send_traffic_via(&net, &honest, &consensus, [entry_node, exit_node], count, 0);
+    let delivered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for(
+            "honest packets through the flooded gateway",
+            Duration::from_secs(60),
+            || {
+                let d = delivered_at(&net, exit) - before;
+                (d >= f64::from(count)).then_some(d)
+            },
+        )
+    }));
+    match delivered {
+        Ok(d) => assert_eq!(d, f64::from(count)),
+        Err(e) => {
+            net.dump_logs();
+            std::panic::resume_unwind(e);
+        }
+    }
+    // The flood still holds no more than its share.
+    let held_end = held.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(held_end <= PER_ADDRESS as i64, "{held_end} held at the end");
+    drop(flooder);
+    drop(ns);
 }

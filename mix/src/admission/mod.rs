@@ -19,6 +19,7 @@
 
 mod address;
 mod bucket;
+mod connections;
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,7 @@ use self::{
 pub use self::{
     address::{MAX_TRACKED_ADDRESSES, Prefix, canonical_ip},
     bucket::{Rate, TokenBucket},
+    connections::{ConnectionCounts, ConnectionRefusal},
 };
 use crate::relay::DropReason;
 
@@ -68,6 +70,8 @@ pub struct AddressShare {
     pub clients_rate: f64,
     /// Identities it may hold records for at once.
     pub identities: usize,
+    /// Inbound connections it may hold at once ([`ConnectionCounts`]).
+    pub connections: usize,
 }
 
 impl AdmissionConfig {

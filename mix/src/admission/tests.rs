@@ -17,10 +17,12 @@ const CONFIG: AdmissionConfig = AdmissionConfig {
     per_address: AddressShare {
         clients_rate: 4.0,
         identities: 64,
+        connections: 64,
     },
     per_prefix: AddressShare {
         clients_rate: 16.0,
         identities: 256,
+        connections: 256,
     },
 };
 

@@ -40,7 +40,10 @@ use libp2p::{
 pub use super::chaos::Chaos;
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, MAX_BATCH, Stats, quantile_of};
 use crate::{
-    admission::{AddressShare, Admission, AdmissionConfig, Fault, Origin, Prefix, Rate, Verdict},
+    admission::{
+        AddressShare, Admission, AdmissionConfig, ConnectionCounts, Fault, Origin, Prefix, Rate,
+        Verdict,
+    },
     net::{
         handler::{Handler, HandlerEvent, HandlerIn},
         outbox::{Change, Outbox, Sent},
@@ -125,10 +128,12 @@ impl Default for Config {
             per_address: AddressShare {
                 clients_rate: 32.0,
                 identities: 64,
+                connections: 64,
             },
             per_prefix: AddressShare {
                 clients_rate: 256.0,
                 identities: 1024,
+                connections: 1024,
             },
             max_pending_per_peer: 1024,
         }
@@ -188,6 +193,8 @@ pub struct Behaviour {
     admission: Admission<PeerId>,
     /// The IP address of each connected peer's latest connection.
     addresses: HashMap<PeerId, IpAddr>,
+    /// Inbound connections of clients by source address and prefix.
+    connections: ConnectionCounts<ConnectionId>,
     /// Keys the delay queue's shares (secretly, so nobody aims at another's share).
     share_hasher: RandomState,
     /// The replay journal, if the relay's keys have one: decisions wait in `awaiting` until
@@ -243,6 +250,10 @@ impl Behaviour {
             waker,
             admission: Admission::new(config.admission()),
             addresses: HashMap::new(),
+            connections: ConnectionCounts::new(
+                config.per_address.connections,
+                config.per_prefix.connections,
+            ),
             share_hasher: RandomState::new(),
             replay_log,
             awaiting: VecDeque::new(),
@@ -503,9 +514,18 @@ impl NetworkBehaviour for Behaviour {
         _: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.check_ban(&peer)?;
+        // Counted once every behaviour has taken it (`ConnectionEstablished`).
+        if let Some(ip) = ip_of(remote)
+            && !self.relay.is_node(&peer)
+            && let Err(refusal) = self.connections.admits(ip)
+        {
+            self.stats.count_connection_refused(&refusal);
+            tracing::debug!(%peer, %ip, %refusal, "inbound connection refused");
+            return Err(ConnectionDenied::new(refusal));
+        }
         Ok(Handler::new(self.pool.clone()))
     }
 
@@ -541,10 +561,16 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::ConnectionEstablished(e) => {
                 if let Some(ip) = ip_of(e.endpoint.get_remote_address()) {
                     self.addresses.insert(e.peer_id, ip);
+                    if e.endpoint.is_listener() && !self.relay.is_node(&e.peer_id) {
+                        self.connections.opened(e.connection_id, ip);
+                    }
                 }
             }
-            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
-                self.addresses.remove(&e.peer_id);
+            FromSwarm::ConnectionClosed(e) => {
+                self.connections.closed(e.connection_id);
+                if e.remaining_established == 0 {
+                    self.addresses.remove(&e.peer_id);
+                }
             }
             _ => {}
         }

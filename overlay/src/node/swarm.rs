@@ -56,6 +56,10 @@ mod behaviour {
 
 /// Incoming connections that may be in their handshake at once.
 const MAX_PENDING_INCOMING: u32 = 256;
+/// Connections held with one peer, both ways (two nodes dialling each other at once make two;
+/// more is a peer opening connections to hold slots). Per source address, the mix behaviour
+/// limits clients' connections too.
+const MAX_PER_PEER: u32 = 4;
 
 /// Builds a node's swarm around `relay`; `gateway` nodes also serve mailboxes. At most
 /// `max_incoming` incoming connections are held (the node's own dials to other nodes are not
@@ -83,7 +87,8 @@ pub(crate) fn build_node_swarm(
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established_incoming(Some(max_incoming))
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING)),
+                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
+                    .with_max_established_per_peer(Some(MAX_PER_PEER)),
             ),
             mix: MixBehaviour::new(relay, mix_config),
             kad,

@@ -97,3 +97,4 @@ pub fn sleep_until(t: u64) {
 }
 
 pub mod net;
+pub mod netns;

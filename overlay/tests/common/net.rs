@@ -20,6 +20,9 @@ use p2pmix::{
 
 use super::{BIN, Running, Scratch, keygen, unix_ms, wait_for};
 
+/// Parameters of [`Net::start`]: no loop cover from nodes, no measurement.
+const QUIET: &str = "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n";
+
 /// Epoch length of the test networks.
 pub const EPOCH_MS: u64 = 8_000;
 
@@ -33,6 +36,8 @@ pub struct NodeProc {
     pub kind: Kind,
     /// Environment variables of its process.
     pub env: Vec<(String, String)>,
+    /// Where it listens besides 127.0.0.1 (port 0).
+    pub also_listen: Vec<String>,
     pub dir: PathBuf,
     pub running: Option<Running>,
 }
@@ -51,10 +56,12 @@ impl Net {
     /// exactly the packets they route; for the same reason the authorities measure nothing
     /// (`tests/health.rs` turns measurement on).
     pub fn start(name: &str) -> Net {
-        Net::start_with(
-            name,
-            "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n",
-        )
+        Net::start_with(name, QUIET)
+    }
+
+    /// [`Net::start`], node `i` also listening on `also_listen(i)`.
+    pub fn start_listening(name: &str, also_listen: impl Fn(usize) -> Vec<String>) -> Net {
+        Net::start_with_env_listening(name, QUIET, |_, _| Vec::new(), also_listen)
     }
 
     /// [`Net::start`] with `parameters` (lines of `[network.parameters]`) for the authorities.
@@ -67,6 +74,16 @@ impl Net {
         name: &str,
         parameters: &str,
         env: impl Fn(usize, u64) -> Vec<(String, String)>,
+    ) -> Net {
+        Net::start_with_env_listening(name, parameters, env, |_| Vec::new())
+    }
+
+    /// [`Net::start_with_env`], node `i` also listening on `also_listen(i)`.
+    pub fn start_with_env_listening(
+        name: &str,
+        parameters: &str,
+        env: impl Fn(usize, u64) -> Vec<(String, String)>,
+        also_listen: impl Fn(usize) -> Vec<String>,
     ) -> Net {
         let scratch = Scratch::new(name);
         let genesis = unix_ms() + 9_000;
@@ -118,6 +135,7 @@ impl Net {
             net.nodes.push(NodeProc {
                 kind,
                 env: env(i, genesis),
+                also_listen: also_listen(i),
                 dir,
                 running: None,
             });
@@ -156,6 +174,11 @@ impl Net {
         }
         if let Some(l) = listen {
             args.extend(["--listen".into(), l.into()]);
+        } else if !node.also_listen.is_empty() {
+            args.extend(["--listen".into(), "/ip4/127.0.0.1/tcp/0".into()]);
+        }
+        for l in &node.also_listen {
+            args.extend(["--listen".into(), l.clone()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         node.running = Some(spawn_with_env(
@@ -170,8 +193,27 @@ impl Net {
         });
     }
 
+    /// Where node `i` listens on 127.0.0.1 (its first address if none is there).
     pub fn listen_addr(&self, i: usize) -> String {
-        first_line(&self.nodes[i].dir.join("data/listen-addrs")).expect("node listens")
+        let path = self.nodes[i].dir.join("data/listen-addrs");
+        fs::read_to_string(&path)
+            .ok()
+            .and_then(|all| {
+                let mut lines = all.lines();
+                let first = lines.clone().next().map(str::to_owned);
+                lines
+                    .find(|l| l.starts_with("/ip4/127.0.0.1/"))
+                    .map(str::to_owned)
+                    .or(first)
+            })
+            .expect("node listens")
+    }
+
+    /// Every address node `i` listens on.
+    pub fn listen_addrs(&self, i: usize) -> Vec<String> {
+        fs::read_to_string(self.nodes[i].dir.join("data/listen-addrs"))
+            .map(|all| all.lines().map(str::to_owned).collect())
+            .unwrap_or_default()
     }
 
     pub fn peer(&self, i: usize) -> PeerId {

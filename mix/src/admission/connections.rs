@@ -1,0 +1,206 @@
+//! Inbound connections held per source address and prefix. Identities are free, so a per-peer
+//! connection limit alone lets one host hold every connection slot a node has (the node's total
+//! incoming limit) with throwaway identities, each of them also costing a Noise handshake and a
+//! record. Connections from one IP address, and from one prefix (IPv4 /24, IPv6 /48), are
+//! capped instead; nodes of a held consensus are exempt (the authorities cap how many nodes
+//! share an address).
+//!
+//! Sans-IO: the caller says which connection opened from where and which closed; a connection
+//! is any `C: Eq + Hash + Copy` (libp2p's `ConnectionId`). Entries exist only for connections
+//! held, so memory is bounded by the swarm's own limit on established connections.
+
+use std::{collections::HashMap, hash::Hash, net::IpAddr};
+
+use super::address::{Prefix, canonical_ip};
+
+/// Why an inbound connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectionRefusal {
+    /// The source address holds as many connections as it may.
+    #[error("{held} connections from this address already (at most {max})")]
+    Address {
+        /// Connections it holds.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The source prefix holds as many connections as it may.
+    #[error("{held} connections from this address's prefix already (at most {max})")]
+    Prefix {
+        /// Connections it holds.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl ConnectionRefusal {
+    /// Every refusal, in the order of [`ConnectionRefusal::label`]s a metric exports.
+    pub const LABELS: [&'static str; 2] = ["address", "prefix"];
+
+    /// A short name for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ConnectionRefusal::Address { .. } => Self::LABELS[0],
+            ConnectionRefusal::Prefix { .. } => Self::LABELS[1],
+        }
+    }
+}
+
+/// Counts of inbound client connections by source address and prefix.
+#[derive(Debug, Clone)]
+pub struct ConnectionCounts<C> {
+    per_address: usize,
+    per_prefix: usize,
+    held: HashMap<C, IpAddr>,
+    addresses: HashMap<IpAddr, usize>,
+    prefixes: HashMap<Prefix, usize>,
+}
+
+impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
+    /// At most `per_address` connections from one address and `per_prefix` from one prefix.
+    pub fn new(per_address: usize, per_prefix: usize) -> Self {
+        ConnectionCounts {
+            per_address,
+            per_prefix,
+            held: HashMap::new(),
+            addresses: HashMap::new(),
+            prefixes: HashMap::new(),
+        }
+    }
+
+    /// Whether one more connection from `ip` stays within the limits (it is not counted until
+    /// [`ConnectionCounts::opened`]: the swarm may still refuse it for another reason).
+    pub fn admits(&self, ip: IpAddr) -> Result<(), ConnectionRefusal> {
+        let ip = canonical_ip(ip);
+        let held = self.addresses.get(&ip).copied().unwrap_or(0);
+        if held >= self.per_address {
+            return Err(ConnectionRefusal::Address {
+                held,
+                max: self.per_address,
+            });
+        }
+        let held = self.prefixes.get(&Prefix::of(ip)).copied().unwrap_or(0);
+        if held >= self.per_prefix {
+            return Err(ConnectionRefusal::Prefix {
+                held,
+                max: self.per_prefix,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts `connection`, opened from `ip` (again: nothing).
+    pub fn opened(&mut self, connection: C, ip: IpAddr) {
+        let ip = canonical_ip(ip);
+        if self.held.insert(connection, ip).is_some() {
+            return;
+        }
+        *self.addresses.entry(ip).or_default() += 1;
+        *self.prefixes.entry(Prefix::of(ip)).or_default() += 1;
+    }
+
+    /// Forgets `connection` (one never counted: nothing).
+    pub fn closed(&mut self, connection: C) {
+        let Some(ip) = self.held.remove(&connection) else {
+            return;
+        };
+        decrement(&mut self.addresses, ip);
+        decrement(&mut self.prefixes, Prefix::of(ip));
+    }
+
+    /// Connections held from `ip`.
+    pub fn from_address(&self, ip: IpAddr) -> usize {
+        self.addresses.get(&canonical_ip(ip)).copied().unwrap_or(0)
+    }
+
+    /// Connections counted.
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Whether no connection is counted.
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    /// New limits; connections held over them stay until they close.
+    pub fn set_limits(&mut self, per_address: usize, per_prefix: usize) {
+        self.per_address = per_address;
+        self.per_prefix = per_prefix;
+    }
+}
+
+fn decrement<K: Eq + Hash>(map: &mut HashMap<K, usize>, key: K) {
+    if let Some(n) = map.get_mut(&key) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    #[test]
+    fn a_thousand_connections_from_one_address_hold_its_share_and_others_still_connect() {
+        let mut counts = ConnectionCounts::new(64, 100);
+        let flood = v4(203, 0, 113, 7);
+        let mut refused = 0;
+        for c in 0..1_000u32 {
+            match counts.admits(flood) {
+                Ok(()) => counts.opened(c, flood),
+                Err(e) => {
+                    assert_eq!(e, ConnectionRefusal::Address { held: 64, max: 64 });
+                    refused += 1;
+                }
+            }
+        }
+        assert_eq!((counts.from_address(flood), refused), (64, 936));
+        // The same address as IPv4-mapped IPv6 is the same address.
+        let mapped = IpAddr::V6(Ipv4Addr::new(203, 0, 113, 7).to_ipv6_mapped());
+        assert!(counts.admits(mapped).is_err());
+        // A neighbour in the /24 has what is left of the prefix; another network all of its own.
+        for c in 1_000..1_036 {
+            counts.opened(c, v4(203, 0, 113, 8));
+        }
+        assert_eq!(
+            counts.admits(v4(203, 0, 113, 9)),
+            Err(ConnectionRefusal::Prefix {
+                held: 100,
+                max: 100
+            })
+        );
+        assert_eq!(counts.admits(v4(198, 51, 100, 1)), Ok(()));
+        assert_eq!(
+            counts.admits(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1))),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn closing_gives_the_slot_back_and_unknown_or_repeated_events_change_nothing() {
+        let mut counts = ConnectionCounts::new(2, 10);
+        let ip = v4(192, 0, 2, 1);
+        counts.opened(1u32, ip);
+        counts.opened(1, ip);
+        counts.opened(2, ip);
+        assert!(counts.admits(ip).is_err());
+        counts.closed(7);
+        counts.closed(1);
+        counts.closed(1);
+        assert_eq!((counts.from_address(ip), counts.len()), (1, 1));
+        assert_eq!(counts.admits(ip), Ok(()));
+        counts.closed(2);
+        assert!(counts.is_empty());
+        assert!(counts.addresses.is_empty() && counts.prefixes.is_empty());
+    }
+}
