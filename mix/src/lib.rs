@@ -36,9 +36,9 @@ pub mod trace;
 // The adapters' old paths (`p2pmix_mix::behaviour::Behaviour`, `p2pmix_mix::link::Link`), which
 // the overlay uses.
 pub use admission::{
-    AddressShare, Admission, AdmissionConfig, ConnectionCounts, ConnectionRefusal, Fault,
-    MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS, Origin, Prefix, Rate, TokenBucket, Verdict,
-    canonical_ip,
+    AddressShare, Admission, AdmissionConfig, ConnectionCounts, ConnectionRefusal, FairQueue,
+    FairRefusal, Fault, MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS, Origin, Prefix, Rate,
+    TokenBucket, Verdict, canonical_ip,
 };
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;

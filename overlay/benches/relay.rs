@@ -42,8 +42,8 @@ use libp2p::{Multiaddr, PeerId, identity::Keypair, swarm::SwarmEvent};
 use p2pmix::{
     build_swarm,
     sphinx::{
-        Delay, Destination, Geometry, Hop, KeyRing, NodeId, NodeSecretKey, Relay, RelayConfig,
-        ReplayCache, ReplayConfig,
+        Delay, Destination, DropReason, Geometry, Hop, KeyRing, NodeId, NodeSecretKey, Relay,
+        RelayConfig, ReplayCache, ReplayConfig,
         behaviour::{Behaviour, Config, HISTOGRAM_BUCKETS, MAX_BATCH, Stats, quantile_of},
         build_packet, unwrap_batch, unwrap_packet,
     },
@@ -124,6 +124,9 @@ fn relay_process() {
     let receiver: PeerId = var("P2PMIX_BENCH_RECEIVER").parse().unwrap();
     let receiver_addr: Multiaddr = var("P2PMIX_BENCH_RECEIVER_ADDR").parse().unwrap();
     let workers: usize = var("P2PMIX_BENCH_WORKERS").parse().unwrap();
+    // The honest sender is a node of the consensus (another mix): its frames wait in a line of
+    // their own, keyed by its identity; the flood's come from a client.
+    let sender: PeerId = var("P2PMIX_BENCH_SENDER").parse().unwrap();
     let me = keypair.public().to_peer_id();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -133,7 +136,7 @@ fn relay_process() {
     runtime.block_on(async move {
         let relay = relay_with(
             Some(secret),
-            HashMap::from([(NodeId(0), me), (NodeId(1), receiver)]),
+            HashMap::from([(NodeId(0), me), (NodeId(1), receiver), (NodeId(2), sender)]),
         );
         let behaviour = Behaviour::new(relay, config(workers));
         let stats = behaviour.stats();
@@ -181,6 +184,8 @@ fn relay_process() {
 /// The relay's counters at one moment.
 struct Mark {
     forwarded: u64,
+    bad_mac: u64,
+    queue_full: u64,
     latency: [u64; HISTOGRAM_BUCKETS],
     batches: [u64; MAX_BATCH + 1],
 }
@@ -189,12 +194,15 @@ impl Mark {
     fn of(stats: &Stats) -> Self {
         Mark {
             forwarded: stats.forwarded(),
+            bad_mac: stats.dropped(DropReason::BadMac),
+            queue_full: stats.dropped(DropReason::QueueFull),
             latency: stats.added_latency.snapshot(),
             batches: stats.batch_sizes(),
         }
     }
 
-    /// `report forwarded=N p50_us=X p99_us=Y batches=c1,c2,...` (batch counts by size 1..).
+    /// `report forwarded=N bad_mac=B queue_full=Q p50_us=X p99_us=Y batches=c1,c2,...` (batch
+    /// counts by size 1..).
     fn report(&self, stats: &Stats) -> String {
         let now = Mark::of(stats);
         let mut latency = now.latency;
@@ -210,8 +218,10 @@ impl Mark {
             .map(|(n, b)| (n - b).to_string())
             .collect();
         format!(
-            "report forwarded={} p50_us={} p99_us={} batches={}",
+            "report forwarded={} bad_mac={} queue_full={} p50_us={} p99_us={} batches={}",
             now.forwarded - self.forwarded,
+            now.bad_mac - self.bad_mac,
+            now.queue_full - self.queue_full,
             us(0.5),
             us(0.99),
             batches.join(",")
@@ -332,6 +342,34 @@ async fn start_swarm(
     (addr, tx)
 }
 
+/// Sends 3 s of packets from `build` paced at `rate` and returns the relay's report of them,
+/// with `received=<n of count>` in front (what the receiver counted).
+async fn paced(
+    sender: &mpsc::Sender<(PeerId, Vec<u8>)>,
+    relay: &mut RelayChild,
+    receiver_stats: &Stats,
+    relay_peer: PeerId,
+    rate: f64,
+    build: &impl Fn(&mut rand::rngs::ThreadRng) -> Vec<u8>,
+) -> String {
+    let mut rng = rand::rng();
+    let count = (rate * 3.0) as usize;
+    let packets: Vec<Vec<u8>> = (0..count).map(|_| build(&mut rng)).collect();
+    let base = receiver_stats.received();
+    relay.command("mark");
+    let start = Instant::now();
+    for (i, p) in packets.into_iter().enumerate() {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate)).into()).await;
+        sender.send((relay_peer, p)).await.unwrap();
+    }
+    let _ = received_by(receiver_stats, base + count as u64).await;
+    let report = relay.command("report").unwrap();
+    format!(
+        "received={}/{count} {report}",
+        receiver_stats.received() - base
+    )
+}
+
 /// Waits until the receiver has counted `target` frames; `None` after 5 s without progress.
 async fn received_by(stats: &Stats, target: u64) -> Option<Instant> {
     let mut last = (stats.received(), Instant::now());
@@ -431,8 +469,13 @@ async fn run() {
         ];
         let unwrap = measure_unwrap(&route, &relay_secret, &mut rng);
 
+        let sender_kp = Keypair::generate_ed25519();
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(ROLE, "relay")
+            .env(
+                "P2PMIX_BENCH_SENDER",
+                sender_kp.public().to_peer_id().to_string(),
+            )
             .env(
                 "P2PMIX_BENCH_KEY",
                 hex::encode(relay_kp.to_protobuf_encoding().unwrap()),
@@ -461,9 +504,9 @@ async fn run() {
             .unwrap();
         let empty = relay_with(None, HashMap::new());
         let (_, sender) = start_swarm(
-            Keypair::generate_ed25519(),
+            sender_kp,
             Behaviour::new(empty, config(1)),
-            vec![(relay_peer, relay_addr)],
+            vec![(relay_peer, relay_addr.clone())],
         )
         .await;
         let build = |rng: &mut rand::rngs::ThreadRng| {
@@ -537,32 +580,92 @@ async fn run() {
 
         // Half the peak, paced: the relay's added latency and its batch sizes at that load.
         let rate = (peak / 2.0).max(100.0);
-        let count = (rate * 3.0) as usize;
-        let packets: Vec<Vec<u8>> = (0..count).map(|_| build(&mut rng)).collect();
-        let base = receiver_stats.received();
-        relay.command("mark");
-        let start = Instant::now();
-        for (i, p) in packets.into_iter().enumerate() {
-            tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / rate)).into())
-                .await;
-            sender.send((relay_peer, p)).await.unwrap();
-        }
-        let _ = received_by(&receiver_stats, base + count as u64).await;
-        let paced = relay.command("report").unwrap();
-        let ms = |key| field(&paced, key).parse::<f64>().unwrap() / 1e3;
+        let half = paced(
+            &sender,
+            &mut relay,
+            &receiver_stats,
+            relay_peer,
+            rate,
+            &build,
+        )
+        .await;
+        let ms = |report: &str, key| field(report, key).parse::<f64>().unwrap() / 1e3;
         eprintln!(
-            "  paced at {rate:.0} pkt/s: {} of {count} received; relay added latency p50 <= {:.3} ms p99 <= {:.3} ms; batches by size: {}",
-            receiver_stats.received() - base,
-            ms("p50_us"),
-            ms("p99_us"),
-            field(&paced, "batches")
+            "  paced at {rate:.0} pkt/s: {} received; relay added latency p50 <= {:.3} ms p99 <= {:.3} ms; batches by size: {}",
+            field(&half, "received"),
+            ms(&half, "p50_us"),
+            ms(&half, "p99_us"),
+            field(&half, "batches")
+        );
+
+        // A quarter of the peak from the honest node, alone and then under a flood of invalid
+        // frames from one client at twice the peak (each costs the relay a key agreement before
+        // its MAC fails): the flood waits in its own line.
+        let honest_rate = (peak / 4.0).max(100.0);
+        let quiet = paced(
+            &sender,
+            &mut relay,
+            &receiver_stats,
+            relay_peer,
+            honest_rate,
+            &build,
+        )
+        .await;
+        let (_, flood) = start_swarm(
+            Keypair::generate_ed25519(),
+            Behaviour::new(relay_with(None, HashMap::new()), config(1)),
+            vec![(relay_peer, relay_addr)],
+        )
+        .await;
+        let flood_rate = 2.0 * peak;
+        // A real packet with one bit of its routing information flipped: the relay does the
+        // whole key agreement before the MAC fails (random bytes would mostly fail the cheaper
+        // decoding of the element).
+        let mut forged = build(&mut rng);
+        forged[1 + 32 + 8] ^= 1;
+        let flooding = tokio::spawn(async move {
+            let start = Instant::now();
+            for i in 0u64.. {
+                tokio::time::sleep_until(
+                    (start + Duration::from_secs_f64(i as f64 / flood_rate)).into(),
+                )
+                .await;
+                if flood.send((relay_peer, forged.clone())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // Let the flood fill the relay's queues first.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let flooded = paced(
+            &sender,
+            &mut relay,
+            &receiver_stats,
+            relay_peer,
+            honest_rate,
+            &build,
+        )
+        .await;
+        flooding.abort();
+        eprintln!(
+            "  honest node paced at {honest_rate:.0} pkt/s: quiet p50 <= {:.3} ms p99 <= {:.3} ms ({} received); under a flood at {flood_rate:.0} frames/s from one client p50 <= {:.3} ms p99 <= {:.3} ms ({} received), the relay tried {} flood frames and refused {} for a full queue",
+            ms(&quiet, "p50_us"),
+            ms(&quiet, "p99_us"),
+            field(&quiet, "received"),
+            ms(&flooded, "p50_us"),
+            ms(&flooded, "p99_us"),
+            field(&flooded, "received"),
+            field(&flooded, "bad_mac"),
+            field(&flooded, "queue_full"),
         );
         lines.push(format!(
-            "relay ({w} workers): {peak:.0} pkt/s, CPU {relay_cpu:.1} us/pkt = {:.2} x (unwrap {:.1} + transport {transport:.1}), added p50 {:.3} ms p99 {:.3} ms",
+            "relay ({w} workers): {peak:.0} pkt/s, CPU {relay_cpu:.1} us/pkt = {:.2} x (unwrap {:.1} + transport {transport:.1}), added p50 {:.3} ms p99 {:.3} ms; honest p99 quiet {:.3} ms, flooded {:.3} ms",
             relay_cpu / floor,
             unwrap.batched.as_secs_f64() * 1e6,
-            ms("p50_us"),
-            ms("p99_us"),
+            ms(&half, "p50_us"),
+            ms(&half, "p99_us"),
+            ms(&quiet, "p99_us"),
+            ms(&flooded, "p99_us"),
         ));
         drop(sender);
         drop(relay);

@@ -20,6 +20,7 @@
 mod address;
 mod bucket;
 mod connections;
+mod fair;
 
 use std::{
     collections::HashMap,
@@ -36,6 +37,7 @@ pub use self::{
     address::{MAX_TRACKED_ADDRESSES, Prefix, canonical_ip},
     bucket::{Rate, TokenBucket},
     connections::{ConnectionCounts, ConnectionRefusal},
+    fair::{FairQueue, FairRefusal},
 };
 use crate::relay::DropReason;
 

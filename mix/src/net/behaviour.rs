@@ -1,8 +1,9 @@
 //! The mix `NetworkBehaviour`: a thin adapter between the swarm and the sans-IO [`Relay`] and
 //! [`DelayQueue`].
 //!
-//! Frames from neighbours pass the per-peer [`Admission`] on the event loop, then go to worker
-//! threads (a bounded queue each; they unwrap what waits in batches) for the Sphinx work, so a
+//! Frames from neighbours pass the per-peer [`Admission`] on the event loop, wait in a
+//! [`FairQueue`] by source (so that a flooding source waits behind itself), then go to worker
+//! threads (a short queue each; they unwrap what waits in batches) for the Sphinx work, so a
 //! slow packet never stalls the swarm. The
 //! workers' decisions come back (bounded channel, waking the behaviour) into the delay queue; at
 //! release time a packet is handed to the next hop's connection (dialled if needed) or, at the
@@ -41,8 +42,8 @@ pub use super::chaos::Chaos;
 pub use crate::stats::{DurationHistogram, HISTOGRAM_BUCKETS, MAX_BATCH, Stats, quantile_of};
 use crate::{
     admission::{
-        AddressShare, Admission, AdmissionConfig, ConnectionCounts, Fault, Origin, Prefix, Rate,
-        Verdict,
+        AddressShare, Admission, AdmissionConfig, ConnectionCounts, FairQueue, Fault, Origin,
+        Prefix, Rate, Verdict,
     },
     net::{
         handler::{Handler, HandlerEvent, HandlerIn},
@@ -159,9 +160,14 @@ pub enum Event {
 
 /// Free packet buffers kept for reuse (about 10 MiB at the default geometry).
 const POOLED_BUFFERS: usize = 4096;
-/// Jobs waiting for the workers (all queues together), and outcomes waiting for the event loop
-/// (more jobs are dropped as [`DropReason::QueueFull`]).
+/// Jobs waiting for the workers (in the fair queue by source), and outcomes waiting for the
+/// event loop (more jobs are dropped as [`DropReason::QueueFull`]).
 const WORKER_CHANNEL: usize = 4096;
+/// Jobs of one source (a node, a client prefix) waiting for the workers at most.
+const WAITING_PER_SOURCE: usize = WORKER_CHANNEL / 4;
+/// Jobs handed to one worker ahead of time: its next batch waits while it unwraps one, so it
+/// never idles for the event loop; everything else waits its turn in the fair queue.
+const WORKER_AHEAD: usize = 2 * MAX_BATCH;
 
 /// A decided packet whose replay tag is not yet on disk.
 struct Awaiting {
@@ -188,6 +194,8 @@ pub struct Behaviour {
     queue: DelayQueue<PeerId>,
     timer: Option<ReleaseTimer>,
     workers: Workers,
+    /// Admitted frames waiting for a worker, served round-robin by source.
+    waiting: FairQueue<Option<ShareKey>, Job>,
     outcomes: Receiver<Outcome>,
     waker: Arc<AtomicWaker>,
     admission: Admission<PeerId>,
@@ -234,7 +242,7 @@ impl Behaviour {
         let stats = Arc::new(Stats::default());
         let workers = Workers::start(
             config.workers,
-            WORKER_CHANNEL,
+            WORKER_AHEAD * config.workers.max(1),
             &relay,
             &outcome_tx,
             &waker,
@@ -246,6 +254,7 @@ impl Behaviour {
             queue: DelayQueue::new(config.queue),
             timer: None,
             workers,
+            waiting: FairQueue::new(WORKER_CHANNEL, WAITING_PER_SOURCE),
             outcomes,
             waker,
             admission: Admission::new(config.admission()),
@@ -356,6 +365,16 @@ impl Behaviour {
         self.transmit(peer, packet);
     }
 
+    /// Hands waiting jobs to the workers, one source after another, while they have room.
+    fn feed_workers(&mut self) {
+        while let Some((source, job)) = self.waiting.pop() {
+            if let Some(job) = self.workers.submit(job) {
+                self.waiting.restore(source, job);
+                return;
+            }
+        }
+    }
+
     fn submit(&mut self, from: Option<PeerId>, packet: Vec<u8>, tag: Option<PacketTag>) {
         let job = Job {
             arrived: Instant::now(),
@@ -363,7 +382,10 @@ impl Behaviour {
             packet,
             tag,
         };
-        if !self.workers.submit(job) {
+        let source = self.share_of(from.as_ref());
+        let refused = self.waiting.push(source, job).is_err();
+        self.feed_workers();
+        if refused {
             self.stats.count_drops(DropReason::QueueFull, 1);
             if let Some(input) = tag {
                 self.truth(|| Truth::Dropped {
@@ -629,6 +651,8 @@ impl NetworkBehaviour for Behaviour {
                 return Poll::Ready(event);
             }
             // Decisions from the workers go into the delay queue.
+            // Workers that took a batch have room for the next.
+            self.feed_workers();
             let mut progressed = false;
             while let Ok(Outcome {
                 from,

@@ -86,18 +86,18 @@ impl Workers {
         Workers { queues, next: 0 }
     }
 
-    /// Hands `job` to the next worker with room; `false` when every queue is full (or no worker
-    /// runs): the caller counts the drop.
-    pub(crate) fn submit(&mut self, mut job: Job) -> bool {
+    /// Hands `job` to the next worker with room; gives it back when every queue is full (or no
+    /// worker runs).
+    pub(crate) fn submit(&mut self, mut job: Job) -> Option<Job> {
         for _ in 0..self.queues.len() {
             let i = self.next % self.queues.len();
             self.next = self.next.wrapping_add(1);
             match self.queues[i].try_send(job) {
-                Ok(()) => return true,
+                Ok(()) => return None,
                 Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => job = j,
             }
         }
-        false
+        Some(job)
     }
 }
 
