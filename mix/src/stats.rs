@@ -254,13 +254,10 @@ impl Stats {
     }
 
     pub(crate) fn count_connection_refused(&self, refusal: &ConnectionRefusal) {
-        let i = ConnectionRefusal::LABELS
-            .iter()
-            .position(|l| *l == refusal.label());
-        if let Some(c) = i.and_then(|i| self.connections_refused.get(i)) {
+        if let Some(c) = self.connections_refused.get(refusal.index()) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(c) = i.and_then(|i| self.exported.connections_refused.get(i)) {
+        if let Some(c) = self.exported.connections_refused.get(refusal.index()) {
             c.increment(1);
         }
     }

@@ -38,12 +38,17 @@ impl ConnectionRefusal {
     /// Every refusal, in the order of [`ConnectionRefusal::label`]s a metric exports.
     pub const LABELS: [&'static str; 2] = ["address", "prefix"];
 
+    /// Its place in [`ConnectionRefusal::LABELS`].
+    pub fn index(&self) -> usize {
+        match self {
+            ConnectionRefusal::Address { .. } => 0,
+            ConnectionRefusal::Prefix { .. } => 1,
+        }
+    }
+
     /// A short name for metrics.
     pub fn label(&self) -> &'static str {
-        match self {
-            ConnectionRefusal::Address { .. } => Self::LABELS[0],
-            ConnectionRefusal::Prefix { .. } => Self::LABELS[1],
-        }
+        Self::LABELS[self.index()]
     }
 }
 

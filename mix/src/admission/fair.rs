@@ -65,30 +65,39 @@ impl<K: Eq + Hash + Clone, T> FairQueue<K, T> {
 
     /// The first item of the line whose turn it is (that line goes to the back).
     pub fn pop(&mut self) -> Option<(K, T)> {
-        let source = self.turns.pop_front()?;
-        let line = self.lines.get_mut(&source)?;
-        let item = line.pop_front()?;
-        self.len -= 1;
-        if line.is_empty() {
-            self.lines.remove(&source);
-        } else {
-            self.turns.push_back(source.clone());
+        // A turn without a line (only a misused `restore` leaves one) is skipped, never a stop.
+        while let Some(source) = self.turns.pop_front() {
+            let Some(line) = self.lines.get_mut(&source) else {
+                continue;
+            };
+            let Some(item) = line.pop_front() else {
+                self.lines.remove(&source);
+                continue;
+            };
+            self.len -= 1;
+            if line.is_empty() {
+                self.lines.remove(&source);
+            } else {
+                self.turns.push_back(source.clone());
+            }
+            return Some((source, item));
         }
-        Some((source, item))
+        None
     }
 
-    /// Puts back an item just popped (the workers had no room): first in its line, and its line
-    /// first in turn. It may take the queue one over its bounds, never more.
+    /// Puts back the item the last [`FairQueue::pop`] returned (the workers had no room): first
+    /// in its line, and its line first in turn. Call it before anything else touches the queue;
+    /// it may take the queue one over its bounds, never more.
     pub fn restore(&mut self, source: K, item: T) {
         let line = self.lines.entry(source.clone()).or_default();
-        if line.is_empty() {
-            self.turns.push_front(source);
-        } else if let Some(at) = self.turns.iter().position(|s| *s == source) {
-            // Its turn was taken when it was popped; give it back at the front.
-            if let Some(s) = self.turns.remove(at) {
-                self.turns.push_front(s);
+        if !line.is_empty() {
+            // `pop` sent this line's turn to the back; take that turn back (O(1), whatever the
+            // number of sources waiting).
+            if self.turns.back() == Some(&source) {
+                self.turns.pop_back();
             }
         }
+        self.turns.push_front(source);
         line.push_front(item);
         self.len += 1;
     }

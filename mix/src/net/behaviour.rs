@@ -650,9 +650,9 @@ impl NetworkBehaviour for Behaviour {
             if let Some(event) = self.events.pop_front() {
                 return Poll::Ready(event);
             }
-            // Decisions from the workers go into the delay queue.
             // Workers that took a batch have room for the next.
             self.feed_workers();
+            // Decisions from the workers go into the delay queue.
             let mut progressed = false;
             while let Ok(Outcome {
                 from,
