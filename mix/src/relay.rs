@@ -359,7 +359,7 @@ impl QueueLimits {
 /// Whose share of the delay queue a packet counts against: one consensus node (admitted by the
 /// authorities), or one address prefix clients send from (identities are free, prefixes are
 /// not). An opaque key; the caller hashes what it stands for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ShareKey(pub u64);
 
 /// One held packet, and whose share it counts against.

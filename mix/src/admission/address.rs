@@ -35,10 +35,17 @@ impl Prefix {
     }
 }
 
-/// `ip`, with an IPv4-mapped IPv6 address turned back into IPv4.
+/// The "one address" limits are keyed on: an IPv4 address (an IPv4-mapped IPv6 address turned
+/// back into IPv4), or an IPv6 address's /64. One host or subscriber holds a whole /64 (RFC
+/// 6177) and can take a fresh address from it for every connection, so a per-address limit on
+/// full IPv6 addresses would hold nobody. The IPv6 loopback stays itself.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        IpAddr::V6(v6) if v6.is_loopback() => ip,
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or_else(
+            || IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+            IpAddr::V4,
+        ),
         v4 => v4,
     }
 }
@@ -185,6 +192,24 @@ mod tests {
     };
 
     use super::*;
+
+    /// A host with a /64 takes a fresh address for every connection: all of them are one
+    /// address to the limits. Before, each was an address of its own.
+    #[test]
+    fn an_ipv6_address_is_its_slash_64() {
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(canonical_ip(a), canonical_ip(b));
+        assert_ne!(canonical_ip(a), canonical_ip(c));
+        assert_eq!(canonical_ip(a), "2001:db8:1:2::".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(canonical_ip(v4), v4);
+        let mapped = IpAddr::V6(Ipv4Addr::new(192, 0, 2, 7).to_ipv6_mapped());
+        assert_eq!(canonical_ip(mapped), v4);
+        let lo: IpAddr = "::1".parse().unwrap();
+        assert_eq!(canonical_ip(lo), lo);
+    }
 
     #[test]
     fn prefixes_are_slash_24_and_slash_48() {

@@ -5,13 +5,22 @@
 //! capped instead; nodes of a held consensus are exempt (the authorities cap how many nodes
 //! share an address).
 //!
+//! Handshakes under way are capped per address too ([`MAX_PENDING_PER_ADDRESS`]): the swarm's
+//! own limit on pending connections is global, so one host that opens connections and stalls
+//! their handshakes would otherwise shut every other client out before any per-address rule
+//! ran. Loopback is exempt from that cap (a local test network starts a dozen nodes at once).
+//!
 //! Sans-IO: the caller says which connection opened from where and which closed; a connection
 //! is any `C: Eq + Hash + Copy` (libp2p's `ConnectionId`). Entries exist only for connections
-//! held, so memory is bounded by the swarm's own limit on established connections.
+//! held or handshaking, so memory is bounded by the swarm's own limits on established and
+//! pending connections.
 
 use std::{collections::HashMap, hash::Hash, net::IpAddr};
 
 use super::address::{Prefix, canonical_ip};
+
+/// Inbound handshakes one address (an IPv4 address, an IPv6 /64) may have under way at once.
+pub const MAX_PENDING_PER_ADDRESS: usize = 16;
 
 /// Why an inbound connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,17 +41,26 @@ pub enum ConnectionRefusal {
         /// The limit.
         max: usize,
     },
+    /// The source address has as many handshakes under way as it may.
+    #[error("{held} handshakes from this address under way already (at most {max})")]
+    Pending {
+        /// Handshakes under way.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ConnectionRefusal {
     /// Every refusal, in the order of [`ConnectionRefusal::label`]s a metric exports.
-    pub const LABELS: [&'static str; 2] = ["address", "prefix"];
+    pub const LABELS: [&'static str; 3] = ["address", "prefix", "pending"];
 
     /// Its place in [`ConnectionRefusal::LABELS`].
     pub fn index(&self) -> usize {
         match self {
             ConnectionRefusal::Address { .. } => 0,
             ConnectionRefusal::Prefix { .. } => 1,
+            ConnectionRefusal::Pending { .. } => 2,
         }
     }
 
@@ -60,6 +78,8 @@ pub struct ConnectionCounts<C> {
     held: HashMap<C, IpAddr>,
     addresses: HashMap<IpAddr, usize>,
     prefixes: HashMap<Prefix, usize>,
+    handshaking: HashMap<C, IpAddr>,
+    handshakes: HashMap<IpAddr, usize>,
 }
 
 impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
@@ -71,7 +91,46 @@ impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
             held: HashMap::new(),
             addresses: HashMap::new(),
             prefixes: HashMap::new(),
+            handshaking: HashMap::new(),
+            handshakes: HashMap::new(),
         }
+    }
+
+    /// Counts the handshake of `connection` from `ip`, or refuses it if the address has
+    /// [`MAX_PENDING_PER_ADDRESS`] under way. End it with [`ConnectionCounts::handshake_ended`]
+    /// whatever its outcome.
+    pub fn handshake_started(
+        &mut self,
+        connection: C,
+        ip: IpAddr,
+    ) -> Result<(), ConnectionRefusal> {
+        let ip = canonical_ip(ip);
+        if ip.is_loopback() || self.handshaking.contains_key(&connection) {
+            return Ok(());
+        }
+        let held = self.handshakes.get(&ip).copied().unwrap_or(0);
+        if held >= MAX_PENDING_PER_ADDRESS {
+            return Err(ConnectionRefusal::Pending {
+                held,
+                max: MAX_PENDING_PER_ADDRESS,
+            });
+        }
+        self.handshaking.insert(connection, ip);
+        *self.handshakes.entry(ip).or_default() += 1;
+        Ok(())
+    }
+
+    /// The handshake of `connection` is over (established, failed or denied; one never counted:
+    /// nothing).
+    pub fn handshake_ended(&mut self, connection: C) {
+        if let Some(ip) = self.handshaking.remove(&connection) {
+            decrement(&mut self.handshakes, ip);
+        }
+    }
+
+    /// Handshakes under way that are counted.
+    pub fn handshaking(&self) -> usize {
+        self.handshaking.len()
     }
 
     /// Whether one more connection from `ip` stays within the limits (it is not counted until
@@ -153,6 +212,59 @@ mod tests {
 
     fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    }
+
+    /// One host opens connections and stalls their handshakes: it holds at most
+    /// [`MAX_PENDING_PER_ADDRESS`] of the swarm's pending slots, others still start theirs, and
+    /// every ended handshake frees its slot whatever its outcome.
+    #[test]
+    fn stalled_handshakes_from_one_address_hold_its_share_of_the_pending_slots() {
+        let mut counts = ConnectionCounts::new(64, 1024);
+        let staller = v4(203, 0, 113, 7);
+        let refused = (0..256u32)
+            .filter(|&c| counts.handshake_started(c, staller).is_err())
+            .count();
+        assert_eq!(refused, 256 - MAX_PENDING_PER_ADDRESS);
+        assert_eq!(
+            counts.handshake_started(1_000, staller),
+            Err(ConnectionRefusal::Pending {
+                held: MAX_PENDING_PER_ADDRESS,
+                max: MAX_PENDING_PER_ADDRESS
+            })
+        );
+        assert_eq!(counts.handshake_started(1_001, v4(198, 51, 100, 1)), Ok(()));
+        // Loopback is not capped.
+        let lo = v4(127, 0, 0, 1);
+        assert!((2_000..2_100).all(|c| counts.handshake_started(c, lo).is_ok()));
+        // Ended (refused ones too, and twice): the counts come back down.
+        for c in (0..256)
+            .chain(0..256)
+            .chain([1_000, 1_001])
+            .chain(2_000..2_100)
+        {
+            counts.handshake_ended(c);
+        }
+        assert_eq!(counts.handshaking(), 0);
+        assert!(counts.handshakes.is_empty());
+        assert_eq!(counts.handshake_started(3_000, staller), Ok(()));
+    }
+
+    /// One IPv6 host with a /64 dials from a fresh address each time: it still holds one
+    /// address's share (before, it held the /48's).
+    #[test]
+    fn fresh_addresses_of_one_ipv6_slash_64_hold_one_addresss_share() {
+        let mut counts = ConnectionCounts::new(64, 1024);
+        let mut held = 0;
+        for c in 0..1_000u32 {
+            let ip = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 9, 0, 0, 0, c as u16 + 1));
+            if counts.admits(ip).is_ok() {
+                counts.opened(c, ip);
+                held += 1;
+            }
+        }
+        assert_eq!(held, 64);
+        let next_door = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, 10, 0, 0, 0, 1));
+        assert_eq!(counts.admits(next_door), Ok(()));
     }
 
     #[test]

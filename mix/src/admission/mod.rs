@@ -36,7 +36,7 @@ use self::{
 pub use self::{
     address::{MAX_TRACKED_ADDRESSES, Prefix, canonical_ip},
     bucket::{Rate, TokenBucket},
-    connections::{ConnectionCounts, ConnectionRefusal},
+    connections::{ConnectionCounts, ConnectionRefusal, MAX_PENDING_PER_ADDRESS},
     fair::{FairQueue, FairRefusal},
 };
 use crate::relay::DropReason;

@@ -383,9 +383,14 @@ impl Behaviour {
             tag,
         };
         let source = self.share_of(from.as_ref());
-        let refused = self.waiting.push(source, job).is_err();
+        // Refused, or taken in place of a longer line's newest packet: one is dropped.
+        let dropped = match self.waiting.push(source, job) {
+            Ok(None) => None,
+            Ok(Some((_, pushed_out))) => Some(pushed_out.tag),
+            Err((_, _)) => Some(tag),
+        };
         self.feed_workers();
-        if refused {
+        if let Some(tag) = dropped {
             self.stats.count_drops(DropReason::QueueFull, 1);
             if let Some(input) = tag {
                 self.truth(|| Truth::Dropped {
@@ -533,11 +538,12 @@ impl NetworkBehaviour for Behaviour {
 
     fn handle_established_inbound_connection(
         &mut self,
-        _: ConnectionId,
+        connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.connections.handshake_ended(connection);
         self.check_ban(&peer)?;
         // Counted once every behaviour has taken it (`ConnectionEstablished`).
         if let Some(ip) = ip_of(remote)
@@ -549,6 +555,24 @@ impl NetworkBehaviour for Behaviour {
             return Err(ConnectionDenied::new(refusal));
         }
         Ok(Handler::new(self.pool.clone()))
+    }
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        // Before the handshake the peer is unknown: every address, nodes' too, has the same
+        // few handshakes at a time.
+        if let Some(ip) = ip_of(remote)
+            && let Err(refusal) = self.connections.handshake_started(connection, ip)
+        {
+            self.stats.count_connection_refused(&refusal);
+            tracing::debug!(%ip, %refusal, "inbound handshake refused");
+            return Err(ConnectionDenied::new(refusal));
+        }
+        Ok(())
     }
 
     fn handle_pending_outbound_connection(
@@ -580,7 +604,9 @@ impl NetworkBehaviour for Behaviour {
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match event {
             FromSwarm::NewExternalAddrOfPeer(e) => self.add_address(e.peer_id, e.addr.clone()),
+            FromSwarm::ListenFailure(e) => self.connections.handshake_ended(e.connection_id),
             FromSwarm::ConnectionEstablished(e) => {
+                self.connections.handshake_ended(e.connection_id);
                 if let Some(ip) = ip_of(e.endpoint.get_remote_address()) {
                     self.addresses.insert(e.peer_id, ip);
                     if e.endpoint.is_listener() && !self.relay.is_node(&e.peer_id) {
