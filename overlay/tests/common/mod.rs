@@ -96,5 +96,6 @@ pub fn sleep_until(t: u64) {
     }
 }
 
+pub mod client;
 pub mod net;
 pub mod netns;

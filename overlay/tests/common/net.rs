@@ -21,7 +21,7 @@ use p2pmix::{
 use super::{BIN, Running, Scratch, keygen, unix_ms, wait_for};
 
 /// Parameters of [`Net::start`]: no loop cover from nodes, no measurement.
-const QUIET: &str = "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n";
+pub const QUIET: &str = "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n";
 
 /// Epoch length of the test networks.
 pub const EPOCH_MS: u64 = 8_000;
