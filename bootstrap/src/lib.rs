@@ -38,8 +38,9 @@ pub use descriptor::{
     sign_descriptor, verify_descriptor,
 };
 pub use directory::{
-    DIRECTORY_PROTOCOL, DirectoryBehaviour, DirectoryCodec, MAX_MESSAGE_BYTES, ProtoCodec,
-    directory_behaviour,
+    AUTHORITY_PROTOCOL, CacheBehaviour, CacheCodec, DIRECTORY_PROTOCOL, DirectoryBehaviour,
+    DirectoryCodec, MAX_CACHE_REQUEST_BYTES, MAX_MESSAGE_BYTES, MAX_PUBLIC_REQUEST_BYTES,
+    PeerBehaviour, PeerCodec, ProtoCodec, cache_behaviour, directory_behaviour, peer_behaviour,
 };
 pub use health::MAX_HOLD_EPOCHS;
 pub use params::{

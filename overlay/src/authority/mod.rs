@@ -1,6 +1,8 @@
 //! The authority's driver: the sans-IO [`Authority`] on a libp2p swarm, the clock and the disk.
 //!
-//! The swarm carries `/p2pmix/dir/1.0.0` (requests from nodes and from other authorities) and
+//! The swarm carries `/p2pmix/dir/1.0.0` (requests from anyone, of at most 16 KiB: uploads and
+//! fetches), `/p2pmix/dir-authority/1.0.0` (votes, reveals, signatures and asks between the
+//! pinned authorities, of up to 32 MiB, offered to pinned peers alone: [`peers_only`]) and
 //! identify (so that authorities that dialed us can be dialed back). Each request is handed to
 //! the core with where it came from (a pinned authority, or the IP address of the connection:
 //! outsiders are limited per source); the core's reachability checks are dialled here
@@ -23,8 +25,11 @@
 
 mod measure;
 mod metrics;
+mod peers_only;
 mod reach;
 mod writer;
+
+pub use peers_only::PeersOnly;
 
 pub use measure::{MeasureBehaviour, MeasureBehaviourEvent, MeasureDriver};
 
@@ -44,6 +49,7 @@ use libp2p::{
 };
 use p2pmix_bootstrap::{
     Authority, AuthorityConfig, EquivocationKind, Event, Now, Origin, directory_behaviour,
+    peer_behaviour,
 };
 use p2pmix_proto::v1::{
     Accepted, AuthorityState, Consensus, DirectoryRequest, DirectoryResponse,
@@ -111,13 +117,17 @@ pub use behaviour::{AuthorityBehaviour, AuthorityBehaviourEvent};
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
     use libp2p::{identify, swarm::NetworkBehaviour};
-    use p2pmix_bootstrap::DirectoryBehaviour;
+    use p2pmix_bootstrap::{DirectoryBehaviour, PeerBehaviour};
+
+    use super::PeersOnly;
 
     /// Behaviours of an authority's swarm.
     #[derive(NetworkBehaviour)]
     pub struct AuthorityBehaviour {
-        /// `/p2pmix/dir/1.0.0`.
+        /// `/p2pmix/dir/1.0.0`, for anyone.
         pub directory: DirectoryBehaviour,
+        /// `/p2pmix/dir-authority/1.0.0`, for the other pinned authorities only.
+        pub peers: PeersOnly<PeerBehaviour>,
         /// Learns the listen addresses of peers.
         pub identify: identify::Behaviour,
     }
@@ -218,14 +228,6 @@ pub async fn run_authority(
         Err(_) => Authority::new(core_config, now),
     };
 
-    let mut swarm = build_swarm(keypair.clone(), |key| AuthorityBehaviour {
-        directory: directory_behaviour(true, Duration::from_secs(10)),
-        identify: identify::Behaviour::new(identify::Config::new(
-            "/p2pmix/id/1.0.0".into(),
-            key.public(),
-        )),
-    })?;
-    listen_on_all(&mut swarm, &config.listen)?;
     let peers: Vec<PeerId> = config
         .authorities
         .entries
@@ -233,6 +235,16 @@ pub async fn run_authority(
         .map(|e| e.peer_id)
         .filter(|p| *p != me)
         .collect();
+    let others: HashSet<PeerId> = peers.iter().copied().collect();
+    let mut swarm = build_swarm(keypair.clone(), |key| AuthorityBehaviour {
+        directory: directory_behaviour(true, Duration::from_secs(10)),
+        peers: PeersOnly::new(peer_behaviour(Duration::from_secs(10)), others.clone()),
+        identify: identify::Behaviour::new(identify::Config::new(
+            "/p2pmix/id/1.0.0".into(),
+            key.public(),
+        )),
+    })?;
+    listen_on_all(&mut swarm, &config.listen)?;
     for entry in &config.authorities.entries {
         if entry.peer_id != me {
             for addr in &entry.addresses {
@@ -248,7 +260,7 @@ pub async fn run_authority(
         authority,
         swarm,
         data_dir: config.data_dir.clone(),
-        pinned_peers: peers.iter().copied().collect(),
+        pinned_peers: others,
         peers,
         writer,
         generation: 0,
@@ -357,43 +369,9 @@ impl Driver {
                         }
                         known.insert(peer_id, info.listen_addrs);
                     }
-                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
-                        peer,
-                        connection_id,
-                        message: request_response::Message::Request { request, channel, .. },
-                    })) => {
-                        // Read after the wait: the request is judged at the time it arrived.
-                        let now = Now::system();
-                        let origin = if self.pinned_peers.contains(&peer) {
-                            Origin::Authority
-                        } else {
-                            // A connection whose address is not an IP address (one this authority
-                            // dialled by name) shares one limit with every other such connection.
-                            Origin::Peer(self.remotes.get(&connection_id).copied().unwrap_or(UNKNOWN_ORIGIN))
-                        };
-                        self.answer(now, peer, origin, request, channel);
-                        self.flush(now)?;
-                    }
-                    // Answers to what this authority sent the others: a document it asked for
-                    // because it missed it is offered to the core; the rest needs nothing.
-                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::Message {
-                        peer,
-                        message: request_response::Message::Response { request_id, response },
-                        ..
-                    })) if self.asked_documents.remove(&request_id) => {
-                        if let Some(Response::Consensus(signed)) = response.response {
-                            let now = Now::system();
-                            match self.authority.handle_consensus(now, signed) {
-                                Ok(outcome) => debug!(%peer, ?outcome, "missed document offered"),
-                                Err(e) => debug!(%peer, %e, "document from an authority not adopted"),
-                            }
-                            self.flush(now)?;
-                        }
-                    }
-                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(request_response::Event::OutboundFailure { peer, request_id, error, .. })) => {
-                        self.asked_documents.remove(&request_id);
-                        debug!(%peer, %error, "request to peer failed");
-                    }
+                    SwarmEvent::Behaviour(
+                        AuthorityBehaviourEvent::Directory(event) | AuthorityBehaviourEvent::Peers(event),
+                    ) => self.on_directory_event(event)?,
                     SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                         debug!(%peer_id, "connected");
                         if let Some(ip) = ip_of(endpoint.get_remote_address()) {
@@ -423,6 +401,72 @@ impl Driver {
             }
             self.release(progress.durable);
         }
+    }
+
+    /// One event of either directory behaviour: a request from anyone (or an authority) is
+    /// answered; an answer to an ask of this authority's is offered to the core.
+    fn on_directory_event(
+        &mut self,
+        event: request_response::Event<DirectoryRequest, DirectoryResponse>,
+    ) -> Result<(), AuthorityNodeError> {
+        match event {
+            request_response::Event::Message {
+                peer,
+                connection_id,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+            } => {
+                // Read after the wait: the request is judged at the time it arrived.
+                let now = Now::system();
+                let origin = if self.pinned_peers.contains(&peer) {
+                    Origin::Authority
+                } else {
+                    // A connection whose address is not an IP address (one this authority
+                    // dialled by name) shares one limit with every other such connection.
+                    Origin::Peer(
+                        self.remotes
+                            .get(&connection_id)
+                            .copied()
+                            .unwrap_or(UNKNOWN_ORIGIN),
+                    )
+                };
+                self.answer(now, peer, origin, request, channel);
+                self.flush(now)?;
+            }
+            // Answers to what this authority sent the others: a document it asked for because
+            // it missed it is offered to the core; the rest needs nothing.
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } if self.asked_documents.remove(&request_id) => {
+                if let Some(Response::Consensus(signed)) = response.response {
+                    let now = Now::system();
+                    match self.authority.handle_consensus(now, signed) {
+                        Ok(outcome) => debug!(%peer, ?outcome, "missed document offered"),
+                        Err(e) => debug!(%peer, %e, "document from an authority not adopted"),
+                    }
+                    self.flush(now)?;
+                }
+            }
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.asked_documents.remove(&request_id);
+                debug!(%peer, %error, "request to peer failed");
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Answers one directory request: documents and evidence at once, refusals at once, what the
@@ -481,6 +525,7 @@ impl Driver {
                 }
             }
         };
+        // A response channel carries its own way back: one behaviour answers for both.
         let _ = self.swarm.behaviour_mut().directory.send_response(
             channel,
             DirectoryResponse {
@@ -624,7 +669,8 @@ impl Driver {
                         let id = self
                             .swarm
                             .behaviour_mut()
-                            .directory
+                            .peers
+                            .inner_mut()
                             .send_request(peer, message.clone());
                         if asks {
                             self.asked_documents.insert(id);

@@ -62,7 +62,8 @@ pub const MAX_BATCH: usize = 256;
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 
 /// Length-prefixed protobuf codec for the mailbox protocol.
-pub type MailboxCodec = ProtoCodec<MailboxRequest, MailboxResponse, MAX_MAILBOX_MESSAGE>;
+pub type MailboxCodec =
+    ProtoCodec<MailboxRequest, MailboxResponse, MAX_MAILBOX_MESSAGE, MAX_MAILBOX_MESSAGE>;
 
 /// The mailbox protocol on a swarm.
 pub type MailboxBehaviour = request_response::Behaviour<MailboxCodec>;

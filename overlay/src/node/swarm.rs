@@ -8,7 +8,7 @@ use libp2p::{
     kad::{self, store::MemoryStore},
     ping,
 };
-use p2pmix_bootstrap::directory_behaviour;
+use p2pmix_bootstrap::cache_behaviour;
 use p2pmix_mix::{
     Relay,
     behaviour::{Behaviour as MixBehaviour, Config as MixConfig},
@@ -29,7 +29,7 @@ pub use behaviour::{NodeBehaviour, NodeBehaviourEvent};
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
     use libp2p::{connection_limits, identify, kad, ping, swarm::NetworkBehaviour};
-    use p2pmix_bootstrap::DirectoryBehaviour;
+    use p2pmix_bootstrap::CacheBehaviour;
     use p2pmix_mix::behaviour::Behaviour as MixBehaviour;
 
     use crate::mailbox::MailboxBehaviour;
@@ -47,14 +47,16 @@ mod behaviour {
         pub identify: identify::Behaviour,
         /// Liveness of connections.
         pub ping: ping::Behaviour,
-        /// `/p2pmix/dir/1.0.0`: descriptors up, consensus documents down and served.
-        pub directory: DirectoryBehaviour,
+        /// `/p2pmix/dir/1.0.0`: descriptors up, consensus documents down and served (requests
+        /// of a few KiB at most: a node serves only the consensus).
+        pub directory: CacheBehaviour,
         /// `/p2pmix/mailbox/2.0.0`: clients fetch what arrived for them (gateways serve it).
         pub mailbox: MailboxBehaviour,
     }
 }
 
-/// Incoming connections that may be in their handshake at once.
+/// Incoming connections that may be in their handshake at once (one address may have
+/// `MAX_PENDING_PER_ADDRESS` of them: the mix behaviour counts).
 const MAX_PENDING_INCOMING: u32 = 256;
 /// Connections held with one peer, both ways (two nodes dialling each other at once make two;
 /// more is a peer opening connections to hold slots). Per source address, the mix behaviour
@@ -62,8 +64,9 @@ const MAX_PENDING_INCOMING: u32 = 256;
 const MAX_PER_PEER: u32 = 4;
 
 /// Builds a node's swarm around `relay`; `gateway` nodes also serve mailboxes. At most
-/// `max_incoming` incoming connections are held (the node's own dials to other nodes are not
-/// limited: they follow the consensus).
+/// `max_incoming` incoming connections are held; the node's own dials to other nodes are
+/// limited only by [`MAX_PER_PEER`] (they follow the consensus, and a node needs one
+/// connection to each).
 pub(crate) fn build_node_swarm(
     keypair: Keypair,
     relay: Arc<Relay<PeerId>>,
@@ -97,7 +100,7 @@ pub(crate) fn build_node_swarm(
                     .with_agent_version(format!("p2pmix/{}", env!("CARGO_PKG_VERSION"))),
             ),
             ping: ping::Behaviour::new(ping::Config::new()),
-            directory: directory_behaviour(true, Duration::from_secs(10)),
+            directory: cache_behaviour(Duration::from_secs(10)),
             mailbox: mailbox_behaviour(gateway),
         }
     })
