@@ -37,8 +37,8 @@ pub mod trace;
 // the overlay uses.
 pub use admission::{
     AddressShare, Admission, AdmissionConfig, ConnectionCounts, ConnectionRefusal, FairQueue,
-    FairRefusal, Fault, MAX_PENDING_PER_ADDRESS, MAX_TRACKED_ADDRESSES, MAX_TRACKED_PEERS, Origin,
-    Prefix, Rate, TokenBucket, Verdict, canonical_ip,
+    FairRefusal, Fault, MAX_PENDING_PER_ADDRESS, MAX_PENDING_PER_PREFIX, MAX_TRACKED_ADDRESSES,
+    MAX_TRACKED_PEERS, Origin, Prefix, Rate, TokenBucket, Verdict, canonical_ip,
 };
 pub use net::{behaviour, handler, link};
 pub use pool::PacketPool;

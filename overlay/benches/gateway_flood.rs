@@ -234,7 +234,12 @@ fn phase(
         });
         match view.probe(net, client, packet_file, i, delays) {
             Some(latency) => latencies.push(latency.as_secs_f64() * 1e3),
-            None => lost += 1,
+            // A lost probe counts as the limit: a flood that drops honest packets must not
+            // look faster.
+            None => {
+                lost += 1;
+                latencies.push(PROBE_LIMIT.as_secs_f64() * 1e3);
+            }
         }
     }
     let after = net.metrics(0);
@@ -259,10 +264,11 @@ fn phase(
         queue_full: drops("queue_full"),
     };
     println!(
-        "  {name}: {} probes delivered, {lost} lost; p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, \
+        "  {name}: {} probes delivered, {lost} lost (counted as {} ms); p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, \
          max {:.0} ms; the entry gateway's added latency p99 <= {} ms; at the gateway: \
          {:.0} frames in, {:.0} replays, {:.0} rate-limited, {:.0} queue full",
-        latencies.len(),
+        PROBES - lost,
+        PROBE_LIMIT.as_millis(),
         p.p50,
         at(0.9),
         p.p99,

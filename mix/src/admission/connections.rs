@@ -5,10 +5,11 @@
 //! capped instead; nodes of a held consensus are exempt (the authorities cap how many nodes
 //! share an address).
 //!
-//! Handshakes under way are capped per address too ([`MAX_PENDING_PER_ADDRESS`]): the swarm's
-//! own limit on pending connections is global, so one host that opens connections and stalls
-//! their handshakes would otherwise shut every other client out before any per-address rule
-//! ran. Loopback is exempt from that cap (a local test network starts a dozen nodes at once).
+//! Handshakes under way are capped per address and per prefix too ([`MAX_PENDING_PER_ADDRESS`],
+//! [`MAX_PENDING_PER_PREFIX`]): the swarm's own limit on pending connections is global, so one
+//! host that opens connections and stalls their handshakes would otherwise shut every other
+//! client out before any per-address rule ran. Loopback is exempt from that cap (a local test
+//! network starts a dozen nodes at once).
 //!
 //! Sans-IO: the caller says which connection opened from where and which closed; a connection
 //! is any `C: Eq + Hash + Copy` (libp2p's `ConnectionId`). Entries exist only for connections
@@ -21,6 +22,10 @@ use super::address::{Prefix, canonical_ip};
 
 /// Inbound handshakes one address (an IPv4 address, an IPv6 /64) may have under way at once.
 pub const MAX_PENDING_PER_ADDRESS: usize = 16;
+
+/// Inbound handshakes one prefix (IPv4 /24, IPv6 /48) may have under way at once: a rented /28
+/// or a home /56 holds many addresses, and a node's pending slots are few.
+pub const MAX_PENDING_PER_PREFIX: usize = 64;
 
 /// Why an inbound connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -49,11 +54,19 @@ pub enum ConnectionRefusal {
         /// The limit.
         max: usize,
     },
+    /// The source prefix has as many handshakes under way as it may.
+    #[error("{held} handshakes from this address's prefix under way already (at most {max})")]
+    PendingPrefix {
+        /// Handshakes under way.
+        held: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl ConnectionRefusal {
     /// Every refusal, in the order of [`ConnectionRefusal::label`]s a metric exports.
-    pub const LABELS: [&'static str; 3] = ["address", "prefix", "pending"];
+    pub const LABELS: [&'static str; 4] = ["address", "prefix", "pending", "pending_prefix"];
 
     /// Its place in [`ConnectionRefusal::LABELS`].
     pub fn index(&self) -> usize {
@@ -61,6 +74,7 @@ impl ConnectionRefusal {
             ConnectionRefusal::Address { .. } => 0,
             ConnectionRefusal::Prefix { .. } => 1,
             ConnectionRefusal::Pending { .. } => 2,
+            ConnectionRefusal::PendingPrefix { .. } => 3,
         }
     }
 
@@ -80,6 +94,7 @@ pub struct ConnectionCounts<C> {
     prefixes: HashMap<Prefix, usize>,
     handshaking: HashMap<C, IpAddr>,
     handshakes: HashMap<IpAddr, usize>,
+    prefix_handshakes: HashMap<Prefix, usize>,
 }
 
 impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
@@ -93,11 +108,12 @@ impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
             prefixes: HashMap::new(),
             handshaking: HashMap::new(),
             handshakes: HashMap::new(),
+            prefix_handshakes: HashMap::new(),
         }
     }
 
     /// Counts the handshake of `connection` from `ip`, or refuses it if the address has
-    /// [`MAX_PENDING_PER_ADDRESS`] under way. End it with [`ConnectionCounts::handshake_ended`]
+    /// [`MAX_PENDING_PER_ADDRESS`] under way or its prefix [`MAX_PENDING_PER_PREFIX`]. End it with [`ConnectionCounts::handshake_ended`]
     /// whatever its outcome.
     pub fn handshake_started(
         &mut self,
@@ -115,8 +131,20 @@ impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
                 max: MAX_PENDING_PER_ADDRESS,
             });
         }
+        let held = self
+            .prefix_handshakes
+            .get(&Prefix::of(ip))
+            .copied()
+            .unwrap_or(0);
+        if held >= MAX_PENDING_PER_PREFIX {
+            return Err(ConnectionRefusal::PendingPrefix {
+                held,
+                max: MAX_PENDING_PER_PREFIX,
+            });
+        }
         self.handshaking.insert(connection, ip);
         *self.handshakes.entry(ip).or_default() += 1;
+        *self.prefix_handshakes.entry(Prefix::of(ip)).or_default() += 1;
         Ok(())
     }
 
@@ -125,6 +153,7 @@ impl<C: Eq + Hash + Copy> ConnectionCounts<C> {
     pub fn handshake_ended(&mut self, connection: C) {
         if let Some(ip) = self.handshaking.remove(&connection) {
             decrement(&mut self.handshakes, ip);
+            decrement(&mut self.prefix_handshakes, Prefix::of(ip));
         }
     }
 
@@ -245,8 +274,57 @@ mod tests {
             counts.handshake_ended(c);
         }
         assert_eq!(counts.handshaking(), 0);
-        assert!(counts.handshakes.is_empty());
+        assert!(counts.handshakes.is_empty() && counts.prefix_handshakes.is_empty());
         assert_eq!(counts.handshake_started(3_000, staller), Ok(()));
+    }
+
+    /// A rented /24 (or an IPv6 /48 of many /64s) stalls handshakes from every address it has:
+    /// it holds its prefix's share of the pending slots, not the whole node's (with per-address
+    /// caps alone, 16 addresses filled a node's 256 slots).
+    #[test]
+    fn stalled_handshakes_from_many_addresses_of_one_prefix_hold_the_prefixs_share() {
+        let mut counts = ConnectionCounts::new(64, 1024);
+        let mut started = 0;
+        for host in 1..=200u8 {
+            for c in 0..MAX_PENDING_PER_ADDRESS as u32 {
+                if counts
+                    .handshake_started(u32::from(host) * 100 + c, v4(203, 0, 113, host))
+                    .is_ok()
+                {
+                    started += 1;
+                }
+            }
+        }
+        assert_eq!(started, MAX_PENDING_PER_PREFIX);
+        assert_eq!(
+            counts.handshake_started(99_999, v4(203, 0, 113, 250)),
+            Err(ConnectionRefusal::PendingPrefix {
+                held: MAX_PENDING_PER_PREFIX,
+                max: MAX_PENDING_PER_PREFIX
+            })
+        );
+        let v6 =
+            |sub: u16, host: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, sub, 0, 0, 0, host));
+        let started_v6 = (0..256u16)
+            .filter(|&sub| {
+                counts
+                    .handshake_started(200_000 + u32::from(sub), v6(sub, 1))
+                    .is_ok()
+            })
+            .count();
+        assert_eq!(
+            started_v6, MAX_PENDING_PER_PREFIX,
+            "the /48's share, not 256 /64s'"
+        );
+        // Elsewhere, handshakes go on.
+        assert_eq!(
+            counts.handshake_started(300_000, v4(198, 51, 100, 1)),
+            Ok(())
+        );
+        for c in (0..30_000).chain(200_000..200_256).chain([300_000]) {
+            counts.handshake_ended(c);
+        }
+        assert!(counts.handshakes.is_empty() && counts.prefix_handshakes.is_empty());
     }
 
     /// One IPv6 host with a /64 dials from a fresh address each time: it still holds one

@@ -36,7 +36,9 @@ use self::{
 pub use self::{
     address::{MAX_TRACKED_ADDRESSES, Prefix, canonical_ip},
     bucket::{Rate, TokenBucket},
-    connections::{ConnectionCounts, ConnectionRefusal, MAX_PENDING_PER_ADDRESS},
+    connections::{
+        ConnectionCounts, ConnectionRefusal, MAX_PENDING_PER_ADDRESS, MAX_PENDING_PER_PREFIX,
+    },
     fair::{FairQueue, FairRefusal},
 };
 use crate::relay::DropReason;

@@ -133,6 +133,15 @@ mod behaviour {
     }
 }
 
+/// Which of the authority's two directory behaviours an event came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// `/p2pmix/dir/1.0.0`: anyone's requests.
+    Public,
+    /// `/p2pmix/dir-authority/1.0.0`: the other authorities, and the asks this one sent.
+    Authorities,
+}
+
 /// Something that waits for the state of `generation` to be on disk.
 enum Held {
     /// An answer to a request the core accepted.
@@ -369,9 +378,12 @@ impl Driver {
                         }
                         known.insert(peer_id, info.listen_addrs);
                     }
-                    SwarmEvent::Behaviour(
-                        AuthorityBehaviourEvent::Directory(event) | AuthorityBehaviourEvent::Peers(event),
-                    ) => self.on_directory_event(event)?,
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Directory(event)) => {
+                        self.on_directory_event(event, Link::Public)?;
+                    }
+                    SwarmEvent::Behaviour(AuthorityBehaviourEvent::Peers(event)) => {
+                        self.on_directory_event(event, Link::Authorities)?;
+                    }
                     SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
                         debug!(%peer_id, "connected");
                         if let Some(ip) = ip_of(endpoint.get_remote_address()) {
@@ -404,11 +416,15 @@ impl Driver {
     }
 
     /// One event of either directory behaviour: a request from anyone (or an authority) is
-    /// answered; an answer to an ask of this authority's is offered to the core.
+    /// answered; an answer to an ask of this authority's (sent on [`Link::Authorities`]) is
+    /// offered to the core.
     fn on_directory_event(
         &mut self,
         event: request_response::Event<DirectoryRequest, DirectoryResponse>,
+        link: Link,
     ) -> Result<(), AuthorityNodeError> {
+        // Each behaviour numbers its requests from one: ids are this link's only.
+        let asked = link == Link::Authorities;
         match event {
             request_response::Event::Message {
                 peer,
@@ -445,7 +461,7 @@ impl Driver {
                         response,
                     },
                 ..
-            } if self.asked_documents.remove(&request_id) => {
+            } if asked && self.asked_documents.remove(&request_id) => {
                 if let Some(Response::Consensus(signed)) = response.response {
                     let now = Now::system();
                     match self.authority.handle_consensus(now, signed) {
@@ -461,8 +477,21 @@ impl Driver {
                 error,
                 ..
             } => {
-                self.asked_documents.remove(&request_id);
-                debug!(%peer, %error, "request to peer failed");
+                if asked {
+                    self.asked_documents.remove(&request_id);
+                }
+                if asked
+                    && matches!(
+                        error,
+                        request_response::OutboundFailure::UnsupportedProtocols
+                    )
+                {
+                    // Votes go on the authorities' own protocol since it came in; the pinned
+                    // authorities upgrade together (docs/consensus.md).
+                    warn!(%peer, "a pinned authority does not speak /p2pmix/dir-authority/1.0.0");
+                } else {
+                    debug!(%peer, %error, "request to peer failed");
+                }
             }
             _ => {}
         }

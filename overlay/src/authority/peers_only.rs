@@ -115,30 +115,23 @@ impl<B: NetworkBehaviour> NetworkBehaviour for PeersOnly<B> {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
-        // What concerns one connection reaches the inner behaviour only if it has the
-        // connection's handler.
+        // What concerns a peer reaches the inner behaviour only for peers of the set: it
+        // heard of no other peer's connections or dials. Every inbound connection's pending
+        // stage reached it, so every `ListenFailure` does too.
         let peer = match &event {
             FromSwarm::ConnectionEstablished(e) => Some(e.peer_id),
             FromSwarm::ConnectionClosed(e) => Some(e.peer_id),
             FromSwarm::AddressChange(e) => Some(e.peer_id),
             FromSwarm::DialFailure(e) => e.peer_id,
-            FromSwarm::ListenFailure(e) => e.peer_id,
             FromSwarm::NewExternalAddrOfPeer(e) => Some(e.peer_id),
-            _ => None,
+            _ => {
+                self.inner.on_swarm_event(event);
+                return;
+            }
         };
-        let concerns_a_connection = matches!(
-            event,
-            FromSwarm::ConnectionEstablished(_)
-                | FromSwarm::ConnectionClosed(_)
-                | FromSwarm::AddressChange(_)
-                | FromSwarm::DialFailure(_)
-                | FromSwarm::ListenFailure(_)
-                | FromSwarm::NewExternalAddrOfPeer(_)
-        );
-        if concerns_a_connection && !peer.is_some_and(|p| self.admits(&p)) {
-            return;
+        if peer.is_some_and(|p| self.admits(&p)) {
+            self.inner.on_swarm_event(event);
         }
-        self.inner.on_swarm_event(event);
     }
 
     fn on_connection_handler_event(

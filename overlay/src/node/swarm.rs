@@ -56,8 +56,10 @@ mod behaviour {
 }
 
 /// Incoming connections that may be in their handshake at once (one address may have
-/// `MAX_PENDING_PER_ADDRESS` of them: the mix behaviour counts).
-const MAX_PENDING_INCOMING: u32 = 256;
+/// `MAX_PENDING_PER_ADDRESS` of them and one prefix `MAX_PENDING_PER_PREFIX`: the mix behaviour
+/// counts). A pending connection costs a socket and a few KiB before Noise, so the slots are
+/// many: an attacker needs 16 prefixes to fill them.
+const MAX_PENDING_INCOMING: u32 = 1024;
 /// Connections held with one peer, both ways (two nodes dialling each other at once make two;
 /// more is a peer opening connections to hold slots). Per source address, the mix behaviour
 /// limits clients' connections too.
