@@ -71,14 +71,15 @@ fn a_sender_killed_halfway_through_a_message_resumes_it_from_its_store_and_it_ar
     net.use_store(0, &store.0);
     let to_b = net.address(1);
     let mut rng = ChaCha20Rng::seed_from_u64(21);
-    // About 120 fragments: a tenth of a second between sends, so the kill lands mid-way.
-    let big = bytes(200_000, 1);
+    // 1 MiB: several hundred fragments at the client's send rate, so the kill lands mid-way.
+    let big = bytes(1 << 20, 1);
+    let fragments = big.len().div_ceil(fragment_capacity(0, false)) as u64;
     let id = net.send(0, to_b, &big, 0, &mut rng).unwrap();
-    net.run(Duration::from_millis(600), |_| false);
+    net.run(Duration::from_secs(5), |_| false);
     let sent_before = net.client(0).stats().fragments_sent;
     assert!(
-        sent_before > 10 && sent_before < 110,
-        "killed halfway: {sent_before}"
+        sent_before > fragments / 5 && sent_before < fragments * 4 / 5,
+        "killed halfway: {sent_before} of {fragments} fragments sent"
     );
     net.kill_and_restart(0, Some(&store.0), Duration::from_secs(3));
     assert_eq!(net.client(0).outbox(), vec![id], "the outbox came back");
