@@ -24,6 +24,7 @@
 //! as bootstrap addresses), on gateways `mailbox.redb` and, with metrics on, `metrics-addr`.
 
 pub mod bootstrap;
+mod caps;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod cover;
@@ -36,6 +37,7 @@ pub mod replay;
 mod start;
 mod swarm;
 
+pub use caps::{CapExceeded, Caps, ConnectionCaps};
 pub use start::{NodeError, run_node};
 
 use std::{

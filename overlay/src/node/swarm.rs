@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use libp2p::{
-    PeerId, StreamProtocol, Swarm, connection_limits, identify,
+    PeerId, StreamProtocol, Swarm, identify,
     identity::Keypair,
     kad::{self, store::MemoryStore},
     ping,
@@ -14,6 +14,7 @@ use p2pmix_mix::{
     behaviour::{Behaviour as MixBehaviour, Config as MixConfig},
 };
 
+use super::caps::{Caps, ConnectionCaps};
 use crate::{
     mailbox::mailbox_behaviour,
     runtime::{SwarmError, build_swarm},
@@ -28,17 +29,20 @@ pub use behaviour::{NodeBehaviour, NodeBehaviourEvent};
 
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
-    use libp2p::{connection_limits, identify, kad, ping, swarm::NetworkBehaviour};
+    use libp2p::{identify, kad, ping, swarm::NetworkBehaviour};
     use p2pmix_bootstrap::CacheBehaviour;
     use p2pmix_mix::behaviour::Behaviour as MixBehaviour;
 
+    use super::ConnectionCaps;
     use crate::mailbox::MailboxBehaviour;
 
     /// Behaviours of a node's swarm.
     #[derive(NetworkBehaviour)]
     pub struct NodeBehaviour {
-        /// Refuses incoming connections beyond the configured number (each is an open file).
-        pub limits: connection_limits::Behaviour,
+        /// Refuses incoming connections beyond the configured number (each is an open file),
+        /// handshakes beyond [`super::MAX_PENDING_INCOMING`] and connections with one peer
+        /// beyond [`super::MAX_PER_PEER`].
+        pub limits: ConnectionCaps,
         /// `/p2pmix/sphinx/1.0.0`: the packets.
         pub mix: MixBehaviour,
         /// `/p2pmix/kad/1.0.0`: peers and their addresses.
@@ -59,11 +63,11 @@ mod behaviour {
 /// `MAX_PENDING_PER_ADDRESS` of them and one prefix `MAX_PENDING_PER_PREFIX`: the mix behaviour
 /// counts). A pending connection costs a socket and a few KiB before Noise, so the slots are
 /// many: an attacker needs 16 prefixes to fill them.
-const MAX_PENDING_INCOMING: u32 = 1024;
+const MAX_PENDING_INCOMING: usize = 1024;
 /// Connections held with one peer, both ways (two nodes dialling each other at once make two;
 /// more is a peer opening connections to hold slots). Per source address, the mix behaviour
 /// limits clients' connections too.
-const MAX_PER_PEER: u32 = 4;
+const MAX_PER_PEER: usize = 4;
 
 /// Builds a node's swarm around `relay`; `gateway` nodes also serve mailboxes. At most
 /// `max_incoming` incoming connections are held; the node's own dials to other nodes are
@@ -89,12 +93,11 @@ pub(crate) fn build_node_swarm(
         // client; nodes are servers by definition.
         kad.set_mode(Some(kad::Mode::Server));
         NodeBehaviour {
-            limits: connection_limits::Behaviour::new(
-                connection_limits::ConnectionLimits::default()
-                    .with_max_established_incoming(Some(max_incoming))
-                    .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-                    .with_max_established_per_peer(Some(MAX_PER_PEER)),
-            ),
+            limits: ConnectionCaps::new(Caps {
+                pending_incoming: MAX_PENDING_INCOMING,
+                established_incoming: max_incoming as usize,
+                per_peer: MAX_PER_PEER,
+            }),
             mix: MixBehaviour::new(relay, mix_config),
             kad,
             identify: identify::Behaviour::new(

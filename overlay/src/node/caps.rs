@@ -1,0 +1,311 @@
+//! The node's connection caps: incoming connections in their handshake, incoming connections
+//! held, and connections held with one peer.
+//!
+//! In place of libp2p-connection-limits (0.7), which keeps an entry in its per-peer map for
+//! every peer that ever connected (closing a connection empties the entry but never removes
+//! it): identities are free, so a host that connects with a fresh one each time grew a node's
+//! memory by about 150 bytes a connection, without bound. Here every entry belongs to a
+//! connection held or in its handshake, so memory is bounded by the caps themselves.
+//!
+//! A connection is counted as held only on `ConnectionEstablished`, once every behaviour took
+//! it (one refused by a later behaviour ends with `ListenFailure` and was never counted), and
+//! each refusal is counted by reason in `p2pmix_connections_refused_total`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    convert::Infallible,
+    task::{Context, Poll},
+};
+
+use libp2p::{
+    Multiaddr, PeerId,
+    core::{Endpoint, transport::PortUse},
+    swarm::{
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm, dummy,
+    },
+};
+use metrics::{Counter, counter};
+use thiserror::Error;
+
+/// The caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Incoming connections in their handshake at once.
+    pub pending_incoming: usize,
+    /// Incoming connections held at once.
+    pub established_incoming: usize,
+    /// Connections held with one peer, both ways.
+    pub per_peer: usize,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum CapExceeded {
+    /// As many incoming connections are in their handshake as may be.
+    #[error("{0} incoming connections in their handshake already")]
+    PendingIncoming(usize),
+    /// As many incoming connections are held as may be.
+    #[error("{0} incoming connections held already")]
+    EstablishedIncoming(usize),
+    /// As many connections with this peer are held as may be.
+    #[error("{0} connections with this peer held already")]
+    PerPeer(usize),
+}
+
+impl CapExceeded {
+    /// Every refusal's label in `p2pmix_connections_refused_total`, in the order of
+    /// [`CapExceeded::index`].
+    pub const LABELS: [&'static str; 3] = ["pending_total", "incoming_total", "per_peer"];
+
+    fn index(&self) -> usize {
+        match self {
+            CapExceeded::PendingIncoming(_) => 0,
+            CapExceeded::EstablishedIncoming(_) => 1,
+            CapExceeded::PerPeer(_) => 2,
+        }
+    }
+}
+
+/// The counts against [`Caps`]: sans-IO, driven by [`ConnectionCaps`].
+#[derive(Debug)]
+struct Counts {
+    caps: Caps,
+    pending_incoming: HashSet<ConnectionId>,
+    established_incoming: HashSet<ConnectionId>,
+    per_peer: HashMap<PeerId, usize>,
+}
+
+impl Counts {
+    fn new(caps: Caps) -> Self {
+        Counts {
+            caps,
+            pending_incoming: HashSet::new(),
+            established_incoming: HashSet::new(),
+            per_peer: HashMap::new(),
+        }
+    }
+
+    fn pending_started(&mut self, connection: ConnectionId) -> Result<(), CapExceeded> {
+        if self.pending_incoming.len() >= self.caps.pending_incoming {
+            return Err(CapExceeded::PendingIncoming(self.caps.pending_incoming));
+        }
+        self.pending_incoming.insert(connection);
+        Ok(())
+    }
+
+    fn pending_ended(&mut self, connection: ConnectionId) {
+        self.pending_incoming.remove(&connection);
+    }
+
+    /// Whether one more connection with `peer` (incoming or not) is within the caps; it is
+    /// counted by [`Counts::established`].
+    fn admits(&self, peer: &PeerId, incoming: bool) -> Result<(), CapExceeded> {
+        if incoming && self.established_incoming.len() >= self.caps.established_incoming {
+            return Err(CapExceeded::EstablishedIncoming(
+                self.caps.established_incoming,
+            ));
+        }
+        if self.per_peer.get(peer).copied().unwrap_or(0) >= self.caps.per_peer {
+            return Err(CapExceeded::PerPeer(self.caps.per_peer));
+        }
+        Ok(())
+    }
+
+    fn established(&mut self, connection: ConnectionId, peer: PeerId, incoming: bool) {
+        self.pending_incoming.remove(&connection);
+        if incoming && !self.established_incoming.insert(connection) {
+            return;
+        }
+        *self.per_peer.entry(peer).or_default() += 1;
+    }
+
+    fn closed(&mut self, connection: ConnectionId, peer: &PeerId, incoming: bool) {
+        if incoming && !self.established_incoming.remove(&connection) {
+            return;
+        }
+        if let Some(n) = self.per_peer.get_mut(peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+    }
+}
+
+/// A behaviour that refuses connections past [`Caps`]; it speaks no protocol.
+pub struct ConnectionCaps {
+    counts: Counts,
+    refused: [Counter; CapExceeded::LABELS.len()],
+}
+
+impl ConnectionCaps {
+    /// A node's caps.
+    pub fn new(caps: Caps) -> Self {
+        ConnectionCaps {
+            counts: Counts::new(caps),
+            refused: CapExceeded::LABELS
+                .map(|r| counter!("p2pmix_connections_refused_total", "reason" => r)),
+        }
+    }
+
+    fn refuse(&self, cap: CapExceeded) -> ConnectionDenied {
+        self.refused[cap.index()].increment(1);
+        tracing::debug!(%cap, "connection refused");
+        ConnectionDenied::new(cap)
+    }
+
+    /// Peers with a connection held (what the caps' memory grows with).
+    pub fn peers_held(&self) -> usize {
+        self.counts.per_peer.len()
+    }
+}
+
+impl NetworkBehaviour for ConnectionCaps {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = Infallible;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.counts
+            .pending_started(connection)
+            .map_err(|cap| self.refuse(cap))
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.counts.pending_ended(connection);
+        self.counts
+            .admits(&peer, true)
+            .map_err(|cap| self.refuse(cap))?;
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.counts
+            .admits(&peer, false)
+            .map_err(|cap| self.refuse(cap))?;
+        Ok(dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        match event {
+            FromSwarm::ListenFailure(e) => self.counts.pending_ended(e.connection_id),
+            FromSwarm::ConnectionEstablished(e) => {
+                self.counts
+                    .established(e.connection_id, e.peer_id, e.endpoint.is_listener());
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                self.counts
+                    .closed(e.connection_id, &e.peer_id, e.endpoint.is_listener());
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CAPS: Caps = Caps {
+        pending_incoming: 4,
+        established_incoming: 3,
+        per_peer: 2,
+    };
+
+    /// A fresh identity a connection, 100,000 times over (through the handshake, held,
+    /// closed): nothing stays behind. libp2p-connection-limits 0.7 kept one map entry per
+    /// identity here.
+    #[test]
+    fn a_hundred_thousand_fresh_identities_leave_nothing_behind() {
+        let mut counts = Counts::new(CAPS);
+        for _ in 0..100_000 {
+            let (connection, peer) = (ConnectionId::new_unchecked(0), PeerId::random());
+            counts.pending_started(connection).unwrap();
+            counts.admits(&peer, true).unwrap();
+            counts.established(connection, peer, true);
+            counts.closed(connection, &peer, true);
+        }
+        assert!(counts.per_peer.is_empty());
+        assert!(counts.pending_incoming.is_empty() && counts.established_incoming.is_empty());
+    }
+
+    #[test]
+    fn each_cap_holds_and_comes_back_when_connections_end() {
+        let mut counts = Counts::new(CAPS);
+        let id = ConnectionId::new_unchecked;
+        // Handshakes: four at once; one that failed frees its slot.
+        for c in 0..4 {
+            counts.pending_started(id(c)).unwrap();
+        }
+        assert_eq!(
+            counts.pending_started(id(4)),
+            Err(CapExceeded::PendingIncoming(4))
+        );
+        counts.pending_ended(id(0));
+        counts.pending_started(id(4)).unwrap();
+
+        // Held: three incoming; two with one peer, both ways.
+        let (a, b, c, d) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        counts.established(id(1), a, true);
+        assert_eq!(counts.admits(&a, false), Ok(()));
+        counts.established(id(10), a, false);
+        assert_eq!(counts.admits(&a, false), Err(CapExceeded::PerPeer(2)));
+        counts.established(id(2), b, true);
+        counts.established(id(3), c, true);
+        assert_eq!(
+            counts.admits(&d, true),
+            Err(CapExceeded::EstablishedIncoming(3))
+        );
+        // Outgoing dials are not held against the incoming cap.
+        assert_eq!(counts.admits(&d, false), Ok(()));
+        assert!(
+            counts.pending_incoming.len() == 1,
+            "established ones left the handshakes"
+        );
+
+        counts.closed(id(3), &c, true);
+        assert_eq!(counts.admits(&d, true), Ok(()));
+        counts.closed(id(10), &a, false);
+        assert_eq!(counts.admits(&a, true), Ok(()));
+        // A close of what was never counted (or counted twice) changes nothing.
+        counts.closed(id(3), &c, true);
+        counts.established(id(2), b, true);
+        assert_eq!(counts.per_peer.get(&b), Some(&1));
+    }
+}
