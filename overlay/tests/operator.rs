@@ -441,3 +441,256 @@ fn a_node_holds_at_most_max_connections_incoming_connections() {
         "the node holds exactly max_connections incoming connections"
     );
 }
+
+/// The workspace root (deploy/ and the sources are read from there).
+fn workspace() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Every `.rs` file under `dir`.
+fn sources(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            sources(&path, out);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+}
+
+/// The `p2pmix_*` names in `text`: a name starts where the character before it cannot be part
+/// of an identifier.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let bytes = text.as_bytes();
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut from = 0;
+    while let Some(i) = text[from..].find("p2pmix_") {
+        let start = from + i;
+        let end = start
+            + bytes[start..]
+                .iter()
+                .take_while(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || **b == b'_')
+                .count();
+        if start == 0 || !ident(bytes[start - 1]) {
+            names.insert(text[start..end].to_string());
+        }
+        from = end;
+    }
+    names
+}
+
+#[test]
+fn the_alert_rules_and_the_dashboard_use_only_metrics_the_processes_export() {
+    let root = workspace();
+    // What the code exports: the string literals the metrics macros are given.
+    let mut files = Vec::new();
+    for krate in ["mix", "bootstrap", "overlay"] {
+        sources(&root.join(krate).join("src"), &mut files);
+    }
+    let mut exported = std::collections::BTreeSet::new();
+    for file in &files {
+        let text = fs::read_to_string(file).unwrap();
+        for name in metric_names(&text) {
+            if text.contains(&format!("\"{name}\"")) {
+                exported.insert(name);
+            }
+        }
+    }
+    assert!(
+        exported.contains("p2pmix_ready") && exported.len() > 40,
+        "the exported names were not found: {exported:?}"
+    );
+    // Histograms are scraped as NAME_bucket, NAME_sum and NAME_count.
+    let known = |name: &str| {
+        exported.contains(name)
+            || ["_bucket", "_sum", "_count"].iter().any(|suffix| {
+                name.strip_suffix(suffix)
+                    .is_some_and(|base| exported.contains(base))
+            })
+    };
+    for file in [
+        "deploy/monitoring/alerts.yml",
+        "deploy/monitoring/grafana-dashboard.json",
+    ] {
+        let text = fs::read_to_string(root.join(file)).unwrap();
+        let used = metric_names(&text);
+        assert!(used.len() >= 10, "{file} names only {used:?}");
+        let unknown: Vec<&String> = used.iter().filter(|n| !known(n)).collect();
+        assert!(
+            unknown.is_empty(),
+            "{file} uses metrics no process exports: {unknown:?}"
+        );
+    }
+}
+
+/// The arguments a Kubernetes manifest gives its container (the `- ` lines under `args:`).
+fn manifest_args(manifest: &str) -> Vec<String> {
+    let mut lines = manifest.lines().skip_while(|l| l.trim() != "args:").skip(1);
+    let mut args = Vec::new();
+    for line in lines.by_ref() {
+        match line.trim().strip_prefix("- ") {
+            Some(arg) => args.push(arg.to_string()),
+            None => break,
+        }
+    }
+    args
+}
+
+/// The settings `--print-config` prints for `args` (which must be accepted), with the identity
+/// and authorities files it names checked to exist.
+fn printed_settings(args: &[String]) -> toml::Table {
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    args.push("--print-config");
+    let (ok, out, err) = p2pmix(&args, &[]);
+    assert!(ok, "{args:?} refused: {err}");
+    let table: toml::Table = toml::from_str(&out).expect("--print-config prints TOML");
+    for key in ["identity", "authorities"] {
+        if let Some(path) = table.get(key).and_then(|v| v.as_str()) {
+            assert!(
+                Path::new(path).is_file(),
+                "{args:?}: {key} {path} is missing"
+            );
+        }
+    }
+    table
+}
+
+#[test]
+fn the_kubernetes_manifests_and_the_systemd_units_find_every_file_genconfig_wrote() {
+    let root = workspace();
+    let scratch = Scratch::new("operator-deploy");
+    let net = scratch.0.join("net");
+    let net_s = net.display().to_string();
+    let (ok, _, err) = p2pmix(
+        &[
+            "testnet",
+            "genconfig",
+            "--out",
+            &net_s,
+            "--authorities",
+            "1",
+            "--gateways",
+            "1",
+            "--mixes",
+            "3",
+            "--host-pattern",
+            "{name}.{role}.p2pmix.svc.cluster.local",
+            "--test-network",
+        ],
+        &[],
+    );
+    assert!(ok, "genconfig: {err}");
+    let identity = |name: &str| match name.starts_with("authority") {
+        true => net.join(name).join("identity.key"),
+        false => net.join(name).join("data").join("identity.key"),
+    };
+
+    // Kubernetes: the ConfigMap's files side by side (NAME.toml, authorities.toml), the Secret's
+    // identities as NAME.key, a volume for the data.
+    let config = scratch.0.join("etc-p2pmix-config");
+    let keys = scratch.0.join("etc-p2pmix-keys");
+    fs::create_dir_all(&config).unwrap();
+    fs::create_dir_all(&keys).unwrap();
+    fs::copy(
+        net.join("authorities.toml"),
+        config.join("authorities.toml"),
+    )
+    .unwrap();
+    for (name, file) in [
+        ("authority-0", "authority.toml"),
+        ("gateway-0", "node.toml"),
+        ("mix-0", "node.toml"),
+    ] {
+        fs::copy(
+            net.join(name).join(file),
+            config.join(format!("{name}.toml")),
+        )
+        .unwrap();
+        fs::copy(identity(name), keys.join(format!("{name}.key"))).unwrap();
+    }
+    for (manifest, pod, role) in [
+        ("authorities.yaml", "authority-0", "authority"),
+        ("gateways.yaml", "gateway-0", "gateway"),
+        ("mixes.yaml", "mix-0", "mix"),
+    ] {
+        let text = fs::read_to_string(root.join("deploy/kubernetes").join(manifest)).unwrap();
+        let data = scratch.0.join(format!("data-{pod}"));
+        let args: Vec<String> = manifest_args(&text)
+            .iter()
+            .map(|a| {
+                a.replace("$(POD_NAME)", pod)
+                    .replace("/etc/p2pmix/config", &config.display().to_string())
+                    .replace("/etc/p2pmix/keys", &keys.display().to_string())
+                    .replace("/var/lib/p2pmix", &data.display().to_string())
+            })
+            .collect();
+        assert!(args.len() >= 4, "{manifest}: no args found");
+        let table = printed_settings(&args);
+        assert_eq!(
+            table["data_dir"].as_str(),
+            Some(data.display().to_string().as_str())
+        );
+        if role != "authority" {
+            assert_eq!(table["role"].as_str(), Some(role), "{manifest}");
+            // What the others dial is the pod's name under the StatefulSet's headless Service.
+            let announce = table["announce"].as_array().unwrap()[0].as_str().unwrap();
+            assert_eq!(
+                announce,
+                format!("/dns/{pod}.{role}.p2pmix.svc.cluster.local/tcp/4100")
+            );
+            // The manifests' probes and ports: 4100 and 9100 on every interface.
+            assert_eq!(table["metrics"].as_str(), Some("0.0.0.0:9100"));
+            assert!(text.contains("containerPort: 4100") && text.contains("containerPort: 9100"));
+        }
+    }
+
+    // systemd: /etc/p2pmix/NAME/ holds genconfig's directory, the identity comes as a
+    // credential, the state directory is the data directory.
+    for (unit, name) in [
+        ("p2pmix-authority@.service", "authority-0"),
+        ("p2pmix-node@.service", "mix-1"),
+    ] {
+        let text = fs::read_to_string(root.join("deploy/systemd").join(unit)).unwrap();
+        let exec = text
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let etc = scratch.0.join("etc");
+        let credentials = scratch.0.join(format!("credentials-{name}"));
+        fs::create_dir_all(&credentials).unwrap();
+        fs::copy(identity(name), credentials.join("identity.key")).unwrap();
+        let state = scratch.0.join(format!("state-{name}"));
+        let installed = etc.join(name);
+        fs::create_dir_all(&installed).unwrap();
+        for entry in fs::read_dir(net.join(name)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() && path.extension().is_some_and(|e| e == "toml") {
+                fs::copy(&path, installed.join(path.file_name().unwrap())).unwrap();
+            }
+        }
+        let args: Vec<String> = exec
+            .split_whitespace()
+            .skip(1) // the binary
+            .map(|a| {
+                a.replace("%i", name)
+                    .replace("/etc/p2pmix", &etc.display().to_string())
+                    .replace(
+                        "${CREDENTIALS_DIRECTORY}",
+                        &credentials.display().to_string(),
+                    )
+                    .replace("${STATE_DIRECTORY}", &state.display().to_string())
+            })
+            .collect();
+        let table = printed_settings(&args);
+        assert_eq!(
+            table["data_dir"].as_str(),
+            Some(state.display().to_string().as_str()),
+            "{unit}"
+        );
+    }
+}

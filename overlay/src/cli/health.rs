@@ -3,7 +3,7 @@
 
 use std::{
     io::{Read, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs},
     path::PathBuf,
     process::ExitCode,
     time::Duration,
@@ -16,9 +16,10 @@ const MAX_ANSWER: u64 = 64 * 1024;
 
 #[derive(clap::Args)]
 pub(crate) struct HealthArgs {
-    /// The metrics address of the process (what its `metrics` setting says).
+    /// The metrics address of the process: IP:PORT (what its `metrics` setting says) or
+    /// HOST:PORT (what genconfig's prometheus.yml scrapes), e.g. h3.example.org:9101.
     #[arg(long, env = "P2PMIX_HEALTH_ADDR", conflicts_with = "data_dir")]
-    addr: Option<SocketAddr>,
+    addr: Option<String>,
     /// Or its data directory: the address is in DATA_DIR/metrics-addr.
     #[arg(long, env = "P2PMIX_HEALTH_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -32,8 +33,8 @@ pub(crate) struct HealthArgs {
 
 /// Runs `p2pmix health`: prints the answer's body; exit 0 on 200, 1 otherwise.
 pub(crate) fn run(args: HealthArgs) -> Result<ExitCode> {
-    let addr = match (args.addr, &args.data_dir) {
-        (Some(a), _) => a,
+    let addr = match (&args.addr, &args.data_dir) {
+        (Some(a), _) => resolve(a)?,
         (None, Some(dir)) => {
             let file = dir.join("metrics-addr");
             let text = std::fs::read_to_string(&file)
@@ -56,6 +57,17 @@ pub(crate) fn run(args: HealthArgs) -> Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// `text` as an address, or a name resolved to its first address.
+fn resolve(text: &str) -> Result<SocketAddr> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .with_context(|| format!("--addr {text}: neither IP:PORT nor a name that resolves"))?
+        .next()
+        .with_context(|| format!("--addr {text}: the name has no address"))
 }
 
 /// A process listening on the unspecified address is reached on loopback.
@@ -90,4 +102,20 @@ fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<(u16, String)>
         .and_then(|c| c.parse().ok())
         .with_context(|| format!("{addr} did not answer HTTP"))?;
     Ok((code, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_or_a_name_with_a_port_is_taken_and_anything_else_refused() {
+        assert_eq!(
+            resolve("127.0.0.1:9100").unwrap(),
+            SocketAddr::from((Ipv4Addr::LOCALHOST, 9100))
+        );
+        assert!(resolve("localhost:9100").unwrap().ip().is_loopback());
+        assert!(resolve("localhost").is_err(), "no port");
+        assert!(resolve("127.0.0.1:99999").is_err());
+    }
 }

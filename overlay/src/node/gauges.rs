@@ -94,12 +94,19 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Gauges {
     next: Instant,
+    /// The epochs whose replay filter gauges the last export set: a key retired since is set
+    /// to zero once (the recorder keeps a labelled gauge's last value for ever, and an alert on
+    /// a retired filter's fill would never clear).
+    replay_epochs: Vec<u64>,
 }
 
 impl Gauges {
     /// Exports first at `now`.
     pub fn new(now: Instant) -> Self {
-        Gauges { next: now }
+        Gauges {
+            next: now,
+            replay_epochs: Vec::new(),
+        }
     }
 
     /// When the next export is due.
@@ -117,7 +124,7 @@ impl Gauges {
     }
 
     /// Writes `snapshot` to the metrics recorder.
-    pub fn export(&self, snapshot: &Snapshot) {
+    pub fn export(&mut self, snapshot: &Snapshot) {
         gauge!("p2pmix_epoch").set(snapshot.epoch as f64);
         gauge!("p2pmix_connected_peers").set(snapshot.connected_peers as f64);
         gauge!("p2pmix_kad_peers").set(snapshot.kad_peers as f64);
@@ -135,11 +142,16 @@ impl Gauges {
             0.0
         });
         for key in &snapshot.replay {
-            let epoch = key.epoch.to_string();
-            gauge!("p2pmix_replay_filter_fill_ratio", "epoch" => epoch.clone()).set(key.fill_ratio);
-            gauge!("p2pmix_replay_filter_bytes", "epoch" => epoch.clone()).set(key.bytes as f64);
-            gauge!("p2pmix_replay_filter_tags", "epoch" => epoch).set(key.tags as f64);
+            export_replay_filter(key.epoch, key.fill_ratio, key.bytes, key.tags);
         }
+        for retired in self
+            .replay_epochs
+            .iter()
+            .filter(|e| !snapshot.replay.iter().any(|k| k.epoch == **e))
+        {
+            export_replay_filter(*retired, 0.0, 0, 0);
+        }
+        self.replay_epochs = snapshot.replay.iter().map(|k| k.epoch).collect();
         gauge!("p2pmix_replay_memory_bytes").set(snapshot.replay_memory.0 as f64);
         gauge!("p2pmix_replay_memory_budget_bytes").set(snapshot.replay_memory.1 as f64);
         gauge!("p2pmix_replay_journal_pending").set(snapshot.replay_backlog.0 as f64);
@@ -171,4 +183,12 @@ impl Gauges {
             }
         }
     }
+}
+
+/// One key's replay filter gauges.
+fn export_replay_filter(epoch: u64, fill_ratio: f64, bytes: u64, tags: u64) {
+    let epoch = epoch.to_string();
+    gauge!("p2pmix_replay_filter_fill_ratio", "epoch" => epoch.clone()).set(fill_ratio);
+    gauge!("p2pmix_replay_filter_bytes", "epoch" => epoch.clone()).set(bytes as f64);
+    gauge!("p2pmix_replay_filter_tags", "epoch" => epoch).set(tags as f64);
 }
