@@ -14,7 +14,7 @@
 //! Recording goes through a [`TraceSink`]; the mix behaviour and the client call it when a sink
 //! is set and never otherwise. [`Tracer`] is the file-backed sink ([`TraceFile`]: a bounded
 //! channel to a writer thread, a line cap with a counted stop). The line format and its parser
-//! are in [`format`]. Turning tracing on is a test-network decision of the caller (the node and
+//! are in [`format`](mod@format). Turning tracing on is a test-network decision of the caller (the node and
 //! client refuse it unless the pinned authorities file declares a test network).
 
 pub mod file;

@@ -2,20 +2,20 @@
 //!
 //! The swarm carries `/p2pmix/dir/1.0.0` (requests from anyone, of at most 16 KiB: uploads and
 //! fetches), `/p2pmix/dir-authority/1.0.0` (votes, reveals, signatures and asks between the
-//! pinned authorities, of up to 32 MiB, offered to pinned peers alone: [`peers_only`]) and
+//! pinned authorities, of up to 32 MiB, offered to pinned peers alone: `peers_only`) and
 //! identify (so that authorities that dialed us can be dialed back). Each request is handed to
 //! the core with where it came from (a pinned authority, or the IP address of the connection:
 //! outsiders are limited per source); the core's reachability checks are dialled here
-//! ([`reach`]).
+//! (`reach`).
 //!
-//! State is written by a thread of its own ([`writer`]), at most once per [`DEBOUNCE`], and the
+//! State is written by a thread of its own (`writer`), at most once per [`DEBOUNCE`], and the
 //! answers and messages that must not go out before the state that accepted them is on disk
 //! wait for it (docs/consensus.md, "Restarts"): an accepted descriptor, vote, reveal or
 //! signature is answered, and this authority's own vote, reveal and signature (and its relays)
 //! are sent, only once durable. Each published consensus is written as `consensus-<epoch>.pb`
 //! (the encoded `SignedConsensus`); `listen-addrs` holds the addresses the swarm listens on, and
 //! with metrics on (`metrics = "ADDR"`), `metrics-addr` where they are served: `/metrics` has
-//! the authority's counters ([`metrics`]), `/health` says the loop turns and `/ready` that it
+//! the authority's counters (`metrics`), `/health` says the loop turns and `/ready` that it
 //! holds this epoch's consensus.
 //!
 //! When the network parameters ask for health measurement, the authority also runs a

@@ -1,6 +1,6 @@
 //! The client's state on disk: `DATA_DIR/client.redb`, one redb database (crash-safe: a
 //! commit is atomic and durable when it returns, checksummed copy-on-write pages, so a crash
-//! leaves the last commit). The driver writes each [`StoreBatch`] of the core in one
+//! leaves the last commit). The driver writes each `StoreBatch` of the core in one
 //! transaction and loads a [`SavedState`] back at start.
 //!
 //! Tables (keys and values are bytes; numbers big-endian; `id` a message id, 16 bytes):

@@ -9,11 +9,11 @@
 //! of both (sizes, header delays, previous and next hops, the shape of the arrival process) and
 //! finds nothing, while the same comparisons catch a measurer that uses one gateway only.
 //! From what comes back it scores every node: its delivery relative to its layer and the delay
-//! it adds beyond what the headers asked ([`score`]). The scores go into the authority's vote;
+//! it adds beyond what the headers asked ([`score`](mod@score)). The scores go into the authority's vote;
 //! the consensus takes their median over the authorities and leaves out nodes below the
 //! thresholds (`p2pmix_bootstrap`, `docs/consensus.md`, "Health").
 //!
-//! The rooms: [`measurer`] (the sans-IO machine: schedule, probes, returns, reports), [`score`]
+//! The rooms: [`measurer`] (the sans-IO machine: schedule, probes, returns, reports), [`score`](mod@score)
 //! (the pure scoring). The authority's driver runs it on a swarm of its own
 //! (`crate::authority`).
 

@@ -55,7 +55,7 @@ pub enum CapExceeded {
 
 impl CapExceeded {
     /// Every refusal's label in `p2pmix_connections_refused_total`, in the order of
-    /// [`CapExceeded::index`].
+    /// `CapExceeded::index`.
     pub const LABELS: [&'static str; 3] = ["pending_total", "incoming_total", "per_peer"];
 
     fn index(&self) -> usize {

@@ -12,7 +12,7 @@
 //! - [`keys`]: the epoch keys on disk and their rotation in the relay's key ring;
 //! - [`replay`]: each key's replay filter on disk (journal and snapshots), read back at a restart;
 //! - the [`DirectoryClient`] (in [`crate::directory`]): descriptor uploads, consensus fetches;
-//!   [`directory`] turns its actions into requests and serves held documents to peers;
+//!   `directory` turns its actions into requests and serves held documents to peers;
 //! - [`install`]: what a verified consensus means for this node (a pure function);
 //! - [`cover`]: the node's own loop cover;
 //! - [`gateway`]: a gateway's mailboxes ([`crate::mailbox`]) served over `/p2pmix/mailbox/2.0.0`;

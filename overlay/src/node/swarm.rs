@@ -40,8 +40,8 @@ mod behaviour {
     #[derive(NetworkBehaviour)]
     pub struct NodeBehaviour {
         /// Refuses incoming connections beyond the configured number (each is an open file),
-        /// handshakes beyond [`super::MAX_PENDING_INCOMING`] and connections with one peer
-        /// beyond [`super::MAX_PER_PEER`].
+        /// handshakes beyond `MAX_PENDING_INCOMING` and connections with one peer
+        /// beyond `MAX_PER_PEER`.
         pub limits: ConnectionCaps,
         /// `/p2pmix/sphinx/1.0.0`: the packets.
         pub mix: MixBehaviour,

@@ -20,7 +20,7 @@ pub struct NodeDescriptor {
     pub identity: ::prost::alloc::vec::Vec<u8>,
     /// Multiaddrs (text form) where the node can be reached: the addresses it announces, or its
     /// public listen addresses (loopback and private ones only on a test network); sorted, unique.
-    /// Each starts with /ip4, /ip6, /dns, /dns4 or /dns6 and may end in /p2p/<this node>.
+    /// Each starts with /ip4, /ip6, /dns, /dns4 or /dns6 and may end in /p2p/ followed by this node's peer id.
     #[prost(string, repeated, tag = "3")]
     pub addresses: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(enumeration = "Role", tag = "4")]

@@ -1,7 +1,7 @@
 //! What of the client must survive a restart, as values: the core says what must become durable
 //! ([`StoreOp`], taken with [`ClientCore::poll_store`]), the driver writes it (one transaction a
 //! batch, see [`crate::client::store`]) and reports back ([`ClientCore::handle_stored`]); what
-//! may only happen once something is durable waits for that report ([`Release`]): an
+//! may only happen once something is durable waits for that report (`Release`): an
 //! end-to-end acknowledgement of a fragment waits for the fragment, the mailbox acknowledgement
 //! for everything its packets changed, a [`ClientEvent::Received`] for its message. A restarted
 //! client comes back from a [`SavedState`] ([`ClientCore::restore`]).

@@ -5,7 +5,7 @@
 //!   fragment waits for a tick of the Poisson send stream ([`SendingSchedule`]), and only then
 //!   gets a fresh route, a fresh SURB to acknowledge it, end-to-end encryption to the recipient
 //!   ([`e2e`]) and its Sphinx packet. A fragment whose acknowledgement does not come back within
-//!   its timeout (measured round trips, see [`outbound`]) goes out again over a route that
+//!   its timeout (measured round trips, see `outbound`) goes out again over a route that
 //!   avoids the mixes of the attempt that was lost; retransmissions back off (with jitter) up
 //!   to [`ClientConfig::max_backoff`] and cover [`ClientConfig::give_up_after`] (a mailbox's
 //!   lifetime: an absent recipient gets the message when it comes back), then the message
@@ -24,10 +24,10 @@
 //! - **Cover**: when nothing is queued, the send stream emits drop cover; loop cover comes back
 //!   to this client. All packets have one size and go to the client's gateway.
 //!
-//! The rooms: [`outbound`] (sending, acknowledgement timers, retransmission, cover), [`inbound`]
-//! (what the gateway delivers, reassembly), [`health`] (which mixes to route around),
-//! [`labels`] (what each handed-out label was for), [`durable`] (what the store must see, and
-//! what waits for it), [`restore`] (a core back from its store); this file holds the state and
+//! The rooms: `outbound` (sending, acknowledgement timers, retransmission, cover), `inbound`
+//! (what the gateway delivers, reassembly), `health` (which mixes to route around),
+//! `labels` (what each handed-out label was for), [`durable`] (what the store must see, and
+//! what waits for it), `restore` (a core back from its store); this file holds the state and
 //! the timers.
 
 use std::{
