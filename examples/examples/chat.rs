@@ -84,6 +84,7 @@ async fn main() -> Result<()> {
                     println!("* connected (verified consensus of epoch {epoch})");
                 }
                 Some(Event::Consensus { .. }) => {}
+                Some(_) => {}
                 None => bail!("the client stopped"),
             }
         }

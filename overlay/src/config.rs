@@ -114,7 +114,7 @@ struct AuthorityEntry {
 }
 
 /// One pinned authority: its key, peer id and where to reach it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthorityAddress {
     /// The authority's identity key.
     pub public_key: PublicKey,
@@ -139,6 +139,15 @@ pub struct Authorities {
     pub test_network: bool,
 }
 
+impl std::str::FromStr for Authorities {
+    type Err = ConfigError;
+
+    /// An authorities file's text (see [`Authorities::from_toml`]).
+    fn from_str(text: &str) -> Result<Self, ConfigError> {
+        Self::from_toml(text, "<string>")
+    }
+}
+
 /// An authority's key as people have it: its peer id (`12D3KooW…`, which embeds an ed25519 key)
 /// or the hex of the libp2p protobuf public key (what `p2pmix keygen` prints).
 fn parse_authority_key(text: &str) -> Result<PublicKey, String> {
@@ -161,9 +170,19 @@ fn parse_authority_key(text: &str) -> Result<PublicKey, String> {
 impl Authorities {
     /// Reads and checks an authorities file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let file: AuthoritiesFile = parse(path)?;
+        Self::from_toml(&read(path)?, &path.display().to_string())
+    }
+
+    /// Checks an authorities file's text, for an application that ships it inside itself (with
+    /// `include_str!`) or gets it from its own configuration; `origin` names it in errors.
+    /// `"…".parse::<Authorities>()` is the same with the origin `<string>`.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let file: AuthoritiesFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_string(),
+            message: e.to_string(),
+        })?;
         let invalid = |message: String| ConfigError::Invalid {
-            path: path.display().to_string(),
+            path: origin.to_string(),
             message,
         };
         if file.authority.is_empty() {
@@ -997,5 +1016,29 @@ mod tests {
             let err = load(&format!("[[authority]]\npublic_key = \"{text}\"\n")).unwrap_err();
             assert!(err.to_string().contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn an_authorities_file_reads_the_same_from_a_path_and_from_a_string() {
+        let key = Keypair::generate_ed25519().public();
+        let text = format!(
+            "[[authority]]\npublic_key = \"{}\"\naddresses = [\"/ip4/127.0.0.1/tcp/4001\"]\n\n\
+             [network]\ngenesis_unix_ms = 1764000000000\nepoch_ms = 60000\n",
+            key.to_peer_id()
+        );
+        let from_file = load(&text).unwrap();
+        let from_string: Authorities = text.parse().unwrap();
+        assert_eq!(from_string.entries, from_file.entries);
+        assert_eq!(from_string.schedule, from_file.schedule);
+        assert_eq!(from_string.entries[0].public_key, key);
+        // A string's errors name where it came from.
+        let err =
+            Authorities::from_toml("[[authority]]\npublic_key = 1\n", "embedded").unwrap_err();
+        assert!(
+            matches!(err, ConfigError::Parse { ref path, .. } if path == "embedded"),
+            "{err}"
+        );
+        let err = "".parse::<Authorities>().unwrap_err();
+        assert!(err.to_string().starts_with("<string>: "), "{err}");
     }
 }

@@ -416,6 +416,7 @@ async fn listen(
             Some(event @ (Event::Delivered(_) | Event::Failed(..))) => {
                 print_outcome(args.json, &event)
             }
+            Some(_) => {}
         }
     }
 }
@@ -507,6 +508,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
                 );
                 client.accept(message.id).await?;
             }
+            Ok(Some(_)) => {}
             Ok(None) => bail!("the client stopped"),
             Err(_) => {
                 eprintln!("timed out waiting for a verified consensus");
@@ -650,6 +652,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
                 json!({"event": "ready", "epoch": epoch, "ms": unix_ms()}),
                 format!("consensus of epoch {epoch} in use"),
             ),
+            Some(_) => {}
         }
     }
     // Acknowledgements of replies, and the store, before leaving.

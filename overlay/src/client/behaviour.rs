@@ -89,8 +89,9 @@ pub enum ClientSetupError {
     Store(#[from] StoreError),
 }
 
-/// What the client behaviour reports.
+/// What the client behaviour reports (more kinds may come: match with a `_` arm).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// The verified consensus of `epoch` is now the one routes are built from.
     Consensus {

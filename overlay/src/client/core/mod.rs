@@ -223,8 +223,9 @@ pub struct ReceivedMessage {
     pub reply: Option<ReplyHandle>,
 }
 
-/// What the client reports.
+/// What the client reports (more kinds may come: match with a `_` arm).
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum ClientEvent {
     /// A message arrived (once per message).
     Received(ReceivedMessage),
