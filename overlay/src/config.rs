@@ -630,7 +630,7 @@ impl From<NodeRole> for Role {
 
 /// The keys of a node's configuration file, in the order `p2pmix node init` writes them (each is
 /// also the flag of the same name, `_` written `-`).
-pub const NODE_FILE_KEYS: [&str; 12] = [
+pub const NODE_FILE_KEYS: [&str; 13] = [
     "data_dir",
     "authorities",
     "identity",
@@ -643,7 +643,11 @@ pub const NODE_FILE_KEYS: [&str; 12] = [
     "max_connections",
     "replay_memory_mib",
     "replay_min_rate",
+    "sphinx_workers",
 ];
+
+/// Sphinx worker threads a node may be given at most.
+pub const MAX_SPHINX_WORKERS: usize = 256;
 
 /// Incoming connections a node holds at most by default (clients and nodes that dialled it; its
 /// own dials to the consensus's nodes come on top). Each is one open file: the systemd unit's
@@ -668,6 +672,7 @@ struct NodeFile {
     max_connections: Option<u32>,
     replay_memory_mib: Option<u64>,
     replay_min_rate: Option<f64>,
+    sphinx_workers: Option<usize>,
 }
 
 /// Command-line values that override a node's configuration file.
@@ -697,6 +702,8 @@ pub struct NodeOverrides {
     pub replay_memory_mib: Option<u64>,
     /// `--replay-min-rate`.
     pub replay_min_rate: Option<f64>,
+    /// `--sphinx-workers`.
+    pub sphinx_workers: Option<usize>,
     /// `--trace-links` and `--trace-truth` (flags and environment only: never in a file).
     pub trace: TraceConfig,
 }
@@ -722,6 +729,7 @@ pub const DEFAULT_LISTEN: &str = "/ip4/127.0.0.1/tcp/0";
 ///                                         # peer; 64 per client address, 1024 per /24 or /48)
 /// replay_memory_mib = 1024                # all replay filters together (docs/sphinx.md)
 /// replay_min_rate = 1000                  # packets/s a key's filter is sized for at least
+/// sphinx_workers = 4                      # unwrapping threads (default: one per core)
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeSettings {
@@ -750,6 +758,8 @@ pub struct NodeSettings {
     pub max_connections: u32,
     /// How the replay filters are sized and how much memory they may take.
     pub replay: ReplaySettings,
+    /// Sphinx worker threads (`None`: one per core the process may use).
+    pub sphinx_workers: Option<usize>,
     /// Test-network traces to write (refused unless the authorities file declares a test
     /// network). Flags and environment only: no file key, and `--print-config` leaves them out.
     pub trace: TraceConfig,
@@ -830,6 +840,14 @@ impl NodeSettings {
                 .or(parsed.replay_memory_mib)
                 .map_or(defaults.memory_bytes, |m| m.saturating_mul(1 << 20)),
         };
+        let sphinx_workers = match overrides.sphinx_workers.or(parsed.sphinx_workers) {
+            Some(n) if !(1..=MAX_SPHINX_WORKERS).contains(&n) => {
+                return Err(invalid(format!(
+                    "sphinx_workers {n}: from 1 to {MAX_SPHINX_WORKERS}"
+                )));
+            }
+            n => n,
+        };
         Ok(NodeSettings {
             data_dir,
             authorities,
@@ -845,6 +863,7 @@ impl NodeSettings {
                 .or(parsed.max_connections)
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             replay,
+            sphinx_workers,
             trace: overrides.trace,
         })
     }
@@ -879,6 +898,8 @@ pub struct NodeConfig {
     pub max_connections: u32,
     /// How the replay filters are sized and how much memory they may take.
     pub replay: ReplaySettings,
+    /// Sphinx worker threads (`None`: one per core the process may use).
+    pub sphinx_workers: Option<usize>,
     /// Test-network traces to write (refused unless the authorities file declares a test
     /// network).
     pub trace: TraceConfig,
@@ -928,6 +949,7 @@ impl NodeConfig {
             family: settings.family,
             max_connections: settings.max_connections,
             replay: settings.replay,
+            sphinx_workers: settings.sphinx_workers,
             trace: settings.trace,
         })
     }

@@ -108,6 +108,40 @@ fn an_environment_variable_sets_a_value_and_a_flag_overrides_it() {
         &[("P2PMIX_NODE_METRICS", "not-an-address")],
     );
     assert!(!ok && err.contains("metrics"), "{err}");
+    // The Sphinx workers: unset (one per core), from the environment, over it from a flag, and
+    // refused out of range.
+    assert!(setting_opt(&print(&[], &[]), "sphinx_workers").is_none());
+    let workers = [("P2PMIX_NODE_SPHINX_WORKERS", "2")];
+    assert_eq!(
+        setting(&print(&[], &workers), "sphinx_workers").as_integer(),
+        Some(2)
+    );
+    assert_eq!(
+        setting(
+            &print(&["--sphinx-workers", "1"], &workers),
+            "sphinx_workers"
+        )
+        .as_integer(),
+        Some(1)
+    );
+    let (ok, _, err) = p2pmix(
+        &[
+            "node",
+            "--config",
+            &file,
+            "--print-config",
+            "--sphinx-workers",
+            "0",
+        ],
+        &[],
+    );
+    assert!(!ok && err.contains("sphinx_workers 0"), "{err}");
+}
+
+/// The value of `key` in a printed configuration, if it is set (unset ones are comments).
+fn setting_opt(printed: &str, key: &str) -> Option<toml::Value> {
+    let table: toml::Table = toml::from_str(printed).expect("--print-config prints TOML");
+    table.get(key).cloned()
 }
 
 /// `GET path` at `addr`: status code and body, or None if it does not answer.

@@ -107,6 +107,10 @@ pub(crate) struct NodeArgs {
     /// the node sizes for more when it measured more.
     #[arg(long, env = "P2PMIX_NODE_REPLAY_MIN_RATE")]
     replay_min_rate: Option<f64>,
+    /// Threads that unwrap Sphinx packets (default: one per core the process may use; 1 to
+    /// 256). Fewer leave cores to other work on a shared host.
+    #[arg(long, env = "P2PMIX_NODE_SPHINX_WORKERS")]
+    sphinx_workers: Option<usize>,
     /// Test networks only: record what a global passive observer sees, one line per packet per
     /// link end (time, neighbour, packet tag), into FILE. Refused unless the authorities file
     /// says `test_network = true`; never a file key.
@@ -139,6 +143,7 @@ impl NodeArgs {
                 max_connections: self.max_connections,
                 replay_memory_mib: self.replay_memory_mib,
                 replay_min_rate: self.replay_min_rate,
+                sphinx_workers: self.sphinx_workers,
                 trace: TraceConfig {
                     links: self.trace_links,
                     truth: self.trace_truth,
@@ -197,6 +202,7 @@ pub(crate) fn init_settings(role: NodeRole) -> NodeSettings {
         family: String::new(),
         max_connections: DEFAULT_MAX_CONNECTIONS,
         replay: ReplaySettings::default(),
+        sphinx_workers: None,
         trace: TraceConfig::default(),
     }
 }
@@ -275,6 +281,7 @@ fn value_of(s: &NodeSettings, key: &str) -> (Option<Value>, Value) {
             Some(Value::Float(s.replay.min_rate)),
             Value::Float(ReplaySettings::default().min_rate),
         ),
+        "sphinx_workers" => (s.sphinx_workers.map(|n| integer(n as u64)), integer(4)),
         _ => (None, string("")),
     }
 }
@@ -324,6 +331,7 @@ mod tests {
                 min_rate: 2_500.5,
                 memory_bytes: 64 << 20,
             },
+            sphinx_workers: Some(3),
             trace: TraceConfig::default(),
         }
     }

@@ -161,11 +161,14 @@ pub async fn run_node(
         .map_err(|e| FileError::on(replay_store.dir())(e))?
     };
     let rate = ClientRate::from_parameters(&defaults);
+    let defaults_mix = MixConfig::default();
     let mix_config = MixConfig {
         client_rate: rate.rate,
         client_burst: rate.burst,
-        ..MixConfig::default()
+        workers: config.sphinx_workers.unwrap_or(defaults_mix.workers),
+        ..defaults_mix
     };
+    info!(workers = mix_config.workers, "Sphinx workers");
     let tracer = config.trace.open(&config.authorities, me)?;
     let mut swarm = swarm::build_node_swarm(
         keypair.clone(),
