@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Starts a whole p2pmix network on 127.0.0.1 (3 authorities, gateways, mixes in 3 layers and two
+# Starts a whole p2pmix network on 127.0.0.1 (or, with --netns, every process in a network
+# namespace of its own) (3 authorities, gateways, mixes in 3 layers and two
 # clients, each a separate process on a free port), sends messages from one client to the other,
 # and reports what arrived: a human summary, then, as the last line, one JSON object.
 #
@@ -61,6 +62,14 @@ usage: testnet/run.sh [options]
   --debug               use target/debug (what cargo test builds; faster to build, slower to run)
   --bin-dir DIR         use the p2pmix, p2pmix-testnet-report and p2pmix-anonymity binaries in
                         DIR instead of building (several runs of one build)
+  --netns               every authority, node and client in a network namespace of its own, with
+                        an address of its own in a /16 of its own (100.64.0.0/10, shared address
+                        space: routed nowhere; nodes' routes then obey the one-/16-per-route rule),
+                        all on one bridge this run makes; needs root. Everything it made is
+                        removed when the run ends (or by testnet/stop.sh DIR after --keep)
+  --netns-crowded       as --netns, but every process in one /16 (100.64.0.0/16): no route can
+                        keep its hops in different /16s, so senders refuse to send (the
+                        diversity rule at work) and the run reports the messages lost
   --keep                leave the network running (stop it with testnet/stop.sh DIR)
   --timeout S           longest wait for the messages (default 180)
 EOF
@@ -68,7 +77,7 @@ EOF
 
 GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES="" INTERVAL_MS="" SIZE=""
 KILL_MIXES=0 KILL_AUTHORITY=0 KILL9=0 RESTART_GATEWAYS=0 RESTART_CLIENTS=0 BLACKHOLE_MIX=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
-SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS=""
+SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS="" NETNS=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --gateways) GATEWAYS=$2; shift 2 ;;
@@ -94,6 +103,8 @@ while [ $# -gt 0 ]; do
         --debug) PROFILE=debug; shift ;;
         --bin-dir) BIN_DIR=$2; shift 2 ;;
         --keep) KEEP=1; shift ;;
+        --netns) NETNS=spread; shift ;;
+        --netns-crowded) NETNS=crowded; shift ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -136,6 +147,12 @@ if [ "$BLACKHOLE_MIX" -gt 0 ]; then
     fi
 fi
 
+if [ -n "$NETNS" ]; then
+    [ "$(id -u)" = 0 ] || { echo "--netns: needs root (it makes network namespaces, a bridge and veth links): run it with sudo" >&2; exit 2; }
+    command -v ip >/dev/null 2>&1 || { echo "--netns: needs iproute2 (ip)" >&2; exit 2; }
+    ip netns list >/dev/null 2>&1 || { echo "--netns: this kernel or sandbox offers no network namespaces" >&2; exit 2; }
+fi
+
 [ -z "$BIN_DIR" ] || BIN_DIR=$(cd "$BIN_DIR" && pwd) || exit 2
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 STARTED=$(date +%s)
@@ -174,6 +191,53 @@ mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
 : > "$DIR/pids"
 echo "==> run directory: $DIR"
+
+# --- network namespaces (--netns) -----------------------------------------------------------------
+# Each process gets a namespace p2pmix$$-NAME with one veth link to the bridge p2pbr$$ and an
+# address of 100.64.0.0/10 (RFC 6598 shared address space: no host routes it, and the bridge has
+# no address, so nothing outside the namespaces can reach or be reached). DIR/netns and
+# DIR/netns-bridge list what was made; testnet/stop.sh removes them.
+declare -A NS_OF IP_OF
+NS_COUNT=0
+NSX=()          # the prefix that runs a command in a process's namespace (set by in_ns)
+if [ -n "$NETNS" ]; then
+    BRIDGE="p2pbr$$"
+    ip link add "$BRIDGE" type bridge
+    echo "$BRIDGE" > "$DIR/netns-bridge"
+    ip link set "$BRIDGE" up
+    echo "==> network namespaces: bridge $BRIDGE, addresses in 100.64.0.0/10 ($NETNS)"
+fi
+# Makes process $1's namespace (once) and prints nothing; afterwards IP_OF[$1] is its address.
+ns_add() {
+    local name=$1
+    [ -n "$NETNS" ] || return 0
+    [ -z "${NS_OF[$name]:-}" ] || return 0
+    local k=$NS_COUNT ns="p2pmix$$-$name" link="v$$-$NS_COUNT" addr
+    NS_COUNT=$((NS_COUNT + 1))
+    if [ "$NETNS" = crowded ]; then
+        addr="100.64.$((k / 250)).$((k % 250 + 2))"
+    else
+        addr="100.$((64 + k % 64)).$((k / 64)).2"
+    fi
+    ip netns add "$ns"
+    echo "$ns" >> "$DIR/netns"
+    ip link add "$link" type veth peer name eth0 netns "$ns"
+    ip link set "$link" master "$BRIDGE" up
+    ip -n "$ns" addr add "$addr/10" dev eth0
+    ip -n "$ns" link set eth0 up
+    ip -n "$ns" link set lo up
+    NS_OF[$name]=$ns
+    IP_OF[$name]=$addr
+}
+# Sets NSX to run a command in process $1's namespace (empty without --netns).
+in_ns() {
+    NSX=()
+    if [ -n "$NETNS" ]; then ns_add "$1"; NSX=(ip netns exec "${NS_OF[$1]}"); fi
+}
+# Where process $1 listens by default: a free port on loopback, or on its namespace's address.
+listen_of() {
+    if [ -n "$NETNS" ]; then ns_add "$1"; echo "/ip4/${IP_OF[$1]}/tcp/0"; else echo "/ip4/127.0.0.1/tcp/0"; fi
+}
 if [ "$BLACKHOLE_MIX" -gt 0 ] && [ -z "$BIN_DIR" ]; then
     # Hard links (a copy on another file system): the next ordinary build replaces the target
     # directory's binaries, the run keeps the ones with chaos.
@@ -220,9 +284,10 @@ wait_line() {
     return 1
 }
 # Prints the body of http://$1/metrics (bash's /dev/tcp: no curl needed).
-scrape() {
+scrape() { # $1: ADDR:PORT, $2: the process (its namespace with --netns)
     local host=${1%:*} port=${1##*:}
-    timeout 5 bash -c "exec 3<>/dev/tcp/$host/$port; printf 'GET /metrics HTTP/1.0\r\nHost: $host\r\n\r\n' >&3; cat <&3" \
+    in_ns "$2"
+    "${NSX[@]}" timeout 5 bash -c "exec 3<>/dev/tcp/$host/$port; printf 'GET /metrics HTTP/1.0\r\nHost: $host\r\n\r\n' >&3; cat <&3" \
         | sed '1,/^\r\{0,1\}$/d'
 }
 fail_with_log() {
@@ -283,9 +348,11 @@ authorities_file() { # $1: how many authorities' addresses are known
 for i in 0 1 2; do
     d="$DIR/auth$i"
     authorities_file "$i" > "$d/authorities.toml"
-    printf 'identity = "identity.key"\ndata_dir = "data"\nauthorities = "authorities.toml"\n%s%s' \
-        "$NETWORK" "$PARAMETERS" > "$d/authority.toml"
-    (cd "$d" && exec env RUST_LOG=info "$BIN" authority --config authority.toml > log 2>&1) &
+    ns_add "auth$i"
+    printf 'identity = "identity.key"\ndata_dir = "data"\nauthorities = "authorities.toml"\nlisten = ["%s"]\n%s%s' \
+        "$(listen_of "auth$i")" "$NETWORK" "$PARAMETERS" > "$d/authority.toml"
+    in_ns "auth$i"
+    (cd "$d" && exec "${NSX[@]}" env RUST_LOG=info "$BIN" authority --config authority.toml > log 2>&1) &
     started $! "auth$i"
     wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "authority $i did not start" "$d/log"
 done
@@ -298,13 +365,15 @@ start_node() { # $1: dir name, $2: role, $3: bootstrap address (may be empty), $
     local d="$DIR/$1"
     mkdir -p "$d"
     rm -f "$d/data/listen-addrs"
+    ns_add "$1"
     local args=(node --authorities "$DIR/authorities.toml" --data-dir data --role "$2" --metrics 127.0.0.1:0)
     [ -n "$3" ] && args+=(--bootstrap "$3")
-    [ -n "${4:-}" ] && args+=(--listen "$4")
+    args+=(--listen "${4:-$(listen_of "$1")}")
     [ "$CLIENTS" -gt 0 ] && args+=(--trace-links links.trace --trace-truth truth.trace)
     local envs=(RUST_LOG=info)
     [ -n "${5:-}" ] && envs+=(P2PMIX_CHAOS="$5")
-    (cd "$d" && exec env "${envs[@]}" "$BIN" "${args[@]}" >> log 2>&1) &
+    in_ns "$1"
+    (cd "$d" && exec "${NSX[@]}" env "${envs[@]}" "$BIN" "${args[@]}" >> log 2>&1) &
     started $! "$1"
     wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "$1 did not start" "$d/log"
 }
@@ -393,7 +462,8 @@ if [ "$CLIENTS" -gt 0 ]; then
         to=()
         for j in $(seq 0 $((CLIENTS - 1))); do [ "$j" = "$i" ] || to+=(--to "${ADDRESSES[$j]}"); done
         d="$DIR/c$i"
-        (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$d" \
+        in_ns "c$i"
+        (exec "${NSX[@]}" env RUST_LOG=warn "$BIN" client send --json --data-dir "$d" \
             --gateway "$(head -n1 "$DIR/gw$((i % GATEWAYS))/data/listen-addrs")" \
             --authorities "$DIR/authorities.toml" "${to[@]}" --message "from c$i" \
             --count "$MESSAGES" --interval-ms "$INTERVAL_MS" --poisson \
@@ -426,7 +496,8 @@ else
     # Bob listens until Alice is done (he acknowledges every copy she retransmits), then is stopped.
     # (Events and logs are appended: the client drill starts both again on their data dirs.)
     start_bob() {
-        (exec env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
+        in_ns bob
+        (exec "${NSX[@]}" env RUST_LOG=warn "$BIN" client listen --json --data-dir "$DIR/bob" --gateway "$BOB_GW" \
             --authorities "$DIR/authorities.toml" --timeout $((TIMEOUT + 60)) \
             >> "$DIR/bob/events.jsonl" 2>> "$DIR/bob/log") &
         BOB_PID=$!
@@ -443,7 +514,8 @@ else
     GO=()
     [ "$BLACKHOLE_MIX" = 0 ] || GO=(--wait-for "$DIR/go")
     start_alice() { # $1: how many messages to send
-        (exec env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
+        in_ns alice
+        (exec "${NSX[@]}" env RUST_LOG=warn "$BIN" client send --json --data-dir "$DIR/alice" --gateway "$ALICE_GW" \
             --authorities "$DIR/authorities.toml" --to "$BOB" --file "$DIR/alice/message" \
             --count "$1" --interval-ms "$INTERVAL_MS" --timeout "$TIMEOUT" "${GO[@]}" \
             >> "$DIR/alice/events.jsonl" 2>> "$DIR/alice/log") &
@@ -611,7 +683,7 @@ else
     for _ in $(seq 1 150); do kill -0 "$BOB_PID" 2>/dev/null || break; sleep 0.1; done
     ANONYMITY=()
 fi
-FIRST_MS=$(cat "$DIR"/*/events.jsonl 2>/dev/null | grep '"event":"received"' | sed -n 's/.*"ms":\([0-9]*\).*/\1/p' | sort -n | sed -n 1p)
+FIRST_MS=$(cat "$DIR"/*/events.jsonl 2>/dev/null | { grep '"event":"received"' || true; } | sed -n 's/.*"ms":\([0-9]*\).*/\1/p' | sort -n | sed -n 1p)
 if [ -n "$FIRST_MS" ]; then
     echo "==> first message arrived $(( FIRST_MS / 1000 - STARTED ))s after the command started"
 fi
@@ -675,7 +747,7 @@ fi
 for d in "$DIR"/gw* "$DIR"/mix*; do
     name=$(basename "$d")
     if [ -s "$d/data/metrics-addr" ] && pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids") && kill -0 "$pid" 2>/dev/null; then
-        scrape "$(head -n1 "$d/data/metrics-addr")" > "$d/metrics.txt" 2>/dev/null || true
+        scrape "$(head -n1 "$d/data/metrics-addr")" "$name" > "$d/metrics.txt" 2>/dev/null || true
     fi
 done
 set +e
@@ -689,6 +761,19 @@ else
     [ "$ALICE_CODE" = 0 ] || echo "==> the sending client exited with status $ALICE_CODE (see $DIR/alice/log)"
     EVENTS=(--sent "$DIR/alice/events.jsonl" --received "$DIR/bob/events.jsonl")
 fi
+# Every node in one /16 (--netns-crowded): a route may not put two hops in one /16, so none
+# can be built and nothing may arrive; the run passes when that rule held (said before the
+# report, whose JSON line stays the last).
+CROWDED_CODE=""
+if [ "$NETNS" = crowded ]; then
+    if [ "$(received)" = 0 ]; then
+        echo "==> --netns-crowded: every node in 100.64.0.0/16, no route keeps its hops in different /16s: 0 of $TOTAL delivered, the diversity rule held"
+        CROWDED_CODE=0
+    else
+        echo "==> --netns-crowded: $(received) of $TOTAL delivered although every node is in one /16: the diversity rule did not hold"
+        CROWDED_CODE=1
+    fi
+fi
 # A failed run is the report's verdict, not a script error (the ERR trap stays quiet).
 CODE=0
 "$REPORT" --expected "$TOTAL" "${EVENTS[@]}" \
@@ -697,6 +782,8 @@ CODE=0
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
     ${BLACKHOLE_DRILL:+--drill "blackhole=$BLACKHOLE_DRILL" --excluded "$(IFS=,; echo "${EXCLUDED[*]}")"} \
     ${KILLED[@]:+--drill "killed=${KILLED[*]}"} ${RESTARTED[@]:+--drill "restarted=${RESTARTED[*]}"} \
+    ${NETNS:+--drill "netns=$NETNS"} \
     --drill "signal=SIG$SIG" "${ANONYMITY[@]}" "${CPU_ARGS[@]}" || CODE=$?
+if [ -n "$CROWDED_CODE" ]; then CODE=$CROWDED_CODE; fi
 set -e
 exit $CODE

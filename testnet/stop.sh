@@ -18,3 +18,13 @@ for _ in $(seq 1 50); do
 done
 for pid in $PIDS; do ours "$pid" && kill -9 "$pid" 2>/dev/null; done
 echo "stopped $(echo $PIDS | wc -w) processes of $DIR"
+# --netns: the namespaces (their veth links go with them) and the bridge the run made.
+if [ -f "$DIR/netns" ]; then
+    while read -r ns; do ip netns del "$ns" 2>/dev/null; done < "$DIR/netns"
+    echo "removed $(wc -l < "$DIR/netns") network namespaces"
+    rm -f "$DIR/netns"
+fi
+if [ -f "$DIR/netns-bridge" ]; then
+    ip link del "$(cat "$DIR/netns-bridge")" 2>/dev/null
+    rm -f "$DIR/netns-bridge"
+fi
