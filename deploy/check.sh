@@ -21,6 +21,8 @@ image="localhost/p2pmix-check:$$"
 cleanup() {
   if command -v podman >/dev/null 2>&1; then
     podman --storage-driver vfs rmi -f "$image" >/dev/null 2>&1 || true
+    # The build's stages stay behind as untagged images (about 300 MB each): drop the dangling.
+    podman --storage-driver vfs image prune -f >/dev/null 2>&1 || true
   fi
   rm -rf "$tmp" deploy/container/rootfs
 }

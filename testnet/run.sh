@@ -68,8 +68,8 @@ usage: testnet/run.sh [options]
                         all on one bridge this run makes; needs root. Everything it made is
                         removed when the run ends (or by testnet/stop.sh DIR after --keep)
   --netns-crowded       as --netns, but every process in one /16 (100.64.0.0/16): no route can
-                        keep its hops in different /16s, so senders refuse to send (the
-                        diversity rule at work) and the run reports the messages lost
+                        keep its hops in different /16s, so nothing can be delivered (the
+                        diversity rule at work); the run passes only if nothing arrives
   --keep                leave the network running (stop it with testnet/stop.sh DIR)
   --timeout S           longest wait for the messages (default 180)
 EOF
