@@ -79,6 +79,7 @@ async fn main() -> Result<()> {
                 }
                 Some(Event::Delivered(id)) => println!("* {id} arrived"),
                 Some(Event::Failed(id, reason)) => println!("* {id} was lost: {reason}"),
+                Some(Event::Unroutable(id, reason)) => println!("* {id} cannot be sent yet: {reason}"),
                 Some(Event::Consensus { epoch }) if !connected => {
                     connected = true;
                     println!("* connected (verified consensus of epoch {epoch})");

@@ -28,14 +28,14 @@
 //! max_nodes_per_ipv4_24 = 4           # admission caps (0: none)
 //! ```
 
-use std::{
-    fs,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+#[cfg(feature = "toml")]
+use std::{fs, path::Path};
+use std::{net::SocketAddr, path::PathBuf};
 
 use libp2p::{Multiaddr, PeerId, identity::PublicKey};
-use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities, default_parameters};
+#[cfg(feature = "toml")]
+use p2pmix_bootstrap::default_parameters;
+use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities};
 use p2pmix_proto::v1::{NetworkParameters, Role};
 use serde::Deserialize;
 use thiserror::Error;
@@ -73,6 +73,7 @@ pub enum ConfigError {
     },
 }
 
+#[cfg(feature = "toml")]
 fn read(path: &Path) -> Result<String, ConfigError> {
     fs::read_to_string(path).map_err(|source| ConfigError::Io {
         path: path.display().to_string(),
@@ -80,6 +81,7 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
+#[cfg(feature = "toml")]
 fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
     toml::from_str(&read(path)?).map_err(|e| ConfigError::Parse {
         path: path.display().to_string(),
@@ -87,6 +89,7 @@ fn parse<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
     })
 }
 
+#[cfg(feature = "toml")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuthoritiesFile {
@@ -95,6 +98,7 @@ struct AuthoritiesFile {
     network: Option<ScheduleSection>,
 }
 
+#[cfg(feature = "toml")]
 /// The epoch schedule, as nodes and clients read it from the authorities file.
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,6 +109,7 @@ struct ScheduleSection {
     test_network: bool,
 }
 
+#[cfg(feature = "toml")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuthorityEntry {
@@ -139,6 +144,7 @@ pub struct Authorities {
     pub test_network: bool,
 }
 
+#[cfg(feature = "toml")]
 impl std::str::FromStr for Authorities {
     type Err = ConfigError;
 
@@ -148,6 +154,7 @@ impl std::str::FromStr for Authorities {
     }
 }
 
+#[cfg(feature = "toml")]
 /// An authority's key as people have it: its peer id (`12D3KooW…`, which embeds an ed25519 key)
 /// or the hex of the libp2p protobuf public key (what `p2pmix keygen` prints).
 fn parse_authority_key(text: &str) -> Result<PublicKey, String> {
@@ -168,11 +175,13 @@ fn parse_authority_key(text: &str) -> Result<PublicKey, String> {
 }
 
 impl Authorities {
+    #[cfg(feature = "toml")]
     /// Reads and checks an authorities file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::from_toml(&read(path)?, &path.display().to_string())
     }
 
+    #[cfg(feature = "toml")]
     /// Checks an authorities file's text, for an application that ships it inside itself (with
     /// `include_str!`) or gets it from its own configuration; `origin` names it in errors.
     /// `"…".parse::<Authorities>()` is the same with the origin `<string>`.
@@ -257,6 +266,7 @@ impl Authorities {
     }
 }
 
+#[cfg(feature = "toml")]
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuthorityFile {
@@ -269,6 +279,7 @@ struct AuthorityFile {
     network: NetworkSection,
 }
 
+#[cfg(feature = "toml")]
 /// The `[network]` section: the schedule and parameters every authority must share.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -416,6 +427,7 @@ pub fn set_parameter(parameters: &mut NetworkParameters, key: &str, value: u64) 
     }
 }
 
+#[cfg(feature = "toml")]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ParameterOverrides {
@@ -476,11 +488,13 @@ pub struct AuthorityOverrides {
 }
 
 impl AuthorityConfigFile {
+    #[cfg(feature = "toml")]
     /// Reads an authority configuration; relative paths are relative to the file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         Self::load_with(path, AuthorityOverrides::default())
     }
 
+    #[cfg(feature = "toml")]
     /// Reads an authority configuration and applies `overrides`.
     pub fn load_with(path: &Path, overrides: AuthorityOverrides) -> Result<Self, ConfigError> {
         let file: AuthorityFile = parse(path)?;
@@ -600,7 +614,8 @@ impl AuthorityConfigFile {
 }
 
 /// What a node does in the network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum NodeRole {
     /// A mix in one of the layers.
@@ -654,6 +669,7 @@ pub const MAX_SPHINX_WORKERS: usize = 256;
 /// `LimitNOFILE` leaves room for this, the consensus's nodes and the node's files.
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 8192;
 
+#[cfg(feature = "toml")]
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeFile {
@@ -766,6 +782,7 @@ pub struct NodeSettings {
 }
 
 impl NodeSettings {
+    #[cfg(feature = "toml")]
     /// Reads `file` (if any) and applies `overrides`; every missing or malformed value is a
     /// clear error naming its source. Relative paths in the file are relative to the file.
     pub fn resolve(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
@@ -906,11 +923,13 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
+    #[cfg(feature = "toml")]
     /// Reads `file` (if any), applies `overrides` and reads the authorities file.
     pub fn load(file: Option<&Path>, overrides: NodeOverrides) -> Result<Self, ConfigError> {
         Self::from_settings(NodeSettings::resolve(file, overrides)?)
     }
 
+    #[cfg(feature = "toml")]
     /// Reads the authorities file `settings` names, and checks the announced addresses against
     /// the network it declares (loopback and private ones only on a test network).
     pub fn from_settings(settings: NodeSettings) -> Result<Self, ConfigError> {
@@ -955,7 +974,7 @@ impl NodeConfig {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "toml"))]
 mod tests {
     use libp2p::identity::Keypair;
 

@@ -9,7 +9,10 @@ mod sim_net;
 use std::{collections::HashMap, time::Duration};
 
 use libp2p::PeerId;
-use p2pmix::client::{Address, ClientConfig, ClientEvent, MessageId, ReceivedMessage, SendError};
+use p2pmix::client::{
+    Address, ClientConfig, ClientEvent, FailReason, MessageId, ReceivedMessage, RouteError,
+    SendError, Unroutable,
+};
 use rand::{Rng, RngExt};
 use rand_chacha::{ChaCha20Rng, rand_core::SeedableRng};
 use sim_net::{Net, Seen};
@@ -186,6 +189,25 @@ fn a_message_that_cannot_be_routed_fails_and_the_stream_keeps_its_pace() {
     sim.send(0, nowhere, b"lost cause", 0, &mut rng).unwrap();
     sim.run(Duration::from_secs(120), |s| s.failed(0) > 0);
     assert_eq!(sim.failed(0), 1, "the message fails after its attempts");
+    // The sender heard why at once (once: the reason never changed), and the failure says it.
+    let why = RouteError::UnknownGateway(nowhere.gateway);
+    let told: Vec<&ClientEvent> = sim
+        .events(0)
+        .iter()
+        .filter(|e| matches!(e, ClientEvent::Unroutable(..)))
+        .collect();
+    assert!(
+        matches!(told[..], [ClientEvent::Unroutable(_, Unroutable::Route(r))] if *r == why),
+        "one Unroutable event naming the missing gateway: {told:?}"
+    );
+    let failure = sim.events(0).iter().find_map(|e| match e {
+        ClientEvent::Failed(_, reason) => Some(reason.clone()),
+        _ => None,
+    });
+    assert!(
+        matches!(failure, Some(FailReason::Unroutable { reason: Unroutable::Route(ref r), .. }) if *r == why),
+        "the failure names the reason: {failure:?}"
+    );
     let after = sim.client(0).stats();
     assert_eq!(after.fragments_sent, before.fragments_sent);
     // Every send tick that carried the unroutable fragment sent drop cover instead.

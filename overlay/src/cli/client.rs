@@ -320,6 +320,12 @@ fn print_outcome(json: bool, event: &Event) {
             json!({"event": "failed", "id": id.to_string(), "reason": reason.to_string(), "ms": unix_ms()}),
             format!("failed {id}: {reason}"),
         ),
+        // Not an outcome yet (the client keeps trying), but the sender should know now.
+        Event::Unroutable(id, reason) => print(
+            json,
+            json!({"event": "unroutable", "id": id.to_string(), "reason": reason.to_string(), "ms": unix_ms()}),
+            format!("cannot send {id} yet: {reason} (trying again)"),
+        ),
         _ => {}
     }
 }
@@ -413,7 +419,7 @@ async fn listen(
                     eprintln!("could not reply to {id}: {e}");
                 }
             }
-            Some(event @ (Event::Delivered(_) | Event::Failed(..))) => {
+            Some(event @ (Event::Delivered(_) | Event::Failed(..) | Event::Unroutable(..))) => {
                 print_outcome(args.json, &event)
             }
             Some(_) => {}
@@ -491,7 +497,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
                 );
                 break;
             }
-            Ok(Some(event @ (Event::Delivered(_) | Event::Failed(..)))) => {
+            Ok(Some(event @ (Event::Delivered(_) | Event::Failed(..) | Event::Unroutable(..)))) => {
                 if let Event::Delivered(id) | Event::Failed(id, _) = &event {
                     pending.remove(id);
                 }
@@ -613,6 +619,7 @@ async fn send(client: &mut Client, args: &ClientArgs, plan: SendPlan) -> Result<
                     print_outcome(args.json, &event);
                 }
             }
+            Some(event @ Event::Unroutable(..)) => print_outcome(args.json, &event),
             Some(event @ Event::Failed(..)) => {
                 if let Event::Failed(id, _) = &event {
                     pending.remove(id);

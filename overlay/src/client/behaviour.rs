@@ -51,7 +51,7 @@ use crate::{
     client::{
         Address, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, MessageId,
         ReceivedMessage, ReplyHandle, SendError, StaticKey, StreamRates, Topology, Transmitted,
-        client_id,
+        Unroutable, client_id,
         core::StoreBatch,
         store::{ClientStore, StoreError},
     },
@@ -75,6 +75,48 @@ pub struct Config {
     /// Where the client keeps its state (`DATA_DIR/client.redb`); `None`: in memory only, lost
     /// with the process.
     pub store: Option<PathBuf>,
+}
+
+impl Config {
+    /// A client of the network `authorities` pins, through `gateway` (its addresses are
+    /// learnt from the consensus; add the ones known now with
+    /// [`Config::with_gateway_addresses`]), with the default [`ClientConfig`] and its state in
+    /// memory only.
+    pub fn new(authorities: Authorities, gateway: PeerId) -> Self {
+        Config {
+            gateway,
+            gateway_addresses: Vec::new(),
+            authorities,
+            client: ClientConfig::default(),
+            store: None,
+        }
+    }
+
+    /// Uses `gateway` instead.
+    pub fn with_gateway(mut self, gateway: PeerId) -> Self {
+        self.gateway = gateway;
+        self
+    }
+
+    /// Where the gateway listens, before any consensus says so.
+    pub fn with_gateway_addresses(mut self, addresses: Vec<Multiaddr>) -> Self {
+        self.gateway_addresses = addresses;
+        self
+    }
+
+    /// The client core's limits and choices.
+    pub fn with_client(mut self, client: ClientConfig) -> Self {
+        self.client = client;
+        self
+    }
+
+    /// Keeps the client's state in the database file `path` (`DATA_DIR/client.redb` by
+    /// convention, [`crate::client::CLIENT_STORE_FILE`]), so that a restarted client loses
+    /// nothing it accepted.
+    pub fn with_store(mut self, path: PathBuf) -> Self {
+        self.store = Some(path);
+        self
+    }
 }
 
 /// Why a client could not be set up.
@@ -106,6 +148,11 @@ pub enum Event {
     Delivered(MessageId),
     /// A sent message could not be delivered.
     Failed(MessageId, FailReason),
+    /// A fragment of a sent message could not be built into a packet now (no consensus yet,
+    /// no route to the recipient's gateway, a bad address): reported at once, and again when
+    /// the reason changes; the client keeps trying until the message fails with
+    /// [`FailReason::Unroutable`].
+    Unroutable(MessageId, Unroutable),
 }
 
 // `pub` in a private module: the handler type names `Inner`, but users never see it.
@@ -464,6 +511,7 @@ impl Behaviour {
                 ClientEvent::Received(message) => Event::Received(message),
                 ClientEvent::Delivered(id) => Event::Delivered(id),
                 ClientEvent::Failed(id, reason) => Event::Failed(id, reason),
+                ClientEvent::Unroutable(id, reason) => Event::Unroutable(id, reason),
             });
         }
         // The mailbox: always one fetch under way (the gateway holds it until packets come),

@@ -18,8 +18,8 @@ pub use address::{Address, AddressError, client_id};
 pub use behaviour::{Behaviour, ClientIdentity, ClientSetupError, Config, Event};
 pub use core::{
     Acknowledge, ClientConfig, ClientCore, ClientEvent, ClientStats, FailReason, ReceivedMessage,
-    ReplyHandle, SavedState, SendError, StoreBatch, StoreOp, Transmitted, fragment_capacity,
-    reply_capacity,
+    ReplyHandle, SavedState, SendError, StoreBatch, StoreOp, Transmitted, Unroutable,
+    fragment_capacity, reply_capacity,
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;

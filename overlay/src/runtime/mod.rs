@@ -4,6 +4,10 @@
 
 pub mod files;
 pub mod limits;
+#[cfg(feature = "metrics-endpoint")]
+pub mod metrics;
+#[cfg(not(feature = "metrics-endpoint"))]
+#[path = "metrics_off.rs"]
 pub mod metrics;
 pub mod status;
 mod swarm;

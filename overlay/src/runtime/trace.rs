@@ -101,28 +101,15 @@ mod tests {
 
     fn authorities(test_network: bool) -> Authorities {
         let key = libp2p::identity::Keypair::generate_ed25519().public();
-        let dir = std::env::temp_dir().join(format!(
-            "p2pmix-trace-config-{test_network}-{}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("authorities.toml");
-        let flag = if test_network {
-            "test_network = true\n"
-        } else {
-            ""
-        };
-        std::fs::write(
-            &path,
-            format!(
-                "{}[network]\ngenesis_unix_ms = 0\nepoch_ms = 10000\n{flag}",
-                Authorities::entry(&key, &[])
-            ),
-        )
-        .unwrap();
-        let a = Authorities::load(&path).unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
-        a
+        Authorities {
+            entries: vec![crate::config::AuthorityAddress {
+                peer_id: key.to_peer_id(),
+                public_key: key,
+                addresses: Vec::new(),
+            }],
+            schedule: Some(p2pmix_bootstrap::EpochSchedule::new(0, 10_000)),
+            test_network,
+        }
     }
 
     #[test]

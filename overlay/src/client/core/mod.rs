@@ -60,7 +60,7 @@ use super::{
     address::Address,
     e2e::{self, StaticKey},
     frame::{MessageId, REPLY_OVERHEAD, fragment_overhead},
-    route::{RoutePolicy, Topology},
+    route::{RouteError, RoutePolicy, Topology},
     schedule::{Emission, SendingSchedule, StreamRates},
 };
 
@@ -186,6 +186,39 @@ pub enum FailReason {
         /// Sends.
         attempts: u32,
     },
+    /// A fragment could not be built into a packet at its last attempts (nothing went out).
+    #[error("fragment {index} could not be sent after {attempts} attempts: {reason}")]
+    Unroutable {
+        /// The fragment.
+        index: u16,
+        /// Send ticks it was due on.
+        attempts: u32,
+        /// Why its last attempt could not be built.
+        reason: Unroutable,
+    },
+}
+
+/// Why a fragment could not be built into a packet on its send tick: the tick sends drop cover
+/// instead and the fragment is tried again a second later (until its message fails).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum Unroutable {
+    /// No verified consensus yet: there is nothing to route through.
+    #[error("no consensus yet")]
+    NoConsensus,
+    /// The consensus offers no route (the recipient's gateway is not in it, a layer is empty,
+    /// or no mix of a layer is independent of the other hops).
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    /// The recipient's address carries a key that is not a valid point.
+    #[error("the recipient's address has an unusable key")]
+    RecipientKey,
+    /// The end-to-end encryption refused (a bad key in the address).
+    #[error(transparent)]
+    Seal(#[from] e2e::E2eError),
+    /// The packet or a SURB could not be built.
+    #[error(transparent)]
+    Build(#[from] p2pmix_mix::BuildError),
 }
 
 /// SURBs that came with a message: the way to answer its sender.
@@ -233,6 +266,10 @@ pub enum ClientEvent {
     Delivered(MessageId),
     /// A sent message could not be delivered.
     Failed(MessageId, FailReason),
+    /// A fragment of a sent message could not be built into a packet (reported for a message
+    /// the first time, and again when the reason changes); the client keeps trying until the
+    /// message fails.
+    Unroutable(MessageId, Unroutable),
 }
 
 /// Counters for metrics and tests.
@@ -509,7 +546,7 @@ impl ClientCore {
                 }
                 Emission::Real(Outgoing::Fragment { message, index }) => {
                     match self.build_fragment(now, message, index, rng) {
-                        Some(packet) => {
+                        Ok(packet) => {
                             let (count, attempt) =
                                 self.outbound.get(&message).map_or((0, 0), |o| {
                                     let attempt = o.attempts(index);
@@ -523,10 +560,10 @@ impl ClientCore {
                             };
                             (Some(packet), kind)
                         }
-                        None => {
+                        Err(reason) => {
                             // The tick still sends a packet, or the stream would have a gap
                             // where real traffic was due.
-                            let p = if self.retry_unroutable(now, message, index) {
+                            let p = if self.retry_unroutable(now, message, index, reason) {
                                 self.stats.drop_cover_sent += 1;
                                 self.build_cover(false, now, rng)
                             } else {

@@ -28,7 +28,7 @@ use rand::{CryptoRng, RngExt};
 #[cfg(doc)]
 use super::ClientConfig;
 use super::{
-    ClientCore, ClientEvent, FailReason, Outgoing, ReplyHandle, SendError,
+    ClientCore, ClientEvent, FailReason, Outgoing, ReplyHandle, SendError, Unroutable,
     durable::{Release, SavedAckLabel, SavedOutbound, SavedReplyLabel, StoreOp},
     fragment_capacity,
     labels::{AckLabel, ReplyLabel},
@@ -52,6 +52,21 @@ const LONG_AFTER: u32 = 6;
 /// Added to the measured timeout: the send streams' ticks at both ends.
 const RTT_MARGIN: Duration = Duration::from_millis(200);
 
+/// Why [`ClientCore::build_fragment`] built no packet.
+#[derive(Debug)]
+pub(super) enum NotSent {
+    /// The fragment needs no sending any more (acknowledged, or its message is gone).
+    Unwanted,
+    /// It cannot be built now.
+    Unroutable(Unroutable),
+}
+
+impl<E: Into<Unroutable>> From<E> for NotSent {
+    fn from(e: E) -> Self {
+        NotSent::Unroutable(e.into())
+    }
+}
+
 /// A message being sent: its fragments and how each is doing.
 #[derive(Debug)]
 pub(super) struct Outbound {
@@ -69,6 +84,11 @@ pub(super) struct Outbound {
     pub(super) remaining: usize,
     /// After this the message fails.
     pub(super) deadline: Instant,
+    /// Why each fragment's latest attempt could not be built, if it could not.
+    pub(super) unroutable: Vec<Option<Unroutable>>,
+    /// The reason last reported in [`ClientEvent::Unroutable`] (reported again only when it
+    /// changes).
+    pub(super) reported: Option<Unroutable>,
 }
 
 impl Outbound {
@@ -91,6 +111,8 @@ impl Outbound {
             back: vec![Vec::new(); count],
             remaining: count,
             deadline,
+            unroutable: vec![None; count],
+            reported: None,
         }
     }
 }
@@ -343,16 +365,21 @@ impl ClientCore {
             let route = out.routes.get(i).cloned().unwrap_or_default();
             self.health.record(now, &route, false, sent);
             if attempt >= self.config.max_attempts || now >= out_deadline {
-                self.outbound.remove(&message);
-                self.acks.retain(|a| a.message != message);
-                self.durability.push(StoreOp::OutboxDone { message });
-                self.release_when_durable(Release::Event(ClientEvent::Failed(
-                    message,
-                    FailReason::Unacknowledged {
+                let reason = match out.unroutable.get(i).cloned().flatten() {
+                    Some(reason) => FailReason::Unroutable {
+                        index,
+                        attempts: attempt,
+                        reason,
+                    },
+                    None => FailReason::Unacknowledged {
                         index,
                         attempts: attempt,
                     },
-                )));
+                };
+                self.outbound.remove(&message);
+                self.acks.retain(|a| a.message != message);
+                self.durability.push(StoreOp::OutboxDone { message });
+                self.release_when_durable(Release::Event(ClientEvent::Failed(message, reason)));
             } else if self
                 .schedule
                 .push(Outgoing::Fragment { message, index })
@@ -368,25 +395,28 @@ impl ClientCore {
     }
 
     /// Builds the packet of fragment `index` of `message` on a fresh route, with a fresh SURB
-    /// for its acknowledgement; `None` when it cannot be built now (no route).
+    /// for its acknowledgement; why not when it is not wanted any more or cannot be built now.
     pub(super) fn build_fragment<R: CryptoRng + ?Sized>(
         &mut self,
         now: Instant,
         message: MessageId,
         index: u16,
         rng: &mut R,
-    ) -> Option<Vec<u8>> {
-        let topology = self.topology.as_ref()?;
-        let out = self.outbound.get(&message)?;
+    ) -> Result<Vec<u8>, NotSent> {
+        let topology = self.topology.as_ref().ok_or(Unroutable::NoConsensus)?;
+        let out = self.outbound.get(&message).ok_or(NotSent::Unwanted)?;
         let i = index as usize;
         if out.acked.get(i).copied().unwrap_or(true) {
-            return None;
+            return Err(NotSent::Unwanted);
         }
         let to = out.to;
         let policy = self.config.policy;
         let health = &self.health;
         // The lost attempt's mixes are avoided too, where their layer has another choice.
-        let (last_forward, last_back) = (out.forward.get(i)?, out.back.get(i)?);
+        let (last_forward, last_back) = (
+            out.forward.get(i).ok_or(NotSent::Unwanted)?,
+            out.back.get(i).ok_or(NotSent::Unwanted)?,
+        );
         let avoid_forward = |n: NodeId| health.suspect(n, now) || last_forward.contains(&n);
         let avoid_back = |n: NodeId| health.suspect(n, now) || last_back.contains(&n);
         let forward = choose_route_avoiding(
@@ -396,9 +426,8 @@ impl ClientCore {
             &policy,
             &avoid_forward,
             rng,
-        )
-        .ok()?;
-        let surb_for = |rng: &mut R| -> Option<(Surb, SurbKeys, Label, Vec<NodeId>)> {
+        )?;
+        let surb_for = |rng: &mut R| -> Result<(Surb, SurbKeys, Label, Vec<NodeId>), NotSent> {
             let back = choose_route_avoiding(
                 topology,
                 &to.gateway,
@@ -406,11 +435,10 @@ impl ClientCore {
                 &policy,
                 &avoid_back,
                 rng,
-            )
-            .ok()?;
+            )?;
             let label = random_label(rng);
-            let (surb, keys) = create_surb(&self.geometry, &back, self.me, label, rng).ok()?;
-            Some((surb, keys, label, mixes_of(&back)))
+            let (surb, keys) = create_surb(&self.geometry, &back, self.me, label, rng)?;
+            Ok((surb, keys, label, mixes_of(&back)))
         };
         let (ack_surb, ack_keys, ack_label, back_mixes) = surb_for(rng)?;
         let forward_mixes = mixes_of(&forward);
@@ -433,10 +461,10 @@ impl ClientCore {
             count: out.parts.len() as u16,
             ack: Some(&ack_bytes),
             reply_surbs: reply_surbs.iter().map(Vec::as_slice).collect(),
-            data: out.parts.get(i)?,
+            data: out.parts.get(i).ok_or(NotSent::Unwanted)?,
         };
         let sender = self.config.known_sender.then_some(&self.key);
-        let sealed = e2e::seal(&to.noise_key, sender, &frame.encode()).ok()?;
+        let sealed = e2e::seal(&to.noise_key, sender, &frame.encode())?;
         let destination = Destination::Deliver {
             client: to.client,
             label: random_label(rng),
@@ -445,11 +473,10 @@ impl ClientCore {
             &self.geometry,
             &forward,
             &destination,
-            &to.recipient_public_key()?,
+            &to.recipient_public_key().ok_or(Unroutable::RecipientKey)?,
             &to_payload(&sealed),
             rng,
-        )
-        .ok()?;
+        )?;
         // Bookkeeping only once the packet exists.
         if self.durability.enabled() {
             self.durability.push(StoreOp::AckKeys(SavedAckLabel {
@@ -497,7 +524,7 @@ impl ClientCore {
             }
         }
         let attempt = {
-            let out = self.outbound.get_mut(&message)?;
+            let out = self.outbound.get_mut(&message).ok_or(NotSent::Unwanted)?;
             if let Some(r) = out.routes.get_mut(i) {
                 *r = round_trip;
             }
@@ -507,7 +534,10 @@ impl ClientCore {
             if let Some(r) = out.back.get_mut(i) {
                 *r = back_mixes;
             }
-            let a = out.attempts.get_mut(i)?;
+            if let Some(u) = out.unroutable.get_mut(i) {
+                *u = None;
+            }
+            let a = out.attempts.get_mut(i).ok_or(NotSent::Unwanted)?;
             *a += 1;
             *a
         };
@@ -523,19 +553,25 @@ impl ClientCore {
             attempt,
             sent: now,
         }));
-        Some(packet)
+        Ok(packet)
     }
 
-    /// A fragment that could not be built (no topology, no route to its recipient's gateway):
-    /// the try counts as an attempt, and the fragment goes back to the queue after
-    /// [`UNROUTABLE_RETRY`], so that a message that can never be routed fails after the
-    /// configured attempts. Returns whether the fragment was still wanted.
+    /// A fragment that could not be built (`reason`: no consensus, no route to its recipient's
+    /// gateway, a bad address): the try counts as an attempt, and the fragment goes back to the
+    /// queue after [`UNROUTABLE_RETRY`], so that a message that can never be routed fails
+    /// after the configured attempts. The application hears why at once
+    /// ([`ClientEvent::Unroutable`], again only when the reason changes), and the failure
+    /// names it. Returns whether the fragment was still wanted.
     pub(super) fn retry_unroutable(
         &mut self,
         now: Instant,
         message: MessageId,
         index: u16,
+        reason: NotSent,
     ) -> bool {
+        let NotSent::Unroutable(reason) = reason else {
+            return false;
+        };
         let Some(out) = self.outbound.get_mut(&message) else {
             return false;
         };
@@ -551,6 +587,14 @@ impl ClientCore {
         // Nothing went out: no mix is to blame when the timer fires.
         if let Some(r) = out.routes.get_mut(i) {
             r.clear();
+        }
+        if out.reported.as_ref() != Some(&reason) {
+            out.reported = Some(reason.clone());
+            self.events
+                .push_back(ClientEvent::Unroutable(message, reason.clone()));
+        }
+        if let Some(u) = out.unroutable.get_mut(i) {
+            *u = Some(reason);
         }
         self.timers.push(Reverse(AckTimer {
             deadline: now + UNROUTABLE_RETRY,
