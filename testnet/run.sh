@@ -70,6 +70,10 @@ usage: testnet/run.sh [options]
   --netns-crowded       as --netns, but every process in one /16 (100.64.0.0/16): no route can
                         keep its hops in different /16s, so nothing can be delivered (the
                         diversity rule at work); the run passes only if nothing arrives
+  --wan DELAY[,LOSS]    with --netns: every host delays what it sends by DELAY (e.g. 30ms) and
+                        loses LOSS of it (e.g. 1%), through tc netem on its link. Where the kernel
+                        has no netem (sch_netem; these CI machines do not), the run says so and
+                        goes on without; the JSON line's drills.wan says which happened
   --keep                leave the network running (stop it with testnet/stop.sh DIR)
   --timeout S           longest wait for the messages (default 180)
 EOF
@@ -77,7 +81,7 @@ EOF
 
 GATEWAYS=2 MIXES=6 EPOCH_MS=10000 MEAN_DELAY_MS=50 MESSAGES="" INTERVAL_MS="" SIZE=""
 KILL_MIXES=0 KILL_AUTHORITY=0 KILL9=0 RESTART_GATEWAYS=0 RESTART_CLIENTS=0 BLACKHOLE_MIX=0 DIR="" PROFILE=release KEEP=0 TIMEOUT=180 CLIENTS=0 COVER=on BIN_DIR=""
-SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS="" NETNS=""
+SEND_INTERVAL_MS="" LOOP_INTERVAL_MS="" DROP_INTERVAL_MS="" MIX_LOOP_INTERVAL_MS="" NETNS="" WAN="" WAN_DRILL=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --gateways) GATEWAYS=$2; shift 2 ;;
@@ -105,6 +109,7 @@ while [ $# -gt 0 ]; do
         --keep) KEEP=1; shift ;;
         --netns) NETNS=spread; shift ;;
         --netns-crowded) NETNS=crowded; shift ;;
+        --wan) WAN=$2; shift 2 ;;
         --timeout) TIMEOUT=$2; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
@@ -151,6 +156,15 @@ if [ -n "$NETNS" ]; then
     [ "$(id -u)" = 0 ] || { echo "--netns: needs root (it makes network namespaces, a bridge and veth links): run it with sudo" >&2; exit 2; }
     command -v ip >/dev/null 2>&1 || { echo "--netns: needs iproute2 (ip)" >&2; exit 2; }
     ip netns list >/dev/null 2>&1 || { echo "--netns: this kernel or sandbox offers no network namespaces" >&2; exit 2; }
+fi
+WAN_DELAY="" WAN_LOSS=""
+if [ -n "$WAN" ]; then
+    [ -n "$NETNS" ] || { echo "--wan needs --netns (the delay sits on each host's own link)" >&2; exit 2; }
+    WAN_DELAY=${WAN%%,*}
+    [ "$WAN_DELAY" = "$WAN" ] || WAN_LOSS=${WAN#*,}
+    [[ "$WAN_DELAY" =~ ^[0-9]+(\.[0-9]+)?(us|ms|s)$ ]] || { echo "--wan: the delay must look like 30ms (got $WAN_DELAY)" >&2; exit 2; }
+    [ -z "$WAN_LOSS" ] || [[ "$WAN_LOSS" =~ ^[0-9]+(\.[0-9]+)?%$ ]] || { echo "--wan: the loss must look like 1% (got $WAN_LOSS)" >&2; exit 2; }
+    command -v tc >/dev/null 2>&1 || { echo "--wan: needs tc (iproute2)" >&2; exit 2; }
 fi
 
 [ -z "$BIN_DIR" ] || BIN_DIR=$(cd "$BIN_DIR" && pwd) || exit 2
@@ -206,6 +220,19 @@ if [ -n "$NETNS" ]; then
     echo "$BRIDGE" > "$DIR/netns-bridge"
     ip link set "$BRIDGE" up
     echo "==> network namespaces: bridge $BRIDGE, addresses in 100.64.0.0/10 ($NETNS)"
+    if [ -n "$WAN" ]; then
+        # Whether the kernel has netem, asked in a namespace of our own (removed at once).
+        probe="p2pmix$$-wanprobe"
+        ip netns add "$probe"
+        if ip netns exec "$probe" tc qdisc add dev lo root netem delay 1ms >/dev/null 2>&1; then
+            WAN_DRILL="$WAN"
+            echo "==> WAN: every host delays what it sends by $WAN_DELAY${WAN_LOSS:+ and loses $WAN_LOSS}"
+        else
+            WAN_DRILL=unavailable
+            echo "==> --wan $WAN: this kernel has no netem (tc says the qdisc kind is unknown; sch_netem is not built or not loadable here): running without WAN delay and loss"
+        fi
+        ip netns del "$probe"
+    fi
 fi
 # Makes process $1's namespace (once) and prints nothing; afterwards IP_OF[$1] is its address.
 ns_add() {
@@ -226,6 +253,9 @@ ns_add() {
     ip -n "$ns" addr add "$addr/10" dev eth0
     ip -n "$ns" link set eth0 up
     ip -n "$ns" link set lo up
+    if [ "$WAN_DRILL" = "$WAN" ] && [ -n "$WAN" ]; then
+        ip netns exec "$ns" tc qdisc add dev eth0 root netem delay "$WAN_DELAY" ${WAN_LOSS:+loss "$WAN_LOSS"}
+    fi
     NS_OF[$name]=$ns
     IP_OF[$name]=$addr
 }
@@ -782,7 +812,7 @@ CODE=0
     ${AUTHORITY_DRILL:+--drill "authority=$AUTHORITY_DRILL"} \
     ${BLACKHOLE_DRILL:+--drill "blackhole=$BLACKHOLE_DRILL" --excluded "$(IFS=,; echo "${EXCLUDED[*]}")"} \
     ${KILLED[@]:+--drill "killed=${KILLED[*]}"} ${RESTARTED[@]:+--drill "restarted=${RESTARTED[*]}"} \
-    ${NETNS:+--drill "netns=$NETNS"} \
+    ${NETNS:+--drill "netns=$NETNS"} ${WAN_DRILL:+--drill "wan=$WAN_DRILL"} \
     --drill "signal=SIG$SIG" "${ANONYMITY[@]}" "${CPU_ARGS[@]}" || CODE=$?
 if [ -n "$CROWDED_CODE" ]; then CODE=$CROWDED_CODE; fi
 set -e

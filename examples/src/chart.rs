@@ -65,14 +65,73 @@ pub fn histogram(samples: &[f64], max: f64, bins: usize) -> Vec<f64> {
     counts
 }
 
-/// A tick label for `v` on an axis that ends at `max`.
-fn tick(v: f64, max: f64) -> String {
-    if max >= 50.0 {
+/// A tick label for `v` on an axis whose ticks are `step` apart.
+fn tick(v: f64, step: f64) -> String {
+    if step >= 1.0 {
         format!("{v:.0}")
-    } else if max >= 5.0 {
+    } else if step >= 0.1 {
         format!("{v:.1}")
     } else {
         format!("{v:.2}")
+    }
+}
+
+/// A round step (1, 2 or 5 times a power of ten) giving about five ticks up to `max`.
+pub fn round_step(max: f64) -> f64 {
+    if !(max.is_finite() && max > 0.0) {
+        return 1.0;
+    }
+    let rough = max / 5.0;
+    let power = 10f64.powf(rough.log10().floor());
+    let unit = rough / power;
+    // The nearest of 1, 2, 5 and 10: between three and ten ticks.
+    let nice = if unit < 1.5 {
+        1.0
+    } else if unit < 3.0 {
+        2.0
+    } else if unit < 7.0 {
+        5.0
+    } else {
+        10.0
+    };
+    nice * power
+}
+
+/// The round ticks from 0 to `max` (every multiple of [`round_step`] that fits).
+fn ticks(max: f64) -> (f64, Vec<f64>) {
+    let step = round_step(max);
+    let n = (max / step + 1e-9).floor() as usize;
+    (step, (0..=n.min(50)).map(|k| k as f64 * step).collect())
+}
+
+/// Grid lines and labels: x ticks at round values of `[0, max]`, y ticks at round values of
+/// `[0, top]` labelled by `y_label`.
+fn axes(c: &mut Canvas, max: f64, top: f64, y_label: impl Fn(f64, f64) -> String) {
+    let (step, xs) = ticks(max);
+    for v in xs {
+        let x = LEFT + (RIGHT - LEFT) * v / max.max(1e-12);
+        c.line((x, TOP), (x, BOTTOM), 1, GREY);
+        let label = tick(v, step);
+        c.text(
+            x as i64 - Canvas::text_width(&label, 2) / 2,
+            BOTTOM as i64 + 10,
+            &label,
+            2,
+            BLACK,
+        );
+    }
+    let (step, ys) = ticks(top);
+    for v in ys {
+        let y = BOTTOM - (BOTTOM - TOP) * v / top.max(1e-12);
+        c.line((LEFT, y), (RIGHT, y), 1, GREY);
+        let label = y_label(v, step);
+        c.text(
+            LEFT as i64 - 10 - Canvas::text_width(&label, 1),
+            y as i64 - 3,
+            &label,
+            1,
+            BLACK,
+        );
     }
 }
 
@@ -134,28 +193,9 @@ pub fn density_chart(
         .fold(0.0f64, f64::max)
         .max(1e-9)
         * (1.1 + 0.06 * rows);
-    for i in 0..=5 {
-        let x = LEFT + (RIGHT - LEFT) * i as f64 / 5.0;
-        c.line((x, TOP), (x, BOTTOM), 1, GREY);
-        let label = tick(max * i as f64 / 5.0, max);
-        c.text(
-            x as i64 - Canvas::text_width(&label, 2) / 2,
-            BOTTOM as i64 + 10,
-            &label,
-            2,
-            BLACK,
-        );
-        let y = BOTTOM - (BOTTOM - TOP) * i as f64 / 5.0;
-        c.line((LEFT, y), (RIGHT, y), 1, GREY);
-        let label = format!("{:.1}%", peak * 100.0 * i as f64 / 5.0);
-        c.text(
-            LEFT as i64 - 10 - Canvas::text_width(&label, 1),
-            y as i64 - 3,
-            &label,
-            1,
-            BLACK,
-        );
-    }
+    axes(&mut c, max, peak * 100.0, |v, step| {
+        format!("{}%", tick(v, step))
+    });
     frame(&mut c, title, x_label, "SHARE PER BIN");
     for s in series {
         let bins = s.density.len().max(1);
@@ -191,15 +231,67 @@ pub fn density_chart(
     c
 }
 
+/// Draws the cumulative distributions of `series` (densities over equal bins of `[0, max)`, as
+/// [`density_chart`] takes them) as step lines from 0 to 100 %, with round ticks, a title
+/// and a legend: where the quantiles lie, which a density's bins hide.
+pub fn cdf_chart(title: &str, x_label: &str, max: f64, series: &[Series]) -> Canvas {
+    let mut c = Canvas::new(W, H);
+    axes(&mut c, max, 100.0, |v, _| format!("{v:.0}%"));
+    frame(&mut c, title, x_label, "SHARE AT OR BELOW");
+    for s in series {
+        let bins = s.density.len().max(1);
+        let bw = (RIGHT - LEFT) / bins as f64;
+        let y = |d: f64| BOTTOM - (BOTTOM - TOP) * d.clamp(0.0, 1.0);
+        let mut sum = 0.0;
+        let mut prev = (LEFT, y(0.0));
+        for (i, &d) in s.density.iter().enumerate() {
+            sum += d;
+            let x1 = LEFT + bw * (i + 1) as f64;
+            c.line(prev, (prev.0, y(sum)), 2, s.colour);
+            c.line((prev.0, y(sum)), (x1, y(sum)), 2, s.colour);
+            prev = (x1, y(sum));
+        }
+    }
+    let entries: Vec<(&str, Rgb)> = series.iter().map(|s| (s.name.as_str(), s.colour)).collect();
+    // Bottom right would hide nothing either; top right matches the other panels.
+    legend_at_bottom(&mut c, &entries);
+    c
+}
+
+/// The legend in the bottom right corner (where a CDF has nothing to hide).
+fn legend_at_bottom(c: &mut Canvas, entries: &[(&str, Rgb)]) {
+    let widest = entries
+        .iter()
+        .map(|(name, _)| Canvas::text_width(name, 2))
+        .max()
+        .unwrap_or(0);
+    let x = RIGHT as i64 - 10 - widest;
+    let top = BOTTOM as i64 - 10 - 22 * entries.len() as i64;
+    if !entries.is_empty() {
+        c.fill(
+            x - 40,
+            top - 4,
+            RIGHT as i64 - 4,
+            BOTTOM as i64 - 4,
+            [255, 255, 255],
+        );
+    }
+    for (row, (name, colour)) in entries.iter().enumerate() {
+        let ly = top + 22 * row as i64;
+        c.fill(x - 30, ly, x - 10, ly + 10, *colour);
+        c.text(x, ly, name, 2, BLACK);
+    }
+}
+
 /// Draws `bars` (heights in `[0, max]`, shown with `unit`) with horizontal `markers`.
 pub fn bar_chart(title: &str, unit: &str, max: f64, bars: &[Bar], markers: &[Marker]) -> Canvas {
     let mut c = Canvas::new(W, H);
     let max = max.max(1e-12);
     let y = |v: f64| BOTTOM - (BOTTOM - TOP) * (v / max).clamp(0.0, 1.0);
-    for i in 0..=5 {
-        let v = max * i as f64 / 5.0;
+    let (step, levels) = ticks(max);
+    for v in levels {
         c.line((LEFT, y(v)), (RIGHT, y(v)), 1, GREY);
-        let label = format!("{}{unit}", tick(v, max));
+        let label = format!("{}{unit}", tick(v, step));
         c.text(
             LEFT as i64 - 10 - Canvas::text_width(&label, 1),
             y(v) as i64 - 3,
@@ -220,7 +312,7 @@ pub fn bar_chart(title: &str, unit: &str, max: f64, bars: &[Bar], markers: &[Mar
             BOTTOM as i64 - 1,
             b.colour,
         );
-        let value = format!("{}{unit}", tick(b.value, max));
+        let value = format!("{}{unit}", tick(b.value, step / 10.0));
         let mid = ((x0 + x1) / 2.0) as i64;
         c.text(
             mid - Canvas::text_width(&value, 2) / 2,
@@ -267,6 +359,29 @@ pub fn grid(panels: &[Canvas], columns: usize) -> Canvas {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn steps_are_round_and_give_about_five_ticks() {
+        for (max, step) in [
+            (1.0, 0.2),
+            (7.3, 1.0),
+            (170.0, 50.0),
+            (1234.0, 200.0),
+            (100.0, 20.0),
+        ] {
+            assert!(
+                (round_step(max) - step).abs() < 1e-9,
+                "{max}: {}",
+                round_step(max)
+            );
+        }
+        for max in [0.37, 3.0, 49.0, 512.0, 9_999.0] {
+            let n = (max / round_step(max)).floor();
+            assert!((2.0..=10.0).contains(&n), "{max}: {n} ticks");
+        }
+        assert_eq!(round_step(0.0), 1.0);
+        assert_eq!(round_step(f64::NAN), 1.0);
+    }
 
     #[test]
     fn histogram_shares_sum_to_one() {

@@ -155,9 +155,25 @@ type Died = tokio::sync::mpsc::Sender<(String, String)>;
 
 impl Drop for TestNetwork {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
+        // Bounded: a task that ignores the stop is left behind (and said), not waited for.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.threads.iter().any(|t| !t.is_finished()) && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut stuck = 0;
         for thread in self.threads.drain(..) {
-            let _ = thread.join();
+            if thread.is_finished() {
+                if thread.join().is_err() {
+                    tracing::warn!("a test network task panicked");
+                }
+            } else {
+                stuck += 1;
+            }
+        }
+        if stuck > 0 {
+            tracing::warn!(stuck, "test network tasks did not stop within 30 s");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -166,14 +182,18 @@ impl Drop for TestNetwork {
 /// Distinguishes the directories of several networks in one process.
 static NETWORKS: AtomicU64 = AtomicU64::new(0);
 
-/// Polls `what` every 50 ms until it gives a value, up to `timeout`.
+/// Polls `what` every 50 ms until it gives a value, until `deadline`, failing at once if an
+/// authority or node reports that it stopped.
 async fn wait_for<T>(
     what: &str,
-    timeout: Duration,
+    deadline: tokio::time::Instant,
+    died: &mut tokio::sync::mpsc::Receiver<(String, String)>,
     mut probe: impl FnMut() -> Option<T>,
 ) -> Result<T, TestNetworkError> {
-    let deadline = tokio::time::Instant::now() + timeout;
     loop {
+        if let Ok((who, why)) = died.try_recv() {
+            return Err(TestNetworkError::Stopped(who, why));
+        }
         if let Some(v) = probe() {
             return Ok(v);
         }
@@ -208,13 +228,14 @@ impl TestNetwork {
 
     /// Starts the network `config` describes and waits until a consensus holds every node.
     pub async fn start_with(config: TestNetworkConfig) -> Result<Self, TestNetworkError> {
+        // A name nobody can guess, made by us (create_dir fails if it exists).
         let dir = std::env::temp_dir().join(format!(
-            "p2pmix-test-network-{}-{}",
+            "p2pmix-test-network-{}-{}-{:016x}",
             std::process::id(),
-            NETWORKS.fetch_add(1, Ordering::Relaxed)
+            NETWORKS.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u64>()
         ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir(&dir)?;
         let (stop, _) = watch::channel(false);
         let mut net = TestNetwork {
             authorities: Authorities {
@@ -259,8 +280,17 @@ impl TestNetwork {
                 let shutdown = Box::pin(async move {
                     let _ = stop.wait_for(|s| *s).await;
                 });
-                if let Err(e) = runtime.block_on(task(shutdown)) {
-                    let _ = died.try_send((name, e.to_string()));
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    runtime.block_on(task(shutdown))
+                }));
+                match outcome {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        let _ = died.try_send((name, e.to_string()));
+                    }
+                    Err(_) => {
+                        let _ = died.try_send((name, "panicked".into()));
+                    }
                 }
             })?;
         self.threads.push(thread);
@@ -276,6 +306,8 @@ impl TestNetwork {
     }
 
     async fn bring_up(&mut self, config: &TestNetworkConfig) -> Result<(), TestNetworkError> {
+        // One deadline for the whole start.
+        let deadline = tokio::time::Instant::now() + config.start_timeout;
         let epoch_ms = config.epoch.as_millis() as u64;
         // The first epoch starts once every node had time to upload its descriptor.
         let schedule = EpochSchedule::new(unix_ms() + 2 * epoch_ms, epoch_ms);
@@ -324,7 +356,7 @@ impl TestNetwork {
             self.spawn(format!("authority {i}"), move |shutdown| {
                 run_authority(authority, key, shutdown)
             })?;
-            let address = wait_for("an authority to listen", config.start_timeout, || {
+            let address = wait_for("an authority to listen", deadline, &mut self.died.1, || {
                 listen_addr(&data_dir)
             })
             .await?;
@@ -368,7 +400,7 @@ impl TestNetwork {
             self.spawn(format!("node {i}"), move |shutdown| {
                 run_node(node, shutdown)
             })?;
-            let address = wait_for("a node to listen", config.start_timeout, || {
+            let address = wait_for("a node to listen", deadline, &mut self.died.1, || {
                 listen_addr(&data_dir)
             })
             .await?;
@@ -388,17 +420,22 @@ impl TestNetwork {
         let pinned = self.authorities.pinned();
         let published = self.dir.join("authority0/data");
         let everyone = nodes;
-        wait_for("a consensus with every node", config.start_timeout, || {
-            let epoch = schedule.epoch_at(unix_ms()) + 1;
-            (epoch.saturating_sub(1)..=epoch).rev().find_map(|e| {
-                let bytes = std::fs::read(published.join(format!("consensus-{e}.pb"))).ok()?;
-                let at = unix_ms().max(schedule.start_of(e));
-                let consensus = verify_consensus(&bytes, &pinned, at, Some(e)).ok()?;
-                (consensus.nodes().len() >= everyone).then_some(())
-            })
-        })
+        wait_for(
+            "a consensus with every node",
+            deadline,
+            &mut self.died.1,
+            || {
+                let epoch = schedule.epoch_at(unix_ms()) + 1;
+                (epoch.saturating_sub(1)..=epoch).rev().find_map(|e| {
+                    let bytes = std::fs::read(published.join(format!("consensus-{e}.pb"))).ok()?;
+                    let at = unix_ms().max(schedule.start_of(e));
+                    let consensus = verify_consensus(&bytes, &pinned, at, Some(e)).ok()?;
+                    (consensus.nodes().len() >= everyone).then_some(())
+                })
+            },
+        )
         .await?;
-        // And every node had the chance to fetch it.
+        // And every node had the chance to fetch it (clients retry what they cannot route yet).
         tokio::time::sleep(Duration::from_millis(500)).await;
         self.check()
     }

@@ -22,7 +22,7 @@ use std::{collections::HashMap, fs, io::BufWriter, path::PathBuf, process::ExitC
 
 use p2pmix_examples::{
     anonymity::{Analysis, analyse, score::quantile},
-    chart::{Bar, Marker, Series, bar_chart, density_chart, grid, histogram},
+    chart::{Bar, Marker, Series, bar_chart, cdf_chart, density_chart, grid, histogram},
     plot::Canvas,
 };
 use rand::RngExt;
@@ -255,27 +255,34 @@ fn main() -> ExitCode {
         // Retransmitted outliers (a killed mix) land in the last bin rather than squash the rest.
         let max = (percentile(&theory, 0.995).max(percentile(&latencies, 0.9)) * 1.3).max(1.0);
         let bins = 40;
+        let series = [
+            Series {
+                name: format!("MEASURED ({delivered} MESSAGES)"),
+                colour: [200, 40, 40],
+                density: histogram(&latencies, max, bins),
+            },
+            Series {
+                name: "THEORY".into(),
+                colour: [40, 80, 200],
+                density: histogram(&theory, max, bins),
+            },
+        ];
         let latency = density_chart(
             "P2PMIX TESTNET: LATENCY, MEASURED AND THEORY",
             "END-TO-END LATENCY (MS)",
             max,
-            &[
-                Series {
-                    name: format!("MEASURED ({delivered} MESSAGES)"),
-                    colour: [200, 40, 40],
-                    density: histogram(&latencies, max, bins),
-                },
-                Series {
-                    name: "THEORY".into(),
-                    colour: [40, 80, 200],
-                    density: histogram(&theory, max, bins),
-                },
-            ],
+            &series,
             &[],
         );
+        let cdf = cdf_chart(
+            "LATENCY: CUMULATIVE, MEASURED AND THEORY",
+            "END-TO-END LATENCY (MS)",
+            max,
+            &series,
+        );
         let chart = match &anonymity {
-            Some(Some(a)) => grid(&anonymity_panels(latency, a), 2),
-            _ => latency,
+            Some(Some(a)) => grid(&anonymity_panels(latency, cdf, a), 2),
+            _ => grid(&[latency, cdf], 2),
         };
         match fs::File::create(path) {
             Ok(f) => {
@@ -332,7 +339,7 @@ fn main() -> ExitCode {
 
 /// The latency panel and the three anonymity panels: entropy per message against the ideal,
 /// the adversary's success against chance, epsilon.
-fn anonymity_panels(latency: Canvas, a: &Analysis) -> Vec<Canvas> {
+fn anonymity_panels(latency: Canvas, cdf: Canvas, a: &Analysis) -> Vec<Canvas> {
     let s = a.summary();
     let entropies: Vec<f64> = a.messages.iter().map(|m| m.entropy_bits).collect();
     let h_max = (s.ideal_bits.ceil() + 0.5).max(1.0);
@@ -412,5 +419,5 @@ fn anonymity_panels(latency: Canvas, a: &Analysis) -> Vec<Canvas> {
             colour: [120, 120, 120],
         }],
     );
-    vec![latency, entropy, success, epsilon]
+    vec![latency, cdf, entropy, success, epsilon]
 }

@@ -1,7 +1,7 @@
 //! `p2pmix client …`: a mixnet client on the command line (the [`Client`] handle).
 //!
 //! With `--json`, every line on stdout is one JSON object (`sent`, `resumed`, `delivered`,
-//! `failed`, `received`, `ready`, `done`), with times in milliseconds since the UNIX epoch, so that
+//! `failed`, `unroutable`, `received`, `ready`, `done`), with times in milliseconds since the UNIX epoch, so that
 //! scripts (the testnet) can measure what went through.
 //!
 //! The client's state lives in `DATA_DIR/client.redb`: every command started on a data
@@ -22,6 +22,7 @@ use p2pmix::{
     client::{
         Acknowledge, Address, CLIENT_STORE_FILE, Client, ClientConfig, Config, Event, MessageId,
         ReceivedMessage,
+        gateway::{GATEWAY_FILE, gateway_for, remember_gateway, remembered_gateway},
     },
     config::{Authorities, TraceConfig},
     identity::{
@@ -41,6 +42,8 @@ pub(crate) struct ClientArgs {
     #[arg(long, env = "P2PMIX_CLIENT_DATA_DIR")]
     data_dir: PathBuf,
     /// The gateway, as a multiaddr ending in /p2p/PEER_ID (remembered in DATA_DIR/gateway).
+    /// Without it and without a remembered one, a gateway is chosen uniformly among the
+    /// consensus's (fetched from --authorities) and remembered.
     #[arg(long, env = "P2PMIX_CLIENT_GATEWAY")]
     gateway: Option<Multiaddr>,
     /// The pinned authorities file (with a [network] section).
@@ -142,7 +145,7 @@ pub(crate) enum ClientCommand {
 pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
     match command {
         ClientCommand::Address(args) => {
-            let (gateway, _) = gateway(&args)?;
+            let (gateway, _) = runtime()?.block_on(gateway(&args))?;
             let (_, client, key) = keys(&args.data_dir)?;
             let address = Address {
                 gateway,
@@ -159,7 +162,7 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
             timeout,
             reply,
         } => runtime()?.block_on(async {
-            let (mut client, tracer) = start(&args)?;
+            let (mut client, tracer) = start(&args).await?;
             let result = listen(&mut client, &args, count, timeout, reply).await;
             finish(client, tracer, result)
         }),
@@ -199,7 +202,7 @@ pub(crate) fn run(command: ClientCommand) -> Result<ExitCode> {
                 stay,
             };
             runtime()?.block_on(async {
-                let (mut client, tracer) = start(&args)?;
+                let (mut client, tracer) = start(&args).await?;
                 let result = send(&mut client, &args, plan).await;
                 finish(client, tracer, result)
             })
@@ -241,28 +244,57 @@ fn keys(
     ))
 }
 
-/// The gateway from `--gateway` (remembered) or from `DATA_DIR/gateway`.
-fn gateway(args: &ClientArgs) -> Result<(PeerId, Multiaddr)> {
-    let remembered = args.data_dir.join("gateway");
-    let address = match &args.gateway {
-        Some(a) => a.clone(),
-        None => std::fs::read_to_string(&remembered)
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .context("no gateway: give --gateway /ip4/…/tcp/…/p2p/PEER_ID")?,
-    };
-    let Some(Protocol::P2p(peer)) = address.iter().last() else {
-        bail!("the gateway address {address} does not end in /p2p/PEER_ID");
-    };
+/// The gateway from `--gateway` (remembered), from `DATA_DIR/gateway`, or, with
+/// `--authorities` and neither, one chosen now among the consensus's gateways (and remembered:
+/// the address names it).
+async fn gateway(args: &ClientArgs) -> Result<(PeerId, Multiaddr)> {
+    let remembered = args.data_dir.join(GATEWAY_FILE);
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    std::fs::write(&remembered, format!("{address}\n"))
-        .with_context(|| format!("writing {}", remembered.display()))?;
-    Ok((peer, address))
+    let peer_of = |address: &Multiaddr| match address.iter().last() {
+        Some(Protocol::P2p(peer)) => Ok(peer),
+        _ => Err(anyhow::anyhow!(
+            "the gateway address {address} does not end in /p2p/PEER_ID"
+        )),
+    };
+    let address = match &args.gateway {
+        Some(a) => {
+            // Checked before it replaces what was remembered.
+            peer_of(a)?;
+            remember_gateway(&args.data_dir, a)?;
+            a.clone()
+        }
+        None => match (remembered_gateway(&args.data_dir)?, &args.authorities) {
+            (Some(g), _) => g
+                .addresses
+                .into_iter()
+                .next()
+                .context("no gateway address")?,
+            (None, Some(file)) => {
+                let authorities = Authorities::load(file)?;
+                let (chosen, _) = gateway_for(&args.data_dir, &authorities).await?;
+                eprintln!(
+                    "chose gateway {} among the consensus's gateways (remembered in {})",
+                    chosen.peer,
+                    remembered.display()
+                );
+                chosen
+                    .addresses
+                    .into_iter()
+                    .next()
+                    .context("no gateway address")?
+            }
+            (None, None) => bail!(
+                "no gateway: give --gateway /ip4/…/tcp/…/p2p/PEER_ID, or --authorities FILE to \
+                 choose one among the consensus's gateways"
+            ),
+        },
+    };
+    Ok((peer_of(&address)?, address))
 }
 
-fn start(args: &ClientArgs) -> Result<(Client, Option<Tracer>)> {
-    let (gateway, address) = gateway(args)?;
+async fn start(args: &ClientArgs) -> Result<(Client, Option<Tracer>)> {
+    let (gateway, address) = gateway(args).await?;
     let authorities = args
         .authorities
         .as_deref()

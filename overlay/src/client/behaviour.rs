@@ -149,8 +149,8 @@ pub enum Event {
     /// A sent message could not be delivered.
     Failed(MessageId, FailReason),
     /// A fragment of a sent message could not be built into a packet now (no consensus yet,
-    /// no route to the recipient's gateway, a bad address): reported at once, and again when
-    /// the reason changes; the client keeps trying until the message fails with
+    /// no route to the recipient's gateway, a bad address): reported at once, and again only
+    /// after a packet of the message was built since; the client keeps trying until it fails with
     /// [`FailReason::Unroutable`].
     Unroutable(MessageId, Unroutable),
 }

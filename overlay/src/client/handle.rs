@@ -6,8 +6,9 @@
 //! nothing new from its mailbox (the gateway keeps the packets, senders retransmit, nothing is
 //! lost) while its send schedule, cover traffic and fetch pace go on unchanged, so that neither
 //! link shows that the program is slow. Only at four times that many ([`MAX_HELD_EVENTS`] by
-//! default; past the limit only the outcomes of the program's own sends arrive, which the
-//! outbox bounds) does the swarm pause. Dropping the handle stops the task.
+//! default; past the limit only what the program's own sends cause arrives: their outcomes
+//! and at most one unroutable report per packet built, which the outbox bounds) does the
+//! swarm pause. Dropping the handle stops the task.
 
 use std::sync::Arc;
 

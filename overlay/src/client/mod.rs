@@ -8,6 +8,7 @@ pub mod behaviour;
 pub mod core;
 pub mod e2e;
 pub mod frame;
+pub mod gateway;
 pub mod handle;
 pub mod route;
 pub mod schedule;
@@ -23,6 +24,7 @@ pub use core::{
 };
 pub use e2e::StaticKey;
 pub use frame::MessageId;
+pub use gateway::{ChosenGateway, GatewayError, choose_gateway, gateway_for};
 pub use handle::{Client, ClientError, HandleConfig};
 pub use route::{
     RouteError, RouteNode, RoutePolicy, Topology, choose_loop, choose_route, choose_route_avoiding,

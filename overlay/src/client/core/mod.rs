@@ -266,8 +266,8 @@ pub enum ClientEvent {
     Delivered(MessageId),
     /// A sent message could not be delivered.
     Failed(MessageId, FailReason),
-    /// A fragment of a sent message could not be built into a packet (reported for a message
-    /// the first time, and again when the reason changes); the client keeps trying until the
+    /// A fragment of a sent message could not be built into a packet (reported once, and again
+    /// only after a packet of the message was built since); the client keeps trying until the
     /// message fails.
     Unroutable(MessageId, Unroutable),
 }

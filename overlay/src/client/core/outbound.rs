@@ -86,9 +86,10 @@ pub(super) struct Outbound {
     pub(super) deadline: Instant,
     /// Why each fragment's latest attempt could not be built, if it could not.
     pub(super) unroutable: Vec<Option<Unroutable>>,
-    /// The reason last reported in [`ClientEvent::Unroutable`] (reported again only when it
-    /// changes).
-    pub(super) reported: Option<Unroutable>,
+    /// Whether [`ClientEvent::Unroutable`] was reported since a packet of the message was
+    /// last built (one report until then, however the reasons vary: the events a message
+    /// causes stay bounded by its sends).
+    pub(super) reported: bool,
 }
 
 impl Outbound {
@@ -112,7 +113,7 @@ impl Outbound {
             remaining: count,
             deadline,
             unroutable: vec![None; count],
-            reported: None,
+            reported: false,
         }
     }
 }
@@ -537,6 +538,7 @@ impl ClientCore {
             if let Some(u) = out.unroutable.get_mut(i) {
                 *u = None;
             }
+            out.reported = false;
             let a = out.attempts.get_mut(i).ok_or(NotSent::Unwanted)?;
             *a += 1;
             *a
@@ -560,8 +562,8 @@ impl ClientCore {
     /// gateway, a bad address): the try counts as an attempt, and the fragment goes back to the
     /// queue after [`UNROUTABLE_RETRY`], so that a message that can never be routed fails
     /// after the configured attempts. The application hears why at once
-    /// ([`ClientEvent::Unroutable`], again only when the reason changes), and the failure
-    /// names it. Returns whether the fragment was still wanted.
+    /// ([`ClientEvent::Unroutable`], once until a packet of the message is built again), and
+    /// the failure names it. Returns whether the fragment was still wanted.
     pub(super) fn retry_unroutable(
         &mut self,
         now: Instant,
@@ -588,8 +590,8 @@ impl ClientCore {
         if let Some(r) = out.routes.get_mut(i) {
             r.clear();
         }
-        if out.reported.as_ref() != Some(&reason) {
-            out.reported = Some(reason.clone());
+        if !out.reported {
+            out.reported = true;
             self.events
                 .push_back(ClientEvent::Unroutable(message, reason.clone()));
         }
