@@ -203,70 +203,29 @@ if [ -e "$DIR" ] && [ -n "$(ls -A "$DIR" 2>/dev/null)" ]; then
 fi
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
-: > "$DIR/pids"
 echo "==> run directory: $DIR"
 
 # --- network namespaces (--netns) -----------------------------------------------------------------
-# Each process gets a namespace p2pmix$$-NAME with one veth link to the bridge p2pbr$$ and an
-# address of 100.64.0.0/10 (RFC 6598 shared address space: no host routes it, and the bridge has
-# no address, so nothing outside the namespaces can reach or be reached). DIR/netns and
-# DIR/netns-bridge list what was made; testnet/stop.sh removes them.
+# `p2pmix testnet up --hosts spread|crowded` makes the bridge and a namespace per authority and
+# node (p2pmixTAG-NAME, an address of 100.64.0.0/10: RFC 6598 shared address space, which no host
+# routes; the bridge has no address, so nothing outside the namespaces can reach or be reached);
+# `p2pmix testnet host` makes the clients' the same way. DIR/netns, DIR/netns-bridge and DIR/hosts
+# list what was made; `p2pmix testnet down` (testnet/stop.sh) removes it.
 declare -A NS_OF IP_OF
-NS_COUNT=0
 NSX=()          # the prefix that runs a command in a process's namespace (set by in_ns)
-if [ -n "$NETNS" ]; then
-    BRIDGE="p2pbr$$"
-    ip link add "$BRIDGE" type bridge
-    echo "$BRIDGE" > "$DIR/netns-bridge"
-    ip link set "$BRIDGE" up
-    echo "==> network namespaces: bridge $BRIDGE, addresses in 100.64.0.0/10 ($NETNS)"
-    if [ -n "$WAN" ]; then
-        # Whether the kernel has netem, asked in a namespace of our own (removed at once).
-        probe="p2pmix$$-wanprobe"
-        ip netns add "$probe"
-        if ip netns exec "$probe" tc qdisc add dev lo root netem delay 1ms >/dev/null 2>&1; then
-            WAN_DRILL="$WAN"
-            echo "==> WAN: every host delays what it sends by $WAN_DELAY${WAN_LOSS:+ and loses $WAN_LOSS}"
-        else
-            WAN_DRILL=unavailable
-            echo "==> --wan $WAN: this kernel has no netem (tc says the qdisc kind is unknown; sch_netem is not built or not loadable here): running without WAN delay and loss"
-        fi
-        ip netns del "$probe"
-    fi
-fi
-# Makes process $1's namespace (once) and prints nothing; afterwards IP_OF[$1] is its address.
+# Makes process $1's host (once) and prints nothing; afterwards IP_OF[$1] is its address.
 ns_add() {
-    local name=$1
     [ -n "$NETNS" ] || return 0
-    [ -z "${NS_OF[$name]:-}" ] || return 0
-    local k=$NS_COUNT ns="p2pmix$$-$name" link="v$$-$NS_COUNT" addr
-    NS_COUNT=$((NS_COUNT + 1))
-    if [ "$NETNS" = crowded ]; then
-        addr="100.64.$((k / 250)).$((k % 250 + 2))"
-    else
-        addr="100.$((64 + k % 64)).$((k / 64)).2"
-    fi
-    ip netns add "$ns"
-    echo "$ns" >> "$DIR/netns"
-    ip link add "$link" type veth peer name eth0 netns "$ns"
-    ip link set "$link" master "$BRIDGE" up
-    ip -n "$ns" addr add "$addr/10" dev eth0
-    ip -n "$ns" link set eth0 up
-    ip -n "$ns" link set lo up
-    if [ "$WAN_DRILL" = "$WAN" ] && [ -n "$WAN" ]; then
-        ip netns exec "$ns" tc qdisc add dev eth0 root netem delay "$WAN_DELAY" ${WAN_LOSS:+loss "$WAN_LOSS"}
-    fi
-    NS_OF[$name]=$ns
-    IP_OF[$name]=$addr
+    [ -z "${NS_OF[$1]:-}" ] || return 0
+    local host
+    host=$("$BIN" testnet host --dir "$DIR" "$1") || fail_with_log "no host for $1"
+    NS_OF[$1]=${host% *}
+    IP_OF[$1]=${host#* }
 }
 # Sets NSX to run a command in process $1's namespace (empty without --netns).
 in_ns() {
     NSX=()
     if [ -n "$NETNS" ]; then ns_add "$1"; NSX=(ip netns exec "${NS_OF[$1]}"); fi
-}
-# Where process $1 listens by default: a free port on loopback, or on its namespace's address.
-listen_of() {
-    if [ -n "$NETNS" ]; then ns_add "$1"; echo "/ip4/${IP_OF[$1]}/tcp/0"; else echo "/ip4/127.0.0.1/tcp/0"; fi
 }
 if [ "$BLACKHOLE_MIX" -gt 0 ] && [ -z "$BIN_DIR" ]; then
     # Hard links (a copy on another file system): the next ordinary build replaces the target
@@ -289,8 +248,8 @@ progress() {
     LAST_PROGRESS=$1
 }
 end_progress() { if [ -t 1 ]; then echo; fi; }
-# Records a started process: "pid name".
-started() { echo "$1 $2" >> "$DIR/pids"; }
+# Records a process the script started (a client), so that `p2pmix testnet down` stops it too.
+started() { "$BIN" testnet record --dir "$DIR" "$2" "$1"; }
 cleanup() {
     local code=$?
     if [ "$KEEP" = 1 ]; then
@@ -329,20 +288,11 @@ fail_with_log() {
     exit 2
 }
 
-# --- authorities --------------------------------------------------------------------------
-KEYS=()
-for i in 0 1 2; do
-    mkdir -p "$DIR/auth$i"
-    KEYS[$i]=$("$BIN" keygen --out "$DIR/auth$i" | sed -n 's/^public_key = //p' | head -n1)
-done
-GENESIS=$(( $(now_ms) + 4000 ))
-# A local test network: everything listens on 127.0.0.1, which production authorities refuse;
-# nodes and clients accept --trace-links and --trace-truth only in one.
-NETWORK="[network]
-genesis_unix_ms = $GENESIS
-epoch_ms = $EPOCH_MS
-test_network = true
-"
+# --- authorities, nodes, the first consensus: p2pmix testnet up ---------------------------------
+# A local test network (test_network = true in the consensus): everything listens on 127.0.0.1
+# or on the namespaces' addresses, which production authorities refuse; nodes and clients accept
+# --trace-links and --trace-truth only in one.
+#
 # Health measurement (docs/consensus.md, "Health") only for the black-hole drill: each authority
 # sends 100 probes per node and epoch (20 a second with the default 6 mixes), and a node is
 # scored from 40 known probes. A vote (at a quarter of the epoch) judges the last 20 s and their
@@ -350,86 +300,36 @@ test_network = true
 # 8% (under 90%: out), a mix dropping a quarter of its probes already 85%, while an honest one
 # stays near 100%. So a black hole that opens in epoch e is out of the consensus of e + 1 or, if
 # it opens late in e, of e + 2.
+UP=(--dir "$DIR" --gateways "$GATEWAYS" --mixes "$MIXES" --epoch-ms "$EPOCH_MS"
+    --wait-s $(( (4 * EPOCH_MS + 10000) / 1000 + 20 ))
+    --parameter "mean_delay_us=$((MEAN_DELAY_MS * 1000))"
+    --parameter "client_send_interval_us=$((SEND_INTERVAL_MS * 1000))"
+    --parameter "client_loop_interval_us=$((LOOP_INTERVAL_MS * 1000))"
+    --parameter "client_drop_interval_us=$((DROP_INTERVAL_MS * 1000))"
+    --parameter "mix_loop_interval_us=$((MIX_LOOP_INTERVAL_MS * 1000))")
 if [ "$BLACKHOLE_MIX" -gt 0 ]; then
-    HEALTH="health_probes_per_node = 100
-health_min_probes = 40
-"
+    UP+=(--parameter health_probes_per_node=100 --parameter health_min_probes=40)
 else
-    HEALTH="health_probes_per_node = 0
-"
+    UP+=(--parameter health_probes_per_node=0)
 fi
-# Only authorities read the parameters; they publish them in the consensus.
-PARAMETERS="
-[network.parameters]
-mean_delay_us = $((MEAN_DELAY_MS * 1000))
-client_send_interval_us = $((SEND_INTERVAL_MS * 1000))
-client_loop_interval_us = $((LOOP_INTERVAL_MS * 1000))
-client_drop_interval_us = $((DROP_INTERVAL_MS * 1000))
-mix_loop_interval_us = $((MIX_LOOP_INTERVAL_MS * 1000))
-$HEALTH"
-authorities_file() { # $1: how many authorities' addresses are known
-    local i
-    for i in 0 1 2; do
-        local a=""
-        if [ "$i" -lt "$1" ]; then a="\"$(head -n1 "$DIR/auth$i/data/listen-addrs")\""; fi
-        printf '[[authority]]\npublic_key = "%s"\naddresses = [%s]\n\n' "${KEYS[$i]}" "$a"
-    done
-}
-for i in 0 1 2; do
-    d="$DIR/auth$i"
-    authorities_file "$i" > "$d/authorities.toml"
-    ns_add "auth$i"
-    printf 'identity = "identity.key"\ndata_dir = "data"\nauthorities = "authorities.toml"\nlisten = ["%s"]\n%s%s' \
-        "$(listen_of "auth$i")" "$NETWORK" "$PARAMETERS" > "$d/authority.toml"
-    in_ns "auth$i"
-    (cd "$d" && exec "${NSX[@]}" env RUST_LOG=info "$BIN" authority --config authority.toml > log 2>&1) &
-    started $! "auth$i"
-    wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "authority $i did not start" "$d/log"
-done
-{ authorities_file 3; printf '%s' "$NETWORK"; } > "$DIR/authorities.toml"
-echo "==> 3 authorities up"
-
-# --- nodes ----------------------------------------------------------------------------------
-start_node() { # $1: dir name, $2: role, $3: bootstrap address (may be empty), $4: listen address
-    # (default: a free port), $5: a misbehaviour plan for P2PMIX_CHAOS (feature chaos)
-    local d="$DIR/$1"
-    mkdir -p "$d"
-    rm -f "$d/data/listen-addrs"
-    ns_add "$1"
-    local args=(node --authorities "$DIR/authorities.toml" --data-dir data --role "$2" --metrics 127.0.0.1:0)
-    [ -n "$3" ] && args+=(--bootstrap "$3")
-    args+=(--listen "${4:-$(listen_of "$1")}")
-    [ "$CLIENTS" -gt 0 ] && args+=(--trace-links links.trace --trace-truth truth.trace)
-    local envs=(RUST_LOG=info)
-    [ -n "${5:-}" ] && envs+=(P2PMIX_CHAOS="$5")
-    in_ns "$1"
-    (cd "$d" && exec "${NSX[@]}" env "${envs[@]}" "$BIN" "${args[@]}" >> log 2>&1) &
-    started $! "$1"
-    wait_line "$d/data/listen-addrs" 30 > /dev/null || fail_with_log "$1 did not start" "$d/log"
-}
-start_node gw0 gateway ""
-BOOT=$(head -n1 "$DIR/gw0/data/listen-addrs")
-for i in $(seq 1 $((GATEWAYS - 1))); do start_node "gw$i" gateway "$BOOT"; done
-for i in $(seq 0 $((MIXES - 1))); do start_node "mix$i" mix "$BOOT"; done
-echo "==> $GATEWAYS gateways and $MIXES mixes up, bootstrapping from gw0"
-
-# --- first consensus ----------------------------------------------------------------------------
+[ "$CLIENTS" = 0 ] || UP+=(--traces)
+[ -z "$NETNS" ] || UP+=(--hosts "$NETNS")
+[ -z "$WAN" ] || UP+=(--wan "$WAN")
+"$BIN" testnet up "${UP[@]}" || { echo "error: the network did not come up (logs in $DIR)" >&2; exit 2; }
+GENESIS=$(sed -n 's/.*"genesis_unix_ms": *\([0-9]*\).*/\1/p' "$DIR/testnet.json")
+if [ -n "$WAN" ]; then
+    if grep -q '"wan_applied": *true' "$DIR/testnet.json"; then WAN_DRILL=$WAN; else WAN_DRILL=unavailable; fi
+fi
 NODES=$((GATEWAYS + MIXES))
-admitted() { # nodes that report themselves admitted in a consensus
-    grep -l "consensus: admitted" "$DIR"/gw*/log "$DIR"/mix*/log 2>/dev/null | wc -l
+BOOT=$(head -n1 "$DIR/gw0/data/listen-addrs")
+# (Re)starts a node on its data dir: $1 its name, $2 (optional) the address to listen on (a
+# restarted node keeps the one the consensus has), $3 a misbehaviour plan for P2PMIX_CHAOS.
+start_node() {
+    local args=(testnet start --dir "$DIR" "$1")
+    [ -z "${2:-}" ] || args+=(--listen "$2")
+    [ -z "${3:-}" ] || args+=(--env "P2PMIX_CHAOS=$3")
+    "$BIN" "${args[@]}" > /dev/null || fail_with_log "$1 did not start" "$DIR/$1/log"
 }
-LIMIT=$(( (4 * EPOCH_MS + 10000) / 1000 + 20 ))
-t=0
-while [ "$(admitted)" -lt "$NODES" ]; do
-    if [ $t -ge $((LIMIT * 2)) ]; then
-        end_progress
-        fail_with_log "no consensus admitted all $NODES nodes within ${LIMIT}s ($(admitted) admitted)" "$DIR/auth0/log"
-    fi
-    progress "waiting for the first consensus: $(admitted)/$NODES nodes admitted"
-    sleep 0.5; t=$((t + 1))
-done
-end_progress
-echo "==> consensus in force: $NODES/$NODES nodes admitted, $(( $(date +%s) - STARTED ))s after the start"
 
 # --- the black-hole drill: which mixes, from when ------------------------------------------------
 # Every node's name by its peer id (a restarted node keeps its id).
@@ -457,18 +357,11 @@ blackhole_start() {
     local addrs=()
     for name in "${BLACKHOLES[@]}"; do
         addrs+=("$(head -n1 "$DIR/$name/data/listen-addrs" | sed 's|/p2p/.*||')")
-        pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
-        kill "$pid" 2>/dev/null || true
-    done
-    for name in "${BLACKHOLES[@]}"; do
-        pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
-        for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-        kill -9 "$pid" 2>/dev/null || true
-        awk -v n="$name" '$2 != n' "$DIR/pids" > "$DIR/pids.new" && mv "$DIR/pids.new" "$DIR/pids"
+        "$BIN" testnet stop --dir "$DIR" "$name" > /dev/null
     done
     for i in "${!BLACKHOLES[@]}"; do
         name=${BLACKHOLES[$i]}
-        start_node "$name" mix "$BOOT" "${addrs[$i]}" "drop=1,from_unix_ms=$FROM_MS"
+        start_node "$name" "${addrs[$i]}" "drop=1,from_unix_ms=$FROM_MS"
         echo "==> $name (layer $((i + 1))) restarted to drop everything from epoch $(( (FROM_MS - GENESIS) / EPOCH_MS )) + $(( (FROM_MS - GENESIS) % EPOCH_MS )) ms"
     done
     while [ "$(now_ms)" -lt $((FROM_MS - 500)) ]; do sleep 0.05; done
@@ -578,12 +471,7 @@ a_third_sent() {
 # Stops process $1 (by name) with the drill's signal, waits until it is gone (SIGKILL after
 # 10 s) and forgets it.
 stop_process() {
-    local pid
-    pid=$(awk -v n="$1" '$2 == n { print $1 }' "$DIR/pids" | tail -n1)
-    [ -n "$pid" ] || return 0
-    kill -"$SIG" "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+    "$BIN" testnet stop --dir "$DIR" "$1" --signal "${SIG,,}" > /dev/null 2>&1 || true
     awk -v n="$1" '$2 != n' "$DIR/pids" > "$DIR/pids.new" && mv "$DIR/pids.new" "$DIR/pids"
 }
 KILLED=()
@@ -610,9 +498,7 @@ if [ "$RESTART_GATEWAYS" -gt 0 ]; then
         stop_process "$name"
         echo "==> killed $name (SIG$SIG) with $(sent) of $TOTAL messages sent"
         sleep 1
-        boot=$BOOT
-        [ "$name" != gw0 ] || boot=""
-        start_node "$name" gateway "$boot" "$addr"
+        start_node "$name" "$addr"
         RESTARTED+=("$name")
         echo "==> $name started again on its data dir and address"
     done
@@ -627,8 +513,7 @@ if [ "$KILL_MIXES" -gt 0 ]; then
         for m in "$DIR"/mix*; do
             if grep -q "$peer" "$m/data/listen-addrs" 2>/dev/null; then
                 name=$(basename "$m")
-                pid=$(awk -v n="$name" '$2 == n { print $1 }' "$DIR/pids")
-                kill -"$SIG" "$pid" 2>/dev/null || true
+                "$BIN" testnet stop --dir "$DIR" "$name" --signal "${SIG,,}" > /dev/null
                 KILLED+=("$name")
                 echo "==> killed $name (layer $layer, SIG$SIG) with $(sent) of $TOTAL messages sent"
             fi
@@ -637,8 +522,7 @@ if [ "$KILL_MIXES" -gt 0 ]; then
 fi
 AUTHORITY_DRILL=""
 if [ "$KILL_AUTHORITY" -gt 0 ]; then
-    pid=$(awk '$2 == "auth2" { print $1 }' "$DIR/pids")
-    kill -"$SIG" "$pid" 2>/dev/null || true
+    "$BIN" testnet stop --dir "$DIR" auth2 --signal "${SIG,,}" > /dev/null
     NOW=$(now_ms)
     EPOCH_NOW=$(( (NOW - GENESIS) / EPOCH_MS ))
     WANT=$((EPOCH_NOW + 2))

@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use p2pmix::client::{Client, Event, ReceivedMessage};
-use p2pmix_examples::{keys, testnet_config};
+use p2pmix_examples::{keys, testnet_config, testnet_gateways};
 
 #[tokio::main]
 async fn main() -> Result<()> {
@@ -37,9 +37,7 @@ async fn main() -> Result<()> {
         (None, _) => None,
         _ => bail!("usage: echo RUN_DIR [--ask TEXT]"),
     };
-    let gateways = (0..)
-        .take_while(|i| run_dir.join(format!("gw{i}")).exists())
-        .count();
+    let gateways = testnet_gateways(&run_dir)?;
     let k = keys(&run_dir.join("examples/echo"))?;
     let mut service = Client::start(
         k.swarm,

@@ -1,8 +1,9 @@
 //! Runnable programs for p2pmix users; see the `examples/` folder of this package. Each example's
 //! first doc comment says how to run it.
 //!
-//! The examples that talk through a network use one started by `./testnet/run.sh --keep`: its
-//! run directory holds the pinned authorities file and every gateway's address.
+//! The examples that talk through a network use one started by `./testnet/run.sh --keep` or
+//! `p2pmix testnet up --dir DIR`: its run directory holds the pinned authorities file and every
+//! gateway's address ([`p2pmix::testnet::RunDir`]).
 
 pub mod anonymity;
 pub mod chart;
@@ -19,22 +20,28 @@ use p2pmix::{
         CLIENT_KEY_FILE, IDENTITY_FILE, NOISE_KEY_FILE, load_or_create_client_key,
         load_or_create_identity, load_or_create_static_key,
     },
+    testnet::RunDir,
 };
 
-/// The client configuration for gateway number `gateway` of the testnet in `run_dir`.
+/// The client configuration for gateway number `gateway` of the test network in `run_dir`
+/// (started by `./testnet/run.sh --keep` or `p2pmix testnet up`), found through
+/// `p2pmix::testnet::RunDir`, the one place that knows a run directory's layout.
 pub fn testnet_config(run_dir: &Path, gateway: usize) -> Result<Config> {
-    let authorities = Authorities::load(&run_dir.join("authorities.toml")).with_context(|| {
+    let run = RunDir::open(run_dir).with_context(|| {
         format!(
-            "{} is not a testnet run directory (start one with ./testnet/run.sh --keep)",
+            "{} is not a test network (start one with ./testnet/run.sh --keep or p2pmix testnet up)",
             run_dir.display()
         )
     })?;
-    let listen = run_dir.join(format!("gw{gateway}/data/listen-addrs"));
-    let address: Multiaddr = std::fs::read_to_string(&listen)
-        .with_context(|| format!("reading {}", listen.display()))?
-        .lines()
-        .next()
-        .context("the gateway has no address yet")?
+    let authorities = Authorities::load(&run.authorities_file())?;
+    let name = run
+        .gateways()
+        .into_iter()
+        .nth(gateway)
+        .with_context(|| format!("the network has no gateway {gateway}"))?;
+    let address: Multiaddr = run
+        .listen_addr(&name)
+        .with_context(|| format!("{name} has no address yet"))?
         .parse()?;
     let Some(Protocol::P2p(peer)) = address.iter().last() else {
         anyhow::bail!("{address} does not end in /p2p/");
@@ -47,6 +54,11 @@ pub fn testnet_config(run_dir: &Path, gateway: usize) -> Result<Config> {
         // Examples keep their state in memory: each run starts afresh.
         store: None,
     })
+}
+
+/// How many gateways the test network in `run_dir` has.
+pub fn testnet_gateways(run_dir: &Path) -> Result<usize> {
+    Ok(RunDir::open(run_dir)?.gateways().len())
 }
 
 /// The keys kept in `dir` (created on first use): the swarm identity, the client's own mixnet

@@ -165,10 +165,9 @@ fn main() {
     let flooded = phase(&net, &client, &mut view, &packet_file, "flooded");
     let held_end = held.load(Ordering::Relaxed);
     drop(flooder);
-    let peak_mib = net.nodes[0]
-        .running
-        .as_ref()
-        .and_then(|r| std::fs::read_to_string(format!("/proc/{}/status", r.child.id())).ok())
+    let peak_mib = net
+        .pid(0)
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .and_then(|s| {
             let kib: f64 = s
                 .lines()

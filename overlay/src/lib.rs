@@ -85,6 +85,8 @@ pub mod measure;
 pub mod node;
 pub mod runtime;
 pub mod test_network;
+#[cfg(all(feature = "cli", unix))]
+pub mod testnet;
 
 pub use runtime::{Now, build_swarm};
 

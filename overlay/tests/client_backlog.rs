@@ -50,7 +50,7 @@ fn start_client(net: &Net, gateway: usize, swarm: Keypair, handle: HandleConfig)
     let config = Config {
         gateway: net.peer(gateway),
         gateway_addresses: vec![address],
-        authorities: Authorities::load(&net.scratch.0.join("authorities.toml")).unwrap(),
+        authorities: Authorities::load(&net.authorities_file()).unwrap(),
         client: ClientConfig::default(),
         store: None,
     };

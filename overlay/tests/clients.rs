@@ -59,7 +59,7 @@ impl Identity {
 }
 
 fn dapp(net: &Net, who: &Identity, gateway: usize) -> Swarm<DApp> {
-    let authorities = Authorities::load(&net.scratch.0.join("authorities.toml")).unwrap();
+    let authorities = Authorities::load(&net.authorities_file()).unwrap();
     let noise = StaticKey::from_secret(who.noise.secret()[..].try_into().unwrap()).unwrap();
     let address: Multiaddr = net.listen_addr(gateway).parse().unwrap();
     let config = Config {
@@ -273,7 +273,7 @@ fn a_gateway_keeps_messages_for_an_absent_client_across_its_restart() {
     let address = net.listen_addr(1);
     assert!(address.ends_with(&gateway.to_string()));
     let listen = address.split("/p2p/").next().unwrap().to_string();
-    net.nodes[1].running = None;
+    net.kill(1);
     net.start_node_listening(1, Some(&listen));
     assert_eq!(net.listen_addr(1), address);
     assert!(

@@ -8,8 +8,6 @@
 //! Run with the black hole: `cargo test -p p2pmix --features chaos --test health`.
 #![allow(missing_docs, unreachable_pub)]
 
-use std::fs;
-
 #[cfg(feature = "chaos")]
 use common::net::EPOCH_MS;
 use common::{net::Net, sleep_until};
@@ -39,7 +37,7 @@ fn consensus_by(net: &Net, epoch: u64) -> VerifiedConsensus {
 fn dump(net: &Net) {
     net.dump_logs();
     for i in 0..3 {
-        let log = fs::read_to_string(net.scratch.0.join(format!("a{i}/log"))).unwrap_or_default();
+        let log = net.authority_log(i);
         eprintln!("--- authority {i} ---");
         for line in log.lines().filter(|l| l.contains("measure")).rev().take(20) {
             eprintln!("{line}");

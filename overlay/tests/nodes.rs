@@ -343,7 +343,7 @@ fn a_mix_killed_mid_epoch_relays_again_at_once_and_refuses_replays_of_what_it_un
 
     // SIGKILL, then the same data directory and port.
     let listen = address.split("/p2p/").next().unwrap().to_string();
-    net.nodes[victim].running = None;
+    net.kill(victim);
     let restarted = std::time::Instant::now();
     net.start_node_listening(victim, Some(&listen));
     assert_eq!(

@@ -1,5 +1,7 @@
 //! A test network of real `p2pmix` processes on 127.0.0.1 (port 0 everywhere): 3 authorities,
-//! 2 gateways and 6 mixes, every node bootstrapping from the first gateway.
+//! 2 gateways and 6 mixes, every node bootstrapping from the first gateway. Started and stopped
+//! by `p2pmix::testnet` (what `p2pmix testnet up` and testnet/run.sh use); this adds the tests'
+//! conveniences: nodes by index, metrics scrapes, verified consensus documents.
 #![allow(dead_code)]
 
 use std::{
@@ -12,13 +14,14 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p::PeerId;
 use p2pmix::{
     config::Authorities,
     directory::{VerifiedConsensus, verify_consensus},
+    testnet::{LocalNet, NodeStart, Plan, Signal},
 };
 
-use super::{BIN, Running, Scratch, keygen, unix_ms, wait_for};
+use super::{BIN, Running, Scratch, unix_ms, wait_for};
 
 /// Parameters of [`Net::start`]: no loop cover from nodes, no measurement.
 pub const QUIET: &str = "mix_loop_interval_us = 0\nhealth_probes_per_node = 0\n";
@@ -34,20 +37,36 @@ pub enum Kind {
 
 pub struct NodeProc {
     pub kind: Kind,
+    /// Its name in the run directory (`gw0`, `mix3`).
+    pub name: String,
     /// Environment variables of its process.
     pub env: Vec<(String, String)>,
     /// Where it listens besides 127.0.0.1 (port 0).
     pub also_listen: Vec<String>,
     pub dir: PathBuf,
-    pub running: Option<Running>,
 }
 
 pub struct Net {
+    /// Dropped first: the processes die before their directory goes.
+    pub local: LocalNet,
     pub scratch: Scratch,
     pub genesis: u64,
-    /// Held so that the authorities are killed with the net.
-    _authorities: Vec<Running>,
     pub nodes: Vec<NodeProc>,
+}
+
+/// `name = value` lines (of `[network.parameters]`) as pairs.
+fn parameter_lines(parameters: &str) -> Vec<(String, u64)> {
+    parameters
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let (k, v) = l.split_once('=').expect("name = value");
+            (
+                k.trim().to_string(),
+                v.trim().parse().expect("a whole number"),
+            )
+        })
+        .collect()
 }
 
 impl Net {
@@ -86,62 +105,50 @@ impl Net {
         also_listen: impl Fn(usize) -> Vec<String>,
     ) -> Net {
         let scratch = Scratch::new(name);
-        let genesis = unix_ms() + 9_000;
-        let keys: Vec<String> = (0..3)
-            .map(|i| keygen(&scratch.0.join(format!("a{i}"))))
-            .collect();
-        // A local test network: everything listens on 127.0.0.1.
-        let network = format!(
-            "[network]\ngenesis_unix_ms = {genesis}\nepoch_ms = {EPOCH_MS}\ntest_network = true\n"
-        );
-        let mut authorities = Vec::new();
-        let mut addrs: Vec<Option<String>> = vec![None; 3];
-        for i in 0..3 {
-            let dir = scratch.0.join(format!("a{i}"));
-            fs::write(dir.join("authorities.toml"), pinned(&keys, &addrs)).unwrap();
-            fs::write(
-                dir.join("authority.toml"),
-                format!(
-                    "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\n{network}\n[network.parameters]\n{parameters}"
-                ),
-            )
-            .unwrap();
-            authorities.push(spawn(
-                &dir,
-                &["authority", "--config", "authority.toml"],
-                "info",
-            ));
-            addrs[i] = Some(wait_for(
-                "an authority to listen",
-                Duration::from_secs(30),
-                || first_line(&dir.join("data/listen-addrs")),
-            ));
+        let mut plan = Plan::new(BIN, scratch.0.join("net"))
+            .with_epoch_ms(EPOCH_MS)
+            .with_genesis_delay_ms(9_000)
+            .with_log("info", "info,p2pmix=debug");
+        for (k, v) in parameter_lines(parameters) {
+            plan = plan.with_parameter(&k, v);
         }
-        fs::write(
-            scratch.0.join("authorities.toml"),
-            format!("{}{network}", pinned(&keys, &addrs)),
-        )
-        .unwrap();
-        let mut net = Net {
-            scratch,
-            genesis,
-            _authorities: authorities,
-            nodes: Vec::new(),
-        };
-        for i in 0..8 {
-            let kind = if i < 2 { Kind::Gateway } else { Kind::Mix };
-            let dir = net.scratch.0.join(format!("n{i}"));
-            fs::create_dir_all(&dir).unwrap();
-            net.nodes.push(NodeProc {
-                kind,
+        let start = |i: usize, genesis: u64| node_start(&env(i, genesis), &also_listen(i));
+        let local = LocalNet::up_with(plan, start).expect("the test network starts");
+        let run = local.run_dir().clone();
+        let genesis = run.genesis_unix_ms();
+        let nodes = run
+            .nodes()
+            .into_iter()
+            .enumerate()
+            .map(|(i, name)| NodeProc {
+                kind: if i < 2 { Kind::Gateway } else { Kind::Mix },
+                dir: run.process_dir(&name),
+                name,
                 env: env(i, genesis),
                 also_listen: also_listen(i),
-                dir,
-                running: None,
-            });
-            net.start_node(i);
+            })
+            .collect();
+        Net {
+            local,
+            scratch,
+            genesis,
+            nodes,
         }
-        net
+    }
+
+    /// The run directory (`auth0`…, `gw0`…, `mix0`…, `authorities.toml`).
+    pub fn dir(&self) -> PathBuf {
+        self.local.run_dir().path().to_path_buf()
+    }
+
+    /// The pinned authorities file.
+    pub fn authorities_file(&self) -> PathBuf {
+        self.local.run_dir().authorities_file()
+    }
+
+    /// Authority `i`'s log.
+    pub fn authority_log(&self, i: usize) -> String {
+        self.local.run_dir().log(&format!("auth{i}"))
     }
 
     pub fn start_node(&mut self, i: usize) {
@@ -151,86 +158,61 @@ impl Net {
     /// Starts node `i` on `listen` (e.g. the address an earlier run of it was given by the OS,
     /// as a restarted production node keeps its configured port), or on port 0.
     pub fn start_node_listening(&mut self, i: usize, listen: Option<&str>) {
-        let bootstrap = (i != 0).then(|| self.listen_addr(0));
-        let node = &mut self.nodes[i];
-        let _ = fs::remove_file(node.dir.join("data/listen-addrs"));
-        let authorities = self.scratch.0.join("authorities.toml");
-        let mut args = vec![
-            "node".to_string(),
-            "--authorities".into(),
-            authorities.display().to_string(),
-            "--data-dir".into(),
-            "data".into(),
-            "--role".into(),
-            match node.kind {
-                Kind::Gateway => "gateway".into(),
-                Kind::Mix => "mix".into(),
-            },
-            "--metrics".into(),
-            "127.0.0.1:0".into(),
-        ];
-        if let Some(b) = bootstrap {
-            args.extend(["--bootstrap".into(), b]);
-        }
+        let node = &self.nodes[i];
+        let mut start = node_start(&node.env, &node.also_listen);
         if let Some(l) = listen {
-            args.extend(["--listen".into(), l.into()]);
-        } else if !node.also_listen.is_empty() {
-            args.extend(["--listen".into(), "/ip4/127.0.0.1/tcp/0".into()]);
+            start = start.with_listen(l);
         }
-        for l in &node.also_listen {
-            args.extend(["--listen".into(), l.clone()]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        node.running = Some(spawn_with_env(
-            &node.dir,
-            &args,
-            "info,p2pmix=debug",
-            &node.env,
-        ));
-        let dir = node.dir.clone();
-        wait_for("a node to listen", Duration::from_secs(30), || {
-            first_line(&dir.join("data/listen-addrs"))
-        });
+        let name = node.name.clone();
+        self.local
+            .start_node(&name, &start)
+            .expect("the node starts");
+    }
+
+    /// The process id of node `i`, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.local.pid(&self.nodes[i].name)
+    }
+
+    /// Kills node `i` (SIGKILL: a crash).
+    pub fn kill(&mut self, i: usize) {
+        let name = self.nodes[i].name.clone();
+        self.local
+            .stop(&name, Signal::Kill)
+            .expect("a node of the test");
     }
 
     /// Where node `i` listens on 127.0.0.1 (its first address if none is there).
     pub fn listen_addr(&self, i: usize) -> String {
-        let path = self.nodes[i].dir.join("data/listen-addrs");
-        fs::read_to_string(&path)
-            .ok()
-            .and_then(|all| {
-                let mut lines = all.lines();
-                let first = lines.clone().next().map(str::to_owned);
-                lines
-                    .find(|l| l.starts_with("/ip4/127.0.0.1/"))
-                    .map(str::to_owned)
-                    .or(first)
-            })
+        self.local
+            .run_dir()
+            .listen_addr(&self.nodes[i].name)
             .expect("node listens")
     }
 
     /// Every address node `i` listens on.
     pub fn listen_addrs(&self, i: usize) -> Vec<String> {
-        fs::read_to_string(self.nodes[i].dir.join("data/listen-addrs"))
-            .map(|all| all.lines().map(str::to_owned).collect())
-            .unwrap_or_default()
+        self.local.run_dir().listen_addrs(&self.nodes[i].name)
     }
 
     pub fn peer(&self, i: usize) -> PeerId {
-        let addr: Multiaddr = self.listen_addr(i).parse().unwrap();
-        match addr.iter().last() {
-            Some(Protocol::P2p(p)) => p,
-            _ => panic!("listen-addrs ends in /p2p/"),
-        }
+        self.local
+            .run_dir()
+            .peer(&self.nodes[i].name)
+            .expect("listen-addrs ends in /p2p/")
     }
 
     pub fn metrics(&self, i: usize) -> Metrics {
-        let addr = first_line(&self.nodes[i].dir.join("data/metrics-addr")).expect("metrics-addr");
+        let addr = self
+            .local
+            .run_dir()
+            .metrics_addr(&self.nodes[i].name)
+            .expect("metrics-addr");
         scrape(&addr)
     }
 
     pub fn log(&self, i: usize) -> String {
-        fs::read_to_string(self.nodes[i].dir.join("log")).unwrap_or_default()
+        self.local.run_dir().log(&self.nodes[i].name)
     }
 
     pub fn epoch_start(&self, epoch: u64) -> u64 {
@@ -239,10 +221,14 @@ impl Net {
 
     /// The verified consensus of `epoch`, as authority 0 published it.
     pub fn consensus(&self, epoch: u64) -> VerifiedConsensus {
-        let pinned = Authorities::load(&self.scratch.0.join("authorities.toml"))
+        let pinned = Authorities::load(&self.authorities_file())
             .unwrap()
             .pinned();
-        let path = self.scratch.0.join(format!("a0/data/consensus-{epoch}.pb"));
+        let path = self
+            .local
+            .run_dir()
+            .process_dir("auth0")
+            .join(format!("data/consensus-{epoch}.pb"));
         let bytes = wait_for("the consensus", Duration::from_secs(30), || {
             fs::read(&path).ok()
         });
@@ -259,15 +245,23 @@ impl Net {
 
     /// Dumps every log on failure, to see why.
     pub fn dump_logs(&self) {
-        for i in 0..self.nodes.len() {
-            let log = self.log(i);
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("--- node {i} ---");
-            for line in tail.into_iter().rev() {
-                eprintln!("{line}");
-            }
+        for (i, node) in self.nodes.iter().enumerate() {
+            eprintln!("--- node {i} ({}) ---", node.name);
+            eprintln!("{}", self.local.run_dir().log_tail(&node.name, 40));
         }
     }
+}
+
+/// How node processes of the tests start: their environment, and 127.0.0.1 plus `also_listen`.
+fn node_start(env: &[(String, String)], also_listen: &[String]) -> NodeStart {
+    let mut start = NodeStart::default();
+    for (k, v) in env {
+        start = start.with_env(k.clone(), v.clone());
+    }
+    for l in also_listen {
+        start = start.with_also_listen(l.clone());
+    }
+    start
 }
 
 pub fn pinned(keys: &[String], addrs: &[Option<String>]) -> String {

@@ -1,0 +1,264 @@
+//! Where a test network's processes run: on loopback, or each in a network namespace of its own
+//! on one bridge (root only), with an address of 100.64.0.0/10 (RFC 6598 shared address space:
+//! no host routes it, and the bridge has no address, so nothing outside the namespaces can reach
+//! or be reached).
+//!
+//! What is made is written down before it is made (`netns`, `netns-bridge`), so that
+//! [`remove_all`] removes everything even after a crash half-way.
+
+use std::{
+    fs,
+    net::Ipv4Addr,
+    path::Path,
+    process::{Command, Stdio},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::{TestnetError, error::io, layout::Manifest};
+
+/// How a network's processes are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum HostMode {
+    /// Everyone on 127.0.0.1.
+    Loopback,
+    /// A namespace each, each address in a /16 of its own (`100.{64 + k % 64}.{k / 64}.2`): routes
+    /// then obey the one-/16-per-route rule.
+    Spread,
+    /// A namespace each, every address in 100.64.0.0/16: no route can keep its hops in
+    /// different /16s, so nothing can be delivered (the diversity rule at work).
+    Crowded,
+}
+
+/// One process's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Host {
+    /// The process name (`gw0`, `alice`, …).
+    pub name: String,
+    /// Its namespace, if the network has them.
+    pub namespace: Option<String>,
+    /// The address it listens on.
+    pub address: Ipv4Addr,
+}
+
+impl Host {
+    /// `/ip4/ADDRESS/tcp/0`: where the process listens by default.
+    pub fn listen(&self) -> String {
+        format!("/ip4/{}/tcp/0", self.address)
+    }
+
+    /// What runs a program on this host: `ip netns exec NS` or nothing.
+    pub fn prefix(&self) -> Vec<String> {
+        match &self.namespace {
+            Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()],
+            None => Vec::new(),
+        }
+    }
+}
+
+/// Runs `program args`, failing with its standard error.
+pub(crate) fn run(program: &str, args: &[&str]) -> Result<(), TestnetError> {
+    let out = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| TestnetError::Spawn {
+            program: program.into(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(TestnetError::Command {
+            command: format!("{program} {}", args.join(" ")),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> Result<(), TestnetError> {
+    use std::io::Write;
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io(path))?;
+    writeln!(file, "{line}").map_err(io(path))
+}
+
+/// The bridge's name for a network tagged `tag` (at most 15 bytes, as Linux wants).
+fn bridge_name(tag: &str) -> String {
+    format!("p2pbr{tag}")
+}
+
+/// Makes the bridge (namespace networks only) and says whether the kernel has netem, asked in
+/// a namespace of its own that is removed at once.
+pub(crate) fn prepare(dir: &Path, manifest: &Manifest) -> Result<bool, TestnetError> {
+    if manifest.plan.hosts == HostMode::Loopback {
+        return Ok(false);
+    }
+    let bridge = bridge_name(&manifest.tag);
+    fs::write(dir.join("netns-bridge"), format!("{bridge}\n")).map_err(io(dir))?;
+    run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+    run("ip", &["link", "set", &bridge, "up"])?;
+    if manifest.plan.wan.is_none() {
+        return Ok(false);
+    }
+    let probe = format!("p2pmix{}-wanprobe", manifest.tag);
+    append_line(&dir.join("netns"), &probe)?;
+    run("ip", &["netns", "add", &probe])?;
+    let netem = run(
+        "ip",
+        &[
+            "netns", "exec", &probe, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay",
+            "1ms",
+        ],
+    )
+    .is_ok();
+    run("ip", &["netns", "del", &probe])?;
+    Ok(netem)
+}
+
+/// The host of process `name`, if it has one yet.
+pub(crate) fn host_of(dir: &Path, manifest: &Manifest, name: &str) -> Option<Host> {
+    if manifest.plan.hosts == HostMode::Loopback {
+        return Some(Host {
+            name: name.into(),
+            namespace: None,
+            address: Ipv4Addr::LOCALHOST,
+        });
+    }
+    fs::read_to_string(dir.join("hosts"))
+        .ok()?
+        .lines()
+        .find_map(|line| {
+            let mut f = line.split_whitespace();
+            (f.next()? == name).then_some(())?;
+            Some(Host {
+                name: name.into(),
+                namespace: Some(f.next()?.to_string()),
+                address: f.next()?.parse().ok()?,
+            })
+        })
+}
+
+/// The address of the `k`th host.
+fn address(mode: HostMode, k: usize) -> Ipv4Addr {
+    match mode {
+        HostMode::Crowded => Ipv4Addr::new(100, 64, (k / 250) as u8, (k % 250 + 2) as u8),
+        _ => Ipv4Addr::new(100, 64 + (k % 64) as u8, (k / 64) as u8, 2),
+    }
+}
+
+/// The host of process `name`, made (namespace, link, address, WAN) if it has none yet.
+pub(crate) fn add_host(dir: &Path, manifest: &Manifest, name: &str) -> Result<Host, TestnetError> {
+    if let Some(host) = host_of(dir, manifest, name) {
+        return Ok(host);
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        || name.is_empty()
+        || name.len() > 32
+    {
+        return Err(TestnetError::UnknownProcess(format!(
+            "{name:?} (a host name is 1 to 32 letters, digits, - or _)"
+        )));
+    }
+    let k = fs::read_to_string(dir.join("hosts"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    if k >= 16_000 {
+        return Err(TestnetError::Shape("at most 16000 hosts"));
+    }
+    let ns = format!("p2pmix{}-{name}", manifest.tag);
+    let link = format!("v{}-{k}", manifest.tag);
+    let addr = address(manifest.plan.hosts, k);
+    let bridge = bridge_name(&manifest.tag);
+    append_line(&dir.join("netns"), &ns)?;
+    run("ip", &["netns", "add", &ns])?;
+    run(
+        "ip",
+        &[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ],
+    )?;
+    run("ip", &["link", "set", &link, "master", &bridge, "up"])?;
+    run(
+        "ip",
+        &[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/10"),
+            "dev",
+            "eth0",
+        ],
+    )?;
+    run("ip", &["-n", &ns, "link", "set", "eth0", "up"])?;
+    run("ip", &["-n", &ns, "link", "set", "lo", "up"])?;
+    if let (Some(wan), true) = (&manifest.plan.wan, manifest.wan_applied) {
+        let mut args: Vec<String> = ["netns", "exec", &ns, "tc", "qdisc", "add", "dev", "eth0"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["root".into(), "netem".into()]);
+        args.extend(wan.netem_args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("ip", &args)?;
+    }
+    append_line(&dir.join("hosts"), &format!("{name} {ns} {addr}"))?;
+    Ok(Host {
+        name: name.into(),
+        namespace: Some(ns),
+        address: addr,
+    })
+}
+
+/// Removes every namespace (their veth links go with them) and the bridge the network made;
+/// returns how many namespaces were removed.
+pub(crate) fn remove_all(dir: &Path) -> usize {
+    let mut removed = 0;
+    if let Ok(list) = fs::read_to_string(dir.join("netns")) {
+        for ns in list.lines().filter(|l| !l.is_empty()) {
+            if run("ip", &["netns", "del", ns]).is_ok() {
+                removed += 1;
+            }
+        }
+        let _ = fs::remove_file(dir.join("netns"));
+    }
+    if let Ok(bridge) = fs::read_to_string(dir.join("netns-bridge")) {
+        let _ = run("ip", &["link", "del", bridge.trim()]);
+        let _ = fs::remove_file(dir.join("netns-bridge"));
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+
+    #[test]
+    fn spread_addresses_differ_in_their_16_and_crowded_ones_share_one() {
+        let spread: HashSet<[u8; 2]> = (0..64)
+            .map(|k| {
+                let o = address(HostMode::Spread, k).octets();
+                [o[0], o[1]]
+            })
+            .collect();
+        assert_eq!(spread.len(), 64);
+        for k in 0..4_000 {
+            let o = address(HostMode::Crowded, k).octets();
+            assert_eq!([o[0], o[1]], [100, 64]);
+            let s = address(HostMode::Spread, k).octets();
+            assert!((64..128).contains(&s[1]), "{s:?} outside 100.64.0.0/10");
+        }
+        let all: HashSet<Ipv4Addr> = (0..4_000).map(|k| address(HostMode::Crowded, k)).collect();
+        assert_eq!(all.len(), 4_000);
+    }
+}

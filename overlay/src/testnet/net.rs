@@ -1,0 +1,480 @@
+//! Starting a test network's processes, restarting one, and waiting until every node is in a
+//! consensus.
+
+use std::{
+    fs,
+    os::unix::process::CommandExt,
+    path::Path,
+    process::{Child, Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use libp2p::{Multiaddr, identity::Keypair};
+use p2pmix_bootstrap::{PinnedAuthorities, verify_consensus};
+
+use super::{
+    DownReport, Plan, RunDir, Signal, TestnetError,
+    error::io,
+    hosts,
+    layout::Manifest,
+    procs::{self, is_ours, record_pid, signal},
+};
+use crate::{config::Authorities, identity::write_identity, runtime::unix_ms};
+
+/// How long a process may take to write its listen addresses.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a node process is started: where it listens and what environment it gets.
+#[derive(Debug, Clone, Default)]
+pub struct NodeStart {
+    listen: Vec<String>,
+    also_listen: Vec<String>,
+    env: Vec<(String, String)>,
+    log: Option<String>,
+}
+
+impl NodeStart {
+    /// Listen on `addr` instead of a free port on the host's address (a restarted node keeps
+    /// the address the consensus has for it).
+    pub fn with_listen(mut self, addr: impl Into<String>) -> Self {
+        self.listen.push(addr.into());
+        self
+    }
+
+    /// Listen on `addr` besides the host's address.
+    pub fn with_also_listen(mut self, addr: impl Into<String>) -> Self {
+        self.also_listen.push(addr.into());
+        self
+    }
+
+    /// One more environment variable of the process.
+    pub fn with_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// `RUST_LOG` of this process instead of the plan's.
+    pub fn with_log(mut self, log: impl Into<String>) -> Self {
+        self.log = Some(log.into());
+        self
+    }
+}
+
+/// A test network of `p2pmix` processes. Dropping it stops the processes it started (SIGKILL)
+/// and removes its namespaces, unless it was [detached](LocalNet::detach) or
+/// [opened](LocalNet::open) from a run directory.
+#[derive(Debug)]
+pub struct LocalNet {
+    run: RunDir,
+    children: Vec<(String, Child)>,
+    owned: bool,
+}
+
+impl LocalNet {
+    /// Starts the network of `plan`: three authorities one after another (each told where the
+    /// earlier ones listen), then the gateways and the mixes, each once it wrote where it
+    /// listens. Returns once every process listens; [`LocalNet::wait_admitted`] waits for the
+    /// consensus.
+    pub fn up(plan: Plan) -> Result<Self, TestnetError> {
+        Self::up_with(plan, |_, _| NodeStart::default())
+    }
+
+    /// [`LocalNet::up`], node `i` (gateways first) started as `node(i, genesis_unix_ms)` says.
+    pub fn up_with(
+        plan: Plan,
+        node: impl Fn(usize, u64) -> NodeStart,
+    ) -> Result<Self, TestnetError> {
+        plan.check()?;
+        let dir = plan.dir.clone();
+        fs::create_dir_all(&dir).map_err(io(&dir))?;
+        // Files of a script's own (e.g. binaries) may be there; another network may not.
+        if ["testnet.json", "pids", "auth0"]
+            .iter()
+            .any(|f| dir.join(f).exists())
+        {
+            return Err(TestnetError::NotEmpty(dir));
+        }
+        let dir = dir.canonicalize().map_err(io(&dir))?;
+        let bin = if plan.bin.components().count() > 1 {
+            plan.bin.canonicalize().map_err(io(&plan.bin))?
+        } else {
+            plan.bin.clone()
+        };
+        let mut manifest = Manifest {
+            plan: Plan {
+                bin,
+                dir: dir.clone(),
+                ..plan
+            },
+            genesis_unix_ms: 0,
+            tag: (std::process::id() % 100_000).to_string(),
+            wan_applied: false,
+        };
+        fs::write(dir.join("pids"), "").map_err(io(&dir))?;
+        // From here on, dropping `net` removes whatever was made.
+        let mut net = LocalNet {
+            run: RunDir::create(dir.clone(), manifest.clone())?,
+            children: Vec::new(),
+            owned: true,
+        };
+        manifest.wan_applied = hosts::prepare(&dir, &manifest)?;
+        let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+        manifest.genesis_unix_ms = unix_ms() + manifest.plan.genesis_delay_ms;
+        net.run = RunDir::create(dir.clone(), manifest)?;
+        let network = net.network_section();
+        let mut addresses: Vec<Vec<Multiaddr>> = vec![Vec::new(); 3];
+        for (i, key) in keys.iter().enumerate() {
+            let name = format!("auth{i}");
+            let home = net.run.process_dir(&name);
+            fs::create_dir_all(&home).map_err(io(&home))?;
+            write_identity(&home.join("identity.key"), key)?;
+            let pinned = pinned_file(&keys, &addresses);
+            fs::write(home.join("authorities.toml"), pinned).map_err(io(&home))?;
+            let host = net.run.add_host(&name)?;
+            let config = format!(
+                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"{}\"]\n{network}{}",
+                host.listen(),
+                net.parameters_section()
+            );
+            fs::write(home.join("authority.toml"), config).map_err(io(&home))?;
+            let log = net.run.manifest.plan.authority_log.clone();
+            net.spawn(
+                &name,
+                &["authority", "--config", "authority.toml"],
+                &log,
+                &[],
+            )?;
+            addresses[i] = net
+                .run
+                .listen_addr(&name)
+                .and_then(|a| a.parse().ok())
+                .into_iter()
+                .collect();
+        }
+        let file = net.run.authorities_file();
+        fs::write(
+            &file,
+            format!("{}{network}", pinned_file(&keys, &addresses)),
+        )
+        .map_err(io(&file))?;
+        let genesis = net.run.genesis_unix_ms();
+        for (i, name) in net.run.nodes().into_iter().enumerate() {
+            net.start_node(&name, &node(i, genesis))?;
+        }
+        Ok(net)
+    }
+
+    /// The network in `dir`, made earlier by [`LocalNet::up`] (in this process or another):
+    /// its processes keep running when this value is dropped.
+    pub fn open(dir: impl Into<std::path::PathBuf>) -> Result<Self, TestnetError> {
+        Ok(LocalNet {
+            run: RunDir::open(dir)?,
+            children: Vec::new(),
+            owned: false,
+        })
+    }
+
+    /// The run directory: names, files, addresses.
+    pub fn run_dir(&self) -> &RunDir {
+        &self.run
+    }
+
+    /// The process id process `name` runs as, if it runs.
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        procs::running_pid(self.run.path(), name)
+    }
+
+    /// Leaves every process and namespace running (stop them with [`super::down`]).
+    pub fn detach(mut self) {
+        self.owned = false;
+    }
+
+    /// Stops everything (SIGTERM, then SIGKILL after 5 s) and removes the namespaces.
+    pub fn down(mut self) -> Result<DownReport, TestnetError> {
+        let report = super::down(self.run.path())?;
+        for (_, child) in &mut self.children {
+            let _ = child.wait();
+        }
+        self.owned = false;
+        Ok(report)
+    }
+
+    fn network_section(&self) -> String {
+        format!(
+            "[network]\ngenesis_unix_ms = {}\nepoch_ms = {}\ntest_network = true\n",
+            self.run.genesis_unix_ms(),
+            self.run.epoch_ms()
+        )
+    }
+
+    fn parameters_section(&self) -> String {
+        let mut s = String::from("\n[network.parameters]\n");
+        for (name, value) in &self.run.manifest.plan.parameters {
+            s.push_str(&format!("{name} = {value}\n"));
+        }
+        s
+    }
+
+    /// Starts (or starts again) node `name` (`gw…` or `mix…`) on its data directory, waits
+    /// until it wrote where it listens, and returns its process id.
+    pub fn start_node(&mut self, name: &str, start: &NodeStart) -> Result<u32, TestnetError> {
+        let role = if self.run.gateways().iter().any(|g| g == name) {
+            "gateway"
+        } else if self.run.mixes().iter().any(|m| m == name) {
+            "mix"
+        } else {
+            return Err(TestnetError::UnknownProcess(name.into()));
+        };
+        if let Some(pid) = procs::running_pid(self.run.path(), name) {
+            return Err(TestnetError::Command {
+                command: format!("start {name}"),
+                stderr: format!("{name} still runs as process {pid}"),
+            });
+        }
+        let home = self.run.process_dir(name);
+        fs::create_dir_all(&home).map_err(io(&home))?;
+        let _ = fs::remove_file(home.join("data/listen-addrs"));
+        let host = self.run.add_host(name)?;
+        let authorities = self.run.authorities_file().display().to_string();
+        let mut args: Vec<String> = [
+            "node",
+            "--authorities",
+            &authorities,
+            "--data-dir",
+            "data",
+            "--role",
+            role,
+            "--metrics",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if name != "gw0" {
+            let boot = self
+                .run
+                .listen_addr("gw0")
+                .ok_or_else(|| TestnetError::UnknownProcess("gw0 (not listening)".into()))?;
+            args.extend(["--bootstrap".into(), boot]);
+        }
+        let listen = if start.listen.is_empty() {
+            vec![host.listen()]
+        } else {
+            start.listen.clone()
+        };
+        for l in listen.iter().chain(&start.also_listen) {
+            args.extend(["--listen".into(), l.clone()]);
+        }
+        args.extend(self.run.manifest.plan.node_args.iter().cloned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = start
+            .log
+            .clone()
+            .unwrap_or_else(|| self.run.manifest.plan.node_log.clone());
+        self.spawn(name, &args, &log, &start.env)
+    }
+
+    /// Runs the binary as process `name` on its host, records it, and waits for its listen
+    /// addresses.
+    fn spawn(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        log: &str,
+        env: &[(String, String)],
+    ) -> Result<u32, TestnetError> {
+        let home = self.run.process_dir(name);
+        let host = self.run.add_host(name)?;
+        let log_path = home.join("log");
+        let open_log = || {
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)
+                .map_err(io(&log_path))
+        };
+        let prefix = host.prefix();
+        let bin = self.run.bin().display().to_string();
+        let (program, rest): (&str, Vec<&str>) = match prefix.split_first() {
+            Some((first, more)) => (
+                first,
+                more.iter()
+                    .map(String::as_str)
+                    .chain(std::iter::once(bin.as_str()))
+                    .chain(args.iter().copied())
+                    .collect(),
+            ),
+            None => (bin.as_str(), args.to_vec()),
+        };
+        let child = Command::new(program)
+            .args(&rest)
+            .current_dir(&home)
+            .env("RUST_LOG", log)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(open_log()?)
+            .stderr(open_log()?)
+            // Not in the caller's process group: a Ctrl-C meant for a script reaches the
+            // script, which stops the network itself.
+            .process_group(0)
+            .spawn()
+            .map_err(|source| TestnetError::Spawn {
+                program: program.to_string(),
+                source,
+            })?;
+        let pid = child.id();
+        self.children.retain(|(n, _)| n != name);
+        self.children.push((name.to_string(), child));
+        record_pid(self.run.path(), pid, name)?;
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        while self.run.listen_addr(name).is_none() {
+            self.check_alive(name, "it was starting")?;
+            if Instant::now() >= deadline {
+                return Err(TestnetError::Timeout {
+                    what: format!("{name} to listen"),
+                    secs: LISTEN_TIMEOUT.as_secs(),
+                });
+            }
+            sleep(Duration::from_millis(50));
+        }
+        Ok(pid)
+    }
+
+    /// Fails if process `name` is listed and no longer runs.
+    fn check_alive(&mut self, name: &str, during: &str) -> Result<(), TestnetError> {
+        let gone = match self.children.iter_mut().find(|(n, _)| n == name) {
+            Some((_, child)) => !matches!(child.try_wait(), Ok(None)),
+            None => procs::read_pids(self.run.path())
+                .iter()
+                .any(|(p, n)| n == name && !is_ours(*p)),
+        };
+        if gone {
+            return Err(TestnetError::Stopped {
+                name: name.into(),
+                during: during.into(),
+                log: self.run.log_tail(name, 20),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stops process `name` with `how`; after 10 s without it going, SIGKILL. False if it was
+    /// not running.
+    pub fn stop(&mut self, name: &str, how: Signal) -> Result<bool, TestnetError> {
+        if let Some(i) = self.children.iter().position(|(n, _)| n == name) {
+            let (_, mut child) = self.children.swap_remove(i);
+            if !matches!(child.try_wait(), Ok(None)) {
+                return Ok(false);
+            }
+            signal(child.id(), how);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(true);
+        }
+        let pid = procs::read_pids(self.run.path())
+            .into_iter()
+            .find(|(_, n)| n == name)
+            .map(|(p, _)| p)
+            .ok_or_else(|| TestnetError::UnknownProcess(name.into()))?;
+        Ok(procs::stop_pid(pid, how, Duration::from_secs(10)))
+    }
+
+    /// Waits up to `timeout` until every node holds a verified consensus that lists it; fails
+    /// at once if an authority or a node stops meanwhile.
+    pub fn wait_admitted(&mut self, timeout: Duration) -> Result<(), TestnetError> {
+        let pinned = Authorities::load(&self.run.authorities_file())?.pinned();
+        let deadline = Instant::now() + timeout;
+        let mut names = self.run.authorities();
+        names.extend(self.run.nodes());
+        loop {
+            let missing = self
+                .run
+                .nodes()
+                .into_iter()
+                .filter(|n| !admitted_with(&self.run, n, &pinned))
+                .count();
+            if missing == 0 {
+                return Ok(());
+            }
+            for name in &names {
+                self.check_alive(name, "waiting for the first consensus")?;
+            }
+            if Instant::now() >= deadline {
+                return Err(TestnetError::Timeout {
+                    what: format!(
+                        "a consensus that admits every node ({missing} of {} not yet)",
+                        self.run.nodes().len()
+                    ),
+                    secs: timeout.as_secs(),
+                });
+            }
+            sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for LocalNet {
+    fn drop(&mut self) {
+        if !self.owned {
+            return;
+        }
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        hosts::remove_all(self.run.path());
+    }
+}
+
+/// The pinned authorities, with the addresses known so far.
+fn pinned_file(keys: &[Keypair], addresses: &[Vec<Multiaddr>]) -> String {
+    keys.iter()
+        .zip(addresses)
+        .map(|(k, a)| Authorities::entry(&k.public(), a) + "\n")
+        .collect()
+}
+
+/// Whether node `name` holds a verified consensus that lists it (its newest).
+pub(crate) fn admitted(run: &RunDir, name: &str) -> bool {
+    Authorities::load(&run.authorities_file())
+        .map(|a| admitted_with(run, name, &a.pinned()))
+        .unwrap_or(false)
+}
+
+fn admitted_with(run: &RunDir, name: &str, pinned: &PinnedAuthorities) -> bool {
+    let Some(peer) = run.peer(name) else {
+        return false;
+    };
+    let data = run.process_dir(name).join("data");
+    let Some(epoch) = newest_consensus(&data) else {
+        return false;
+    };
+    let Ok(bytes) = fs::read(data.join(format!("consensus-{epoch}.pb"))) else {
+        return false;
+    };
+    let start = run.genesis_unix_ms() + epoch.saturating_mul(run.epoch_ms());
+    verify_consensus(&bytes, pinned, unix_ms().max(start), Some(epoch)).is_ok_and(|c| {
+        c.nodes()
+            .iter()
+            .any(|n| p2pmix_bootstrap::peer_id(n) == Some(peer))
+    })
+}
+
+/// The highest epoch of a `consensus-EPOCH.pb` in `data`.
+fn newest_consensus(data: &Path) -> Option<u64> {
+    fs::read_dir(data)
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            name.strip_prefix("consensus-")?
+                .strip_suffix(".pb")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
