@@ -132,6 +132,7 @@ for v in GATEWAYS MIXES EPOCH_MS MEAN_DELAY_MS MESSAGES INTERVAL_MS KILL_MIXES K
 done
 [ "$CLIENTS" = 0 ] || [ "$CLIENTS" -ge 2 ] || { echo "--clients: at least 2 (they send to each other)" >&2; exit 2; }
 if [ -n "$SIZE" ] && ! [[ $SIZE =~ ^[0-9]+$ ]]; then echo "--size: not a number" >&2; exit 2; fi
+[ "$EPOCH_MS" -ge 1000 ] || { echo "--epoch-ms: at least 1000" >&2; exit 2; }
 [ "$GATEWAYS" -ge 1 ] || { echo "--gateways: at least 1" >&2; exit 2; }
 [ "$MIXES" -ge 3 ] || { echo "--mixes: at least 3 (one per layer)" >&2; exit 2; }
 [ "$KILL_AUTHORITY" -le 1 ] || { echo "--kill-authority: at most 1 of 3 (2 must sign)" >&2; exit 2; }
@@ -320,8 +321,6 @@ GENESIS=$(sed -n 's/.*"genesis_unix_ms": *\([0-9]*\).*/\1/p' "$DIR/testnet.json"
 if [ -n "$WAN" ]; then
     if grep -q '"wan_applied": *true' "$DIR/testnet.json"; then WAN_DRILL=$WAN; else WAN_DRILL=unavailable; fi
 fi
-NODES=$((GATEWAYS + MIXES))
-BOOT=$(head -n1 "$DIR/gw0/data/listen-addrs")
 # (Re)starts a node on its data dir: $1 its name, $2 (optional) the address to listen on (a
 # restarted node keeps the one the consensus has), $3 a misbehaviour plan for P2PMIX_CHAOS.
 start_node() {
@@ -355,10 +354,13 @@ blackhole_start() {
     done
     FROM_MS=$(( $(now_ms) + 2500 + 1000 * BLACKHOLE_MIX ))
     local addrs=()
+    local stopping=()
     for name in "${BLACKHOLES[@]}"; do
         addrs+=("$(head -n1 "$DIR/$name/data/listen-addrs" | sed 's|/p2p/.*||')")
-        "$BIN" testnet stop --dir "$DIR" "$name" > /dev/null
+        "$BIN" testnet stop --dir "$DIR" "$name" > /dev/null &
+        stopping+=($!)
     done
+    for pid in "${stopping[@]}"; do wait "$pid" || fail_with_log "a black hole to be did not stop"; done
     for i in "${!BLACKHOLES[@]}"; do
         name=${BLACKHOLES[$i]}
         start_node "$name" "${addrs[$i]}" "drop=1,from_unix_ms=$FROM_MS"
@@ -471,8 +473,7 @@ a_third_sent() {
 # Stops process $1 (by name) with the drill's signal, waits until it is gone (SIGKILL after
 # 10 s) and forgets it.
 stop_process() {
-    "$BIN" testnet stop --dir "$DIR" "$1" --signal "${SIG,,}" > /dev/null 2>&1 || true
-    awk -v n="$1" '$2 != n' "$DIR/pids" > "$DIR/pids.new" && mv "$DIR/pids.new" "$DIR/pids"
+    "$BIN" testnet stop --dir "$DIR" "$1" --signal "${SIG,,}" > /dev/null
 }
 KILLED=()
 RESTARTED=()

@@ -18,7 +18,9 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
 use p2pmix_proto::v1::NetworkParameters;
 use thiserror::Error;
 

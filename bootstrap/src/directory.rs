@@ -11,10 +11,8 @@ use futures::{
     AsyncReadExt, AsyncWriteExt,
     io::{AsyncRead, AsyncWrite},
 };
-use libp2p::{
-    StreamProtocol,
-    request_response::{self, ProtocolSupport},
-};
+use libp2p_request_response::{self as request_response, ProtocolSupport};
+use libp2p_swarm::StreamProtocol;
 use p2pmix_proto::v1::{DirectoryRequest, DirectoryResponse};
 use prost::Message;
 

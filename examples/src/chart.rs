@@ -149,26 +149,38 @@ fn frame(c: &mut Canvas, title: &str, x_label: &str, y_label: &str) {
     c.text(8, TOP as i64 - 18, y_label, 1, BLACK);
 }
 
-/// Draws the legend in the top right corner, on white so that lines under it do not cross it.
-fn legend(c: &mut Canvas, entries: &[(&str, Rgb)]) {
+/// Where a panel's legend goes: where its lines leave room.
+#[derive(Clone, Copy)]
+enum Corner {
+    TopRight,
+    /// Where a CDF has nothing to hide.
+    BottomRight,
+}
+
+/// Draws the legend in `corner`, on white so that lines under it do not cross it.
+fn legend(c: &mut Canvas, entries: &[(&str, Rgb)], corner: Corner) {
     let widest = entries
         .iter()
         .map(|(name, _)| Canvas::text_width(name, 2))
         .max()
         .unwrap_or(0);
     let x = RIGHT as i64 - 10 - widest;
-    let bottom = TOP as i64 + 6 + 22 * entries.len() as i64;
+    let rows = 22 * entries.len() as i64;
+    let first = match corner {
+        Corner::TopRight => TOP as i64 + 10,
+        Corner::BottomRight => BOTTOM as i64 - 10 - rows,
+    };
     if !entries.is_empty() {
         c.fill(
             x - 40,
-            TOP as i64 + 4,
+            first - 6,
             RIGHT as i64 - 4,
-            bottom,
+            first + rows - 4,
             [255, 255, 255],
         );
     }
     for (row, (name, colour)) in entries.iter().enumerate() {
-        let ly = TOP as i64 + 10 + 22 * row as i64;
+        let ly = first + 22 * row as i64;
         c.fill(x - 30, ly, x - 10, ly + 10, *colour);
         c.text(x, ly, name, 2, BLACK);
     }
@@ -227,7 +239,7 @@ pub fn density_chart(
         .map(|s| (s.name.as_str(), s.colour))
         .chain(markers.iter().map(|m| (m.label.as_str(), m.colour)))
         .collect();
-    legend(&mut c, &entries);
+    legend(&mut c, &entries, Corner::TopRight);
     c
 }
 
@@ -253,34 +265,9 @@ pub fn cdf_chart(title: &str, x_label: &str, max: f64, series: &[Series]) -> Can
         }
     }
     let entries: Vec<(&str, Rgb)> = series.iter().map(|s| (s.name.as_str(), s.colour)).collect();
-    // Bottom right would hide nothing either; top right matches the other panels.
-    legend_at_bottom(&mut c, &entries);
+    // A CDF climbs from the bottom left to the top right: the bottom right is empty.
+    legend(&mut c, &entries, Corner::BottomRight);
     c
-}
-
-/// The legend in the bottom right corner (where a CDF has nothing to hide).
-fn legend_at_bottom(c: &mut Canvas, entries: &[(&str, Rgb)]) {
-    let widest = entries
-        .iter()
-        .map(|(name, _)| Canvas::text_width(name, 2))
-        .max()
-        .unwrap_or(0);
-    let x = RIGHT as i64 - 10 - widest;
-    let top = BOTTOM as i64 - 10 - 22 * entries.len() as i64;
-    if !entries.is_empty() {
-        c.fill(
-            x - 40,
-            top - 4,
-            RIGHT as i64 - 4,
-            BOTTOM as i64 - 4,
-            [255, 255, 255],
-        );
-    }
-    for (row, (name, colour)) in entries.iter().enumerate() {
-        let ly = top + 22 * row as i64;
-        c.fill(x - 30, ly, x - 10, ly + 10, *colour);
-        c.text(x, ly, name, 2, BLACK);
-    }
 }
 
 /// Draws `bars` (heights in `[0, max]`, shown with `unit`) with horizontal `markers`.
@@ -340,7 +327,7 @@ pub fn bar_chart(title: &str, unit: &str, max: f64, bars: &[Bar], markers: &[Mar
         .iter()
         .map(|m| (m.label.as_str(), m.colour))
         .collect();
-    legend(&mut c, &entries);
+    legend(&mut c, &entries, Corner::TopRight);
     c
 }
 

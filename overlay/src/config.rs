@@ -32,7 +32,9 @@
 use std::{fs, path::Path};
 use std::{net::SocketAddr, path::PathBuf};
 
-use libp2p::{Multiaddr, PeerId, identity::PublicKey};
+use libp2p_core::Multiaddr;
+use libp2p_identity::PeerId;
+use libp2p_identity::PublicKey;
 #[cfg(feature = "toml")]
 use p2pmix_bootstrap::default_parameters;
 use p2pmix_bootstrap::{EpochSchedule, PinnedAuthorities};
@@ -162,7 +164,7 @@ fn parse_authority_key(text: &str) -> Result<PublicKey, String> {
     if let Ok(peer) = text.parse::<PeerId>() {
         // An identity multihash carries the protobuf public key itself; a hashed one (keys
         // longer than 42 bytes, such as RSA) does not, and authorities use ed25519.
-        let multihash: &libp2p::multihash::Multihash<64> = peer.as_ref();
+        let multihash: &libp2p_core::multihash::Multihash<64> = peer.as_ref();
         if multihash.code() != 0 {
             return Err("is a peer id that does not contain its key (use the hex key)".into());
         }
@@ -976,7 +978,7 @@ impl NodeConfig {
 
 #[cfg(all(test, feature = "toml"))]
 mod tests {
-    use libp2p::identity::Keypair;
+    use libp2p_identity::Keypair;
 
     use super::*;
 

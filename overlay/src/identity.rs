@@ -7,7 +7,7 @@
 
 use std::{fs, path::Path};
 
-use libp2p::identity::Keypair;
+use libp2p_identity::Keypair;
 use thiserror::Error;
 use zeroize::Zeroizing;
 

@@ -26,7 +26,10 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
 use p2pmix_bootstrap::{EpochSchedule, default_parameters, verify_consensus};
 use p2pmix_proto::v1::NetworkParameters;
 use thiserror::Error;

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::Multiaddr;
+use libp2p_core::Multiaddr;
 use libp2p_identity::PeerId;
 
 /// Bounds on reachability checks.

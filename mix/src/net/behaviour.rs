@@ -27,14 +27,13 @@ use std::{
 
 use futures::{FutureExt, task::AtomicWaker};
 use futures_timer::Delay as Timer;
-use libp2p::{
-    Multiaddr, PeerId,
-    core::{Endpoint, transport::PortUse},
-    multiaddr::Protocol,
-    swarm::{
-        CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
-        THandlerInEvent, THandlerOutEvent, ToSwarm,
-    },
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_core::{Endpoint, transport::PortUse};
+use libp2p_identity::PeerId;
+use libp2p_swarm::{
+    CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler,
+    THandlerInEvent, THandlerOutEvent, ToSwarm,
 };
 
 #[cfg(feature = "chaos")]

@@ -16,15 +16,12 @@ use std::{
 };
 
 use futures::{AsyncRead, AsyncWrite};
-use libp2p::{
-    Stream, StreamProtocol,
-    core::upgrade::ReadyUpgrade,
-    swarm::{
-        ConnectionHandler, ConnectionHandlerEvent, SubstreamProtocol,
-        handler::{
-            ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound,
-        },
-    },
+use libp2p_core::upgrade::ReadyUpgrade;
+use libp2p_swarm::Stream;
+use libp2p_swarm::StreamProtocol;
+use libp2p_swarm::{
+    ConnectionHandler, ConnectionHandlerEvent, SubstreamProtocol,
+    handler::{ConnectionEvent, DialUpgradeError, FullyNegotiatedInbound, FullyNegotiatedOutbound},
 };
 
 use crate::pool::PacketPool;

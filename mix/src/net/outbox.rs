@@ -16,12 +16,11 @@ use std::{
     time::Instant,
 };
 
-use libp2p::{
-    Multiaddr, PeerId,
-    swarm::{
-        ConnectionId, DialError, FromSwarm, NotifyHandler, ToSwarm,
-        dial_opts::{DialOpts, PeerCondition},
-    },
+use libp2p_core::Multiaddr;
+use libp2p_identity::PeerId;
+use libp2p_swarm::{
+    ConnectionId, DialError, FromSwarm, NotifyHandler, ToSwarm,
+    dial_opts::{DialOpts, PeerCondition},
 };
 
 use crate::net::handler::HandlerIn;
@@ -263,10 +262,8 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
-    use libp2p::{
-        core::{ConnectedPoint, Endpoint, transport::PortUse},
-        swarm::behaviour::{ConnectionClosed, ConnectionEstablished, DialFailure},
-    };
+    use libp2p_core::{ConnectedPoint, Endpoint, transport::PortUse};
+    use libp2p_swarm::behaviour::{ConnectionClosed, ConnectionEstablished, DialFailure};
 
     use super::*;
 

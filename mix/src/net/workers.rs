@@ -17,7 +17,7 @@ use std::{
 };
 
 use futures::task::AtomicWaker;
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 
 use crate::{
     relay::{Decision, DropReason, Relay},

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use thiserror::Error;
 
 use super::{Direction, PacketTag, TraceSink, Truth, format::Line};

@@ -16,7 +16,7 @@
 //!
 //! Peers are numbered per file so that a line costs about 40 bytes instead of 140.
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use thiserror::Error;
 
 use super::{Direction, PacketTag, Truth};

@@ -23,7 +23,7 @@ pub mod format;
 pub use file::{TraceError, TraceFile, TraceKind, TraceLimits, TraceSummary, Tracer};
 pub use format::{FormatError, Line};
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 
 use crate::{
     relay::{Decision, DropReason},

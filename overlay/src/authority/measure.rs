@@ -17,12 +17,12 @@
 use std::{collections::HashMap, time::Instant};
 
 use futures::StreamExt;
-use libp2p::{
-    Multiaddr, PeerId, Swarm,
-    identity::Keypair,
-    request_response::{self, OutboundRequestId},
-    swarm::SwarmEvent,
-};
+use libp2p_core::Multiaddr;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
+use libp2p_request_response::{self as request_response, OutboundRequestId};
+use libp2p_swarm::Swarm;
+use libp2p_swarm::SwarmEvent;
 use p2pmix_bootstrap::{
     Authority, EpochSchedule, Now, PinnedAuthorities, VerifiedConsensus, peer_id,
     verify_signed_consensus,
@@ -45,13 +45,14 @@ pub use behaviour::{MeasureBehaviour, MeasureBehaviourEvent};
 
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
-    use libp2p::swarm::NetworkBehaviour;
+    use libp2p_swarm::NetworkBehaviour;
     use p2pmix_mix::link::Link;
 
     use crate::mailbox::MailboxBehaviour;
 
     /// The protocols the measurer speaks: those of a client.
     #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
     pub struct MeasureBehaviour {
         /// Send-only Sphinx to gateways.
         pub link: Link,

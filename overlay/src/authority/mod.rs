@@ -41,12 +41,13 @@ use std::{
 };
 
 use futures::StreamExt;
-use libp2p::{
-    Multiaddr, PeerId, Swarm, identify,
-    identity::Keypair,
-    request_response,
-    swarm::{ConnectionId, SwarmEvent},
-};
+use libp2p_core::Multiaddr;
+use libp2p_identify as identify;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
+use libp2p_request_response as request_response;
+use libp2p_swarm::Swarm;
+use libp2p_swarm::{ConnectionId, SwarmEvent};
 use p2pmix_bootstrap::{
     Authority, AuthorityConfig, EquivocationKind, Event, Now, Origin, directory_behaviour,
     peer_behaviour,
@@ -116,13 +117,15 @@ pub use behaviour::{AuthorityBehaviour, AuthorityBehaviourEvent};
 
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
-    use libp2p::{identify, swarm::NetworkBehaviour};
+    use libp2p_identify as identify;
+    use libp2p_swarm::NetworkBehaviour;
     use p2pmix_bootstrap::{DirectoryBehaviour, PeerBehaviour};
 
     use super::PeersOnly;
 
     /// Behaviours of an authority's swarm.
     #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
     pub struct AuthorityBehaviour {
         /// `/p2pmix/dir/1.0.0`, for anyone.
         pub directory: DirectoryBehaviour,
@@ -642,7 +645,7 @@ impl Driver {
                 authority,
                 kind,
             } => {
-                let who = libp2p::identity::PublicKey::try_decode_protobuf(&authority)
+                let who = libp2p_identity::PublicKey::try_decode_protobuf(&authority)
                     .map(|k| k.to_peer_id().to_string())
                     .unwrap_or_else(|_| hex::encode(&authority));
                 let what = match kind {

@@ -13,13 +13,12 @@ use std::{
 };
 
 use either::Either;
-use libp2p::{
-    Multiaddr, PeerId,
-    core::{Endpoint, transport::PortUse},
-    swarm::{
-        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm, dummy,
-    },
+use libp2p_core::Multiaddr;
+use libp2p_core::{Endpoint, transport::PortUse};
+use libp2p_identity::PeerId;
+use libp2p_swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
 };
 use tracing::warn;
 
@@ -172,11 +171,9 @@ mod tests {
     use std::time::Duration;
 
     use futures::StreamExt;
-    use libp2p::{
-        identity::Keypair,
-        request_response::{self, OutboundFailure},
-        swarm::{Swarm, SwarmEvent},
-    };
+    use libp2p_identity::Keypair;
+    use libp2p_request_response::{self as request_response, OutboundFailure};
+    use libp2p_swarm::{Swarm, SwarmEvent};
     use p2pmix_bootstrap::{AUTHORITY_PROTOCOL, PeerBehaviour, peer_behaviour};
     use p2pmix_proto::v1::{
         DirectoryRequest, DirectoryResponse, GetConsensus, directory_request::Request,

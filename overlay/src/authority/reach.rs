@@ -18,14 +18,14 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{
-    Multiaddr, PeerId, Swarm,
-    core::ConnectedPoint,
-    multiaddr::Protocol,
-    swarm::{
-        ConnectionId, NetworkBehaviour,
-        dial_opts::{DialOpts, PeerCondition},
-    },
+use libp2p_core::ConnectedPoint;
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
+use libp2p_swarm::Swarm;
+use libp2p_swarm::{
+    ConnectionId, NetworkBehaviour,
+    dial_opts::{DialOpts, PeerCondition},
 };
 use p2pmix_bootstrap::{ReachCheck, ReachOutcome};
 use tokio::sync::mpsc;

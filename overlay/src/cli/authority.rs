@@ -11,7 +11,8 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use libp2p::{Multiaddr, identity::Keypair};
+use libp2p_core::Multiaddr;
+use libp2p_identity::Keypair;
 use p2pmix::{
     authority::run_authority,
     bootstrap::default_parameters,

@@ -17,7 +17,9 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
 use p2pmix::{
     client::{
         Acknowledge, Address, CLIENT_STORE_FILE, Client, ClientConfig, Config, Event, MessageId,
@@ -231,7 +233,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn keys(
     data_dir: &Path,
 ) -> Result<(
-    libp2p::identity::Keypair,
+    libp2p_identity::Keypair,
     p2pmix::client::ClientKey,
     p2pmix::client::StaticKey,
 )> {

@@ -11,7 +11,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use libp2p::Multiaddr;
+use libp2p_core::Multiaddr;
 use p2pmix::{
     config::Authorities,
     directory::{

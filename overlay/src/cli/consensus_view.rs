@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 
 /// The peer id of an encoded public key, or a placeholder for a malformed one.
 pub(super) fn who(key: &[u8]) -> String {
-    libp2p::identity::PublicKey::try_decode_protobuf(key)
+    libp2p_identity::PublicKey::try_decode_protobuf(key)
         .map(|k| k.to_peer_id().to_string())
         .unwrap_or_else(|_| "(malformed key)".into())
 }
@@ -267,7 +267,7 @@ pub(super) fn json(signed: &SignedConsensus) -> Result<Value> {
 
 #[cfg(test)]
 mod tests {
-    use libp2p::identity::Keypair;
+    use libp2p_identity::Keypair;
     use p2pmix::proto::v1::ConsensusSignature;
 
     use super::*;

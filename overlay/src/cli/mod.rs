@@ -21,7 +21,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
-use libp2p::identity::Keypair;
+use libp2p_identity::Keypair;
 use p2pmix::{
     config::Authorities,
     identity::{IDENTITY_FILE, write_identity},
@@ -82,7 +82,8 @@ enum Command {
     },
     /// Ask a running node or authority whether it is healthy (or ready): exit 0 if so.
     Health(health::HealthArgs),
-    /// Test networks: configuration for a whole network on real hosts.
+    /// Test networks: configuration for a whole network on real hosts (genconfig), and one of
+    /// processes on this machine (up, start, stop, host, record, status, send, down).
     Testnet {
         #[command(subcommand)]
         command: testnet::TestnetCommand,

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use libp2p::Multiaddr;
+use libp2p_core::Multiaddr;
 use p2pmix::{
     config::{
         DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, NODE_FILE_KEYS, NodeConfig, NodeOverrides,

@@ -21,7 +21,7 @@ use bech32::{
         decode::{CheckedHrpstring, CheckedHrpstringError},
     },
 };
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use p2pmix_mix::{ClientId, RecipientPublicKey};
 use thiserror::Error;
 

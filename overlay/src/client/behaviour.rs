@@ -26,14 +26,13 @@ use std::{
 
 use futures::FutureExt;
 use futures_timer::Delay as Timer;
-use libp2p::{
-    Multiaddr, PeerId,
-    core::{Endpoint, transport::PortUse},
-    request_response::{self, OutboundRequestId},
-    swarm::{
-        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm,
-    },
+use libp2p_core::Multiaddr;
+use libp2p_core::{Endpoint, transport::PortUse};
+use libp2p_identity::PeerId;
+use libp2p_request_response::{self as request_response, OutboundRequestId};
+use libp2p_swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm,
 };
 use p2pmix_bootstrap::{default_parameters, directory_behaviour};
 use p2pmix_mix::{
@@ -158,7 +157,7 @@ pub enum Event {
 // `pub` in a private module: the handler type names `Inner`, but users never see it.
 #[allow(missing_docs, unreachable_pub)] // the derive generates an undocumented event enum
 mod inner {
-    use libp2p::swarm::NetworkBehaviour;
+    use libp2p_swarm::NetworkBehaviour;
     use p2pmix_bootstrap::DirectoryBehaviour;
     use p2pmix_mix::link::Link;
 
@@ -166,6 +165,7 @@ mod inner {
 
     /// The protocols the client speaks.
     #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
     pub struct Inner {
         pub link: Link,
         pub directory: DirectoryBehaviour,

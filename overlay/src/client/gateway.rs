@@ -12,7 +12,9 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
 use p2pmix_bootstrap::{
     VerifiedConsensus, VerifyError, address::check_address, peer_id, verify_signed_consensus,
 };

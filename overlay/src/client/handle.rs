@@ -13,7 +13,8 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use libp2p::{identity::Keypair, swarm::SwarmEvent};
+use libp2p_identity::Keypair;
+use libp2p_swarm::SwarmEvent;
 use p2pmix_mix::trace::TraceSink;
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};

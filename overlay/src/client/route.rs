@@ -6,7 +6,9 @@
 
 use std::{net::Ipv4Addr, time::Duration};
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
 use p2pmix_bootstrap::{VerifiedConsensus, mean_delay, peer_id, sphinx_key};
 use p2pmix_mix::{Delay, Hop, NodeId, NodePublicKey, sample_exponential};
 use p2pmix_proto::v1::{ConsensusNode, Role};

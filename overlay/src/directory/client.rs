@@ -22,7 +22,7 @@ use std::{
     time::Instant,
 };
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use p2pmix_bootstrap::{
     EpochSchedule, Now, Phase, PinnedAuthorities, VerifiedConsensus, VerifyError,
     verify_signed_consensus,
@@ -516,7 +516,7 @@ mod tests {
 
     fn client(authorities: usize) -> (DirectoryClient, Vec<PeerId>) {
         let keys: Vec<_> = (0..authorities)
-            .map(|_| libp2p::identity::Keypair::generate_ed25519())
+            .map(|_| libp2p_identity::Keypair::generate_ed25519())
             .collect();
         let peers: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
         let pinned = PinnedAuthorities::new(keys.iter().map(|k| k.public()));

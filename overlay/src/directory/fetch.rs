@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, identity::Keypair, request_response, swarm::SwarmEvent};
+use libp2p_core::Multiaddr;
+use libp2p_identity::Keypair;
+use libp2p_request_response as request_response;
+use libp2p_swarm::SwarmEvent;
 use p2pmix_bootstrap::directory_behaviour;
 use p2pmix_proto::v1::{
     DirectoryRequest, DirectoryResponse, Evidence, GetConsensus, GetEvidence, RefusalCode,
@@ -27,7 +30,7 @@ pub enum FetchError {
         /// The address.
         address: Multiaddr,
         /// Why.
-        source: libp2p::swarm::DialError,
+        source: libp2p_swarm::DialError,
     },
     /// The connection could not be made.
     #[error("connecting to {address}: {source}")]
@@ -35,7 +38,7 @@ pub enum FetchError {
         /// The address.
         address: Multiaddr,
         /// Why.
-        source: libp2p::swarm::DialError,
+        source: libp2p_swarm::DialError,
     },
     /// The request got no answer.
     #[error("request to {address}: {source}")]

@@ -26,10 +26,8 @@ pub mod store;
 
 use std::{io, time::Duration};
 
-use libp2p::{
-    StreamProtocol,
-    request_response::{self, ProtocolSupport},
-};
+use libp2p_request_response::{self as request_response, ProtocolSupport};
+use libp2p_swarm::StreamProtocol;
 use p2pmix_bootstrap::ProtoCodec;
 use p2pmix_proto::v1::{MailboxRequest, MailboxResponse, RefusalCode};
 use thiserror::Error;

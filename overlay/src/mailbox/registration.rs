@@ -13,10 +13,8 @@
 //! swarm-derived id.
 
 use curve25519_dalek::edwards::CompressedEdwardsY;
-use libp2p::{
-    PeerId,
-    identity::{Keypair, PublicKey},
-};
+use libp2p_identity::PeerId;
+use libp2p_identity::{Keypair, PublicKey};
 use p2pmix_mix::ClientId;
 use p2pmix_proto::v1::MailboxRequest;
 use thiserror::Error;
@@ -184,7 +182,7 @@ mod tests {
         let mut identity_point = [0u8; 32];
         identity_point[0] = 1;
         let weak = PublicKey::from(
-            libp2p::identity::ed25519::PublicKey::try_from_bytes(&identity_point)
+            libp2p_identity::ed25519::PublicKey::try_from_bytes(&identity_point)
                 .expect("libp2p takes the identity point as a key"),
         );
         let mut signature = vec![0u8; 64];

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use p2pmix_bootstrap::{VerifiedConsensus, peer_id};
 use p2pmix_mix::{
     ClientId, Destination, Geometry, Label, NodeId, build_cover_packet, sample_exponential,

@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::{Multiaddr, swarm::ConnectionId};
+use libp2p_core::Multiaddr;
+use libp2p_swarm::ConnectionId;
 
 /// The wait after a first failed dial.
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);

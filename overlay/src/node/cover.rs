@@ -11,7 +11,7 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use p2pmix_mix::{ClientId, Destination, Geometry, Label, build_packet, sample_exponential};
 use rand::{CryptoRng, RngExt};
 

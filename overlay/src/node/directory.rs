@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use libp2p::request_response;
+use libp2p_request_response as request_response;
 use metrics::counter;
 use p2pmix_bootstrap::{MAX_ADDRESSES, PROTOCOL_VERSION, address::is_usable, sign_descriptor};
 use p2pmix_proto::v1::{

@@ -9,7 +9,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol, request_response::ResponseChannel};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
+use libp2p_request_response::ResponseChannel;
 use p2pmix_bootstrap::Now;
 use p2pmix_mix::{ClientId, Label};
 use p2pmix_proto::v1::{MailboxRequest, MailboxResponse};

@@ -12,7 +12,8 @@ use std::{
     time::Duration,
 };
 
-use libp2p::{Multiaddr, PeerId};
+use libp2p_core::Multiaddr;
+use libp2p_identity::PeerId;
 use p2pmix_bootstrap::{VerifiedConsensus, address::check_address, peer_id};
 use p2pmix_mix::NodeId;
 use p2pmix_proto::v1::{NetworkParameters, Role};
@@ -146,10 +147,10 @@ mod tests {
 
     /// A consensus of two nodes announcing `addresses`, verified against one authority.
     fn consensus_with(addresses: &[&str], test_network: bool) -> (VerifiedConsensus, PeerId) {
-        let authority = libp2p::identity::Keypair::generate_ed25519();
-        let node = libp2p::identity::Keypair::generate_ed25519();
-        let other = libp2p::identity::Keypair::generate_ed25519();
-        let entry = |k: &libp2p::identity::Keypair, id: u32, addrs: Vec<String>| ConsensusNode {
+        let authority = libp2p_identity::Keypair::generate_ed25519();
+        let node = libp2p_identity::Keypair::generate_ed25519();
+        let other = libp2p_identity::Keypair::generate_ed25519();
+        let entry = |k: &libp2p_identity::Keypair, id: u32, addrs: Vec<String>| ConsensusNode {
             node_id: id,
             identity: k.public().encode_protobuf(),
             addresses: addrs,

@@ -47,14 +47,16 @@ use std::{
 };
 
 use futures::StreamExt;
-use libp2p::{
-    Multiaddr, PeerId, Swarm, identify,
-    identity::Keypair,
-    kad,
-    multiaddr::Protocol,
-    ping, request_response,
-    swarm::{SwarmEvent, dial_opts::DialOpts},
-};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identify as identify;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
+use libp2p_kad as kad;
+use libp2p_ping as ping;
+use libp2p_request_response as request_response;
+use libp2p_swarm::Swarm;
+use libp2p_swarm::{SwarmEvent, dial_opts::DialOpts};
 use metrics::counter;
 use p2pmix_bootstrap::{DIRECTORY_PROTOCOL, peer_id};
 use p2pmix_mix::{Relay, behaviour::Event as MixEvent};

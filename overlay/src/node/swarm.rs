@@ -2,12 +2,13 @@
 
 use std::{sync::Arc, time::Duration};
 
-use libp2p::{
-    PeerId, StreamProtocol, Swarm, identify,
-    identity::Keypair,
-    kad::{self, store::MemoryStore},
-    ping,
-};
+use libp2p_identify as identify;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
+use libp2p_kad::{self as kad, store::MemoryStore};
+use libp2p_ping as ping;
+use libp2p_swarm::StreamProtocol;
+use libp2p_swarm::Swarm;
 use p2pmix_bootstrap::cache_behaviour;
 use p2pmix_mix::{
     Relay,
@@ -29,7 +30,10 @@ pub use behaviour::{NodeBehaviour, NodeBehaviourEvent};
 
 #[allow(missing_docs)] // the derive generates an undocumented event enum
 mod behaviour {
-    use libp2p::{identify, kad, ping, swarm::NetworkBehaviour};
+    use libp2p_identify as identify;
+    use libp2p_kad as kad;
+    use libp2p_ping as ping;
+    use libp2p_swarm::NetworkBehaviour;
     use p2pmix_bootstrap::CacheBehaviour;
     use p2pmix_mix::behaviour::Behaviour as MixBehaviour;
 
@@ -38,6 +42,7 @@ mod behaviour {
 
     /// Behaviours of a node's swarm.
     #[derive(NetworkBehaviour)]
+    #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
     pub struct NodeBehaviour {
         /// Refuses incoming connections beyond the configured number (each is an open file),
         /// handshakes beyond `MAX_PENDING_INCOMING` and connections with one peer

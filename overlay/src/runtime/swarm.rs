@@ -2,9 +2,18 @@
 
 use std::time::Duration;
 
-use libp2p::{
-    Multiaddr, Swarm, TransportError, identity::Keypair, noise, swarm::NetworkBehaviour, tcp, yamux,
+use libp2p_core::{
+    Multiaddr, Transport,
+    muxing::StreamMuxerBox,
+    transport::{TransportError, timeout::TransportTimeout},
+    upgrade,
 };
+use libp2p_identity::Keypair;
+use libp2p_noise as noise;
+use libp2p_swarm::NetworkBehaviour;
+use libp2p_swarm::Swarm;
+use libp2p_tcp as tcp;
+use libp2p_yamux as yamux;
 use thiserror::Error;
 
 /// Why a swarm could not be built.
@@ -27,24 +36,32 @@ pub fn build_swarm<B: NetworkBehaviour>(
     keypair: Keypair,
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Result<Swarm<B>, SwarmError> {
-    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )?;
+    // What libp2p's `SwarmBuilder` assembles, from the sub-crates themselves (the facade would
+    // bring crates we do not use): TCP, upgraded with Noise and yamux (lazy multistream-select:
+    // the first frame goes out with the negotiation), optionally QUIC beside it, DNS around both,
+    // and a 10 s bound on every connection's setup.
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+        .upgrade(upgrade::Version::V1Lazy)
+        .authenticate(noise::Config::new(&keypair)?)
+        .multiplex(yamux::Config::default())
+        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer)));
     #[cfg(feature = "quic")]
-    let builder = builder.with_quic();
-    let builder = builder.with_dns()?;
-    let builder = match builder.with_behaviour(|key| behaviour(key)) {
-        Ok(b) => b,
-        Err(never) => match never {},
-    };
-    Ok(builder
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
-        .build())
+    let tcp = tcp
+        .or_transport(
+            libp2p_quic::tokio::Transport::new(libp2p_quic::Config::new(&keypair))
+                .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))),
+        )
+        .map(|either, _| either.into_inner());
+    let transport = libp2p_dns::tokio::Transport::system(tcp)?;
+    let transport = TransportTimeout::new(transport, CONNECTION_TIMEOUT).boxed();
+    let peer = keypair.public().to_peer_id();
+    let config = libp2p_swarm::Config::with_tokio_executor()
+        .with_idle_connection_timeout(Duration::from_secs(3600));
+    Ok(Swarm::new(transport, behaviour(&keypair), peer, config))
 }
+
+/// How long a connection's setup (TCP, Noise, yamux) may take.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// An address a swarm could not listen on.
 #[derive(Debug, Error)]

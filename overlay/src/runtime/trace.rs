@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use p2pmix_mix::trace::{TraceError, TraceLimits, Tracer};
 use thiserror::Error;
 
@@ -100,7 +100,7 @@ mod tests {
     use super::*;
 
     fn authorities(test_network: bool) -> Authorities {
-        let key = libp2p::identity::Keypair::generate_ed25519().public();
+        let key = libp2p_identity::Keypair::generate_ed25519().public();
         Authorities {
             entries: vec![crate::config::AuthorityAddress {
                 peer_id: key.to_peer_id(),

@@ -3,8 +3,9 @@
 //! no host routes it, and the bridge has no address, so nothing outside the namespaces can reach
 //! or be reached).
 //!
-//! What is made is written down before it is made (`netns`, `netns-bridge`), so that
-//! [`remove_all`] removes everything even after a crash half-way.
+//! What is made is written down as soon as it is made (`netns`, `netns-bridge`), never before
+//! (a name that exists already belongs to someone else), so that [`remove_all`] removes
+//! everything of ours, and only that, even after a crash half-way.
 
 use std::{
     fs,
@@ -88,7 +89,8 @@ fn append_line(path: &Path, line: &str) -> Result<(), TestnetError> {
     writeln!(file, "{line}").map_err(io(path))
 }
 
-/// The bridge's name for a network tagged `tag` (at most 15 bytes, as Linux wants).
+/// The bridge's name for a network tagged `tag` (a process id: at most 12 bytes, within the
+/// 15 Linux allows).
 fn bridge_name(tag: &str) -> String {
     format!("p2pbr{tag}")
 }
@@ -100,15 +102,16 @@ pub(crate) fn prepare(dir: &Path, manifest: &Manifest) -> Result<bool, TestnetEr
         return Ok(false);
     }
     let bridge = bridge_name(&manifest.tag);
-    fs::write(dir.join("netns-bridge"), format!("{bridge}\n")).map_err(io(dir))?;
+    // Listed once made, never before: a name that exists already is someone else's.
     run("ip", &["link", "add", &bridge, "type", "bridge"])?;
+    fs::write(dir.join("netns-bridge"), format!("{bridge}\n")).map_err(io(dir))?;
     run("ip", &["link", "set", &bridge, "up"])?;
     if manifest.plan.wan.is_none() {
         return Ok(false);
     }
     let probe = format!("p2pmix{}-wanprobe", manifest.tag);
-    append_line(&dir.join("netns"), &probe)?;
     run("ip", &["netns", "add", &probe])?;
+    append_line(&dir.join("netns"), &probe)?;
     let netem = run(
         "ip",
         &[
@@ -177,8 +180,8 @@ pub(crate) fn add_host(dir: &Path, manifest: &Manifest, name: &str) -> Result<Ho
     let link = format!("v{}-{k}", manifest.tag);
     let addr = address(manifest.plan.hosts, k);
     let bridge = bridge_name(&manifest.tag);
-    append_line(&dir.join("netns"), &ns)?;
     run("ip", &["netns", "add", &ns])?;
+    append_line(&dir.join("netns"), &ns)?;
     run(
         "ip",
         &[
@@ -219,22 +222,42 @@ pub(crate) fn add_host(dir: &Path, manifest: &Manifest, name: &str) -> Result<Ho
 }
 
 /// Removes every namespace (their veth links go with them) and the bridge the network made;
-/// returns how many namespaces were removed.
-pub(crate) fn remove_all(dir: &Path) -> usize {
+/// returns how many namespaces were removed and what could not be (kept in the lists, so that
+/// a second try, e.g. as root, finds them).
+pub(crate) fn remove_all(dir: &Path) -> (usize, Vec<String>) {
     let mut removed = 0;
+    let mut left = Vec::new();
     if let Ok(list) = fs::read_to_string(dir.join("netns")) {
         for ns in list.lines().filter(|l| !l.is_empty()) {
-            if run("ip", &["netns", "del", ns]).is_ok() {
-                removed += 1;
+            match run("ip", &["netns", "del", ns]) {
+                Ok(()) => removed += 1,
+                // Already gone (a run removed it before it was listed again): nothing left.
+                Err(_) if !Path::new("/run/netns").join(ns).exists() => {}
+                Err(_) => left.push(ns.to_string()),
             }
         }
-        let _ = fs::remove_file(dir.join("netns"));
+        let kept: String = left.iter().map(|n| format!("{n}\n")).collect();
+        let _ = if kept.is_empty() {
+            fs::remove_file(dir.join("netns"))
+        } else {
+            fs::write(dir.join("netns"), kept)
+        };
     }
     if let Ok(bridge) = fs::read_to_string(dir.join("netns-bridge")) {
-        let _ = run("ip", &["link", "del", bridge.trim()]);
-        let _ = fs::remove_file(dir.join("netns-bridge"));
+        let bridge = bridge.trim();
+        let gone = run("ip", &["link", "del", bridge]).is_ok()
+            || !Path::new("/sys/class/net").join(bridge).exists();
+        if gone {
+            let _ = fs::remove_file(dir.join("netns-bridge"));
+        } else {
+            left.push(bridge.to_string());
+        }
     }
-    removed
+    if left.is_empty() {
+        // The hosts are gone with their namespaces.
+        let _ = fs::remove_file(dir.join("hosts"));
+    }
+    (removed, left)
 }
 
 #[cfg(test)]

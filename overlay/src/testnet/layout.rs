@@ -6,7 +6,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use libp2p::{Multiaddr, PeerId, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::PeerId;
 use serde::{Deserialize, Serialize};
 
 use super::{Host, Plan, TestnetError, error::io, hosts};
@@ -37,6 +39,12 @@ impl RunDir {
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self, TestnetError> {
         let dir = dir.into();
         let path = dir.join(MANIFEST);
+        if !path.exists() {
+            return Err(TestnetError::NotARunDir(dir));
+        }
+        // Processes run in their own directories: every path handed to them is absolute.
+        let dir = dir.canonicalize().map_err(io(&dir))?;
+        let path = dir.join(MANIFEST);
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -44,8 +52,9 @@ impl RunDir {
             }
             Err(e) => return Err(io(&path)(e)),
         };
-        let manifest = serde_json::from_str(&text)
+        let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|source| TestnetError::Manifest { path, source })?;
+        manifest.plan.check()?;
         Ok(RunDir { dir, manifest })
     }
 

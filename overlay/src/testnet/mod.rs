@@ -20,7 +20,7 @@
 //! use std::time::Duration;
 //! use p2pmix::testnet::{LocalNet, Plan};
 //!
-//! let net = LocalNet::up(Plan::new("target/release/p2pmix", "/tmp/my-net").with_mixes(6))?;
+//! let mut net = LocalNet::up(Plan::new("target/release/p2pmix", "/tmp/my-net").with_mixes(6))?;
 //! net.wait_admitted(Duration::from_secs(90))?;
 //! println!("gw0 listens on {}", net.run_dir().listen_addr("gw0").unwrap_or_default());
 //! // Dropping `net` stops every process; `net.detach()` leaves them running.

@@ -10,7 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::{Multiaddr, identity::Keypair};
+use libp2p_core::Multiaddr;
+use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{PinnedAuthorities, verify_consensus};
 
 use super::{
@@ -18,7 +19,7 @@ use super::{
     error::io,
     hosts,
     layout::Manifest,
-    procs::{self, is_ours, record_pid, signal},
+    procs::{self, Listed, record_pid, signal},
 };
 use crate::{config::Authorities, identity::write_identity, runtime::unix_ms};
 
@@ -108,7 +109,8 @@ impl LocalNet {
                 ..plan
             },
             genesis_unix_ms: 0,
-            tag: (std::process::id() % 100_000).to_string(),
+            // Interface names stay within Linux's 15 bytes: p2pbr + 7 digits, v + 7 + - + 5.
+            tag: std::process::id().to_string(),
             wan_applied: false,
         };
         fs::write(dir.join("pids"), "").map_err(io(&dir))?;
@@ -145,12 +147,12 @@ impl LocalNet {
                 &log,
                 &[],
             )?;
-            addresses[i] = net
-                .run
-                .listen_addr(&name)
-                .and_then(|a| a.parse().ok())
-                .into_iter()
-                .collect();
+            let listen = net.run.listen_addr(&name).unwrap_or_default();
+            let addr: Multiaddr = listen.parse().map_err(|_| TestnetError::Command {
+                command: format!("{name} listen address"),
+                stderr: format!("{listen:?} is not a multiaddr"),
+            })?;
+            addresses[i] = vec![addr];
         }
         let file = net.run.authorities_file();
         fs::write(
@@ -192,10 +194,12 @@ impl LocalNet {
 
     /// Stops everything (SIGTERM, then SIGKILL after 5 s) and removes the namespaces.
     pub fn down(mut self) -> Result<DownReport, TestnetError> {
-        let report = super::down(self.run.path())?;
+        let report = super::down(self.run.path());
         for (_, child) in &mut self.children {
+            let _ = child.kill();
             let _ = child.wait();
         }
+        let report = report?;
         self.owned = false;
         Ok(report)
     }
@@ -347,7 +351,7 @@ impl LocalNet {
             Some((_, child)) => !matches!(child.try_wait(), Ok(None)),
             None => procs::read_pids(self.run.path())
                 .iter()
-                .any(|(p, n)| n == name && !is_ours(*p)),
+                .any(|l| l.name == name && !l.runs()),
         };
         if gone {
             return Err(TestnetError::Stopped {
@@ -367,7 +371,7 @@ impl LocalNet {
             if !matches!(child.try_wait(), Ok(None)) {
                 return Ok(false);
             }
-            signal(child.id(), how);
+            signal(child.id(), how)?;
             let deadline = Instant::now() + Duration::from_secs(10);
             while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
                 sleep(Duration::from_millis(20));
@@ -376,12 +380,11 @@ impl LocalNet {
             let _ = child.wait();
             return Ok(true);
         }
-        let pid = procs::read_pids(self.run.path())
+        let listed: Listed = procs::read_pids(self.run.path())
             .into_iter()
-            .find(|(_, n)| n == name)
-            .map(|(p, _)| p)
+            .find(|l| l.name == name)
             .ok_or_else(|| TestnetError::UnknownProcess(name.into()))?;
-        Ok(procs::stop_pid(pid, how, Duration::from_secs(10)))
+        procs::stop_listed(&listed, how, Duration::from_secs(10))
     }
 
     /// Waits up to `timeout` until every node holds a verified consensus that lists it; fails

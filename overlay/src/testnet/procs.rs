@@ -35,89 +35,175 @@ impl Signal {
     }
 }
 
-/// Sends `signal` to `pid` with `kill(1)`; false if it is gone (or `kill` could not run).
-pub fn signal(pid: u32, signal: Signal) -> bool {
-    Command::new("kill")
+/// Sends `signal` to `pid` with `kill(1)`. `Ok(false)` if the process is gone; an error if
+/// `kill` could not run or was refused (e.g. a network started by root, stopped by a user).
+pub fn signal(pid: u32, signal: Signal) -> Result<bool, TestnetError> {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return Err(TestnetError::UnknownProcess(format!("process id {pid}")));
+    }
+    let out = Command::new("kill")
         .args(["-s", signal.name(), &pid.to_string()])
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+        .output()
+        .map_err(|source| TestnetError::Spawn {
+            program: "kill".into(),
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    if start_time(pid).is_none() {
+        return Ok(false);
+    }
+    Err(TestnetError::Command {
+        command: format!("kill -s {} {pid}", signal.name()),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
 }
 
-/// Whether `pid` still runs a p2pmix program. A listed id of a process that ended long ago may
-/// belong to someone else by now, so this looks at the command line (`/proc` on Linux, `ps`
-/// elsewhere); a zombie has none and counts as gone.
-pub(crate) fn is_ours(pid: u32) -> bool {
-    let proc_root = Path::new("/proc/self");
-    if proc_root.exists() {
-        return fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains("p2pmix"));
+/// When `pid` started, as the OS counts it (`/proc/PID/stat`'s field 22 on Linux, `ps -o
+/// lstart` elsewhere; both stay the same across exec), or `None` if no such process runs. With
+/// the process id, it names one process: an id alone may be reused by another once ours ended.
+pub(crate) fn start_time(pid: u32) -> Option<String> {
+    if Path::new("/proc/self/stat").exists() {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces: count after it.
+        let after = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        // `after` starts at field 3 (the state); a zombie has ended.
+        if fields.first() == Some(&"Z") {
+            return None;
+        }
+        return fields.get(22 - 3).map(|s| s.to_string());
     }
-    Command::new("ps")
-        .args(["-p", &pid.to_string(), "-o", "command="])
+    let out = Command::new("ps")
+        .args(["-o", "lstart=", "-p", &pid.to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("p2pmix"))
+        .ok()?;
+    let t = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .replace(' ', "_");
+    (out.status.success() && !t.is_empty()).then_some(t)
+}
+
+/// One listed process: its id, name and start time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Listed {
+    pub(crate) pid: u32,
+    pub(crate) name: String,
+    /// `None` in lines written without one (by hand, or before start times were recorded).
+    pub(crate) start: Option<String>,
+}
+
+impl Listed {
+    /// Whether the listed process still runs: the same id with the same start time, or, for a
+    /// line without a start time, an id whose program is a p2pmix binary.
+    pub(crate) fn runs(&self) -> bool {
+        match (&self.start, start_time(self.pid)) {
+            (_, None) => false,
+            (Some(listed), Some(now)) => *listed == now,
+            (None, Some(_)) => runs_p2pmix(self.pid),
+        }
+    }
+}
+
+/// Whether `pid`'s program (its first argument) is a `p2pmix` binary.
+fn runs_p2pmix(pid: u32) -> bool {
+    let argv0 = if Path::new("/proc/self/cmdline").exists() {
+        fs::read(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .and_then(|c| c.split(|b| *b == 0).next().map(|a| a.to_vec()))
+            .map(|a| String::from_utf8_lossy(&a).into_owned())
+    } else {
+        Command::new("ps")
+            .args(["-o", "comm=", "-p", &pid.to_string()])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    argv0.is_some_and(|a| Path::new(&a).file_name().is_some_and(|f| f == "p2pmix"))
 }
 
 /// `DIR/pids`: the newest process of each name, in the order they were first started.
-pub(crate) fn read_pids(dir: &Path) -> Vec<(u32, String)> {
+pub(crate) fn read_pids(dir: &Path) -> Vec<Listed> {
     let text = fs::read_to_string(dir.join("pids")).unwrap_or_default();
-    let mut out: Vec<(u32, String)> = Vec::new();
+    let mut out: Vec<Listed> = Vec::new();
     for line in text.lines() {
         let mut f = line.split_whitespace();
         let (Some(pid), Some(name)) = (f.next().and_then(|p| p.parse().ok()), f.next()) else {
             continue;
         };
-        match out.iter_mut().find(|(_, n)| n == name) {
-            Some(entry) => entry.0 = pid,
-            None => out.push((pid, name.to_string())),
+        let listed = Listed {
+            pid,
+            name: name.to_string(),
+            start: f.next().map(str::to_string),
+        };
+        match out.iter_mut().find(|l| l.name == name) {
+            Some(entry) => *entry = listed,
+            None => out.push(listed),
         }
     }
     out
 }
 
-/// Records in `dir/pids` that `name` now runs as `pid` (replacing its earlier line), so that
-/// [`down`] stops it too.
+/// Records in `dir/pids` that `name` now runs as `pid` (the newest line of a name counts, so
+/// this appends), with its start time, so that [`down`] stops it and nothing else.
 pub fn record_pid(dir: &Path, pid: u32, name: &str) -> Result<(), TestnetError> {
-    let path = dir.join("pids");
-    let mut entries = read_pids(dir);
-    match entries.iter_mut().find(|(_, n)| n == name) {
-        Some(entry) => entry.0 = pid,
-        None => entries.push((pid, name.to_string())),
+    use std::io::Write;
+    if name.is_empty() || name.chars().any(char::is_whitespace) {
+        return Err(TestnetError::UnknownProcess(format!("{name:?}")));
     }
-    let text: String = entries.iter().map(|(p, n)| format!("{p} {n}\n")).collect();
-    let tmp = dir.join("pids.new");
-    fs::write(&tmp, text).map_err(io(&tmp))?;
-    fs::rename(&tmp, &path).map_err(io(&path))
+    let path = dir.join("pids");
+    let start = start_time(pid).unwrap_or_else(|| "-".into());
+    let mut file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .map_err(io(&path))?;
+    writeln!(file, "{pid} {name} {start}").map_err(io(&path))
 }
 
 /// The listed process of `name`, if it still runs.
 pub(crate) fn running_pid(dir: &Path, name: &str) -> Option<u32> {
     read_pids(dir)
         .into_iter()
-        .find(|(_, n)| n == name)
-        .map(|(p, _)| p)
-        .filter(|p| is_ours(*p))
+        .find(|l| l.name == name)
+        .filter(Listed::runs)
+        .map(|l| l.pid)
 }
 
-/// Signals `pid` and waits up to `grace` for it to go; then SIGKILL. True if it was running.
-pub(crate) fn stop_pid(pid: u32, first: Signal, grace: Duration) -> bool {
-    if !is_ours(pid) {
-        return false;
+/// Signals the listed process and waits up to `grace` for it to go; then SIGKILL, and up to
+/// 5 s more. `Ok(true)` if it was running.
+pub(crate) fn stop_listed(
+    listed: &Listed,
+    first: Signal,
+    grace: Duration,
+) -> Result<bool, TestnetError> {
+    if !listed.runs() {
+        return Ok(false);
     }
-    signal(pid, first);
-    let deadline = Instant::now() + grace;
-    while is_ours(pid) && Instant::now() < deadline {
-        sleep(Duration::from_millis(50));
+    signal(listed.pid, first)?;
+    let mut deadline = Instant::now() + grace;
+    let mut killed = false;
+    while listed.runs() {
+        if Instant::now() >= deadline {
+            if killed {
+                return Err(TestnetError::Timeout {
+                    what: format!("{} to end after SIGKILL", listed.name),
+                    secs: 5,
+                });
+            }
+            signal(listed.pid, Signal::Kill)?;
+            killed = true;
+            deadline = Instant::now() + Duration::from_secs(5);
+        }
+        sleep(Duration::from_millis(20));
     }
-    if is_ours(pid) {
-        signal(pid, Signal::Kill);
-    }
-    true
+    Ok(true)
 }
 
 /// What [`down`] did.
@@ -129,6 +215,17 @@ pub struct DownReport {
     pub killed: usize,
     /// Network namespaces removed.
     pub namespaces: usize,
+    /// Namespaces and links that could not be removed (still listed for the next try).
+    pub left: Vec<String>,
+    /// Processes still running after everything (none, unless a signal was refused).
+    pub running: Vec<String>,
+}
+
+impl DownReport {
+    /// Whether everything is gone.
+    pub fn is_clean(&self) -> bool {
+        self.left.is_empty() && self.running.is_empty()
+    }
 }
 
 /// Stops every process listed in `dir/pids` (SIGTERM, then SIGKILL for those still running
@@ -138,28 +235,43 @@ pub fn down(dir: &Path) -> Result<DownReport, TestnetError> {
     if !dir.join("pids").exists() && !dir.join("testnet.json").exists() {
         return Err(TestnetError::NotARunDir(dir.to_path_buf()));
     }
-    let ours: Vec<u32> = read_pids(dir)
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| is_ours(*p))
-        .collect();
-    for pid in &ours {
-        signal(*pid, Signal::Term);
+    let ours: Vec<Listed> = read_pids(dir).into_iter().filter(Listed::runs).collect();
+    let mut refused = None;
+    for l in &ours {
+        if let Err(e) = signal(l.pid, Signal::Term) {
+            refused.get_or_insert(e);
+        }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while ours.iter().any(|p| is_ours(*p)) && Instant::now() < deadline {
+    while ours.iter().any(Listed::runs) && Instant::now() < deadline {
         sleep(Duration::from_millis(100));
     }
     let mut report = DownReport {
         stopped: ours.len(),
         ..DownReport::default()
     };
-    for pid in ours.iter().filter(|p| is_ours(**p)) {
-        signal(*pid, Signal::Kill);
+    for l in ours.iter().filter(|l| l.runs()) {
+        if let Err(e) = signal(l.pid, Signal::Kill) {
+            refused.get_or_insert(e);
+        }
         report.killed += 1;
     }
-    report.namespaces = hosts::remove_all(dir);
-    Ok(report)
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ours.iter().any(Listed::runs) && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+    let (removed, left) = hosts::remove_all(dir);
+    report.namespaces = removed;
+    report.left = left;
+    report.running = ours
+        .iter()
+        .filter(|l| l.runs())
+        .map(|l| l.name.clone())
+        .collect();
+    match refused {
+        Some(e) if !report.running.is_empty() => Err(e),
+        _ => Ok(report),
+    }
 }
 
 /// One process of a network as [`status`] sees it.
@@ -183,14 +295,14 @@ pub fn status(run: &RunDir) -> Vec<ProcessStatus> {
     let nodes = run.nodes();
     read_pids(run.path())
         .into_iter()
-        .map(|(pid, name)| ProcessStatus {
-            running: is_ours(pid),
-            listen: run.listen_addr(&name),
+        .map(|l| ProcessStatus {
+            running: l.runs(),
+            listen: run.listen_addr(&l.name),
             admitted: nodes
-                .contains(&name)
-                .then(|| super::net::admitted(run, &name)),
-            name,
-            pid,
+                .contains(&l.name)
+                .then(|| super::net::admitted(run, &l.name)),
+            name: l.name,
+            pid: l.pid,
         })
         .collect()
 }
@@ -200,27 +312,37 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_pids_file_keeps_the_newest_process_of_each_name() {
+    fn the_pids_file_keeps_the_newest_process_of_each_name_and_knows_it_by_its_start() {
         let dir = std::env::temp_dir().join(format!("p2pmix-pids-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
-        record_pid(&dir, 10, "gw0").unwrap();
+        let me = std::process::id();
+        record_pid(&dir, me, "gw0").unwrap();
         record_pid(&dir, 11, "mix0").unwrap();
-        record_pid(&dir, 12, "gw0").unwrap();
-        // A line a script appended, and garbage, are read as well as they can be.
+        record_pid(&dir, me, "gw0").unwrap();
+        // Lines a script appended by hand, and garbage, are read as well as they can be.
         let mut text = fs::read_to_string(dir.join("pids")).unwrap();
-        text.push_str("13 alice\nnot a line\n\n14\n");
+        text.push_str(&format!("13 alice\nnot a line\n\n14\n{me} reused 1\n"));
         fs::write(dir.join("pids"), text).unwrap();
+        let listed = read_pids(&dir);
+        let names: Vec<(u32, &str)> = listed.iter().map(|l| (l.pid, l.name.as_str())).collect();
         assert_eq!(
-            read_pids(&dir),
-            [
-                (12, "gw0".to_string()),
-                (11, "mix0".to_string()),
-                (13, "alice".to_string())
-            ]
+            names,
+            [(me, "gw0"), (11, "mix0"), (13, "alice"), (me, "reused")]
         );
-        // Nothing of ours runs under these ids (ours is not a "p2pmix" command line here
-        // either: the unit test binary is p2pmix-<hash>, so use an id that cannot exist).
-        assert!(!is_ours(u32::MAX - 1));
+        // This process, with its recorded start time, runs; the same id with another start
+        // time is someone else (a reused id); an id without a start time counts only if its
+        // program is a p2pmix binary, which this test binary (p2pmix-<hash>) is not.
+        assert!(listed[0].runs());
+        assert!(!listed[3].runs());
+        let unrecorded = Listed {
+            pid: me,
+            name: "x".into(),
+            start: None,
+        };
+        assert!(!unrecorded.runs());
+        assert!(start_time(u32::MAX - 1).is_none());
+        assert!(record_pid(&dir, 1, "two words").is_err());
+        assert!(signal(0, Signal::Term).is_err());
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -24,7 +24,10 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use libp2p::{Multiaddr, PeerId, identity::Keypair, multiaddr::Protocol};
+use libp2p_core::Multiaddr;
+use libp2p_core::multiaddr::Protocol;
+use libp2p_identity::Keypair;
+use libp2p_identity::PeerId;
 use p2pmix::{
     bootstrap::{MAX_NODES, address::check_address, default_parameters},
     config::{Authorities, MIN_EPOCH_MS, NodeRole, NodeSettings, PARAMETERS, set_parameter},

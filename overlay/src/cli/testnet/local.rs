@@ -87,7 +87,9 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
-/// `up`: starts the network, waits for its first consensus, and leaves it running.
+/// `up`: starts the network, waits for its first consensus, and leaves it running. (Interrupted
+/// half-way, what it started keeps running: `down` stops it, as everything is listed as it
+/// starts.)
 pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
     let started = Instant::now();
     let bin = std::env::current_exe().context("the path of this binary")?;
@@ -337,8 +339,21 @@ pub(crate) fn down(args: DirArgs) -> Result<ExitCode> {
             report.killed,
             report.namespaces
         );
+        if !report.running.is_empty() {
+            println!("still running: {}", report.running.join(" "));
+        }
+        if !report.left.is_empty() {
+            println!(
+                "could not remove (run again as root): {}",
+                report.left.join(" ")
+            );
+        }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(if report.is_clean() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 #[derive(clap::Args)]
@@ -472,7 +487,7 @@ pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
     let _ = alice_proc.kill();
     let _ = alice_proc.wait();
     // The receiver leaves as after Ctrl-C: its last acknowledgements go out.
-    testnet::signal(bob_proc.id(), Signal::Int);
+    let _ = testnet::signal(bob_proc.id(), Signal::Int);
     let deadline = Instant::now() + Duration::from_secs(15);
     while matches!(bob_proc.try_wait(), Ok(None)) && Instant::now() < deadline {
         sleep(Duration::from_millis(100));

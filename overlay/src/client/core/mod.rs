@@ -36,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libp2p::PeerId;
+use libp2p_identity::PeerId;
 use p2pmix_mix::{ClientId, Geometry, RecipientKey, Surb};
 use rand::CryptoRng;
 use thiserror::Error;
