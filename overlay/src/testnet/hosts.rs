@@ -50,11 +50,15 @@ impl Host {
         format!("/ip4/{}/tcp/0", self.address)
     }
 
-    /// What runs a program on this host: `ip netns exec NS` or nothing.
-    pub fn prefix(&self) -> Vec<String> {
+    /// A command that runs `program` on this host (through `ip netns exec NS` in a namespace).
+    pub fn command(&self, program: &Path) -> Command {
         match &self.namespace {
-            Some(ns) => vec!["ip".into(), "netns".into(), "exec".into(), ns.clone()],
-            None => Vec::new(),
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(program);
+                c
+            }
+            None => Command::new(program),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::{
     fs,
     os::unix::process::CommandExt,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Child, Stdio},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -298,21 +298,9 @@ impl LocalNet {
                 .open(&log_path)
                 .map_err(io(&log_path))
         };
-        let prefix = host.prefix();
-        let bin = self.run.bin().display().to_string();
-        let (program, rest): (&str, Vec<&str>) = match prefix.split_first() {
-            Some((first, more)) => (
-                first,
-                more.iter()
-                    .map(String::as_str)
-                    .chain(std::iter::once(bin.as_str()))
-                    .chain(args.iter().copied())
-                    .collect(),
-            ),
-            None => (bin.as_str(), args.to_vec()),
-        };
-        let child = Command::new(program)
-            .args(&rest)
+        let child = host
+            .command(self.run.bin())
+            .args(args)
             .current_dir(&home)
             .env("RUST_LOG", log)
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -324,7 +312,7 @@ impl LocalNet {
             .process_group(0)
             .spawn()
             .map_err(|source| TestnetError::Spawn {
-                program: program.to_string(),
+                program: self.run.bin().display().to_string(),
                 source,
             })?;
         let pid = child.id();

@@ -206,6 +206,14 @@ pub(crate) fn stop_listed(
     Ok(true)
 }
 
+/// Waits up to `within` until none of `listed` runs.
+fn wait_gone(listed: &[Listed], within: Duration) {
+    let deadline = Instant::now() + within;
+    while listed.iter().any(Listed::runs) && Instant::now() < deadline {
+        sleep(Duration::from_millis(50));
+    }
+}
+
 /// What [`down`] did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DownReport {
@@ -242,10 +250,7 @@ pub fn down(dir: &Path) -> Result<DownReport, TestnetError> {
             refused.get_or_insert(e);
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ours.iter().any(Listed::runs) && Instant::now() < deadline {
-        sleep(Duration::from_millis(100));
-    }
+    wait_gone(&ours, Duration::from_secs(5));
     let mut report = DownReport {
         stopped: ours.len(),
         ..DownReport::default()
@@ -256,10 +261,7 @@ pub fn down(dir: &Path) -> Result<DownReport, TestnetError> {
         }
         report.killed += 1;
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ours.iter().any(Listed::runs) && Instant::now() < deadline {
-        sleep(Duration::from_millis(50));
-    }
+    wait_gone(&ours, Duration::from_secs(5));
     let (removed, left) = hosts::remove_all(dir);
     report.namespaces = removed;
     report.left = left;

@@ -264,22 +264,6 @@ fn node_start(env: &[(String, String)], also_listen: &[String]) -> NodeStart {
     start
 }
 
-pub fn pinned(keys: &[String], addrs: &[Option<String>]) -> String {
-    keys.iter()
-        .zip(addrs)
-        .map(|(k, a)| {
-            let a = a.as_ref().map(|a| format!("\"{a}\"")).unwrap_or_default();
-            format!("[[authority]]\npublic_key = \"{k}\"\naddresses = [{a}]\n\n")
-        })
-        .collect()
-}
-
-pub fn first_line(path: &std::path::Path) -> Option<String> {
-    fs::read_to_string(path)
-        .ok()
-        .and_then(|s| s.lines().next().map(str::to_string))
-}
-
 pub fn spawn(dir: &std::path::Path, args: &[&str], log: &str) -> Running {
     spawn_with_env(dir, args, log, &[])
 }

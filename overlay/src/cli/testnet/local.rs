@@ -159,11 +159,10 @@ pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
 fn with_log_tail(e: TestnetError, dir: &Path) -> anyhow::Error {
     match &e {
         TestnetError::Timeout { .. } => {
-            let log = fs::read_to_string(dir.join("auth0/log")).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(20).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            anyhow::Error::new(e)
-                .context(format!("the last lines of auth0/log:\n{}", tail.join("\n")))
+            let tail = RunDir::open(dir)
+                .map(|run| run.log_tail("auth0", 20))
+                .unwrap_or_default();
+            anyhow::Error::new(e).context(format!("the last lines of auth0/log:\n{tail}"))
         }
         _ => e.into(),
     }
@@ -376,9 +375,9 @@ pub(crate) struct SendArgs {
 /// message arrived exactly once. The clients' data, events and logs stay in `DIR/send-N/`.
 pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
     let run = RunDir::open(&args.dir)?;
-    let round = (1..)
+    let round = (1..10_000)
         .find(|n| !run.path().join(format!("send-{n}")).exists())
-        .unwrap_or(1);
+        .context("10,000 send rounds in this directory already")?;
     let home = run.path().join(format!("send-{round}"));
     let (alice, bob) = (format!("alice{round}"), format!("bob{round}"));
     let gateways = run.gateways();
@@ -410,17 +409,9 @@ pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
     }
     let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let client = |name: &str, dir: &Path, args: &[&str]| -> Result<std::process::Child> {
-        let host = run.add_host(name)?;
-        let prefix = host.prefix();
-        let mut cmd = match prefix.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(&bin);
-                c
-            }
-            None => Command::new(&bin),
-        };
-        let child = cmd
+        let child = run
+            .add_host(name)?
+            .command(&bin)
             .args(args)
             .arg("--data-dir")
             .arg(dir)
