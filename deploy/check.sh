@@ -18,11 +18,14 @@ cd "$(dirname "$0")/.."
 bin="$(realpath "${1:?usage: deploy/check.sh BINARY}")"
 tmp="$(mktemp -d)"
 image="localhost/p2pmix-check:$$"
+# podman keeps the build's images and stages in storage of its own under $tmp (vfs: every layer a
+# full copy), so nothing of the build outlives the check and the machine's own store is untouched.
+podman_() { podman --root "$tmp/storage" --runroot "$tmp/runroot" --storage-driver vfs "$@"; }
 cleanup() {
-  if command -v podman >/dev/null 2>&1; then
-    podman --storage-driver vfs rmi -f "$image" >/dev/null 2>&1 || true
-    # The build's stages stay behind as untagged images (about 300 MB each): drop the dangling.
-    podman --storage-driver vfs image prune -f >/dev/null 2>&1 || true
+  if [ -d "$tmp/storage" ]; then
+    podman_ rmi -a -f >/dev/null 2>&1 || true
+    # Rootless, the layers' files belong to sub-uids only podman's user namespace can remove.
+    [ "$(id -u)" = 0 ] || podman unshare rm -rf "$tmp/storage" "$tmp/runroot" 2>/dev/null || true
   fi
   rm -rf "$tmp" deploy/container/rootfs
 }
@@ -126,16 +129,17 @@ if ! command -v podman >/dev/null 2>&1; then
     { sudo_ apt-get update -qq && sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }
 fi
 deploy/container/rootfs.sh "$bin" deploy/container/rootfs
-podman --storage-driver vfs build -q --format docker -f deploy/Containerfile --build-arg SOURCE=prebuilt \
+echo "$(df -h --output=avail "$tmp" | tail -1 | tr -d ' ') free for the build's storage in $tmp"
+podman_ build -q --format docker -f deploy/Containerfile --build-arg SOURCE=prebuilt \
   --build-arg P2PMIX_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)" -t "$image" . >/dev/null
-inspect() { podman --storage-driver vfs image inspect --format "$1" "$image"; }
+inspect() { podman_ image inspect --format "$1" "$image"; }
 [ "$(inspect '{{.Config.User}}')" = "10001:10001" ] || { echo "the image does not run as 10001" >&2; exit 1; }
 inspect '{{.Config.Healthcheck.Test}}' | grep -q "health" || { echo "the image has no health check" >&2; exit 1; }
 inspect '{{json .Config.Volumes}}' | grep -q '/var/lib/p2pmix' || { echo "no data volume" >&2; exit 1; }
 echo "image built: $(inspect '{{.Size}}') bytes, user $(inspect '{{.Config.User}}'), volume /var/lib/p2pmix, health check $(inspect '{{.Config.Healthcheck.Test}}')"
 # Where a runtime works, the binary must start inside it; here crun cannot (hosts.md).
-if podman --storage-driver vfs run --rm "$image" --version >/dev/null 2>&1; then
-  echo "the image runs: $(podman --storage-driver vfs run --rm "$image" --version)"
+if podman_ run --rm "$image" --version >/dev/null 2>&1; then
+  echo "the image runs: $(podman_ run --rm "$image" --version)"
 else
   echo "podman cannot start containers on this machine: the image is built and inspected, not run"
 fi
