@@ -28,7 +28,7 @@ use p2pmix_bootstrap::{
     verify_signed_consensus,
 };
 use p2pmix_mix::link::Link;
-use p2pmix_proto::v1::{MailboxResponse, NodeMeasurement};
+use p2pmix_proto::v1::MailboxResponse;
 use rand::{SeedableRng, rngs::StdRng};
 use tracing::{debug, info};
 
@@ -38,7 +38,7 @@ use crate::{
     identity::{load_or_create_client_key, load_or_create_identity},
     mailbox::{ClientKey, MailboxFetcher, PullRate, mailbox_behaviour},
     measure::{MeasureConfig, MeasureStats, MeasuredNetwork, Measurer, NodeReport},
-    runtime::{SwarmError, build_swarm},
+    runtime::{SwarmError, build_swarm, replaced::ReplacedGauges},
 };
 
 pub use behaviour::{MeasureBehaviour, MeasureBehaviourEvent};
@@ -285,23 +285,16 @@ impl MeasureDriver {
         }
     }
 
-    /// What this authority measured over the window, for its vote (also exported as gauges).
-    pub fn measurements(&mut self, now: Instant) -> Vec<NodeMeasurement> {
+    /// What this authority measured over the window, node by node, for its vote.
+    pub fn reports(&mut self, now: Instant) -> Vec<NodeReport> {
         let reports = self.measurer.report(now);
-        for r in &reports {
-            let node = r.peer.to_string();
-            metrics::gauge!("p2pmix_measure_delivery_permille", "node" => node.clone())
-                .set(f64::from(r.delivery_permille));
-            metrics::gauge!("p2pmix_measure_delay_p90_ms", "node" => node)
-                .set(f64::from(r.delay_p90_ms));
-        }
         info!(
             nodes = reports.len(),
             sent = self.measurer.stats().sent,
             returned = self.measurer.stats().returned,
             "measurer: measurements for the vote"
         );
-        NodeReport::to_measurements(&reports)
+        reports
     }
 }
 
@@ -314,6 +307,31 @@ pub(super) struct Measuring {
     schedule: EpochSchedule,
     /// The vote (by its due time) whose measurements were handed in.
     measured_for: Option<u64>,
+    /// Where the latest reports are exported, labelled by node.
+    gauges: ReplacedGauges,
+}
+
+/// The latest reports as `p2pmix_measure_*{node}`: the nodes of this vote's reports alone (a
+/// recorder gauge would keep every node ever measured, each churned identity included).
+fn export_reports(gauges: &ReplacedGauges, reports: &[NodeReport]) {
+    let by_node = |value: fn(&NodeReport) -> u32| {
+        reports
+            .iter()
+            .map(|r| (r.peer.to_string(), f64::from(value(r))))
+            .collect()
+    };
+    gauges.replace(
+        "p2pmix_measure_delivery_permille",
+        "Delivery through the node relative to the upper quartile of its layer, per mille, as this authority measured it for its latest vote.",
+        "node",
+        by_node(|r| r.delivery_permille),
+    );
+    gauges.replace(
+        "p2pmix_measure_delay_p90_ms",
+        "90th percentile of the delay the node added to this authority's probes, milliseconds, for its latest vote.",
+        "node",
+        by_node(|r| r.delay_p90_ms),
+    );
 }
 
 impl Measuring {
@@ -322,6 +340,7 @@ impl Measuring {
     pub(super) fn start(
         config: &AuthorityConfigFile,
         pinned: PinnedAuthorities,
+        gauges: ReplacedGauges,
         now: Instant,
     ) -> Result<Option<Self>, AuthorityNodeError> {
         let Some(measure_config) =
@@ -337,6 +356,7 @@ impl Measuring {
             pinned,
             schedule: config.schedule,
             measured_for: None,
+            gauges,
         }))
     }
 
@@ -355,7 +375,9 @@ impl Measuring {
             && now.unix_ms >= due
             && self.measured_for != Some(due)
         {
-            authority.set_measurements(self.driver.measurements(now.mono));
+            let reports = self.driver.reports(now.mono);
+            export_reports(&self.gauges, &reports);
+            authority.set_measurements(NodeReport::to_measurements(&reports));
             self.measured_for = Some(due);
         }
         self.driver.handle_timeout(now.mono);

@@ -265,7 +265,7 @@ pub async fn run_authority(
         }
     }
     info!(peer_id = %me, epoch = authority.round_epoch(), "authority started");
-    let measuring = Measuring::start(&config, pinned, now.mono)?;
+    let measuring = Measuring::start(&config, pinned, status.replaced_gauges().clone(), now.mono)?;
     let writer = StateWriter::start(state_path).map_err(AuthorityNodeError::Thread)?;
     let newest = newest_epoch(&authority);
     let mut driver = Driver {

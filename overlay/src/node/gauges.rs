@@ -94,19 +94,12 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct Gauges {
     next: Instant,
-    /// The epochs whose replay filter gauges the last export set: a key retired since is set
-    /// to zero once (the recorder keeps a labelled gauge's last value for ever, and an alert on
-    /// a retired filter's fill would never clear).
-    replay_epochs: Vec<u64>,
 }
 
 impl Gauges {
     /// Exports first at `now`.
     pub fn new(now: Instant) -> Self {
-        Gauges {
-            next: now,
-            replay_epochs: Vec::new(),
-        }
+        Gauges { next: now }
     }
 
     /// When the next export is due.
@@ -141,17 +134,14 @@ impl Gauges {
         } else {
             0.0
         });
-        for key in &snapshot.replay {
-            export_replay_filter(key.epoch, key.fill_ratio, key.bytes, key.tags);
+        for slot in KeySlot::ALL {
+            let key = snapshot
+                .replay
+                .iter()
+                .filter(|k| KeySlot::of(k.epoch, snapshot.epoch) == slot)
+                .max_by_key(|k| k.epoch);
+            export_replay_filter(slot, key.copied().unwrap_or_default());
         }
-        for retired in self
-            .replay_epochs
-            .iter()
-            .filter(|e| !snapshot.replay.iter().any(|k| k.epoch == **e))
-        {
-            export_replay_filter(*retired, 0.0, 0, 0);
-        }
-        self.replay_epochs = snapshot.replay.iter().map(|k| k.epoch).collect();
         gauge!("p2pmix_replay_memory_bytes").set(snapshot.replay_memory.0 as f64);
         gauge!("p2pmix_replay_memory_budget_bytes").set(snapshot.replay_memory.1 as f64);
         gauge!("p2pmix_replay_journal_pending").set(snapshot.replay_backlog.0 as f64);
@@ -185,10 +175,96 @@ impl Gauges {
     }
 }
 
-/// One key's replay filter gauges.
-fn export_replay_filter(epoch: u64, fill_ratio: f64, bytes: u64, tags: u64) {
-    let epoch = epoch.to_string();
-    gauge!("p2pmix_replay_filter_fill_ratio", "epoch" => epoch.clone()).set(fill_ratio);
-    gauge!("p2pmix_replay_filter_bytes", "epoch" => epoch.clone()).set(bytes as f64);
-    gauge!("p2pmix_replay_filter_tags", "epoch" => epoch).set(tags as f64);
+/// Where a key stands against the clock's epoch: the label of its replay filter's gauges. The
+/// recorder keeps every label value it ever saw, so a label holding the epoch number grew by one
+/// series of each gauge an epoch for the life of the node; these are three.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeySlot {
+    /// An earlier epoch's key, through its grace period.
+    Previous,
+    /// This epoch's.
+    Current,
+    /// A later epoch's key, installed ahead of its start.
+    Next,
+}
+
+impl KeySlot {
+    const ALL: [KeySlot; 3] = [KeySlot::Previous, KeySlot::Current, KeySlot::Next];
+
+    fn of(key_epoch: u64, epoch: u64) -> KeySlot {
+        match key_epoch.cmp(&epoch) {
+            std::cmp::Ordering::Less => KeySlot::Previous,
+            std::cmp::Ordering::Equal => KeySlot::Current,
+            std::cmp::Ordering::Greater => KeySlot::Next,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            KeySlot::Previous => "previous",
+            KeySlot::Current => "current",
+            KeySlot::Next => "next",
+        }
+    }
+}
+
+/// The replay filter gauges of the key in `slot` (all zero when the node holds none there).
+fn export_replay_filter(slot: KeySlot, key: ReplayFilterGauge) {
+    let slot = slot.label();
+    gauge!("p2pmix_replay_filter_epoch", "key" => slot).set(key.epoch as f64);
+    gauge!("p2pmix_replay_filter_fill_ratio", "key" => slot).set(key.fill_ratio);
+    gauge!("p2pmix_replay_filter_bytes", "key" => slot).set(key.bytes as f64);
+    gauge!("p2pmix_replay_filter_tags", "key" => slot).set(key.tags as f64);
+}
+
+#[cfg(all(test, feature = "metrics-endpoint"))]
+mod tests {
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    fn key(epoch: u64, fill_ratio: f64) -> ReplayFilterGauge {
+        ReplayFilterGauge {
+            epoch,
+            fill_ratio,
+            bytes: 1 << 20,
+            tags: 1000,
+        }
+    }
+
+    #[test]
+    fn a_long_lived_node_keeps_three_replay_filter_series_whatever_its_epochs() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let mut gauges = Gauges::new(Instant::now());
+        metrics::with_local_recorder(&recorder, || {
+            for epoch in 1..=200 {
+                gauges.export(&Snapshot {
+                    epoch,
+                    replay: vec![key(epoch - 1, 1.0), key(epoch, 0.5), key(epoch + 1, 0.0)],
+                    ..Snapshot::default()
+                });
+            }
+            // The previous key retired: its place reads zero, not its last fill.
+            gauges.export(&Snapshot {
+                epoch: 200,
+                replay: vec![key(200, 0.25)],
+                ..Snapshot::default()
+            });
+        });
+        let text = handle.render();
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("p2pmix_replay_filter_fill_ratio{"))
+            .collect();
+        assert_eq!(series.len(), 3, "{text}");
+        for (slot, value) in [("previous", "0"), ("current", "0.25"), ("next", "0")] {
+            let line = format!("p2pmix_replay_filter_fill_ratio{{key=\"{slot}\"}} {value}");
+            assert!(series.contains(&line.as_str()), "{line} in {series:?}");
+        }
+        assert!(
+            text.contains("p2pmix_replay_filter_epoch{key=\"current\"} 200"),
+            "{text}"
+        );
+    }
 }

@@ -193,7 +193,9 @@ fn respond(
     match route {
         Route::Metrics => {
             handle.run_upkeep();
-            ("200 OK", "text/plain; version=0.0.4", handle.render())
+            let mut text = handle.render();
+            text.push_str(&status.replaced_gauges().render());
+            ("200 OK", "text/plain; version=0.0.4", text)
         }
         Route::Health => {
             let health = status.health(now);
@@ -281,5 +283,24 @@ mod tests {
             ("200 OK", "{\"status\":\"ready\",\"epoch\":7,\"layer\":1}\n")
         );
         assert_eq!(answer(Route::Unknown).0, "404 Not Found");
+    }
+
+    #[test]
+    fn metrics_serve_the_replaced_gauges_beside_the_recorders() {
+        let handle = PrometheusBuilder::new().build_recorder().handle();
+        let t0 = Instant::now();
+        let status = Status::new(t0);
+        status.replaced_gauges().replace(
+            "p2pmix_measure_delivery_permille",
+            "Delivery.",
+            "node",
+            vec![("12D3KooWA".into(), 998.0)],
+        );
+        let (code, _, body) = respond(Route::Metrics, &handle, &status, t0);
+        assert_eq!(code, "200 OK");
+        assert!(
+            body.contains("p2pmix_measure_delivery_permille{node=\"12D3KooWA\"} 998\n"),
+            "{body}"
+        );
     }
 }

@@ -9,6 +9,7 @@ pub mod metrics;
 #[cfg(not(feature = "metrics-endpoint"))]
 #[path = "metrics_off.rs"]
 pub mod metrics;
+pub mod replaced;
 pub mod status;
 mod swarm;
 pub mod trace;

@@ -15,6 +15,8 @@ use std::{
 
 use serde::Serialize;
 
+use super::replaced::ReplacedGauges;
+
 /// A loop that has not turned for this long is unhealthy (loops wake at least once a second; a
 /// loaded machine can hold one back for seconds, a deadlock for ever).
 pub const STALL_AFTER: Duration = Duration::from_secs(30);
@@ -149,23 +151,35 @@ struct State {
     readiness: Readiness,
 }
 
-/// The status a loop keeps and the metrics endpoint serves; cheap to clone (one shared cell).
+/// The status a loop keeps and the metrics endpoint serves, with the gauges whose label sets
+/// the loop replaces as a whole; cheap to clone (shared cells).
 #[derive(Debug, Clone)]
-pub struct Status(Arc<Mutex<State>>);
+pub struct Status {
+    state: Arc<Mutex<State>>,
+    replaced: ReplacedGauges,
+}
 
 impl Status {
     /// A status made at `now`: not turned yet, [`Readiness::Starting`].
     pub fn new(now: Instant) -> Self {
-        Status(Arc::new(Mutex::new(State {
-            created: now,
-            last_turn: None,
-            readiness: Readiness::Starting,
-        })))
+        Status {
+            state: Arc::new(Mutex::new(State {
+                created: now,
+                last_turn: None,
+                readiness: Readiness::Starting,
+            })),
+            replaced: ReplacedGauges::default(),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
         // A panic elsewhere while holding the lock leaves plain values behind: still usable.
-        f(&mut self.0.lock().unwrap_or_else(PoisonError::into_inner))
+        f(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The gauges served at `/metrics` beside the recorder's, labelled by what comes and goes.
+    pub fn replaced_gauges(&self) -> &ReplacedGauges {
+        &self.replaced
     }
 
     /// The loop turned at `now`.

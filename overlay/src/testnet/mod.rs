@@ -9,7 +9,10 @@
 //! run of each name) and `testnet.json` (what later commands need: the binary, the epoch
 //! schedule, the hosts). With [`HostMode::Spread`] or [`HostMode::Crowded`] every process runs in
 //! a network namespace of its own on a bridge the network makes (root only), listed in `netns`,
-//! `netns-bridge` and `hosts`; [`down`] removes them.
+//! `netns-bridge` and `hosts`; [`down`] removes them. Those processes run on the files
+//! `p2pmix testnet genconfig` writes for the namespaces' addresses (`genconfig/`, each process's
+//! directory a link to its own there), the operator's path; on loopback, where every process
+//! shares one address and must bind port 0, the files are written here.
 //!
 //! Nothing here needs bash or `/proc`: processes are signalled with `kill(1)`, and whether a
 //! listed process id is still one of ours is read from `/proc` where it exists and from `ps`

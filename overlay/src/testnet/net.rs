@@ -15,7 +15,7 @@ use libp2p_identity::Keypair;
 use p2pmix_bootstrap::{PinnedAuthorities, verify_consensus};
 
 use super::{
-    DownReport, Plan, RunDir, Signal, TestnetError,
+    DownReport, HostMode, Plan, RunDir, Signal, TestnetError,
     error::io,
     hosts,
     layout::Manifest,
@@ -25,6 +25,10 @@ use crate::{config::Authorities, identity::write_identity, runtime::unix_ms};
 
 /// How long a process may take to write its listen addresses.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// genconfig's ports in a network of namespaces (one process a host, so no two collide).
+const GENCONFIG_P2P_PORT: u16 = 4100;
+const GENCONFIG_METRICS_PORT: u16 = 9100;
 
 /// How a node process is started: where it listens and what environment it gets.
 #[derive(Debug, Clone, Default)]
@@ -73,9 +77,10 @@ pub struct LocalNet {
 }
 
 impl LocalNet {
-    /// Starts the network of `plan`: three authorities one after another (each told where the
-    /// earlier ones listen), then the gateways and the mixes, each once it wrote where it
-    /// listens. Returns once every process listens; [`LocalNet::wait_admitted`] waits for the
+    /// Starts the network of `plan`: three authorities, then the gateways and the mixes, each
+    /// once it wrote where it listens. On loopback the files are ours (port 0, each authority
+    /// told where the earlier ones listen); in namespaces they are what `p2pmix testnet
+    /// genconfig` writes for the hosts' addresses, started as an operator would. Returns once every process listens; [`LocalNet::wait_admitted`] waits for the
     /// consensus.
     pub fn up(plan: Plan) -> Result<Self, TestnetError> {
         Self::up_with(plan, |_, _| NodeStart::default())
@@ -121,50 +126,150 @@ impl LocalNet {
             owned: true,
         };
         manifest.wan_applied = hosts::prepare(&dir, &manifest)?;
-        let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
         manifest.genesis_unix_ms = unix_ms() + manifest.plan.genesis_delay_ms;
         net.run = RunDir::create(dir.clone(), manifest)?;
-        let network = net.network_section();
+        if net.runs_genconfig_files() {
+            net.genconfig()?;
+            for name in net.run.authorities() {
+                let log = net.run.manifest.plan.authority_log.clone();
+                net.spawn(
+                    &name,
+                    &["authority", "--config", "authority.toml"],
+                    &log,
+                    &[],
+                )?;
+            }
+        } else {
+            net.start_loopback_authorities()?;
+        }
+        let genesis = net.run.genesis_unix_ms();
+        for (i, name) in net.run.nodes().into_iter().enumerate() {
+            net.start_node(&name, &node(i, genesis))?;
+        }
+        Ok(net)
+    }
+
+    /// Whether the processes run on `genconfig`'s files (a network of namespaces: an address
+    /// each, so genconfig's fixed ports are free on every host), rather than on files of ours
+    /// with port 0 (loopback, where the processes share one address).
+    fn runs_genconfig_files(&self) -> bool {
+        self.run.manifest.plan.hosts != HostMode::Loopback
+    }
+
+    /// Writes the network with `p2pmix testnet genconfig` into `DIR/genconfig`, every host
+    /// given by its namespace's address, and makes each process's directory (`auth0`, `gw0`,
+    /// …) a link to its own there (`authority-0`, `gateway-0`, …): the operator's path, tested.
+    fn genconfig(&self) -> Result<(), TestnetError> {
+        let run = &self.run;
+        let plan = &run.manifest.plan;
+        let roles = [
+            ("authority", run.authorities()),
+            ("gateway", run.gateways()),
+            ("mix", run.mixes()),
+        ];
+        // In genconfig's order (authorities, gateways, mixes: one host each, dealt in turn),
+        // which is also the order `up` used to make the hosts in.
+        let mut hosts = Vec::new();
+        for (_, names) in &roles {
+            for name in names {
+                hosts.push(run.add_host(name)?.address.to_string());
+            }
+        }
+        let out = run.path().join("genconfig");
+        let mut args: Vec<String> = vec![
+            "testnet".into(),
+            "genconfig".into(),
+            "--out".into(),
+            out.display().to_string(),
+            "--hosts".into(),
+            hosts.join(","),
+            "--test-network".into(),
+            "--authorities".into(),
+            run.authorities().len().to_string(),
+            "--gateways".into(),
+            plan.gateways.to_string(),
+            "--mixes".into(),
+            plan.mixes.to_string(),
+            "--p2p-port".into(),
+            GENCONFIG_P2P_PORT.to_string(),
+            "--metrics-port".into(),
+            GENCONFIG_METRICS_PORT.to_string(),
+            "--metrics-loopback".into(),
+            "--epoch-ms".into(),
+            run.epoch_ms().to_string(),
+            "--genesis-unix-ms".into(),
+            run.genesis_unix_ms().to_string(),
+        ];
+        for (name, value) in &plan.parameters {
+            args.extend(["--parameter".into(), format!("{name}={value}")]);
+        }
+        let command = std::process::Command::new(run.bin())
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| TestnetError::Spawn {
+                program: run.bin().display().to_string(),
+                source,
+            })?;
+        if !command.status.success() {
+            return Err(TestnetError::Command {
+                command: format!("{} {}", run.bin().display(), args.join(" ")),
+                stderr: String::from_utf8_lossy(&command.stderr).trim().to_string(),
+            });
+        }
+        for (role, names) in &roles {
+            for (i, name) in names.iter().enumerate() {
+                let link = run.process_dir(name);
+                std::os::unix::fs::symlink(format!("genconfig/{role}-{i}"), &link)
+                    .map_err(io(&link))?;
+            }
+        }
+        let file = run.authorities_file();
+        fs::copy(out.join("authorities.toml"), &file).map_err(io(&file))?;
+        Ok(())
+    }
+
+    /// Starts the three authorities on loopback, one after another (each on port 0, told where
+    /// the earlier ones listen), then writes the pinned file with every address.
+    fn start_loopback_authorities(&mut self) -> Result<(), TestnetError> {
+        let keys: Vec<Keypair> = (0..3).map(|_| Keypair::generate_ed25519()).collect();
+        let network = self.network_section();
         let mut addresses: Vec<Vec<Multiaddr>> = vec![Vec::new(); 3];
         for (i, key) in keys.iter().enumerate() {
             let name = format!("auth{i}");
-            let home = net.run.process_dir(&name);
+            let home = self.run.process_dir(&name);
             fs::create_dir_all(&home).map_err(io(&home))?;
             write_identity(&home.join("identity.key"), key)?;
             let pinned = pinned_file(&keys, &addresses);
             fs::write(home.join("authorities.toml"), pinned).map_err(io(&home))?;
-            let host = net.run.add_host(&name)?;
+            let host = self.run.add_host(&name)?;
             let config = format!(
                 "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"{}\"]\n{network}{}",
                 host.listen(),
-                net.parameters_section()
+                self.parameters_section()
             );
             fs::write(home.join("authority.toml"), config).map_err(io(&home))?;
-            let log = net.run.manifest.plan.authority_log.clone();
-            net.spawn(
+            let log = self.run.manifest.plan.authority_log.clone();
+            self.spawn(
                 &name,
                 &["authority", "--config", "authority.toml"],
                 &log,
                 &[],
             )?;
-            let listen = net.run.listen_addr(&name).unwrap_or_default();
+            let listen = self.run.listen_addr(&name).unwrap_or_default();
             let addr: Multiaddr = listen.parse().map_err(|_| TestnetError::Command {
                 command: format!("{name} listen address"),
                 stderr: format!("{listen:?} is not a multiaddr"),
             })?;
             addresses[i] = vec![addr];
         }
-        let file = net.run.authorities_file();
+        let file = self.run.authorities_file();
         fs::write(
             &file,
             format!("{}{network}", pinned_file(&keys, &addresses)),
         )
         .map_err(io(&file))?;
-        let genesis = net.run.genesis_unix_ms();
-        for (i, name) in net.run.nodes().into_iter().enumerate() {
-            net.start_node(&name, &node(i, genesis))?;
-        }
-        Ok(net)
+        Ok(())
     }
 
     /// The network in `dir`, made earlier by [`LocalNet::up`] (in this process or another):
@@ -240,6 +345,30 @@ impl LocalNet {
         fs::create_dir_all(&home).map_err(io(&home))?;
         let _ = fs::remove_file(home.join("data/listen-addrs"));
         let host = self.run.add_host(name)?;
+        let log = start
+            .log
+            .clone()
+            .unwrap_or_else(|| self.run.manifest.plan.node_log.clone());
+        if self.runs_genconfig_files() {
+            // genconfig's node.toml says everything; flags only where `start` asks for more.
+            let mut args: Vec<String> = ["node", "--config", "node.toml"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            if !start.listen.is_empty() || !start.also_listen.is_empty() {
+                let listen = if start.listen.is_empty() {
+                    vec![format!("/ip4/{}/tcp/{GENCONFIG_P2P_PORT}", host.address)]
+                } else {
+                    start.listen.clone()
+                };
+                for l in listen.iter().chain(&start.also_listen) {
+                    args.extend(["--listen".into(), l.clone()]);
+                }
+            }
+            args.extend(self.run.manifest.plan.node_args.iter().cloned());
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            return self.spawn(name, &args, &log, &start.env);
+        }
         let authorities = self.run.authorities_file().display().to_string();
         let mut args: Vec<String> = [
             "node",
@@ -272,10 +401,6 @@ impl LocalNet {
         }
         args.extend(self.run.manifest.plan.node_args.iter().cloned());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let log = start
-            .log
-            .clone()
-            .unwrap_or_else(|| self.run.manifest.plan.node_log.clone());
         self.spawn(name, &args, &log, &start.env)
     }
 
