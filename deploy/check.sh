@@ -25,7 +25,7 @@ cleanup() {
   if [ -d "$tmp/storage" ]; then
     podman_ rmi -a -f >/dev/null 2>&1 || true
     # Rootless, the layers' files belong to sub-uids only podman's user namespace can remove.
-    [ "$(id -u)" = 0 ] || podman unshare rm -rf "$tmp/storage" "$tmp/runroot" 2>/dev/null || true
+    [ "$(id -u)" = 0 ] || podman_ unshare rm -rf "$tmp/storage" "$tmp/runroot" 2>/dev/null || true
   fi
   rm -rf "$tmp" deploy/container/rootfs
 }
@@ -128,7 +128,8 @@ if ! command -v podman >/dev/null 2>&1; then
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null 2>&1 ||
     { sudo_ apt-get update -qq && sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman >/dev/null; }
 fi
-deploy/container/rootfs.sh "$bin" deploy/container/rootfs
+# A debug build: its line tables would be most of the image (and of vfs's copies of it).
+deploy/container/rootfs.sh "$bin" deploy/container/rootfs --strip-debug
 echo "$(df -h --output=avail "$tmp" | tail -1 | tr -d ' ') free for the build's storage in $tmp"
 podman_ build -q --format docker -f deploy/Containerfile --build-arg SOURCE=prebuilt \
   --build-arg P2PMIX_GIT_COMMIT="$(git rev-parse HEAD 2>/dev/null || echo unknown)" -t "$image" . >/dev/null

@@ -4,11 +4,12 @@
 mod common;
 
 use std::{
-    process::{Command, Output},
+    process::{Command, Output, Stdio},
     time::Duration,
 };
 
 use common::{BIN, Scratch, wait_for};
+use p2pmix::testnet::{Signal, signal};
 use serde_json::Value;
 
 fn p2pmix(args: &[&str]) -> Output {
@@ -134,6 +135,34 @@ fn a_network_comes_up_carries_messages_survives_a_restart_and_goes_down() {
         (!any_running(&dir)).then_some(())
     });
     assert!(!status(&dir).0);
+}
+
+#[test]
+fn an_up_interrupted_half_way_stops_what_it_started() {
+    let scratch = Scratch::new("testnet-cli-interrupt");
+    let dir = scratch.0.join("net").display().to_string();
+    let _down = Down(dir.clone());
+    let mut up = Command::new(BIN)
+        .args(["testnet", "up", "--dir", &dir, "--wait-s", "90"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("p2pmix runs");
+    // Some processes run (in process groups of their own, which a terminal's Ctrl-C misses).
+    wait_for("the first node to start", Duration::from_secs(60), || {
+        let pids = std::fs::read_to_string(format!("{dir}/pids")).unwrap_or_default();
+        pids.lines().any(|l| l.contains(" gw0")).then_some(())
+    });
+    assert!(any_running(&dir));
+    assert!(signal(up.id(), Signal::Int).expect("kill -INT"));
+    let status = wait_for("up to exit", Duration::from_secs(60), || {
+        up.try_wait().expect("waiting for up")
+    });
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(up.stderr.as_mut().expect("piped"), &mut err);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(!any_running(&dir), "processes left running: {err}");
 }
 
 #[test]

@@ -54,12 +54,15 @@ impl Traces {
         self.index.get(peer).copied()
     }
 
-    /// Reads the trace files in every folder of `dir` (and in `dir` itself).
+    /// Reads the trace files in every folder of `dir` (and in `dir` itself), a link to a folder
+    /// counting as one.
     pub fn read_dir(dir: &Path) -> Result<Self> {
         let mut folders = vec![dir.to_path_buf()];
         for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
-            if entry.file_type()?.is_dir() {
+            // Through links too: in a netns run, DIR/gw0 and the rest link to genconfig's
+            // directories.
+            if entry.path().is_dir() {
                 folders.push(entry.path());
             }
         }

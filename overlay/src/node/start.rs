@@ -91,7 +91,8 @@ fn key_grace(period_ms: u64) -> Duration {
 /// 20,000 packets a second, 13 s of a stalled disk before fresh packets are refused).
 const REPLAY_BACKLOG: usize = 1 << 18;
 
-/// Runs a node until `shutdown` resolves.
+/// Runs a node until `shutdown` resolves. It raises the process's soft open-files limit toward
+/// what its connections need (never past the hard limit, never lower).
 pub async fn run_node(
     config: NodeConfig,
     shutdown: impl std::future::Future<Output = ()>,

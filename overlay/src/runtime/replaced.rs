@@ -12,12 +12,12 @@ use std::{
     sync::{Arc, Mutex, PoisonError},
 };
 
-/// One family: its help text, its label's name and the latest values.
+/// One family: its help text, its label's name and the latest values, one a label value.
 #[derive(Debug, Clone)]
 struct Family {
     help: &'static str,
     label: &'static str,
-    values: Vec<(String, f64)>,
+    values: BTreeMap<String, f64>,
 }
 
 /// The families a process serves this way; cheap to clone (one shared cell).
@@ -26,7 +26,9 @@ pub struct ReplacedGauges(Arc<Mutex<BTreeMap<&'static str, Family>>>);
 
 impl ReplacedGauges {
     /// Makes `values` (label value, gauge value) the whole of gauge `name`: label values not in
-    /// it are gone from the next render. `name` must not also be a recorder metric.
+    /// it are gone from the next render, and of a label value given twice the last counts (one
+    /// series a label value, as the text format wants). `name` must not also be a recorder
+    /// metric.
     pub fn replace(
         &self,
         name: &'static str,
@@ -40,7 +42,7 @@ impl ReplacedGauges {
             Family {
                 help,
                 label,
-                values,
+                values: values.into_iter().collect(),
             },
         );
     }
@@ -57,7 +59,7 @@ impl ReplacedGauges {
         let mut out = String::new();
         for (name, family) in families.iter().filter(|(_, f)| !f.values.is_empty()) {
             // Writing to a String cannot fail.
-            let _ = writeln!(out, "# HELP {name} {}", family.help);
+            let _ = writeln!(out, "# HELP {name} {}", escape_help(family.help));
             let _ = writeln!(out, "# TYPE {name} gauge");
             for (value_label, value) in &family.values {
                 let _ = writeln!(
@@ -71,6 +73,11 @@ impl ReplacedGauges {
         }
         out
     }
+}
+
+/// Help text as the text format wants it: backslash and newline escaped.
+fn escape_help(help: &str) -> String {
+    help.replace('\\', "\\\\").replace('\n', "\\n")
 }
 
 /// A label value as the text format wants it: backslash, double quote and newline escaped.
@@ -116,13 +123,30 @@ mod tests {
     }
 
     #[test]
+    fn a_label_value_given_twice_is_one_series() {
+        let gauges = ReplacedGauges::default();
+        let twice = vec![("a".into(), 1.0), ("b".into(), 2.0), ("a".into(), 3.0)];
+        gauges.replace("p2pmix_x", "X.", "node", twice);
+        assert_eq!(gauges.len("p2pmix_x"), 2);
+        assert_eq!(
+            gauges.render(),
+            "# HELP p2pmix_x X.\n# TYPE p2pmix_x gauge\np2pmix_x{node=\"a\"} 3\np2pmix_x{node=\"b\"} 2\n\n"
+        );
+    }
+
+    #[test]
     fn label_values_are_escaped_and_empty_families_not_rendered() {
         let gauges = ReplacedGauges::default();
-        gauges.replace("p2pmix_a", "A.", "node", vec![("x\"}\n\\".into(), 2.5)]);
+        gauges.replace(
+            "p2pmix_a",
+            "A.\nB\\",
+            "node",
+            vec![("x\"}\n\\".into(), 2.5)],
+        );
         gauges.replace("p2pmix_b", "B.", "node", Vec::new());
         assert_eq!(
             gauges.render(),
-            "# HELP p2pmix_a A.\n# TYPE p2pmix_a gauge\np2pmix_a{node=\"x\\\"}\\n\\\\\"} 2.5\n\n"
+            "# HELP p2pmix_a A.\\nB\\\\\n# TYPE p2pmix_a gauge\np2pmix_a{node=\"x\\\"}\\n\\\\\"} 2.5\n\n"
         );
         gauges.replace("p2pmix_a", "A.", "node", Vec::new());
         assert_eq!(gauges.len("p2pmix_a"), 0);

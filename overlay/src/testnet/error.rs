@@ -68,6 +68,9 @@ pub enum TestnetError {
         /// Its log's tail.
         log: String,
     },
+    /// The command was interrupted: nothing new starts ([`super::stop_starting`]).
+    #[error("interrupted: no new process starts")]
+    Interrupted,
     /// A bounded wait ran out.
     #[error("timed out after {secs} s waiting for {what}")]
     Timeout {

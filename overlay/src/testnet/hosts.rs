@@ -16,7 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::{TestnetError, error::io, layout::Manifest};
+use super::{TestnetError, error::io, layout::Manifest, procs};
 
 /// How a network's processes are placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +106,7 @@ pub(crate) fn prepare(dir: &Path, manifest: &Manifest) -> Result<bool, TestnetEr
         return Ok(false);
     }
     let bridge = bridge_name(&manifest.tag);
+    let _starting = procs::may_start()?;
     // Listed once made, never before: a name that exists already is someone else's.
     run("ip", &["link", "add", &bridge, "type", "bridge"])?;
     fs::write(dir.join("netns-bridge"), format!("{bridge}\n")).map_err(io(dir))?;
@@ -180,6 +181,7 @@ pub(crate) fn add_host(dir: &Path, manifest: &Manifest, name: &str) -> Result<Ho
     if k >= 16_000 {
         return Err(TestnetError::Shape("at most 16000 hosts"));
     }
+    let _starting = procs::may_start()?;
     let ns = format!("p2pmix{}-{name}", manifest.tag);
     let link = format!("v{}-{k}", manifest.tag);
     let addr = address(manifest.plan.hosts, k);

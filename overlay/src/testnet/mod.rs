@@ -42,4 +42,6 @@ pub use hosts::{Host, HostMode};
 pub use layout::RunDir;
 pub use net::{LocalNet, NodeStart};
 pub use plan::{Plan, Wan};
-pub use procs::{DownReport, ProcessStatus, Signal, down, record_pid, signal, status};
+pub use procs::{
+    DownReport, ProcessStatus, Signal, down, record_pid, signal, status, stop_starting,
+};

@@ -41,7 +41,8 @@ pub struct NodeStart {
 
 impl NodeStart {
     /// Listen on `addr` instead of a free port on the host's address (a restarted node keeps
-    /// the address the consensus has for it).
+    /// the address the consensus has for it). In a network of namespaces, where the node has
+    /// genconfig's fixed address already, `addr` comes beside that one.
     pub fn with_listen(mut self, addr: impl Into<String>) -> Self {
         self.listen.push(addr.into());
         self
@@ -128,7 +129,7 @@ impl LocalNet {
         manifest.wan_applied = hosts::prepare(&dir, &manifest)?;
         manifest.genesis_unix_ms = unix_ms() + manifest.plan.genesis_delay_ms;
         net.run = RunDir::create(dir.clone(), manifest)?;
-        if net.runs_genconfig_files() {
+        if net.run.manifest.plan.hosts != HostMode::Loopback {
             net.genconfig()?;
             for name in net.run.authorities() {
                 let log = net.run.manifest.plan.authority_log.clone();
@@ -149,11 +150,12 @@ impl LocalNet {
         Ok(net)
     }
 
-    /// Whether the processes run on `genconfig`'s files (a network of namespaces: an address
-    /// each, so genconfig's fixed ports are free on every host), rather than on files of ours
-    /// with port 0 (loopback, where the processes share one address).
+    /// Whether the processes run on `genconfig`'s files (made for a network of namespaces: an
+    /// address each, so genconfig's fixed ports are free on every host), rather than on files of
+    /// ours with port 0 (loopback, where the processes share one address). Read from the run
+    /// directory, so that one made before namespaces ran on genconfig still restarts its way.
     fn runs_genconfig_files(&self) -> bool {
-        self.run.manifest.plan.hosts != HostMode::Loopback
+        self.run.path().join("genconfig").is_dir()
     }
 
     /// Writes the network with `p2pmix testnet genconfig` into `DIR/genconfig`, every host
@@ -179,8 +181,6 @@ impl LocalNet {
         let mut args: Vec<String> = vec![
             "testnet".into(),
             "genconfig".into(),
-            "--out".into(),
-            out.display().to_string(),
             "--hosts".into(),
             hosts.join(","),
             "--test-network".into(),
@@ -205,6 +205,8 @@ impl LocalNet {
         }
         let command = std::process::Command::new(run.bin())
             .args(&args)
+            .arg("--out")
+            .arg(&out)
             .stdin(Stdio::null())
             .output()
             .map_err(|source| TestnetError::Spawn {
@@ -213,7 +215,12 @@ impl LocalNet {
             })?;
         if !command.status.success() {
             return Err(TestnetError::Command {
-                command: format!("{} {}", run.bin().display(), args.join(" ")),
+                command: format!(
+                    "{} {} --out {}",
+                    run.bin().display(),
+                    args.join(" "),
+                    out.display()
+                ),
                 stderr: String::from_utf8_lossy(&command.stderr).trim().to_string(),
             });
         }
@@ -351,18 +358,25 @@ impl LocalNet {
             .unwrap_or_else(|| self.run.manifest.plan.node_log.clone());
         if self.runs_genconfig_files() {
             // genconfig's node.toml says everything; flags only where `start` asks for more.
+            // The node keeps genconfig's address (the consensus has it); the addresses asked for
+            // come beside it, announced too where their port is known.
             let mut args: Vec<String> = ["node", "--config", "node.toml"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-            if !start.listen.is_empty() || !start.also_listen.is_empty() {
-                let listen = if start.listen.is_empty() {
-                    vec![format!("/ip4/{}/tcp/{GENCONFIG_P2P_PORT}", host.address)]
-                } else {
-                    start.listen.clone()
-                };
-                for l in listen.iter().chain(&start.also_listen) {
+            let own = format!("/ip4/{}/tcp/{GENCONFIG_P2P_PORT}", host.address);
+            let mut listen = vec![own.clone()];
+            for l in start.listen.iter().chain(&start.also_listen) {
+                if !listen.contains(l) {
+                    listen.push(l.clone());
+                }
+            }
+            if listen.len() > 1 {
+                for l in &listen {
                     args.extend(["--listen".into(), l.clone()]);
+                }
+                for l in listen.iter().filter(|l| !l.ends_with("/tcp/0")) {
+                    args.extend(["--announce".into(), l.clone()]);
                 }
             }
             args.extend(self.run.manifest.plan.node_args.iter().cloned());
@@ -423,8 +437,18 @@ impl LocalNet {
                 .open(&log_path)
                 .map_err(io(&log_path))
         };
-        let child = host
-            .command(self.run.bin())
+        let starting = procs::may_start()?;
+        let mut command = host.command(self.run.bin());
+        // The process's settings are its flags and files alone: a P2PMIX_NODE_* or
+        // P2PMIX_AUTHORITY_* of the caller's (set for a real node, or by a container image)
+        // would override them, as the environment outranks the files. `env` may set them.
+        for (key, _) in std::env::vars_os() {
+            let key_text = key.to_string_lossy();
+            if key_text.starts_with("P2PMIX_NODE_") || key_text.starts_with("P2PMIX_AUTHORITY_") {
+                command.env_remove(&key);
+            }
+        }
+        let child = command
             .args(args)
             .current_dir(&home)
             .env("RUST_LOG", log)
@@ -444,6 +468,7 @@ impl LocalNet {
         self.children.retain(|(n, _)| n != name);
         self.children.push((name.to_string(), child));
         record_pid(self.run.path(), pid, name)?;
+        drop(starting);
         let deadline = Instant::now() + LISTEN_TIMEOUT;
         while self.run.listen_addr(name).is_none() {
             self.check_alive(name, "it was starting")?;

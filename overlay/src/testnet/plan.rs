@@ -9,7 +9,8 @@ use super::{HostMode, TestnetError};
 use crate::config::set_parameter;
 
 /// A test network to start: 3 authorities, `gateways` gateways and `mixes` mixes spread over the
-/// three layers, every node bootstrapping from `gw0`. Defaults: 2 gateways, 6 mixes, 10 s epochs,
+/// three layers (on loopback every node bootstrapping from `gw0`; in namespaces from the other
+/// gateways, as genconfig writes it). Defaults: 2 gateways, 6 mixes, 10 s epochs,
 /// the first epoch 4 s after the authorities are started, loopback, logs at `info`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Plan {

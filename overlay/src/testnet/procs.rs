@@ -5,6 +5,7 @@ use std::{
     fs,
     path::Path,
     process::{Command, Stdio},
+    sync::{Mutex, MutexGuard, PoisonError},
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -148,6 +149,30 @@ pub(crate) fn read_pids(dir: &Path) -> Vec<Listed> {
         }
     }
     out
+}
+
+/// Whether this program stopped starting things ([`stop_starting`]); held while something is
+/// made and listed, so that a stop waits for a start under way to be listed.
+static STOPPED_STARTING: Mutex<bool> = Mutex::new(false);
+
+/// Refuses every later start of a process, namespace or link by this program's test networks
+/// (they fail with [`TestnetError::Interrupted`]), once a start under way is listed. An
+/// interrupted command calls it before [`down`], which then finds everything there is.
+pub fn stop_starting() {
+    *STOPPED_STARTING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = true;
+}
+
+/// Leave to make something and list it: hold the guard until it is listed.
+pub(crate) fn may_start() -> Result<MutexGuard<'static, bool>, TestnetError> {
+    let guard = STOPPED_STARTING
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if *guard {
+        return Err(TestnetError::Interrupted);
+    }
+    Ok(guard)
 }
 
 /// Records in `dir/pids` that `name` now runs as `pid` (the newest line of a name counts, so

@@ -8,6 +8,10 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -87,10 +91,84 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?}: expected KEY=VALUE"))
 }
 
-/// `up`: starts the network, waits for its first consensus, and leaves it running. (Interrupted
-/// half-way, what it started keeps running: `down` stops it, as everything is listed as it
-/// starts.)
+/// Until disarmed, SIGINT or SIGTERM runs `undo` and exits with 130: a command interrupted
+/// half-way must not leave behind what it started (processes in their own process groups, which
+/// a Ctrl-C at the terminal does not reach, and namespaces). The handlers are in place when
+/// this returns.
+struct OnInterrupt {
+    armed: Arc<AtomicBool>,
+    /// Set once a signal came: the watcher is undoing, and exits the process when done.
+    caught: Arc<AtomicBool>,
+}
+
+impl OnInterrupt {
+    fn arm(undo: impl FnOnce() + Send + 'static) -> Result<OnInterrupt> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the signal watcher")?;
+        let (mut int, mut term) = {
+            let _inside = rt.enter();
+            (
+                signal(SignalKind::interrupt()).context("watching SIGINT")?,
+                signal(SignalKind::terminate()).context("watching SIGTERM")?,
+            )
+        };
+        let armed = Arc::new(AtomicBool::new(true));
+        let caught = Arc::new(AtomicBool::new(false));
+        let (watching, catching) = (armed.clone(), caught.clone());
+        std::thread::spawn(move || {
+            rt.block_on(async {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            });
+            catching.store(true, Ordering::SeqCst);
+            if watching.load(Ordering::SeqCst) {
+                eprintln!("==> interrupted: stopping what this command started");
+                undo();
+            }
+            std::process::exit(130);
+        });
+        Ok(OnInterrupt { armed, caught })
+    }
+
+    /// After a failure: if it came from the interruption (whatever the undoing stopped fails
+    /// too), leave the process to the watcher, which exits once everything is stopped.
+    fn hold_if_caught(&self) {
+        if self.caught.load(Ordering::SeqCst) {
+            // The watcher's undoing is bounded (down: SIGTERM, SIGKILL after 5 s).
+            sleep(Duration::from_secs(120));
+        }
+    }
+
+    /// What was started is the caller's to keep from now on.
+    fn disarm(&self) {
+        self.armed.store(false, Ordering::SeqCst);
+    }
+}
+
+/// `up`: starts the network, waits for its first consensus, and leaves it running. Interrupted
+/// before that, it stops whatever it started (as `down` does).
 pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
+    let dir = args.dir.clone();
+    let interrupt = OnInterrupt::arm(move || {
+        // Nothing starts once this returns, so down finds everything there is.
+        testnet::stop_starting();
+        if let Err(e) = testnet::down(&dir) {
+            eprintln!("testnet down: {e}");
+        }
+    })?;
+    let result = start_network(args, &interrupt);
+    if result.is_err() {
+        interrupt.hold_if_caught();
+    }
+    result
+}
+
+fn start_network(args: UpArgs, interrupt: &OnInterrupt) -> Result<ExitCode> {
     let started = Instant::now();
     let bin = std::env::current_exe().context("the path of this binary")?;
     let mut plan = Plan::new(bin, &args.dir)
@@ -151,6 +229,7 @@ pub(crate) fn up(args: UpArgs) -> Result<ExitCode> {
         "==> stop it with: p2pmix testnet down --dir {}",
         run.path().display()
     );
+    interrupt.disarm();
     net.detach();
     Ok(ExitCode::SUCCESS)
 }
@@ -176,7 +255,8 @@ pub(crate) struct StartArgs {
     /// The node to start (again): gw0, mix3, …
     name: String,
     /// Listen here instead of a free port (repeatable): a restarted node keeps the address the
-    /// consensus has for it.
+    /// consensus has for it. (In namespaces a node has genconfig's fixed address, and these come
+    /// beside it.)
     #[arg(long)]
     listen: Vec<String>,
     /// An environment variable of the process, KEY=VALUE (repeatable).
@@ -408,7 +488,26 @@ pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
         );
     }
     let address = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    // Interrupted, the clients stop too (they would run until their own timeouts). None once
+    // stopping: no client starts after that (the lock is held from a start to its listing).
+    let clients: Arc<Mutex<Option<Vec<u32>>>> = Arc::new(Mutex::new(Some(Vec::new())));
+    let started = clients.clone();
+    let _interrupt = OnInterrupt::arm(move || {
+        let pids = started
+            .lock()
+            .map(|mut p| p.take().unwrap_or_default())
+            .unwrap_or_default();
+        for pid in pids {
+            let _ = testnet::signal(pid, Signal::Term);
+        }
+    })?;
     let client = |name: &str, dir: &Path, args: &[&str]| -> Result<std::process::Child> {
+        let mut listed = clients
+            .lock()
+            .map_err(|_| anyhow::anyhow!("the client list is poisoned"))?;
+        let Some(pids) = listed.as_mut() else {
+            bail!("interrupted");
+        };
         let child = run
             .add_host(name)?
             .command(&bin)
@@ -424,6 +523,7 @@ pub(crate) fn send(args: SendArgs) -> Result<ExitCode> {
             .process_group(0)
             .spawn()
             .context("starting a client")?;
+        pids.push(child.id());
         testnet::record_pid(run.path(), child.id(), name)?;
         Ok(child)
     };

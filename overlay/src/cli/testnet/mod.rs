@@ -19,7 +19,8 @@ pub(crate) enum TestnetCommand {
     Genconfig(genconfig::GenconfigArgs),
     /// Start a test network of this binary's processes on this machine (3 authorities,
     /// gateways, mixes; loopback or a network namespace each) and wait for its first consensus;
-    /// it keeps running after this command returns.
+    /// it keeps running after this command returns (interrupted before, it stops what it
+    /// started).
     Up(local::UpArgs),
     /// Start one node of a test network again, on its data directory.
     Start(local::StartArgs),
