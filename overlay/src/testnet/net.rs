@@ -81,8 +81,8 @@ impl LocalNet {
     /// Starts the network of `plan`: three authorities, then the gateways and the mixes, each
     /// once it wrote where it listens. On loopback the files are ours (port 0, each authority
     /// told where the earlier ones listen); in namespaces they are what `p2pmix testnet
-    /// genconfig` writes for the hosts' addresses, started as an operator would. Returns once every process listens; [`LocalNet::wait_admitted`] waits for the
-    /// consensus.
+    /// genconfig` writes for the hosts' addresses, started as an operator would. Returns once
+    /// every process listens; [`LocalNet::wait_admitted`] waits for the consensus.
     pub fn up(plan: Plan) -> Result<Self, TestnetError> {
         Self::up_with(plan, |_, _| NodeStart::default())
     }
@@ -365,10 +365,12 @@ impl LocalNet {
                 .map(|s| s.to_string())
                 .collect();
             let own = format!("/ip4/{}/tcp/{GENCONFIG_P2P_PORT}", host.address);
-            let mut listen = vec![own.clone()];
+            let mut listen = vec![own];
             for l in start.listen.iter().chain(&start.also_listen) {
-                if !listen.contains(l) {
-                    listen.push(l.clone());
+                // An address as listen-addrs has it ends in /p2p/<peer id>.
+                let l = l.split("/p2p/").next().unwrap_or(l).to_string();
+                if !listen.contains(&l) {
+                    listen.push(l);
                 }
             }
             if listen.len() > 1 {
