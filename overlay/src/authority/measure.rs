@@ -12,7 +12,8 @@
 //! against it). Returned probes come back as mailbox items; their labels go to the measurer,
 //! and each is acknowledged with the next fetch (the measurer keeps nothing on disk).
 //! Before each vote the authority's driver asks [`MeasureDriver::reports`] for what goes into
-//! the vote (and into the `p2pmix_measure_*{node}` gauges, the latest vote's nodes alone) ([`Measuring`]: the glue between the two, one turn before the core's).
+//! the vote and into the `p2pmix_measure_*{node}` gauges, the latest vote's nodes alone
+//! ([`Measuring`]: the glue between the two, one turn before the core's).
 
 use std::{collections::HashMap, time::Instant};
 

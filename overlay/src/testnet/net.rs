@@ -132,13 +132,7 @@ impl LocalNet {
         if net.run.manifest.plan.hosts != HostMode::Loopback {
             net.genconfig()?;
             for name in net.run.authorities() {
-                let log = net.run.manifest.plan.authority_log.clone();
-                net.spawn(
-                    &name,
-                    &["authority", "--config", "authority.toml"],
-                    &log,
-                    &[],
-                )?;
+                net.spawn_authority(&name)?;
             }
         } else {
             net.start_loopback_authorities()?;
@@ -236,6 +230,17 @@ impl LocalNet {
         Ok(())
     }
 
+    /// Starts authority `name` on the `authority.toml` in its directory.
+    fn spawn_authority(&mut self, name: &str) -> Result<u32, TestnetError> {
+        let log = self.run.manifest.plan.authority_log.clone();
+        self.spawn(
+            name,
+            &["authority", "--config", "authority.toml"],
+            &log,
+            &[],
+        )
+    }
+
     /// Starts the three authorities on loopback, one after another (each on port 0, told where
     /// the earlier ones listen), then writes the pinned file with every address.
     fn start_loopback_authorities(&mut self) -> Result<(), TestnetError> {
@@ -256,13 +261,7 @@ impl LocalNet {
                 self.parameters_section()
             );
             fs::write(home.join("authority.toml"), config).map_err(io(&home))?;
-            let log = self.run.manifest.plan.authority_log.clone();
-            self.spawn(
-                &name,
-                &["authority", "--config", "authority.toml"],
-                &log,
-                &[],
-            )?;
+            self.spawn_authority(&name)?;
             let listen = self.run.listen_addr(&name).unwrap_or_default();
             let addr: Multiaddr = listen.parse().map_err(|_| TestnetError::Command {
                 command: format!("{name} listen address"),
