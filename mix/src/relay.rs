@@ -200,6 +200,12 @@ impl<P: Clone + Eq + Hash> Relay<P> {
             .unwrap_or_else(|e| e.into_inner())
             .contains(peer)
     }
+
+    /// Every node of the held topologies (a copy: for what changes once an epoch, such as who
+    /// is exempt from a connection cap).
+    pub fn nodes(&self) -> HashSet<P> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl<P: Clone + Eq + Hash> Relay<P> {

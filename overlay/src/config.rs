@@ -278,6 +278,7 @@ struct AuthorityFile {
     #[serde(default)]
     listen: Vec<String>,
     metrics: Option<String>,
+    max_connections: Option<u32>,
     network: NetworkSection,
 }
 
@@ -471,7 +472,16 @@ pub struct AuthorityConfigFile {
     pub schedule: EpochSchedule,
     /// Network parameters to publish (`test_network` among them).
     pub parameters: NetworkParameters,
+    /// Incoming connections held at most, besides those of the other pinned authorities and
+    /// of the nodes in the consensus held (`max_connections`; [`DEFAULT_AUTHORITY_MAX_CONNECTIONS`]).
+    pub max_connections: u32,
 }
+
+/// Incoming connections an authority holds at most from peers that are neither pinned
+/// authorities nor nodes of its consensus: new nodes uploading their first descriptor and
+/// clients fetching the consensus. Each is an open file; the authority raises its open-files
+/// limit to fit them and every node of a full consensus.
+pub const DEFAULT_AUTHORITY_MAX_CONNECTIONS: u32 = 4096;
 
 /// Shortest epoch accepted: each phase needs time for messages to cross the network.
 pub const MIN_EPOCH_MS: u64 = 800;
@@ -611,6 +621,9 @@ impl AuthorityConfigFile {
             metrics,
             schedule: EpochSchedule::new(file.network.genesis_unix_ms, file.network.epoch_ms),
             parameters,
+            max_connections: file
+                .max_connections
+                .unwrap_or(DEFAULT_AUTHORITY_MAX_CONNECTIONS),
         })
     }
 }

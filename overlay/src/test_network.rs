@@ -354,6 +354,7 @@ impl TestNetwork {
                 metrics: None,
                 schedule,
                 parameters,
+                max_connections: crate::config::DEFAULT_AUTHORITY_MAX_CONNECTIONS,
             };
             let key = key.clone();
             self.spawn(format!("authority {i}"), move |shutdown| {

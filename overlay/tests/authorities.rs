@@ -1,6 +1,6 @@
 //! Directory authorities as real `p2pmix authority` processes on 127.0.0.1 (port 0 everywhere):
-//! agreement of 3 and 5, one of three down, two of three down, a restart mid-epoch, and the
-//! consensus tools.
+//! agreement of 3 and 5, one of three down, two of three down, a restart mid-epoch, the
+//! consensus tools, and outsiders flooding one with requests and with connections.
 #![allow(missing_docs, unreachable_pub)]
 
 use std::{
@@ -29,6 +29,8 @@ struct Net {
     /// More lines at the end of every authority's config, after `[network]` (for example a
     /// `[network.parameters]` table).
     network: String,
+    /// More top-level lines of every authority's config (before `[network]`).
+    top: String,
 }
 
 impl Net {
@@ -44,6 +46,7 @@ impl Net {
             genesis: unix_ms() + 4_000,
             running: (0..n).map(|_| None).collect(),
             network: String::new(),
+            top: String::new(),
             epoch_ms: EPOCH_MS,
         }
     }
@@ -75,8 +78,8 @@ impl Net {
         fs::write(
             dir.join("authority.toml"),
             format!(
-                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n[network]\ngenesis_unix_ms = {}\nepoch_ms = {}\ntest_network = true\n{}",
-                self.genesis, self.epoch_ms, self.network
+                "identity = \"identity.key\"\ndata_dir = \"data\"\nauthorities = \"authorities.toml\"\nlisten = [\"/ip4/127.0.0.1/tcp/0\"]\nmetrics = \"127.0.0.1:0\"\n{}[network]\ngenesis_unix_ms = {}\nepoch_ms = {}\ntest_network = true\n{}",
+                self.top, self.genesis, self.epoch_ms, self.network
             ),
         )
         .unwrap();
@@ -873,4 +876,99 @@ fn replayed_signatures_of_earlier_documents_stall_no_round() {
         "the replays covered at least four earlier documents in the last rounds: \
          {replayed_documents:?}"
     );
+}
+
+/// Connections to `address`, each from a fresh identity that completes the handshake and then
+/// sits idle (a swarm keeps an idle connection for an hour): `open` is how many are held now,
+/// `settled` how many dials have ended (established or failed).
+fn hold_connections(
+    runtime: &tokio::runtime::Runtime,
+    address: libp2p::Multiaddr,
+    count: usize,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    };
+
+    use futures::StreamExt;
+    use libp2p::swarm::{SwarmEvent, dummy};
+    let (open, settled) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    for _ in 0..count {
+        let (open, settled, address) = (open.clone(), settled.clone(), address.clone());
+        runtime.spawn(async move {
+            let keypair = libp2p::identity::Keypair::generate_ed25519();
+            let mut swarm = p2pmix::build_swarm(keypair, |_| dummy::Behaviour).unwrap();
+            swarm.dial(address).unwrap();
+            let mut first = true;
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        open.fetch_add(1, SeqCst);
+                    }
+                    SwarmEvent::ConnectionClosed { .. } => {
+                        open.fetch_sub(1, SeqCst);
+                    }
+                    SwarmEvent::OutgoingConnectionError { .. } => {}
+                    _ => continue,
+                }
+                if std::mem::take(&mut first) {
+                    settled.fetch_add(1, SeqCst);
+                }
+            }
+        });
+    }
+    (open, settled)
+}
+
+/// An outsider with throwaway identities holds idle connections to an authority. Before the
+/// caps the authority held every one, an open file each, for the hour an idle connection may
+/// stay: a few thousand took every file it could open, and with them the other authorities'
+/// connections and its state's writes. Now it holds at most `max_connections` of them, counts
+/// the refusals, and the other two authorities, started once the flood has filled the cap, still
+/// get in (pinned peers are exempt): all three agree on epoch 1.
+#[test]
+fn throwaway_identities_hold_at_most_the_cap_and_keep_no_authority_out() {
+    use std::sync::atomic::Ordering::SeqCst;
+    const CAP: usize = 16;
+    const FLOOD: usize = 120;
+    let mut net = Net::new("conncap", 3);
+    // Room for the flood before epoch 0 starts.
+    net.genesis = unix_ms() + 12_000;
+    net.top = format!("max_connections = {CAP}\n");
+    net.start(0);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let address = net.listen_addr(0).unwrap().parse().unwrap();
+    let (open, settled) = hold_connections(&runtime, address, FLOOD);
+    wait_for(
+        "every dial of the flood to end",
+        Duration::from_secs(60),
+        || (settled.load(SeqCst) == FLOOD).then_some(()),
+    );
+    // Refused connections close right after their handshake.
+    std::thread::sleep(Duration::from_secs(2));
+    let held = open.load(SeqCst);
+    assert!(
+        held <= CAP,
+        "the authority holds {held} of the flood's {FLOOD} connections (cap {CAP})"
+    );
+    assert!(held > 0, "the flood's first connections are held");
+
+    net.start(1);
+    net.start(2);
+    agreed(&net, &[0, 1, 2]);
+    let page = metrics(&net, 0).unwrap_or_default();
+    let refused = metric(
+        &page,
+        "p2pmix_connections_refused_total{reason=\"incoming_total\"}",
+    )
+    .unwrap_or(0.0);
+    assert!(
+        refused >= (FLOOD - CAP) as f64,
+        "refusals counted: {refused}"
+    );
+    assert!(open.load(SeqCst) <= CAP);
 }

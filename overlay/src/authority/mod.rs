@@ -18,6 +18,12 @@
 //! the authority's counters (`metrics`), `/health` says the loop turns and `/ready` that it
 //! holds this epoch's consensus.
 //!
+//! Incoming connections are capped (`ConnectionCaps`): at most `max_connections` held from peers
+//! that are neither pinned authorities nor nodes of the newest consensus held, handshakes and
+//! connections per peer bounded too, so that throwaway identities cannot take every open file
+//! (and with them the other authorities' connections and the state's writes); the exempt peers
+//! always get in. The open-files limit is raised at start to fit the cap and a full consensus.
+//!
 //! When the network parameters ask for health measurement, the authority also runs a
 //! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in
 //! `measure-identity`, with a client key of its own in `measure-client.key`) on the consensus in
@@ -66,8 +72,9 @@ use crate::{
     identity::IdentityError,
     runtime::{
         ListenError, SwarmError, build_swarm,
+        caps::{Caps, ConnectionCaps},
         files::{FileError, create_dir, write_atomic},
-        listen_on_all,
+        limits, listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
         status::{Readiness, Status},
     },
@@ -78,6 +85,15 @@ use writer::StateWriter;
 
 /// Where requests on connections without an IP address are counted (one source for all).
 const UNKNOWN_ORIGIN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// Incoming connections that may be in their handshake at once. A pending connection costs a
+/// socket and a few KiB before Noise; connections whose handshake stalls are cut after 10 s.
+const MAX_PENDING_INCOMING: usize = 512;
+/// Connections held with one peer, both ways (two authorities dialling each other at once make
+/// two; more is a peer holding slots).
+const MAX_PER_PEER: usize = 4;
+/// The most nodes a consensus lists (each may hold a connection: they are exempt from the cap).
+const MAX_CONSENSUS_NODES: u64 = p2pmix_bootstrap::MAX_NODES as u64;
 
 /// At most one state write per this long; what must be durable waits at most this plus a write.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -122,11 +138,15 @@ mod behaviour {
     use p2pmix_bootstrap::{DirectoryBehaviour, PeerBehaviour};
 
     use super::PeersOnly;
+    use crate::runtime::caps::ConnectionCaps;
 
     /// Behaviours of an authority's swarm.
     #[derive(NetworkBehaviour)]
     #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
     pub struct AuthorityBehaviour {
+        /// Refuses incoming connections past the caps (first, so that nothing else sees them);
+        /// pinned authorities and the consensus's nodes are exempt from the total.
+        pub limits: ConnectionCaps,
         /// `/p2pmix/dir/1.0.0`, for anyone.
         pub directory: DirectoryBehaviour,
         /// `/p2pmix/dir-authority/1.0.0`, for the other pinned authorities only.
@@ -248,7 +268,19 @@ pub async fn run_authority(
         .filter(|p| *p != me)
         .collect();
     let others: HashSet<PeerId> = peers.iter().copied().collect();
+    limits::ensure_open_files(
+        u64::from(config.max_connections)
+            + config.authorities.entries.len() as u64 * MAX_PER_PEER as u64
+            + MAX_CONSENSUS_NODES
+            + limits::RESERVED_FILES,
+        "max_connections",
+    );
     let mut swarm = build_swarm(keypair.clone(), |key| AuthorityBehaviour {
+        limits: ConnectionCaps::new(Caps {
+            pending_incoming: MAX_PENDING_INCOMING,
+            established_incoming: config.max_connections as usize,
+            per_peer: MAX_PER_PEER,
+        }),
         directory: directory_behaviour(true, Duration::from_secs(10)),
         peers: PeersOnly::new(peer_behaviour(Duration::from_secs(10)), others.clone()),
         identify: identify::Behaviour::new(identify::Config::new(
@@ -268,6 +300,10 @@ pub async fn run_authority(
     let measuring = Measuring::start(&config, pinned, status.replaced_gauges().clone(), now.mono)?;
     let writer = StateWriter::start(state_path).map_err(AuthorityNodeError::Thread)?;
     let newest = newest_epoch(&authority);
+    swarm.behaviour_mut().limits.set_exempt(exempt_peers(
+        &others,
+        held_consensus(&authority, newest).as_ref(),
+    ));
     let mut driver = Driver {
         authority,
         swarm,
@@ -599,6 +635,22 @@ impl Driver {
         Ok(())
     }
 
+    /// The consensus of `epoch` is held: if it is the newest, its exclusions are exported and
+    /// its nodes are the ones exempt from the connection cap.
+    fn held_newer(&mut self, epoch: u64) {
+        if self.newest >= Some(epoch) {
+            return;
+        }
+        self.newest = Some(epoch);
+        if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
+            metrics::set_excluded(&c);
+            self.swarm
+                .behaviour_mut()
+                .limits
+                .set_exempt(exempt_peers(&self.pinned_peers, Some(&c)));
+        }
+    }
+
     fn report(&mut self, event: Event) {
         metrics::count_event(&event);
         match event {
@@ -608,12 +660,7 @@ impl Driver {
                 signatures,
             } => {
                 info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "consensus published");
-                if self.newest < Some(epoch) {
-                    self.newest = Some(epoch);
-                    if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
-                        metrics::set_excluded(&c);
-                    }
-                }
+                self.held_newer(epoch);
                 self.save_consensus(epoch);
             }
             Event::SignaturesAdded { epoch, signatures } => {
@@ -629,12 +676,7 @@ impl Driver {
                 signatures,
             } => {
                 info!(epoch, signatures, digest = %hex::encode(&digest[..8]), "missed consensus fetched from the other authorities and adopted");
-                if self.newest < Some(epoch) {
-                    self.newest = Some(epoch);
-                    if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
-                        metrics::set_excluded(&c);
-                    }
-                }
+                self.held_newer(epoch);
                 self.save_consensus(epoch);
             }
             Event::Failed { epoch, reason } => {
@@ -719,6 +761,20 @@ impl Driver {
 fn held_consensus(authority: &Authority, epoch: Option<u64>) -> Option<Consensus> {
     let signed = authority.consensus(epoch)?;
     Consensus::decode(&signed.consensus[..]).ok()
+}
+
+/// Who the connection cap does not count: the other pinned authorities, and the nodes of
+/// `consensus` (what this authority admitted itself, so no outsider mints them).
+fn exempt_peers(pinned: &HashSet<PeerId>, consensus: Option<&Consensus>) -> HashSet<PeerId> {
+    let nodes = consensus
+        .into_iter()
+        .flat_map(|c| &c.nodes)
+        .filter_map(|n| {
+            libp2p_identity::PublicKey::try_decode_protobuf(&n.identity)
+                .ok()
+                .map(|k| k.to_peer_id())
+        });
+    pinned.iter().copied().chain(nodes).collect()
 }
 
 /// The epoch of the newest consensus `authority` holds (a restored state may hold one), its

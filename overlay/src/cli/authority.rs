@@ -17,8 +17,8 @@ use p2pmix::{
     authority::run_authority,
     bootstrap::default_parameters,
     config::{
-        Authorities, AuthorityConfigFile, AuthorityOverrides, DEFAULT_LISTEN, PARAMETERS,
-        parameter_value,
+        Authorities, AuthorityConfigFile, AuthorityOverrides, DEFAULT_AUTHORITY_MAX_CONNECTIONS,
+        DEFAULT_LISTEN, PARAMETERS, parameter_value,
     },
     identity::{IDENTITY_FILE, read_identity, write_identity},
     proto::v1::NetworkParameters,
@@ -106,6 +106,7 @@ pub(crate) fn run(command: AuthorityCommand) -> Result<ExitCode> {
                 authorities: "authorities.toml".into(),
                 listen: listen.clone(),
                 metrics: None,
+                max_connections: DEFAULT_AUTHORITY_MAX_CONNECTIONS,
                 genesis_unix_ms: genesis_unix_ms.unwrap_or_else(unix_ms),
                 epoch_ms,
                 parameters: NetworkParameters {
@@ -168,6 +169,7 @@ pub(crate) struct AuthorityFile {
     pub(crate) authorities: PathBuf,
     pub(crate) listen: Vec<Multiaddr>,
     pub(crate) metrics: Option<SocketAddr>,
+    pub(crate) max_connections: u32,
     pub(crate) genesis_unix_ms: u64,
     pub(crate) epoch_ms: u64,
     pub(crate) parameters: NetworkParameters,
@@ -183,6 +185,7 @@ impl AuthorityFile {
             authorities: abs(&c.authorities_path)?,
             listen: c.listen.clone(),
             metrics: c.metrics,
+            max_connections: c.max_connections,
             genesis_unix_ms: c.schedule.start_of(0),
             epoch_ms: c.schedule.period_ms(),
             parameters: c.parameters,
@@ -235,6 +238,14 @@ impl AuthorityFile {
             self.metrics.map(|m| string(m.to_string())),
             string("127.0.0.1:9100"),
         );
+        t.entry(
+            "max_connections",
+            "Incoming connections held at most from peers that are neither pinned authorities \
+             nor nodes of the consensus held (new nodes, clients); each is an open file, and \
+             the authority raises its open-files limit to fit them and a full consensus.",
+            Some(integer(u64::from(self.max_connections))),
+            integer(u64::from(DEFAULT_AUTHORITY_MAX_CONNECTIONS)),
+        );
         t.section("network");
         t.entry(
             "genesis_unix_ms",
@@ -285,6 +296,7 @@ mod tests {
             authorities: "authorities.toml".into(),
             listen: vec!["/ip4/0.0.0.0/tcp/4000".parse().unwrap()],
             metrics: Some("127.0.0.1:9100".parse().unwrap()),
+            max_connections: 1000,
             genesis_unix_ms: 1_764_000_000_000,
             epoch_ms: 60_000,
             parameters: default_parameters(),
@@ -306,6 +318,7 @@ mod tests {
         assert_eq!(loaded.parameters, default_parameters());
         assert_eq!(loaded.schedule.period_ms(), 60_000);
         assert_eq!(loaded.metrics, file.metrics);
+        assert_eq!(loaded.max_connections, 1000);
         // --print-config's output is a configuration that loads to the same.
         let effective = AuthorityFile::effective(&loaded).unwrap().render(true);
         std::fs::write(dir.join("effective.toml"), &effective).unwrap();

@@ -222,6 +222,9 @@ impl Node {
         // Addresses of peers that left every held consensus are no longer needed for relaying.
         let relay = self.relay.clone();
         behaviour.mix.retain_addresses(|p| relay.is_node(p));
+        // Nodes of a held consensus always get in: a flood of throwaway identities may fill the
+        // cap on incoming connections, but not keep the mix layers apart.
+        behaviour.limits.set_exempt(relay.nodes());
         for (peer, addr) in installation.addresses {
             behaviour.mix.add_address(peer, addr.clone());
             behaviour.kad.add_address(&peer, addr);

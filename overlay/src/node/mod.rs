@@ -24,7 +24,6 @@
 //! as bootstrap addresses), on gateways `mailbox.redb` and, with metrics on, `metrics-addr`.
 
 pub mod bootstrap;
-mod caps;
 #[cfg(feature = "chaos")]
 pub mod chaos;
 pub mod cover;
@@ -37,7 +36,7 @@ pub mod replay;
 mod start;
 mod swarm;
 
-pub use caps::{CapExceeded, Caps, ConnectionCaps};
+pub use crate::runtime::caps::{CapExceeded, Caps, ConnectionCaps};
 pub use start::{NodeError, run_node};
 
 use std::{

@@ -115,33 +115,10 @@ pub async fn run_node(
 
     // Each connection is an open file: take what the hard limit allows, and say so now if that
     // is short rather than when accept starts failing.
-    let needed = u64::from(config.max_connections) + MAX_NODES as u64 + limits::RESERVED_FILES;
-    if let Some(before) = limits::open_files_limit().filter(|l| *l < needed) {
-        let limit = match limits::raise_open_files_limit(needed) {
-            Ok(after) => after,
-            Err(e) => {
-                warn!(%e, "could not raise the open-files limit");
-                before
-            }
-        };
-        if limit > before {
-            info!(
-                before,
-                after = limit,
-                needed,
-                "raised the soft open-files limit"
-            );
-        }
-        if limit < needed {
-            warn!(
-                limit,
-                needed,
-                max_connections = config.max_connections,
-                "the open-files limit (its hard limit too) is below what max_connections and a \
-                 full consensus need: raise it (LimitNOFILE=, ulimit -Hn) or lower max_connections"
-            );
-        }
-    }
+    limits::ensure_open_files(
+        u64::from(config.max_connections) + MAX_NODES as u64 + limits::RESERVED_FILES,
+        "max_connections",
+    );
     let now = Now::system();
     let epoch = config.schedule.epoch_at(now.unix_ms);
     let (store, _) = EpochKeyStore::open(&config.data_dir, epoch)?;

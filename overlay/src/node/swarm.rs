@@ -15,10 +15,12 @@ use p2pmix_mix::{
     behaviour::{Behaviour as MixBehaviour, Config as MixConfig},
 };
 
-use super::caps::{Caps, ConnectionCaps};
 use crate::{
     mailbox::mailbox_behaviour,
-    runtime::{SwarmError, build_swarm},
+    runtime::{
+        SwarmError, build_swarm,
+        caps::{Caps, ConnectionCaps},
+    },
 };
 
 /// The Kademlia protocol of p2pmix networks (kept apart from the public IPFS DHT).
@@ -44,9 +46,9 @@ mod behaviour {
     #[derive(NetworkBehaviour)]
     #[behaviour(prelude = "libp2p_swarm::derive_prelude")]
     pub struct NodeBehaviour {
-        /// Refuses incoming connections beyond the configured number (each is an open file),
-        /// handshakes beyond `MAX_PENDING_INCOMING` and connections with one peer
-        /// beyond `MAX_PER_PEER`.
+        /// Refuses incoming connections beyond the configured number (each is an open file;
+        /// nodes of a held consensus are not counted), handshakes beyond
+        /// `MAX_PENDING_INCOMING` and connections with one peer beyond `MAX_PER_PEER`.
         pub limits: ConnectionCaps,
         /// `/p2pmix/sphinx/1.0.0`: the packets.
         pub mix: MixBehaviour,

@@ -2,6 +2,7 @@
 //! metrics endpoint and the health status it serves, and (test networks only) trace files. The
 //! drivers (node, authority, client behaviour) use these; the sans-IO cores never do.
 
+pub mod caps;
 pub mod files;
 pub mod limits;
 #[cfg(feature = "metrics-endpoint")]

@@ -513,6 +513,7 @@ pub(crate) fn generate(spec: &Spec, out: &Path) -> Result<Network> {
                     authorities: "authorities.toml".into(),
                     listen: vec![p.addresses.listen.clone()],
                     metrics: Some(p.addresses.metrics),
+                    max_connections: p2pmix::config::DEFAULT_AUTHORITY_MAX_CONNECTIONS,
                     genesis_unix_ms: spec.genesis_unix_ms,
                     epoch_ms: spec.epoch_ms,
                     parameters: spec.parameters,

@@ -1,11 +1,16 @@
-//! The node's connection caps: incoming connections in their handshake, incoming connections
-//! held, and connections held with one peer.
+//! Connection caps for a node's or an authority's swarm: incoming connections in their
+//! handshake, incoming connections held, and connections held with one peer.
 //!
 //! In place of libp2p-connection-limits (0.7), which keeps an entry in its per-peer map for
 //! every peer that ever connected (closing a connection empties the entry but never removes
 //! it): identities are free, so a host that connects with a fresh one each time grew a node's
 //! memory by about 150 bytes a connection, without bound. Here every entry belongs to a
 //! connection held or in its handshake, so memory is bounded by the caps themselves.
+//!
+//! Some peers are exempt from the cap on incoming connections held (never from the per-peer
+//! cap): an authority's pinned peers, and the nodes of the consensus it holds. Identities are
+//! free, so the cap keeps a flood of throwaway ones from taking every open file a process has;
+//! the exemption keeps that flood from shutting out the peers the consensus needs.
 //!
 //! A connection is counted as held only on `ConnectionEstablished`, once every behaviour took
 //! it (one refused by a later behaviour ends with `ListenFailure` and was never counted), and
@@ -70,7 +75,12 @@ impl CapExceeded {
 #[derive(Debug)]
 struct Counts {
     caps: Caps,
+    /// Peers whose incoming connections do not count against `caps.established_incoming`.
+    exempt: HashSet<PeerId>,
     pending_incoming: HashSet<ConnectionId>,
+    /// Every connection held, both ways (what closes are matched against).
+    held: HashSet<ConnectionId>,
+    /// Incoming connections held that count against `caps.established_incoming`.
     established_incoming: HashSet<ConnectionId>,
     per_peer: HashMap<PeerId, usize>,
 }
@@ -79,7 +89,9 @@ impl Counts {
     fn new(caps: Caps) -> Self {
         Counts {
             caps,
+            exempt: HashSet::new(),
             pending_incoming: HashSet::new(),
+            held: HashSet::new(),
             established_incoming: HashSet::new(),
             per_peer: HashMap::new(),
         }
@@ -100,7 +112,10 @@ impl Counts {
     /// Whether one more connection with `peer` (incoming or not) is within the caps; it is
     /// counted by [`Counts::established`].
     fn admits(&self, peer: &PeerId, incoming: bool) -> Result<(), CapExceeded> {
-        if incoming && self.established_incoming.len() >= self.caps.established_incoming {
+        if incoming
+            && !self.exempt.contains(peer)
+            && self.established_incoming.len() >= self.caps.established_incoming
+        {
             return Err(CapExceeded::EstablishedIncoming(
                 self.caps.established_incoming,
             ));
@@ -113,16 +128,20 @@ impl Counts {
 
     fn established(&mut self, connection: ConnectionId, peer: PeerId, incoming: bool) {
         self.pending_incoming.remove(&connection);
-        if incoming && !self.established_incoming.insert(connection) {
+        if !self.held.insert(connection) {
             return;
+        }
+        if incoming && !self.exempt.contains(&peer) {
+            self.established_incoming.insert(connection);
         }
         *self.per_peer.entry(peer).or_default() += 1;
     }
 
-    fn closed(&mut self, connection: ConnectionId, peer: &PeerId, incoming: bool) {
-        if incoming && !self.established_incoming.remove(&connection) {
+    fn closed(&mut self, connection: ConnectionId, peer: &PeerId) {
+        if !self.held.remove(&connection) {
             return;
         }
+        self.established_incoming.remove(&connection);
         if let Some(n) = self.per_peer.get_mut(peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -139,7 +158,7 @@ pub struct ConnectionCaps {
 }
 
 impl ConnectionCaps {
-    /// A node's caps.
+    /// Caps with no peer exempt.
     pub fn new(caps: Caps) -> Self {
         ConnectionCaps {
             counts: Counts::new(caps),
@@ -152,6 +171,17 @@ impl ConnectionCaps {
         self.refused[cap.index()].increment(1);
         tracing::debug!(%cap, "connection refused");
         ConnectionDenied::new(cap)
+    }
+
+    /// Exempts `peers` (and no others) from the cap on incoming connections held, from their
+    /// next connection on; connections held already stay counted as they were.
+    pub fn set_exempt(&mut self, peers: HashSet<PeerId>) {
+        self.counts.exempt = peers;
+    }
+
+    /// Incoming connections held that count against the cap.
+    pub fn incoming_held(&self) -> usize {
+        self.counts.established_incoming.len()
     }
 
     /// Peers with a connection held (what the caps' memory grows with).
@@ -210,10 +240,7 @@ impl NetworkBehaviour for ConnectionCaps {
                 self.counts
                     .established(e.connection_id, e.peer_id, e.endpoint.is_listener());
             }
-            FromSwarm::ConnectionClosed(e) => {
-                self.counts
-                    .closed(e.connection_id, &e.peer_id, e.endpoint.is_listener());
-            }
+            FromSwarm::ConnectionClosed(e) => self.counts.closed(e.connection_id, &e.peer_id),
             _ => {}
         }
     }
@@ -253,10 +280,49 @@ mod tests {
             counts.pending_started(connection).unwrap();
             counts.admits(&peer, true).unwrap();
             counts.established(connection, peer, true);
-            counts.closed(connection, &peer, true);
+            counts.closed(connection, &peer);
         }
         assert!(counts.per_peer.is_empty());
         assert!(counts.pending_incoming.is_empty() && counts.established_incoming.is_empty());
+        assert!(counts.held.is_empty());
+    }
+
+    /// The cap on incoming connections is full of outsiders: an exempt peer still gets in, is
+    /// not counted against it, and still meets the per-peer cap.
+    #[test]
+    fn exempt_peers_pass_a_full_incoming_cap_and_are_not_counted() {
+        let mut counts = Counts::new(CAPS);
+        let id = ConnectionId::new_unchecked;
+        for c in 0..3 {
+            let outsider = PeerId::random();
+            counts.admits(&outsider, true).unwrap();
+            counts.established(id(c), outsider, true);
+        }
+        let (outsider, pinned) = (PeerId::random(), PeerId::random());
+        assert_eq!(
+            counts.admits(&outsider, true),
+            Err(CapExceeded::EstablishedIncoming(3))
+        );
+        assert_eq!(
+            counts.admits(&pinned, true),
+            Err(CapExceeded::EstablishedIncoming(3)),
+            "not exempt yet"
+        );
+        counts.exempt.insert(pinned);
+        assert_eq!(counts.admits(&pinned, true), Ok(()));
+        counts.established(id(10), pinned, true);
+        assert_eq!(counts.established_incoming.len(), 3);
+        counts.established(id(11), pinned, true);
+        assert_eq!(
+            counts.admits(&pinned, true),
+            Err(CapExceeded::PerPeer(2)),
+            "exempt from the total, not from the per-peer cap"
+        );
+        counts.closed(id(10), &pinned);
+        counts.closed(id(11), &pinned);
+        assert!(!counts.per_peer.contains_key(&pinned));
+        assert_eq!(counts.established_incoming.len(), 3);
+        assert_eq!(counts.held.len(), 3);
     }
 
     #[test]
@@ -298,12 +364,12 @@ mod tests {
             "established ones left the handshakes"
         );
 
-        counts.closed(id(3), &c, true);
+        counts.closed(id(3), &c);
         assert_eq!(counts.admits(&d, true), Ok(()));
-        counts.closed(id(10), &a, false);
+        counts.closed(id(10), &a);
         assert_eq!(counts.admits(&a, true), Ok(()));
         // A close of what was never counted (or counted twice) changes nothing.
-        counts.closed(id(3), &c, true);
+        counts.closed(id(3), &c);
         counts.established(id(2), b, true);
         assert_eq!(counts.per_peer.get(&b), Some(&1));
     }
