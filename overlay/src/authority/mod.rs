@@ -19,8 +19,9 @@
 //! holds this epoch's consensus.
 //!
 //! Incoming connections are capped (`ConnectionCaps`): at most `max_connections` held from peers
-//! that are neither pinned authorities nor nodes of the newest consensus held, handshakes and
-//! connections per peer bounded too, so that throwaway identities cannot take every open file
+//! that are neither pinned authorities nor nodes of the newest consensus held, and of those at
+//! most `MAX_PER_ADDRESS` from one address and `MAX_PER_PREFIX` from one prefix; handshakes
+//! (per address too) and connections per peer are bounded, so that throwaway identities cannot take every open file
 //! (and with them the other authorities' connections and the state's writes); the exempt peers
 //! always get in. The open-files limit is raised at start to fit the cap and a full consensus.
 //!
@@ -92,6 +93,11 @@ const MAX_PENDING_INCOMING: usize = 512;
 /// Connections held with one peer, both ways (two authorities dialling each other at once make
 /// two; more is a peer holding slots).
 const MAX_PER_PEER: usize = 4;
+/// Incoming connections held from one address, and from one prefix (IPv4 /24, IPv6 /48), by
+/// peers not exempt: new nodes behind one address and clients behind one NAT fetching the
+/// consensus, not one host taking every slot under throwaway identities.
+const MAX_PER_ADDRESS: usize = 32;
+const MAX_PER_PREFIX: usize = 128;
 /// The most nodes a consensus lists (each may hold a connection: they are exempt from the cap).
 const MAX_CONSENSUS_NODES: u64 = p2pmix_bootstrap::MAX_NODES as u64;
 
@@ -280,7 +286,8 @@ pub async fn run_authority(
             pending_incoming: MAX_PENDING_INCOMING,
             established_incoming: config.max_connections as usize,
             per_peer: MAX_PER_PEER,
-        }),
+        })
+        .with_per_address(MAX_PER_ADDRESS, MAX_PER_PREFIX),
         directory: directory_behaviour(true, Duration::from_secs(10)),
         peers: PeersOnly::new(peer_behaviour(Duration::from_secs(10)), others.clone()),
         identify: identify::Behaviour::new(identify::Config::new(

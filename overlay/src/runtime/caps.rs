@@ -19,17 +19,19 @@
 use std::{
     collections::{HashMap, HashSet},
     convert::Infallible,
+    net::IpAddr,
     task::{Context, Poll},
 };
 
-use libp2p_core::Multiaddr;
 use libp2p_core::{Endpoint, transport::PortUse};
+use libp2p_core::{Multiaddr, multiaddr::Protocol};
 use libp2p_identity::PeerId;
 use libp2p_swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm, dummy,
 };
 use metrics::{Counter, counter};
+use p2pmix_mix::{ConnectionCounts, ConnectionRefusal};
 use thiserror::Error;
 
 /// The caps.
@@ -151,10 +153,14 @@ impl Counts {
     }
 }
 
-/// A behaviour that refuses connections past [`Caps`]; it speaks no protocol.
+/// A behaviour that refuses connections past [`Caps`] (and, with
+/// [`ConnectionCaps::with_per_address`], past per-address caps); it speaks no protocol.
 pub struct ConnectionCaps {
     counts: Counts,
+    /// Incoming connections by source address and prefix (handshakes and held), when capped.
+    addresses: Option<ConnectionCounts<ConnectionId>>,
     refused: [Counter; CapExceeded::LABELS.len()],
+    refused_address: [Counter; ConnectionRefusal::LABELS.len()],
 }
 
 impl ConnectionCaps {
@@ -162,15 +168,34 @@ impl ConnectionCaps {
     pub fn new(caps: Caps) -> Self {
         ConnectionCaps {
             counts: Counts::new(caps),
+            addresses: None,
             refused: CapExceeded::LABELS
                 .map(|r| counter!("p2pmix_connections_refused_total", "reason" => r)),
+            refused_address: ConnectionRefusal::LABELS
+                .map(|r| counter!("p2pmix_connections_refused_total", "reason" => r)),
         }
+    }
+
+    /// Also at most `per_address` incoming connections held from one address and `per_prefix`
+    /// from one prefix (IPv4 /24, IPv6 /48), exempt peers and loopback aside, and at most
+    /// `MAX_PENDING_PER_ADDRESS` / `MAX_PENDING_PER_PREFIX` handshakes (loopback aside): one
+    /// host cannot take every slot. For a swarm with no mix behaviour, which counts per address
+    /// itself.
+    pub fn with_per_address(mut self, per_address: usize, per_prefix: usize) -> Self {
+        self.addresses = Some(ConnectionCounts::new(per_address, per_prefix));
+        self
     }
 
     fn refuse(&self, cap: CapExceeded) -> ConnectionDenied {
         self.refused[cap.index()].increment(1);
         tracing::debug!(%cap, "connection refused");
         ConnectionDenied::new(cap)
+    }
+
+    fn refuse_address(&self, refusal: ConnectionRefusal) -> ConnectionDenied {
+        self.refused_address[refusal.index()].increment(1);
+        tracing::debug!(%refusal, "connection refused");
+        ConnectionDenied::new(refusal)
     }
 
     /// Exempts `peers` (and no others) from the cap on incoming connections held, from their
@@ -190,6 +215,15 @@ impl ConnectionCaps {
     }
 }
 
+/// The IP address a multiaddr starts with.
+fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+    match address.iter().next() {
+        Some(Protocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
+        Some(Protocol::Ip6(ip)) => Some(IpAddr::V6(ip)),
+        _ => None,
+    }
+}
+
 impl NetworkBehaviour for ConnectionCaps {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = Infallible;
@@ -198,11 +232,19 @@ impl NetworkBehaviour for ConnectionCaps {
         &mut self,
         connection: ConnectionId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        self.counts
-            .pending_started(connection)
-            .map_err(|cap| self.refuse(cap))
+        if let (Some(addresses), Some(ip)) = (self.addresses.as_mut(), ip_of(remote))
+            && let Err(refusal) = addresses.handshake_started(connection, ip)
+        {
+            return Err(self.refuse_address(refusal));
+        }
+        self.counts.pending_started(connection).map_err(|cap| {
+            if let Some(addresses) = self.addresses.as_mut() {
+                addresses.handshake_ended(connection);
+            }
+            self.refuse(cap)
+        })
     }
 
     fn handle_established_inbound_connection(
@@ -210,12 +252,22 @@ impl NetworkBehaviour for ConnectionCaps {
         connection: ConnectionId,
         peer: PeerId,
         _: &Multiaddr,
-        _: &Multiaddr,
+        remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.counts.pending_ended(connection);
+        if let Some(addresses) = self.addresses.as_mut() {
+            addresses.handshake_ended(connection);
+        }
         self.counts
             .admits(&peer, true)
             .map_err(|cap| self.refuse(cap))?;
+        if let (Some(addresses), Some(ip)) = (self.addresses.as_ref(), ip_of(remote))
+            && !ip.is_loopback()
+            && !self.counts.exempt.contains(&peer)
+            && let Err(refusal) = addresses.admits(ip)
+        {
+            return Err(self.refuse_address(refusal));
+        }
         Ok(dummy::ConnectionHandler)
     }
 
@@ -235,12 +287,32 @@ impl NetworkBehaviour for ConnectionCaps {
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match event {
-            FromSwarm::ListenFailure(e) => self.counts.pending_ended(e.connection_id),
-            FromSwarm::ConnectionEstablished(e) => {
-                self.counts
-                    .established(e.connection_id, e.peer_id, e.endpoint.is_listener());
+            FromSwarm::ListenFailure(e) => {
+                self.counts.pending_ended(e.connection_id);
+                if let Some(addresses) = self.addresses.as_mut() {
+                    addresses.handshake_ended(e.connection_id);
+                }
             }
-            FromSwarm::ConnectionClosed(e) => self.counts.closed(e.connection_id, &e.peer_id),
+            FromSwarm::ConnectionEstablished(e) => {
+                let incoming = e.endpoint.is_listener();
+                self.counts
+                    .established(e.connection_id, e.peer_id, incoming);
+                if let (Some(addresses), Some(ip)) = (
+                    self.addresses.as_mut(),
+                    ip_of(e.endpoint.get_remote_address()),
+                ) {
+                    addresses.handshake_ended(e.connection_id);
+                    if incoming && !ip.is_loopback() && !self.counts.exempt.contains(&e.peer_id) {
+                        addresses.opened(e.connection_id, ip);
+                    }
+                }
+            }
+            FromSwarm::ConnectionClosed(e) => {
+                self.counts.closed(e.connection_id, &e.peer_id);
+                if let Some(addresses) = self.addresses.as_mut() {
+                    addresses.closed(e.connection_id);
+                }
+            }
             _ => {}
         }
     }
@@ -285,6 +357,122 @@ mod tests {
         assert!(counts.per_peer.is_empty());
         assert!(counts.pending_incoming.is_empty() && counts.established_incoming.is_empty());
         assert!(counts.held.is_empty());
+    }
+
+    /// What the swarm calls for an incoming connection from `remote` that completes its
+    /// handshake as `peer`: the verdict, and the event that counts it when admitted.
+    fn establish(
+        caps: &mut ConnectionCaps,
+        connection: ConnectionId,
+        peer: PeerId,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        let local: Multiaddr = "/ip4/192.0.2.1/tcp/4000".parse().unwrap();
+        caps.handle_pending_inbound_connection(connection, &local, remote)?;
+        caps.handle_established_inbound_connection(connection, peer, &local, remote)?;
+        let endpoint = libp2p_core::ConnectedPoint::Listener {
+            local_addr: local,
+            send_back_addr: remote.clone(),
+        };
+        caps.on_swarm_event(FromSwarm::ConnectionEstablished(
+            libp2p_swarm::behaviour::ConnectionEstablished {
+                peer_id: peer,
+                connection_id: connection,
+                endpoint: &endpoint,
+                failed_addresses: &[],
+                other_established: 0,
+            },
+        ));
+        Ok(())
+    }
+
+    /// One host with many identities: its handshakes and its connections held are capped by
+    /// address (another address, an exempt peer and loopback are not), and a closed connection
+    /// frees its place.
+    #[test]
+    fn one_address_gets_its_share_whatever_identities_it_uses() {
+        let mut caps = ConnectionCaps::new(Caps {
+            pending_incoming: 1000,
+            established_incoming: 1000,
+            per_peer: 4,
+        })
+        .with_per_address(3, 5);
+        let local: Multiaddr = "/ip4/192.0.2.1/tcp/4000".parse().unwrap();
+        let host =
+            |last: u8| -> Multiaddr { format!("/ip4/203.0.113.{last}/tcp/5000").parse().unwrap() };
+        let id = ConnectionId::new_unchecked;
+        let mut next = 0;
+        let mut fresh = || {
+            next += 1;
+            id(next)
+        };
+
+        // Handshakes that stall.
+        let stalled: Vec<_> = (0..p2pmix_mix::MAX_PENDING_PER_ADDRESS)
+            .map(|_| {
+                let c = fresh();
+                caps.handle_pending_inbound_connection(c, &local, &host(7))
+                    .unwrap();
+                c
+            })
+            .collect();
+        assert!(
+            caps.handle_pending_inbound_connection(fresh(), &local, &host(7))
+                .is_err()
+        );
+        let loopback: Multiaddr = "/ip4/127.0.0.1/tcp/5000".parse().unwrap();
+        assert!(
+            caps.handle_pending_inbound_connection(fresh(), &local, &loopback)
+                .is_ok()
+        );
+        for c in stalled {
+            caps.on_swarm_event(FromSwarm::ListenFailure(
+                libp2p_swarm::behaviour::ListenFailure {
+                    local_addr: &local,
+                    send_back_addr: &host(7),
+                    error: &libp2p_swarm::ListenError::Aborted,
+                    connection_id: c,
+                    peer_id: None,
+                },
+            ));
+        }
+
+        // Held: three from one address, under fresh identities each.
+        let held: Vec<_> = (0..3).map(|_| (fresh(), PeerId::random())).collect();
+        for (c, peer) in &held {
+            establish(&mut caps, *c, *peer, &host(7)).unwrap();
+        }
+        assert!(establish(&mut caps, fresh(), PeerId::random(), &host(7)).is_err());
+        // Two more from the prefix, then the prefix is full too.
+        establish(&mut caps, fresh(), PeerId::random(), &host(8)).unwrap();
+        establish(&mut caps, fresh(), PeerId::random(), &host(9)).unwrap();
+        assert!(establish(&mut caps, fresh(), PeerId::random(), &host(10)).is_err());
+        let elsewhere: Multiaddr = "/ip4/198.51.100.1/tcp/5000".parse().unwrap();
+        establish(&mut caps, fresh(), PeerId::random(), &elsewhere).unwrap();
+        // Exempt peers and loopback are not counted.
+        let pinned = PeerId::random();
+        caps.set_exempt(HashSet::from([pinned]));
+        establish(&mut caps, fresh(), pinned, &host(7)).unwrap();
+        establish(&mut caps, fresh(), PeerId::random(), &loopback).unwrap();
+
+        // A connection from the full address closes: its place is free again.
+        let (c, peer) = (fresh(), PeerId::random());
+        caps.set_exempt(HashSet::new());
+        assert!(establish(&mut caps, c, peer, &host(7)).is_err());
+        let endpoint = libp2p_core::ConnectedPoint::Listener {
+            local_addr: local.clone(),
+            send_back_addr: host(7),
+        };
+        caps.on_swarm_event(FromSwarm::ConnectionClosed(
+            libp2p_swarm::behaviour::ConnectionClosed {
+                peer_id: held[0].1,
+                connection_id: held[0].0,
+                endpoint: &endpoint,
+                cause: None,
+                remaining_established: 0,
+            },
+        ));
+        establish(&mut caps, fresh(), PeerId::random(), &host(7)).unwrap();
     }
 
     /// The cap on incoming connections is full of outsiders: an exempt peer still gets in, is
