@@ -21,9 +21,12 @@
 //! Incoming connections are capped (`ConnectionCaps`): at most `max_connections` held from peers
 //! that are neither pinned authorities nor nodes of the newest consensus held, and of those at
 //! most `MAX_PER_ADDRESS` from one address and `MAX_PER_PREFIX` from one prefix; handshakes
-//! (per address too) and connections per peer are bounded, so that throwaway identities cannot take every open file
-//! (and with them the other authorities' connections and the state's writes); the exempt peers
-//! always get in. The open-files limit is raised at start to fit the cap and a full consensus.
+//! (per address too) and connections per peer are bounded, so that throwaway identities cannot
+//! take every open file (and with them the other authorities' connections and the state's
+//! writes). Exempt peers pass the cap on connections held, and handshakes from the other
+//! authorities' pinned IP addresses and the consensus's node addresses pass the handshake caps
+//! (before a handshake no identity is known); an address given as a DNS name gets no such pass. The open-files limit is
+//! raised at start to fit the caps and a full consensus.
 //!
 //! When the network parameters ask for health measurement, the authority also runs a
 //! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in
@@ -87,9 +90,11 @@ use writer::StateWriter;
 /// Where requests on connections without an IP address are counted (one source for all).
 const UNKNOWN_ORIGIN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
 
-/// Incoming connections that may be in their handshake at once. A pending connection costs a
-/// socket and a few KiB before Noise; connections whose handshake stalls are cut after 10 s.
-const MAX_PENDING_INCOMING: usize = 512;
+/// Incoming connections that may be in their handshake at once. Before the handshake nobody is
+/// known, the other authorities included, so these slots are many: a pending connection costs a
+/// socket and a few KiB, a stalled handshake is cut after 10 s, and one prefix may hold
+/// `MAX_PENDING_PER_PREFIX` (64) of them, so filling them takes 64 prefixes.
+const MAX_PENDING_INCOMING: usize = 4096;
 /// Connections held with one peer, both ways (two authorities dialling each other at once make
 /// two; more is a peer holding slots).
 const MAX_PER_PEER: usize = 4;
@@ -202,6 +207,8 @@ struct Driver {
     /// The other authorities.
     peers: Vec<PeerId>,
     pinned_peers: HashSet<PeerId>,
+    /// The IP addresses the other authorities are pinned at.
+    pinned_sources: Vec<IpAddr>,
     writer: StateWriter,
     /// Bumped on every change of the core's state.
     generation: u64,
@@ -276,6 +283,7 @@ pub async fn run_authority(
     let others: HashSet<PeerId> = peers.iter().copied().collect();
     limits::ensure_open_files(
         u64::from(config.max_connections)
+            + MAX_PENDING_INCOMING as u64
             + config.authorities.entries.len() as u64 * MAX_PER_PEER as u64
             + MAX_CONSENSUS_NODES
             + limits::RESERVED_FILES,
@@ -307,15 +315,25 @@ pub async fn run_authority(
     let measuring = Measuring::start(&config, pinned, status.replaced_gauges().clone(), now.mono)?;
     let writer = StateWriter::start(state_path).map_err(AuthorityNodeError::Thread)?;
     let newest = newest_epoch(&authority);
-    swarm.behaviour_mut().limits.set_exempt(exempt_peers(
-        &others,
-        held_consensus(&authority, newest).as_ref(),
-    ));
+    // Before a handshake nobody is known: the other authorities' pinned addresses (and the
+    // consensus's nodes' addresses) are what tells them from a flood of stalled handshakes.
+    let pinned_sources: Vec<IpAddr> = config
+        .authorities
+        .entries
+        .iter()
+        .filter(|e| e.peer_id != me)
+        .flat_map(|e| e.addresses.iter().filter_map(ip_of))
+        .collect();
+    let held = held_consensus(&authority, newest);
+    let limits = &mut swarm.behaviour_mut().limits;
+    limits.set_exempt(exempt_peers(&others, held.as_ref()));
+    limits.set_trusted_sources(trusted_sources(&pinned_sources, held.as_ref()));
     let mut driver = Driver {
         authority,
         swarm,
         data_dir: config.data_dir.clone(),
         pinned_peers: others,
+        pinned_sources,
         peers,
         writer,
         generation: 0,
@@ -651,10 +669,9 @@ impl Driver {
         self.newest = Some(epoch);
         if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
             metrics::set_excluded(&c);
-            self.swarm
-                .behaviour_mut()
-                .limits
-                .set_exempt(exempt_peers(&self.pinned_peers, Some(&c)));
+            let limits = &mut self.swarm.behaviour_mut().limits;
+            limits.set_exempt(exempt_peers(&self.pinned_peers, Some(&c)));
+            limits.set_trusted_sources(trusted_sources(&self.pinned_sources, Some(&c)));
         }
     }
 
@@ -781,6 +798,19 @@ fn exempt_peers(pinned: &HashSet<PeerId>, consensus: Option<&Consensus>) -> Hash
                 .ok()
                 .map(|k| k.to_peer_id())
         });
+    pinned.iter().copied().chain(nodes).collect()
+}
+
+/// Whose handshakes pass the handshake caps: the other authorities' pinned IP addresses and the
+/// addresses `consensus` lists for its nodes (a TCP source address cannot be forged past the
+/// handshake).
+fn trusted_sources(pinned: &[IpAddr], consensus: Option<&Consensus>) -> Vec<IpAddr> {
+    let nodes = consensus
+        .into_iter()
+        .flat_map(|c| &c.nodes)
+        .flat_map(|n| &n.addresses)
+        .filter_map(|a| a.parse::<Multiaddr>().ok())
+        .filter_map(|a| ip_of(&a));
     pinned.iter().copied().chain(nodes).collect()
 }
 

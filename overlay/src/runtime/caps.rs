@@ -31,7 +31,7 @@ use libp2p_swarm::{
     THandlerOutEvent, ToSwarm, dummy,
 };
 use metrics::{Counter, counter};
-use p2pmix_mix::{ConnectionCounts, ConnectionRefusal};
+use p2pmix_mix::{ConnectionCounts, ConnectionRefusal, canonical_ip};
 use thiserror::Error;
 
 /// The caps.
@@ -73,16 +73,40 @@ impl CapExceeded {
     }
 }
 
-/// The counts against [`Caps`]: sans-IO, driven by [`ConnectionCaps`].
+/// A connection held, as the caps counted it.
+#[derive(Debug, Clone, Copy)]
+struct HeldConnection {
+    peer: PeerId,
+    incoming: bool,
+    /// The remote's IP address, if the remote address starts with one.
+    ip: Option<IpAddr>,
+}
+
+/// Why the caps refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Cap(CapExceeded),
+    Address(ConnectionRefusal),
+}
+
+/// The counts against [`Caps`] (and per address, when capped): sans-IO, driven by
+/// [`ConnectionCaps`].
 #[derive(Debug)]
 struct Counts {
     caps: Caps,
-    /// Peers whose incoming connections do not count against `caps.established_incoming`.
+    /// Peers whose incoming connections count against neither `caps.established_incoming` nor
+    /// the per-address caps.
     exempt: HashSet<PeerId>,
+    /// Source addresses whose handshakes no cap holds back (a TCP source address cannot be
+    /// forged past the handshake, and identities are not known before it).
+    trusted_sources: HashSet<IpAddr>,
+    /// Incoming connections by source address and prefix, when capped.
+    addresses: Option<ConnectionCounts<ConnectionId>>,
     pending_incoming: HashSet<ConnectionId>,
     /// Every connection held, both ways (what closes are matched against).
-    held: HashSet<ConnectionId>,
-    /// Incoming connections held that count against `caps.established_incoming`.
+    held: HashMap<ConnectionId, HeldConnection>,
+    /// Incoming connections held that count against `caps.established_incoming`: those of
+    /// peers not exempt (recounted when the exempt peers change).
     established_incoming: HashSet<ConnectionId>,
     per_peer: HashMap<PeerId, usize>,
 }
@@ -92,16 +116,35 @@ impl Counts {
         Counts {
             caps,
             exempt: HashSet::new(),
+            trusted_sources: HashSet::new(),
+            addresses: None,
             pending_incoming: HashSet::new(),
-            held: HashSet::new(),
+            held: HashMap::new(),
             established_incoming: HashSet::new(),
             per_peer: HashMap::new(),
         }
     }
 
-    fn pending_started(&mut self, connection: ConnectionId) -> Result<(), CapExceeded> {
+    fn pending_started(
+        &mut self,
+        connection: ConnectionId,
+        ip: Option<IpAddr>,
+    ) -> Result<(), Refusal> {
+        if ip.is_some_and(|ip| self.trusted_sources.contains(&canonical_ip(ip))) {
+            return Ok(());
+        }
+        if let (Some(addresses), Some(ip)) = (self.addresses.as_mut(), ip) {
+            addresses
+                .handshake_started(connection, ip)
+                .map_err(Refusal::Address)?;
+        }
         if self.pending_incoming.len() >= self.caps.pending_incoming {
-            return Err(CapExceeded::PendingIncoming(self.caps.pending_incoming));
+            if let Some(addresses) = self.addresses.as_mut() {
+                addresses.handshake_ended(connection);
+            }
+            return Err(Refusal::Cap(CapExceeded::PendingIncoming(
+                self.caps.pending_incoming,
+            )));
         }
         self.pending_incoming.insert(connection);
         Ok(())
@@ -109,45 +152,113 @@ impl Counts {
 
     fn pending_ended(&mut self, connection: ConnectionId) {
         self.pending_incoming.remove(&connection);
+        if let Some(addresses) = self.addresses.as_mut() {
+            addresses.handshake_ended(connection);
+        }
     }
 
-    /// Whether one more connection with `peer` (incoming or not) is within the caps; it is
-    /// counted by [`Counts::established`].
-    fn admits(&self, peer: &PeerId, incoming: bool) -> Result<(), CapExceeded> {
+    /// The address an incoming connection of `peer` from `ip` counts against, if any:
+    /// exempt peers and loopback count against none.
+    fn counted_address(&self, peer: &PeerId, ip: Option<IpAddr>) -> Option<IpAddr> {
+        ip.map(canonical_ip)
+            .filter(|ip| !ip.is_loopback() && !self.exempt.contains(peer))
+    }
+
+    /// Whether one more connection with `peer` (incoming or not, from `ip`) is within the
+    /// caps; it is counted by [`Counts::established`].
+    fn admits(&self, peer: &PeerId, incoming: bool, ip: Option<IpAddr>) -> Result<(), Refusal> {
         if incoming
             && !self.exempt.contains(peer)
             && self.established_incoming.len() >= self.caps.established_incoming
         {
-            return Err(CapExceeded::EstablishedIncoming(
+            return Err(Refusal::Cap(CapExceeded::EstablishedIncoming(
                 self.caps.established_incoming,
-            ));
+            )));
         }
         if self.per_peer.get(peer).copied().unwrap_or(0) >= self.caps.per_peer {
-            return Err(CapExceeded::PerPeer(self.caps.per_peer));
+            return Err(Refusal::Cap(CapExceeded::PerPeer(self.caps.per_peer)));
+        }
+        if incoming
+            && let (Some(addresses), Some(ip)) =
+                (self.addresses.as_ref(), self.counted_address(peer, ip))
+        {
+            addresses.admits(ip).map_err(Refusal::Address)?;
         }
         Ok(())
     }
 
-    fn established(&mut self, connection: ConnectionId, peer: PeerId, incoming: bool) {
-        self.pending_incoming.remove(&connection);
-        if !self.held.insert(connection) {
+    fn established(
+        &mut self,
+        connection: ConnectionId,
+        peer: PeerId,
+        incoming: bool,
+        ip: Option<IpAddr>,
+    ) {
+        self.pending_ended(connection);
+        if self.held.contains_key(&connection) {
             return;
         }
-        if incoming && !self.exempt.contains(&peer) {
-            self.established_incoming.insert(connection);
-        }
+        self.held
+            .insert(connection, HeldConnection { peer, incoming, ip });
         *self.per_peer.entry(peer).or_default() += 1;
+        if incoming && !self.exempt.contains(&peer) {
+            self.count_incoming(connection);
+        }
     }
 
-    fn closed(&mut self, connection: ConnectionId, peer: &PeerId) {
-        if !self.held.remove(&connection) {
+    /// Counts the held incoming `connection` against the total and its address.
+    fn count_incoming(&mut self, connection: ConnectionId) {
+        let Some(held) = self.held.get(&connection).copied() else {
             return;
+        };
+        self.established_incoming.insert(connection);
+        if let (Some(ip), true) = (
+            self.counted_address(&held.peer, held.ip),
+            self.addresses.is_some(),
+        ) && let Some(addresses) = self.addresses.as_mut()
+        {
+            addresses.opened(connection, ip);
         }
+    }
+
+    /// Counts `connection` off the total and its address (nothing if it was not counted).
+    fn uncount_incoming(&mut self, connection: ConnectionId) {
         self.established_incoming.remove(&connection);
-        if let Some(n) = self.per_peer.get_mut(peer) {
+        if let Some(addresses) = self.addresses.as_mut() {
+            addresses.closed(connection);
+        }
+    }
+
+    fn closed(&mut self, connection: ConnectionId) {
+        let Some(held) = self.held.remove(&connection) else {
+            return;
+        };
+        self.uncount_incoming(connection);
+        if let Some(n) = self.per_peer.get_mut(&held.peer) {
             *n = n.saturating_sub(1);
             if *n == 0 {
-                self.per_peer.remove(peer);
+                self.per_peer.remove(&held.peer);
+            }
+        }
+    }
+
+    /// New exempt peers. Incoming connections held are recounted at once: a peer that lost
+    /// its exemption (a node dropped from the consensus) counts from now on, so that such
+    /// connections cannot pile up outside every cap; one that gained it stops counting.
+    fn set_exempt(&mut self, peers: HashSet<PeerId>) {
+        self.exempt = peers;
+        let incoming: Vec<(ConnectionId, bool)> = self
+            .held
+            .iter()
+            .filter(|(_, held)| held.incoming)
+            .map(|(c, held)| (*c, !self.exempt.contains(&held.peer)))
+            .collect();
+        for (connection, counts) in incoming {
+            let counted = self.established_incoming.contains(&connection);
+            if counts && !counted {
+                self.count_incoming(connection);
+            } else if !counts && counted {
+                self.uncount_incoming(connection);
             }
         }
     }
@@ -157,8 +268,6 @@ impl Counts {
 /// [`ConnectionCaps::with_per_address`], past per-address caps); it speaks no protocol.
 pub struct ConnectionCaps {
     counts: Counts,
-    /// Incoming connections by source address and prefix (handshakes and held), when capped.
-    addresses: Option<ConnectionCounts<ConnectionId>>,
     refused: [Counter; CapExceeded::LABELS.len()],
     refused_address: [Counter; ConnectionRefusal::LABELS.len()],
 }
@@ -168,7 +277,6 @@ impl ConnectionCaps {
     pub fn new(caps: Caps) -> Self {
         ConnectionCaps {
             counts: Counts::new(caps),
-            addresses: None,
             refused: CapExceeded::LABELS
                 .map(|r| counter!("p2pmix_connections_refused_total", "reason" => r)),
             refused_address: ConnectionRefusal::LABELS
@@ -177,31 +285,40 @@ impl ConnectionCaps {
     }
 
     /// Also at most `per_address` incoming connections held from one address and `per_prefix`
-    /// from one prefix (IPv4 /24, IPv6 /48), exempt peers and loopback aside, and at most
-    /// `MAX_PENDING_PER_ADDRESS` / `MAX_PENDING_PER_PREFIX` handshakes (loopback aside): one
-    /// host cannot take every slot. For a swarm with no mix behaviour, which counts per address
-    /// itself.
+    /// from one prefix (IPv4 /24, IPv6 /48; an IPv6 "address" is its /64), exempt peers and
+    /// loopback aside, and at most `MAX_PENDING_PER_ADDRESS` / `MAX_PENDING_PER_PREFIX`
+    /// handshakes (loopback aside): one host cannot take every slot. For a swarm with no mix
+    /// behaviour, which counts per address itself.
     pub fn with_per_address(mut self, per_address: usize, per_prefix: usize) -> Self {
-        self.addresses = Some(ConnectionCounts::new(per_address, per_prefix));
+        self.counts.addresses = Some(ConnectionCounts::new(per_address, per_prefix));
         self
     }
 
-    fn refuse(&self, cap: CapExceeded) -> ConnectionDenied {
-        self.refused[cap.index()].increment(1);
-        tracing::debug!(%cap, "connection refused");
-        ConnectionDenied::new(cap)
+    fn refuse(&self, refusal: Refusal) -> ConnectionDenied {
+        match refusal {
+            Refusal::Cap(cap) => {
+                self.refused[cap.index()].increment(1);
+                tracing::debug!(%cap, "connection refused");
+                ConnectionDenied::new(cap)
+            }
+            Refusal::Address(refusal) => {
+                self.refused_address[refusal.index()].increment(1);
+                tracing::debug!(%refusal, "connection refused");
+                ConnectionDenied::new(refusal)
+            }
+        }
     }
 
-    fn refuse_address(&self, refusal: ConnectionRefusal) -> ConnectionDenied {
-        self.refused_address[refusal.index()].increment(1);
-        tracing::debug!(%refusal, "connection refused");
-        ConnectionDenied::new(refusal)
-    }
-
-    /// Exempts `peers` (and no others) from the cap on incoming connections held, from their
-    /// next connection on; connections held already stay counted as they were.
+    /// Exempts `peers` (and no others) from the cap on incoming connections held and from the
+    /// per-address caps; connections held are recounted at once.
     pub fn set_exempt(&mut self, peers: HashSet<PeerId>) {
-        self.counts.exempt = peers;
+        self.counts.set_exempt(peers);
+    }
+
+    /// Lets handshakes from `sources` past every handshake cap: the addresses of the pinned
+    /// authorities, whose identity no handshake cap can see yet.
+    pub fn set_trusted_sources(&mut self, sources: impl IntoIterator<Item = IpAddr>) {
+        self.counts.trusted_sources = sources.into_iter().map(canonical_ip).collect();
     }
 
     /// Incoming connections held that count against the cap.
@@ -234,17 +351,9 @@ impl NetworkBehaviour for ConnectionCaps {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        if let (Some(addresses), Some(ip)) = (self.addresses.as_mut(), ip_of(remote))
-            && let Err(refusal) = addresses.handshake_started(connection, ip)
-        {
-            return Err(self.refuse_address(refusal));
-        }
-        self.counts.pending_started(connection).map_err(|cap| {
-            if let Some(addresses) = self.addresses.as_mut() {
-                addresses.handshake_ended(connection);
-            }
-            self.refuse(cap)
-        })
+        self.counts
+            .pending_started(connection, ip_of(remote))
+            .map_err(|refusal| self.refuse(refusal))
     }
 
     fn handle_established_inbound_connection(
@@ -255,19 +364,9 @@ impl NetworkBehaviour for ConnectionCaps {
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.counts.pending_ended(connection);
-        if let Some(addresses) = self.addresses.as_mut() {
-            addresses.handshake_ended(connection);
-        }
         self.counts
-            .admits(&peer, true)
-            .map_err(|cap| self.refuse(cap))?;
-        if let (Some(addresses), Some(ip)) = (self.addresses.as_ref(), ip_of(remote))
-            && !ip.is_loopback()
-            && !self.counts.exempt.contains(&peer)
-            && let Err(refusal) = addresses.admits(ip)
-        {
-            return Err(self.refuse_address(refusal));
-        }
+            .admits(&peer, true, ip_of(remote))
+            .map_err(|refusal| self.refuse(refusal))?;
         Ok(dummy::ConnectionHandler)
     }
 
@@ -280,39 +379,21 @@ impl NetworkBehaviour for ConnectionCaps {
         _: PortUse,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         self.counts
-            .admits(&peer, false)
-            .map_err(|cap| self.refuse(cap))?;
+            .admits(&peer, false, None)
+            .map_err(|refusal| self.refuse(refusal))?;
         Ok(dummy::ConnectionHandler)
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match event {
-            FromSwarm::ListenFailure(e) => {
-                self.counts.pending_ended(e.connection_id);
-                if let Some(addresses) = self.addresses.as_mut() {
-                    addresses.handshake_ended(e.connection_id);
-                }
-            }
-            FromSwarm::ConnectionEstablished(e) => {
-                let incoming = e.endpoint.is_listener();
-                self.counts
-                    .established(e.connection_id, e.peer_id, incoming);
-                if let (Some(addresses), Some(ip)) = (
-                    self.addresses.as_mut(),
-                    ip_of(e.endpoint.get_remote_address()),
-                ) {
-                    addresses.handshake_ended(e.connection_id);
-                    if incoming && !ip.is_loopback() && !self.counts.exempt.contains(&e.peer_id) {
-                        addresses.opened(e.connection_id, ip);
-                    }
-                }
-            }
-            FromSwarm::ConnectionClosed(e) => {
-                self.counts.closed(e.connection_id, &e.peer_id);
-                if let Some(addresses) = self.addresses.as_mut() {
-                    addresses.closed(e.connection_id);
-                }
-            }
+            FromSwarm::ListenFailure(e) => self.counts.pending_ended(e.connection_id),
+            FromSwarm::ConnectionEstablished(e) => self.counts.established(
+                e.connection_id,
+                e.peer_id,
+                e.endpoint.is_listener(),
+                ip_of(e.endpoint.get_remote_address()),
+            ),
+            FromSwarm::ConnectionClosed(e) => self.counts.closed(e.connection_id),
             _ => {}
         }
     }
@@ -349,10 +430,10 @@ mod tests {
         let mut counts = Counts::new(CAPS);
         for _ in 0..100_000 {
             let (connection, peer) = (ConnectionId::new_unchecked(0), PeerId::random());
-            counts.pending_started(connection).unwrap();
-            counts.admits(&peer, true).unwrap();
-            counts.established(connection, peer, true);
-            counts.closed(connection, &peer);
+            counts.pending_started(connection, None).unwrap();
+            counts.admits(&peer, true, None).unwrap();
+            counts.established(connection, peer, true, None);
+            counts.closed(connection);
         }
         assert!(counts.per_peer.is_empty());
         assert!(counts.pending_incoming.is_empty() && counts.established_incoming.is_empty());
@@ -455,24 +536,95 @@ mod tests {
         establish(&mut caps, fresh(), pinned, &host(7)).unwrap();
         establish(&mut caps, fresh(), PeerId::random(), &loopback).unwrap();
 
-        // A connection from the full address closes: its place is free again.
-        let (c, peer) = (fresh(), PeerId::random());
+        // The pinned peer loses its exemption: its connection counts against the address now,
+        // so one closed connection of the three leaves the address full, a second frees it.
         caps.set_exempt(HashSet::new());
-        assert!(establish(&mut caps, c, peer, &host(7)).is_err());
+        assert!(establish(&mut caps, fresh(), PeerId::random(), &host(7)).is_err());
         let endpoint = libp2p_core::ConnectedPoint::Listener {
             local_addr: local.clone(),
             send_back_addr: host(7),
         };
-        caps.on_swarm_event(FromSwarm::ConnectionClosed(
-            libp2p_swarm::behaviour::ConnectionClosed {
-                peer_id: held[0].1,
-                connection_id: held[0].0,
-                endpoint: &endpoint,
-                cause: None,
-                remaining_established: 0,
-            },
-        ));
+        let close = |caps: &mut ConnectionCaps, (connection, peer): (ConnectionId, PeerId)| {
+            caps.on_swarm_event(FromSwarm::ConnectionClosed(
+                libp2p_swarm::behaviour::ConnectionClosed {
+                    peer_id: peer,
+                    connection_id: connection,
+                    endpoint: &endpoint,
+                    cause: None,
+                    remaining_established: 0,
+                },
+            ));
+        };
+        close(&mut caps, held[0]);
+        assert!(establish(&mut caps, fresh(), PeerId::random(), &host(7)).is_err());
+        close(&mut caps, held[1]);
         establish(&mut caps, fresh(), PeerId::random(), &host(7)).unwrap();
+    }
+
+    /// A node dropped from the consensus keeps the connections it held while exempt: they count
+    /// from the moment it loses the exemption (against the total and its address), so that
+    /// such connections cannot pile up outside every cap, and stop counting when it is back.
+    #[test]
+    fn a_peer_that_loses_its_exemption_counts_at_once() {
+        let mut counts = Counts::new(CAPS);
+        counts.addresses = Some(ConnectionCounts::new(2, 10));
+        let id = ConnectionId::new_unchecked;
+        let host: IpAddr = "203.0.113.7".parse().unwrap();
+        let (node, outsider) = (PeerId::random(), PeerId::random());
+        counts.set_exempt(HashSet::from([node]));
+        for c in 0..2 {
+            counts.admits(&node, true, Some(host)).unwrap();
+            counts.established(id(c), node, true, Some(host));
+        }
+        assert!(counts.established_incoming.is_empty());
+        let addresses = |counts: &Counts| counts.addresses.as_ref().unwrap().from_address(host);
+        assert_eq!(addresses(&counts), 0);
+
+        counts.set_exempt(HashSet::new());
+        assert_eq!(counts.established_incoming.len(), 2);
+        assert_eq!(addresses(&counts), 2);
+        assert!(matches!(
+            counts.admits(&outsider, true, Some(host)),
+            Err(Refusal::Address(ConnectionRefusal::Address { .. }))
+        ));
+
+        counts.set_exempt(HashSet::from([node]));
+        assert!(counts.established_incoming.is_empty());
+        assert_eq!(addresses(&counts), 0);
+        counts.set_exempt(HashSet::new());
+        counts.closed(id(0));
+        counts.closed(id(1));
+        assert!(counts.established_incoming.is_empty() && counts.held.is_empty());
+        assert_eq!(addresses(&counts), 0);
+    }
+
+    /// Every handshake slot is taken by a host that stalls its handshakes: one from a trusted
+    /// source (a pinned authority's address) still starts; from elsewhere none does.
+    #[test]
+    fn handshakes_from_trusted_sources_pass_full_handshake_caps() {
+        let mut counts = Counts::new(CAPS);
+        counts.addresses = Some(ConnectionCounts::new(2, 10));
+        let id = ConnectionId::new_unchecked;
+        let (flood, authority): (IpAddr, IpAddr) = (
+            "203.0.113.7".parse().unwrap(),
+            "198.51.100.1".parse().unwrap(),
+        );
+        for c in 0..4 {
+            let ip: IpAddr = format!("192.0.2.{c}").parse().unwrap();
+            counts.pending_started(id(c), Some(ip)).unwrap();
+        }
+        assert_eq!(
+            counts.pending_started(id(10), Some(flood)),
+            Err(Refusal::Cap(CapExceeded::PendingIncoming(4)))
+        );
+        assert!(
+            counts.addresses.as_ref().unwrap().handshaking() == 4,
+            "the refused handshake left no count behind"
+        );
+        assert!(counts.pending_started(id(11), Some(authority)).is_err());
+        counts.trusted_sources = HashSet::from([authority]);
+        assert_eq!(counts.pending_started(id(11), Some(authority)), Ok(()));
+        assert!(counts.pending_started(id(12), Some(flood)).is_err());
     }
 
     /// The cap on incoming connections is full of outsiders: an exempt peer still gets in, is
@@ -483,31 +635,31 @@ mod tests {
         let id = ConnectionId::new_unchecked;
         for c in 0..3 {
             let outsider = PeerId::random();
-            counts.admits(&outsider, true).unwrap();
-            counts.established(id(c), outsider, true);
+            counts.admits(&outsider, true, None).unwrap();
+            counts.established(id(c), outsider, true, None);
         }
         let (outsider, pinned) = (PeerId::random(), PeerId::random());
         assert_eq!(
-            counts.admits(&outsider, true),
-            Err(CapExceeded::EstablishedIncoming(3))
+            counts.admits(&outsider, true, None),
+            Err(Refusal::Cap(CapExceeded::EstablishedIncoming(3)))
         );
         assert_eq!(
-            counts.admits(&pinned, true),
-            Err(CapExceeded::EstablishedIncoming(3)),
+            counts.admits(&pinned, true, None),
+            Err(Refusal::Cap(CapExceeded::EstablishedIncoming(3))),
             "not exempt yet"
         );
-        counts.exempt.insert(pinned);
-        assert_eq!(counts.admits(&pinned, true), Ok(()));
-        counts.established(id(10), pinned, true);
+        counts.set_exempt(HashSet::from([pinned]));
+        assert_eq!(counts.admits(&pinned, true, None), Ok(()));
+        counts.established(id(10), pinned, true, None);
         assert_eq!(counts.established_incoming.len(), 3);
-        counts.established(id(11), pinned, true);
+        counts.established(id(11), pinned, true, None);
         assert_eq!(
-            counts.admits(&pinned, true),
-            Err(CapExceeded::PerPeer(2)),
+            counts.admits(&pinned, true, None),
+            Err(Refusal::Cap(CapExceeded::PerPeer(2))),
             "exempt from the total, not from the per-peer cap"
         );
-        counts.closed(id(10), &pinned);
-        counts.closed(id(11), &pinned);
+        counts.closed(id(10));
+        counts.closed(id(11));
         assert!(!counts.per_peer.contains_key(&pinned));
         assert_eq!(counts.established_incoming.len(), 3);
         assert_eq!(counts.held.len(), 3);
@@ -519,14 +671,14 @@ mod tests {
         let id = ConnectionId::new_unchecked;
         // Handshakes: four at once; one that failed frees its slot.
         for c in 0..4 {
-            counts.pending_started(id(c)).unwrap();
+            counts.pending_started(id(c), None).unwrap();
         }
         assert_eq!(
-            counts.pending_started(id(4)),
-            Err(CapExceeded::PendingIncoming(4))
+            counts.pending_started(id(4), None),
+            Err(Refusal::Cap(CapExceeded::PendingIncoming(4)))
         );
         counts.pending_ended(id(0));
-        counts.pending_started(id(4)).unwrap();
+        counts.pending_started(id(4), None).unwrap();
 
         // Held: three incoming; two with one peer, both ways.
         let (a, b, c, d) = (
@@ -535,30 +687,33 @@ mod tests {
             PeerId::random(),
             PeerId::random(),
         );
-        counts.established(id(1), a, true);
-        assert_eq!(counts.admits(&a, false), Ok(()));
-        counts.established(id(10), a, false);
-        assert_eq!(counts.admits(&a, false), Err(CapExceeded::PerPeer(2)));
-        counts.established(id(2), b, true);
-        counts.established(id(3), c, true);
+        counts.established(id(1), a, true, None);
+        assert_eq!(counts.admits(&a, false, None), Ok(()));
+        counts.established(id(10), a, false, None);
         assert_eq!(
-            counts.admits(&d, true),
-            Err(CapExceeded::EstablishedIncoming(3))
+            counts.admits(&a, false, None),
+            Err(Refusal::Cap(CapExceeded::PerPeer(2)))
+        );
+        counts.established(id(2), b, true, None);
+        counts.established(id(3), c, true, None);
+        assert_eq!(
+            counts.admits(&d, true, None),
+            Err(Refusal::Cap(CapExceeded::EstablishedIncoming(3)))
         );
         // Outgoing dials are not held against the incoming cap.
-        assert_eq!(counts.admits(&d, false), Ok(()));
+        assert_eq!(counts.admits(&d, false, None), Ok(()));
         assert!(
             counts.pending_incoming.len() == 1,
             "established ones left the handshakes"
         );
 
-        counts.closed(id(3), &c);
-        assert_eq!(counts.admits(&d, true), Ok(()));
-        counts.closed(id(10), &a);
-        assert_eq!(counts.admits(&a, true), Ok(()));
+        counts.closed(id(3));
+        assert_eq!(counts.admits(&d, true, None), Ok(()));
+        counts.closed(id(10));
+        assert_eq!(counts.admits(&a, true, None), Ok(()));
         // A close of what was never counted (or counted twice) changes nothing.
-        counts.closed(id(3), &c);
-        counts.established(id(2), b, true);
+        counts.closed(id(3));
+        counts.established(id(2), b, true, None);
         assert_eq!(counts.per_peer.get(&b), Some(&1));
     }
 }
