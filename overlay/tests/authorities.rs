@@ -929,7 +929,8 @@ fn hold_connections(
 /// stay: a few thousand took every file it could open, and with them the other authorities'
 /// connections and its state's writes. Now it holds at most `max_connections` of them, counts
 /// the refusals, and the other two authorities, started once the flood has filled the cap, still
-/// get in (pinned peers are exempt): all three agree on epoch 1.
+/// get in (pinned peers are exempt): all three agree on epoch 1. The flood's idle connections
+/// are then cut, while the authorities stay connected.
 #[test]
 fn throwaway_identities_hold_at_most_the_cap_and_keep_no_authority_out() {
     use std::sync::atomic::Ordering::SeqCst;
@@ -974,4 +975,18 @@ fn throwaway_identities_hold_at_most_the_cap_and_keep_no_authority_out() {
         "refusals counted: {refused}"
     );
     assert!(open.load(SeqCst) <= CAP);
+
+    // Idle, the flood's connections are cut after the authority's idle timeout (30 s); the
+    // links between the authorities stay.
+    wait_for(
+        "the authority to cut the flood's idle connections",
+        Duration::from_secs(120),
+        || (open.load(SeqCst) == 0).then_some(()),
+    );
+    let page = metrics(&net, 0).unwrap_or_default();
+    assert_eq!(
+        metric(&page, "p2pmix_authority_peers_connected"),
+        Some(2.0),
+        "{page}"
+    );
 }

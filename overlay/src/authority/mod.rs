@@ -75,9 +75,10 @@ use crate::{
     directory::not_held,
     identity::IdentityError,
     runtime::{
-        ListenError, SwarmError, build_swarm,
+        ListenError, SwarmError, build_swarm_with_idle_timeout,
         caps::{Caps, ConnectionCaps},
         files::{FileError, create_dir, write_atomic},
+        keep_alive::KeepAlive,
         limits, listen_on_all,
         metrics::{self as metrics_endpoint, MetricsError},
         status::{Readiness, Status},
@@ -89,6 +90,11 @@ use writer::StateWriter;
 
 /// Where requests on connections without an IP address are counted (one source for all).
 const UNKNOWN_ORIGIN: IpAddr = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+
+/// How long a connection nothing uses stays open: short, so that holding a slot costs an
+/// outsider requests (limited per source) rather than nothing; the links with the other
+/// authorities stay open however idle (`KeepAlive`).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Incoming connections that may be in their handshake at once. Before the handshake nobody is
 /// known, the other authorities included, so these slots are many: a pending connection costs a
@@ -149,7 +155,7 @@ mod behaviour {
     use p2pmix_bootstrap::{DirectoryBehaviour, PeerBehaviour};
 
     use super::PeersOnly;
-    use crate::runtime::caps::ConnectionCaps;
+    use crate::runtime::{caps::ConnectionCaps, keep_alive::KeepAlive};
 
     /// Behaviours of an authority's swarm.
     #[derive(NetworkBehaviour)]
@@ -164,6 +170,9 @@ mod behaviour {
         pub peers: PeersOnly<PeerBehaviour>,
         /// Learns the listen addresses of peers.
         pub identify: identify::Behaviour,
+        /// Keeps the links with the other authorities open (every other connection closes
+        /// after `IDLE_TIMEOUT` unused).
+        pub keep_alive: KeepAlive,
     }
 }
 
@@ -289,20 +298,22 @@ pub async fn run_authority(
             + limits::RESERVED_FILES,
         "max_connections",
     );
-    let mut swarm = build_swarm(keypair.clone(), |key| AuthorityBehaviour {
-        limits: ConnectionCaps::new(Caps {
-            pending_incoming: MAX_PENDING_INCOMING,
-            established_incoming: config.max_connections as usize,
-            per_peer: MAX_PER_PEER,
-        })
-        .with_per_address(MAX_PER_ADDRESS, MAX_PER_PREFIX),
-        directory: directory_behaviour(true, Duration::from_secs(10)),
-        peers: PeersOnly::new(peer_behaviour(Duration::from_secs(10)), others.clone()),
-        identify: identify::Behaviour::new(identify::Config::new(
-            "/p2pmix/id/1.0.0".into(),
-            key.public(),
-        )),
-    })?;
+    let mut swarm =
+        build_swarm_with_idle_timeout(keypair.clone(), IDLE_TIMEOUT, |key| AuthorityBehaviour {
+            limits: ConnectionCaps::new(Caps {
+                pending_incoming: MAX_PENDING_INCOMING,
+                established_incoming: config.max_connections as usize,
+                per_peer: MAX_PER_PEER,
+            })
+            .with_per_address(MAX_PER_ADDRESS, MAX_PER_PREFIX),
+            directory: directory_behaviour(true, Duration::from_secs(10)),
+            peers: PeersOnly::new(peer_behaviour(Duration::from_secs(10)), others.clone()),
+            identify: identify::Behaviour::new(identify::Config::new(
+                "/p2pmix/id/1.0.0".into(),
+                key.public(),
+            )),
+            keep_alive: KeepAlive::new(others.clone()),
+        })?;
     listen_on_all(&mut swarm, &config.listen)?;
     for entry in &config.authorities.entries {
         if entry.peer_id != me {

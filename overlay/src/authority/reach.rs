@@ -60,14 +60,7 @@ impl Default for ReachDialer {
     }
 }
 
-/// The IP address a multiaddr starts with.
-pub(super) fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
-    match addr.iter().next()? {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
-        _ => None,
-    }
-}
+pub(super) use crate::runtime::caps::ip_of;
 
 /// A `/dns*/NAME/tcp/PORT/...` address as the name, the port, whether only IPv4 (`/dns4`) or
 /// IPv6 (`/dns6`) answers count, and what follows the port.

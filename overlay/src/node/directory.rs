@@ -235,11 +235,7 @@ impl Node {
                 .iter()
                 .map(|(_, addr)| addr)
                 .chain(authorities.flat_map(|e| &e.addresses))
-                .filter_map(|addr| match addr.iter().next() {
-                    Some(libp2p_core::multiaddr::Protocol::Ip4(ip)) => Some(ip.into()),
-                    Some(libp2p_core::multiaddr::Protocol::Ip6(ip)) => Some(ip.into()),
-                    _ => None,
-                }),
+                .filter_map(crate::runtime::caps::ip_of),
         );
         for (peer, addr) in installation.addresses {
             behaviour.mix.add_address(peer, addr.clone());

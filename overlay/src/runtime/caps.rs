@@ -333,7 +333,7 @@ impl ConnectionCaps {
 }
 
 /// The IP address a multiaddr starts with.
-fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
+pub(crate) fn ip_of(address: &Multiaddr) -> Option<IpAddr> {
     match address.iter().next() {
         Some(Protocol::Ip4(ip)) => Some(IpAddr::V4(ip)),
         Some(Protocol::Ip6(ip)) => Some(IpAddr::V6(ip)),

@@ -4,6 +4,7 @@
 
 pub mod caps;
 pub mod files;
+pub mod keep_alive;
 pub mod limits;
 #[cfg(feature = "metrics-endpoint")]
 pub mod metrics;
@@ -16,4 +17,7 @@ mod swarm;
 pub mod trace;
 
 pub use p2pmix_bootstrap::{Now, unix_ms};
-pub use swarm::{ListenError, SwarmError, build_swarm, listen_on_all};
+pub use swarm::{
+    IDLE_CONNECTION_TIMEOUT, ListenError, SwarmError, build_swarm, build_swarm_with_idle_timeout,
+    listen_on_all,
+};

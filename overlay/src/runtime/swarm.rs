@@ -36,6 +36,19 @@ pub fn build_swarm<B: NetworkBehaviour>(
     keypair: Keypair,
     behaviour: impl FnOnce(&Keypair) -> B,
 ) -> Result<Swarm<B>, SwarmError> {
+    build_swarm_with_idle_timeout(keypair, IDLE_CONNECTION_TIMEOUT, behaviour)
+}
+
+/// How long a connection no handler needs stays open ([`build_swarm`]'s default).
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// [`build_swarm`] with connections closed after `idle` without use (an authority's are
+/// short: an outsider must not hold a slot for free).
+pub fn build_swarm_with_idle_timeout<B: NetworkBehaviour>(
+    keypair: Keypair,
+    idle: Duration,
+    behaviour: impl FnOnce(&Keypair) -> B,
+) -> Result<Swarm<B>, SwarmError> {
     // What libp2p's `SwarmBuilder` assembles, from the sub-crates themselves (the facade would
     // bring crates we do not use): TCP, upgraded with Noise and yamux (lazy multistream-select:
     // the first frame goes out with the negotiation), optionally QUIC beside it, DNS around both,
@@ -55,8 +68,7 @@ pub fn build_swarm<B: NetworkBehaviour>(
     let transport = libp2p_dns::tokio::Transport::system(tcp)?;
     let transport = TransportTimeout::new(transport, CONNECTION_TIMEOUT).boxed();
     let peer = keypair.public().to_peer_id();
-    let config = libp2p_swarm::Config::with_tokio_executor()
-        .with_idle_connection_timeout(Duration::from_secs(3600));
+    let config = libp2p_swarm::Config::with_tokio_executor().with_idle_connection_timeout(idle);
     Ok(Swarm::new(transport, behaviour(&keypair), peer, config))
 }
 
