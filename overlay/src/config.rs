@@ -473,7 +473,8 @@ pub struct AuthorityConfigFile {
     /// Network parameters to publish (`test_network` among them).
     pub parameters: NetworkParameters,
     /// Incoming connections held at most, besides those of the other pinned authorities and
-    /// of the nodes in the consensus held (`max_connections`; [`DEFAULT_AUTHORITY_MAX_CONNECTIONS`]).
+    /// of the nodes in the consensus held (`max_connections`;
+    /// [`DEFAULT_AUTHORITY_MAX_CONNECTIONS`]).
     pub max_connections: u32,
 }
 

@@ -25,8 +25,8 @@
 //! take every open file (and with them the other authorities' connections and the state's
 //! writes). Exempt peers pass the cap on connections held, and handshakes from the other
 //! authorities' pinned IP addresses and the consensus's node addresses pass the handshake caps
-//! (before a handshake no identity is known); an address given as a DNS name gets no such pass. The open-files limit is
-//! raised at start to fit the caps and a full consensus.
+//! (before a handshake no identity is known); an address given as a DNS name gets no such
+//! pass. The open-files limit is raised at start to fit the caps and a full consensus.
 //!
 //! When the network parameters ask for health measurement, the authority also runs a
 //! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in

@@ -212,10 +212,8 @@ impl Counts {
             return;
         };
         self.established_incoming.insert(connection);
-        if let (Some(ip), true) = (
-            self.counted_address(&held.peer, held.ip),
-            self.addresses.is_some(),
-        ) && let Some(addresses) = self.addresses.as_mut()
+        if let Some(ip) = self.counted_address(&held.peer, held.ip)
+            && let Some(addresses) = self.addresses.as_mut()
         {
             addresses.opened(connection, ip);
         }
