@@ -253,6 +253,16 @@ impl Authorities {
         PinnedAuthorities::new(self.entries.iter().map(|e| e.public_key.clone()))
     }
 
+    /// The IP addresses the authorities are pinned at (names left out): where their
+    /// connections come from, known before any handshake.
+    pub fn ip_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.entries
+            .iter()
+            .flat_map(|e| &e.addresses)
+            .filter_map(crate::runtime::caps::ip_of)
+            .collect()
+    }
+
     /// The TOML entry for one authority, as `p2pmix keygen` prints it.
     pub fn entry(public_key: &PublicKey, addresses: &[Multiaddr]) -> String {
         let addresses: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();

@@ -970,6 +970,8 @@ fn throwaway_identities_hold_at_most_the_cap_and_keep_no_authority_out() {
         "p2pmix_connections_refused_total{reason=\"incoming_total\"}",
     )
     .unwrap_or(0.0);
+    // Every dial beyond the cap was refused, but for a few that a loaded machine may let time
+    // out in their handshake instead.
     assert!(
         refused >= (FLOOD - CAP - 8) as f64,
         "refusals counted: {refused}"

@@ -24,9 +24,9 @@
 //! (per address too) and connections per peer are bounded, so that throwaway identities cannot
 //! take every open file (and with them the other authorities' connections and the state's
 //! writes). Exempt peers pass the cap on connections held, and handshakes from the other
-//! authorities' pinned IP addresses and the consensus's node addresses pass the handshake caps
-//! (before a handshake no identity is known); an address given as a DNS name gets no such
-//! pass. The open-files limit is raised at start to fit the caps and a full consensus.
+//! authorities' pinned IP addresses pass the total and prefix caps on handshakes (before a
+//! handshake no identity is known); an authority pinned by a DNS name, or whose connections
+//! come from another address than the pinned one, gets no such pass. The open-files limit is raised at start to fit the caps and a full consensus.
 //!
 //! When the network parameters ask for health measurement, the authority also runs a
 //! [`MeasureDriver`] (`measure.rs`: the measurer on a swarm and identity of its own, kept in
@@ -216,8 +216,6 @@ struct Driver {
     /// The other authorities.
     peers: Vec<PeerId>,
     pinned_peers: HashSet<PeerId>,
-    /// The IP addresses the other authorities are pinned at.
-    pinned_sources: Vec<IpAddr>,
     writer: StateWriter,
     /// Bumped on every change of the core's state.
     generation: u64,
@@ -326,25 +324,19 @@ pub async fn run_authority(
     let measuring = Measuring::start(&config, pinned, status.replaced_gauges().clone(), now.mono)?;
     let writer = StateWriter::start(state_path).map_err(AuthorityNodeError::Thread)?;
     let newest = newest_epoch(&authority);
-    // Before a handshake nobody is known: the other authorities' pinned addresses (and the
-    // consensus's nodes' addresses) are what tells them from a flood of stalled handshakes.
-    let pinned_sources: Vec<IpAddr> = config
-        .authorities
-        .entries
-        .iter()
-        .filter(|e| e.peer_id != me)
-        .flat_map(|e| e.addresses.iter().filter_map(ip_of))
-        .collect();
-    let held = held_consensus(&authority, newest);
     let limits = &mut swarm.behaviour_mut().limits;
-    limits.set_exempt(exempt_peers(&others, held.as_ref()));
-    limits.set_trusted_sources(trusted_sources(&pinned_sources, held.as_ref()));
+    limits.set_exempt(exempt_peers(
+        &others,
+        held_consensus(&authority, newest).as_ref(),
+    ));
+    // Before a handshake nobody is known: the other authorities' pinned addresses are what
+    // tells them from a flood of stalled handshakes.
+    limits.set_trusted_sources(config.authorities.ip_addresses());
     let mut driver = Driver {
         authority,
         swarm,
         data_dir: config.data_dir.clone(),
         pinned_peers: others,
-        pinned_sources,
         peers,
         writer,
         generation: 0,
@@ -680,9 +672,10 @@ impl Driver {
         self.newest = Some(epoch);
         if let Some(c) = held_consensus(&self.authority, Some(epoch)) {
             metrics::set_excluded(&c);
-            let limits = &mut self.swarm.behaviour_mut().limits;
-            limits.set_exempt(exempt_peers(&self.pinned_peers, Some(&c)));
-            limits.set_trusted_sources(trusted_sources(&self.pinned_sources, Some(&c)));
+            self.swarm
+                .behaviour_mut()
+                .limits
+                .set_exempt(exempt_peers(&self.pinned_peers, Some(&c)));
         }
     }
 
@@ -809,19 +802,6 @@ fn exempt_peers(pinned: &HashSet<PeerId>, consensus: Option<&Consensus>) -> Hash
                 .ok()
                 .map(|k| k.to_peer_id())
         });
-    pinned.iter().copied().chain(nodes).collect()
-}
-
-/// Whose handshakes pass the handshake caps: the other authorities' pinned IP addresses and the
-/// addresses `consensus` lists for its nodes (a TCP source address cannot be forged past the
-/// handshake).
-fn trusted_sources(pinned: &[IpAddr], consensus: Option<&Consensus>) -> Vec<IpAddr> {
-    let nodes = consensus
-        .into_iter()
-        .flat_map(|c| &c.nodes)
-        .flat_map(|n| &n.addresses)
-        .filter_map(|a| a.parse::<Multiaddr>().ok())
-        .filter_map(|a| ip_of(&a));
     pinned.iter().copied().chain(nodes).collect()
 }
 

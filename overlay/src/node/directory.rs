@@ -225,18 +225,6 @@ impl Node {
         // Nodes of a held consensus always get in: a flood of throwaway identities may fill the
         // cap on incoming connections, but not keep the mix layers apart.
         behaviour.limits.set_exempt(relay.nodes());
-        // Their handshakes, and the authorities' (whose reachability dials must get in),
-        // pass a flood of stalled ones: nobody is known before the handshake, and a TCP source
-        // address cannot be forged past it.
-        let authorities = self.config.authorities.entries.iter();
-        behaviour.limits.set_trusted_sources(
-            installation
-                .addresses
-                .iter()
-                .map(|(_, addr)| addr)
-                .chain(authorities.flat_map(|e| &e.addresses))
-                .filter_map(crate::runtime::caps::ip_of),
-        );
         for (peer, addr) in installation.addresses {
             behaviour.mix.add_address(peer, addr.clone());
             behaviour.kad.add_address(&peer, addr);

@@ -173,6 +173,12 @@ pub async fn run_node(
         config.role == NodeRole::Gateway,
         config.max_connections,
     )?;
+    // The authorities' reachability dials must get past a flood of stalled handshakes, and
+    // before a handshake only their pinned addresses tell them apart.
+    swarm
+        .behaviour_mut()
+        .limits
+        .set_trusted_sources(config.authorities.ip_addresses());
     if let Some(tracer) = &tracer {
         swarm
             .behaviour_mut()

@@ -31,7 +31,7 @@ use libp2p_swarm::{
     THandlerOutEvent, ToSwarm, dummy,
 };
 use metrics::{Counter, counter};
-use p2pmix_mix::{ConnectionCounts, ConnectionRefusal, canonical_ip};
+use p2pmix_mix::{ConnectionCounts, ConnectionRefusal, MAX_PENDING_PER_ADDRESS, canonical_ip};
 use thiserror::Error;
 
 /// The caps.
@@ -97,9 +97,14 @@ struct Counts {
     /// Peers whose incoming connections count against neither `caps.established_incoming` nor
     /// the per-address caps.
     exempt: HashSet<PeerId>,
-    /// Source addresses whose handshakes no cap holds back (a TCP source address cannot be
-    /// forged past the handshake, and identities are not known before it).
+    /// Source addresses whose handshakes pass the total and the prefix caps (a TCP source
+    /// address cannot be forged past the handshake, and identities are not known before it):
+    /// the pinned authorities', which no outsider can add to.
     trusted_sources: HashSet<IpAddr>,
+    /// Handshakes under way from trusted sources, and their count per source (each source has
+    /// `MAX_PENDING_PER_ADDRESS`, so these are bounded by the few trusted sources).
+    trusted_pending: HashMap<ConnectionId, IpAddr>,
+    trusted_handshakes: HashMap<IpAddr, usize>,
     /// Incoming connections by source address and prefix, when capped.
     addresses: Option<ConnectionCounts<ConnectionId>>,
     pending_incoming: HashSet<ConnectionId>,
@@ -117,6 +122,8 @@ impl Counts {
             caps,
             exempt: HashSet::new(),
             trusted_sources: HashSet::new(),
+            trusted_pending: HashMap::new(),
+            trusted_handshakes: HashMap::new(),
             addresses: None,
             pending_incoming: HashSet::new(),
             held: HashMap::new(),
@@ -130,7 +137,21 @@ impl Counts {
         connection: ConnectionId,
         ip: Option<IpAddr>,
     ) -> Result<(), Refusal> {
-        if ip.is_some_and(|ip| self.trusted_sources.contains(&canonical_ip(ip))) {
+        if let Some(ip) = ip.map(canonical_ip)
+            && self.trusted_sources.contains(&ip)
+        {
+            // Past the total and the prefix caps, but a trusted address too has only
+            // `MAX_PENDING_PER_ADDRESS` handshakes at once.
+            let held = self.trusted_handshakes.get(&ip).copied().unwrap_or(0);
+            if held >= MAX_PENDING_PER_ADDRESS {
+                return Err(Refusal::Address(ConnectionRefusal::Pending {
+                    held,
+                    max: MAX_PENDING_PER_ADDRESS,
+                }));
+            }
+            if self.trusted_pending.insert(connection, ip).is_none() {
+                *self.trusted_handshakes.entry(ip).or_default() += 1;
+            }
             return Ok(());
         }
         if let (Some(addresses), Some(ip)) = (self.addresses.as_mut(), ip) {
@@ -152,6 +173,14 @@ impl Counts {
 
     fn pending_ended(&mut self, connection: ConnectionId) {
         self.pending_incoming.remove(&connection);
+        if let Some(ip) = self.trusted_pending.remove(&connection)
+            && let Some(n) = self.trusted_handshakes.get_mut(&ip)
+        {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.trusted_handshakes.remove(&ip);
+            }
+        }
         if let Some(addresses) = self.addresses.as_mut() {
             addresses.handshake_ended(connection);
         }
@@ -313,8 +342,10 @@ impl ConnectionCaps {
         self.counts.set_exempt(peers);
     }
 
-    /// Lets handshakes from `sources` past every handshake cap: the addresses of the pinned
-    /// authorities, whose identity no handshake cap can see yet.
+    /// Lets handshakes from `sources` past the total and the prefix caps on handshakes (each
+    /// still has `MAX_PENDING_PER_ADDRESS`): the addresses of the pinned authorities, whose
+    /// identity no handshake cap can see yet. Only addresses no outsider can choose belong
+    /// here (not those a descriptor announces: nothing checks that a node holds them all).
     pub fn set_trusted_sources(&mut self, sources: impl IntoIterator<Item = IpAddr>) {
         self.counts.trusted_sources = sources.into_iter().map(canonical_ip).collect();
     }
@@ -597,7 +628,8 @@ mod tests {
     }
 
     /// Every handshake slot is taken by a host that stalls its handshakes: one from a trusted
-    /// source (a pinned authority's address) still starts; from elsewhere none does.
+    /// source (a pinned authority's address) still starts, up to its per-address share; from
+    /// elsewhere none does.
     #[test]
     fn handshakes_from_trusted_sources_pass_full_handshake_caps() {
         let mut counts = Counts::new(CAPS);
@@ -623,6 +655,21 @@ mod tests {
         counts.trusted_sources = HashSet::from([authority]);
         assert_eq!(counts.pending_started(id(11), Some(authority)), Ok(()));
         assert!(counts.pending_started(id(12), Some(flood)).is_err());
+        // A trusted source still has its per-address share of handshakes, and gets it back.
+        for c in 12..(11 + MAX_PENDING_PER_ADDRESS) {
+            counts.pending_started(id(c), Some(authority)).unwrap();
+        }
+        let last = id(11 + MAX_PENDING_PER_ADDRESS);
+        assert!(matches!(
+            counts.pending_started(last, Some(authority)),
+            Err(Refusal::Address(ConnectionRefusal::Pending { .. }))
+        ));
+        counts.pending_ended(id(11));
+        assert_eq!(counts.pending_started(last, Some(authority)), Ok(()));
+        for c in 12..=(11 + MAX_PENDING_PER_ADDRESS) {
+            counts.pending_ended(id(c));
+        }
+        assert!(counts.trusted_pending.is_empty() && counts.trusted_handshakes.is_empty());
     }
 
     /// The cap on incoming connections is full of outsiders: an exempt peer still gets in, is
