@@ -797,11 +797,7 @@ fn exempt_peers(pinned: &HashSet<PeerId>, consensus: Option<&Consensus>) -> Hash
     let nodes = consensus
         .into_iter()
         .flat_map(|c| &c.nodes)
-        .filter_map(|n| {
-            libp2p_identity::PublicKey::try_decode_protobuf(&n.identity)
-                .ok()
-                .map(|k| k.to_peer_id())
-        });
+        .filter_map(p2pmix_bootstrap::peer_id);
     pinned.iter().copied().chain(nodes).collect()
 }
 

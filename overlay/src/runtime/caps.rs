@@ -350,11 +350,6 @@ impl ConnectionCaps {
         self.counts.trusted_sources = sources.into_iter().map(canonical_ip).collect();
     }
 
-    /// Incoming connections held that count against the cap.
-    pub fn incoming_held(&self) -> usize {
-        self.counts.established_incoming.len()
-    }
-
     /// Peers with a connection held (what the caps' memory grows with).
     pub fn peers_held(&self) -> usize {
         self.counts.per_peer.len()
